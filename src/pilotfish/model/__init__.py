@@ -1,0 +1,1 @@
+"""Pure domain types: mesh configuration, services, endpoints, proxies. No I/O, no protobuf."""

@@ -1,0 +1,288 @@
+"""Typed mesh configuration resources: the subset of Istio's API (and our own Workload) we accept.
+
+Every resource carries its ``SourceMap`` so that checks made long after loading can still
+point at the exact line a user wrote. Durations are seconds as floats; ``None`` means
+"not set", so translation can tell an explicit value from a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pilotfish.model.diagnostics import SourceMap
+
+DEFAULT_NAMESPACE = "default"
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+MatchKind = Literal["exact", "prefix", "regex"]
+Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP"]
+SimpleLB = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"]
+
+
+@dataclass(frozen=True)
+class Meta:
+    kind: str
+    name: str
+    namespace: str
+    source: SourceMap
+
+
+# --- VirtualService -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    kind: MatchKind
+    value: str
+
+
+@dataclass(frozen=True)
+class HTTPMatchRequest:
+    """One match block: all of its conditions must hold (blocks of a route are ORed)."""
+
+    name: str | None = None
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: Mapping[str, StringMatch] = field(default_factory=dict)
+    query_params: Mapping[str, StringMatch] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    subset: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class HeaderOperations:
+    set: Mapping[str, str] = field(default_factory=dict)
+    add: Mapping[str, str] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Headers:
+    request: HeaderOperations = field(default_factory=HeaderOperations)
+    response: HeaderOperations = field(default_factory=HeaderOperations)
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    destination: Destination
+    weight: int | None = None
+    headers: Headers | None = None
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int
+    per_try_timeout: float | None = None
+    retry_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    uri: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True)
+class Redirect:
+    uri: str | None = None
+    authority: str | None = None
+    redirect_code: int = 301
+
+
+@dataclass(frozen=True)
+class DirectResponse:
+    status: int
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    fixed_delay: float
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class FaultAbort:
+    http_status: int
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True)
+class HTTPRoute:
+    name: str | None = None
+    match: tuple[HTTPMatchRequest, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    timeout: float | None = None
+    retries: Retries | None = None
+    headers: Headers | None = None
+    fault: Fault | None = None
+
+
+@dataclass(frozen=True)
+class VirtualService:
+    meta: Meta
+    hosts: tuple[str, ...]
+    gateways: tuple[str, ...] = ()
+    http: tuple[HTTPRoute, ...] = ()
+
+    @property
+    def applies_to_mesh(self) -> bool:
+        """Istio's rule: no gateways listed means sidecars only; "mesh" names them explicitly."""
+        return not self.gateways or "mesh" in self.gateways
+
+
+# --- DestinationRule ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HTTPCookie:
+    name: str
+    ttl: float | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsistentHash:
+    http_header_name: str | None = None
+    http_cookie: HTTPCookie | None = None
+    use_source_ip: bool = False
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    simple: SimpleLB | None = None
+    consistent_hash: ConsistentHash | None = None
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    load_balancer: LoadBalancer | None = None
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    traffic_policy: TrafficPolicy | None = None
+
+
+@dataclass(frozen=True)
+class DestinationRule:
+    meta: Meta
+    host: str
+    traffic_policy: TrafficPolicy | None = None
+    subsets: tuple[Subset, ...] = ()
+
+
+# --- Gateway --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayServer:
+    port: int
+    port_name: str
+    protocol: Protocol
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    meta: Meta
+    selector: Mapping[str, str]
+    servers: tuple[GatewayServer, ...]
+
+
+# --- ServiceEntry / WorkloadEntry -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    number: int
+    name: str
+    protocol: Protocol = "HTTP"
+    target_port: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadEntrySpec:
+    """The spec shared by WorkloadEntry resources and ServiceEntry's inline endpoints."""
+
+    address: str
+    ports: Mapping[str, int] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    meta: Meta
+    hosts: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    addresses: tuple[str, ...] = ()
+    location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
+    resolution: Literal["STATIC", "DNS", "NONE"] = "STATIC"
+    endpoints: tuple[WorkloadEntrySpec, ...] = ()
+    workload_selector: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadEntry:
+    meta: Meta
+    spec: WorkloadEntrySpec
+
+
+# --- pilotfish.io/v1alpha1 Workload ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A process that ``pilotfish up`` starts, with one sidecar per replica."""
+
+    meta: Meta
+    service: str
+    port: int
+    command: tuple[str, ...]
+    protocol: Protocol = "HTTP"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    directory: str = "."
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Everything loaded from one folder, already validated."""
+
+    virtual_services: tuple[VirtualService, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    gateways: tuple[Gateway, ...] = ()
+    service_entries: tuple[ServiceEntry, ...] = ()
+    workload_entries: tuple[WorkloadEntry, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+
+
+def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Expand a Kubernetes-style short name as Istio does: ``reviews`` -> ``reviews.default.svc.cluster.local``.
+
+    Names with a dot and wildcards are already qualified (``api.example.com``, ``*``).
+    """
+    if host == "*" or "." in host:
+        return host
+    return f"{host}.{namespace}.{CLUSTER_DOMAIN}"
