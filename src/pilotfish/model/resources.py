@@ -279,7 +279,7 @@ class MeshConfig:
 
 
 def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:
-    """Expand a Kubernetes-style short name as Istio does: ``reviews`` -> ``reviews.default.svc.cluster.local``.
+    """Expand a short name as Istio does: ``reviews`` -> ``reviews.default.svc.cluster.local``.
 
     Names with a dot and wildcards are already qualified (``api.example.com``, ``*``).
     """
