@@ -1,0 +1,75 @@
+"""A small JSON API over the control plane's state, for `pilotfish proxy-status` and humans.
+
+    GET /healthz          200 once a config is applied
+    GET /api/proxies      every connected proxy, its versions per type, SYNCED/STALE/NACKED
+    GET /api/config       the config status: when applied or rejected, and every diagnostic
+    GET /api/services     the registry: services and their live endpoints
+"""
+
+from __future__ import annotations
+
+import socket
+
+from aiohttp import web
+
+from pilotfish.controller.control_plane import ControlPlane
+
+
+def build_admin_app(control_plane: ControlPlane) -> web.Application:
+    controller = control_plane.controller
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = controller.config is not None
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "no config\n")
+
+    async def proxies(_: web.Request) -> web.Response:
+        return web.json_response({"proxies": control_plane.board.to_json()})
+
+    async def config(_: web.Request) -> web.Response:
+        body = {"generation": controller.generation, **controller.status.to_json()}
+        return web.json_response(body)
+
+    async def services(_: web.Request) -> web.Response:
+        view = controller.view
+        if view is None:
+            return web.json_response({"services": []})
+        listing = [
+            {
+                "hostname": service.hostname,
+                "ports": [
+                    {"number": p.number, "name": p.name, "protocol": p.protocol}
+                    for p in service.ports
+                ],
+                "endpoints": [
+                    {
+                        "name": e.name,
+                        "address": e.address,
+                        "ports": {str(k): v for k, v in e.ports.items()},
+                        "labels": dict(e.labels),
+                    }
+                    for e in view.endpoints_of(service.hostname)
+                ],
+            }
+            for service in sorted(view.services.values(), key=lambda s: s.hostname)
+        ]
+        return web.json_response({"services": listing})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/proxies", proxies)
+    app.router.add_get("/api/config", config)
+    app.router.add_get("/api/services", services)
+    return app
+
+
+async def start_admin_server(
+    control_plane: ControlPlane, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Serve the API; binding the socket ourselves is how we learn the port the OS picked."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    runner = web.AppRunner(build_admin_app(control_plane), access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner, int(sock.getsockname()[1])

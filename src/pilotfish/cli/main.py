@@ -1,0 +1,210 @@
+"""`pilotfish`: validate, up, control-plane, agent, proxy-status.
+
+Settings are read here, once, and passed down as frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pilotfish import __version__
+from pilotfish.model.diagnostics import ConfigError
+
+STATE_DIR = ".pilotfish"
+ADMIN_URL_FILE = "admin.url"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="[pilotfish] %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{len(exc.diagnostics)} problem(s); nothing was started", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pilotfish.agent.cli import add_agent_arguments
+
+    parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a config folder and list every problem")
+    validate.add_argument("directory", type=Path)
+    validate.set_defaults(handler=run_validate)
+
+    up = commands.add_parser("up", help="run a whole mesh from a config folder on this machine")
+    up.add_argument("directory", type=Path)
+    up.add_argument("--xds-port", type=int, default=0, help="0 (default) picks a free port")
+    up.add_argument("--admin-port", type=int, default=0, help="0 (default) picks a free port")
+    up.add_argument("--sotw", action="store_true", help="sidecars use state-of-the-world xDS")
+    up.add_argument("--envoy-log-level", default="warning")
+    up.set_defaults(handler=run_up)
+
+    control = commands.add_parser(
+        "control-plane", help="serve xDS for a config folder; proxies are started elsewhere"
+    )
+    control.add_argument("directory", type=Path)
+    control.add_argument("--xds-port", type=int, default=0)
+    control.add_argument("--admin-port", type=int, default=0)
+    control.add_argument(
+        "--ports-file", type=Path, help="write the bound ports here as JSON once serving"
+    )
+    control.set_defaults(handler=run_control_plane)
+
+    agent = commands.add_parser("agent", help="run an Envoy sidecar configured by the control plane")
+    add_agent_arguments(agent)
+    agent.set_defaults(handler=run_agent_command)
+
+    status = commands.add_parser("proxy-status", help="each proxy's config sync state")
+    status.add_argument(
+        "directory", type=Path, nargs="?", default=Path("."), help="the folder `up` runs"
+    )
+    status.add_argument("--admin", help="admin API URL (default: read from DIR/.pilotfish)")
+    status.set_defaults(handler=run_proxy_status)
+    return parser
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from pilotfish.load import format_diagnostics, load_directory
+
+    if not args.directory.is_dir():
+        print(f"{args.directory}: not a folder", file=sys.stderr)
+        return 2
+    result = load_directory(args.directory)
+    if result.diagnostics:
+        print(format_diagnostics(result.diagnostics))
+    if result.config is None:
+        errors = sum(1 for d in result.diagnostics if d.severity == "error")
+        print(f"{args.directory}: {errors} error(s)", file=sys.stderr)
+        return 1
+    print(f"{args.directory}: ok", file=sys.stderr)
+    return 0
+
+
+def run_agent_command(args: argparse.Namespace) -> int:
+    from pilotfish.agent.cli import run_agent
+
+    return asyncio.run(run_agent(args))
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def _write_admin_url(directory: Path, port: int) -> Path:
+    state = directory / STATE_DIR
+    state.mkdir(exist_ok=True)
+    path = state / ADMIN_URL_FILE
+    path.write_text(f"http://127.0.0.1:{port}\n")
+    return path
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from pilotfish.admin.server import start_admin_server
+    from pilotfish.runner.local_mesh import LocalMesh, LocalMeshSettings
+
+    async def serve() -> int:
+        mesh = LocalMesh(
+            args.directory,
+            LocalMeshSettings(
+                xds_port=args.xds_port, delta=not args.sotw, envoy_log_level=args.envoy_log_level
+            ),
+        )
+        admin, admin_port = await start_admin_server(mesh.control_plane, port=args.admin_port)
+        url_file = _write_admin_url(mesh.config_dir, admin_port)
+        try:
+            await mesh.start()
+            _announce_up(mesh, admin_port)
+            await _until_signalled()
+            logging.getLogger("pilotfish").info("stopping every process started")
+        finally:
+            await mesh.stop()
+            await admin.cleanup()
+            url_file.unlink(missing_ok=True)
+        return 0
+
+    return asyncio.run(serve())
+
+
+def _announce_up(mesh: object, admin_port: int) -> None:
+    from pilotfish.runner.local_mesh import LocalMesh
+
+    assert isinstance(mesh, LocalMesh)
+    config = mesh.control_plane.controller.config
+    lines = [f"pilotfish is up: admin API http://127.0.0.1:{admin_port}/api/proxies"]
+    for gateway in config.gateways if config else ():
+        for server in gateway.servers:
+            lines.append(f"  gateway {gateway.meta.name}: http://127.0.0.1:{server.port}/")
+    lines.append("  Ctrl-C stops everything")
+    print("\n".join(lines), flush=True)
+
+
+def run_control_plane(args: argparse.Namespace) -> int:
+    import json
+
+    from pilotfish.admin.server import start_admin_server
+    from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+
+    async def serve() -> int:
+        control_plane = ControlPlane(args.directory, ControlPlaneSettings(xds_port=args.xds_port))
+        await control_plane.start()
+        admin, admin_port = await start_admin_server(control_plane, port=args.admin_port)
+        ports = {"xds": control_plane.xds_port, "admin": admin_port}
+        if args.ports_file:
+            temporary = args.ports_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(ports))
+            temporary.replace(args.ports_file)  # readers never see a half-written file
+        print(f"pilotfish control plane: xDS 127.0.0.1:{ports['xds']}, admin {ports['admin']}")
+        try:
+            await _until_signalled()
+        finally:
+            await control_plane.stop()
+            await admin.cleanup()
+        return 0
+
+    return asyncio.run(serve())
+
+
+def run_proxy_status(args: argparse.Namespace) -> int:
+    from pilotfish.admin.proxy_status import fetch_status, format_status
+
+    url = args.admin
+    if url is None:
+        path = args.directory / STATE_DIR / ADMIN_URL_FILE
+        if not path.exists():
+            print(f"no running mesh found ({path} is missing); pass --admin URL", file=sys.stderr)
+            return 2
+        url = path.read_text().strip()
+    try:
+        proxies, config = fetch_status(url)
+    except OSError as exc:
+        print(f"cannot reach the admin API at {url}: {exc}", file=sys.stderr)
+        return 2
+    print(format_status(proxies, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wiring: config folder + registry -> translation -> snapshots served to the xDS server."""

@@ -1,0 +1,78 @@
+"""The control plane as a running service: config watcher, xDS server and admin API together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
+from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.load import LoadResult, load_directory
+from pilotfish.model.diagnostics import ConfigError
+from pilotfish.xds import ProxyStatusBoard, start_xds_server
+
+log = logging.getLogger("pilotfish.controller")
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    """Where the control plane listens. Port 0 asks the OS for a free port."""
+
+    host: str = "127.0.0.1"
+    xds_port: int = 0
+    debounce_seconds: float = 0.05
+    watch_interval_seconds: float = 0.2
+
+
+class ControlPlane:
+    def __init__(self, config_dir: Path, settings: ControlPlaneSettings | None = None) -> None:
+        self.config_dir = config_dir
+        self.settings = settings or ControlPlaneSettings()
+        self.controller = MeshController(debounce_seconds=self.settings.debounce_seconds)
+        self.board = ProxyStatusBoard()
+        self.xds_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._fingerprint = ""
+
+    async def load_initial_config(self) -> LoadResult:
+        """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
+        # Fingerprint first: an edit made while loading is then seen as a change, not lost.
+        self._fingerprint = await asyncio.to_thread(config_fingerprint, self.config_dir)
+        result = await asyncio.to_thread(load_directory, self.config_dir)
+        if result.config is None:
+            raise ConfigError(result.diagnostics)
+        self.controller.apply_config(result.config, result.diagnostics)
+        self.controller.publish_now()
+        return result
+
+    async def start(self) -> None:
+        if self.controller.config is None:
+            await self.load_initial_config()
+        self._server, self.xds_port = await start_xds_server(
+            self.controller, self.board, host=self.settings.host, port=self.settings.xds_port
+        )
+        log.info("xDS server listening on %s:%d", self.settings.host, self.xds_port)
+        self._watch_task = asyncio.create_task(self._watch_config())
+
+    async def _watch_config(self) -> None:
+        changes = watch_config_dir(
+            self.config_dir, self.settings.watch_interval_seconds, last=self._fingerprint
+        )
+        async for self._fingerprint in changes:
+            result = await asyncio.to_thread(load_directory, self.config_dir)
+            if self.controller.apply_config(result.config, result.diagnostics):
+                log.info("config change in %s applied", self.config_dir)
+
+    async def stop(self, grace_seconds: float = 1.0) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self._server is not None:
+            await self._server.stop(grace_seconds)

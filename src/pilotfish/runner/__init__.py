@@ -1,0 +1,1 @@
+"""`pilotfish up`: run a whole mesh from a folder of YAML on this machine."""

@@ -1,0 +1,178 @@
+"""`pilotfish up`: the control plane, an ingress gateway, and every Workload replica with its sidecar.
+
+Order matters for "no failed requests": a replica is added to its service's endpoints only once
+its app accepts connections and its sidecar is ready, and removed (and pushed) before it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pilotfish.agent.ports import free_port, wait_for_port
+from pilotfish.agent.supervisor import Sidecar
+from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.services import Endpoint
+from pilotfish.runner.output import prefixed_printer
+from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
+from pilotfish.runner.workload_process import WorkloadProcess
+
+log = logging.getLogger("pilotfish.runner")
+
+GATEWAY_LABELS = {"istio": "ingressgateway", "app": "pilotfish-ingressgateway"}
+
+
+@dataclass(frozen=True)
+class LocalMeshSettings:
+    xds_port: int = 0
+    delta: bool = True
+    app_start_timeout: float = 30.0
+    drain_seconds: float = 1.0
+    envoy_log_level: str = "warning"
+
+
+@dataclass
+class _RunningReplica:
+    spec: ReplicaSpec
+    ports: ReplicaPorts
+    sidecar: Sidecar
+    process: WorkloadProcess
+
+
+class LocalMesh:
+    def __init__(self, config_dir: Path, settings: LocalMeshSettings | None = None) -> None:
+        self.config_dir = config_dir.resolve()
+        self.settings = settings or LocalMeshSettings()
+        self.control_plane = ControlPlane(
+            self.config_dir, ControlPlaneSettings(xds_port=self.settings.xds_port)
+        )
+        self.replicas: dict[str, _RunningReplica] = {}
+        self.gateway: Sidecar | None = None
+        self._work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-up-"))
+        self._reconcile_lock = asyncio.Lock()
+        self._reconcile_task: asyncio.Task[None] | None = None
+
+    @property
+    def xds_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.control_plane.xds_port)
+
+    async def start(self) -> None:
+        await self.control_plane.start()
+        config = self.control_plane.controller.config
+        assert config is not None
+        if config.gateways:
+            await self._start_gateway()
+        await self.reconcile()
+        self._reconcile_task = asyncio.create_task(self._reconcile_on_changes())
+
+    async def _start_gateway(self) -> None:
+        node = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
+        self.gateway = self._sidecar(node, "ingressgateway")
+        await self.gateway.start()
+
+    def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
+        return Sidecar(
+            node,
+            xds_address=self.xds_address,
+            admin_port=free_port(),
+            work_dir=self._work_dir / name,
+            delta=self.settings.delta,
+            log_level=self.settings.envoy_log_level,
+            on_line=prefixed_printer(f"{name} envoy"),
+        )
+
+    async def _reconcile_on_changes(self) -> None:
+        controller = self.control_plane.controller
+        seen = controller.generation
+        while True:
+            seen = await controller.wait_for_change(seen)
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("could not bring the running replicas in line with the config")
+
+    async def reconcile(self) -> None:
+        """Start what the config asks for and is not running; stop what it no longer asks for."""
+        config = self.control_plane.controller.config
+        if config is None:
+            return
+        async with self._reconcile_lock:
+            wanted = plan_replicas(config)
+            stale = [
+                name
+                for name, running in self.replicas.items()
+                if wanted.get(name) != running.spec
+            ]
+            await asyncio.gather(*(self._stop_replica(name) for name in stale))
+            missing = [spec for name, spec in wanted.items() if name not in self.replicas]
+            await asyncio.gather(*(self._start_replica(spec) for spec in missing))
+
+    async def _start_replica(self, spec: ReplicaSpec) -> None:
+        ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port(), admin=0)
+        node = ProxyNode(
+            id=spec.name,
+            kind="sidecar",
+            namespace=spec.namespace,
+            service=spec.service,
+            labels=dict(spec.labels),
+            outbound_port=ports.outbound,
+            inbound_port=ports.inbound,
+            app_port=ports.app,
+            app_protocol=spec.protocol,  # type: ignore[arg-type]
+        )
+        sidecar = self._sidecar(node, spec.name)
+        process = WorkloadProcess(
+            spec.name,
+            spec.command,
+            spec.directory,
+            replica_environment(spec, ports, os.environ),
+            prefixed_printer(spec.name),
+        )
+        running = _RunningReplica(spec, ports, sidecar, process)
+        self.replicas[spec.name] = running
+        await asyncio.gather(sidecar.start(), process.start())
+        try:
+            await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
+        except TimeoutError:
+            log.error(
+                "%s did not listen on PORT=%d within %.0fs; it gets no traffic",
+                spec.name,
+                ports.app,
+                self.settings.app_start_timeout,
+            )
+            return
+        self.control_plane.controller.set_endpoint(
+            spec.hostname,
+            spec.name,
+            Endpoint(
+                address="127.0.0.1",
+                ports={spec.port: ports.inbound},
+                labels=dict(spec.labels),
+                name=spec.name,
+            ),
+        )
+        log.info("%s is serving %s", spec.name, spec.hostname)
+
+    async def _stop_replica(self, name: str) -> None:
+        running = self.replicas.pop(name)
+        self.control_plane.controller.set_endpoint(running.spec.hostname, name, None)
+        # Let the endpoint removal reach the callers' sidecars before the replica goes away.
+        await asyncio.sleep(self.control_plane.settings.debounce_seconds + 0.2)
+        await running.sidecar.shutdown(self.settings.drain_seconds)
+        await running.process.stop()
+
+    async def stop(self) -> None:
+        if self._reconcile_task is not None:
+            self._reconcile_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconcile_task
+        await asyncio.gather(*(self._stop_replica(name) for name in list(self.replicas)))
+        if self.gateway is not None:
+            await self.gateway.shutdown(self.settings.drain_seconds)
+        await self.control_plane.stop()

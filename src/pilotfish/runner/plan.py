@@ -1,0 +1,87 @@
+"""Pure planning for the local runner: which replicas to run and what each one is told."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pilotfish.model.resources import MeshConfig, Workload, qualify_host
+
+
+@dataclass(frozen=True)
+class ReplicaPorts:
+    app: int
+    inbound: int
+    outbound: int
+    admin: int
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """One process to run, with what would make it need a restart if it changed."""
+
+    name: str
+    workload: str
+    index: int
+    service: str
+    hostname: str
+    namespace: str
+    port: int
+    protocol: str
+    command: tuple[str, ...]
+    directory: str
+    labels: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]
+
+
+def plan_replicas(config: MeshConfig) -> dict[str, ReplicaSpec]:
+    """Every replica of every Workload, keyed by its stable name ``<workload>-<index>``."""
+    plan: dict[str, ReplicaSpec] = {}
+    for workload in config.workloads:
+        for index in range(workload.replicas):
+            spec = _replica(workload, index)
+            plan[spec.name] = spec
+    return plan
+
+
+def _replica(workload: Workload, index: int) -> ReplicaSpec:
+    return ReplicaSpec(
+        name=f"{workload.meta.name}-{index}",
+        workload=workload.meta.name,
+        index=index,
+        service=workload.service,
+        hostname=qualify_host(workload.service, workload.meta.namespace),
+        namespace=workload.meta.namespace,
+        port=workload.port,
+        protocol=workload.protocol,
+        command=workload.command,
+        directory=workload.directory,
+        labels=tuple(sorted(workload.labels.items())),
+        env=tuple(sorted(workload.env.items())),
+    )
+
+
+def replica_environment(
+    spec: ReplicaSpec, ports: ReplicaPorts, inherited: Mapping[str, str]
+) -> dict[str, str]:
+    """The app's environment: where to listen, which proxy to use, then the user's own ``env``.
+
+    Loopback bypasses the proxy, so an app can still reach itself directly.
+    """
+    proxy = f"http://127.0.0.1:{ports.outbound}"
+    env = dict(inherited)
+    env.update(
+        {
+            "PORT": str(ports.app),
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "localhost,127.0.0.1",
+            "no_proxy": "localhost,127.0.0.1",
+            "PILOTFISH_SERVICE": spec.service,
+            "PILOTFISH_REPLICA": spec.name,
+            "PILOTFISH_WORKLOAD": spec.workload,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(dict(spec.env))
+    return env
