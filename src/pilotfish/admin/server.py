@@ -1,9 +1,9 @@
 """A small JSON API over the control plane's state, for `pilotfish proxy-status` and humans.
 
-    GET /healthz          200 once a config is applied
-    GET /api/proxies      every connected proxy, its versions per type, SYNCED/STALE/NACKED
-    GET /api/config       the config status: when applied or rejected, and every diagnostic
-    GET /api/services     the registry: services and their live endpoints
+GET /healthz          200 once a config is applied
+GET /api/proxies      every connected proxy, its versions per type, SYNCED/STALE/NACKED
+GET /api/config       the config status: when applied or rejected, and every diagnostic
+GET /api/services     the registry: services and their live endpoints
 """
 
 from __future__ import annotations

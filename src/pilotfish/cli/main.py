@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     parser.add_argument("--version", action="version", version=f"pilotfish {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    levels = ["debug", "info", "warning", "error"]
+    parser.add_argument("--log-level", default="info", choices=levels)
     commands = parser.add_subparsers(dest="command", required=True)
 
     validate = commands.add_parser("validate", help="check a config folder and list every problem")
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     control.set_defaults(handler=run_control_plane)
 
-    agent = commands.add_parser("agent", help="run an Envoy sidecar configured by the control plane")
+    agent = commands.add_parser("agent", help="run an Envoy sidecar fed by the control plane")
     add_agent_arguments(agent)
     agent.set_defaults(handler=run_agent_command)
 

@@ -34,7 +34,7 @@ def config_fingerprint(directory: Path) -> str:
 async def watch_config_dir(
     directory: Path, interval: float = 0.2, last: str = ""
 ) -> AsyncIterator[str]:
-    """Yield the folder's fingerprint each time it differs from ``last`` (the content already seen)."""
+    """Yield the folder's fingerprint each time it differs from ``last`` (content already seen)."""
     while True:
         current = await asyncio.to_thread(config_fingerprint, directory)
         if current != last:

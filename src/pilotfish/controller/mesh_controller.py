@@ -67,7 +67,7 @@ class MeshController:
     # --- inputs -----------------------------------------------------------------------------
 
     def apply_config(self, config: MeshConfig | None, diagnostics: Iterable[Diagnostic]) -> bool:
-        """Take a freshly loaded config; a config with errors (None) leaves the last good one live."""
+        """Take a freshly loaded config; a rejected one (None) leaves the last good one live."""
         diagnostics = tuple(diagnostics)
         now = time.time()
         if config is None:

@@ -1,4 +1,4 @@
-"""`pilotfish up`: the control plane, an ingress gateway, and every Workload replica with its sidecar.
+"""`pilotfish up`: the control plane, an ingress gateway, and each Workload replica with a sidecar.
 
 Order matters for "no failed requests": a replica is added to its service's endpoints only once
 its app accepts connections and its sidecar is ready, and removed (and pushed) before it stops.
@@ -105,9 +105,7 @@ class LocalMesh:
         async with self._reconcile_lock:
             wanted = plan_replicas(config)
             stale = [
-                name
-                for name, running in self.replicas.items()
-                if wanted.get(name) != running.spec
+                name for name, running in self.replicas.items() if wanted.get(name) != running.spec
             ]
             await asyncio.gather(*(self._stop_replica(name) for name in stale))
             missing = [spec for name, spec in wanted.items() if name not in self.replicas]

@@ -19,7 +19,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if the runner is killed, even with SIGKILL, so is the child."""
+    """Runs in the child before exec: if the runner dies, even by SIGKILL, so does the child."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -86,7 +86,7 @@ class WorkloadProcess:
             try:
                 await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
-                log.warning("%s did not stop within %.0fs of SIGTERM; killing it", self.name, timeout)
+                log.warning("%s ignored SIGTERM for %.0fs; killing it", self.name, timeout)
                 self._signal_group(signal.SIGKILL)
                 await process.wait()
         else:
