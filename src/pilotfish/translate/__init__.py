@@ -1,0 +1,7 @@
+"""Pure translation of the mesh view into Envoy xDS resources, one module per resource type."""
+
+from __future__ import annotations
+
+from pilotfish.translate.translator import MeshTranslator, ProxyResources
+
+__all__ = ["MeshTranslator", "ProxyResources"]

@@ -1,0 +1,134 @@
+"""Clusters: one per service port and per DestinationRule subset, plus a sidecar's inbound one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import LoadBalancer, Protocol
+from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.endpoints import load_assignment
+from pilotfish.translate.naming import inbound_cluster_name, outbound_cluster_name
+from pilotfish.translate.proto_values import (
+    ads_config_source,
+    duration_from_seconds,
+    pack,
+)
+
+CONNECT_TIMEOUT_SECONDS = 1.0
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Istio's default when no DestinationRule picks one: least request spreads load better than
+# round robin when backends differ in speed, at the same cost.
+DEFAULT_LB_POLICY = cluster_pb2.Cluster.LEAST_REQUEST
+
+_SIMPLE_LB_POLICIES: Mapping[str, cluster_pb2.Cluster.LbPolicy.ValueType] = {
+    "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
+    "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
+    "RANDOM": cluster_pb2.Cluster.RANDOM,
+}
+
+
+def lb_policy_for(balancer: LoadBalancer | None) -> cluster_pb2.Cluster.LbPolicy.ValueType:
+    if balancer is None:
+        return DEFAULT_LB_POLICY
+    if balancer.consistent_hash is not None:
+        # Ring hash, not Maglev: gRPC proxyless clients NACK Maglev.
+        return cluster_pb2.Cluster.RING_HASH
+    if balancer.simple is not None:
+        return _SIMPLE_LB_POLICIES[balancer.simple]
+    return DEFAULT_LB_POLICY
+
+
+def _speaks_http2(protocol: Protocol) -> bool:
+    return protocol in ("HTTP2", "GRPC")
+
+
+def _with_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
+    if not _speaks_http2(protocol):
+        return
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
+
+
+def _dns_endpoints(service: Service, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """A DNS ServiceEntry without endpoints resolves its own hostname, as in Istio."""
+    if endpoints:
+        return endpoints
+    return (Endpoint(address=service.hostname, ports={p.number: p.number for p in service.ports}),)
+
+
+def _service_cluster(
+    view: MeshView,
+    service: Service,
+    port: int,
+    protocol: Protocol,
+    subset: str | None,
+    index: DestinationIndex,
+) -> cluster_pb2.Cluster:
+    name = outbound_cluster_name(port, service.hostname, subset)
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        connect_timeout=duration_from_seconds(CONNECT_TIMEOUT_SECONDS),
+        lb_policy=lb_policy_for(index.load_balancer_for(service.hostname, subset)),
+    )
+    if service.resolution == "DNS":
+        chosen = index.subset(service.hostname, subset) if subset is not None else None
+        labels = chosen.labels if chosen is not None else {}
+        cluster.type = cluster_pb2.Cluster.STRICT_DNS
+        cluster.load_assignment.CopyFrom(
+            load_assignment(
+                name,
+                _dns_endpoints(service, view.endpoints_of(service.hostname)),
+                port,
+                labels,
+            )
+        )
+    else:
+        cluster.type = cluster_pb2.Cluster.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+    _with_upstream_protocol(cluster, protocol)
+    return cluster
+
+
+def build_outbound_clusters(
+    view: MeshView, destinations: DestinationIndex | None = None
+) -> tuple[cluster_pb2.Cluster, ...]:
+    """Every service port's cluster and its subset clusters, sorted by hostname then port."""
+    index = destinations or DestinationIndex(view)
+    clusters: list[cluster_pb2.Cluster] = []
+    for hostname in sorted(view.services):
+        service = view.services[hostname]
+        subset_names = [None, *(subset.name for subset in index.subsets_of(hostname))]
+        for port in sorted(service.ports, key=lambda p: p.number):
+            clusters.extend(
+                _service_cluster(view, service, port.number, port.protocol, subset, index)
+                for subset in subset_names
+            )
+    return tuple(clusters)
+
+
+def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:
+    """The sidecar's own app on loopback; None for proxies without an app (gateways)."""
+    if node.kind != "sidecar" or node.app_port is None:
+        return None
+    name = inbound_cluster_name(node.app_port)
+    app = Endpoint(address="127.0.0.1", ports={node.app_port: node.app_port})
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_from_seconds(CONNECT_TIMEOUT_SECONDS),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        load_assignment=load_assignment(name, (app,), node.app_port),
+    )
+    _with_upstream_protocol(cluster, node.app_protocol)
+    return cluster

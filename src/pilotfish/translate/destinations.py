@@ -1,0 +1,111 @@
+"""Where a VirtualService destination lands: its cluster and that cluster's load-balancing policy.
+
+Built once per view and shared by cluster, endpoint and route generation, so every generator
+agrees on which DestinationRule governs a host and which subsets exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pilotfish.model.resources import (
+    ConsistentHash,
+    Destination,
+    DestinationRule,
+    LoadBalancer,
+    Subset,
+    qualify_host,
+)
+from pilotfish.model.services import MeshView, Service
+from pilotfish.translate.naming import outbound_cluster_name
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """A destination that resolved to a cluster that the outbound clusters include."""
+
+    cluster: str
+    consistent_hash: ConsistentHash | None = None
+
+
+@dataclass(frozen=True)
+class Unroutable:
+    """A destination we cannot send traffic to; routes answer 503 with this reason."""
+
+    reason: str
+
+
+class DestinationIndex:
+    """Services and their DestinationRules, keyed by canonical hostname."""
+
+    def __init__(self, view: MeshView) -> None:
+        self._services: Mapping[str, Service] = view.services
+        rules: dict[str, DestinationRule] = {}
+        for rule in view.config.destination_rules:
+            # Istio merges several rules for one host; validation rejects that here, so the
+            # first one wins if it ever slips through.
+            rules.setdefault(qualify_host(rule.host, rule.meta.namespace), rule)
+        self._rules: Mapping[str, DestinationRule] = rules
+
+    def rule_for(self, hostname: str) -> DestinationRule | None:
+        return self._rules.get(hostname)
+
+    def subsets_of(self, hostname: str) -> tuple[Subset, ...]:
+        rule = self._rules.get(hostname)
+        return rule.subsets if rule is not None else ()
+
+    def subset(self, hostname: str, name: str) -> Subset | None:
+        return next((s for s in self.subsets_of(hostname) if s.name == name), None)
+
+    def load_balancer_for(self, hostname: str, subset: str | None = None) -> LoadBalancer | None:
+        """The subset's own policy overrides the rule's, as in Istio."""
+        if subset is not None:
+            found = self.subset(hostname, subset)
+            if (
+                found is not None
+                and found.traffic_policy is not None
+                and found.traffic_policy.load_balancer is not None
+            ):
+                return found.traffic_policy.load_balancer
+        rule = self._rules.get(hostname)
+        if rule is None or rule.traffic_policy is None:
+            return None
+        return rule.traffic_policy.load_balancer
+
+    def resolve(
+        self, destination: Destination, namespace: str, listener_port: int | None
+    ) -> ClusterTarget | Unroutable:
+        """Resolve a destination written in ``namespace``.
+
+        Without an explicit port the service's only port is used; for a service with several
+        ports, the port the request arrived for (``listener_port``) if the service has it.
+        """
+        hostname = qualify_host(destination.host, namespace)
+        service = self._services.get(hostname)
+        if service is None:
+            return Unroutable(f"destination host {hostname} is not a known service")
+        port = self._pick_port(service, destination.port, listener_port)
+        if port is None:
+            if destination.port is not None:
+                return Unroutable(f"service {hostname} has no port {destination.port}")
+            return Unroutable(f"service {hostname} has several ports and the route names none")
+        if destination.subset is not None and self.subset(hostname, destination.subset) is None:
+            return Unroutable(
+                f"subset {destination.subset} of {hostname} is not defined by any DestinationRule"
+            )
+        balancer = self.load_balancer_for(hostname, destination.subset)
+        return ClusterTarget(
+            cluster=outbound_cluster_name(port, hostname, destination.subset),
+            consistent_hash=balancer.consistent_hash if balancer is not None else None,
+        )
+
+    @staticmethod
+    def _pick_port(service: Service, wanted: int | None, listener_port: int | None) -> int | None:
+        if wanted is not None:
+            return wanted if service.port(wanted) is not None else None
+        if len(service.ports) == 1:
+            return service.ports[0].number
+        if listener_port is not None and service.port(listener_port) is not None:
+            return listener_port
+        return None

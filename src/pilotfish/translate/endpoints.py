@@ -1,0 +1,86 @@
+"""ClusterLoadAssignments: the endpoints of each outbound cluster, filtered by subset labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import wrappers_pb2
+
+from pilotfish.model.services import Endpoint, MeshView
+from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.naming import outbound_cluster_name
+
+
+def socket_address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
+    )
+
+
+def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def load_assignment(
+    cluster_name: str,
+    endpoints: Iterable[Endpoint],
+    service_port: int,
+    subset_labels: Mapping[str, str] | None = None,
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """All endpoints serving ``service_port`` (and carrying the subset labels) in one locality.
+
+    The locality has an explicit ``load_balancing_weight`` because gRPC proxyless clients
+    silently ignore localities without one and their RPCs hang.
+    """
+    selector = subset_labels or {}
+    lb_endpoints = [
+        endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=socket_address(endpoint.address, endpoint.ports[service_port])
+            ),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
+        )
+        for endpoint in endpoints
+        if service_port in endpoint.ports and _labels_match(selector, endpoint.labels)
+    ]
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster_name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                locality=base_pb2.Locality(),
+                lb_endpoints=lb_endpoints,
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+            )
+        ],
+    )
+
+
+def build_load_assignments(
+    view: MeshView, destinations: DestinationIndex | None = None
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """One assignment per EDS cluster, in the order ``build_outbound_clusters`` lists them.
+
+    DNS services are absent: their clusters carry their endpoints inline.
+    """
+    index = destinations or DestinationIndex(view)
+    assignments: list[endpoint_pb2.ClusterLoadAssignment] = []
+    for hostname in sorted(view.services):
+        service = view.services[hostname]
+        if service.resolution == "DNS":
+            continue
+        endpoints = view.endpoints_of(hostname)
+        subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
+        subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
+        for port in sorted(service.ports, key=lambda p: p.number):
+            assignments.extend(
+                load_assignment(
+                    outbound_cluster_name(port.number, hostname, name),
+                    endpoints,
+                    port.number,
+                    labels,
+                )
+                for name, labels in subsets
+            )
+    return tuple(assignments)

@@ -1,0 +1,148 @@
+"""Listeners: a sidecar's ``outbound`` (its app's HTTP proxy) and ``inbound``; gateway ports."""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.services import MeshView
+from pilotfish.translate.endpoints import socket_address
+from pilotfish.translate.gateway_selection import http_servers_by_port
+from pilotfish.translate.naming import (
+    INBOUND_LISTENER,
+    OUTBOUND_LISTENER,
+    OUTBOUND_ROUTE_CONFIG,
+    gateway_listener_name,
+    gateway_route_config_name,
+    inbound_cluster_name,
+    inbound_route_config_name,
+)
+from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
+from pilotfish.translate.routes import FAULT_FILTER_NAME
+
+HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
+ROUTER_FILTER_NAME = "envoy.filters.http.router"
+
+
+def _http_filters(with_fault: bool) -> list[hcm_pb2.HttpFilter]:
+    filters = []
+    if with_fault:
+        # Always present on routing listeners although it only acts on routes that configure a
+        # fault: adding or removing a fault then changes only RDS, never the listener, and a
+        # listener change drains every open connection of every sidecar.
+        filters.append(
+            hcm_pb2.HttpFilter(name=FAULT_FILTER_NAME, typed_config=pack(fault_pb2.HTTPFault()))
+        )
+    # Router last: filters after it never see the request.
+    filters.append(
+        hcm_pb2.HttpFilter(name=ROUTER_FILTER_NAME, typed_config=pack(router_pb2.Router()))
+    )
+    return filters
+
+
+def http_connection_manager(
+    stat_prefix: str,
+    *,
+    rds_name: str | None = None,
+    route_config: route_pb2.RouteConfiguration | None = None,
+) -> hcm_pb2.HttpConnectionManager:
+    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline."""
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        http_filters=_http_filters(with_fault=rds_name is not None),
+    )
+    if rds_name is not None:
+        manager.rds.route_config_name = rds_name
+        manager.rds.config_source.CopyFrom(ads_config_source())
+    elif route_config is not None:
+        manager.route_config.CopyFrom(route_config)
+    return manager
+
+
+def http_listener(
+    name: str, address: str, port: int, manager: hcm_pb2.HttpConnectionManager
+) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(address, port),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(name=HCM_FILTER_NAME, typed_config=pack(manager))
+                ]
+            )
+        ],
+    )
+
+
+def inbound_route_config(app_port: int) -> route_pb2.RouteConfiguration:
+    """Everything that reached the sidecar's inbound port goes to its app, without a timeout."""
+    return route_pb2.RouteConfiguration(
+        name=inbound_route_config_name(app_port),
+        virtual_hosts=[
+            rc.VirtualHost(
+                name="inbound",
+                domains=["*"],
+                routes=[
+                    rc.Route(
+                        match=rc.RouteMatch(prefix="/"),
+                        route=rc.RouteAction(
+                            cluster=inbound_cluster_name(app_port),
+                            timeout=duration_from_seconds(0),
+                        ),
+                    )
+                ],
+            )
+        ],
+    )
+
+
+def build_sidecar_listeners(node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
+    """``outbound`` and ``inbound`` for a sidecar (each only if its port is known)."""
+    if node.kind != "sidecar":
+        return ()
+    listeners: list[listener_pb2.Listener] = []
+    if node.outbound_port is not None:
+        listeners.append(
+            http_listener(
+                OUTBOUND_LISTENER,
+                node.bind_address,
+                node.outbound_port,
+                http_connection_manager(OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG),
+            )
+        )
+    if node.inbound_port is not None and node.app_port is not None:
+        listeners.append(
+            http_listener(
+                INBOUND_LISTENER,
+                node.bind_address,
+                node.inbound_port,
+                http_connection_manager(
+                    INBOUND_LISTENER, route_config=inbound_route_config(node.app_port)
+                ),
+            )
+        )
+    return tuple(listeners)
+
+
+def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
+    """``gateway_<port>`` for each HTTP server port of the Gateways selecting this node."""
+    return tuple(
+        http_listener(
+            gateway_listener_name(port),
+            node.bind_address,
+            port,
+            http_connection_manager(
+                gateway_listener_name(port), rds_name=gateway_route_config_name(port)
+            ),
+        )
+        for port in http_servers_by_port(view, node)
+    )

@@ -1,0 +1,27 @@
+"""Names of generated resources, following Istio's conventions (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+OUTBOUND_LISTENER = "outbound"
+INBOUND_LISTENER = "inbound"
+OUTBOUND_ROUTE_CONFIG = "outbound"
+
+
+def outbound_cluster_name(port: int, hostname: str, subset: str | None = None) -> str:
+    return f"outbound|{port}|{subset or ''}|{hostname}"
+
+
+def inbound_cluster_name(app_port: int) -> str:
+    return f"inbound|{app_port}||"
+
+
+def inbound_route_config_name(app_port: int) -> str:
+    return f"inbound|{app_port}"
+
+
+def gateway_listener_name(port: int) -> str:
+    return f"gateway_{port}"
+
+
+def gateway_route_config_name(port: int) -> str:
+    return f"http.{port}"

@@ -1,0 +1,450 @@
+"""RouteConfigurations: the shared ``outbound`` one for sidecars and ``http.<port>`` for gateways.
+
+Istio's HTTP routing rules become Envoy routes here; the same code serves sidecars and
+gateways so both behave alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import wrappers_pb2
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import (
+    ConsistentHash,
+    Destination,
+    Fault,
+    HeaderOperations,
+    Headers,
+    HTTPMatchRequest,
+    HTTPRoute,
+    Redirect,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    StringMatch,
+    VirtualService,
+    qualify_host,
+)
+from pilotfish.model.services import MeshView, Service
+from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Unroutable
+from pilotfish.translate.gateway_selection import binds_to, http_servers_by_port, server_allows
+from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG, gateway_route_config_name
+from pilotfish.translate.proto_values import duration_from_seconds, pack, percent_to_fraction
+
+FAULT_FILTER_NAME = "envoy.filters.http.fault"
+
+# Istio's retry policy for routes that set none.
+DEFAULT_RETRY_ATTEMPTS = 2
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRIABLE_STATUS_CODES = (503,)
+RETRIABLE_STATUS_CODES = "retriable-status-codes"
+
+# Envoy's own answer to an unknown authority is an empty 404: an app that believes it talks to
+# a plain HTTP proxy gets no hint that it misspelled a service name. Say which host it asked for.
+UNKNOWN_HOST_BODY = "pilotfish: no service in the mesh answers to host %REQ(:authority)%\n"
+
+_REDIRECT_CODES: Mapping[int, rc.RedirectAction.RedirectResponseCode.ValueType] = {
+    301: rc.RedirectAction.MOVED_PERMANENTLY,
+    302: rc.RedirectAction.FOUND,
+    303: rc.RedirectAction.SEE_OTHER,
+    307: rc.RedirectAction.TEMPORARY_REDIRECT,
+    308: rc.RedirectAction.PERMANENT_REDIRECT,
+}
+
+_WHOLE_PATH = "^.*$"
+
+
+# --- matches --------------------------------------------------------------------------------
+
+
+def string_matcher(match: StringMatch) -> string_pb2.StringMatcher:
+    if match.kind == "exact":
+        return string_pb2.StringMatcher(exact=match.value)
+    if match.kind == "prefix":
+        return string_pb2.StringMatcher(prefix=match.value)
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.value))
+
+
+def _header_matcher(name: str, match: StringMatch) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=string_matcher(match))
+
+
+def route_match(block: HTTPMatchRequest | None) -> rc.RouteMatch:
+    """All conditions of one match block, ANDed; no block (or no uri) matches every path."""
+    match = rc.RouteMatch()
+    uri = block.uri if block is not None else None
+    if uri is None or uri.kind == "prefix":
+        match.prefix = uri.value if uri is not None else "/"
+    elif uri.kind == "exact":
+        match.path = uri.value
+    else:
+        match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.value))
+    if block is None:
+        return match
+    if block.method is not None:
+        match.headers.append(_header_matcher(":method", block.method))
+    if block.authority is not None:
+        match.headers.append(_header_matcher(":authority", block.authority))
+    for name in sorted(block.headers):
+        match.headers.append(_header_matcher(name, block.headers[name]))
+    for name in sorted(block.query_params):
+        query_match = string_matcher(block.query_params[name])
+        match.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=query_match))
+    return match
+
+
+# --- header manipulation ------------------------------------------------------------------------
+
+
+def _header_options(operations: HeaderOperations) -> list[base_pb2.HeaderValueOption]:
+    options = [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for key, value in sorted(operations.set.items())
+    ]
+    options.extend(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+        )
+        for key, value in sorted(operations.add.items())
+    )
+    return options
+
+
+def _apply_headers(target: rc.Route | rc.WeightedCluster.ClusterWeight, headers: Headers) -> None:
+    target.request_headers_to_add.extend(_header_options(headers.request))
+    target.request_headers_to_remove.extend(headers.request.remove)
+    target.response_headers_to_add.extend(_header_options(headers.response))
+    target.response_headers_to_remove.extend(headers.response.remove)
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
+    """Istio's default when unset; ``attempts: 0`` turns retries off."""
+    if retries is None:
+        return rc.RetryPolicy(
+            retry_on=DEFAULT_RETRY_ON,
+            num_retries=wrappers_pb2.UInt32Value(value=DEFAULT_RETRY_ATTEMPTS),
+            retriable_status_codes=DEFAULT_RETRIABLE_STATUS_CODES,
+        )
+    if retries.attempts <= 0:
+        return None
+    policy = rc.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=retries.attempts))
+    if retries.per_try_timeout is not None:
+        policy.per_try_timeout.CopyFrom(duration_from_seconds(retries.per_try_timeout))
+    if retries.retry_on is None:
+        policy.retry_on = DEFAULT_RETRY_ON
+        policy.retriable_status_codes.extend(DEFAULT_RETRIABLE_STATUS_CODES)
+        return policy
+    conditions: list[str] = []
+    for token in (t.strip() for t in retries.retry_on.split(",")):
+        if token.isdigit():
+            policy.retriable_status_codes.append(int(token))
+        elif token and token not in conditions:
+            conditions.append(token)
+    if policy.retriable_status_codes and RETRIABLE_STATUS_CODES not in conditions:
+        conditions.append(RETRIABLE_STATUS_CODES)
+    policy.retry_on = ",".join(conditions)
+    return policy
+
+
+def hash_policy(consistent_hash: ConsistentHash) -> rc.RouteAction.HashPolicy:
+    if consistent_hash.http_header_name is not None:
+        return rc.RouteAction.HashPolicy(
+            header=rc.RouteAction.HashPolicy.Header(header_name=consistent_hash.http_header_name)
+        )
+    if consistent_hash.http_cookie is not None:
+        cookie = rc.RouteAction.HashPolicy.Cookie(name=consistent_hash.http_cookie.name)
+        if consistent_hash.http_cookie.ttl is not None:
+            cookie.ttl.CopyFrom(duration_from_seconds(consistent_hash.http_cookie.ttl))
+        if consistent_hash.http_cookie.path is not None:
+            cookie.path = consistent_hash.http_cookie.path
+        return rc.RouteAction.HashPolicy(cookie=cookie)
+    return rc.RouteAction.HashPolicy(
+        connection_properties=rc.RouteAction.HashPolicy.ConnectionProperties(source_ip=True)
+    )
+
+
+def unroutable_response(problems: Iterable[str]) -> rc.DirectResponseAction:
+    """A destination we cannot serve fails visibly, naming why (linkerd's rule)."""
+    body = "".join(f"pilotfish: {problem}\n" for problem in problems)
+    return rc.DirectResponseAction(status=503, body=base_pb2.DataSource(inline_string=body))
+
+
+def _redirect_action(redirect: Redirect) -> rc.RedirectAction:
+    code = _REDIRECT_CODES.get(redirect.redirect_code, rc.RedirectAction.MOVED_PERMANENTLY)
+    action = rc.RedirectAction(response_code=code)
+    if redirect.uri is not None:
+        action.path_redirect = redirect.uri
+    if redirect.authority is not None:
+        action.host_redirect = redirect.authority
+    return action
+
+
+def fault_config(fault: Fault) -> fault_pb2.HTTPFault:
+    config = fault_pb2.HTTPFault()
+    if fault.delay is not None:
+        config.delay.CopyFrom(
+            common_fault_pb2.FaultDelay(
+                fixed_delay=duration_from_seconds(fault.delay.fixed_delay),
+                percentage=percent_to_fraction(fault.delay.percent),
+            )
+        )
+    if fault.abort is not None:
+        config.abort.CopyFrom(
+            fault_pb2.FaultAbort(
+                http_status=fault.abort.http_status,
+                percentage=percent_to_fraction(fault.abort.percent),
+            )
+        )
+    return config
+
+
+class RouteBuilder:
+    """Turns one VirtualService's HTTP routes into Envoy routes.
+
+    ``namespace`` qualifies short destination hosts; ``listener_port`` is the service port the
+    virtual host serves, used when a destination names no port and its service has several.
+    """
+
+    def __init__(self, destinations: DestinationIndex, namespace: str, listener_port: int | None):
+        self._destinations = destinations
+        self._namespace = namespace
+        self._listener_port = listener_port
+
+    def build(self, http: HTTPRoute) -> list[rc.Route]:
+        """One Envoy route per match block: Envoy ORs routes, not the matches inside one."""
+        blocks: Sequence[HTTPMatchRequest | None] = http.match or (None,)
+        return [self._route(http, block) for block in blocks]
+
+    def _route(self, http: HTTPRoute, block: HTTPMatchRequest | None) -> rc.Route:
+        route = rc.Route(match=route_match(block))
+        name = (block.name if block is not None else None) or http.name
+        if name:
+            route.name = name
+        if http.redirect is not None:
+            route.redirect.CopyFrom(_redirect_action(http.redirect))
+        elif http.direct_response is not None:
+            response = rc.DirectResponseAction(status=http.direct_response.status)
+            if http.direct_response.body is not None:
+                response.body.inline_string = http.direct_response.body
+            route.direct_response.CopyFrom(response)
+        else:
+            self._forward(route, http, block)
+        if http.headers is not None:
+            _apply_headers(route, http.headers)
+        if http.fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER_NAME].CopyFrom(
+                pack(fault_config(http.fault))
+            )
+        return route
+
+    def _forward(self, route: rc.Route, http: HTTPRoute, block: HTTPMatchRequest | None) -> None:
+        resolved = [
+            (self._destinations.resolve(d.destination, self._namespace, self._listener_port), d)
+            for d in http.route
+        ]
+        targets = [(t, d) for t, d in resolved if isinstance(t, ClusterTarget)]
+        problems = [t.reason for t, _ in resolved if isinstance(t, Unroutable)]
+        if not targets:
+            route.direct_response.CopyFrom(
+                unroutable_response(problems or ["the route has no destination"])
+            )
+            return
+        action = rc.RouteAction()
+        if len(targets) == 1:
+            target, destination = targets[0]
+            action.cluster = target.cluster
+            if destination.headers is not None:
+                _apply_headers(route, destination.headers)
+        else:
+            weights = [d.weight or 0 for _, d in targets]
+            if sum(weights) == 0:
+                weights = [1] * len(targets)
+            for (target, destination), weight in zip(targets, weights, strict=True):
+                cluster_weight = rc.WeightedCluster.ClusterWeight(
+                    name=target.cluster, weight=wrappers_pb2.UInt32Value(value=weight)
+                )
+                if destination.headers is not None:
+                    _apply_headers(cluster_weight, destination.headers)
+                action.weighted_clusters.clusters.append(cluster_weight)
+        hashes: list[rc.RouteAction.HashPolicy] = []
+        for target, _ in targets:
+            if target.consistent_hash is not None:
+                policy = hash_policy(target.consistent_hash)
+                if policy not in hashes:
+                    hashes.append(policy)
+        action.hash_policy.extend(hashes)
+        # Istio disables Envoy's 15 s default route timeout unless the route sets one.
+        action.timeout.CopyFrom(duration_from_seconds(http.timeout or 0.0))
+        policy = retry_policy(http.retries)
+        if policy is not None:
+            action.retry_policy.CopyFrom(policy)
+        if http.rewrite is not None:
+            self._rewrite(action, http.rewrite, block)
+        route.route.CopyFrom(action)
+
+    @staticmethod
+    def _rewrite(action: rc.RouteAction, rewrite: Rewrite, block: HTTPMatchRequest | None) -> None:
+        if rewrite.uri is not None:
+            uri = block.uri if block is not None else None
+            if uri is None or uri.kind == "prefix":
+                action.prefix_rewrite = rewrite.uri
+            else:
+                action.regex_rewrite.pattern.regex = _WHOLE_PATH
+                action.regex_rewrite.substitution = rewrite.uri
+        if rewrite.authority is not None:
+            action.host_rewrite_literal = rewrite.authority
+
+    def default_route(self, hostname: str) -> rc.Route:
+        """Without a VirtualService: everything to the whole service, with Istio's defaults."""
+        return self._route(
+            HTTPRoute(route=(RouteDestination(destination=Destination(host=hostname)),)), None
+        )
+
+
+# --- outbound ---------------------------------------------------------------------------------
+
+
+def unknown_host_virtual_host() -> rc.VirtualHost:
+    response = rc.DirectResponseAction(
+        status=404,
+        body_format=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=UNKNOWN_HOST_BODY)
+        ),
+    )
+    return rc.VirtualHost(
+        name="unknown_host",
+        domains=["*"],
+        routes=[rc.Route(match=rc.RouteMatch(prefix="/"), direct_response=response)],
+    )
+
+
+def _mesh_virtual_service(view: MeshView, hostname: str) -> VirtualService | None:
+    """The first mesh VirtualService naming the host; Istio also lets only one win per host."""
+    return next(
+        (
+            vs
+            for vs in view.config.virtual_services
+            if vs.applies_to_mesh
+            and any(qualify_host(h, vs.meta.namespace) == hostname for h in vs.hosts)
+        ),
+        None,
+    )
+
+
+def _service_domains(service: Service, port: int, with_bare_names: bool) -> list[str]:
+    names = [service.hostname]
+    if service.short_name and service.short_name != service.hostname:
+        names.append(service.short_name)
+    domains = [f"{name}:{port}" for name in names]
+    if with_bare_names:
+        domains = names + domains
+    return domains
+
+
+def _takes_bare_names(service: Service, port: int) -> bool:
+    """A Host without a port means port 80, or the service's only port."""
+    if len(service.ports) == 1:
+        return True
+    return port == 80
+
+
+def build_outbound_route_config(
+    view: MeshView, destinations: DestinationIndex | None = None
+) -> route_pb2.RouteConfiguration:
+    """One virtual host per service port, plus the catch-all that names unknown hosts.
+
+    Envoy NACKs a route configuration in which two virtual hosts share a domain, so a domain
+    already claimed (two services with one short name in different namespaces) is skipped.
+    """
+    index = destinations or DestinationIndex(view)
+    claimed: set[str] = {"*"}
+    virtual_hosts: list[rc.VirtualHost] = []
+    for hostname in sorted(view.services):
+        service = view.services[hostname]
+        virtual_service = _mesh_virtual_service(view, hostname)
+        for port in sorted(p.number for p in service.ports):
+            domains = [
+                d
+                for d in _service_domains(service, port, _takes_bare_names(service, port))
+                if d not in claimed
+            ]
+            claimed.update(domains)
+            if not domains:
+                continue
+            namespace = virtual_service.meta.namespace if virtual_service else service.namespace
+            builder = RouteBuilder(index, namespace, port)
+            if virtual_service is not None and virtual_service.http:
+                routes = [r for http in virtual_service.http for r in builder.build(http)]
+            else:
+                routes = [builder.default_route(hostname)]
+            virtual_hosts.append(
+                rc.VirtualHost(
+                    name=hostname if len(service.ports) == 1 else f"{hostname}:{port}",
+                    domains=domains,
+                    routes=routes,
+                )
+            )
+    virtual_hosts.append(unknown_host_virtual_host())
+    return route_pb2.RouteConfiguration(
+        name=OUTBOUND_ROUTE_CONFIG,
+        virtual_hosts=virtual_hosts,
+    )
+
+
+# --- gateways ---------------------------------------------------------------------------------
+
+
+def build_gateway_route_configs(
+    view: MeshView, node: ProxyNode, destinations: DestinationIndex | None = None
+) -> tuple[route_pb2.RouteConfiguration, ...]:
+    """``http.<port>`` per gateway server port: one virtual host per bound VirtualService."""
+    index = destinations or DestinationIndex(view)
+    configs: list[route_pb2.RouteConfiguration] = []
+    for port, servers in http_servers_by_port(view, node).items():
+        claimed: set[str] = set()
+        virtual_hosts: list[rc.VirtualHost] = []
+        for virtual_service in view.config.virtual_services:
+            serving = [s for g, s in servers if binds_to(virtual_service, g)]
+            if not serving or not virtual_service.http:
+                continue
+            domains: list[str] = []
+            for host in virtual_service.hosts:
+                if not any(server_allows(server, host) for server in serving):
+                    continue
+                forms = [host] if host == "*" else [host, f"{host}:{port}"]
+                domains.extend(d for d in forms if d not in claimed and d not in domains)
+            claimed.update(domains)
+            if not domains:
+                continue
+            builder = RouteBuilder(index, virtual_service.meta.namespace, None)
+            virtual_hosts.append(
+                rc.VirtualHost(
+                    name=f"{virtual_service.meta.namespace}/{virtual_service.meta.name}",
+                    domains=domains,
+                    routes=[r for http in virtual_service.http for r in builder.build(http)],
+                )
+            )
+        if "*" not in claimed:
+            virtual_hosts.append(unknown_host_virtual_host())
+        configs.append(
+            route_pb2.RouteConfiguration(
+                name=gateway_route_config_name(port),
+                virtual_hosts=virtual_hosts,
+            )
+        )
+    return tuple(configs)
