@@ -79,7 +79,7 @@ def select_virtual_host(config: route_pb2.RouteConfiguration, host: str) -> rc.V
 def string_matches(matcher: string_pb2.StringMatcher, value: str) -> bool:
     kind = matcher.WhichOneof("match_pattern")
     if kind == "exact":
-        return value == matcher.exact
+        return bool(value == matcher.exact)
     if kind == "prefix":
         return value.startswith(matcher.prefix)
     if kind == "suffix":
