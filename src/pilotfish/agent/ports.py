@@ -8,8 +8,11 @@ import socket
 from pilotfish.errors import PilotfishError
 
 
-class PortTimeoutError(PilotfishError):
-    """Nothing accepted connections on a port within the time allowed."""
+class PortTimeoutError(PilotfishError, TimeoutError):
+    """Nothing accepted connections on a port within the time allowed.
+
+    Also a ``TimeoutError``, so callers can treat it like any other timeout.
+    """
 
 
 def free_port(host: str = "127.0.0.1") -> int:

