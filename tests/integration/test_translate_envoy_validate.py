@@ -1,0 +1,290 @@
+"""Envoy itself checks every message translation emits (``envoy --mode validate``).
+
+xDS resources become a static bootstrap: EDS clusters turn STATIC with their assignment
+inlined, and RDS references are replaced by the route configuration they name.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import json_format
+
+from pilotfish.model.diagnostics import SourceMap
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import (
+    ConsistentHash,
+    Destination,
+    DestinationRule,
+    DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    Gateway,
+    GatewayServer,
+    HeaderOperations,
+    Headers,
+    HTTPCookie,
+    HTTPMatchRequest,
+    HTTPRoute,
+    LoadBalancer,
+    MeshConfig,
+    Meta,
+    Redirect,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    ServicePort,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+)
+from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.translate import MeshTranslator, ProxyResources
+
+ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def meta(kind: str, name: str) -> Meta:
+    return Meta(kind=kind, name=name, namespace="default", source=SourceMap(f"{name}.yaml"))
+
+
+def to(host: str, subset: str | None = None, weight: int | None = None) -> RouteDestination:
+    return RouteDestination(destination=Destination(host=host, subset=subset), weight=weight)
+
+
+def every_feature_view(gateway_port: int) -> MeshView:
+    sticky = ConsistentHash(http_cookie=HTTPCookie("session", ttl=60.0, path="/"))
+    config = MeshConfig(
+        destination_rules=(
+            DestinationRule(
+                meta=meta("DestinationRule", "backend"),
+                host="backend",
+                traffic_policy=TrafficPolicy(LoadBalancer(simple="ROUND_ROBIN")),
+                subsets=(
+                    Subset("v1", {"version": "v1"}),
+                    Subset(
+                        "v2", {"version": "v2"}, TrafficPolicy(LoadBalancer(consistent_hash=sticky))
+                    ),
+                ),
+            ),
+        ),
+        virtual_services=(
+            VirtualService(
+                meta=meta("VirtualService", "backend"),
+                hosts=("backend",),
+                http=(
+                    HTTPRoute(
+                        match=(
+                            HTTPMatchRequest(
+                                uri=StringMatch("regex", "/admin/[a-z]+"),
+                                method=StringMatch("exact", "POST"),
+                                authority=StringMatch("prefix", "backend"),
+                                headers={"end-user": StringMatch("regex", "jason|kim")},
+                                query_params={"debug": StringMatch("exact", "1")},
+                            ),
+                            HTTPMatchRequest(uri=StringMatch("exact", "/v2")),
+                        ),
+                        route=(to("backend", "v2"),),
+                        rewrite=Rewrite(uri="/internal", authority="backend.internal"),
+                        fault=Fault(
+                            delay=FaultDelay(fixed_delay=0.5, percent=10.0),
+                            abort=FaultAbort(http_status=503, percent=0.1),
+                        ),
+                    ),
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/old")),),
+                        redirect=Redirect(uri="/new", authority="elsewhere", redirect_code=307),
+                    ),
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/healthz")),),
+                        direct_response=DirectResponse(status=200, body="ok"),
+                    ),
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/gone")),),
+                        route=(to("nowhere"),),
+                    ),
+                    HTTPRoute(
+                        route=(
+                            to("backend", "v1", 90),
+                            RouteDestination(
+                                destination=Destination(host="backend", subset="v2"),
+                                weight=10,
+                                headers=Headers(response=HeaderOperations(set={"x-canary": "1"})),
+                            ),
+                        ),
+                        retries=Retries(
+                            attempts=3, per_try_timeout=1.5, retry_on="5xx,gateway-error,429"
+                        ),
+                        timeout=10.0,
+                        headers=Headers(
+                            request=HeaderOperations(
+                                set={"x-a": "1"}, add={"x-b": "2"}, remove=("x-c",)
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+            VirtualService(
+                meta=meta("VirtualService", "site"),
+                hosts=("*",),
+                gateways=("web",),
+                http=(
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/api/")),),
+                        rewrite=Rewrite(uri="/"),
+                        route=(to("backend"),),
+                    ),
+                    HTTPRoute(route=(to("frontend"),)),
+                ),
+            ),
+        ),
+        gateways=(
+            Gateway(
+                meta=meta("Gateway", "web"),
+                selector={},
+                servers=(GatewayServer(gateway_port, "http", "HTTP", ("*",)),),
+            ),
+        ),
+    )
+    services = (
+        Service(
+            "frontend.default.svc.cluster.local",
+            (ServicePort(8080, "http"),),
+            short_name="frontend",
+        ),
+        Service(
+            "backend.default.svc.cluster.local",
+            (ServicePort(8080, "http"), ServicePort(9090, "grpc", "GRPC")),
+            short_name="backend",
+        ),
+        Service("payments.example.com", (ServicePort(443, "http2", "HTTP2"),), external=True),
+        Service("httpbin.org", (ServicePort(80, "http"),), resolution="DNS", external=True),
+    )
+    replica_ports = {8080: free_port(), 9090: free_port()}
+    return MeshView(
+        config=config,
+        services={s.hostname: s for s in services},
+        endpoints={
+            "frontend.default.svc.cluster.local": (Endpoint("127.0.0.1", {8080: free_port()}),),
+            "backend.default.svc.cluster.local": (
+                Endpoint("127.0.0.1", replica_ports, {"version": "v1"}),
+                Endpoint("127.0.0.1", replica_ports, {"version": "v2"}, weight=2),
+            ),
+            "payments.example.com": (Endpoint("127.0.0.2", {443: free_port()}),),
+        },
+    )
+
+
+def static_bootstrap(resources: ProxyResources) -> dict[str, object]:
+    assignments = {cla.cluster_name: cla for cla in resources.load_assignments}
+    routes = {route.name: route for route in resources.routes}
+    clusters = []
+    for original in resources.clusters:
+        cluster = cluster_pb2.Cluster()
+        cluster.CopyFrom(original)
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            cluster.type = cluster_pb2.Cluster.STATIC
+            cluster.ClearField("eds_cluster_config")
+            cluster.load_assignment.CopyFrom(assignments[cluster.name])
+        clusters.append(json_format.MessageToDict(cluster))
+    listeners = []
+    for original in resources.listeners:
+        listener = listener_pb2.Listener()
+        listener.CopyFrom(original)
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                manager = hcm_pb2.HttpConnectionManager()
+                network_filter.typed_config.Unpack(manager)
+                if manager.HasField("rds"):
+                    manager.route_config.CopyFrom(routes[manager.rds.route_config_name])
+                network_filter.typed_config.Pack(manager)
+        listeners.append(json_format.MessageToDict(listener))
+    return {
+        "node": {"id": "translate-validate", "cluster": "pilotfish"},
+        "static_resources": {"clusters": clusters, "listeners": listeners},
+    }
+
+
+def envoy_validate(
+    bootstrap: dict[str, object], directory: Path
+) -> subprocess.CompletedProcess[str]:
+    config_path = directory / "bootstrap.json"
+    config_path.write_text(json.dumps(bootstrap, indent=2))
+    process = subprocess.Popen(
+        [str(ENVOY), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+@pytest.mark.parametrize("kind", ["sidecar", "gateway"])
+def test_envoy_accepts_generated_resources(kind: str, tmp_path: Path) -> None:
+    gateway_port = free_port()
+    view = every_feature_view(gateway_port)
+    if kind == "sidecar":
+        node = ProxyNode(
+            id="backend-0",
+            service="backend",
+            outbound_port=free_port(),
+            inbound_port=free_port(),
+            app_port=free_port(),
+            app_protocol="GRPC",
+        )
+    else:
+        node = ProxyNode(id="ingress-0", kind="gateway")
+    resources = MeshTranslator(view).resources_for(node)
+    assert resources.listeners, "nothing to validate: the scenario produced no listener"
+
+    result = envoy_validate(static_bootstrap(resources), tmp_path)
+
+    assert result.returncode == 0, result.stdout
+
+
+def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
+    """The check above can fail: two virtual hosts sharing a domain are refused."""
+    view = every_feature_view(free_port())
+    resources = MeshTranslator(view).resources_for(ProxyNode(id="ingress-0", kind="gateway"))
+    duplicated = RouteConfiguration()
+    duplicated.CopyFrom(resources.routes[0])
+    duplicated.virtual_hosts.append(duplicated.virtual_hosts[0])
+    duplicated.virtual_hosts[-1].name = "copy"
+    broken = ProxyResources(
+        clusters=resources.clusters,
+        load_assignments=resources.load_assignments,
+        listeners=resources.listeners,
+        routes=(duplicated,),
+    )
+
+    result = envoy_validate(static_bootstrap(broken), tmp_path)
+
+    assert result.returncode != 0
+    assert "domain" in result.stdout
