@@ -1,0 +1,13 @@
+"""YAML folders -> validated ``MeshConfig``, with every problem pinned to file, line and field."""
+
+from __future__ import annotations
+
+from pilotfish.load.loader import (
+    LoadResult,
+    format_diagnostics,
+    load_directory,
+    load_text,
+    load_texts,
+)
+
+__all__ = ["LoadResult", "format_diagnostics", "load_directory", "load_text", "load_texts"]

@@ -1,0 +1,166 @@
+"""Read a folder (or one text) of YAML into a validated ``MeshConfig`` plus every diagnostic.
+
+This is the only module of the package that touches the file system; everything it calls
+works on text and plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pilotfish.load.fields import ObjectPaths
+from pilotfish.load.parse_document import Resource, parse_document
+from pilotfish.load.validate import validate_mesh
+from pilotfish.load.yaml_source import parse_documents
+from pilotfish.model.diagnostics import Diagnostic, has_errors
+from pilotfish.model.resources import (
+    DestinationRule,
+    Gateway,
+    MeshConfig,
+    ServiceEntry,
+    VirtualService,
+    Workload,
+    WorkloadEntry,
+)
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """``config`` is ``None`` exactly when some diagnostic is an error; warnings never block."""
+
+    config: MeshConfig | None
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "warning")
+
+
+@dataclass
+class _Collector:
+    resources: list[Resource] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    paths: ObjectPaths = field(default_factory=ObjectPaths)
+    syntax_errors: bool = False
+
+    def add_text(self, text: str, filename: str, directory: str) -> None:
+        documents, problems = parse_documents(text, filename)
+        self.diagnostics.extend(problems)
+        self.syntax_errors = self.syntax_errors or bool(problems)
+        for document in documents:
+            resource, found = parse_document(document, directory, self.paths)
+            self.diagnostics.extend(found)
+            if resource is not None:
+                self.resources.append(resource)
+
+    def result(self) -> LoadResult:
+        config = _mesh_config(self.resources)
+        # After a YAML syntax error the resources of the rest of that file are missing, and
+        # every reference to them would be reported as unknown: noise that hides the one
+        # real problem. Cross-resource checks wait until the files parse.
+        if not self.syntax_errors:
+            self.diagnostics.extend(validate_mesh(config, self.paths))
+        diagnostics = tuple(sorted(self.diagnostics))
+        return LoadResult(None if has_errors(diagnostics) else config, diagnostics)
+
+
+def load_text(text: str, filename: str, directory: Path | None = None) -> LoadResult:
+    """Load one file's text; ``directory`` (default: the file's folder) goes on Workloads."""
+    collector = _Collector()
+    folder = directory if directory is not None else Path(filename).parent
+    collector.add_text(text, filename, str(folder.resolve()))
+    return collector.result()
+
+
+def load_texts(files: Iterable[tuple[str, str]], directory: Path | None = None) -> LoadResult:
+    """Load several ``(filename, text)`` pairs as one folder would be loaded."""
+    collector = _Collector()
+    for filename, text in files:
+        folder = directory if directory is not None else Path(filename).parent
+        collector.add_text(text, filename, str(folder.resolve()))
+    return collector.result()
+
+
+def load_directory(path: Path) -> LoadResult:
+    """Every ``*.yaml``/``*.yml`` under ``path`` (recursively, skipping hidden entries).
+
+    Files are reported as ``path`` joined with their relative name, so the names in
+    diagnostics open from wherever the user typed ``path``. A single file is accepted too.
+    """
+    collector = _Collector()
+    if path.is_file():
+        files: list[Path] = [path]
+    elif path.is_dir():
+        files = sorted(_yaml_files(path))
+        if not files:
+            collector.diagnostics.append(
+                Diagnostic(str(path), 1, 1, "", "no *.yaml or *.yml files found", "warning")
+            )
+    else:
+        collector.diagnostics.append(Diagnostic(str(path), 1, 1, "", "no such directory"))
+        return LoadResult(None, tuple(collector.diagnostics))
+    for file in files:
+        text = _read_text(file, collector)
+        if text is not None:
+            collector.add_text(text, str(file), str(file.parent.resolve()))
+    return collector.result()
+
+
+def _yaml_files(root: Path) -> Iterator[Path]:
+    for candidate in root.rglob("*"):
+        relative = candidate.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if candidate.suffix in YAML_SUFFIXES and candidate.is_file():
+            yield candidate
+
+
+def _read_text(file: Path, collector: _Collector) -> str | None:
+    try:
+        # utf-8-sig drops the byte-order mark some Windows editors write.
+        return file.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        collector.diagnostics.append(
+            Diagnostic(str(file), 1, 1, "", f"not UTF-8 text (byte {error.start})")
+        )
+    except OSError as error:
+        collector.diagnostics.append(
+            Diagnostic(str(file), 1, 1, "", f"cannot read file: {error.strerror}")
+        )
+    collector.syntax_errors = True
+    return None
+
+
+def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
+    resources = list(resources)
+    return MeshConfig(
+        virtual_services=tuple(r for r in resources if isinstance(r, VirtualService)),
+        destination_rules=tuple(r for r in resources if isinstance(r, DestinationRule)),
+        gateways=tuple(r for r in resources if isinstance(r, Gateway)),
+        service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
+        workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
+        workloads=tuple(r for r in resources if isinstance(r, Workload)),
+    )
+
+
+def format_diagnostics(diagnostics: Iterable[Diagnostic]) -> str:
+    """One line per problem, ``file:line:col: field: message``, sorted by file and line.
+
+    Warnings carry ``warning:`` before the field; problems of a whole document (bad YAML)
+    have no field and read ``file:line:col: message``.
+    """
+    lines = []
+    for diagnostic in sorted(diagnostics):
+        place = f"{diagnostic.file}:{diagnostic.line}:{diagnostic.col}:"
+        severity = " warning:" if diagnostic.severity == "warning" else ""
+        subject = f" {diagnostic.field}:" if diagnostic.field else ""
+        lines.append(f"{place}{severity}{subject} {diagnostic.message}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""networking.istio.io ServiceEntry and WorkloadEntry -> their ``model`` types."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal, cast
+
+from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.parse_protocols import read_protocol
+from pilotfish.load.yaml_source import join_path
+from pilotfish.model.resources import (
+    Meta,
+    ServiceEntry,
+    ServicePort,
+    WorkloadEntry,
+    WorkloadEntrySpec,
+)
+
+SERVICE_ENTRY_FIELDS = (
+    "hosts",
+    "addresses",
+    "ports",
+    "location",
+    "resolution",
+    "endpoints",
+    "workloadSelector",
+)
+SERVICE_ENTRY_NOT_IMPLEMENTED = ("exportTo", "subjectAltNames")
+LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
+RESOLUTIONS = ("STATIC", "DNS", "NONE")
+RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)
+
+WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight")
+WORKLOAD_ENTRY_NOT_IMPLEMENTED = ("network", "locality", "serviceAccount")
+
+Resolution = Literal["STATIC", "DNS", "NONE"]
+Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
+
+
+def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> ServiceEntry:
+    hosts = reader.string_list(spec, "hosts", "spec", required=True)
+    addresses = reader.string_list(spec, "addresses", "spec")
+    ports = [
+        port
+        for item, path in reader.items(spec, "ports", "spec", required=True)
+        if (port := _service_port(reader, item, path)) is not None
+    ]
+    location = reader.choice(spec, "location", "spec", LOCATIONS) or "MESH_EXTERNAL"
+    resolution = reader.choice(
+        spec, "resolution", "spec", RESOLUTIONS, not_supported=RESOLUTIONS_NOT_SUPPORTED
+    )
+    if resolution is None and spec.get("resolution") is None:
+        # Istio's default is NONE; say so rather than silently picking another mode.
+        resolution = "NONE"
+        reader.warning(
+            "spec.resolution",
+            "not set: Istio's default NONE (pass-through) is not implemented; treated as STATIC",
+        )
+    elif resolution == "NONE":
+        reader.warning(
+            "spec.resolution", "NONE (pass-through) is not implemented; treated as STATIC"
+        )
+    endpoints: list[WorkloadEntrySpec] = []
+    for item, path in reader.items(spec, "endpoints", "spec"):
+        fields = reader.mapping(item, path, WORKLOAD_ENTRY_FIELDS, WORKLOAD_ENTRY_NOT_IMPLEMENTED)
+        if fields is None:
+            continue
+        endpoint = parse_workload_entry_spec(reader, fields, path)
+        if endpoint is None:
+            continue
+        if resolution in ("STATIC", "NONE") and not _is_ip(endpoint.address):
+            reader.error(
+                join_path(path, "address"),
+                f'"{endpoint.address}" is not an IP address (required with STATIC resolution)',
+            )
+        endpoints.append(endpoint)
+    selector = _workload_selector(reader, spec)
+    if endpoints and selector is not None:
+        reader.error("spec.workloadSelector", "cannot be combined with endpoints")
+    return ServiceEntry(
+        meta=meta,
+        hosts=hosts,
+        ports=tuple(ports),
+        addresses=addresses,
+        location=cast(Location, location),
+        resolution=cast(Resolution, resolution or "STATIC"),
+        endpoints=tuple(endpoints),
+        workload_selector=selector,
+    )
+
+
+def _service_port(reader: FieldReader, value: object, path: str) -> ServicePort | None:
+    fields = reader.mapping(value, path, ("number", "name", "protocol", "targetPort"))
+    if fields is None:
+        return None
+    number = reader.integer(fields, "number", path, required=True, minimum=1, maximum=65535)
+    name = reader.string(fields, "name", path, required=True)
+    protocol = read_protocol(reader, fields, "protocol", path, required=True)
+    target_port = reader.integer(fields, "targetPort", path, minimum=1, maximum=65535)
+    if number is None or name is None or protocol is None:
+        return None
+    return ServicePort(number=number, name=name, protocol=protocol, target_port=target_port)
+
+
+def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | None:
+    selector = reader.child_mapping(spec, "workloadSelector", "spec", ("labels",))
+    if selector is None:
+        return None
+    return reader.string_map(
+        selector, "labels", "spec.workloadSelector", required=True, non_empty=True
+    )
+
+
+def parse_workload_entry(reader: FieldReader, spec: Fields, meta: Meta) -> WorkloadEntry | None:
+    entry = parse_workload_entry_spec(reader, spec, "spec")
+    if entry is None:
+        return None
+    return WorkloadEntry(meta=meta, spec=entry)
+
+
+def parse_workload_entry_spec(
+    reader: FieldReader, fields: Fields, path: str
+) -> WorkloadEntrySpec | None:
+    """The fields a WorkloadEntry spec shares with a ServiceEntry endpoint."""
+    address = reader.string(fields, "address", path, required=True)
+    ports = _port_map(reader, fields, path)
+    labels = reader.string_map(fields, "labels", path)
+    weight = reader.integer(fields, "weight", path, minimum=0, maximum=2**32 - 1)
+    if address is None:
+        return None
+    if address.startswith("unix://"):
+        reader.error(join_path(path, "address"), "unix domain sockets are not supported yet")
+    return WorkloadEntrySpec(address=address, ports=ports, labels=labels, weight=weight)
+
+
+def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
+    raw = fields.get("ports")
+    if raw is None:
+        return {}
+    ports_path = join_path(path, "ports")
+    if not isinstance(raw, dict):
+        reader.error(ports_path, f"expected a mapping of port name to number, got {describe(raw)}")
+        return {}
+    found: dict[str, int] = {}
+    for name in raw:
+        if not isinstance(name, str) or not name:
+            reader.error(join_path(ports_path, str(name)), "port names must be non-empty strings")
+            continue
+        number = reader.integer(
+            cast(Fields, raw), name, ports_path, required=True, minimum=1, maximum=65535
+        )
+        if number is not None:
+            found[name] = number
+    return found
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,429 @@
+"""networking.istio.io VirtualService -> ``model.VirtualService`` (the HTTP subset we route)."""
+
+from __future__ import annotations
+
+from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.regex_check import re2_problem
+from pilotfish.load.yaml_source import join_path
+from pilotfish.model.resources import (
+    Destination,
+    DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HeaderOperations,
+    Headers,
+    HTTPMatchRequest,
+    HTTPRoute,
+    Meta,
+    Redirect,
+    Retries,
+    Rewrite,
+    RouteDestination,
+    StringMatch,
+    VirtualService,
+)
+
+SPEC_FIELDS = ("hosts", "gateways", "http")
+SPEC_NOT_IMPLEMENTED = ("tcp", "tls", "exportTo")
+
+ROUTE_FIELDS = (
+    "name",
+    "match",
+    "route",
+    "redirect",
+    "directResponse",
+    "rewrite",
+    "timeout",
+    "retries",
+    "headers",
+    "fault",
+)
+ROUTE_NOT_IMPLEMENTED = (
+    "delegate",
+    "mirror",
+    "mirrors",
+    "mirrorPercent",
+    "mirrorPercentage",
+    "corsPolicy",
+)
+ROUTE_ACTIONS = ("route", "redirect", "directResponse")
+
+MATCH_FIELDS = ("name", "uri", "method", "authority", "headers", "queryParams")
+# Ignoring a match condition widens the match; Istio users still deserve to know, hence a
+# warning naming each one rather than silence.
+MATCH_NOT_IMPLEMENTED = (
+    "scheme",
+    "port",
+    "sourceLabels",
+    "gateways",
+    "ignoreUriCase",
+    "withoutHeaders",
+    "sourceNamespace",
+    "statPrefix",
+)
+STRING_MATCH_KINDS = ("exact", "prefix", "regex")
+
+# Envoy's router retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on).
+RETRY_CONDITIONS = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "envoy-ratelimited",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
+# Istio retries twice when a route has a retry policy without ``attempts``.
+DEFAULT_RETRY_ATTEMPTS = 2
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+HTTP_STATUS_MIN = 200
+HTTP_STATUS_MAX = 599
+PORT_MAX = 65535
+
+
+def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> VirtualService:
+    hosts = reader.string_list(spec, "hosts", "spec", required=True)
+    gateways = reader.string_list(spec, "gateways", "spec")
+    routes: list[HTTPRoute] = []
+    for item, path in reader.items(spec, "http", "spec"):
+        route = _http_route(reader, item, path)
+        if route is not None:
+            routes.append(reader.paths.remember(route, path))
+    return VirtualService(meta=meta, hosts=hosts, gateways=gateways, http=tuple(routes))
+
+
+def _http_route(reader: FieldReader, value: object, path: str) -> HTTPRoute | None:
+    fields = reader.mapping(value, path, ROUTE_FIELDS, ROUTE_NOT_IMPLEMENTED)
+    if fields is None:
+        return None
+    matches = [
+        match
+        for item, item_path in reader.items(fields, "match", path)
+        if (match := _match_request(reader, item, item_path)) is not None
+    ]
+    destinations = [
+        destination
+        for item, item_path in reader.items(fields, "route", path)
+        if (destination := _route_destination(reader, item, item_path)) is not None
+    ]
+    if fields.get("route") == []:
+        reader.error(join_path(path, "route"), "must not be empty")
+    actions = [name for name in ROUTE_ACTIONS if fields.get(name) is not None]
+    if len(actions) != 1:
+        found = f" (found {', '.join(actions)})" if actions else ""
+        reader.error(path, f"needs exactly one of route, redirect, directResponse{found}")
+    if fields.get("rewrite") is not None and fields.get("redirect") is not None:
+        reader.error(join_path(path, "rewrite"), "cannot be combined with redirect")
+    return HTTPRoute(
+        name=reader.string(fields, "name", path),
+        match=tuple(matches),
+        route=tuple(destinations),
+        redirect=_redirect(reader, fields, path),
+        direct_response=_direct_response(reader, fields, path),
+        rewrite=_rewrite(reader, fields, path),
+        timeout=reader.duration(fields, "timeout", path),
+        retries=_retries(reader, fields, path),
+        headers=_headers(reader, fields, path),
+        fault=_fault(reader, fields, path),
+    )
+
+
+# --- match ------------------------------------------------------------------------------------
+
+
+def _match_request(reader: FieldReader, value: object, path: str) -> HTTPMatchRequest | None:
+    fields = reader.mapping(value, path, MATCH_FIELDS, MATCH_NOT_IMPLEMENTED)
+    if fields is None:
+        return None
+    return HTTPMatchRequest(
+        name=reader.string(fields, "name", path),
+        uri=_optional_string_match(reader, fields, "uri", path),
+        method=_optional_string_match(reader, fields, "method", path),
+        authority=_optional_string_match(reader, fields, "authority", path),
+        headers=_string_match_map(reader, fields, "headers", path),
+        query_params=_string_match_map(reader, fields, "queryParams", path),
+    )
+
+
+def _optional_string_match(
+    reader: FieldReader, fields: Fields, key: str, path: str
+) -> StringMatch | None:
+    value = fields.get(key)
+    if value is None:
+        return None
+    return _string_match(reader, value, join_path(path, key))
+
+
+def _string_match_map(
+    reader: FieldReader, fields: Fields, key: str, path: str
+) -> dict[str, StringMatch]:
+    value = fields.get(key)
+    if value is None:
+        return {}
+    map_path = join_path(path, key)
+    if not isinstance(value, dict):
+        reader.error(map_path, f"expected a mapping of name to match, got {describe(value)}")
+        return {}
+    found: dict[str, StringMatch] = {}
+    for name, condition in value.items():
+        entry_path = join_path(map_path, str(name))
+        if not isinstance(name, str) or not name:
+            reader.error(entry_path, "names must be non-empty strings")
+            continue
+        match = _string_match(reader, condition, entry_path)
+        if match is not None:
+            found[name] = match
+    return found
+
+
+def _string_match(reader: FieldReader, value: object, path: str) -> StringMatch | None:
+    fields = reader.mapping(value, path, STRING_MATCH_KINDS)
+    if fields is None:
+        return None
+    kinds = [kind for kind in STRING_MATCH_KINDS if fields.get(kind) is not None]
+    if len(kinds) != 1:
+        reader.error(path, "needs exactly one of exact, prefix, regex")
+        return None
+    kind = kinds[0]
+    text = reader.string(fields, kind, path)
+    if text is None:
+        return None
+    if kind == "regex":
+        problem = re2_problem(text)
+        if problem is not None:
+            reader.error(join_path(path, kind), problem)
+            return None
+        return StringMatch("regex", text)
+    return StringMatch("exact" if kind == "exact" else "prefix", text)
+
+
+# --- destinations -----------------------------------------------------------------------------
+
+
+def _route_destination(reader: FieldReader, value: object, path: str) -> RouteDestination | None:
+    fields = reader.mapping(value, path, ("destination", "weight", "headers"))
+    if fields is None:
+        return None
+    weight = reader.integer(fields, "weight", path, minimum=0, maximum=100)
+    headers = _headers(reader, fields, path)
+    destination_fields = reader.child_mapping(
+        fields, "destination", path, ("host", "subset", "port"), required=True
+    )
+    if destination_fields is None:
+        return None
+    destination_path = join_path(path, "destination")
+    host = reader.string(destination_fields, "host", destination_path, required=True)
+    subset = reader.string(destination_fields, "subset", destination_path)
+    port_fields = reader.child_mapping(destination_fields, "port", destination_path, ("number",))
+    port = None
+    if port_fields is not None:
+        port = reader.integer(
+            port_fields,
+            "number",
+            join_path(destination_path, "port"),
+            required=True,
+            minimum=1,
+            maximum=PORT_MAX,
+        )
+    if host is None:
+        return None
+    routed = RouteDestination(
+        destination=Destination(host=host, subset=subset, port=port),
+        weight=weight,
+        headers=headers,
+    )
+    return reader.paths.remember(routed, path)
+
+
+def _headers(reader: FieldReader, fields: Fields, path: str) -> Headers | None:
+    header_fields = reader.child_mapping(fields, "headers", path, ("request", "response"))
+    if header_fields is None:
+        return None
+    headers_path = join_path(path, "headers")
+    return Headers(
+        request=_header_operations(reader, header_fields, "request", headers_path),
+        response=_header_operations(reader, header_fields, "response", headers_path),
+    )
+
+
+def _header_operations(
+    reader: FieldReader, fields: Fields, key: str, path: str
+) -> HeaderOperations:
+    operations = reader.child_mapping(fields, key, path, ("set", "add", "remove"))
+    if operations is None:
+        return HeaderOperations()
+    operations_path = join_path(path, key)
+    return HeaderOperations(
+        set=reader.string_map(operations, "set", operations_path),
+        add=reader.string_map(operations, "add", operations_path),
+        remove=reader.string_list(operations, "remove", operations_path),
+    )
+
+
+# --- other actions ------------------------------------------------------------------------------
+
+
+def _redirect(reader: FieldReader, fields: Fields, path: str) -> Redirect | None:
+    redirect = reader.child_mapping(
+        fields,
+        "redirect",
+        path,
+        ("uri", "authority", "redirectCode"),
+        ("port", "derivePort", "scheme"),
+    )
+    if redirect is None:
+        return None
+    redirect_path = join_path(path, "redirect")
+    uri = reader.string(redirect, "uri", redirect_path)
+    authority = reader.string(redirect, "authority", redirect_path)
+    if uri is None and authority is None:
+        reader.error(redirect_path, "needs uri or authority")
+    code = reader.integer(redirect, "redirectCode", redirect_path)
+    if code is not None and code not in REDIRECT_CODES:
+        reader.error(
+            join_path(redirect_path, "redirectCode"),
+            f"{code} must be one of {', '.join(map(str, REDIRECT_CODES))}",
+        )
+        code = None
+    return Redirect(uri=uri, authority=authority, redirect_code=code or 301)
+
+
+def _direct_response(reader: FieldReader, fields: Fields, path: str) -> DirectResponse | None:
+    response = reader.child_mapping(fields, "directResponse", path, ("status", "body"))
+    if response is None:
+        return None
+    response_path = join_path(path, "directResponse")
+    status = reader.integer(
+        response,
+        "status",
+        response_path,
+        required=True,
+        minimum=HTTP_STATUS_MIN,
+        maximum=HTTP_STATUS_MAX,
+    )
+    body_fields = reader.child_mapping(response, "body", response_path, ("string",), ("bytes",))
+    body = None
+    if body_fields is not None:
+        body = reader.string(body_fields, "string", join_path(response_path, "body"))
+    if status is None:
+        return None
+    return DirectResponse(status=status, body=body)
+
+
+def _rewrite(reader: FieldReader, fields: Fields, path: str) -> Rewrite | None:
+    rewrite = reader.child_mapping(
+        fields, "rewrite", path, ("uri", "authority"), ("uriRegexRewrite",)
+    )
+    if rewrite is None:
+        return None
+    rewrite_path = join_path(path, "rewrite")
+    return Rewrite(
+        uri=reader.string(rewrite, "uri", rewrite_path),
+        authority=reader.string(rewrite, "authority", rewrite_path),
+    )
+
+
+def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
+    retries = reader.child_mapping(
+        fields,
+        "retries",
+        path,
+        ("attempts", "perTryTimeout", "retryOn"),
+        ("retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff"),
+    )
+    if retries is None:
+        return None
+    retries_path = join_path(path, "retries")
+    attempts = reader.integer(retries, "attempts", retries_path, minimum=0)
+    retry_on = reader.string(retries, "retryOn", retries_path)
+    if retry_on is not None:
+        problem = retry_on_problem(retry_on)
+        if problem is not None:
+            reader.error(join_path(retries_path, "retryOn"), problem)
+            retry_on = None
+    return Retries(
+        attempts=DEFAULT_RETRY_ATTEMPTS if attempts is None else attempts,
+        per_try_timeout=reader.duration(retries, "perTryTimeout", retries_path),
+        retry_on=retry_on,
+    )
+
+
+def retry_on_problem(retry_on: str) -> str | None:
+    """Why a ``retryOn`` list is invalid: each item is an Envoy condition or an HTTP status."""
+    for raw in retry_on.split(","):
+        condition = raw.strip()
+        if not condition:
+            return "empty retry condition in comma-separated list"
+        if condition.isdigit():
+            if not 100 <= int(condition) <= HTTP_STATUS_MAX:
+                return f'"{condition}" is not an HTTP status code'
+        elif condition not in RETRY_CONDITIONS:
+            return f'unknown retry condition "{condition}"'
+    return None
+
+
+def _fault(reader: FieldReader, fields: Fields, path: str) -> Fault | None:
+    fault = reader.child_mapping(fields, "fault", path, ("delay", "abort"))
+    if fault is None:
+        return None
+    fault_path = join_path(path, "fault")
+    delay = None
+    delay_fields = reader.child_mapping(
+        fault, "delay", fault_path, ("fixedDelay", "percentage", "percent"), ("exponentialDelay",)
+    )
+    if delay_fields is not None:
+        delay_path = join_path(fault_path, "delay")
+        fixed = reader.duration(delay_fields, "fixedDelay", delay_path, required=True)
+        percent = _fault_percent(reader, delay_fields, delay_path)
+        if fixed is not None:
+            delay = FaultDelay(fixed_delay=fixed, percent=percent)
+    abort = None
+    abort_fields = reader.child_mapping(
+        fault,
+        "abort",
+        fault_path,
+        ("httpStatus", "percentage", "percent"),
+        ("grpcStatus", "http2Error"),
+    )
+    if abort_fields is not None:
+        abort_path = join_path(fault_path, "abort")
+        status = reader.integer(
+            abort_fields,
+            "httpStatus",
+            abort_path,
+            required=True,
+            minimum=HTTP_STATUS_MIN,
+            maximum=HTTP_STATUS_MAX,
+        )
+        percent = _fault_percent(reader, abort_fields, abort_path)
+        if status is not None:
+            abort = FaultAbort(http_status=status, percent=percent)
+    if delay_fields is None and abort_fields is None:
+        reader.error(fault_path, "needs delay or abort")
+    return Fault(delay=delay, abort=abort)
+
+
+def _fault_percent(reader: FieldReader, fields: Fields, path: str) -> float:
+    """Istio's ``percentage.value`` (a double), or the older integer ``percent``; default 100."""
+    if fields.get("percentage") is not None and fields.get("percent") is not None:
+        reader.error(join_path(path, "percent"), "set percentage or percent, not both")
+    percentage = reader.child_mapping(fields, "percentage", path, ("value",))
+    if percentage is not None:
+        value = reader.number(
+            percentage, "value", join_path(path, "percentage"), minimum=0, maximum=100
+        )
+        return 100.0 if value is None else value
+    percent = reader.integer(fields, "percent", path, minimum=0, maximum=100)
+    return 100.0 if percent is None else float(percent)
