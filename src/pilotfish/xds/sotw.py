@@ -1,0 +1,135 @@
+"""Sans-IO state machine of one state-of-the-world ADS stream.
+
+Rules, all taken from how Envoy behaves:
+- A response carries every subscribed resource of its type; its version is a hash of that
+  content, so "nothing changed" is a string comparison.
+- An ACK or NACK never causes a resend of the same content.
+- A request whose nonce is not the latest we sent for its type is stale: Envoy sends it before
+  it has seen our newer response, and will ACK that one with its full subscription anyway. We
+  keep its subscription and otherwise ignore it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pilotfish.snapshot import Resource, Snapshot, type_urls, version_of_resources
+from pilotfish.xds.protocol import (
+    Action,
+    NonceSource,
+    RequestReceived,
+    SendResponse,
+    SnapshotChanged,
+    TypeProgress,
+    TypeStatus,
+    load_assignments_to_resend,
+)
+
+SotwEvent = RequestReceived | SnapshotChanged
+
+
+@dataclass
+class _TypeState:
+    progress: TypeProgress
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    latest_nonce: int | None = None
+    responded: bool = field(default=False)
+
+
+class SotwStream:
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._types: dict[str, _TypeState] = {}
+        self._nonces = NonceSource()
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def statuses(self) -> list[TypeStatus]:
+        ordered = sorted(self._types, key=type_urls.push_rank)
+        return [self._types[t].progress.status() for t in ordered]
+
+    def receive(self, event: SotwEvent) -> list[Action]:
+        if isinstance(event, SnapshotChanged):
+            return self._snapshot_changed(event.snapshot)
+        return self._request_received(event)
+
+    def _request_received(self, request: RequestReceived) -> list[Action]:
+        state = self._types.get(request.type_url)
+        first = state is None
+        if state is None:
+            state = _TypeState(TypeProgress(request.type_url))
+            self._types[request.type_url] = state
+        state.wildcard = "*" in request.resource_names or (
+            not request.resource_names and request.type_url in type_urls.WILDCARD_TYPES
+        )
+        state.names = frozenset(n for n in request.resource_names if n != "*")
+
+        nonce = NonceSource.parse(request.response_nonce)
+        if request.response_nonce and nonce != state.latest_nonce:
+            return []
+
+        actions: list[Action] = []
+        if request.response_nonce and nonce is not None:
+            if request.error_message is not None:
+                state.progress.acked_version = request.version_info or state.progress.acked_version
+                actions.append(
+                    state.progress.record_nack(
+                        nonce, state.progress.sent_version, request.error_message
+                    )
+                )
+            else:
+                state.progress.record_ack(nonce, request.version_info)
+
+        if self._snapshot is None:
+            return actions
+        selected = self._select(state, self._snapshot)
+        version = version_of_resources(selected)
+        state.progress.desired_version = version
+        if first and request.version_info and request.version_info == version:
+            # A reconnecting proxy that already holds exactly this: nothing to send.
+            state.progress.acked_version = version
+            state.progress.sent_version = version
+            return actions
+        if self._worth_sending(state, version):
+            actions.append(self._respond(state, version, selected))
+        return actions
+
+    def _snapshot_changed(self, snapshot: Snapshot) -> list[Action]:
+        must_resend = load_assignments_to_resend(self._snapshot, snapshot)
+        self._snapshot = snapshot
+        actions: list[Action] = []
+        for type_url in sorted(self._types, key=type_urls.push_rank):
+            state = self._types[type_url]
+            selected = self._select(state, snapshot)
+            version = version_of_resources(selected)
+            state.progress.desired_version = version
+            forced = type_url == type_urls.ENDPOINT and bool(must_resend & state.names)
+            if forced or self._worth_sending(state, version):
+                actions.append(self._respond(state, version, selected))
+        return actions
+
+    @staticmethod
+    def _worth_sending(state: _TypeState, version: str) -> bool:
+        if version == state.progress.sent_version:
+            return False
+        # Nothing subscribed and nothing sent yet: an empty answer would tell the proxy nothing.
+        return state.wildcard or bool(state.names) or state.responded
+
+    @staticmethod
+    def _select(state: _TypeState, snapshot: Snapshot) -> tuple[Resource, ...]:
+        available = snapshot.of_type(state.progress.type_url)
+        if state.wildcard:
+            return tuple(available[name] for name in sorted(available))
+        return tuple(available[name] for name in sorted(state.names) if name in available)
+
+    def _respond(
+        self, state: _TypeState, version: str, selected: tuple[Resource, ...]
+    ) -> SendResponse:
+        nonce = self._nonces.next()
+        state.latest_nonce = nonce
+        state.responded = True
+        state.progress.sent_version = version
+        return SendResponse(state.progress.type_url, version, str(nonce), selected)
