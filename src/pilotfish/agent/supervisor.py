@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.envoy_process import (
@@ -39,6 +41,23 @@ class RestartPolicy:
         return 1 if uptime >= self.stable_after else consecutive_failures + 1
 
 
+class SupervisedEnvoy(Protocol):
+    """What the supervisor needs of one Envoy run; ``EnvoyProcess`` is the real one."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def admin_url(self) -> str | None: ...
+    @property
+    def recent_output(self) -> tuple[str, ...]: ...
+    async def start(self) -> None: ...
+    async def wait(self) -> int: ...
+    async def drain(self, grace_seconds: float) -> int | None: ...
+    async def stop(self, timeout: float | None = None) -> int | None: ...
+
+
 class Sidecar:
     """Supervises the Envoy of one proxy (a sidecar or a gateway).
 
@@ -64,12 +83,13 @@ class Sidecar:
         options: EnvoyOptions | None = None,
         restart_policy: RestartPolicy | None = None,
         name: str | None = None,
+        process_factory: Callable[[], SupervisedEnvoy] | None = None,
     ) -> None:
         self.node = node
         self.name = name or node.id
         self.ready = asyncio.Event()
         self.restarts = 0
-        self._bootstrap = build_bootstrap(
+        self.bootstrap: dict[str, Any] = build_bootstrap(
             node, xds_address=xds_address, admin_port=admin_port, delta=delta
         )
         options = options or EnvoyOptions()
@@ -78,9 +98,10 @@ class Sidecar:
         self._options = options
         self._work_dir = work_dir
         self._on_output = on_line
+        self._new_process = process_factory or self._new_envoy_process
         self._run_task: asyncio.Task[None] | None = None
         self._policy = restart_policy or RestartPolicy()
-        self._process: EnvoyProcess | None = None
+        self._process: SupervisedEnvoy | None = None
         self._stopping = asyncio.Event()
         self._run_finished = asyncio.Event()
         self._run_finished.set()
@@ -130,13 +151,7 @@ class Sidecar:
         ever_started = False
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            process = EnvoyProcess(
-                self._bootstrap,
-                work_dir=self._work_dir,
-                name=self.name,
-                options=self._options,
-                on_output=self._on_output,
-            )
+            process = self._new_process()
             self._process = process
             try:
                 await process.start()
@@ -186,6 +201,15 @@ class Sidecar:
         await self._run_finished.wait()
         if self._run_task is not None and self._run_task.done() and not self._run_task.cancelled():
             self._run_task.exception()  # retrieved here so asyncio does not warn it was lost
+
+    def _new_envoy_process(self) -> SupervisedEnvoy:
+        return EnvoyProcess(
+            self.bootstrap,
+            work_dir=self._work_dir,
+            name=self.name,
+            options=self._options,
+            on_output=self._on_output,
+        )
 
     async def _pause(self, seconds: float) -> None:
         # Sleeps, but wakes at once when shutdown() is called.
