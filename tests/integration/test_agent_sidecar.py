@@ -413,3 +413,47 @@ async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: fl
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+ORPHAN_SCRIPT = """
+import asyncio, sys
+from pathlib import Path
+from pilotfish.agent.bootstrap import build_bootstrap
+from pilotfish.agent.envoy_process import EnvoyProcess
+from pilotfish.model.proxy import ProxyNode
+
+async def main():
+    bootstrap = build_bootstrap(
+        ProxyNode(id="orphan"), xds_address=("127.0.0.1", int(sys.argv[1])), admin_port=0
+    )
+    process = EnvoyProcess(bootstrap, work_dir=Path(sys.argv[2]))
+    await process.start()
+    print(process.pid, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_envoy_dies_when_its_parent_is_killed(
+    ads: AdsServer, tmp_path: Path, agent_command: list[subprocess.Popen[str]]
+) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(ads.port), str(tmp_path)],
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    agent_command.append(parent)
+    assert parent.stdout is not None
+    envoy_pid = int(await asyncio.to_thread(parent.stdout.readline))
+    assert process_exists(envoy_pid)
+
+    try:
+        parent.kill()  # no chance to clean up: only the kernel can stop Envoy now
+        await asyncio.to_thread(parent.wait, 10)
+        await wait_until(lambda: not process_exists(envoy_pid), timeout=10)
+    finally:
+        if process_exists(envoy_pid):
+            os.kill(envoy_pid, signal.SIGKILL)
