@@ -60,7 +60,7 @@ def find_envoy_binary() -> Path:
     """The real Envoy executable.
 
     The ``envoy`` script in a virtualenv's bin is a Python wrapper that execs the binary; running
-    the binary directly saves an interpreter start and keeps the pid we watch the Envoy pid.
+    the binary directly saves an interpreter start per Envoy.
     """
     python = f"python{sys.version_info.major}.{sys.version_info.minor}"
     bundled = Path(sys.prefix) / "lib" / python / "site-packages" / "envoy" / "_bin" / "envoy"
@@ -310,7 +310,14 @@ class EnvoyProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             self._recent.append(line)
             if self._on_output is not None:
-                self._on_output(line)
+                try:
+                    self._on_output(line)
+                except Exception:
+                    # A broken sink must not stop the reading, or Envoy blocks on a full pipe.
+                    log.exception(
+                        "%s: output callback failed; output is no longer forwarded", self.name
+                    )
+                    self._on_output = None
 
     async def _finish_output(self) -> None:
         # Pipes reach EOF when the process exits; the timeout guards against a grandchild

@@ -35,7 +35,9 @@ class RestartPolicy:
     def delay(self, consecutive_failures: int) -> float:
         if consecutive_failures <= 0:
             return 0.0
-        return min(self.max_delay, self.first_delay * 2.0 ** (consecutive_failures - 1))
+        # The exponent is bounded so that hours of crash looping cannot overflow a float.
+        doublings = min(consecutive_failures - 1, 64)
+        return min(self.max_delay, self.first_delay * 2.0**doublings)
 
     def failures_after_exit(self, consecutive_failures: int, uptime: float) -> int:
         return 1 if uptime >= self.stable_after else consecutive_failures + 1
