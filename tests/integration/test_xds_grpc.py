@@ -1,0 +1,201 @@
+"""The ADS server over real grpcio, driven by our minimal SotW and Delta clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.snapshot import PackingCache, Snapshot, make_snapshot, type_urls
+from pilotfish.xds.server import start_xds_server
+from pilotfish.xds.source import InMemorySnapshotSource
+from pilotfish.xds.status_board import ProxyStatusBoard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from xds_clients import (
+    DeltaClient,
+    SotwClient,
+    http_resources,
+    load_assignment,
+)
+
+pytestmark = pytest.mark.integration
+
+CDS, EDS, LDS, RDS = type_urls.CLUSTER, type_urls.ENDPOINT, type_urls.LISTENER, type_urls.ROUTE
+NODE = ProxyNode(id="sidecar-1", service="reviews", outbound_port=15001)
+
+
+@dataclass
+class Plane:
+    source: InMemorySnapshotSource
+    board: ProxyStatusBoard
+    target: str
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[Plane]:
+    source = InMemorySnapshotSource()
+    board = ProxyStatusBoard()
+    server, port = await start_xds_server(source, board)
+    try:
+        yield Plane(source, board, f"127.0.0.1:{port}")
+    finally:
+        await server.stop(None)
+
+
+def snapshot_with_backend_port(port: int) -> Snapshot:
+    return make_snapshot(http_resources(listener_port=1, backend_port=port), PackingCache())
+
+
+async def test_sotw_initial_fetch_push_on_change_and_ack_is_not_answered(plane: Plane) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    async with SotwClient(plane.target, NODE) as client:
+        client.request(CDS)
+        cds = await client.receive()
+        assert cds.type_url == CDS and len(cds.resources) == 1
+        client.ack(cds)
+        client.request(EDS, ["backend"])
+        eds = await client.receive()
+        # Had the ACK been answered, that answer would have come before this one.
+        assert eds.type_url == EDS
+        client.ack(eds, ["backend"])
+
+        plane.source.set_snapshot(snapshot_with_backend_port(8001))
+        pushed = await client.receive()
+        assert pushed.type_url == EDS and pushed.version_info != eds.version_info
+        client.ack(pushed, ["backend"])
+        client.request(LDS)
+        assert (await client.receive()).type_url == LDS
+
+        status = plane.board.find(NODE.id)
+        assert status is not None and status.stream_kind == "sotw"
+        eds_status = status.type_status(EDS)
+        assert eds_status is not None
+        assert (eds_status.status.value, eds_status.acked_version) == (
+            "SYNCED",
+            pushed.version_info,
+        )
+        assert status.to_json()["service"] == "reviews"
+
+
+async def test_sotw_waits_while_there_is_no_snapshot(plane: Plane) -> None:
+    async with SotwClient(plane.target, NODE) as client:
+        client.request(CDS)
+        client.request(LDS)
+        plane.source.set_snapshot(snapshot_with_backend_port(8000))
+        first = await client.receive()
+        # Anything sent before the snapshot existed would have been an empty answer.
+        assert first.type_url == CDS and len(first.resources) == 1
+
+
+async def test_sotw_nack_is_recorded_shown_and_logged(
+    plane: Plane, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    async with SotwClient(plane.target, NODE) as client:
+        client.request(CDS)
+        cds = await client.receive()
+        client.nack(cds, "", "cluster backend: bad connect_timeout")
+        client.request(LDS)
+        with caplog.at_level(logging.WARNING, logger="pilotfish.xds"):
+            assert (await client.receive()).type_url == LDS
+        status = plane.board.find(NODE.id)
+        assert status is not None
+        cds_status = status.type_status(CDS)
+        assert cds_status is not None
+        assert cds_status.status.value == "NACKED"
+        assert "bad connect_timeout" in str(plane.board.to_json())
+    assert any(
+        NODE.id in record.getMessage() and "bad connect_timeout" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+async def test_sotw_stale_nonce_is_ignored(plane: Plane) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    async with SotwClient(plane.target, NODE) as client:
+        client.request(EDS, ["backend"])
+        first = await client.receive()
+        plane.source.set_snapshot(snapshot_with_backend_port(8001))
+        second = await client.receive()
+        # A NACK of the older response arrives after the newer one was ACKed: it is stale and
+        # must neither count nor be answered.
+        client.ack(second, ["backend"])
+        client.nack(first, "", "too late", ["backend"])
+        client.request(LDS)
+        assert (await client.receive()).type_url == LDS
+        status = plane.board.find(NODE.id)
+        assert status is not None
+        eds_status = status.type_status(EDS)
+        assert eds_status is not None and eds_status.status.value == "SYNCED"
+
+
+async def test_delta_initial_fetch_changes_only_and_nack(plane: Plane) -> None:
+    base = http_resources(listener_port=1, backend_port=8000)
+    plane.source.set_snapshot(make_snapshot(base, PackingCache()))
+    async with DeltaClient(plane.target, NODE) as client:
+        client.request(CDS)
+        cds = await client.receive()
+        assert [r.name for r in cds.resources] == ["backend"]
+        client.ack(cds)
+        client.request(EDS, subscribe=["backend"])
+        eds = await client.receive()
+        assert eds.type_url == EDS
+        client.ack(eds)
+
+        plane.source.set_snapshot(
+            make_snapshot(
+                replace(base, load_assignments=(load_assignment("backend", 8002),)),
+                PackingCache(),
+            )
+        )
+        pushed = await client.receive()
+        assert pushed.type_url == EDS
+        assert [r.name for r in pushed.resources] == ["backend"]
+        client.nack(pushed, "endpoint rejected")
+        client.request(LDS)
+        assert (await client.receive()).type_url == LDS
+        status = plane.board.find(NODE.id)
+        assert status is not None and status.stream_kind == "delta"
+        eds_status = status.type_status(EDS)
+        assert eds_status is not None
+        assert (eds_status.status.value, eds_status.nack_message) == (
+            "NACKED",
+            "endpoint rejected",
+        )
+
+
+async def test_delta_reconnect_with_current_versions_gets_nothing_new(plane: Plane) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    async with DeltaClient(plane.target, NODE) as client:
+        client.request(CDS)
+        cds = await client.receive()
+        client.ack(cds)
+    versions = {r.name: r.version for r in cds.resources}
+    async with DeltaClient(plane.target, NODE) as client:
+        client.request(CDS, initial_resource_versions=versions)
+        client.request(LDS)
+        assert (await client.receive()).type_url == LDS
+
+
+async def test_client_gone_leaves_the_board(plane: Plane) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    async with SotwClient(plane.target, NODE) as client:
+        client.request(CDS)
+        await client.receive()
+        assert [p.node_id for p in plane.board.proxies()] == [NODE.id]
+    await eventually(lambda: plane.board.proxies() == [])
+
+
+async def eventually(condition: Callable[[], bool], attempts: int = 500) -> None:
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
