@@ -356,6 +356,9 @@ async def test_agent_command_exits_zero_on_sigterm_and_leaves_no_envoy(
         text=True,
     )
     agent_command.append(agent)
+    assert agent.stdout is not None and agent.stderr is not None
+    announcement = await asyncio.to_thread(agent.stdout.readline)
+    assert f"ready, admin http://127.0.0.1:{admin_port}" in announcement
     await wait_for_port("127.0.0.1", listener_port(ads), timeout=30)
     assert await fetch(listener_port(ads)) == (200, "hello")
     envoys = children_of(agent.pid)
@@ -363,10 +366,7 @@ async def test_agent_command_exits_zero_on_sigterm_and_leaves_no_envoy(
 
     agent.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(agent.wait, 30)
-    assert agent.stdout is not None and agent.stderr is not None
-    stdout, stderr = agent.stdout.read(), agent.stderr.read()
-    assert code == 0, stderr
-    assert f"admin http://127.0.0.1:{admin_port}" in stdout
+    assert code == 0, agent.stderr.read()
     assert not process_exists(envoys[0])
 
 
