@@ -1,0 +1,255 @@
+"""A real Envoy fed by our ADS server (SotW and Delta): traffic flows, a bad cluster is NACKed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.snapshot import check_consistency, make_snapshot, type_urls
+from pilotfish.xds import SyncStatus
+from pilotfish.xds.server import start_xds_server
+from pilotfish.xds.source import InMemorySnapshotSource
+from pilotfish.xds.status_board import ProxyStatusBoard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from xds_clients import http_resources
+
+pytestmark = pytest.mark.integration
+
+ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
+NODE = ProxyNode(id="envoy-under-test", service="frontend")
+BACKEND_BODY = b"hello from the backend"
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class _Backend(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BACKEND_BODY)))
+        self.end_headers()
+        self.wfile.write(BACKEND_BODY)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def backend_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def bootstrap(api_type: str, xds_port: int) -> dict[str, object]:
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": NODE.id, "cluster": "test", "metadata": NODE.to_metadata()},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }
+
+
+@dataclass
+class Plane:
+    source: InMemorySnapshotSource
+    board: ProxyStatusBoard
+    port: int
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[Plane]:
+    source = InMemorySnapshotSource()
+    board = ProxyStatusBoard()
+    server, port = await start_xds_server(source, board)
+    try:
+        yield Plane(source, board, port)
+    finally:
+        await server.stop(None)
+
+
+async def eventually(condition: Callable[[], bool], what: str, attempts: int = 300) -> None:
+    """Poll (0.1 s apart, bounded) for something Envoy does on its own schedule."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with NO_PROXY.open(url, timeout=2) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+    except OSError:
+        return 0, b""
+
+
+async def fetch_until_ok(url: str) -> bytes:
+    for _ in range(300):
+        status, body = await asyncio.to_thread(http_get, url)
+        if status == 200:
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered 200")
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+async def test_envoy_serves_traffic_then_nacks_a_broken_cluster(
+    api_type: str, plane: Plane, backend_port: int, tmp_path: Path
+) -> None:
+    listener_port = free_port()
+    resources = http_resources(listener_port=listener_port, backend_port=backend_port)
+    good = make_snapshot(resources)
+    assert check_consistency(good) == []
+    plane.source.set_snapshot(good)
+
+    admin_path = tmp_path / "admin-address"
+    config = bootstrap(api_type, plane.port)
+    config_path = tmp_path / "envoy.json"
+    config_path.write_text(json.dumps(config))
+    log_path = tmp_path / "envoy.log"
+    command = [
+        str(ENVOY),
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--admin-address-path",
+        str(admin_path),
+        "-l",
+        "info",
+        "--log-path",
+        str(log_path),
+    ]
+    envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
+        admin = "http://" + admin_path.read_text().strip()
+        await eventually(lambda: http_get(admin + "/ready")[0] == 200, "Envoy /ready")
+
+        body = await fetch_until_ok(f"http://127.0.0.1:{listener_port}/")
+        assert body == BACKEND_BODY
+
+        def all_synced() -> bool:
+            status = plane.board.find(NODE.id)
+            return status is not None and all(t.status is SyncStatus.SYNCED for t in status.types)
+
+        await eventually(all_synced, "every type SYNCED")
+        status = plane.board.find(NODE.id)
+        assert status is not None
+        assert status.stream_kind == ("delta" if api_type == "DELTA_GRPC" else "sotw")
+        assert {t.type_url for t in status.types} >= {
+            type_urls.CLUSTER,
+            type_urls.ENDPOINT,
+            type_urls.LISTENER,
+            type_urls.ROUTE,
+        }
+
+        # ORIGINAL_DST clusters pick their own hosts; a round-robin policy contradicts that.
+        broken = cluster_pb2.Cluster(
+            name="broken",
+            type=cluster_pb2.Cluster.ORIGINAL_DST,
+            lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+        )
+        broken.connect_timeout.FromMilliseconds(1000)
+        plane.source.set_snapshot(
+            make_snapshot(replace(resources, clusters=(*resources.clusters, broken)))
+        )
+
+        def cds_nacked() -> bool:
+            status = plane.board.find(NODE.id)
+            cds = status.type_status(type_urls.CLUSTER) if status else None
+            return cds is not None and cds.status is SyncStatus.NACKED
+
+        await eventually(cds_nacked, "CDS NACKED")
+        status = plane.board.find(NODE.id)
+        assert status is not None
+        cds = status.type_status(type_urls.CLUSTER)
+        assert cds is not None and cds.nack_message is not None
+        assert "broken" in cds.nack_message
+        shown = json.dumps(plane.board.to_json())
+        assert "NACKED" in shown and "broken" in shown
+        # The good config keeps serving.
+        assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{listener_port}/") == (
+            200,
+            BACKEND_BODY,
+        )
+    finally:
+        envoy.kill()
+        envoy.wait(timeout=10)
