@@ -98,7 +98,7 @@ def assert_at(
     severity: str = "error",
     occurrence: int = 1,
 ) -> Diagnostic:
-    """One diagnostic for ``field``, located where ``needle`` is written, saying ``message_part``."""
+    """The one diagnostic for ``field``: at ``needle``'s position, saying ``message_part``."""
     diagnostic = find(result, field)
     assert diagnostic.file == FILENAME
     assert (diagnostic.line, diagnostic.col) == position_of(text, needle, occurrence)

@@ -20,7 +20,7 @@ spec:
 
 
 def test_a_document_that_is_not_a_mapping() -> None:
-    text, result = load("- just\n- a list\n")
+    _text, result = load("- just\n- a list\n")
     diagnostic = find(result, "")
     assert (diagnostic.line, diagnostic.col) == (1, 1)
     assert "expected a mapping" in diagnostic.message
@@ -28,7 +28,7 @@ def test_a_document_that_is_not_a_mapping() -> None:
 
 
 def test_missing_api_version_and_kind_are_reported_together() -> None:
-    text, result = load("metadata:\n  name: x\nspec: {}\n")
+    _text, result = load("metadata:\n  name: x\nspec: {}\n")
     assert find(result, "apiVersion").message == "required field is missing"
     assert find(result, "kind").message == "required field is missing"
     assert result.config is None
@@ -36,7 +36,7 @@ def test_missing_api_version_and_kind_are_reported_together() -> None:
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
 def test_istio_networking_versions_are_all_accepted(version: str) -> None:
-    text, result = load(
+    _text, result = load(
         VS_REVIEWS.replace("networking.istio.io/v1", f"networking.istio.io/{version}"),
         *BOOKINFO_REGISTRY,
     )
@@ -76,7 +76,8 @@ def test_unsupported_kinds_name_what_was_asked(
 
 def test_metadata_name_is_required_and_namespace_defaults() -> None:
     text, result = load(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  labels: {a: b}\nspec:\n  servers: []\n"
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\n"
+        "metadata:\n  labels: {a: b}\nspec:\n  servers: []\n"
     )
     assert_at(result, text, "metadata.name", "metadata:", "required field is missing")
 
@@ -87,7 +88,7 @@ def test_invalid_names_are_refused() -> None:
 
 
 def test_namespace_is_kept() -> None:
-    text, result = load(
+    _text, result = load(
         VS_REVIEWS.replace("name: reviews", "name: reviews\n  namespace: shop").replace(
             "host: reviews", "host: reviews.default.svc.cluster.local"
         ),

@@ -7,6 +7,8 @@ import os
 import pytest
 from load_cases import BOOKINFO_REGISTRY, REVIEWS_RULE, assert_at, errors, find, load
 
+from pilotfish.load import LoadResult
+
 ROUTE = """\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -28,7 +30,7 @@ def route_with(fields: str) -> str:
     return ROUTE.replace("ROUTE_FIELDS", "\n    ".join(lines))
 
 
-def load_route(fields: str) -> tuple[str, object]:
+def load_route(fields: str) -> tuple[str, LoadResult]:
     return load(route_with(fields), REVIEWS_RULE, *BOOKINFO_REGISTRY)
 
 
@@ -36,7 +38,7 @@ def load_route(fields: str) -> tuple[str, object]:
 
 
 def test_parsed_route_values() -> None:
-    text, result = load(
+    _text, result = load(
         route_with(
             """name: main
 match:
@@ -67,7 +69,8 @@ rewrite: {uri: /v2}"""
     assert match.query_params["v"].kind == "regex"
     assert route.timeout == 1.5
     assert route.retries is not None
-    assert (route.retries.attempts, route.retries.per_try_timeout) == (3, pytest.approx(0.1))
+    assert route.retries.attempts == 3
+    assert route.retries.per_try_timeout == pytest.approx(0.1)
     assert route.fault is not None and route.fault.delay is not None
     assert (route.fault.delay.fixed_delay, route.fault.delay.percent) == (7.0, 12.5)
     assert route.fault.abort is not None and route.fault.abort.percent == 10.0
@@ -78,7 +81,7 @@ rewrite: {uri: /v2}"""
 
 
 def test_retries_without_attempts_take_istios_default_of_two() -> None:
-    text, result = load_route("retries: {retryOn: 5xx}")
+    _text, result = load_route("retries: {retryOn: 5xx}")
     assert result.config is not None
     retries = result.config.virtual_services[0].http[0].retries
     assert retries is not None and retries.attempts == 2
@@ -207,10 +210,11 @@ def test_route_needs_an_action() -> None:
 
 
 def test_redirect_and_direct_response() -> None:
-    text, result = load(
+    _text, result = load(
         ROUTE.replace(
             "  - ROUTE_FIELDS\n    route:\n    - destination:\n        host: reviews\n",
-            "  - redirect: {uri: /new, redirectCode: 308}\n  - directResponse: {status: 404, body: {string: gone}}\n",
+            "  - redirect: {uri: /new, redirectCode: 308}\n"
+            "  - directResponse: {status: 404, body: {string: gone}}\n",
         ),
         *BOOKINFO_REGISTRY,
     )
@@ -301,13 +305,13 @@ spec:
 """
 
 
-def load_rule(policy: str, subsets: str = "") -> tuple[str, object]:
+def load_rule(policy: str, subsets: str = "") -> tuple[str, LoadResult]:
     source = RULE.replace("POLICY", policy) + subsets
     return load(source, *BOOKINFO_REGISTRY)
 
 
 def test_load_balancer_values() -> None:
-    text, result = load_rule("consistentHash: {httpCookie: {name: user, ttl: 0s, path: /}}")
+    _text, result = load_rule("consistentHash: {httpCookie: {name: user, ttl: 0s, path: /}}")
     assert result.diagnostics == ()
     assert result.config is not None
     rule = result.config.destination_rules[0]
@@ -365,7 +369,7 @@ def test_load_balancer_problems(policy: str, field: str, needle: str, message: s
 
 
 def test_least_conn_is_istios_old_name_for_least_request() -> None:
-    text, result = load_rule("simple: LEAST_CONN")
+    _text, result = load_rule("simple: LEAST_CONN")
     assert result.config is not None
     policy = result.config.destination_rules[0].traffic_policy
     assert policy is not None and policy.load_balancer is not None
@@ -422,7 +426,7 @@ spec:
 
 
 def test_gateway_values() -> None:
-    text, result = load(GATEWAY.replace("PROTOCOL", "http"))
+    _text, result = load(GATEWAY.replace("PROTOCOL", "http"))
     assert result.diagnostics == ()
     assert result.config is not None
     (server,) = result.config.gateways[0].servers
@@ -482,7 +486,7 @@ spec:
 
 
 def test_service_entry_values() -> None:
-    text, result = load(ENTRY.replace("RESOLUTION", "STATIC").replace("ADDRESS", "127.0.0.1"))
+    _text, result = load(ENTRY.replace("RESOLUTION", "STATIC").replace("ADDRESS", "127.0.0.1"))
     assert result.diagnostics == ()
     assert result.config is not None
     entry = result.config.service_entries[0]
@@ -496,7 +500,7 @@ def test_static_endpoints_need_ip_addresses() -> None:
 
 
 def test_dns_endpoints_may_be_names() -> None:
-    text, result = load(ENTRY.replace("RESOLUTION", "DNS").replace("ADDRESS", "api.internal"))
+    _text, result = load(ENTRY.replace("RESOLUTION", "DNS").replace("ADDRESS", "api.internal"))
     assert result.diagnostics == ()
 
 
@@ -534,7 +538,8 @@ def test_workload_selector_needs_labels() -> None:
 
 def test_workload_entry() -> None:
     text, result = load(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\nspec:\n  ports: {http: eighty}\n  labels: {app: api}\n"
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm}\n"
+        "spec:\n  ports: {http: eighty}\n  labels: {app: api}\n"
     )
     assert_at(result, text, "spec.address", "spec:", "required")
     assert_at(result, text, "spec.ports.http", "http:", "expected an integer")
@@ -554,7 +559,7 @@ spec:
 
 
 def test_workload_values_and_defaults(tmp_path: object) -> None:
-    text, result = load(WORKLOAD + "  env: {GREETING: hi}\n  labels: {version: v1}\n")
+    _text, result = load(WORKLOAD + "  env: {GREETING: hi}\n  labels: {version: v1}\n")
     assert result.diagnostics == ()
     assert result.config is not None
     (workload,) = result.config.workloads
@@ -597,7 +602,7 @@ def test_workload_command_items_must_be_strings() -> None:
 
 
 def test_env_set_by_the_runner_is_a_warning() -> None:
-    text, result = load(WORKLOAD + '  env: {PORT: "1"}\n')
+    _text, result = load(WORKLOAD + '  env: {PORT: "1"}\n')
     diagnostic = find(result, "spec.env.PORT")
     assert diagnostic.severity == "warning"
     assert result.config is not None
