@@ -13,6 +13,7 @@ convention never leaves a field without a position.
 from __future__ import annotations
 
 import datetime
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -200,7 +201,11 @@ def parse_documents(text: str, filename: str) -> tuple[list[YamlDocument], list[
 
 def _load_all(text: str) -> Iterator[object]:
     yaml = YAML(typ="rt")
-    yield from yaml.load_all(text)
+    # ruamel warns about legal-but-odd input (a reused anchor name); such warnings carry
+    # no position and are not problems of the mesh config, so they must not escape.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield from yaml.load_all(text)
 
 
 def _syntax_diagnostic(filename: str, error: MarkedYAMLError, text: str) -> Diagnostic:
