@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -38,7 +38,7 @@ ResponseT = TypeVar(
 
 def node_to_proto(node: ProxyNode) -> base_pb2.Node:
     metadata = struct_pb2.Struct()
-    metadata.update(node.to_metadata())
+    metadata.update(node.to_metadata())  # type: ignore[arg-type]
     return base_pb2.Node(id=node.id, cluster=node.service or node.id, metadata=metadata)
 
 
@@ -50,7 +50,7 @@ class _AdsClient(Generic[RequestT, ResponseT]):
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
 
-    async def __aenter__(self) -> _AdsClient[RequestT, ResponseT]:
+    async def __aenter__(self) -> Self:
         self._channel = grpc.aio.insecure_channel(self.target)
         self._call = self._open(ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel))
         return self
@@ -81,7 +81,7 @@ class _AdsClient(Generic[RequestT, ResponseT]):
         response = await asyncio.wait_for(self._call.read(), timeout)
         if response is grpc.aio.EOF:
             raise ConnectionError("the server closed the stream")
-        return response  # type: ignore[no-any-return]
+        return response
 
     async def close(self) -> None:
         self._outbox.put_nowait(None)

@@ -45,7 +45,7 @@ class XdsStreamError(PilotfishError):
 
 
 @dataclass(frozen=True)
-class _RequestsEnded:
+class _StreamEnded:
     error: XdsStreamError | None = None
 
 
@@ -171,7 +171,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             return
         node = node_from_proto(first.node)
         stream_id = self._board.stream_opened(node, stream_kind)
-        events: asyncio.Queue[Event | _RequestsEnded] = asyncio.Queue()
+        events: asyncio.Queue[Event | _StreamEnded] = asyncio.Queue()
 
         seen_generation = self._source.generation
         snapshot = self._source.snapshot_for(node)
@@ -184,7 +184,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         try:
             while True:
                 event = await events.get()
-                if isinstance(event, _RequestsEnded):
+                if isinstance(event, _StreamEnded):
                     if event.error is not None:
                         log.info("xDS stream of %s ended: %s", node.id, event.error)
                     return
@@ -215,7 +215,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
     async def _read(
         requests: AsyncIterator[RequestT],
         request_to_event: Callable[[RequestT], RequestReceived | DeltaRequestReceived],
-        events: asyncio.Queue[Event | _RequestsEnded],
+        events: asyncio.Queue[Event | _StreamEnded],
     ) -> None:
         try:
             async for request in requests:
@@ -223,20 +223,29 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
             error = XdsStreamError(f"cannot read request: {exc!r}")
             error.__cause__ = exc
-            events.put_nowait(_RequestsEnded(error))
+            events.put_nowait(_StreamEnded(error))
             return
-        events.put_nowait(_RequestsEnded())
+        events.put_nowait(_StreamEnded())
 
     async def _watch(
         self,
         node: ProxyNode,
         seen_generation: int,
         last_fed: Snapshot | None,
-        events: asyncio.Queue[Event | _RequestsEnded],
+        events: asyncio.Queue[Event | _StreamEnded],
     ) -> None:
         while True:
-            seen_generation = await self._source.wait_for_change(seen_generation)
-            snapshot = self._source.snapshot_for(node)
+            try:
+                seen_generation = await self._source.wait_for_change(seen_generation)
+                snapshot = self._source.snapshot_for(node)
+            except Exception as exc:
+                # A stream that can no longer see changes would silently serve stale config;
+                # ending it makes the proxy reconnect.
+                log.exception("snapshot source failed for %s", node.id)
+                error = XdsStreamError(f"snapshot source failed: {exc!r}")
+                error.__cause__ = exc
+                events.put_nowait(_StreamEnded(error))
+                return
             # None after a snapshot means "nothing complete right now": keep what was sent.
             if snapshot is not None and (last_fed is None or snapshot.version != last_fed.version):
                 last_fed = snapshot
