@@ -13,17 +13,27 @@ from pilotfish.xds.protocol import (
     SyncStatus,
     TypeStatus,
 )
+from pilotfish.xds.server import AggregatedDiscoveryServicer, XdsStreamError, start_xds_server
 from pilotfish.xds.sotw import SotwStream
+from pilotfish.xds.source import InMemorySnapshotSource, SnapshotSource
+from pilotfish.xds.status_board import ProxyStatus, ProxyStatusBoard
 
 __all__ = [
     "Action",
+    "AggregatedDiscoveryServicer",
     "DeltaRequestReceived",
     "DeltaStream",
+    "InMemorySnapshotSource",
     "NackReceived",
+    "ProxyStatus",
+    "ProxyStatusBoard",
     "RequestReceived",
     "SendResponse",
     "SnapshotChanged",
+    "SnapshotSource",
     "SotwStream",
     "SyncStatus",
     "TypeStatus",
+    "XdsStreamError",
+    "start_xds_server",
 ]
