@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -24,8 +23,6 @@ from pilotfish.xds import SyncStatus
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.source import InMemorySnapshotSource
 from pilotfish.xds.status_board import ProxyStatusBoard
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xds_clients import http_resources
 
 pytestmark = pytest.mark.integration

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,6 @@ from pilotfish.snapshot import PackingCache, Snapshot, make_snapshot, type_urls
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.source import InMemorySnapshotSource
 from pilotfish.xds.status_board import ProxyStatusBoard
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xds_clients import (
     DeltaClient,
     SotwClient,

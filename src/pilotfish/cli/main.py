@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ ADMIN_URL_FILE = "admin.url"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # We fork children (Envoy, workloads) while gRPC threads run; gRPC's fork handlers are not
+    # needed for that (children exec at once) and would log a line per fork.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -14,7 +14,8 @@ from pilotfish.controller.config_watch import config_fingerprint, watch_config_d
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.load import LoadResult, load_directory
 from pilotfish.model.diagnostics import ConfigError
-from pilotfish.xds import ProxyStatusBoard, start_xds_server
+from pilotfish.xds.server import start_xds_server
+from pilotfish.xds.status_board import ProxyStatusBoard
 
 log = logging.getLogger("pilotfish.controller")
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pilotfish.model.proxy import ProxyKind, ProxyNode
 from pilotfish.snapshot import type_urls
-from pilotfish.xds.protocol import TypeStatus
+from pilotfish.xds.protocol import SyncStatus, TypeStatus
 
 StreamKind = Literal["sotw", "delta"]
 
@@ -28,9 +28,19 @@ class ProxyStatus:
     def type_status(self, type_url: str) -> TypeStatus | None:
         return next((t for t in self.types if t.type_url == type_url), None)
 
+    @property
+    def overall_status(self) -> SyncStatus:
+        """The worst of the types: one NACK or one stale type is what an operator must see."""
+        statuses = {t.status for t in self.types}
+        for worst in (SyncStatus.NACKED, SyncStatus.STALE, SyncStatus.NOT_SENT):
+            if worst in statuses:
+                return worst
+        return SyncStatus.SYNCED if statuses else SyncStatus.NOT_SENT
+
     def to_json(self) -> dict[str, object]:
         return {
             "node_id": self.node_id,
+            "status": self.overall_status.value,
             "kind": self.kind,
             "service": self.service,
             "connected_since": self.connected_since,

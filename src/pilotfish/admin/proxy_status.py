@@ -1,0 +1,86 @@
+"""`pilotfish proxy-status`: each proxy's config sync state, like `istioctl proxy-status`."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Mapping, Sequence
+
+TYPE_COLUMNS = ("CDS", "EDS", "LDS", "RDS")
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def fetch_status(
+    admin_url: str, timeout: float = 5.0
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Read proxies and config status from the admin API (never through a configured proxy)."""
+
+    def get(path: str) -> dict[str, object]:
+        with _direct.open(admin_url.rstrip("/") + path, timeout=timeout) as response:
+            data = json.load(response)
+        assert isinstance(data, dict)
+        return data
+
+    proxies = get("/api/proxies").get("proxies", [])
+    assert isinstance(proxies, list)
+    return proxies, get("/api/config")
+
+
+def _cell(types: Mapping[str, object], short: str) -> str:
+    entry = types.get(short)
+    if not isinstance(entry, Mapping):
+        return "NOT SENT"
+    status = str(entry.get("status", "?"))
+    version = entry.get("acked_version") or entry.get("sent_version") or ""
+    return f"{status} ({str(version)[:8]})" if version else status
+
+
+def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, object]) -> str:
+    header = ("NAME", "KIND", "STREAM", *TYPE_COLUMNS)
+    rows: list[tuple[str, ...]] = [header]
+    nacks: list[str] = []
+    for proxy in sorted(proxies, key=lambda p: str(p.get("node_id"))):
+        types = proxy.get("types")
+        types = types if isinstance(types, Mapping) else {}
+        rows.append(
+            (
+                str(proxy.get("node_id")),
+                str(proxy.get("kind")),
+                str(proxy.get("stream")),
+                *(_cell(types, short) for short in TYPE_COLUMNS),
+            )
+        )
+        for short, entry in types.items():
+            if isinstance(entry, Mapping) and entry.get("nack"):
+                nacks.append(f"  {proxy.get('node_id')} {short}: {entry['nack']}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if len(rows) == 1:
+        lines.append("(no proxy is connected)")
+    if nacks:
+        lines += ["", "NACKs (the proxy rejected this config and kept its previous one):", *nacks]
+    lines += ["", *_config_lines(config)]
+    return "\n".join(lines)
+
+
+def _config_lines(config: Mapping[str, object]) -> list[str]:
+    diagnostics = config.get("diagnostics")
+    diagnostics = diagnostics if isinstance(diagnostics, list) else []
+    rejected = config.get("rejected_at")
+    applied = config.get("applied_at")
+    lines = [f"config generation {config.get('generation')}"]
+    if rejected and (not applied or float(str(rejected)) > float(str(applied))):
+        lines.append("the latest config edit was REJECTED; proxies keep the last good config:")
+    for d in diagnostics:
+        if isinstance(d, Mapping):
+            prefix = "" if d.get("severity") == "error" else "warning: "
+            lines.append(
+                f"  {d['file']}:{d['line']}:{d['col']}: {prefix}{d['field']}: {d['message']}"
+            )
+    problems = config.get("snapshot_problems")
+    for problem in problems if isinstance(problems, list) else []:
+        lines.append(f"  snapshot not sent: {problem}")
+    return lines

@@ -1,0 +1,239 @@
+"""Run `pilotfish up` for real (as a subprocess, the way users do) and talk to it over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+APPS = Path(__file__).parent / "apps"
+ECHO_COMMAND = f"[{sys.executable}, {APPS / 'echo.py'}]"
+
+T = TypeVar("T")
+
+# Tests must not follow a proxy from the environment: every request goes straight to loopback.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, object]
+    headers: Mapping[str, str]
+
+
+def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Reply:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with _direct.open(request, timeout=timeout) as response:
+            raw = response.read()
+            status, reply_headers = response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        raw, status, reply_headers = exc.read(), exc.code, dict(exc.headers)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        body = {"text": raw.decode(errors="replace")}
+    return Reply(status, body if isinstance(body, dict) else {"value": body}, reply_headers)
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+            if value:
+                return value
+        except OSError as exc:
+            last_error = exc
+        time.sleep(0.1)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
+
+
+def write_yaml(path: Path, text: str) -> None:
+    """Replace a file atomically, as editors that save safely do."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(textwrap.dedent(text))
+    temporary.replace(path)
+
+
+def echo_workload(
+    name: str,
+    service: str,
+    port: int,
+    *,
+    version: str = "v1",
+    replicas: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    labels = f"{{app: {service}, version: {version}}}"
+    env_items = {"VERSION": version, **(env or {})}
+    env_yaml = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env_items.items())
+    return f"""
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: {name}}}
+spec:
+  service: {service}
+  port: {port}
+  replicas: {replicas}
+  labels: {labels}
+  command: {ECHO_COMMAND}
+  env: {{{env_yaml}}}
+---
+"""
+
+
+def gateway(port: int, name: str = "gw") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {port}, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+"""
+
+
+class RunningMesh:
+    """A `pilotfish up DIR` child process and the addresses it serves."""
+
+    def __init__(
+        self, directory: Path, gateway_port: int, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        self.directory = directory
+        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
+        self.admin_port = free_port()
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.log_path = directory.parent / f"{directory.name}-pilotfish.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pilotfish.cli.main",
+                "up",
+                str(directory),
+                "--admin-port",
+                str(self.admin_port),
+                *extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None, **kw: float) -> Reply:
+        return http_get(self.gateway_url + path, headers, **kw)
+
+    def admin(self, path: str) -> dict[str, object]:
+        return http_get(self.admin_url + path).body
+
+    def wait_serving(self, path: str = "/", timeout: float = 60.0) -> None:
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"pilotfish up exited early:\n{self.log()}")
+            return self.get(path, timeout=2).status == 200
+
+        wait_until(serving, timeout, f"{self.gateway_url}{path} to answer 200\n{self.log()}")
+
+    def wait_endpoints(self, hostname: str, count: int, timeout: float = 30.0) -> None:
+        def enough() -> bool:
+            services = self.admin("/api/services").get("services", [])
+            assert isinstance(services, list)
+            return any(s["hostname"] == hostname and len(s["endpoints"]) >= count for s in services)
+
+        wait_until(enough, timeout, f"{count} endpoints of {hostname}")
+
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        """Every connected proxy has ACKed the newest config of every type."""
+
+        def synced() -> bool:
+            proxies = self.admin("/api/proxies").get("proxies", [])
+            assert isinstance(proxies, list)
+            return bool(proxies) and all(p.get("status") == "SYNCED" for p in proxies)
+
+        wait_until(synced, timeout, "all proxies SYNCED")
+
+    def descendants(self) -> set[int]:
+        return descendant_pids(self.process.pid)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def descendant_pids(root: int) -> set[int]:
+    """Every live process below ``root``, read from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def running_mesh(
+    directory: Path, gateway_port: int, **kw: tuple[str, ...]
+) -> Iterator[RunningMesh]:
+    mesh = RunningMesh(directory, gateway_port, **kw)
+    try:
+        yield mesh
+    finally:
+        mesh.stop()

@@ -1,0 +1,70 @@
+"""`pilotfish up` leaves nothing behind, however it is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.integration.mesh_harness import (
+    RunningMesh,
+    echo_workload,
+    free_port,
+    gateway,
+    pid_alive,
+    wait_until,
+    write_yaml,
+)
+
+
+def start_small_mesh(directory: Path) -> RunningMesh:
+    directory.mkdir()
+    gateway_port = free_port()
+    write_yaml(
+        directory / "mesh.yaml",
+        gateway(gateway_port)
+        + echo_workload("web", "web", 8080, replicas=2)
+        + """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: web}}]}]
+""",
+    )
+    mesh = RunningMesh(directory, gateway_port)
+    mesh.wait_serving("/")
+    return mesh
+
+
+def started_processes(mesh: RunningMesh) -> set[int]:
+    # 2 apps + 2 sidecars + 1 gateway, at least (an app may run children of its own).
+    def all_started() -> set[int] | None:
+        found = mesh.descendants()
+        return found if len(found) >= 5 else None
+
+    return wait_until(all_started, 30, "every process to start")
+
+
+def test_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
+    mesh = start_small_mesh(tmp_path / "mesh")
+    try:
+        children = started_processes(mesh)
+    finally:
+        code = mesh.stop()
+    assert code == 0, mesh.log()
+    assert [pid for pid in children if pid_alive(pid)] == []
+    assert not (mesh.directory / ".pilotfish" / "admin.url").exists()
+
+
+def test_processes_die_even_when_the_runner_is_killed(tmp_path: Path) -> None:
+    mesh = start_small_mesh(tmp_path / "mesh")
+    try:
+        children = started_processes(mesh)
+        os.kill(mesh.process.pid, signal.SIGKILL)
+        mesh.process.wait(10)
+        wait_until(lambda: not [pid for pid in children if pid_alive(pid)], 10, "orphans to die")
+    finally:
+        mesh.stop()
