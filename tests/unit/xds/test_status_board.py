@@ -24,6 +24,7 @@ def test_board_lists_open_streams_with_their_types() -> None:
     assert board.to_json() == [
         {
             "node_id": "gw",
+            "status": "NACKED",
             "kind": "gateway",
             "service": None,
             "connected_since": 42.0,
