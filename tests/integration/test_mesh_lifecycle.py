@@ -68,3 +68,31 @@ def test_processes_die_even_when_the_runner_is_killed(tmp_path: Path) -> None:
         wait_until(lambda: not [pid for pid in children if pid_alive(pid)], 10, "orphans to die")
     finally:
         mesh.stop()
+
+
+def test_replicas_follow_live_edits_of_the_workload(tmp_path: Path) -> None:
+    mesh = start_small_mesh(tmp_path / "mesh")
+    try:
+        mesh.wait_endpoints("web.default.svc.cluster.local", 2)
+        text = (mesh.directory / "mesh.yaml").read_text()
+        write_yaml(mesh.directory / "mesh.yaml", text.replace("replicas: 2", "replicas: 3"))
+        mesh.wait_endpoints("web.default.svc.cluster.local", 3)
+
+        def all_three_answer() -> set[str] | None:
+            answers = {str(mesh.get("/").body.get("replica")) for _ in range(30)}
+            return answers if answers >= {"web-0", "web-1", "web-2"} else None
+
+        seen = wait_until(all_three_answer, 30, "the new replica to get traffic")
+        assert seen == {"web-0", "web-1", "web-2"}
+
+        write_yaml(mesh.directory / "mesh.yaml", text.replace("replicas: 2", "replicas: 1"))
+
+        def scaled_down() -> bool:
+            services = mesh.admin("/api/services")["services"]
+            web = next(s for s in services if s["hostname"] == "web.default.svc.cluster.local")  # type: ignore[union-attr]
+            return [e["name"] for e in web["endpoints"]] == ["web-0"]
+
+        wait_until(scaled_down, 30, "two replicas to be removed")
+        assert {str(mesh.get("/").body.get("replica")) for _ in range(10)} == {"web-0"}
+    finally:
+        assert mesh.stop() == 0

@@ -12,7 +12,6 @@ import concurrent.futures
 from collections.abc import Iterator
 
 import pytest
-
 from tests.integration.mesh_harness import (
     RunningMesh,
     echo_workload,
@@ -38,6 +37,16 @@ spec:
   - name: by-cookie
     labels: {app: lb}
     trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s}}}}
+"""
+
+SUBSET_BY_PATH = {
+    "rr": "round-robin",
+    "lr": "least-request",
+    "random": "random",
+    "user": "by-user",
+    "cookie": "by-cookie",
+}
+EDGE = """
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -46,12 +55,14 @@ spec:
   hosts: ["*"]
   gateways: [gw]
   http:
-  - {match: [{uri: {prefix: /rr/}}], rewrite: {uri: /}, route: [{destination: {host: lb, subset: round-robin}}], retries: {attempts: 0}}
-  - {match: [{uri: {prefix: /lr/}}], rewrite: {uri: /}, route: [{destination: {host: lb, subset: least-request}}], retries: {attempts: 0}}
-  - {match: [{uri: {prefix: /random/}}], rewrite: {uri: /}, route: [{destination: {host: lb, subset: random}}], retries: {attempts: 0}}
-  - {match: [{uri: {prefix: /user/}}], rewrite: {uri: /}, route: [{destination: {host: lb, subset: by-user}}], retries: {attempts: 0}}
-  - {match: [{uri: {prefix: /cookie/}}], rewrite: {uri: /}, route: [{destination: {host: lb, subset: by-cookie}}], retries: {attempts: 0}}
+""" + "".join(
+    f"""  - match: [{{uri: {{prefix: /{path}/}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: lb, subset: {subset}}}}}]
+    retries: {{attempts: 0}}
 """
+    for path, subset in SUBSET_BY_PATH.items()
+)
 REPLICAS = {"lb-quick-0", "lb-quick-1", "lb-slow-0"}
 
 
@@ -64,7 +75,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         gateway(gateway_port)
         + echo_workload("lb-quick", "lb", 8080, replicas=2, env={"BUSY_MS": "5"})
         + echo_workload("lb-slow", "lb", 8080, env={"BUSY_MS": "300"})
-        + POLICIES,
+        + POLICIES
+        + EDGE,
     )
     with running_mesh(directory, gateway_port) as running:
         running.wait_serving("/rr/")

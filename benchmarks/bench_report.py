@@ -1,0 +1,174 @@
+"""What both benchmarks share: machine facts, percentiles, tables, results files, child cleanup.
+
+Kept apart from the two scripts so that each stays about what it measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+VENV_BIN = Path(sys.executable).parent
+CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: always a value that was actually measured."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(samples: Sequence[float]) -> float:
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def envoy_version() -> str:
+    envoy = VENV_BIN / "envoy"
+    try:
+        out = subprocess.run(
+            [str(envoy), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = [line for line in out.splitlines() if "version" in line]
+    return lines[-1].split("version:", 1)[-1].strip() if lines else "unknown"
+
+
+def machine_facts() -> dict[str, object]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "envoy": envoy_version(),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def write_results(name: str, facts: dict[str, object], data: object, table: str) -> Path:
+    """Write ``<name>-<timestamp>.json`` and ``.txt`` (the printed table) under results/."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = RESULTS_DIR / f"{name}-{stamp}"
+    payload = {"machine": facts, "results": data, "table": table}
+    base.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    header = "\n".join(f"# {key}: {value}" for key, value in facts.items())
+    base.with_suffix(".txt").write_text(f"{header}\n\n{table}\n")
+    return base.with_suffix(".json")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the ")" the fields start at "state" (field 3), so utime (14) and stime (15) sit at 11, 12.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def descendant_pids(root: int) -> set[int]:
+    """Every live process below ``root``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def kill_leftovers(pids: dict[int, list[str]]) -> list[int]:
+    """SIGKILL each pid still running the command it ran when we recorded it (no pid reuse)."""
+    killed = []
+    for pid, argv in pids.items():
+        if argv and command_line(pid) == argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the same ``finally`` blocks clean up for both."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def pin_to_cpu(pid: int, cpu: int) -> bool:
+    """Pin every thread of ``pid``; False when the machine has no such CPU."""
+    if cpu not in os.sched_getaffinity(0):
+        return False
+    result = subprocess.run(
+        ["taskset", "-a", "-cp", str(cpu), str(pid)], capture_output=True, check=False
+    )
+    return result.returncode == 0
