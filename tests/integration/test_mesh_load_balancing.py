@@ -117,12 +117,14 @@ def concurrent_busy_calls(mesh: RunningMesh, prefix: str, total: int) -> collect
 
 
 def test_least_request_avoids_the_slow_replica(mesh: RunningMesh) -> None:
-    least_request = concurrent_busy_calls(mesh, "/lr/", 90)
-    round_robin = concurrent_busy_calls(mesh, "/rr/", 90)
-    # Round robin gives the slow replica its third regardless; least-request sees its queue
-    # of active requests and sends it far fewer.
-    assert round_robin["lb-slow-0"] >= 25, round_robin
-    assert least_request["lb-slow-0"] <= 15, least_request
+    least_request = concurrent_busy_calls(mesh, "/lr/", 180)
+    round_robin = concurrent_busy_calls(mesh, "/rr/", 180)
+    # Round robin gives the slow replica its third (60) regardless. Least-request picks two
+    # replicas at random and takes the one with fewer active requests, so the slow replica,
+    # whose requests pile up, wins mostly when both picks are it: 1/9, and 28 (16%) in a run
+    # here. 45 is 3.5 standard deviations above that and still well below round robin.
+    assert round_robin["lb-slow-0"] >= 50, round_robin
+    assert least_request["lb-slow-0"] <= 45, least_request
 
 
 def test_consistent_hash_on_a_header_pins_each_user(mesh: RunningMesh) -> None:

@@ -1,0 +1,872 @@
+"""Control-plane benchmark: time from a config change to every proxy having ACKed it.
+
+Two parts, each printed as a table and written under benchmarks/results/:
+
+1. real Envoys: an in-process ControlPlane serving a few Envoy sidecars (started by the agent's
+   Sidecar supervisor); endpoint changes through ``MeshController.set_endpoint`` and routing
+   weight edits through the YAML folder; "done" is read from the ProxyStatusBoard (every proxy
+   SYNCED, with a new EDS or RDS version ACKed).
+2. scale: the control plane in a subprocess pinned to CPU 0, serving a generated mesh of
+   1,000 ServiceEntry services; hundreds of simulated ADS clients (Delta and SotW in separate
+   runs) in this process on CPU 1, subscribing like Envoy (CDS/LDS wildcard, then EDS for every
+   EDS cluster, RDS for every route name) and ACKing every response; 1% of the services change
+   endpoints at a time.
+
+Run: ``.venv/bin/python benchmarks/control_plane.py`` (about 5 minutes), ``--quick`` (1-2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_report import (
+    REPO,
+    cpu_seconds,
+    format_table,
+    machine_facts,
+    median,
+    peak_rss_mb,
+    percentile,
+    pin_to_cpu,
+    terminate_on_sigterm,
+    write_results,
+)
+
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "src"))
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
+from envoy.config.listener.v3 import listener_pb2  # noqa: E402
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from xds_clients import DeltaClient, SotwClient  # noqa: E402
+
+from pilotfish.agent.ports import free_port  # noqa: E402
+from pilotfish.agent.supervisor import Sidecar  # noqa: E402
+from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings  # noqa: E402
+from pilotfish.controller.mesh_controller import MeshController  # noqa: E402
+from pilotfish.model.diagnostics import SourceMap  # noqa: E402
+from pilotfish.model.proxy import ProxyNode  # noqa: E402
+from pilotfish.model.resources import (  # noqa: E402
+    MeshConfig,
+    Meta,
+    ServiceEntry,
+    ServicePort,
+    WorkloadEntrySpec,
+)
+from pilotfish.model.services import Endpoint  # noqa: E402
+from pilotfish.snapshot import type_urls  # noqa: E402
+from pilotfish.xds.server import start_xds_server  # noqa: E402
+from pilotfish.xds.status_board import ProxyStatusBoard  # noqa: E402
+from pilotfish.xds.protocol import SyncStatus  # noqa: E402
+
+TARGET_P99_MS = 100.0
+TARGET_RSS_MB = 300.0
+SERVICE_PORT = 8080
+CHANGE_TIMEOUT_SECONDS = 60.0
+SYNC_TIMEOUT_SECONDS = 180.0
+SCALE_HOST_SUFFIX = "bench.svc.cluster.local"
+
+
+# --- shared: waiting on the status board ------------------------------------------------------
+
+
+def acked_versions(board: ProxyStatusBoard, type_url: str) -> dict[int, str | None]:
+    """The version of ``type_url`` each open stream has ACKed."""
+    versions: dict[int, str | None] = {}
+    for proxy in board.proxies():
+        status = proxy.type_status(type_url)
+        versions[proxy.stream_id] = status.acked_version if status else None
+    return versions
+
+
+def all_acked_new_version(
+    board: ProxyStatusBoard, type_url: str, before: dict[int, str | None]
+) -> bool:
+    """Every stream open before the change is SYNCED on ``type_url`` at a version it did not
+    have before the change."""
+    proxies = {p.stream_id: p for p in board.proxies()}
+    for stream_id, old_version in before.items():
+        proxy = proxies.get(stream_id)
+        if proxy is None:
+            return False
+        status = proxy.type_status(type_url)
+        if status is None or status.status is not SyncStatus.SYNCED:
+            return False
+        if status.acked_version == old_version:
+            return False
+    return True
+
+
+async def wait_until_board(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.001
+) -> float:
+    """Poll ``condition`` and return the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout:.0f}s")
+
+
+def summarize_ms(latencies_s: Sequence[float]) -> dict[str, float]:
+    ms = [value * 1000 for value in latencies_s]
+    return {
+        "n": float(len(ms)),
+        "p50_ms": percentile(ms, 0.50),
+        "p99_ms": percentile(ms, 0.99),
+        "max_ms": max(ms) if ms else float("nan"),
+        "median_ms": median(ms),
+    }
+
+
+# --- part 1: real Envoys ------------------------------------------------------------------
+
+
+def envoy_mesh_yaml(services: int, weight: int) -> tuple[str, str]:
+    entries = []
+    for index in range(services):
+        entries.append(
+            f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-{index}}}
+spec:
+  hosts: [svc-{index}.bench.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {SERVICE_PORT}, name: http, protocol: HTTP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {20000 + index}}}}}]
+"""
+        )
+    split = f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: split}}
+spec:
+  hosts: [svc-0.bench.local]
+  http:
+  - route:
+    - destination: {{host: svc-0.bench.local, port: {{number: {SERVICE_PORT}}}}}
+      weight: {weight}
+    - destination: {{host: svc-1.bench.local, port: {{number: {SERVICE_PORT}}}}}
+      weight: {100 - weight}
+"""
+    return "---\n".join(entries), split
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+@dataclass
+class EnvoyRun:
+    stream: str
+    envoys: int
+    services: int
+    startup_sync_s: float
+    endpoint_changes_s: list[float] = field(default_factory=list)
+    weight_edits_s: list[float] = field(default_factory=list)
+
+
+async def bench_real_envoys(
+    envoys: int, services: int, endpoint_changes: int, weight_edits: int, delta: bool
+) -> EnvoyRun:
+    work = Path(tempfile.mkdtemp(prefix="pilotfish-bench-cp-"))
+    config_dir = work / "mesh"
+    config_dir.mkdir()
+    entries_yaml, split_yaml = envoy_mesh_yaml(services, 50)
+    (config_dir / "services.yaml").write_text(entries_yaml)
+    write_atomically(config_dir / "split.yaml", split_yaml)
+    control_plane = ControlPlane(config_dir, ControlPlaneSettings())
+    sidecars: list[Sidecar] = []
+    try:
+        await control_plane.start()
+        board = control_plane.board
+        started = time.monotonic()
+        for index in range(envoys):
+            node = ProxyNode(
+                id=f"sidecar-{index}",
+                kind="sidecar",
+                service=None,
+                outbound_port=free_port(),
+                inbound_port=free_port(),
+                app_port=free_port(),
+            )
+            sidecars.append(
+                Sidecar(
+                    node,
+                    xds_address=("127.0.0.1", control_plane.xds_port),
+                    work_dir=work / node.id,
+                    admin_port=free_port(),
+                    delta=delta,
+                    log_level="warning",
+                    on_line=lambda line: None,
+                )
+            )
+        await asyncio.gather(*(sidecar.start() for sidecar in sidecars))
+
+        def everyone_synced() -> bool:
+            proxies = board.proxies()
+            return len(proxies) == envoys and all(
+                p.overall_status is SyncStatus.SYNCED and len(p.types) == 4 for p in proxies
+            )
+
+        synced_at = await wait_until_board(everyone_synced, SYNC_TIMEOUT_SECONDS)
+        run = EnvoyRun("delta" if delta else "sotw", envoys, services, synced_at - started)
+        rng = random.Random(7)
+        controller = control_plane.controller
+        for change in range(endpoint_changes):
+            before = acked_versions(board, type_urls.ENDPOINT)
+            hostname = f"svc-{rng.randrange(services)}.bench.local"
+            endpoint = Endpoint("127.0.0.1", {SERVICE_PORT: 30000 + change}, name="churn")
+            changed_at = time.monotonic()
+            controller.set_endpoint(hostname, "churn", endpoint)
+            done = await wait_until_board(
+                lambda b=before: all_acked_new_version(board, type_urls.ENDPOINT, b),  # type: ignore[misc]
+                CHANGE_TIMEOUT_SECONDS,
+            )
+            run.endpoint_changes_s.append(done - changed_at)
+            await asyncio.sleep(0.05 + rng.random() * 0.05)
+        for edit in range(weight_edits):
+            before = acked_versions(board, type_urls.ROUTE)
+            weight = 10 + (edit * 7) % 80
+            _, split_yaml = envoy_mesh_yaml(services, weight)
+            edited_at = time.monotonic()
+            write_atomically(config_dir / "split.yaml", split_yaml)
+            done = await wait_until_board(
+                lambda b=before: all_acked_new_version(board, type_urls.ROUTE, b),  # type: ignore[misc]
+                CHANGE_TIMEOUT_SECONDS,
+            )
+            run.weight_edits_s.append(done - edited_at)
+            await asyncio.sleep(0.05 + rng.random() * 0.1)
+        return run
+    finally:
+        await asyncio.gather(
+            *(sidecar.shutdown(0.0) for sidecar in sidecars), return_exceptions=True
+        )
+        await control_plane.stop(0.0)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- part 2: scale, control plane side (runs as a subprocess) -----------------------------
+
+
+def scale_hostname(index: int) -> str:
+    return f"svc-{index}.{SCALE_HOST_SUFFIX}"
+
+
+def scale_mesh_config(services: int, endpoints_per_service: int) -> MeshConfig:
+    source = SourceMap("generated")
+    entries = []
+    for index in range(services):
+        entries.append(
+            ServiceEntry(
+                meta=Meta("ServiceEntry", f"svc-{index}", "bench", source),
+                hosts=(scale_hostname(index),),
+                ports=(ServicePort(SERVICE_PORT, "http", "HTTP"),),
+                location="MESH_INTERNAL",
+                resolution="STATIC",
+                endpoints=tuple(
+                    WorkloadEntrySpec(
+                        address="127.0.0.1",
+                        ports={"http": 20000 + (index * endpoints_per_service + e) % 40000},
+                    )
+                    for e in range(endpoints_per_service)
+                ),
+            )
+        )
+    return MeshConfig(service_entries=tuple(entries))
+
+
+def die_with_parent() -> None:
+    """A control plane orphaned by a killed benchmark must not linger on the machine."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def serve_scale(services: int, endpoints_per_service: int) -> None:
+    """Serve xDS for a generated mesh and apply changes asked for on stdin (one JSON a line).
+
+    Every reply is one JSON line on stdout. Times are ``time.monotonic()``, which is one clock
+    for every process on the machine, so the parent can compare them with its own.
+    """
+    die_with_parent()
+    built = time.monotonic()
+    controller = MeshController(debounce_seconds=ControlPlaneSettings().debounce_seconds)
+    controller.apply_config(scale_mesh_config(services, endpoints_per_service), ())
+    controller.publish_now()
+    board = ProxyStatusBoard()
+    server, port = await start_xds_server(controller, board)
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+
+    def reply(message: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+    reply({"xds_port": port, "pid": os.getpid(), "build_s": time.monotonic() - built})
+    try:
+        while line := await stdin.readline():
+            command = json.loads(line)
+            if command["op"] == "status":
+                proxies = board.proxies()
+                synced = sum(
+                    1
+                    for p in proxies
+                    if p.overall_status is SyncStatus.SYNCED and len(p.types) == 4
+                )
+                reply({"streams": len(proxies), "synced": synced})
+            elif command["op"] == "change":
+                before = acked_versions(board, type_urls.ENDPOINT)
+                cpu_before = cpu_seconds(os.getpid())
+                changed_at = time.monotonic()
+                for hostname in command["hosts"]:
+                    endpoint = Endpoint(
+                        "127.0.0.1", {SERVICE_PORT: command["port"]}, name="churn"
+                    )
+                    controller.set_endpoint(hostname, "churn", endpoint)
+                try:
+                    acked_at: float | None = await wait_until_board(
+                        lambda: all_acked_new_version(board, type_urls.ENDPOINT, before),
+                        CHANGE_TIMEOUT_SECONDS,
+                    )
+                except TimeoutError:
+                    acked_at = None
+                reply(
+                    {
+                        "changed_at": changed_at,
+                        "acked_at": acked_at,
+                        "streams": len(before),
+                        "cpu_s": cpu_seconds(os.getpid()) - cpu_before,
+                    }
+                )
+            elif command["op"] == "stats":
+                reply(
+                    {
+                        "cpu_s": cpu_seconds(os.getpid()),
+                        "peak_rss_mb": peak_rss_mb(os.getpid()),
+                    }
+                )
+            elif command["op"] == "quit":
+                break
+    finally:
+        await server.stop(0)
+
+
+# --- part 2: scale, client side -------------------------------------------------------------
+
+
+@dataclass
+class SimulatedProxy:
+    """One fake Envoy: what it subscribed to and when each EDS response reached it."""
+
+    index: int
+    eds_names: tuple[str, ...] = ()
+    route_names: tuple[str, ...] = ()
+    eds_seen: set[str] = field(default_factory=set)
+    eds_arrivals: list[float] = field(default_factory=list)
+    routes_seen: bool = False
+    error: str | None = None
+
+    @property
+    def node(self) -> ProxyNode:
+        # Ports are only announced, never bound: no Envoy listens behind a simulated proxy.
+        base = 40000 + 3 * self.index
+        return ProxyNode(
+            id=f"sim-{self.index}",
+            kind="sidecar",
+            namespace="bench",
+            outbound_port=base,
+            inbound_port=base + 1,
+            app_port=base + 2,
+        )
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.eds_names) and self.routes_seen and self.eds_seen >= set(self.eds_names)
+
+
+def eds_cluster_names(resources: Sequence[Any]) -> tuple[str, ...]:
+    names = []
+    for packed in resources:
+        cluster = cluster_pb2.Cluster.FromString(packed.value)
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            names.append(cluster.name)
+    return tuple(sorted(names))
+
+
+def route_config_names(resources: Sequence[Any]) -> tuple[str, ...]:
+    names = set()
+    for packed in resources:
+        listener = listener_pb2.Listener.FromString(packed.value)
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                if network_filter.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                    manager = hcm_pb2.HttpConnectionManager()
+                    network_filter.typed_config.Unpack(manager)
+                    if manager.HasField("rds"):
+                        names.add(manager.rds.route_config_name)
+    return tuple(sorted(names))
+
+
+class Arrivals:
+    """Wakes the benchmark when every simulated proxy has seen one more EDS response."""
+
+    def __init__(self, proxies: Sequence[SimulatedProxy]) -> None:
+        self.proxies = proxies
+        self.changed = asyncio.Event()
+
+    def note(self) -> None:
+        self.changed.set()
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(remaining, 1.0))
+
+
+async def run_delta_proxy(target: str, proxy: SimulatedProxy, arrivals: Arrivals) -> None:
+    async with DeltaClient(target, proxy.node) as client:
+        client.request(type_urls.CLUSTER)
+        client.request(type_urls.LISTENER)
+        while True:
+            response = await client.receive(timeout=3600)
+            received = time.monotonic()
+            if response.type_url == type_urls.CLUSTER:
+                names = eds_cluster_names([r.resource for r in response.resources])
+                new = sorted(set(names) - set(proxy.eds_names))
+                proxy.eds_names = tuple(sorted(set(proxy.eds_names) | set(names)))
+                if new:
+                    client.request(type_urls.ENDPOINT, subscribe=new)
+            elif response.type_url == type_urls.LISTENER:
+                routes = route_config_names([r.resource for r in response.resources])
+                new = sorted(set(routes) - set(proxy.route_names))
+                proxy.route_names = tuple(sorted(set(proxy.route_names) | set(routes)))
+                if new:
+                    client.request(type_urls.ROUTE, subscribe=new)
+            elif response.type_url == type_urls.ENDPOINT:
+                proxy.eds_seen.update(r.name for r in response.resources)
+                proxy.eds_arrivals.append(received)
+            elif response.type_url == type_urls.ROUTE:
+                proxy.routes_seen = True
+            client.ack(response)
+            arrivals.note()
+
+
+async def run_sotw_proxy(target: str, proxy: SimulatedProxy, arrivals: Arrivals) -> None:
+    async with SotwClient(target, proxy.node) as client:
+        client.request(type_urls.CLUSTER)
+        client.request(type_urls.LISTENER)
+        while True:
+            response = await client.receive(timeout=3600)
+            received = time.monotonic()
+            if response.type_url == type_urls.CLUSTER:
+                names = eds_cluster_names(response.resources)
+                if names != proxy.eds_names:
+                    proxy.eds_names = names
+                    client.request(type_urls.ENDPOINT, names)
+                client.ack(response)
+            elif response.type_url == type_urls.LISTENER:
+                routes = route_config_names(response.resources)
+                if routes != proxy.route_names:
+                    proxy.route_names = routes
+                    client.request(type_urls.ROUTE, routes)
+                client.ack(response)
+            elif response.type_url == type_urls.ENDPOINT:
+                # SotW answers carry every subscribed resource; names are all we need here.
+                proxy.eds_seen = set(proxy.eds_names)
+                proxy.eds_arrivals.append(received)
+                client.ack(response, proxy.eds_names)
+            elif response.type_url == type_urls.ROUTE:
+                proxy.routes_seen = True
+                client.ack(response, proxy.route_names)
+            arrivals.note()
+
+
+async def guarded(
+    run: Callable[[str, SimulatedProxy, Arrivals], Any],
+    target: str,
+    proxy: SimulatedProxy,
+    arrivals: Arrivals,
+) -> None:
+    try:
+        await run(target, proxy, arrivals)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        proxy.error = repr(exc)
+        arrivals.note()
+
+
+@dataclass
+class ScaleRun:
+    stream: str
+    clients: int
+    services: int
+    changes_requested: int
+    services_per_change: int
+    debounce_s: float
+    connect_sync_s: float | None = None
+    board_all_acked_s: list[float] = field(default_factory=list)
+    clients_all_received_s: list[float] = field(default_factory=list)
+    server_cpu_per_change_s: list[float] = field(default_factory=list)
+    server_cpu_total_s: float | None = None
+    server_peak_rss_mb: float | None = None
+    failed_clients: int = 0
+    note: str = ""
+
+
+class ControlPlaneProcess:
+    """The scale run's control plane, in its own process on its own CPU."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(
+        cls, services: int, endpoints_per_service: int, profile_to: Path | None = None
+    ) -> ControlPlaneProcess:
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-scale",
+            "--services",
+            str(services),
+            "--endpoints-per-service",
+            str(endpoints_per_service),
+        ]
+        if profile_to is not None:
+            argv += ["--profile-control-plane", str(profile_to)]
+        if shutil.which("taskset") and 0 in os.sched_getaffinity(0):
+            argv = ["taskset", "-c", "0", *argv]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        return cls(process)
+
+    async def ask(self, command: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+        return await self.read(timeout)
+
+    async def read(self, timeout: float = 120.0) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError("the control plane process exited")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(Exception):
+                assert self.process.stdin is not None
+                self.process.stdin.write(b'{"op": "quit"}\n')
+                await self.process.stdin.drain()
+                await asyncio.wait_for(self.process.wait(), 5)
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def bench_scale(
+    stream: str,
+    clients: int,
+    services: int,
+    endpoints_per_service: int,
+    changes: int,
+    budget_s: float,
+    profile_dir: Path | None = None,
+) -> ScaleRun:
+    per_change = max(1, services // 100)
+    run = ScaleRun(
+        stream,
+        clients,
+        services,
+        changes,
+        per_change,
+        ControlPlaneSettings().debounce_seconds,
+    )
+    profile_to = None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        profile_to = profile_dir / f"control-plane-{clients}-{stream}.pstats"
+    control_plane = await ControlPlaneProcess.start(services, endpoints_per_service, profile_to)
+    proxies = [SimulatedProxy(index) for index in range(clients)]
+    arrivals = Arrivals(proxies)
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    try:
+        hello = await control_plane.read(timeout=120)
+        target = f"127.0.0.1:{hello['xds_port']}"
+        pid = int(hello["pid"])
+        runner = run_delta_proxy if stream == "delta" else run_sotw_proxy
+        connect_started = time.monotonic()
+        tasks = [asyncio.create_task(guarded(runner, target, p, arrivals)) for p in proxies]
+        try:
+            await arrivals.wait(
+                lambda: all(p.synced or p.error for p in proxies), SYNC_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            run.note = f"only {sum(p.synced for p in proxies)} of {clients} clients synced"
+            return run
+        run.failed_clients = sum(1 for p in proxies if p.error)
+        live = [p for p in proxies if not p.error]
+        status = await control_plane.ask({"op": "status"})
+        deadline = time.monotonic() + 30
+        while status["synced"] < len(live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            status = await control_plane.ask({"op": "status"})
+        run.connect_sync_s = time.monotonic() - connect_started
+        cpu_start = cpu_seconds(pid)
+        rng = random.Random(11)
+        for change in range(changes):
+            if time.monotonic() - started > budget_s:
+                run.note = f"stopped after {change} changes: time budget {budget_s:.0f}s spent"
+                break
+            await asyncio.sleep(0.1 + rng.random() * 0.1)
+            marks = {p.index: len(p.eds_arrivals) for p in live}
+            hosts = [scale_hostname(i) for i in rng.sample(range(services), per_change)]
+            answer = await control_plane.ask(
+                {"op": "change", "hosts": hosts, "port": 30000 + change},
+                timeout=CHANGE_TIMEOUT_SECONDS + 10,
+            )
+
+            def everyone_received(marks: dict[int, int] = marks) -> bool:
+                return all(len(p.eds_arrivals) > marks[p.index] or p.error for p in live)
+
+            try:
+                await arrivals.wait(everyone_received, CHANGE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                run.note = f"change {change}: not every client received it within 60s"
+                break
+            changed_at = float(answer["changed_at"])
+            last_arrival = max(p.eds_arrivals[marks[p.index]] for p in live if not p.error)
+            run.clients_all_received_s.append(last_arrival - changed_at)
+            if answer["acked_at"] is not None:
+                run.board_all_acked_s.append(float(answer["acked_at"]) - changed_at)
+            run.server_cpu_per_change_s.append(float(answer["cpu_s"]))
+        stats = await control_plane.ask({"op": "stats"})
+        run.server_cpu_total_s = float(stats["cpu_s"]) - cpu_start
+        run.server_peak_rss_mb = float(stats["peak_rss_mb"])
+        run.failed_clients = sum(1 for p in proxies if p.error)
+        return run
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await control_plane.stop()
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def envoy_table(runs: Sequence[EnvoyRun]) -> str:
+    rows: list[list[object]] = []
+    for run in runs:
+        for what, samples in (
+            ("endpoint change (set_endpoint)", run.endpoint_changes_s),
+            ("weight edit (YAML file)", run.weight_edits_s),
+        ):
+            stats = summarize_ms(samples)
+            rows.append(
+                [
+                    f"{run.envoys} Envoys, {run.stream}",
+                    what,
+                    len(samples),
+                    stats["p50_ms"],
+                    stats["p99_ms"],
+                    stats["max_ms"],
+                ]
+            )
+    return format_table(
+        ["proxies", "change", "n", "p50 ms", "p99 ms", "max ms"],
+        rows,
+    )
+
+
+def scale_table(runs: Sequence[ScaleRun]) -> str:
+    rows: list[list[object]] = []
+    for run in runs:
+        board = summarize_ms(run.board_all_acked_s)
+        received = summarize_ms(run.clients_all_received_s)
+        cpu_per_change = median(run.server_cpu_per_change_s) * 1000
+        rows.append(
+            [
+                f"{run.clients} x {run.stream}",
+                run.services,
+                len(run.board_all_acked_s),
+                board["p50_ms"],
+                board["p99_ms"],
+                f"{board['p99_ms']:.0f} vs < {TARGET_P99_MS:.0f}",
+                received["p50_ms"],
+                received["p99_ms"],
+                cpu_per_change,
+                run.server_cpu_total_s if run.server_cpu_total_s is not None else float("nan"),
+                f"{run.server_peak_rss_mb or float('nan'):.0f} vs < {TARGET_RSS_MB:.0f}",
+                run.connect_sync_s if run.connect_sync_s is not None else float("nan"),
+            ]
+        )
+    table = format_table(
+        [
+            "clients",
+            "services",
+            "changes",
+            "all ACKed p50 ms",
+            "p99 ms",
+            "p99 vs target",
+            "all received p50 ms",
+            "p99 ms",
+            "CP CPU ms/change",
+            "CP CPU s total",
+            "CP peak RSS MB vs target",
+            "connect+sync s",
+        ],
+        rows,
+    )
+    notes = [f"  {run.clients} x {run.stream}: {run.note}" for run in runs if run.note]
+    failed = [
+        f"  {run.clients} x {run.stream}: {run.failed_clients} clients failed"
+        for run in runs
+        if run.failed_clients
+    ]
+    return "\n".join([table, *notes, *failed])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a 1-2 minute run")
+    parser.add_argument(
+        "--clients",
+        default=None,
+        help="comma-separated simulated client counts (default 50,200; quick 50)",
+    )
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--endpoints-per-service", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=None, help="default 20 (quick 5)")
+    parser.add_argument("--envoys", type=int, default=4)
+    parser.add_argument("--skip-envoys", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--streams", default="delta,sotw", help="delta, sotw or both")
+    parser.add_argument(
+        "--profile-control-plane",
+        type=Path,
+        default=None,
+        help="scale runs: cProfile the control plane process, write .pstats files here",
+    )
+    parser.add_argument("--serve-scale", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    changes = args.changes or (5 if args.quick else 20)
+    clients = [int(c) for c in (args.clients or ("50" if args.quick else "50,200")).split(",")]
+    streams = [s.strip() for s in args.streams.split(",") if s.strip()]
+    results: dict[str, Any] = {"settings": vars(args) | {"changes": changes}}
+    sections: list[str] = []
+
+    if not args.skip_envoys:
+        envoy_runs = []
+        for stream in streams:
+            print(f"real Envoys: {args.envoys} sidecars over {stream} ...", flush=True)
+            envoy_runs.append(
+                await bench_real_envoys(
+                    args.envoys, 20, changes, max(3, changes // 2), delta=stream == "delta"
+                )
+            )
+        results["real_envoys"] = [vars(run) for run in envoy_runs]
+        sections.append(
+            "Change -> every Envoy ACKed (ProxyStatusBoard, in-process control plane; "
+            "includes the controller's debounce; YAML edits include the 0.2 s folder poll)\n"
+            + envoy_table(envoy_runs)
+        )
+        print(sections[-1], flush=True)
+
+    if not args.skip_scale:
+        # The clients get CPU 1, the control plane subprocess CPU 0: their costs stay apart.
+        pin_to_cpu(os.getpid(), 1)
+        budget = 120.0 if args.quick else 150.0
+        scale_runs = []
+        for count in clients:
+            for stream in streams:
+                print(f"scale: {count} simulated {stream} clients x {args.services} services ...")
+                scale_runs.append(
+                    await bench_scale(
+                        stream,
+                        count,
+                        args.services,
+                        args.endpoints_per_service,
+                        changes,
+                        budget,
+                        args.profile_control_plane,
+                    )
+                )
+                print(scale_table(scale_runs[-1:]), flush=True)
+        results["scale"] = [vars(run) for run in scale_runs]
+        sections.append(
+            f"1% endpoint churn ({max(1, args.services // 100)} services per change) -> every "
+            "simulated client: 'all ACKed' from the control plane's ProxyStatusBoard, "
+            "'all received' from the clients' receive timestamps; both from the moment "
+            "set_endpoint was called (debounce included)\n" + scale_table(scale_runs)
+        )
+    return results, "\n\n".join(sections)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_scale:
+        profiler = cProfile.Profile() if args.profile_control_plane else None
+        if profiler is not None:
+            profiler.enable()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(serve_scale(args.services, args.endpoints_per_service))
+        finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile_control_plane)
+        return 0
+    facts = machine_facts()
+    with terminate_on_sigterm():
+        try:
+            results, table = asyncio.run(run_benchmarks(args))
+        except KeyboardInterrupt:
+            print("interrupted; every process this benchmark started has been stopped")
+            return 130
+    print()
+    print(table)
+    path = write_results("control_plane", facts, results, table)
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
