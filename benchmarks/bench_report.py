@@ -100,7 +100,7 @@ def write_results(name: str, facts: dict[str, object], data: object, table: str)
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a whole process (all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the ")" the fields start at "state" (field 3), so utime (14) and stime (15) sit at 11, 12.
+    # After the ")" the fields start at "state" (field 3): utime (14) and stime (15) sit at 11, 12.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
 
 

@@ -52,31 +52,31 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
-from envoy.config.listener.v3 import listener_pb2  # noqa: E402
-from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from xds_clients import DeltaClient, SotwClient  # noqa: E402
 
-from pilotfish.agent.ports import free_port  # noqa: E402
-from pilotfish.agent.supervisor import Sidecar  # noqa: E402
-from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings  # noqa: E402
-from pilotfish.controller.mesh_controller import MeshController  # noqa: E402
-from pilotfish.model.diagnostics import SourceMap  # noqa: E402
-from pilotfish.model.proxy import ProxyNode  # noqa: E402
-from pilotfish.model.resources import (  # noqa: E402
+from pilotfish.agent.ports import free_port
+from pilotfish.agent.supervisor import Sidecar
+from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.model.diagnostics import SourceMap
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import (
     MeshConfig,
     Meta,
     ServiceEntry,
     ServicePort,
     WorkloadEntrySpec,
 )
-from pilotfish.model.services import Endpoint  # noqa: E402
-from pilotfish.snapshot import type_urls  # noqa: E402
-from pilotfish.xds.server import start_xds_server  # noqa: E402
-from pilotfish.xds.status_board import ProxyStatusBoard  # noqa: E402
-from pilotfish.xds.protocol import SyncStatus  # noqa: E402
+from pilotfish.model.services import Endpoint
+from pilotfish.snapshot import type_urls
+from pilotfish.xds.protocol import SyncStatus
+from pilotfish.xds.server import start_xds_server
+from pilotfish.xds.status_board import ProxyStatusBoard
+from xds_clients import DeltaClient, SotwClient
 
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 300.0
@@ -96,6 +96,12 @@ def acked_versions(board: ProxyStatusBoard, type_url: str) -> dict[int, str | No
         status = proxy.type_status(type_url)
         versions[proxy.stream_id] = status.acked_version if status else None
     return versions
+
+
+def acked_everywhere(
+    board: ProxyStatusBoard, type_url: str, before: dict[int, str | None]
+) -> Callable[[], bool]:
+    return lambda: all_acked_new_version(board, type_url, before)
 
 
 def all_acked_new_version(
@@ -242,7 +248,7 @@ async def bench_real_envoys(
             changed_at = time.monotonic()
             controller.set_endpoint(hostname, "churn", endpoint)
             done = await wait_until_board(
-                lambda b=before: all_acked_new_version(board, type_urls.ENDPOINT, b),  # type: ignore[misc]
+                acked_everywhere(board, type_urls.ENDPOINT, before),
                 CHANGE_TIMEOUT_SECONDS,
             )
             run.endpoint_changes_s.append(done - changed_at)
@@ -254,7 +260,7 @@ async def bench_real_envoys(
             edited_at = time.monotonic()
             write_atomically(config_dir / "split.yaml", split_yaml)
             done = await wait_until_board(
-                lambda b=before: all_acked_new_version(board, type_urls.ROUTE, b),  # type: ignore[misc]
+                acked_everywhere(board, type_urls.ROUTE, before),
                 CHANGE_TIMEOUT_SECONDS,
             )
             run.weight_edits_s.append(done - edited_at)
@@ -343,13 +349,11 @@ async def serve_scale(services: int, endpoints_per_service: int) -> None:
                 cpu_before = cpu_seconds(os.getpid())
                 changed_at = time.monotonic()
                 for hostname in command["hosts"]:
-                    endpoint = Endpoint(
-                        "127.0.0.1", {SERVICE_PORT: command["port"]}, name="churn"
-                    )
+                    endpoint = Endpoint("127.0.0.1", {SERVICE_PORT: command["port"]}, name="churn")
                     controller.set_endpoint(hostname, "churn", endpoint)
                 try:
                     acked_at: float | None = await wait_until_board(
-                        lambda: all_acked_new_version(board, type_urls.ENDPOINT, before),
+                        acked_everywhere(board, type_urls.ENDPOINT, before),
                         CHANGE_TIMEOUT_SECONDS,
                     )
                 except TimeoutError:

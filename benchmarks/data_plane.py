@@ -372,7 +372,7 @@ def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
 def parse_h2load(output: str) -> tuple[int, float, float, float, int]:
     """(succeeded, seconds, mean us, max us, failed) from h2load; it prints no percentiles."""
     finished = re.search(r"finished in ([\d.]+)(us|ms|s)", output)
-    requests = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) fa", output)
+    requests = re.search(r"requests: .* (\d+) succeeded, (\d+) failed", output)
     timing = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", output)
     if finished is None or requests is None or timing is None:
         raise RuntimeError(f"cannot read h2load output:\n{output}")
@@ -390,9 +390,7 @@ def envoy_cpu(pids: Sequence[int]) -> float:
 
 
 def run_tool(argv: Sequence[str], timeout: float) -> str:
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
@@ -406,37 +404,81 @@ def measure_wrk(target: Target, pids: Sequence[int], seconds: int) -> Measuremen
     output = run_tool(on_cpu(LOAD_CPU, [*argv, target.url]), seconds + 30)
     spent = envoy_cpu(pids) - before
     requests, elapsed, p50, p99, errors = parse_wrk(output)
-    return Measurement(target.name, "wrk", requests, elapsed, p50, p99, errors=errors,
-                       envoy_cpu_s=spent, raw=output)
+    return Measurement(
+        target.name,
+        "wrk",
+        requests,
+        elapsed,
+        p50,
+        p99,
+        errors=errors,
+        envoy_cpu_s=spent,
+        raw=output,
+    )
 
 
 def measure_h2load(target: Target, pids: Sequence[int], seconds: int) -> Measurement:
     per_client = FIXED_RATE_TOTAL // FIXED_RATE_CONNECTIONS
     total = FIXED_RATE_TOTAL * seconds
-    argv = ["h2load", "--h1", "-n", str(total), "-c", str(FIXED_RATE_CONNECTIONS),
-            "--rps", str(per_client)]
+    argv = [
+        "h2load",
+        "--h1",
+        "-n",
+        str(total),
+        "-c",
+        str(FIXED_RATE_CONNECTIONS),
+        "--rps",
+        str(per_client),
+    ]
     if target.host_header:
-        argv += ["-H", f"host: {target.host_header}"]
+        argv += ["-H", f":authority: {target.host_header}"]
     before = envoy_cpu(pids)
     output = run_tool(on_cpu(LOAD_CPU, [*argv, target.url]), seconds + 30)
     spent = envoy_cpu(pids) - before
     succeeded, elapsed, mean, worst, failed = parse_h2load(output)
-    return Measurement(target.name, "h2load", succeeded, elapsed, float("nan"), float("nan"),
-                       mean_us=mean, max_us=worst, errors=failed, envoy_cpu_s=spent, raw=output)
+    return Measurement(
+        target.name,
+        "h2load",
+        succeeded,
+        elapsed,
+        float("nan"),
+        float("nan"),
+        mean_us=mean,
+        max_us=worst,
+        errors=failed,
+        envoy_cpu_s=spent,
+        raw=output,
+    )
 
 
 def measure_fixed_rate(target: Target, pids: Sequence[int], seconds: int) -> Measurement:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--fixed-rate-client",
-            "--port", str(target.port), "--seconds", str(seconds)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--fixed-rate-client",
+        "--port",
+        str(target.port),
+        "--seconds",
+        str(seconds),
+    ]
     if target.host_header:
         argv += ["--host-header", target.host_header]
     before = envoy_cpu(pids)
     output = run_tool(on_cpu(LOAD_CPU, argv), seconds + 30)
     spent = envoy_cpu(pids) - before
     data = json.loads(output)
-    return Measurement(target.name, "python", data["requests"], data["seconds"], data["p50_us"],
-                       data["p99_us"], mean_us=data["mean_us"], max_us=data["max_us"],
-                       errors=data["errors"], envoy_cpu_s=spent)
+    return Measurement(
+        target.name,
+        "python",
+        data["requests"],
+        data["seconds"],
+        data["p50_us"],
+        data["p99_us"],
+        mean_us=data["mean_us"],
+        max_us=data["max_us"],
+        errors=data["errors"],
+        envoy_cpu_s=spent,
+    )
 
 
 # --- the fixed-rate client (runs as its own process, on the load CPU) ----------------------
@@ -523,14 +565,20 @@ def run_all(settings: Settings, work: Path) -> tuple[Results, dict[str, Any]]:
             raise RuntimeError(f"cannot find the Envoy of {sorted(missing)}")
         pinned = [pin_to_cpu(pid, PROXY_CPU) for pid in envoys.values()]
         pin_to_cpu(mesh.process.pid, PROXY_CPU)
-        info = {"envoy_pids": envoys, "envoys_pinned": all(pinned),
-                "targets": {name: vars(t) for name, t in targets.items()}}
-        print(f"mesh up: {', '.join(f'{n}={p}' for n, p in envoys.items())}; "
-              f"pinned to CPU {PROXY_CPU}: {all(pinned)}", flush=True)
+        info = {
+            "envoy_pids": envoys,
+            "envoys_pinned": all(pinned),
+            "targets": {name: vars(t) for name, t in targets.items()},
+        }
+        print(
+            f"mesh up: {', '.join(f'{n}={p}' for n, p in envoys.items())}; "
+            f"pinned to CPU {PROXY_CPU}: {all(pinned)}",
+            flush=True,
+        )
         order = list(targets)
         for repetition in range(settings.repetitions):
             # Rotate the order so no configuration always runs first (or last) in a round.
-            rotated = order[repetition % len(order):] + order[: repetition % len(order)]
+            rotated = order[repetition % len(order) :] + order[: repetition % len(order)]
             for name in rotated:
                 target = targets[name]
                 pids = [envoys[n] for n in target.envoys]
@@ -603,13 +651,32 @@ def tables(results: Results, targets: Sequence[str]) -> str:
             ]
         )
     closed = format_table(
-        ["config", "req/s", "p50 us", "p99 us", "req/s / direct", "p99 / direct",
-         "envoy CPU us/req", "errors"],
+        [
+            "config",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "req/s / direct",
+            "p99 / direct",
+            "envoy CPU us/req",
+            "errors",
+        ],
         closed_rows,
     )
     fixed_table = format_table(
-        ["config", "req/s", "p50 us", "p99 us", "p99 / direct", "+p50 ms", "+p99 ms",
-         "h2load mean us", "h2load max us", "envoy CPU us/req", "errors"],
+        [
+            "config",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99 / direct",
+            "+p50 ms",
+            "+p99 ms",
+            "h2load mean us",
+            "h2load max us",
+            "envoy CPU us/req",
+            "errors",
+        ],
         fixed_rows,
     )
     return (
@@ -662,8 +729,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     data = {
         "info": info,
-        "measurements": [vars(m) | {"rps": m.rps, "cpu_us_per_request": m.cpu_us_per_request}
-                         for m in results.measurements],
+        "measurements": [
+            vars(m) | {"rps": m.rps, "cpu_us_per_request": m.cpu_us_per_request}
+            for m in results.measurements
+        ],
     }
     path = write_results("data_plane", facts, data, table)
     print(f"\nresults: {path}")
