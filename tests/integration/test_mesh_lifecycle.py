@@ -96,3 +96,40 @@ def test_replicas_follow_live_edits_of_the_workload(tmp_path: Path) -> None:
         assert {str(mesh.get("/").body.get("replica")) for _ in range(10)} == {"web-0"}
     finally:
         assert mesh.stop() == 0
+
+
+def replica_app_pid(mesh: RunningMesh, replica: str) -> int | None:
+    """The pid of a replica's app process, found by the PILOTFISH_REPLICA in its environment."""
+    for pid in mesh.descendants():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"echo.py" in cmdline and f"PILOTFISH_REPLICA={replica}".encode() in environ:
+            return pid
+    return None
+
+
+def test_a_crashed_app_is_taken_out_restarted_and_put_back(tmp_path: Path) -> None:
+    mesh = start_small_mesh(tmp_path / "mesh")
+    try:
+        mesh.wait_endpoints("web.default.svc.cluster.local", 2)
+        victim = wait_until(lambda: replica_app_pid(mesh, "web-1"), 10, "web-1's pid")
+        os.kill(victim, signal.SIGKILL)
+        # Every request still succeeds: the endpoint is withdrawn, and Istio's default retry
+        # (connect-failure) covers the moment before the withdrawal reaches the gateway.
+        statuses = [mesh.get("/").status for _ in range(50)]
+        assert statuses == [200] * 50
+        restarted = wait_until(
+            lambda: (pid := replica_app_pid(mesh, "web-1")) != victim and pid, 20, "a restart"
+        )
+        assert pid_alive(restarted)
+
+        def both_answer() -> bool:
+            return {str(mesh.get("/").body.get("replica")) for _ in range(20)} == {"web-0", "web-1"}
+
+        wait_until(both_answer, 20, "web-1 to serve again")
+        assert "web-1 exited with code -9" in mesh.log()
+    finally:
+        assert mesh.stop() == 0

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilotfish.agent.ports import free_port, wait_for_port
-from pilotfish.agent.supervisor import Sidecar
+from pilotfish.agent.supervisor import RestartPolicy, Sidecar
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+from pilotfish.errors import PilotfishError
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
@@ -43,6 +44,7 @@ class _RunningReplica:
     ports: ReplicaPorts
     sidecar: Sidecar
     process: WorkloadProcess
+    keeper: asyncio.Task[None] | None = None
 
 
 class LocalMesh:
@@ -112,7 +114,7 @@ class LocalMesh:
             await asyncio.gather(*(self._start_replica(spec) for spec in missing))
 
     async def _start_replica(self, spec: ReplicaSpec) -> None:
-        ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port(), admin=0)
+        ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
         node = ProxyNode(
             id=spec.name,
             kind="sidecar",
@@ -134,7 +136,19 @@ class LocalMesh:
         )
         running = _RunningReplica(spec, ports, sidecar, process)
         self.replicas[spec.name] = running
-        await asyncio.gather(sidecar.start(), process.start())
+        try:
+            await asyncio.gather(sidecar.start(), process.start())
+        except PilotfishError:
+            log.exception("%s could not start; it is left out of the mesh", spec.name)
+            self.replicas.pop(spec.name, None)
+            await sidecar.shutdown(0)
+            await process.stop()
+            return
+        await self._register_when_listening(running)
+        running.keeper = asyncio.create_task(self._keep_running(running))
+
+    async def _register_when_listening(self, running: _RunningReplica) -> None:
+        spec, ports = running.spec, running.ports
         try:
             await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
         except TimeoutError:
@@ -145,6 +159,8 @@ class LocalMesh:
                 self.settings.app_start_timeout,
             )
             return
+        if running.process.returncode is not None:
+            return  # it died while we waited; _keep_running deals with that
         self.control_plane.controller.set_endpoint(
             spec.hostname,
             spec.name,
@@ -157,8 +173,35 @@ class LocalMesh:
         )
         log.info("%s is serving %s", spec.name, spec.hostname)
 
+    async def _keep_running(self, running: _RunningReplica) -> None:
+        """Restart a replica whose process exits on its own, as a Kubernetes kubelet would.
+
+        Its endpoint is withdrawn at once so callers stop sending to it while it is down.
+        """
+        policy = RestartPolicy()
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            code = await running.process.wait()
+            self.control_plane.controller.set_endpoint(
+                running.spec.hostname, running.spec.name, None
+            )
+            failures = policy.failures_after_exit(failures, loop.time() - started)
+            delay = policy.delay(failures)
+            log.error(
+                "%s exited with code %s; restarting it in %.1fs", running.spec.name, code, delay
+            )
+            await asyncio.sleep(delay)
+            await running.process.start()
+            await self._register_when_listening(running)
+
     async def _stop_replica(self, name: str) -> None:
         running = self.replicas.pop(name)
+        if running.keeper is not None:
+            running.keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.keeper
         self.control_plane.controller.set_endpoint(running.spec.hostname, name, None)
         # Let the endpoint removal reach the callers' sidecars before the replica goes away.
         await asyncio.sleep(self.control_plane.settings.debounce_seconds + 0.2)

@@ -13,7 +13,6 @@ class ReplicaPorts:
     app: int
     inbound: int
     outbound: int
-    admin: int
 
 
 @dataclass(frozen=True)
