@@ -18,6 +18,11 @@ from pilotfish.model.diagnostics import Diagnostic, Severity, SourceMap
 
 NOT_IMPLEMENTED = "not implemented by Pilotfish; ignored"
 REQUIRED = "required field is missing"
+PORT_MIN = 1
+PORT_MAX = 65535
+# Below a millisecond Envoy (and our translation) round a duration to zero, which silently
+# means "no timeout" or makes Envoy reject the value; Istio also refuses sub-millisecond values.
+MIN_NONZERO_DURATION_SECONDS = 0.001
 
 Fields = Mapping[str, object]
 
@@ -178,6 +183,11 @@ class FieldReader:
             return None
         return value
 
+    def port(self, fields: Fields, key: str, path: str, *, required: bool = False) -> int | None:
+        return self.integer(
+            fields, key, path, required=required, minimum=PORT_MIN, maximum=PORT_MAX
+        )
+
     def number(
         self,
         fields: Fields,
@@ -228,6 +238,9 @@ class FieldReader:
             return None
         if seconds == 0 and not allow_zero:
             self.error(field_path, "must be greater than zero")
+            return None
+        if 0 < seconds < MIN_NONZERO_DURATION_SECONDS:
+            self.error(field_path, f"{text!r} is shorter than 1ms, the smallest duration accepted")
             return None
         return seconds
 

@@ -56,7 +56,18 @@ class _Collector:
         self.diagnostics.extend(problems)
         self.syntax_errors = self.syntax_errors or bool(problems)
         for document in documents:
-            resource, found = parse_document(document, directory, self.paths)
+            try:
+                resource, found = parse_document(document, directory, self.paths)
+            except Exception as error:
+                # A bug in one parser must cost the user one document, not the whole folder
+                # (and not the control plane that reloads it).
+                line, col = document.start
+                self.diagnostics.append(
+                    Diagnostic(
+                        filename, line, col, "", _internal_error("reading this document", error)
+                    )
+                )
+                continue
             self.diagnostics.extend(found)
             if resource is not None:
                 self.resources.append(resource)
@@ -67,9 +78,24 @@ class _Collector:
         # every reference to them would be reported as unknown: noise that hides the one
         # real problem. Cross-resource checks wait until the files parse.
         if not self.syntax_errors:
-            self.diagnostics.extend(validate_mesh(config, self.paths))
+            try:
+                self.diagnostics.extend(validate_mesh(config, self.paths))
+            except Exception as error:
+                self.diagnostics.append(
+                    Diagnostic(
+                        "",
+                        1,
+                        1,
+                        "",
+                        _internal_error("checking references between resources", error),
+                    )
+                )
         diagnostics = tuple(sorted(self.diagnostics))
         return LoadResult(None if has_errors(diagnostics) else config, diagnostics)
+
+
+def _internal_error(activity: str, error: Exception) -> str:
+    return f"internal error while {activity}: {type(error).__name__}: {error}; please report"
 
 
 def load_text(text: str, filename: str, directory: Path | None = None) -> LoadResult:

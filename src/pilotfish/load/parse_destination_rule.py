@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from pilotfish.load.fields import FieldReader, Fields
+from pilotfish.load.http_headers import header_name_problem, header_value_problem
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
     ConsistentHash,
@@ -109,21 +110,31 @@ def _consistent_hash(reader: FieldReader, fields: Fields, path: str) -> Consiste
     if hashing is None:
         return None
     hash_path = join_path(path, "consistentHash")
-    keys = [key for key in HASH_KEYS if hashing.get(key) is not None]
+    # ``useSourceIp: false`` names no key at all, so it does not count as the one chosen.
+    keys = [key for key in HASH_KEYS if hashing.get(key) not in (None, False)]
     if len(keys) != 1:
-        reader.error(hash_path, f"needs exactly one of {', '.join(HASH_KEYS)}")
+        reader.error(hash_path, f"exactly one of {', '.join(HASH_KEYS)} must be set")
     cookie = None
     cookie_fields = reader.child_mapping(hashing, "httpCookie", hash_path, ("name", "ttl", "path"))
     if cookie_fields is not None:
         cookie_path = join_path(hash_path, "httpCookie")
         name = reader.string(cookie_fields, "name", cookie_path, required=True)
+        problem = header_value_problem(name) if name else None
+        if problem is not None:
+            reader.error(join_path(cookie_path, "name"), problem)
+            name = None
         ttl = reader.duration(cookie_fields, "ttl", cookie_path, allow_zero=True)
         cookie_route = reader.string(cookie_fields, "path", cookie_path)
         if name is not None:
             cookie = HTTPCookie(name=name, ttl=ttl, path=cookie_route)
     use_source_ip = reader.boolean(hashing, "useSourceIp", hash_path)
+    header_name = reader.string(hashing, "httpHeaderName", hash_path)
+    problem = header_name_problem(header_name) if header_name is not None else None
+    if problem is not None:
+        reader.error(join_path(hash_path, "httpHeaderName"), problem)
+        header_name = None
     return ConsistentHash(
-        http_header_name=reader.string(hashing, "httpHeaderName", hash_path),
+        http_header_name=header_name,
         http_cookie=cookie,
         use_source_ip=bool(use_source_ip),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from pilotfish.load import (
     parse_virtual_service,
     parse_workload,
 )
+from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN, DNS_SUBDOMAIN_MAX
 from pilotfish.load.fields import FieldReader, Fields, ObjectPaths
 from pilotfish.load.yaml_source import YamlDocument
 from pilotfish.model.diagnostics import Diagnostic
@@ -53,8 +53,6 @@ METADATA_NOT_IMPLEMENTED = (
     "generateName",
     "selfLink",
 )
-DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,9 @@ def _meta(
     namespace = reader.string(fields, "namespace", "metadata")
     reader.string_map(fields, "labels", "metadata")
     reader.string_map(fields, "annotations", "metadata")
-    if name is not None and (len(name) > 253 or DNS_SUBDOMAIN.fullmatch(name) is None):
+    if name is not None and (
+        len(name) > DNS_SUBDOMAIN_MAX or DNS_SUBDOMAIN.fullmatch(name) is None
+    ):
         reader.error("metadata.name", f'"{name}" is not a valid name (lower-case DNS subdomain)')
     if namespace is not None and DNS_LABEL.fullmatch(namespace) is None:
         reader.error("metadata.namespace", f'"{namespace}" is not a valid namespace (DNS label)')

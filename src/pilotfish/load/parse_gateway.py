@@ -35,7 +35,7 @@ def _server(reader: FieldReader, value: object, path: str) -> GatewayServer | No
     if port is None:
         return None
     port_path = join_path(path, "port")
-    number = reader.integer(port, "number", port_path, required=True, minimum=1, maximum=65535)
+    number = reader.port(port, "number", port_path, required=True)
     protocol = read_protocol(reader, port, "protocol", port_path, required=True)
     name = reader.string(port, "name", port_path)
     if number is None or protocol is None or not hosts:

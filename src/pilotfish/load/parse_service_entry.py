@@ -93,10 +93,10 @@ def _service_port(reader: FieldReader, value: object, path: str) -> ServicePort 
     fields = reader.mapping(value, path, ("number", "name", "protocol", "targetPort"))
     if fields is None:
         return None
-    number = reader.integer(fields, "number", path, required=True, minimum=1, maximum=65535)
+    number = reader.port(fields, "number", path, required=True)
     name = reader.string(fields, "name", path, required=True)
     protocol = read_protocol(reader, fields, "protocol", path, required=True)
-    target_port = reader.integer(fields, "targetPort", path, minimum=1, maximum=65535)
+    target_port = reader.port(fields, "targetPort", path)
     if number is None or name is None or protocol is None:
         return None
     return ServicePort(number=number, name=name, protocol=protocol, target_port=target_port)
@@ -146,9 +146,7 @@ def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
         if not isinstance(name, str) or not name:
             reader.error(join_path(ports_path, str(name)), "port names must be non-empty strings")
             continue
-        number = reader.integer(
-            cast(Fields, raw), name, ports_path, required=True, minimum=1, maximum=65535
-        )
+        number = reader.port(cast(Fields, raw), name, ports_path, required=True)
         if number is not None:
             found[name] = number
     return found

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.http_headers import (
+    header_name_problem,
+    header_value_problem,
+    is_ascii_decimal,
+    modifiable_header_problem,
+)
 from pilotfish.load.regex_check import re2_problem
-from pilotfish.load.yaml_source import join_path
+from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import (
+    ISTIO_DEFAULT_RETRY_ATTEMPTS,
     Destination,
     DirectResponse,
     Fault,
@@ -84,13 +91,14 @@ RETRY_CONDITIONS = frozenset(
         "unavailable",
     }
 )
-# Istio retries twice when a route has a retry policy without ``attempts``.
-DEFAULT_RETRY_ATTEMPTS = 2
+# Envoy reads num_retries as a uint32, but no real policy retries one request more than a
+# handful of times; a cap far above any sane value still catches a pasted timestamp or an
+# extra zero before it multiplies load on an already failing backend.
+MAX_RETRY_ATTEMPTS = 10_000
 
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 HTTP_STATUS_MIN = 200
 HTTP_STATUS_MAX = 599
-PORT_MAX = 65535
 
 
 def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> VirtualService:
@@ -163,7 +171,7 @@ def _optional_string_match(
     value = fields.get(key)
     if value is None:
         return None
-    return _string_match(reader, value, join_path(path, key))
+    return _string_match(reader, value, join_path(path, key), is_path=key == "uri")
 
 
 def _string_match_map(
@@ -182,13 +190,22 @@ def _string_match_map(
         if not isinstance(name, str) or not name:
             reader.error(entry_path, "names must be non-empty strings")
             continue
+        # Envoy matches pseudo-headers such as ":method" too; the rest is an ordinary name.
+        problem = header_name_problem(name.removeprefix(":")) if key == "headers" else None
+        if problem is not None:
+            reader.error(entry_path, problem)
+            continue
         match = _string_match(reader, condition, entry_path)
         if match is not None:
             found[name] = match
     return found
 
 
-def _string_match(reader: FieldReader, value: object, path: str) -> StringMatch | None:
+def _string_match(
+    reader: FieldReader, value: object, path: str, *, is_path: bool = False
+) -> StringMatch | None:
+    """One exact/prefix/regex condition; ``is_path`` for ``uri``, whose empty prefix Envoy
+    accepts (it matches every path), unlike the empty prefix of a header matcher."""
     fields = reader.mapping(value, path, STRING_MATCH_KINDS)
     if fields is None:
         return None
@@ -199,6 +216,9 @@ def _string_match(reader: FieldReader, value: object, path: str) -> StringMatch 
     kind = kinds[0]
     text = reader.string(fields, kind, path)
     if text is None:
+        return None
+    if not text and (kind == "regex" or (kind == "prefix" and not is_path)):
+        reader.error(join_path(path, kind), f"{kind} must not be empty (Envoy rejects it)")
         return None
     if kind == "regex":
         problem = re2_problem(text)
@@ -229,13 +249,8 @@ def _route_destination(reader: FieldReader, value: object, path: str) -> RouteDe
     port_fields = reader.child_mapping(destination_fields, "port", destination_path, ("number",))
     port = None
     if port_fields is not None:
-        port = reader.integer(
-            port_fields,
-            "number",
-            join_path(destination_path, "port"),
-            required=True,
-            minimum=1,
-            maximum=PORT_MAX,
+        port = reader.port(
+            port_fields, "number", join_path(destination_path, "port"), required=True
         )
     if host is None:
         return None
@@ -266,10 +281,31 @@ def _header_operations(
         return HeaderOperations()
     operations_path = join_path(path, key)
     return HeaderOperations(
-        set=reader.string_map(operations, "set", operations_path),
-        add=reader.string_map(operations, "add", operations_path),
-        remove=reader.string_list(operations, "remove", operations_path),
+        set=_header_values(reader, operations, "set", operations_path),
+        add=_header_values(reader, operations, "add", operations_path),
+        remove=_removed_headers(reader, operations, operations_path),
     )
+
+
+def _header_values(reader: FieldReader, fields: Fields, key: str, path: str) -> dict[str, str]:
+    values_path = join_path(path, key)
+    accepted: dict[str, str] = {}
+    for name, value in reader.string_map(fields, key, path).items():
+        problem = modifiable_header_problem(name) or header_value_problem(value)
+        if problem is not None:
+            reader.error(join_path(values_path, name), problem)
+        else:
+            accepted[name] = value
+    return accepted
+
+
+def _removed_headers(reader: FieldReader, fields: Fields, path: str) -> tuple[str, ...]:
+    names = reader.string_list(fields, "remove", path)
+    for index, name in enumerate(names):
+        problem = modifiable_header_problem(name) if name else None
+        if problem is not None:
+            reader.error(index_path(join_path(path, "remove"), index), problem)
+    return tuple(name for name in names if name and modifiable_header_problem(name) is None)
 
 
 # --- other actions ------------------------------------------------------------------------------
@@ -286,8 +322,8 @@ def _redirect(reader: FieldReader, fields: Fields, path: str) -> Redirect | None
     if redirect is None:
         return None
     redirect_path = join_path(path, "redirect")
-    uri = reader.string(redirect, "uri", redirect_path)
-    authority = reader.string(redirect, "authority", redirect_path)
+    uri = _header_value_string(reader, redirect, "uri", redirect_path)
+    authority = _header_value_string(reader, redirect, "authority", redirect_path)
     if uri is None and authority is None:
         reader.error(redirect_path, "needs uri or authority")
     code = reader.integer(redirect, "redirectCode", redirect_path)
@@ -330,9 +366,19 @@ def _rewrite(reader: FieldReader, fields: Fields, path: str) -> Rewrite | None:
         return None
     rewrite_path = join_path(path, "rewrite")
     return Rewrite(
-        uri=reader.string(rewrite, "uri", rewrite_path),
-        authority=reader.string(rewrite, "authority", rewrite_path),
+        uri=_header_value_string(reader, rewrite, "uri", rewrite_path),
+        authority=_header_value_string(reader, rewrite, "authority", rewrite_path),
     )
+
+
+def _header_value_string(reader: FieldReader, fields: Fields, key: str, path: str) -> str | None:
+    """A string Envoy puts into a request header (path or authority) as it is."""
+    text = reader.string(fields, key, path)
+    problem = header_value_problem(text) if text is not None else None
+    if problem is not None:
+        reader.error(join_path(path, key), problem)
+        return None
+    return text
 
 
 def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
@@ -346,7 +392,9 @@ def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
     if retries is None:
         return None
     retries_path = join_path(path, "retries")
-    attempts = reader.integer(retries, "attempts", retries_path, minimum=0)
+    attempts = reader.integer(
+        retries, "attempts", retries_path, minimum=0, maximum=MAX_RETRY_ATTEMPTS
+    )
     retry_on = reader.string(retries, "retryOn", retries_path)
     if retry_on is not None:
         problem = retry_on_problem(retry_on)
@@ -354,7 +402,7 @@ def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
             reader.error(join_path(retries_path, "retryOn"), problem)
             retry_on = None
     return Retries(
-        attempts=DEFAULT_RETRY_ATTEMPTS if attempts is None else attempts,
+        attempts=ISTIO_DEFAULT_RETRY_ATTEMPTS if attempts is None else attempts,
         per_try_timeout=reader.duration(retries, "perTryTimeout", retries_path),
         retry_on=retry_on,
     )
@@ -366,7 +414,7 @@ def retry_on_problem(retry_on: str) -> str | None:
         condition = raw.strip()
         if not condition:
             return "empty retry condition in comma-separated list"
-        if condition.isdigit():
+        if is_ascii_decimal(condition):
             if not 100 <= int(condition) <= HTTP_STATUS_MAX:
                 return f'"{condition}" is not an HTTP status code'
         elif condition not in RETRY_CONDITIONS:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from pilotfish.load.dns_names import DNS_LABEL
 from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.parse_protocols import read_protocol
 from pilotfish.load.yaml_source import join_path
@@ -26,10 +27,12 @@ from pilotfish.model.resources import Meta, Workload
 
 SPEC_FIELDS = ("service", "port", "protocol", "labels", "replicas", "command", "env")
 
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The runner sets these for every replica; a value in the YAML would be overwritten.
 RUNNER_ENV = ("PORT", "HTTP_PROXY", "http_proxy")
+# Every replica is a process plus an Envoy (~70 MB) on this one machine; past a hundred the
+# machine runs out long before the mesh is useful, so a larger number is surely a typo.
+MAX_REPLICAS = 100
 
 
 def parse_workload(
@@ -41,10 +44,10 @@ def parse_workload(
             "spec.service",
             f'"{service}" is not a DNS label (lower-case letters, digits, "-", at most 63)',
         )
-    port = reader.integer(spec, "port", "spec", required=True, minimum=1, maximum=65535)
+    port = reader.port(spec, "port", "spec", required=True)
     protocol = read_protocol(reader, spec, "protocol", "spec") or "HTTP"
     labels = reader.string_map(spec, "labels", "spec")
-    replicas = reader.integer(spec, "replicas", "spec", minimum=1)
+    replicas = reader.integer(spec, "replicas", "spec", minimum=1, maximum=MAX_REPLICAS)
     command = _command(reader, spec)
     env = reader.string_map(spec, "env", "spec")
     for name in env:

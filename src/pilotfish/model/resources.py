@@ -15,6 +15,8 @@ from pilotfish.model.diagnostics import SourceMap
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
+# Istio retries twice when a route sets no retry policy, or one without ``attempts``.
+ISTIO_DEFAULT_RETRY_ATTEMPTS = 2
 
 MatchKind = Literal["exact", "prefix", "regex"]
 Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP"]

@@ -18,6 +18,7 @@ from google.protobuf import wrappers_pb2
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
+    ISTIO_DEFAULT_RETRY_ATTEMPTS,
     ConsistentHash,
     Destination,
     Fault,
@@ -42,7 +43,7 @@ from pilotfish.translate.proto_values import duration_from_seconds, pack, percen
 FAULT_FILTER_NAME = "envoy.filters.http.fault"
 
 # Istio's retry policy for routes that set none.
-DEFAULT_RETRY_ATTEMPTS = 2
+DEFAULT_RETRY_ATTEMPTS = ISTIO_DEFAULT_RETRY_ATTEMPTS
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIABLE_STATUS_CODES = (503,)
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
