@@ -40,11 +40,7 @@ Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
 def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> ServiceEntry:
     hosts = reader.string_list(spec, "hosts", "spec", required=True)
     addresses = reader.string_list(spec, "addresses", "spec")
-    ports = [
-        port
-        for item, path in reader.items(spec, "ports", "spec", required=True)
-        if (port := _service_port(reader, item, path)) is not None
-    ]
+    ports = _service_ports(reader, spec)
     location = reader.choice(spec, "location", "spec", LOCATIONS) or "MESH_EXTERNAL"
     resolution = reader.choice(
         spec, "resolution", "spec", RESOLUTIONS, not_supported=RESOLUTIONS_NOT_SUPPORTED
@@ -68,7 +64,7 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
         endpoint = parse_workload_entry_spec(reader, fields, path)
         if endpoint is None:
             continue
-        if resolution in ("STATIC", "NONE") and not _is_ip(endpoint.address):
+        if resolution in ("STATIC", "NONE") and not is_ip_address(endpoint.address):
             reader.error(
                 join_path(path, "address"),
                 f'"{endpoint.address}" is not an IP address (required with STATIC resolution)',
@@ -87,6 +83,29 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
         endpoints=tuple(endpoints),
         workload_selector=selector,
     )
+
+
+def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort]:
+    """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique."""
+    ports: list[ServicePort] = []
+    numbers: set[int] = set()
+    names: set[str] = set()
+    for item, path in reader.items(spec, "ports", "spec", required=True):
+        port = _service_port(reader, item, path)
+        if port is None:
+            continue
+        duplicate = False
+        if port.number in numbers:
+            reader.error(join_path(path, "number"), f"duplicate port number {port.number}")
+            duplicate = True
+        if port.name in names:
+            reader.error(join_path(path, "name"), f'duplicate port name "{port.name}"')
+            duplicate = True
+        numbers.add(port.number)
+        names.add(port.name)
+        if not duplicate:
+            ports.append(port)
+    return ports
 
 
 def _service_port(reader: FieldReader, value: object, path: str) -> ServicePort | None:
@@ -152,7 +171,7 @@ def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
     return found
 
 
-def _is_ip(address: str) -> bool:
+def is_ip_address(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
     except ValueError:

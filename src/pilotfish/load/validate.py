@@ -11,14 +11,17 @@ from dataclasses import dataclass
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
+from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.diagnostics import Diagnostic, Severity
 from pilotfish.model.resources import (
+    CLUSTER_DOMAIN,
     DestinationRule,
     HTTPRoute,
     MeshConfig,
     Meta,
     RouteDestination,
+    ServiceEntry,
     VirtualService,
     qualify_host,
 )
@@ -34,11 +37,14 @@ def validate_mesh(config: MeshConfig, paths: ObjectPaths) -> list[Diagnostic]:
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))
     found.extend(_workload_conflicts(config))
+    found.extend(_service_entry_host_conflicts(config))
+    found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
     for service in config.virtual_services:
         found.extend(_gateway_references(service, gateways))
+        found.extend(_hosts_without_service(service, services))
         checker = _RouteChecker(service, services, rules, paths)
         for index, route in enumerate(service.http):
             found.extend(checker.check(route, paths.path_of(route) or f"spec.http[{index}]"))
@@ -105,6 +111,90 @@ def _workload_conflicts(config: MeshConfig) -> Iterable[Diagnostic]:
                 f'service "{workload.service}" is served with protocol {protocol} by Workload '
                 f"{name}; all Workloads of a service must use the same protocol",
             )
+
+
+def _service_entry_host_conflicts(config: MeshConfig) -> Iterable[Diagnostic]:
+    """The registry keeps one service per hostname and drops the rest without a word."""
+    workload_by_host = {
+        qualify_host(w.service, w.meta.namespace): w.meta for w in reversed(config.workloads)
+    }
+    first: dict[str, tuple[ServiceEntry, int]] = {}
+    for entry in config.service_entries:
+        for index, host in enumerate(entry.hosts):
+            if not host:
+                continue
+            hostname = qualify_host(host, entry.meta.namespace)
+            workload = workload_by_host.get(hostname)
+            if workload is not None:
+                yield _at(
+                    entry.meta,
+                    f"spec.hosts[{index}]",
+                    f'host "{host}" is already served by Workload '
+                    f"{workload.namespace}/{workload.name} ({_where(workload, 'spec.service')})",
+                )
+                continue
+            earlier, earlier_index = first.setdefault(hostname, (entry, index))
+            if earlier is not entry:
+                yield _at(
+                    entry.meta,
+                    f"spec.hosts[{index}]",
+                    f'host "{host}" is already declared by ServiceEntry '
+                    f"{earlier.meta.namespace}/{earlier.meta.name} "
+                    f"({_where(earlier.meta, f'spec.hosts[{earlier_index}]')})",
+                )
+
+
+def _selected_workload_entry_addresses(config: MeshConfig) -> Iterable[Diagnostic]:
+    """Envoy resolves names only for DNS clusters; a STATIC one needs IP addresses."""
+    for entry in config.service_entries:
+        selector = entry.workload_selector
+        if selector is None or entry.resolution == "DNS":
+            continue
+        for workload_entry in config.workload_entries:
+            if workload_entry.meta.namespace != entry.meta.namespace:
+                continue
+            labels = workload_entry.spec.labels
+            if any(labels.get(key) != value for key, value in selector.items()):
+                continue
+            address = workload_entry.spec.address
+            if address.startswith("unix://") or is_ip_address(address):
+                continue
+            yield _at(
+                workload_entry.meta,
+                "spec.address",
+                f'"{address}" is not an IP address, but ServiceEntry '
+                f"{entry.meta.namespace}/{entry.meta.name} selects this entry with "
+                f"{entry.resolution} resolution (hostnames need resolution: DNS)",
+            )
+
+
+def _hosts_without_service(
+    service: VirtualService, services: Mapping[str, Service]
+) -> Iterable[Diagnostic]:
+    """Sidecars only route hosts the registry knows; any other host is dead config."""
+    if not service.applies_to_mesh:
+        return
+    for index, host in enumerate(service.hosts):
+        if not host or "*" in host:
+            continue
+        if qualify_host(host, service.meta.namespace) in services:
+            continue
+        yield _at(
+            service.meta,
+            f"spec.hosts[{index}]",
+            f'has no effect on the mesh: no service named "{host}"'
+            f"{_qualified_hint(host, services)}",
+            "warning",
+        )
+
+
+def _qualified_hint(host: str, services: Mapping[str, Service]) -> str:
+    """Istio reads any name with a dot as fully qualified: "reviews.default" is not a
+    short name, though Kubernetes DNS would resolve it. Point at the name that works."""
+    candidate = f"{host}.{CLUSTER_DOMAIN}"
+    if candidate in services:
+        return f' (names with a dot are fully qualified; did you mean "{candidate}"?)'
+    return ""
 
 
 def _rules_by_host(rules: Iterable[DestinationRule]) -> dict[str, DestinationRule]:
@@ -219,7 +309,9 @@ class _RouteChecker:
         known = self.services.get(hostname)
         if known is None:
             yield self._error(
-                join_path(destination_path, "host"), f'unknown service "{destination.host}"'
+                join_path(destination_path, "host"),
+                f'unknown service "{destination.host}"'
+                f"{_qualified_hint(destination.host, self.services)}",
             )
             return
         if destination.subset is not None:
