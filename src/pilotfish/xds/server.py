@@ -171,10 +171,39 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             return
         node = node_from_proto(first.node)
         stream_id = self._board.stream_opened(node, stream_kind)
-        events: asyncio.Queue[Event | _StreamEnded] = asyncio.Queue()
+        try:
+            await self._run_stream(
+                requests,
+                context,
+                node,
+                stream_id,
+                machine,
+                first,
+                request_to_event,
+                response_to_proto,
+            )
+        except XdsStreamError as exc:
+            log.info("xDS stream of %s ended: %s", node.id, exc)
+            # Tells a proxy that is still listening why; it reconnects either way.
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(str(exc))
+        finally:
+            self._board.stream_closed(stream_id)
 
+    async def _run_stream(
+        self,
+        requests: AsyncIterator[RequestT],
+        context: grpc.aio.ServicerContext[Any, Any],
+        node: ProxyNode,
+        stream_id: int,
+        machine: _StreamMachine,
+        first: RequestT,
+        request_to_event: Callable[[RequestT], RequestReceived | DeltaRequestReceived],
+        response_to_proto: Callable[[SendResponse], Any],
+    ) -> None:
+        events: asyncio.Queue[Event | _StreamEnded] = asyncio.Queue()
         seen_generation = self._source.generation
-        snapshot = self._source.snapshot_for(node)
+        snapshot = self._snapshot_for(node)
         if snapshot is not None:
             events.put_nowait(SnapshotChanged(snapshot))
         events.put_nowait(request_to_event(first))
@@ -186,7 +215,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 event = await events.get()
                 if isinstance(event, _StreamEnded):
                     if event.error is not None:
-                        log.info("xDS stream of %s ended: %s", node.id, event.error)
+                        raise event.error
                     return
                 for action in machine.receive(event):
                     if isinstance(action, SendResponse):
@@ -194,15 +223,21 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     else:
                         self._log_nack(node, action)
                 self._board.stream_updated(stream_id, machine.statuses())
-        except XdsStreamError as exc:
-            log.info("xDS stream of %s ended: %s", node.id, exc)
         finally:
             reader.cancel()
             watcher.cancel()
             for task in (reader, watcher):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            self._board.stream_closed(stream_id)
+
+    def _snapshot_for(self, node: ProxyNode) -> Snapshot | None:
+        try:
+            return self._source.snapshot_for(node)
+        except Exception as exc:
+            # A stream that cannot see its snapshot would serve stale config or nothing;
+            # ending it (and only it) makes the proxy reconnect and try again.
+            log.exception("snapshot source failed for %s", node.id)
+            raise XdsStreamError(f"snapshot source failed for {node.id}: {exc!r}") from exc
 
     @staticmethod
     async def _write(context: grpc.aio.ServicerContext[Any, Any], message: Any) -> None:
@@ -237,13 +272,15 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         while True:
             try:
                 seen_generation = await self._source.wait_for_change(seen_generation)
-                snapshot = self._source.snapshot_for(node)
             except Exception as exc:
-                # A stream that can no longer see changes would silently serve stale config;
-                # ending it makes the proxy reconnect.
                 log.exception("snapshot source failed for %s", node.id)
-                error = XdsStreamError(f"snapshot source failed: {exc!r}")
+                error = XdsStreamError(f"snapshot source failed for {node.id}: {exc!r}")
                 error.__cause__ = exc
+                events.put_nowait(_StreamEnded(error))
+                return
+            try:
+                snapshot = self._snapshot_for(node)
+            except XdsStreamError as error:
                 events.put_nowait(_StreamEnded(error))
                 return
             # None after a snapshot means "nothing complete right now": keep what was sent.
