@@ -149,7 +149,8 @@ class RunningMesh:
         )
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def get(self, path: str, headers: Mapping[str, str] | None = None, **kw: float) -> Reply:

@@ -35,7 +35,11 @@ spec:
 """,
     )
     mesh = RunningMesh(directory, gateway_port)
-    mesh.wait_serving("/")
+    try:
+        mesh.wait_serving("/")
+    except BaseException:
+        mesh.stop()
+        raise
     return mesh
 
 

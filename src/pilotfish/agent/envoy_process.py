@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotfish.agent.admin_client import AdminError, EnvoyAdmin
+from pilotfish.agent.process_lifetime import die_with_parent_hook
 from pilotfish.errors import PilotfishError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ LineSink = Callable[[str], None]
 
 _RECENT_LINES = 40
 _POLL_INTERVAL = 0.05
-_PR_SET_PDEATHSIG = 1
 
 
 class EnvoyStartError(PilotfishError):
@@ -189,7 +188,7 @@ class EnvoyProcess:
                 # Own process group: signals we send reach Envoy alone, and a terminal's
                 # Ctrl-C reaches us first so we can drain instead of Envoy dying abruptly.
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(os.getpid()),
+                preexec_fn=die_with_parent_hook(os.getpid()),
                 limit=1 << 20,
             )
         except OSError as exc:
@@ -342,22 +341,3 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit code {code}"
-
-
-def _die_with_parent_hook(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn making the kernel SIGKILL Envoy when we die, however we die.
-
-    The kernel ties this to the thread that forked, so EnvoyProcess must be started from a
-    thread that lives as long as the process (the event loop's thread does).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    # Resolve libc before fork: loading libraries in the child of a threaded parent is unsafe.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def die_with_parent() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:
-            os._exit(1)  # the parent died before prctl took effect
-
-    return die_with_parent

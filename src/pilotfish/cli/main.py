@@ -88,12 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from pilotfish.load import format_diagnostics, load_directory
+    from pilotfish.controller.control_plane import load_and_check
+    from pilotfish.load import format_diagnostics
 
     if not args.directory.is_dir():
         print(f"{args.directory}: not a folder", file=sys.stderr)
         return 2
-    result = load_directory(args.directory)
+    result = load_and_check(args.directory)
     if result.diagnostics:
         print(format_diagnostics(result.diagnostics))
     if result.config is None:

@@ -12,8 +12,10 @@ import grpc
 
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
 from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.controller.preflight import preflight
 from pilotfish.load import LoadResult, load_directory
-from pilotfish.model.diagnostics import ConfigError
+from pilotfish.model.diagnostics import ConfigError, Diagnostic
+from pilotfish.xds.protocol import SyncStatus
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -28,6 +30,17 @@ class ControlPlaneSettings:
     xds_port: int = 0
     debounce_seconds: float = 0.05
     watch_interval_seconds: float = 0.2
+
+
+def load_and_check(config_dir: Path) -> LoadResult:
+    """Load a folder, then translate it for stand-in proxies; any error rejects it whole."""
+    result = load_directory(config_dir)
+    if result.config is None:
+        return result
+    problems = preflight(result.config, config_dir)
+    if problems:
+        return LoadResult(config=None, diagnostics=result.diagnostics + problems)
+    return result
 
 
 class ControlPlane:
@@ -45,7 +58,7 @@ class ControlPlane:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
         # Fingerprint first: an edit made while loading is then seen as a change, not lost.
         self._fingerprint = await asyncio.to_thread(config_fingerprint, self.config_dir)
-        result = await asyncio.to_thread(load_directory, self.config_dir)
+        result = await asyncio.to_thread(load_and_check, self.config_dir)
         if result.config is None:
             raise ConfigError(result.diagnostics)
         self.controller.apply_config(result.config, result.diagnostics)
@@ -66,9 +79,31 @@ class ControlPlane:
             self.config_dir, self.settings.watch_interval_seconds, last=self._fingerprint
         )
         async for self._fingerprint in changes:
-            result = await asyncio.to_thread(load_directory, self.config_dir)
+            try:
+                result = await asyncio.to_thread(load_and_check, self.config_dir)
+            except Exception as exc:  # a loader bug must not stop every later reload
+                log.exception("could not load %s", self.config_dir)
+                message = f"internal error while loading: {exc!r}; please report it"
+                result = LoadResult(None, (Diagnostic(str(self.config_dir), 1, 1, "", message),))
             if self.controller.apply_config(result.config, result.diagnostics):
                 log.info("config change in %s applied", self.config_dir)
+
+    async def wait_until_pushed(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until pending changes are published and every
+        connected proxy has answered the push (ACK or NACK)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.controller.publish_pending:
+            seen = self.controller.generation
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.controller.wait_for_change(seen), timeout)
+        answered = (SyncStatus.SYNCED, SyncStatus.NACKED)
+        # The streams take the new generation in their own tasks: let them run first.
+        await asyncio.sleep(0.02)
+        while loop.time() < deadline:
+            if all(p.overall_status in answered for p in self.board.proxies()):
+                return
+            await asyncio.sleep(0.02)
 
     async def stop(self, grace_seconds: float = 1.0) -> None:
         if self._watch_task is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pilotfish.discovery import build_view
 from pilotfish.model.diagnostics import Diagnostic
@@ -23,6 +24,10 @@ from pilotfish.snapshot import Snapshot, check_consistency, make_snapshot
 from pilotfish.translate import MeshTranslator
 
 log = logging.getLogger("pilotfish.controller")
+
+# Last good snapshots are kept for proxies that may come back; this bounds the memory that
+# proxies which never return (renamed replicas, test clients) can hold.
+MAX_REMEMBERED_PROXIES = 4096
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class _Generation:
     number: int
     view: MeshView
     translator: MeshTranslator
-    snapshots: dict[str, tuple[ProxyNode, Snapshot]] = field(default_factory=dict)
+    # Per node id: the node as it last asked, and its snapshot (None: translation failed).
+    snapshots: dict[str, tuple[ProxyNode, Snapshot | None]] = field(default_factory=dict)
+    problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class MeshController:
@@ -58,7 +65,7 @@ class MeshController:
         self._config: MeshConfig | None = None
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._current: _Generation | None = None
-        self._last_good: dict[str, Snapshot] = {}
+        self._last_good: OrderedDict[str, Snapshot] = OrderedDict()
         self._changed = asyncio.Condition()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
@@ -71,14 +78,10 @@ class MeshController:
         diagnostics = tuple(diagnostics)
         now = time.time()
         if config is None:
-            self.status = ConfigStatus(
-                applied_at=self.status.applied_at,
-                rejected_at=now,
-                diagnostics=diagnostics,
-                snapshot_problems=self.status.snapshot_problems,
-            )
+            self.status = replace(self.status, rejected_at=now, diagnostics=diagnostics)
             for diagnostic in diagnostics:
-                log.error("config rejected, still serving the last good config: %s", diagnostic)
+                if diagnostic.severity == "error":
+                    log.error("config rejected, still serving the last good one: %s", diagnostic)
             return False
         self._config = config
         self.status = ConfigStatus(applied_at=now, diagnostics=diagnostics)
@@ -92,9 +95,15 @@ class MeshController:
         if endpoint is None:
             if self._endpoints.pop((hostname, key), None) is None:
                 return
+        elif self._endpoints.get((hostname, key)) == endpoint:
+            return
         else:
             self._endpoints[(hostname, key)] = endpoint
         self._schedule_publish()
+
+    @property
+    def publish_pending(self) -> bool:
+        return self._publish_task is not None and not self._publish_task.done()
 
     @property
     def config(self) -> MeshConfig | None:
@@ -116,48 +125,60 @@ class MeshController:
             return self.generation
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
+        """This generation's snapshot for ``node``; its last good one if this one is broken."""
         current = self._current
         if current is None:
             return None
         cached = current.snapshots.get(node.id)
-        if cached is not None and cached[0] == node:
-            return cached[1]
-        snapshot = make_snapshot(current.translator.resources_for(node))
-        problems = check_consistency(snapshot)
-        if problems:
-            self._report_snapshot_problems(node, problems)
-            # Keep this proxy on what it had: an inconsistent snapshot would break traffic.
+        if cached is None or cached[0] != node:
+            cached = (node, self._build(current, node))
+            current.snapshots[node.id] = cached
+        snapshot = cached[1]
+        if snapshot is None:
             return self._last_good.get(node.id)
-        current.snapshots[node.id] = (node, snapshot)
         self._last_good[node.id] = snapshot
+        self._last_good.move_to_end(node.id)
+        while len(self._last_good) > MAX_REMEMBERED_PROXIES:
+            self._last_good.popitem(last=False)
         return snapshot
 
-    def forget_proxy(self, node_id: str) -> None:
-        self._last_good.pop(node_id, None)
-        if self._current is not None:
-            self._current.snapshots.pop(node_id, None)
+    def _build(self, current: _Generation, node: ProxyNode) -> Snapshot | None:
+        try:
+            snapshot = make_snapshot(current.translator.resources_for(node))
+            problems = check_consistency(snapshot)
+        except Exception as exc:  # one proxy's failure must not take down the others
+            log.exception("translation failed for %s", node.id)
+            problems = [f"translation failed: {exc!r}"]
+            snapshot = None
+        if not problems:
+            current.problems.pop(node.id, None)
+            return snapshot
+        for problem in problems:
+            log.error("snapshot for %s not sent, it keeps its last good one: %s", node.id, problem)
+        current.problems[node.id] = tuple(problems)
+        self.status = replace(
+            self.status,
+            snapshot_problems=tuple(
+                f"{node_id}: {p}" for node_id, found in current.problems.items() for p in found
+            ),
+        )
+        return None
 
     # --- publishing ---------------------------------------------------------------------------
 
     def publish_now(self) -> None:
         """Start a new generation from the current config and endpoints, and wake the streams."""
-        if self._advance_generation():
-            asyncio.get_running_loop().create_task(self._notify())
-
-    def _advance_generation(self) -> bool:
+        if self._publish_task is not None and self._publish_task is not asyncio.current_task():
+            self._publish_task.cancel()  # this publish includes whatever it was waiting for
+        self._publish_task = None
         if self._config is None:
-            return False
+            return
         view = build_view(self._config, self._runtime_endpoints())
         number = self.generation + 1
         self._current = _Generation(number, view, MeshTranslator(view))
-        if self.status.snapshot_problems:
-            self.status = ConfigStatus(
-                applied_at=self.status.applied_at,
-                rejected_at=self.status.rejected_at,
-                diagnostics=self.status.diagnostics,
-            )
+        self.status = replace(self.status, snapshot_problems=())
         log.info("published generation %d", number)
-        return True
+        asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -165,13 +186,8 @@ class MeshController:
 
     def _schedule_publish(self) -> None:
         """Coalesce bursts (a folder save, a dozen replicas starting) into one push."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._advance_generation()  # no event loop, so no stream is waiting to be woken
-            return
         if self._publish_task is None or self._publish_task.done():
-            self._publish_task = loop.create_task(self._publish_after_quiet())
+            self._publish_task = asyncio.get_running_loop().create_task(self._publish_after_quiet())
 
     async def _publish_after_quiet(self) -> None:
         await asyncio.sleep(self._debounce_seconds)
@@ -182,13 +198,3 @@ class MeshController:
         for (hostname, _key), endpoint in sorted(self._endpoints.items()):
             grouped.setdefault(hostname, []).append(endpoint)
         return grouped
-
-    def _report_snapshot_problems(self, node: ProxyNode, problems: list[str]) -> None:
-        for problem in problems:
-            log.error("snapshot for %s is inconsistent, not sent: %s", node.id, problem)
-        self.status = ConfigStatus(
-            applied_at=self.status.applied_at,
-            rejected_at=self.status.rejected_at,
-            diagnostics=self.status.diagnostics,
-            snapshot_problems=tuple(f"{node.id}: {p}" for p in problems),
-        )

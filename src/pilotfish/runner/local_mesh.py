@@ -66,17 +66,17 @@ class LocalMesh:
 
     async def start(self) -> None:
         await self.control_plane.start()
-        config = self.control_plane.controller.config
-        assert config is not None
-        if config.gateways:
-            await self._start_gateway()
         await self.reconcile()
         self._reconcile_task = asyncio.create_task(self._reconcile_on_changes())
 
-    async def _start_gateway(self) -> None:
-        node = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
-        self.gateway = self._sidecar(node, "ingressgateway")
-        await self.gateway.start()
+    async def _reconcile_gateway(self, wanted: bool) -> None:
+        if wanted and self.gateway is None:
+            node = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
+            self.gateway = self._sidecar(node, "ingressgateway")
+            await self.gateway.start()
+        elif not wanted and self.gateway is not None:
+            gateway, self.gateway = self.gateway, None
+            await gateway.shutdown(self.settings.drain_seconds)
 
     def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
         return Sidecar(
@@ -100,18 +100,27 @@ class LocalMesh:
                 log.exception("could not bring the running replicas in line with the config")
 
     async def reconcile(self) -> None:
-        """Start what the config asks for and is not running; stop what it no longer asks for."""
+        """Start what the config asks for and is not running; stop what it no longer asks for.
+
+        A replica whose spec changed is replaced one at a time, so a service with several
+        replicas keeps serving throughout (a single replica is briefly down: same name, same
+        sidecar identity, so old and new cannot overlap).
+        """
         config = self.control_plane.controller.config
         if config is None:
             return
         async with self._reconcile_lock:
+            await self._reconcile_gateway(bool(config.gateways))
             wanted = plan_replicas(config)
-            stale = [
-                name for name, running in self.replicas.items() if wanted.get(name) != running.spec
-            ]
-            await asyncio.gather(*(self._stop_replica(name) for name in stale))
+            removed = [name for name in self.replicas if name not in wanted]
+            await asyncio.gather(*(self._stop_replica(name) for name in removed))
             missing = [spec for name, spec in wanted.items() if name not in self.replicas]
             await asyncio.gather(*(self._start_replica(spec) for spec in missing))
+            for name, spec in wanted.items():
+                running = self.replicas.get(name)
+                if running is not None and running.spec != spec:
+                    await self._stop_replica(name)
+                    await self._start_replica(spec)
 
     async def _start_replica(self, spec: ReplicaSpec) -> None:
         ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
@@ -204,7 +213,7 @@ class LocalMesh:
                 await running.keeper
         self.control_plane.controller.set_endpoint(running.spec.hostname, name, None)
         # Let the endpoint removal reach the callers' sidecars before the replica goes away.
-        await asyncio.sleep(self.control_plane.settings.debounce_seconds + 0.2)
+        await self.control_plane.wait_until_pushed(timeout=2.0)
         await running.sidecar.shutdown(self.settings.drain_seconds)
         await running.process.stop()
 

@@ -63,12 +63,14 @@ def _replica(workload: Workload, index: int) -> ReplicaSpec:
 def replica_environment(
     spec: ReplicaSpec, ports: ReplicaPorts, inherited: Mapping[str, str]
 ) -> dict[str, str]:
-    """The app's environment: where to listen, which proxy to use, then the user's own ``env``.
+    """The app's environment: the user's ``env`` over what it inherits, then the mesh's own.
 
-    Loopback bypasses the proxy, so an app can still reach itself directly.
+    The mesh's variables come last: an app told another PORT or proxy would fall out of the
+    mesh (the loader warns about such keys). Loopback bypasses the proxy, so an app can still
+    reach itself directly.
     """
     proxy = f"http://127.0.0.1:{ports.outbound}"
-    env = dict(inherited)
+    env = {**inherited, "PYTHONUNBUFFERED": "1", **dict(spec.env)}
     env.update(
         {
             "PORT": str(ports.app),
@@ -79,8 +81,6 @@ def replica_environment(
             "PILOTFISH_SERVICE": spec.service,
             "PILOTFISH_REPLICA": spec.name,
             "PILOTFISH_WORKLOAD": spec.workload,
-            "PYTHONUNBUFFERED": "1",
         }
     )
-    env.update(dict(spec.env))
     return env

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 from collections.abc import Mapping, Sequence
 
+from pilotfish.agent.process_lifetime import die_with_parent_hook
 from pilotfish.errors import PilotfishError
 from pilotfish.runner.output import LineSink, pump_lines
 
 log = logging.getLogger("pilotfish.runner")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the runner dies, even by SIGKILL, so does the child."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class WorkloadStartError(PilotfishError):
@@ -64,7 +56,7 @@ class WorkloadProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent_hook(os.getpid()),
             )
         except OSError as exc:
             raise WorkloadStartError(

@@ -13,6 +13,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
@@ -44,6 +45,8 @@ FAULT_FILTER_NAME = "envoy.filters.http.fault"
 
 # Istio's retry policy for routes that set none.
 DEFAULT_RETRY_ATTEMPTS = ISTIO_DEFAULT_RETRY_ATTEMPTS
+# Istio's value: how often to re-pick when the pick is a host already tried.
+HOST_SELECTION_ATTEMPTS = 5
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRIABLE_STATUS_CODES = (503,)
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
@@ -133,17 +136,32 @@ def _apply_headers(target: rc.Route | rc.WeightedCluster.ClusterWeight, headers:
 # --- actions --------------------------------------------------------------------------------
 
 
+def _retry_elsewhere(policy: rc.RetryPolicy) -> rc.RetryPolicy:
+    """Retry on another endpoint, as Istio does: a retry to the replica that just failed
+    (likely, with two replicas and a random pick) would often fail the same way."""
+    policy.retry_host_predicate.add(
+        name="envoy.retry_host_predicates.previous_hosts",
+        typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+    )
+    policy.host_selection_retry_max_attempts = HOST_SELECTION_ATTEMPTS
+    return policy
+
+
 def retry_policy(retries: Retries | None) -> rc.RetryPolicy | None:
     """Istio's default when unset; ``attempts: 0`` turns retries off."""
     if retries is None:
-        return rc.RetryPolicy(
-            retry_on=DEFAULT_RETRY_ON,
-            num_retries=wrappers_pb2.UInt32Value(value=DEFAULT_RETRY_ATTEMPTS),
-            retriable_status_codes=DEFAULT_RETRIABLE_STATUS_CODES,
+        return _retry_elsewhere(
+            rc.RetryPolicy(
+                retry_on=DEFAULT_RETRY_ON,
+                num_retries=wrappers_pb2.UInt32Value(value=DEFAULT_RETRY_ATTEMPTS),
+                retriable_status_codes=DEFAULT_RETRIABLE_STATUS_CODES,
+            )
         )
     if retries.attempts <= 0:
         return None
-    policy = rc.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=retries.attempts))
+    policy = _retry_elsewhere(
+        rc.RetryPolicy(num_retries=wrappers_pb2.UInt32Value(value=retries.attempts))
+    )
     if retries.per_try_timeout is not None:
         policy.per_try_timeout.CopyFrom(duration_from_seconds(retries.per_try_timeout))
     if retries.retry_on is None:
