@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
+import grpc
 import pytest
 
 from pilotfish.model.proxy import ProxyNode
@@ -187,6 +188,47 @@ async def test_client_gone_leaves_the_board(plane: Plane) -> None:
         await client.receive()
         assert [p.node_id for p in plane.board.proxies()] == [NODE.id]
     await eventually(lambda: plane.board.proxies() == [])
+
+
+class BrokenForSomeNodes(InMemorySnapshotSource):
+    def __init__(self, broken_nodes: set[str]) -> None:
+        super().__init__()
+        self.broken_nodes = broken_nodes
+
+    def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
+        if node.id in self.broken_nodes:
+            raise RuntimeError("registry unreachable")
+        return super().snapshot_for(node)
+
+
+async def test_failing_source_ends_only_that_nodes_streams_and_leaves_no_ghosts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = BrokenForSomeNodes({"n1"})
+    source.set_snapshot(snapshot_with_backend_port(8000))
+    board = ProxyStatusBoard()
+    server, port = await start_xds_server(source, board)
+    target = f"127.0.0.1:{port}"
+    try:
+        async with SotwClient(target, NODE) as healthy:
+            healthy.request(CDS)
+            await healthy.receive()
+            with caplog.at_level(logging.INFO, logger="pilotfish.xds"):
+                for _ in range(3):
+                    async with SotwClient(target, ProxyNode(id="n1")) as failing:
+                        failing.request(CDS)
+                        with pytest.raises(grpc.aio.AioRpcError) as ended:
+                            await failing.receive()
+                        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+            await eventually(lambda: [p.node_id for p in board.proxies()] == [NODE.id])
+            source.set_snapshot(snapshot_with_backend_port(8001))
+            healthy.request(EDS, ["backend"])
+            assert (await healthy.receive()).type_url == EDS
+        await eventually(lambda: board.proxies() == [])
+    finally:
+        await server.stop(None)
+    logged = [r for r in caplog.records if "n1" in r.getMessage() and r.exc_info is not None]
+    assert len(logged) == 3
 
 
 async def eventually(condition: Callable[[], bool], attempts: int = 500) -> None:
