@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from pilotfish.controller import mesh_controller
+from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.controller.preflight import preflight
+from pilotfish.load import load_text
+from pilotfish.model.diagnostics import Diagnostic
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import MeshConfig
+from pilotfish.model.services import Endpoint
+from pilotfish.snapshot import type_urls
+from pilotfish.translate import MeshTranslator
+
+MESH = """
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {name: web}
+spec: {service: web, port: 8080, command: [web], labels: {version: v1}}
+"""
+HOSTNAME = "web.default.svc.cluster.local"
+SIDECAR = ProxyNode(id="web-0", service="web", outbound_port=1, inbound_port=2, app_port=3)
+
+
+def config(text: str = MESH) -> MeshConfig:
+    result = load_text(text, "mesh.yaml", directory=Path("/tmp"))
+    assert result.config is not None, result.diagnostics
+    return result.config
+
+
+def endpoint(port: int) -> Endpoint:
+    return Endpoint(
+        address="127.0.0.1", ports={8080: port}, labels={"version": "v1"}, name=str(port)
+    )
+
+
+def endpoint_ports(controller: MeshController, node: ProxyNode = SIDECAR) -> list[int]:
+    snapshot = controller.snapshot_for(node)
+    assert snapshot is not None
+    ports = []
+    for resource in snapshot.of_type(type_urls.ENDPOINT).values():
+        assignment = endpoint_pb2.ClusterLoadAssignment()
+        resource.any.Unpack(assignment)
+        if assignment.cluster_name == f"outbound|8080||{HOSTNAME}":
+            ports = [
+                e.endpoint.address.socket_address.port_value
+                for locality in assignment.endpoints
+                for e in locality.lb_endpoints
+            ]
+    return sorted(ports)
+
+
+async def test_no_snapshot_before_a_config_is_applied() -> None:
+    controller = MeshController()
+    assert controller.snapshot_for(SIDECAR) is None
+    assert controller.generation == 0
+
+
+async def test_a_burst_of_endpoint_changes_is_published_once() -> None:
+    controller = MeshController(debounce_seconds=0.01)
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    first = controller.generation
+    for port in (7001, 7002, 7003):
+        controller.set_endpoint(HOSTNAME, str(port), endpoint(port))
+    assert controller.publish_pending
+    assert await asyncio.wait_for(controller.wait_for_change(first), 5) == first + 1
+    assert endpoint_ports(controller) == [7001, 7002, 7003]
+    await asyncio.sleep(0.05)
+    assert controller.generation == first + 1
+
+
+async def test_setting_the_same_endpoint_again_publishes_nothing() -> None:
+    controller = MeshController(debounce_seconds=0.01)
+    controller.apply_config(config(), ())
+    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    controller.publish_now()
+    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    controller.set_endpoint(HOSTNAME, "missing", None)
+    assert not controller.publish_pending
+
+
+async def test_a_rejected_config_keeps_the_last_good_one_and_reports_why() -> None:
+    controller = MeshController()
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    good = controller.snapshot_for(SIDECAR)
+    problem = Diagnostic("mesh.yaml", 3, 5, "spec.port", "must be an integer")
+    assert controller.apply_config(None, (problem,)) is False
+    assert controller.snapshot_for(SIDECAR) is good
+    assert controller.status.rejected_at is not None
+    assert controller.status.diagnostics == (problem,)
+    assert controller.status.applied_at is not None
+
+
+async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controller = MeshController()
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    good = controller.snapshot_for(SIDECAR)
+    assert good is not None
+
+    def broken(self: MeshTranslator, node: ProxyNode) -> object:
+        raise ValueError("Value out of range")
+
+    monkeypatch.setattr(MeshTranslator, "resources_for", broken)
+    controller.publish_now()
+    assert controller.snapshot_for(SIDECAR) is good
+    assert any("Value out of range" in p for p in controller.status.snapshot_problems)
+    newcomer = ProxyNode(id="new-0", service="web", outbound_port=4, inbound_port=5, app_port=6)
+    assert controller.snapshot_for(newcomer) is None
+
+
+async def test_remembered_proxies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mesh_controller, "MAX_REMEMBERED_PROXIES", 3)
+    controller = MeshController()
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    for index in range(5):
+        node = ProxyNode(id=f"n{index}", service="web", outbound_port=1, inbound_port=2, app_port=3)
+        assert controller.snapshot_for(node) is not None
+    assert list(controller._last_good) == ["n2", "n3", "n4"]
+
+
+def test_preflight_accepts_a_good_config() -> None:
+    assert preflight(config(), Path("/cfg")) == ()
+
+
+def test_preflight_turns_a_translation_failure_into_a_diagnostic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: MeshTranslator, node: ProxyNode) -> object:
+        raise ValueError("Value out of range: 99999999999")
+
+    monkeypatch.setattr(MeshTranslator, "resources_for", broken)
+    problems = preflight(config(), Path("/cfg"))
+    assert [(p.file, p.severity) for p in problems] == [("/cfg", "error")]
+    assert "Value out of range" in problems[0].message

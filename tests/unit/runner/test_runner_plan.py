@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pilotfish.load import load_text
+from pilotfish.runner.plan import ReplicaPorts, plan_replicas, replica_environment
+
+WORKLOADS = """
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {name: api-v1}
+spec:
+  service: api
+  port: 8080
+  replicas: 2
+  labels: {version: v1}
+  command: [python3, app.py]
+  env: {MODE: fast, PORT: "1"}
+"""
+
+
+def plan() -> dict[str, object]:
+    result = load_text(WORKLOADS, "w.yaml", directory=Path("/srv/app"))
+    assert result.config is not None
+    return dict(plan_replicas(result.config))
+
+
+def test_every_replica_gets_a_stable_name_and_its_service_hostname() -> None:
+    replicas = plan()
+    assert list(replicas) == ["api-v1-0", "api-v1-1"]
+    first = replicas["api-v1-0"]
+    assert first.hostname == "api.default.svc.cluster.local"  # type: ignore[attr-defined]
+    assert first.directory == "/srv/app"  # type: ignore[attr-defined]
+
+
+def test_the_mesh_variables_win_over_the_user_env_and_the_inherited_one() -> None:
+    result = load_text(WORKLOADS, "w.yaml", directory=Path("/srv/app"))
+    assert result.config is not None
+    spec = plan_replicas(result.config)["api-v1-1"]
+    env = replica_environment(
+        spec,
+        ReplicaPorts(app=41000, inbound=41001, outbound=41002),
+        {"HTTP_PROXY": "http://corporate:3128", "HOME": "/root"},
+    )
+    assert env["PORT"] == "41000"
+    assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:41002"
+    assert env["MODE"] == "fast"
+    assert env["HOME"] == "/root"
+    assert env["PILOTFISH_REPLICA"] == "api-v1-1"
+    assert env["NO_PROXY"] == "localhost,127.0.0.1"
