@@ -89,6 +89,21 @@ YAML_FRAGMENTS = st.sampled_from(
         "\ufeff",
         "\x00",
         "\u2028",
+        # Unicode digits: str.isdigit() accepts them, int() may not.
+        "²",
+        "\uff15",  # FULLWIDTH DIGIT FIVE
+        "٣",
+        "retries",
+        "attempts",
+        "retryOn",
+        "headers",
+        "set",
+        ":path",
+        "\r",
+        "1ns",
+        "consistentHash",
+        "useSourceIp",
+        "false",
     ]
 )
 
