@@ -15,8 +15,10 @@ _UNIT_SECONDS = {
     "ns": Decimal("0.000000001"),
 }
 
-# Longer units first so that "ms" is not read as "m" followed by a stray "s".
-_TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+# Longer units first so that "ms" is not read as "m" followed by a stray "s". Digits are
+# ASCII only: Python's \d (and Decimal) would read "٣s" as three seconds, which no other
+# Istio tool accepts.
+_TERM = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|us|µs|ns|h|m|s)")
 
 
 # google.protobuf.Duration's documented range, which Envoy enforces on every duration field.

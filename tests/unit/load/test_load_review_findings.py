@@ -311,6 +311,12 @@ def test_durations_below_a_millisecond(fields: str, field: str, needle: str) -> 
     assert_at(result, text, f"{ROUTE_PATH}.{field}", needle, "shorter than 1ms")
 
 
+@pytest.mark.parametrize("duration", ["\u0663s", "\uff15ms", "²s"])
+def test_durations_take_ascii_digits_only(duration: str) -> None:
+    text, result = load_route(f'timeout: "{duration}"')
+    assert_at(result, text, f"{ROUTE_PATH}.timeout", "timeout", "invalid duration")
+
+
 def test_zero_fixed_delay_is_rejected() -> None:
     text, result = load_route("fault: {delay: {fixedDelay: 0s}}")
     assert_at(
