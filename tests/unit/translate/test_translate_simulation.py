@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from route_simulation import SimulatedRequest, simulate_request
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import MeshView
 from pilotfish.translate import MeshTranslator
-from pilotfish.translate.simulate import SimulatedRequest, simulate_request
 
 BACKEND_V1 = "outbound|8080|v1|backend.default.svc.cluster.local"
 BACKEND_V2 = "outbound|8080|v2|backend.default.svc.cluster.local"
