@@ -4,9 +4,14 @@ Rules, all taken from how Envoy behaves:
 - A response carries every subscribed resource of its type; its version is a hash of that
   content, so "nothing changed" is a string comparison.
 - An ACK or NACK never causes a resend of the same content.
+- The legacy wildcard (an empty subscription to CDS or LDS) holds only while the proxy has
+  never named a resource of that type on this stream; after that an empty list unsubscribes
+  from everything, as the xDS spec says (clients that name listeners, like gRPC, rely on it).
 - A request whose nonce is not the latest we sent for its type is stale: Envoy sends it before
   it has seen our newer response, and will ACK that one with its full subscription anyway. We
-  keep its subscription and otherwise ignore it.
+  keep its subscription and otherwise ignore it. A nonce on a type we have not answered yet
+  cannot be ours (clients may carry nonces over from an earlier stream): the request is a
+  plain subscription, or the proxy would wait for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class _TypeState:
     progress: TypeProgress
     wildcard: bool = False
     names: frozenset[str] = frozenset()
+    named_before: bool = False
     latest_nonce: int | None = None
     responded: bool = field(default=False)
 
@@ -62,17 +68,19 @@ class SotwStream:
         if state is None:
             state = _TypeState(TypeProgress(request.type_url))
             self._types[request.type_url] = state
+        state.named_before = state.named_before or bool(request.resource_names)
         state.wildcard = "*" in request.resource_names or (
-            not request.resource_names and request.type_url in type_urls.WILDCARD_TYPES
+            not state.named_before and request.type_url in type_urls.WILDCARD_TYPES
         )
         state.names = frozenset(n for n in request.resource_names if n != "*")
 
         nonce = NonceSource.parse(request.response_nonce)
-        if request.response_nonce and nonce != state.latest_nonce:
+        answers_a_response = bool(request.response_nonce) and state.latest_nonce is not None
+        if answers_a_response and nonce != state.latest_nonce:
             return []
 
         actions: list[Action] = []
-        if request.response_nonce and nonce is not None:
+        if answers_a_response and nonce is not None:
             if request.error_message is not None:
                 state.progress.acked_version = request.version_info or state.progress.acked_version
                 actions.append(

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xds_fakes import CDS, EDS, LDS, RDS, snapshot
 
-from pilotfish.snapshot import version_of_resources
+from pilotfish.snapshot import Snapshot, version_of_resources
 from pilotfish.xds import (
     NackReceived,
     RequestReceived,
@@ -127,6 +127,77 @@ def test_reconnect_with_current_version_gets_no_answer() -> None:
     assert stream.statuses()[0].status is SyncStatus.SYNCED
 
 
+def test_eds_names_missing_from_the_snapshot_are_pushed_when_they_appear() -> None:
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(BASE))
+    empty = only_response(stream.receive(RequestReceived(EDS, resource_names=("ghost",))))
+    assert empty.resources == ()
+    stream.receive(
+        RequestReceived(
+            EDS, version_info=empty.version, resource_names=("ghost",), response_nonce=empty.nonce
+        )
+    )
+    appeared = snapshot({CDS: {"a": "1"}, EDS: {"a": "1", "ghost": "1"}})
+    pushed = only_response(stream.receive(SnapshotChanged(appeared)))
+    assert [r.name for r in pushed.resources] == ["ghost"]
+    gone = only_response(stream.receive(SnapshotChanged(BASE)))
+    assert gone.resources == () and gone.version == empty.version
+
+
+def test_nack_of_a_nonce_never_sent_is_ignored() -> None:
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(BASE))
+    sent = only_response(stream.receive(RequestReceived(CDS)))
+    stream.receive(RequestReceived(CDS, version_info=sent.version, response_nonce=sent.nonce))
+    for nonce in ("999", "not-a-number"):
+        nack = RequestReceived(
+            CDS, version_info=sent.version, response_nonce=nonce, error_message="bogus"
+        )
+        assert stream.receive(nack) == []
+    [status] = stream.statuses()
+    assert (status.status, status.nack_message) == (SyncStatus.SYNCED, None)
+
+
+def test_a_nonce_on_a_type_not_answered_yet_is_a_plain_request() -> None:
+    # A client may carry nonces over from a stream to an earlier server; ignoring the request
+    # as stale would leave it waiting for an answer that never comes.
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(BASE))
+    request = RequestReceived(CDS, response_nonce="7", error_message="from an old stream")
+    response = only_response(stream.receive(request))
+    assert [r.name for r in response.resources] == ["a", "b"]
+    assert stream.statuses()[0].nack_message is None
+
+
+def test_empty_list_after_naming_listeners_unsubscribes_instead_of_wildcard() -> None:
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(snapshot({LDS: {"x": "1", "y": "1"}})))
+    named = only_response(stream.receive(RequestReceived(LDS, resource_names=("x",))))
+    assert [r.name for r in named.resources] == ["x"]
+    dropped = only_response(
+        stream.receive(RequestReceived(LDS, version_info=named.version, response_nonce=named.nonce))
+    )
+    assert dropped.resources == ()
+    everything = only_response(
+        stream.receive(
+            RequestReceived(
+                LDS,
+                version_info=dropped.version,
+                resource_names=("*",),
+                response_nonce=dropped.nonce,
+            )
+        )
+    )
+    assert [r.name for r in everything.resources] == ["x", "y"]
+
+
+def test_star_is_a_wildcard_for_eds_too() -> None:
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(BASE))
+    response = only_response(stream.receive(RequestReceived(EDS, resource_names=("*", "a"))))
+    assert [r.name for r in response.resources] == ["a", "b"]
+
+
 NAMES = ("a", "b", "c")
 snapshots = st.builds(
     lambda cds, eds: snapshot({CDS: cds, EDS: eds}),
@@ -135,12 +206,94 @@ snapshots = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+class ModelProxy:
+    """A SotW client as the xDS spec describes it, written without looking at SotwStream.
+
+    It applies every response it receives; its subscription per type is the name list of its
+    latest request. It owes a request for a type when it has a response it has not answered,
+    or when its last request carried an outdated nonce (the server ignores those, so a real
+    client repeats its subscription with the response it has yet to answer).
+
+    Per the spec, an empty list is a wildcard for CDS and LDS only while no request of that
+    type on the stream has named anything ("*" included); "*" is a wildcard for any type.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, ...]] = {}
+        self.named_before: dict[str, bool] = {}
+        self.held: dict[str, dict[str, str]] = {}
+        self.latest: dict[str, SendResponse] = {}
+        self.owes_request: set[str] = set()
+
+    def sent(self, request: RequestReceived) -> None:
+        self.names[request.type_url] = request.resource_names
+        named = self.named_before.get(request.type_url, False) or bool(request.resource_names)
+        self.named_before[request.type_url] = named
+        latest = self.latest.get(request.type_url)
+        if latest is None or request.response_nonce == latest.nonce:
+            self.owes_request.discard(request.type_url)
+        elif request.response_nonce:
+            self.owes_request.add(request.type_url)
+
+    def apply(self, response: SendResponse) -> None:
+        self.latest[response.type_url] = response
+        self.held[response.type_url] = {r.name: r.version for r in response.resources}
+        self.owes_request.add(response.type_url)
+
+    def wanted(self, type_url: str, current: Snapshot) -> dict[str, str]:
+        available = current.of_type(type_url)
+        names = self.names[type_url]
+        legacy_wildcard = not self.named_before[type_url] and type_url in (CDS, LDS)
+        wildcard = "*" in names or legacy_wildcard
+        chosen = set(available) if wildcard else set(names) & set(available)
+        return {name: available[name].version for name in chosen}
+
+    def ack_latest(self, type_url: str) -> RequestReceived:
+        """An ACK of the latest response, carrying the current subscription."""
+        latest = self.latest[type_url]
+        request = RequestReceived(
+            type_url,
+            version_info=latest.version,
+            resource_names=self.names[type_url],
+            response_nonce=latest.nonce,
+        )
+        self.sent(request)
+        return request
+
+
+def assert_proxy_caught_up(stream: SotwStream, proxy: ModelProxy) -> None:
+    """Liveness: once the proxy has sent every request it owes (and nothing more: a stream that
+    fails to push a change must not be rescued by extra requests), it holds what it wants of
+    the last snapshot."""
+    for _ in range(5):
+        answers = [
+            response
+            for type_url in sorted(proxy.owes_request)
+            for response in responses(stream.receive(proxy.ack_latest(type_url)))
+        ]
+        for response in answers:
+            proxy.apply(response)
+        if not answers:
+            break
+    else:
+        raise AssertionError("the stream keeps answering ACKs")
+    current = stream.snapshot
+    if current is None:
+        return
+    statuses = {s.type_url: s for s in stream.statuses()}
+    for type_url in proxy.names:
+        assert proxy.held.get(type_url, {}) == proxy.wanted(type_url, current), type_url
+        if type_url in proxy.latest:
+            assert proxy.latest[type_url].version == statuses[type_url].desired_version
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_invariants_over_event_sequences(data: st.DataObject) -> None:
     stream = SotwStream()
+    proxy = ModelProxy()
     sent_nonces: list[str] = []
-    latest: dict[str, SendResponse] = {}
+    latest = proxy.latest
     for _ in range(data.draw(st.integers(1, 25))):
         type_url = data.draw(st.sampled_from((CDS, EDS)))
         nonce_choice = data.draw(st.sampled_from(("none", "latest", "old")))
@@ -159,18 +312,22 @@ def test_invariants_over_event_sequences(data: st.DataObject) -> None:
                     version_info=st.sampled_from(["", latest[type_url].version])
                     if type_url in latest
                     else st.just(""),
-                    resource_names=st.lists(st.sampled_from(NAMES), unique=True).map(tuple),
+                    resource_names=st.lists(st.sampled_from((*NAMES, "*")), unique=True).map(tuple),
                     response_nonce=st.just(nonce),
                     error_message=st.one_of(st.none(), st.just("rejected")),
                 ),
             )
         )
         before = {t: r.version for t, r in latest.items()}
+        # Stale: answers a response of ours, but not the latest one of its type.
         stale = (
             isinstance(event, RequestReceived)
             and event.response_nonce != ""
-            and (type_url not in latest or event.response_nonce != latest[type_url].nonce)
+            and type_url in latest
+            and event.response_nonce != latest[type_url].nonce
         )
+        if isinstance(event, RequestReceived):
+            proxy.sent(event)
         actions = stream.receive(event)
         for response in responses(actions):
             assert response.nonce not in sent_nonces
@@ -179,8 +336,9 @@ def test_invariants_over_event_sequences(data: st.DataObject) -> None:
             if isinstance(event, RequestReceived):
                 # An ACK, NACK or subscription change never brings back the same content.
                 assert response.version != before.get(response.type_url)
-            latest[response.type_url] = response
+            proxy.apply(response)
         if stale:
             assert actions == []
         order = [r.type_url for r in responses(actions)]
         assert order == sorted(order, key=[CDS, EDS].index)
+    assert_proxy_caught_up(stream, proxy)
