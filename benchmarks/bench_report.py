@@ -56,8 +56,24 @@ def envoy_version() -> str:
     return lines[-1].split("version:", 1)[-1].strip() if lines else "unknown"
 
 
+def git_revision() -> str:
+    """The commit measured, marked dirty when src/ has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + (" (src/ modified)" if git("status", "--porcelain", "--", "src") else "")
+
+
 def machine_facts() -> dict[str, object]:
     return {
+        "git": git_revision(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),

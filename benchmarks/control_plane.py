@@ -796,16 +796,21 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
     streams = [s.strip() for s in args.streams.split(",") if s.strip()]
     results: dict[str, Any] = {"settings": vars(args) | {"changes": changes}}
     sections: list[str] = []
+    failures: list[str] = []
 
     if not args.skip_envoys:
         envoy_runs = []
         for stream in streams:
             print(f"real Envoys: {args.envoys} sidecars over {stream} ...", flush=True)
-            envoy_runs.append(
-                await bench_real_envoys(
-                    args.envoys, 20, changes, max(3, changes // 2), delta=stream == "delta"
+            try:
+                envoy_runs.append(
+                    await bench_real_envoys(
+                        args.envoys, 20, changes, max(3, changes // 2), delta=stream == "delta"
+                    )
                 )
-            )
+            except Exception as exc:  # one broken protocol must not hide the other's numbers
+                failures.append(f"real Envoys over {stream} failed: {exc!r}")
+                print(failures[-1], flush=True)
         results["real_envoys"] = [vars(run) for run in envoy_runs]
         sections.append(
             "Change -> every Envoy ACKed (ProxyStatusBoard, in-process control plane; "
@@ -822,17 +827,22 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
         for count in clients:
             for stream in streams:
                 print(f"scale: {count} simulated {stream} clients x {args.services} services ...")
-                scale_runs.append(
-                    await bench_scale(
-                        stream,
-                        count,
-                        args.services,
-                        args.endpoints_per_service,
-                        changes,
-                        budget,
-                        args.profile_control_plane,
+                try:
+                    scale_runs.append(
+                        await bench_scale(
+                            stream,
+                            count,
+                            args.services,
+                            args.endpoints_per_service,
+                            changes,
+                            budget,
+                            args.profile_control_plane,
+                        )
                     )
-                )
+                except Exception as exc:
+                    failures.append(f"scale {count} x {stream} failed: {exc!r}")
+                    print(failures[-1], flush=True)
+                    continue
                 print(scale_table(scale_runs[-1:]), flush=True)
         results["scale"] = [vars(run) for run in scale_runs]
         sections.append(
@@ -841,6 +851,9 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
             "'all received' from the clients' receive timestamps; both from the moment "
             "set_endpoint was called (debounce included)\n" + scale_table(scale_runs)
         )
+    results["failures"] = failures
+    if failures:
+        sections.append("Failures\n" + "\n".join(f"  {line}" for line in failures))
     return results, "\n\n".join(sections)
 
 
