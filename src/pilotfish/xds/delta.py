@@ -31,6 +31,8 @@ DeltaEvent = DeltaRequestReceived | SnapshotChanged
 # Envoy ACKs every response; a proxy that stops ACKing must not grow our memory without end.
 _MAX_PENDING_NONCES = 64
 
+_UNCONFIRMED = ""
+
 
 @dataclass
 class _TypeState:
@@ -106,6 +108,11 @@ class DeltaStream:
             if not state.wildcard:
                 # The proxy drops what it unsubscribes from; it will not need a removal.
                 state.client_versions.pop(name, None)
+            elif name in state.client_versions:
+                # Envoy cannot tell whether the wildcard still covers the name, so it holds the
+                # resource as "ambiguous" until we send it again or remove it. A version no
+                # resource has makes the next diff do exactly one of the two.
+                state.client_versions[name] = _UNCONFIRMED
 
     def _snapshot_changed(self, snapshot: Snapshot) -> list[Action]:
         must_resend = load_assignments_to_resend(self._snapshot, snapshot)
