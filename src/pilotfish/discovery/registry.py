@@ -17,6 +17,7 @@ from pilotfish.model.resources import (
     Workload,
     WorkloadEntrySpec,
     qualify_host,
+    selector_matches,
 )
 from pilotfish.model.services import Endpoint, MeshView, Service
 
@@ -68,10 +69,6 @@ def services_from_config(config: MeshConfig) -> dict[str, Service]:
     return services
 
 
-def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
-
-
 def _entry_endpoint(entry: ServiceEntry, spec: WorkloadEntrySpec, name: str) -> Endpoint:
     """Map each service port to the endpoint's port: by name, else targetPort, else the same."""
     ports = {
@@ -97,7 +94,7 @@ def _service_entry_endpoints(config: MeshConfig, entry: ServiceEntry) -> tuple[E
             _entry_endpoint(entry, workload_entry.spec, workload_entry.meta.name)
             for workload_entry in config.workload_entries
             if workload_entry.meta.namespace == entry.meta.namespace
-            and _labels_match(entry.workload_selector, workload_entry.spec.labels)
+            and selector_matches(entry.workload_selector, workload_entry.spec.labels)
         )
     return tuple(found)
 

@@ -288,3 +288,8 @@ def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     if host == "*" or "." in host:
         return host
     return f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label selection: every selector pair is among the labels; empty selects all."""
+    return all(labels.get(key) == value for key, value in selector.items())

@@ -8,6 +8,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
+from pilotfish.model.resources import selector_matches
 from pilotfish.model.services import Endpoint, MeshView
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.naming import outbound_cluster_name
@@ -17,10 +18,6 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=address, port_value=port)
     )
-
-
-def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 def load_assignment(
@@ -43,7 +40,7 @@ def load_assignment(
             load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
         )
         for endpoint in endpoints
-        if service_port in endpoint.ports and _labels_match(selector, endpoint.labels)
+        if service_port in endpoint.ports and selector_matches(selector, endpoint.labels)
     ]
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name,

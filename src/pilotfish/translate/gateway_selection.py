@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import Gateway, GatewayServer, VirtualService
+from pilotfish.model.resources import Gateway, GatewayServer, VirtualService, selector_matches
 from pilotfish.model.services import MeshView
 
 _HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
@@ -13,7 +13,7 @@ _HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 
 def gateway_selects(gateway: Gateway, labels: Mapping[str, str]) -> bool:
     """An empty selector selects every gateway proxy."""
-    return all(labels.get(key) == value for key, value in gateway.selector.items())
+    return selector_matches(gateway.selector, labels)
 
 
 def http_servers_by_port(
