@@ -86,8 +86,9 @@ class Traffic:
         return [answer for answer in self.answers if answer[0] != 200]
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[RunningMesh]:
+@pytest.fixture(params=["delta", "sotw"])
+def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningMesh]:
+    """Both xDS variants: Delta (the default) and state-of-the-world (``up --sotw``)."""
     directory = tmp_path / "mesh"
     directory.mkdir()
     gateway_port = free_port()
@@ -98,10 +99,13 @@ def mesh(tmp_path: Path) -> Iterator[RunningMesh]:
         + echo_workload("backend-v2", "backend", 8080, version="v2"),
     )
     write_yaml(directory / "routing.yaml", routing(100, 0))
-    with running_mesh(directory, gateway_port) as running:
+    extra_args = ("--sotw",) if request.param == "sotw" else ()
+    with running_mesh(directory, gateway_port, extra_args=extra_args) as running:
         running.wait_serving("/")
         running.wait_endpoints("backend.default.svc.cluster.local", 2)
         running.wait_synced()
+        streams = {p["stream"] for p in running.admin("/api/proxies")["proxies"]}  # type: ignore[union-attr,index]
+        assert streams == {request.param}
         yield running
 
 

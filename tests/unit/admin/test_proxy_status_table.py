@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pilotfish.admin.proxy_status import format_status
+
+SYNCED = {"status": "SYNCED", "acked_version": "a1b2c3d4e5", "sent_version": "a1b2c3d4e5"}
+
+
+def test_each_proxy_is_a_row_and_each_nack_is_spelled_out() -> None:
+    proxies = [
+        {
+            "node_id": "web-0",
+            "kind": "sidecar",
+            "stream": "delta",
+            "types": {"CDS": SYNCED, "EDS": SYNCED, "LDS": SYNCED, "RDS": SYNCED},
+        },
+        {
+            "node_id": "api-0",
+            "kind": "sidecar",
+            "stream": "sotw",
+            "types": {
+                "CDS": {
+                    "status": "NACKED",
+                    "acked_version": "old00000",
+                    "sent_version": "new00000",
+                    "nack": "LB policy ROUND_ROBIN is not valid for Cluster type ORIGINAL_DST",
+                },
+                "LDS": SYNCED,
+            },
+        },
+    ]
+    table = format_status(proxies, {"generation": 7, "diagnostics": []})
+    lines = table.splitlines()
+    assert lines[0].split() == ["NAME", "KIND", "STREAM", "CDS", "EDS", "LDS", "RDS"]
+    assert lines[1].split()[:4] == ["api-0", "sidecar", "sotw", "NACKED"]  # sorted by name
+    assert "NOT SENT" in lines[1]  # api-0 was never sent EDS
+    assert lines[2].startswith("web-0") and lines[2].count("SYNCED (a1b2c3d4)") == 4
+    assert "  api-0 CDS: LB policy ROUND_ROBIN is not valid" in table
+    assert "config generation 7" in table
+
+
+def test_a_rejected_edit_is_called_out_with_every_diagnostic() -> None:
+    config = {
+        "generation": 3,
+        "applied_at": 100.0,
+        "rejected_at": 200.0,
+        "diagnostics": [
+            {
+                "file": "routing.yaml",
+                "line": 12,
+                "col": 7,
+                "field": "spec.http[0].route",
+                "message": "weights sum to 90, not 100",
+                "severity": "error",
+            }
+        ],
+    }
+    table = format_status([], config)
+    assert "(no proxy is connected)" in table
+    assert "REJECTED" in table
+    assert "routing.yaml:12:7: spec.http[0].route: weights sum to 90, not 100" in table
+
+
+def test_an_applied_config_with_warnings_is_not_called_rejected() -> None:
+    config = {
+        "generation": 4,
+        "applied_at": 300.0,
+        "rejected_at": 200.0,
+        "diagnostics": [
+            {
+                "file": "dr.yaml",
+                "line": 5,
+                "col": 3,
+                "field": "spec.trafficPolicy.connectionPool",
+                "message": "not implemented by Pilotfish; ignored",
+                "severity": "warning",
+            }
+        ],
+    }
+    table = format_status([], config)
+    assert "REJECTED" not in table
+    assert "dr.yaml:5:3: warning: spec.trafficPolicy.connectionPool" in table
