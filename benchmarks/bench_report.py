@@ -6,6 +6,7 @@ Kept apart from the two scripts so that each stays about what it measures.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import json
 import math
@@ -178,6 +179,14 @@ def terminate_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM the calling process when its parent dies (PR_SET_PDEATHSIG),
+    so that nothing we start outlives a benchmark killed with SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
 
 
 def pin_to_cpu(pid: int, cpu: int) -> bool:

@@ -21,12 +21,10 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import ctypes
 import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from typing import Any
 from bench_report import (
     REPO,
     cpu_seconds,
+    die_with_parent,
     format_table,
     machine_facts,
     median,
@@ -302,13 +301,6 @@ def scale_mesh_config(services: int, endpoints_per_service: int) -> MeshConfig:
             )
         )
     return MeshConfig(service_entries=tuple(entries))
-
-
-def die_with_parent() -> None:
-    """A control plane orphaned by a killed benchmark must not linger on the machine."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def serve_scale(services: int, endpoints_per_service: int) -> None:

@@ -39,6 +39,7 @@ from bench_report import (
     command_line,
     cpu_seconds,
     descendant_pids,
+    die_with_parent,
     format_table,
     kill_leftovers,
     machine_facts,
@@ -244,6 +245,7 @@ class Mesh:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            preexec_fn=die_with_parent,  # a SIGKILLed benchmark must not leave a mesh running
         )
         self.seen: dict[int, list[str]] = {}
 
