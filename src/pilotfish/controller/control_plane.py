@@ -28,7 +28,7 @@ class ControlPlaneSettings:
 
     host: str = "127.0.0.1"
     xds_port: int = 0
-    debounce_seconds: float = 0.05
+    debounce_seconds: float = 0.02
     watch_interval_seconds: float = 0.2
 
 

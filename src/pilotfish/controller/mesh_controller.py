@@ -20,7 +20,7 @@ from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
 from pilotfish.model.services import Endpoint, MeshView
-from pilotfish.snapshot import Snapshot, check_consistency, make_snapshot
+from pilotfish.snapshot import SharedMessagePacker, Snapshot, check_consistency, make_snapshot
 from pilotfish.translate import MeshTranslator
 
 log = logging.getLogger("pilotfish.controller")
@@ -53,6 +53,7 @@ class _Generation:
     number: int
     view: MeshView
     translator: MeshTranslator
+    packer: SharedMessagePacker = field(default_factory=SharedMessagePacker)
     # Per node id: the node as it last asked, and its snapshot (None: translation failed).
     snapshots: dict[str, tuple[ProxyNode, Snapshot | None]] = field(default_factory=dict)
     problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -61,7 +62,7 @@ class _Generation:
 class MeshController:
     """Implements ``pilotfish.xds.SnapshotSource``."""
 
-    def __init__(self, debounce_seconds: float = 0.05) -> None:
+    def __init__(self, debounce_seconds: float = 0.02) -> None:
         self._config: MeshConfig | None = None
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._current: _Generation | None = None
@@ -144,7 +145,7 @@ class MeshController:
 
     def _build(self, current: _Generation, node: ProxyNode) -> Snapshot | None:
         try:
-            snapshot = make_snapshot(current.translator.resources_for(node))
+            snapshot = make_snapshot(current.translator.resources_for(node), current.packer)
             problems = check_consistency(snapshot)
         except Exception as exc:  # one proxy's failure must not take down the others
             log.exception("translation failed for %s", node.id)

@@ -9,10 +9,14 @@ from pilotfish.snapshot import type_urls
 from pilotfish.snapshot.consistency import check_consistency
 from pilotfish.snapshot.snapshot import (
     DEFAULT_PACKING_CACHE,
+    Packer,
     PackingCache,
     ProxyResourcesLike,
     Resource,
+    SharedMessagePacker,
     Snapshot,
+    changed_names,
+    changed_names_between,
     make_snapshot,
     snapshot_from_resources,
     version_of_resources,
@@ -20,10 +24,14 @@ from pilotfish.snapshot.snapshot import (
 
 __all__ = [
     "DEFAULT_PACKING_CACHE",
+    "Packer",
     "PackingCache",
     "ProxyResourcesLike",
     "Resource",
+    "SharedMessagePacker",
     "Snapshot",
+    "changed_names",
+    "changed_names_between",
     "check_consistency",
     "make_snapshot",
     "snapshot_from_resources",

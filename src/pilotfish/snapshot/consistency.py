@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pilotfish.snapshot import type_urls
-from pilotfish.snapshot.snapshot import Snapshot
+from pilotfish.snapshot.snapshot import Snapshot, find_dangling
 
 _WHAT = {
     type_urls.CLUSTER: "cluster",
@@ -16,17 +16,18 @@ _WHAT = {
 
 def check_consistency(snapshot: Snapshot) -> list[str]:
     """Every dangling reference and duplicate name, one readable line each; empty means usable."""
-    problems: list[str] = []
-    for type_url, name in snapshot.duplicate_names:
-        problems.append(f"{_what(type_url)} {name!r} is defined more than once")
-    for type_url, named in snapshot.resources.items():
-        for resource in named.values():
-            for wanted_type, wanted_name in resource.references:
-                if wanted_name not in snapshot.of_type(wanted_type):
-                    problems.append(
-                        f"{_what(type_url)} {resource.name!r} references "
-                        f"{_what(wanted_type)} {wanted_name!r}, which does not exist"
-                    )
+    problems = [
+        f"{_what(type_url)} {name!r} is defined more than once"
+        for type_url, name in snapshot.duplicate_names
+    ]
+    dangling = snapshot.dangling
+    if dangling is None:
+        dangling = tuple(find_dangling(snapshot.resources, snapshot.resources))
+    problems.extend(
+        f"{_what(type_url)} {name!r} references "
+        f"{_what(wanted_type)} {wanted_name!r}, which does not exist"
+        for type_url, name, wanted_type, wanted_name in dangling
+    )
     return problems
 
 

@@ -20,17 +20,28 @@ from pilotfish.translate.routes import build_gateway_route_configs, build_outbou
 
 
 @dataclass(frozen=True)
+class ResourceSet:
+    clusters: tuple[Cluster, ...] = ()
+    load_assignments: tuple[ClusterLoadAssignment, ...] = ()
+    listeners: tuple[Listener, ...] = ()
+    routes: tuple[RouteConfiguration, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProxyResources:
     """Everything one proxy needs.
 
     Messages shared by all proxies of a view are the same objects in every ProxyResources:
-    treat them as read-only.
+    treat them as read-only. ``shared``, when set, is that part: each field here starts with
+    the matching field of ``shared`` (the same tuple), so snapshot building can pack it once
+    per view instead of once per proxy.
     """
 
     clusters: tuple[Cluster, ...]
     load_assignments: tuple[ClusterLoadAssignment, ...]
     listeners: tuple[Listener, ...]
     routes: tuple[RouteConfiguration, ...]
+    shared: ResourceSet | None = None
 
 
 class MeshTranslator:
@@ -60,18 +71,34 @@ class MeshTranslator:
     def outbound_route_config(self) -> RouteConfiguration:
         return build_outbound_route_config(self._view, self._destinations)
 
+    @cached_property
+    def _shared_by_gateways(self) -> ResourceSet:
+        return ResourceSet(clusters=self.outbound_clusters, load_assignments=self.load_assignments)
+
+    @cached_property
+    def _shared_by_sidecars(self) -> ResourceSet:
+        return ResourceSet(
+            clusters=self.outbound_clusters,
+            load_assignments=self.load_assignments,
+            routes=(self.outbound_route_config,),
+        )
+
     def resources_for(self, node: ProxyNode) -> ProxyResources:
         if node.kind == "gateway":
+            shared = self._shared_by_gateways
             return ProxyResources(
-                clusters=self.outbound_clusters,
-                load_assignments=self.load_assignments,
+                clusters=shared.clusters,
+                load_assignments=shared.load_assignments,
                 listeners=build_gateway_listeners(self._view, node),
                 routes=build_gateway_route_configs(self._view, node, self._destinations),
+                shared=shared,
             )
+        shared = self._shared_by_sidecars
         inbound = build_inbound_cluster(node)
         return ProxyResources(
-            clusters=self.outbound_clusters + ((inbound,) if inbound is not None else ()),
-            load_assignments=self.load_assignments,
+            clusters=shared.clusters + ((inbound,) if inbound is not None else ()),
+            load_assignments=shared.load_assignments,
             listeners=build_sidecar_listeners(node),
-            routes=(self.outbound_route_config,),
+            routes=shared.routes,
+            shared=shared,
         )

@@ -12,9 +12,16 @@ a nonce we still remember.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pilotfish.snapshot import Resource, Snapshot, type_urls, version_of_resources
+from pilotfish.snapshot import (
+    Resource,
+    Snapshot,
+    changed_names_between,
+    type_urls,
+    version_of_resources,
+)
 from pilotfish.xds.protocol import (
     Action,
     DeltaRequestReceived,
@@ -41,6 +48,9 @@ class _TypeState:
     names: set[str] = field(default_factory=set)
     client_versions: dict[str, str] = field(default_factory=dict)
     pending: OrderedDict[int, str] = field(default_factory=OrderedDict)
+    # The resources the last full or incremental diff brought the proxy up to date with; None
+    # after a subscription change, which calls for a full diff.
+    diffed_against: Snapshot | None = None
 
 
 class DeltaStream:
@@ -94,7 +104,47 @@ class DeltaStream:
         return actions
 
     @staticmethod
+    def _wants(state: _TypeState, name: str) -> bool:
+        return state.wildcard or name in state.names
+
+    def _full_diff(
+        self, state: _TypeState, available: Mapping[str, Resource], forced: frozenset[str]
+    ) -> tuple[list[Resource], list[str]]:
+        wanted = [name for name in available if self._wants(state, name)]
+        return self._diff_names(state, available, {*wanted, *state.client_versions}, forced)
+
+    def _diff_names(
+        self,
+        state: _TypeState,
+        available: Mapping[str, Resource],
+        candidates: set[str],
+        forced: frozenset[str],
+    ) -> tuple[list[Resource], list[str]]:
+        """Of ``candidates``: what the proxy wants and lacks (or must get again), and what it
+        holds but no longer should."""
+        client_versions = state.client_versions
+        changed: list[Resource] = []
+        removed: list[str] = []
+        for name in sorted(candidates):
+            resource = available.get(name)
+            if resource is not None and self._wants(state, name):
+                if client_versions.get(name) != resource.version or name in forced:
+                    changed.append(resource)
+            elif name in client_versions:
+                removed.append(name)
+        return changed, removed
+
+    def _desired_version(
+        self, state: _TypeState, snapshot: Snapshot, available: Mapping[str, Resource]
+    ) -> str:
+        if state.wildcard or state.names.issuperset(available):
+            return snapshot.type_version(state.progress.type_url)  # computed once per snapshot
+        return version_of_resources(r for n, r in available.items() if n in state.names)
+
+    @staticmethod
     def _update_subscription(state: _TypeState, request: DeltaRequestReceived) -> None:
+        if request.subscribe or request.unsubscribe:
+            state.diffed_against = None
         for name in request.subscribe:
             if name == "*":
                 state.wildcard = True
@@ -128,24 +178,26 @@ class DeltaStream:
     def _diff(
         self, state: _TypeState, snapshot: Snapshot, forced: frozenset[str]
     ) -> SendResponse | None:
-        available = snapshot.of_type(state.progress.type_url)
-        if state.wildcard:
-            wanted = dict(available)
+        type_url = state.progress.type_url
+        available = snapshot.of_type(type_url)
+        previous = state.diffed_against
+        state.diffed_against = snapshot
+        if previous is None:
+            changed, removed = self._full_diff(state, available, forced)
         else:
-            wanted = {name: available[name] for name in state.names if name in available}
-        state.progress.desired_version = version_of_resources(wanted.values())
-
-        changed: list[Resource] = [
-            resource
-            for name, resource in sorted(wanted.items())
-            if state.client_versions.get(name) != resource.version or name in forced
-        ]
-        removed = sorted(name for name in state.client_versions if name not in wanted)
+            # The proxy is up to date with ``previous``: only names that differ between the two
+            # (worked out once for every stream that shares them) can need sending or removing.
+            candidates = set(changed_names_between(previous, snapshot, type_url)) | forced
+            changed, removed = self._diff_names(state, available, candidates, forced)
+        desired = state.progress.desired_version
+        if desired is None or previous is None or changed or removed:
+            desired = self._desired_version(state, snapshot, available)
+            state.progress.desired_version = desired
         if not changed and not removed:
             if state.progress.sent_version is None and not state.pending:
                 # A reconnecting proxy whose initial_resource_versions were already current.
-                state.progress.sent_version = state.progress.desired_version
-                state.progress.acked_version = state.progress.desired_version
+                state.progress.sent_version = desired
+                state.progress.acked_version = desired
             return None
 
         for resource in changed:
@@ -153,7 +205,7 @@ class DeltaStream:
         for name in removed:
             del state.client_versions[name]
         nonce = self._nonces.next()
-        version = state.progress.desired_version
+        version = desired
         state.pending[nonce] = version
         while len(state.pending) > _MAX_PENDING_NONCES:
             state.pending.popitem(last=False)

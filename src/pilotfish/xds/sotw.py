@@ -94,7 +94,7 @@ class SotwStream:
         if self._snapshot is None:
             return actions
         selected = self._select(state, self._snapshot)
-        version = version_of_resources(selected)
+        version = self._version_of(state, self._snapshot, selected)
         state.progress.desired_version = version
         if first and request.version_info and request.version_info == version:
             # A reconnecting proxy that already holds exactly this: nothing to send.
@@ -112,7 +112,7 @@ class SotwStream:
         for type_url in sorted(self._types, key=type_urls.push_rank):
             state = self._types[type_url]
             selected = self._select(state, snapshot)
-            version = version_of_resources(selected)
+            version = self._version_of(state, snapshot, selected)
             state.progress.desired_version = version
             forced = type_url == type_urls.ENDPOINT and bool(must_resend & state.names)
             if forced or self._worth_sending(state, version):
@@ -125,6 +125,13 @@ class SotwStream:
             return False
         # Nothing subscribed and nothing sent yet: an empty answer would tell the proxy nothing.
         return state.wildcard or bool(state.names) or state.responded
+
+    @staticmethod
+    def _version_of(state: _TypeState, snapshot: Snapshot, selected: tuple[Resource, ...]) -> str:
+        type_url = state.progress.type_url
+        if len(selected) == len(snapshot.of_type(type_url)):
+            return snapshot.type_version(type_url)  # the whole type: computed once per snapshot
+        return version_of_resources(selected)
 
     @staticmethod
     def _select(state: _TypeState, snapshot: Snapshot) -> tuple[Resource, ...]:
