@@ -176,7 +176,8 @@ class MeshController:
             return
         view = build_view(self._config, self._runtime_endpoints())
         number = self.generation + 1
-        self._current = _Generation(number, view, MeshTranslator(view))
+        previous = self._current.translator if self._current else None
+        self._current = _Generation(number, view, MeshTranslator(view, previous))
         self.status = replace(self.status, snapshot_problems=())
         log.info("published generation %d", number)
         asyncio.get_running_loop().create_task(self._notify())

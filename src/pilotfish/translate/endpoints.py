@@ -55,29 +55,33 @@ def load_assignment(
 
 
 def build_load_assignments(
-    view: MeshView, destinations: DestinationIndex | None = None
-) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
-    """One assignment per EDS cluster, in the order ``build_outbound_clusters`` lists them.
+    view: MeshView,
+    destinations: DestinationIndex | None = None,
+    reuse: Mapping[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]] | None = None,
+) -> dict[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]]:
+    """Per service hostname, one assignment per EDS cluster, in cluster order.
 
-    DNS services are absent: their clusters carry their endpoints inline.
+    DNS services are absent: their clusters carry their endpoints inline. ``reuse`` holds
+    assignments already built for hostnames whose endpoints and subsets did not change; they
+    are kept as they are (the same message objects, so packing them again costs nothing).
     """
     index = destinations or DestinationIndex(view)
-    assignments: list[endpoint_pb2.ClusterLoadAssignment] = []
+    assignments: dict[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]] = {}
     for hostname in sorted(view.services):
         service = view.services[hostname]
         if service.resolution == "DNS":
             continue
+        if reuse is not None and hostname in reuse:
+            assignments[hostname] = reuse[hostname]
+            continue
         endpoints = view.endpoints_of(hostname)
         subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
         subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
-        for port in sorted(service.ports, key=lambda p: p.number):
-            assignments.extend(
-                load_assignment(
-                    outbound_cluster_name(port.number, hostname, name),
-                    endpoints,
-                    port.number,
-                    labels,
-                )
-                for name, labels in subsets
+        assignments[hostname] = tuple(
+            load_assignment(
+                outbound_cluster_name(port.number, hostname, name), endpoints, port.number, labels
             )
-    return tuple(assignments)
+            for port in sorted(service.ports, key=lambda p: p.number)
+            for name, labels in subsets
+        )
+    return assignments

@@ -50,25 +50,68 @@ class MeshTranslator:
     What every proxy shares (outbound clusters, load assignments, the ``outbound`` route
     configuration) is built at most once per translator, on first use; only listeners, the
     inbound cluster and gateway routes are built per node.
+
+    Given the translator of the previous view, it reuses what that one built and the change
+    cannot have touched: with the same config, routes and clusters (but those of DNS services,
+    which carry their endpoints) stay, and only services whose endpoints changed get new load
+    assignments. Only already built results are taken, so translators never form a chain.
     """
 
-    def __init__(self, view: MeshView) -> None:
+    def __init__(self, view: MeshView, previous: MeshTranslator | None = None) -> None:
         self._view = view
+        self._reusable: dict[str, object] = {}
+        self._previous_view: MeshView | None = None
+        if previous is not None and previous._view.config is view.config:
+            self._previous_view = previous._view
+            built = previous.__dict__
+            self._reusable = {
+                key: built[key]
+                for key in ("_destinations", "outbound_route_config", "_assignments_by_host")
+                if key in built
+            }
+            if "outbound_clusters" in built and self._dns_endpoints_unchanged():
+                self._reusable["outbound_clusters"] = built["outbound_clusters"]
+
+    def _same_endpoints(self, hostname: str) -> bool:
+        assert self._previous_view is not None
+        return self._previous_view.endpoints_of(hostname) == self._view.endpoints_of(hostname)
+
+    def _dns_endpoints_unchanged(self) -> bool:
+        return all(
+            self._same_endpoints(hostname)
+            for hostname, service in self._view.services.items()
+            if service.resolution == "DNS"
+        )
 
     @cached_property
     def _destinations(self) -> DestinationIndex:
-        return DestinationIndex(self._view)
+        reused = self._reusable.get("_destinations")
+        return reused if isinstance(reused, DestinationIndex) else DestinationIndex(self._view)
 
     @cached_property
     def outbound_clusters(self) -> tuple[Cluster, ...]:
+        reused = self._reusable.get("outbound_clusters")
+        if isinstance(reused, tuple):
+            return reused
         return build_outbound_clusters(self._view, self._destinations)
 
     @cached_property
+    def _assignments_by_host(self) -> dict[str, tuple[ClusterLoadAssignment, ...]]:
+        previous = self._reusable.get("_assignments_by_host")
+        reuse = None
+        if isinstance(previous, dict):
+            reuse = {h: cla for h, cla in previous.items() if self._same_endpoints(h)}
+        return build_load_assignments(self._view, self._destinations, reuse)
+
+    @cached_property
     def load_assignments(self) -> tuple[ClusterLoadAssignment, ...]:
-        return build_load_assignments(self._view, self._destinations)
+        return tuple(cla for group in self._assignments_by_host.values() for cla in group)
 
     @cached_property
     def outbound_route_config(self) -> RouteConfiguration:
+        reused = self._reusable.get("outbound_route_config")
+        if isinstance(reused, RouteConfiguration):
+            return reused
         return build_outbound_route_config(self._view, self._destinations)
 
     @cached_property

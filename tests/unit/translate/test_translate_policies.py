@@ -99,7 +99,8 @@ def test_load_assignments_filter_by_subset_and_skip_endpoints_without_the_port()
             (e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value)
             for e in cla.endpoints[0].lb_endpoints
         ]
-        for cla in build_load_assignments(_reviews_view())
+        for group in build_load_assignments(_reviews_view()).values()
+        for cla in group
     }
 
     assert by_cluster == {

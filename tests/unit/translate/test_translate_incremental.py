@@ -1,0 +1,97 @@
+"""A translator built from the previous one reuses what the change cannot have touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pilotfish.discovery import build_view
+from pilotfish.load import load_text
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import MeshConfig
+from pilotfish.model.services import Endpoint
+from pilotfish.translate import MeshTranslator
+
+MESH = """
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {name: web}
+spec: {service: web, port: 8080, command: [web]}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {name: api}
+spec: {service: api, port: 9090, command: [api], labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec: {host: api, subsets: [{name: v1, labels: {version: v1}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: search}
+spec:
+  hosts: [search.example.com]
+  resolution: DNS
+  ports: [{number: 443, name: http, protocol: HTTP}]
+"""
+WEB = "web.default.svc.cluster.local"
+API = "api.default.svc.cluster.local"
+SIDECAR = ProxyNode(id="web-0", service="web", outbound_port=1, inbound_port=2, app_port=3)
+
+
+def config_of(text: str = MESH) -> MeshConfig:
+    result = load_text(text, "mesh.yaml", directory=Path("/tmp"))
+    assert result.config is not None, result.diagnostics
+    return result.config
+
+
+def endpoint(port: int, version: str = "v1") -> Endpoint:
+    return Endpoint("127.0.0.1", {9090: port, 8080: port}, {"version": version}, name=str(port))
+
+
+def serialized(translator: MeshTranslator) -> list[bytes]:
+    resources = translator.resources_for(SIDECAR)
+    messages = (*resources.clusters, *resources.load_assignments, *resources.routes)
+    return [m.SerializeToString(deterministic=True) for m in messages]
+
+
+def test_an_endpoint_change_rebuilds_only_that_services_assignments() -> None:
+    config = config_of()
+    first = MeshTranslator(build_view(config, {API: [endpoint(7001)], WEB: [endpoint(7100)]}))
+    first.resources_for(SIDECAR)
+    view = build_view(config, {API: [endpoint(7001), endpoint(7002)], WEB: [endpoint(7100)]})
+    second = MeshTranslator(view, first)
+
+    assert second.outbound_clusters is first.outbound_clusters
+    assert second.outbound_route_config is first.outbound_route_config
+    old = {cla.cluster_name: cla for cla in first.load_assignments}
+    new = {cla.cluster_name: cla for cla in second.load_assignments}
+    assert new[f"outbound|8080||{WEB}"] is old[f"outbound|8080||{WEB}"]
+    changed = new[f"outbound|9090|v1|{API}"]
+    assert changed is not old[f"outbound|9090|v1|{API}"]
+    assert len(changed.endpoints[0].lb_endpoints) == 2
+    assert serialized(second) == serialized(MeshTranslator(view))
+
+
+def test_a_config_change_reuses_nothing() -> None:
+    first = MeshTranslator(build_view(config_of(), {API: [endpoint(7001)]}))
+    first.resources_for(SIDECAR)
+    edited = config_of(MESH.replace("port: 9090", "port: 9191"))
+    second = MeshTranslator(build_view(edited, {API: [endpoint(7001)]}), first)
+    assert second.outbound_clusters is not first.outbound_clusters
+    assert second.outbound_route_config is not first.outbound_route_config
+    assert serialized(second) == serialized(
+        MeshTranslator(build_view(edited, {API: [endpoint(7001)]}))
+    )
+
+
+def test_dns_clusters_carry_endpoints_so_their_change_rebuilds_clusters() -> None:
+    config = config_of()
+    search = "search.example.com"
+    first = MeshTranslator(build_view(config, {search: [Endpoint("a.example.com", {443: 443})]}))
+    first.resources_for(SIDECAR)
+    view = build_view(config, {search: [Endpoint("b.example.com", {443: 443})]})
+    second = MeshTranslator(view, first)
+    assert second.outbound_clusters is not first.outbound_clusters
+    assert serialized(second) == serialized(MeshTranslator(view))
