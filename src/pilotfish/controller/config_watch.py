@@ -12,22 +12,18 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-YAML_SUFFIXES = (".yaml", ".yml")
+from pilotfish.load.loader import yaml_files
 
 
 def config_fingerprint(directory: Path) -> str:
-    """A hash of every YAML file's path and content; hidden files and folders do not count."""
+    """A hash of every config file's path and content (the files the loader reads)."""
     digest = hashlib.sha256()
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix in YAML_SUFFIXES and path.is_file():
-            digest.update(str(relative).encode())
-            try:
-                digest.update(path.read_bytes())
-            except OSError:
-                continue  # deleted between listing and reading: the next poll sees it gone
+    for path in sorted(yaml_files(directory)):
+        digest.update(str(path.relative_to(directory)).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            continue  # deleted between listing and reading: the next poll sees it gone
     return digest.hexdigest()
 
 

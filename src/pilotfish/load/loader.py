@@ -125,7 +125,7 @@ def load_directory(path: Path) -> LoadResult:
     if path.is_file():
         files: list[Path] = [path]
     elif path.is_dir():
-        files = sorted(_yaml_files(path))
+        files = sorted(yaml_files(path))
         if not files:
             collector.diagnostics.append(
                 Diagnostic(str(path), 1, 1, "", "no *.yaml or *.yml files found", "warning")
@@ -140,7 +140,8 @@ def load_directory(path: Path) -> LoadResult:
     return collector.result()
 
 
-def _yaml_files(root: Path) -> Iterator[Path]:
+def yaml_files(root: Path) -> Iterator[Path]:
+    """The config files of a folder: YAML, in any subfolder, hidden files and folders skipped."""
     for candidate in root.rglob("*"):
         relative = candidate.relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
