@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,7 @@ class LocalMesh:
             outbound_port=ports.outbound,
             inbound_port=ports.inbound,
             app_port=ports.app,
-            app_protocol=spec.protocol,  # type: ignore[arg-type]
+            app_protocol=spec.protocol,
         )
         sidecar = self._sidecar(node, spec.name)
         process = WorkloadProcess(
@@ -202,7 +203,11 @@ class LocalMesh:
                 "%s exited with code %s; restarting it in %.1fs", running.spec.name, code, delay
             )
             await asyncio.sleep(delay)
-            await running.process.start()
+            try:
+                await running.process.start()
+            except PilotfishError:
+                log.exception("%s could not be restarted", running.spec.name)
+                continue  # the old process's exit is seen again at once: back off and retry
             await self._register_when_listening(running)
 
     async def _stop_replica(self, name: str) -> None:
@@ -226,3 +231,4 @@ class LocalMesh:
         if self.gateway is not None:
             await self.gateway.shutdown(self.settings.drain_seconds)
         await self.control_plane.stop()
+        shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files

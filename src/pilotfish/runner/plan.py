@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pilotfish.model.resources import MeshConfig, Workload, qualify_host
+from pilotfish.model.resources import MeshConfig, Protocol, Workload, qualify_host
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class ReplicaSpec:
     hostname: str
     namespace: str
     port: int
-    protocol: str
+    protocol: Protocol
     command: tuple[str, ...]
     directory: str
     labels: tuple[tuple[str, str], ...]
