@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="[pilotfish] %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("validate", "up", "control-plane") and not args.directory.is_dir():
+        print(f"{args.directory}: not a folder", file=sys.stderr)
+        return 2
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
@@ -91,9 +94,6 @@ def run_validate(args: argparse.Namespace) -> int:
     from pilotfish.controller.control_plane import load_and_check
     from pilotfish.load import format_diagnostics
 
-    if not args.directory.is_dir():
-        print(f"{args.directory}: not a folder", file=sys.stderr)
-        return 2
     result = load_and_check(args.directory)
     if result.diagnostics:
         print(format_diagnostics(result.diagnostics))
