@@ -23,8 +23,15 @@ ECHO_COMMAND = f"[{sys.executable}, {APPS / 'echo.py'}]"
 
 T = TypeVar("T")
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Tests look at redirects themselves rather than follow them."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 # Tests must not follow a proxy from the environment: every request goes straight to loopback.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
 def free_port() -> int:
