@@ -23,6 +23,7 @@ ECHO_COMMAND = f"[{sys.executable}, {APPS / 'echo.py'}]"
 
 T = TypeVar("T")
 
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Tests look at redirects themselves rather than follow them."""
 
