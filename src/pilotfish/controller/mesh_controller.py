@@ -66,7 +66,7 @@ class MeshController:
         self._config: MeshConfig | None = None
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._current: _Generation | None = None
-        self._last_good: OrderedDict[str, Snapshot] = OrderedDict()
+        self._last_good: OrderedDict[str, tuple[ProxyNode, Snapshot]] = OrderedDict()
         self._changed = asyncio.Condition()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
@@ -136,8 +136,11 @@ class MeshController:
             current.snapshots[node.id] = cached
         snapshot = cached[1]
         if snapshot is None:
-            return self._last_good.get(node.id)
-        self._last_good[node.id] = snapshot
+            # Only a snapshot made for this very node: a replaced replica keeps its id but
+            # listens on other ports, so its predecessor's snapshot would be wrong for it.
+            last_good = self._last_good.get(node.id)
+            return last_good[1] if last_good is not None and last_good[0] == node else None
+        self._last_good[node.id] = (node, snapshot)
         self._last_good.move_to_end(node.id)
         while len(self._last_good) > MAX_REMEMBERED_PROXIES:
             self._last_good.popitem(last=False)
@@ -151,19 +154,21 @@ class MeshController:
             log.exception("translation failed for %s", node.id)
             problems = [f"translation failed: {exc!r}"]
             snapshot = None
-        if not problems:
+        if problems:
+            for problem in problems:
+                log.error(
+                    "snapshot for %s not sent, it keeps its last good one: %s", node.id, problem
+                )
+            current.problems[node.id] = tuple(problems)
+        else:
             current.problems.pop(node.id, None)
-            return snapshot
-        for problem in problems:
-            log.error("snapshot for %s not sent, it keeps its last good one: %s", node.id, problem)
-        current.problems[node.id] = tuple(problems)
         self.status = replace(
             self.status,
             snapshot_problems=tuple(
                 f"{node_id}: {p}" for node_id, found in current.problems.items() for p in found
             ),
         )
-        return None
+        return None if problems else snapshot
 
     # --- publishing ---------------------------------------------------------------------------
 

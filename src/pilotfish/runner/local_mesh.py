@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,17 @@ class LocalMesh:
         )
         running = _RunningReplica(spec, ports, sidecar, process)
         self.replicas[spec.name] = running
-        try:
-            await asyncio.gather(sidecar.start(), process.start())
-        except PilotfishError:
-            log.exception("%s could not start; it is left out of the mesh", spec.name)
+        # Both starts run to their end before we look, so a failed one never leaves the other
+        # half still starting behind our back.
+        outcomes = await asyncio.gather(sidecar.start(), process.start(), return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            for failure in failures:
+                log.error("%s could not start; it is left out of the mesh: %s", spec.name, failure)
             self.replicas.pop(spec.name, None)
-            await sidecar.shutdown(0)
-            await process.stop()
+            await _shielded(self._shut_down(running, 0))
+            if any(not isinstance(f, PilotfishError) for f in failures):
+                raise failures[0]
             return
         await self._register_when_listening(running)
         running.keeper = asyncio.create_task(self._keep_running(running))
@@ -212,14 +217,23 @@ class LocalMesh:
 
     async def _stop_replica(self, name: str) -> None:
         running = self.replicas.pop(name)
+        # Once out of ``replicas`` nobody else will stop it: finish even if we are cancelled
+        # (``stop()`` cancels a reconcile that may be right here).
+        await _shielded(self._withdraw_and_stop(running))
+
+    async def _withdraw_and_stop(self, running: _RunningReplica) -> None:
         if running.keeper is not None:
             running.keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.keeper
-        self.control_plane.controller.set_endpoint(running.spec.hostname, name, None)
+        self.control_plane.controller.set_endpoint(running.spec.hostname, running.spec.name, None)
         # Let the endpoint removal reach the callers' sidecars before the replica goes away.
         await self.control_plane.wait_until_pushed(timeout=2.0)
-        await running.sidecar.shutdown(self.settings.drain_seconds)
+        await self._shut_down(running, self.settings.drain_seconds)
+
+    @staticmethod
+    async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
+        await running.sidecar.shutdown(drain_seconds)
         await running.process.stop()
 
     async def stop(self) -> None:
@@ -232,3 +246,13 @@ class LocalMesh:
             await self.gateway.shutdown(self.settings.drain_seconds)
         await self.control_plane.stop()
         shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files
+
+
+async def _shielded(work: Coroutine[object, object, None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled; then pass the cancel on."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

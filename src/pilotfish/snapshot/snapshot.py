@@ -51,6 +51,12 @@ class Resource:
     version: str
     any: any_pb2.Any
     references: tuple[Reference, ...] = ()
+    # This (name, version) pair's share of a set version: see ``version_of_resources``.
+    pair_digest: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pair = hashlib.sha256(f"{self.name}\0{self.version}".encode()).digest()
+        object.__setattr__(self, "pair_digest", int.from_bytes(pair[:8], "big"))
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,21 @@ def _short_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:_VERSION_HEX_DIGITS]
 
 
+_DIGEST_MASK = (1 << 64) - 1
+
+
 def version_of_resources(resources: Iterable[Resource]) -> str:
-    """A hash over (name, version) pairs, independent of iteration order."""
-    pairs = sorted((r.name, r.version) for r in resources)
-    return _short_hash("\n".join(f"{name}\0{version}" for name, version in pairs).encode())
+    """A version for a set of resources: the sum of their (name, version) digests.
+
+    A sum is independent of order and composes: the version of a proxy's clusters is the
+    shared clusters' sum, minus those it replaces, plus its own, with no need to go over
+    thousands of shared clusters again for each proxy.
+    """
+    return _format_digest(sum(r.pair_digest for r in resources))
+
+
+def _format_digest(total: int) -> str:
+    return f"{total & _DIGEST_MASK:016x}"
 
 
 class PackingCache:
@@ -165,8 +182,8 @@ class _PackedLayer:
     duplicates: tuple[Reference, ...]
     digest: str
 
-    def type_versions(self) -> dict[str, str]:
-        return {t: version_of_resources(named.values()) for t, named in self.by_type.items()}
+    def type_sums(self) -> dict[str, int]:
+        return {t: sum(r.pair_digest for r in named.values()) for t, named in self.by_type.items()}
 
     def dangling(
         self, lookup: Mapping[str, Mapping[str, Resource]]
@@ -184,7 +201,7 @@ class _PackedLayer:
 @dataclass(frozen=True)
 class _SharedLayer:
     packed: _PackedLayer
-    type_versions: dict[str, str]
+    type_sums: dict[str, int]  # per type, the sum behind ``version_of_resources``
     dangling: tuple[Dangling, ...]  # within the layer alone
     # One read-only view per type, handed to every snapshot that adds nothing of its own to
     # that type: streams then see the very same object and can compare by identity.
@@ -226,7 +243,12 @@ def _groups(
     for type_url, attribute in fields:
         messages: Sequence[Message] = getattr(resources, attribute)
         if skip is not None:
-            messages = messages[len(getattr(skip, attribute)) :]
+            prefix: Sequence[Message] = getattr(skip, attribute)
+            if prefix and (
+                len(messages) < len(prefix) or messages[len(prefix) - 1] is not prefix[-1]
+            ):
+                raise ValueError(f"{attribute} do not start with the shared ones")
+            messages = messages[len(prefix) :]
         groups.append((type_url, messages))
     return groups
 
@@ -255,7 +277,7 @@ class SharedMessagePacker:
         packed = _pack_layer(_groups(shared), self)
         layer = _SharedLayer(
             packed,
-            packed.type_versions(),
+            packed.type_sums(),
             tuple(packed.dangling(packed.by_type)),
             {t: MappingProxyType(packed.by_type.get(t, {})) for t in _TRANSLATED_TYPES},
         )
@@ -297,14 +319,25 @@ def _layered_snapshot(base: _SharedLayer, own: _PackedLayer) -> Snapshot:
     for type_url in _TRANSLATED_TYPES:
         common = base.packed.by_type.get(type_url, {})
         mine = own.by_type.get(type_url, {})
+        total = base.type_sums.get(type_url, 0)
         if not mine:
             by_type[type_url] = base.views[type_url]  # no copy: the shared resources themselves
-            type_versions[type_url] = base.type_versions.get(type_url) or version_of_resources(())
+            type_versions[type_url] = _format_digest(total)
             continue
-        duplicates.extend((type_url, name) for name in mine if name in common)
+        replaced = [name for name in mine if name in common]
+        duplicates.extend((type_url, name) for name in replaced)
+        total -= sum(common[name].pair_digest for name in replaced)
+        total += sum(resource.pair_digest for resource in mine.values())
+        type_versions[type_url] = _format_digest(total)
         by_type[type_url] = MappingProxyType({**common, **mine})
         layers[type_url] = (base.views[type_url], mine)
-    dangling = [d for d in base.dangling if d[3] not in by_type.get(d[2], _EMPTY)]
+    # A shared resource the proxy replaces with its own is not served: neither are its
+    # references (the replacement's own references are checked with the proxy's layer).
+    dangling = [
+        d
+        for d in base.dangling
+        if d[1] not in own.by_type.get(d[0], _EMPTY) and d[3] not in by_type.get(d[2], _EMPTY)
+    ]
     dangling.extend(own.dangling(by_type))
     return Snapshot(
         version=_short_hash(f"{base.packed.digest}\0{own.digest}".encode()),

@@ -114,7 +114,8 @@ class SotwStream:
             selected = self._select(state, snapshot)
             version = self._version_of(state, snapshot, selected)
             state.progress.desired_version = version
-            forced = type_url == type_urls.ENDPOINT and bool(must_resend & state.names)
+            held = {r.name for r in selected} if state.wildcard else state.names
+            forced = type_url == type_urls.ENDPOINT and bool(must_resend & held)
             if forced or self._worth_sending(state, version):
                 actions.append(self._respond(state, version, selected))
         return actions

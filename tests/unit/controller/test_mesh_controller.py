@@ -116,6 +116,9 @@ async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot(
     assert any("Value out of range" in p for p in controller.status.snapshot_problems)
     newcomer = ProxyNode(id="new-0", service="web", outbound_port=4, inbound_port=5, app_port=6)
     assert controller.snapshot_for(newcomer) is None
+    # Same id, other ports (a replaced replica): its predecessor's listeners would be wrong.
+    replaced = ProxyNode(id="web-0", service="web", outbound_port=7, inbound_port=8, app_port=9)
+    assert controller.snapshot_for(replaced) is None
 
 
 async def test_remembered_proxies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pilotfish.discovery import build_view
 from pilotfish.load import load_text
 from pilotfish.model.proxy import ProxyNode
@@ -95,3 +98,45 @@ def test_dns_clusters_carry_endpoints_so_their_change_rebuilds_clusters() -> Non
     second = MeshTranslator(view, first)
     assert second.outbound_clusters is not first.outbound_clusters
     assert serialized(second) == serialized(MeshTranslator(view))
+
+
+HOSTS = (WEB, API, "search.example.com")
+GATEWAY = ProxyNode(id="gw", kind="gateway")
+any_endpoint = st.builds(
+    lambda port, version, weight: Endpoint(
+        "127.0.0.1", {9090: port, 8080: port, 443: port}, {"version": version}, weight, str(port)
+    ),
+    st.integers(1000, 1003),
+    st.sampled_from(["v1", "v2"]),
+    st.integers(1, 2),
+)
+any_registry = st.fixed_dictionaries({h: st.lists(any_endpoint, max_size=2) for h in HOSTS})
+
+
+def everything(translator: MeshTranslator, node: ProxyNode) -> list[bytes]:
+    resources = translator.resources_for(node)
+    messages = (
+        *resources.clusters,
+        *resources.load_assignments,
+        *resources.listeners,
+        *resources.routes,
+    )
+    return [m.SerializeToString(deterministic=True) for m in messages]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(any_registry, st.booleans()), min_size=1, max_size=6))
+def test_a_chain_of_translators_says_what_a_fresh_one_says(
+    generations: list[tuple[dict[str, list[Endpoint]], bool]],
+) -> None:
+    config = config_of()
+    previous: MeshTranslator | None = None
+    for endpoints, asked in generations:
+        view = build_view(config, endpoints)
+        chained = MeshTranslator(view, previous)
+        if asked:  # only what a proxy asked for gets built, and so can be reused later
+            for node in (SIDECAR, GATEWAY):
+                assert everything(chained, node) == everything(MeshTranslator(view), node)
+        previous = chained
+    assert previous is not None
+    assert everything(previous, SIDECAR) == everything(MeshTranslator(view), SIDECAR)
