@@ -20,7 +20,14 @@ from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
 from pilotfish.model.services import Endpoint, MeshView
-from pilotfish.snapshot import SharedMessagePacker, Snapshot, check_consistency, make_snapshot
+from pilotfish.snapshot import (
+    PackedLayer,
+    SharedMessagePacker,
+    Snapshot,
+    check_consistency,
+    layered_snapshot,
+    pack_own_layer,
+)
 from pilotfish.translate import MeshTranslator
 
 log = logging.getLogger("pilotfish.controller")
@@ -67,6 +74,9 @@ class MeshController:
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._current: _Generation | None = None
         self._last_good: OrderedDict[str, tuple[ProxyNode, Snapshot]] = OrderedDict()
+        self._own_layers: OrderedDict[str, tuple[MeshConfig, ProxyNode, PackedLayer]] = (
+            OrderedDict()
+        )
         self._changed = asyncio.Condition()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
@@ -148,7 +158,7 @@ class MeshController:
 
     def _build(self, current: _Generation, node: ProxyNode) -> Snapshot | None:
         try:
-            snapshot = make_snapshot(current.translator.resources_for(node), current.packer)
+            snapshot = self._layered_snapshot(current, node)
             problems = check_consistency(snapshot)
         except Exception as exc:  # one proxy's failure must not take down the others
             log.exception("translation failed for %s", node.id)
@@ -169,6 +179,23 @@ class MeshController:
             ),
         )
         return None if problems else snapshot
+
+    def _layered_snapshot(self, current: _Generation, node: ProxyNode) -> Snapshot:
+        """The generation's shared layer plus the node's own, packed again only when the config
+        or the node changed (an endpoint change touches only the shared layer)."""
+        config = current.view.config
+        kept = self._own_layers.get(node.id)
+        if kept is not None and kept[0] is config and kept[1] == node:
+            own = kept[2]
+        else:
+            resources = current.translator.resources_for(node)
+            assert resources.shared is not None
+            own = pack_own_layer(resources, resources.shared, current.packer)
+            self._own_layers[node.id] = (config, node, own)
+        self._own_layers.move_to_end(node.id)
+        while len(self._own_layers) > MAX_REMEMBERED_PROXIES:
+            self._own_layers.popitem(last=False)
+        return layered_snapshot(current.packer, current.translator.shared_for(node), own)
 
     # --- publishing ---------------------------------------------------------------------------
 

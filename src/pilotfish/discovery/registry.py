@@ -9,6 +9,7 @@ runtime endpoints the local runner reports for the replicas it started.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from pilotfish.model.resources import (
     MeshConfig,
@@ -99,21 +100,40 @@ def _service_entry_endpoints(config: MeshConfig, entry: ServiceEntry) -> tuple[E
     return tuple(found)
 
 
-def build_view(
-    config: MeshConfig,
-    runtime_endpoints: Mapping[str, Iterable[Endpoint]] | None = None,
-) -> MeshView:
+@dataclass(frozen=True)
+class _ConfigRegistry:
+    """What the config alone says: its services and the endpoints it lists itself."""
+
+    config: MeshConfig
+    services: dict[str, Service]
+    endpoints: dict[str, tuple[Endpoint, ...]]
+
+
+def _config_registry(config: MeshConfig) -> _ConfigRegistry:
     services = services_from_config(config)
     endpoints: dict[str, list[Endpoint]] = {hostname: [] for hostname in services}
     for entry in config.service_entries:
         entry_endpoints = _service_entry_endpoints(config, entry)
         for host in entry.hosts:
             endpoints[qualify_host(host, entry.meta.namespace)].extend(entry_endpoints)
+    return _ConfigRegistry(config, services, {h: tuple(found) for h, found in endpoints.items()})
+
+
+# Endpoint changes publish far more often than config changes; the config's own part of the
+# view is worked out once per config object (configs are immutable; a reload makes a new one).
+_last_config_registry: list[_ConfigRegistry] = []
+
+
+def build_view(
+    config: MeshConfig,
+    runtime_endpoints: Mapping[str, Iterable[Endpoint]] | None = None,
+) -> MeshView:
+    known = _last_config_registry[0] if _last_config_registry else None
+    if known is None or known.config is not config:
+        known = _config_registry(config)
+        _last_config_registry[:] = [known]
+    endpoints = dict(known.endpoints)
     for hostname, live in (runtime_endpoints or {}).items():
         if hostname in endpoints:
-            endpoints[hostname].extend(live)
-    return MeshView(
-        config=config,
-        services=services,
-        endpoints={hostname: tuple(found) for hostname, found in endpoints.items()},
-    )
+            endpoints[hostname] = (*endpoints[hostname], *live)
+    return MeshView(config=config, services=known.services, endpoints=endpoints)

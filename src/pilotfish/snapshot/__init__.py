@@ -9,6 +9,7 @@ from pilotfish.snapshot import type_urls
 from pilotfish.snapshot.consistency import check_consistency
 from pilotfish.snapshot.snapshot import (
     DEFAULT_PACKING_CACHE,
+    PackedLayer,
     Packer,
     PackingCache,
     ProxyResourcesLike,
@@ -17,13 +18,17 @@ from pilotfish.snapshot.snapshot import (
     Snapshot,
     changed_names,
     changed_names_between,
+    digest_version,
+    layered_snapshot,
     make_snapshot,
+    pack_own_layer,
     snapshot_from_resources,
     version_of_resources,
 )
 
 __all__ = [
     "DEFAULT_PACKING_CACHE",
+    "PackedLayer",
     "Packer",
     "PackingCache",
     "ProxyResourcesLike",
@@ -33,7 +38,10 @@ __all__ = [
     "changed_names",
     "changed_names_between",
     "check_consistency",
+    "digest_version",
+    "layered_snapshot",
     "make_snapshot",
+    "pack_own_layer",
     "snapshot_from_resources",
     "type_urls",
     "version_of_resources",

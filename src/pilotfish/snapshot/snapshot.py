@@ -106,10 +106,11 @@ def version_of_resources(resources: Iterable[Resource]) -> str:
     shared clusters' sum, minus those it replaces, plus its own, with no need to go over
     thousands of shared clusters again for each proxy.
     """
-    return _format_digest(sum(r.pair_digest for r in resources))
+    return digest_version(sum(r.pair_digest for r in resources))
 
 
-def _format_digest(total: int) -> str:
+def digest_version(total: int) -> str:
+    """The version string of a sum of pair digests."""
     return f"{total & _DIGEST_MASK:016x}"
 
 
@@ -175,7 +176,7 @@ def find_dangling(
 
 
 @dataclass(frozen=True)
-class _PackedLayer:
+class PackedLayer:
     """Packed resources of one layer (what proxies share, or what one proxy owns)."""
 
     by_type: dict[str, dict[str, Resource]]
@@ -200,7 +201,7 @@ class _PackedLayer:
 
 @dataclass(frozen=True)
 class _SharedLayer:
-    packed: _PackedLayer
+    packed: PackedLayer
     type_sums: dict[str, int]  # per type, the sum behind ``version_of_resources``
     dangling: tuple[Dangling, ...]  # within the layer alone
     # One read-only view per type, handed to every snapshot that adds nothing of its own to
@@ -208,7 +209,7 @@ class _SharedLayer:
     views: dict[str, Mapping[str, Resource]]
 
 
-def _pack_layer(groups: Iterable[tuple[str, Sequence[Message]]], packer: Packer) -> _PackedLayer:
+def _pack_layer(groups: Iterable[tuple[str, Sequence[Message]]], packer: Packer) -> PackedLayer:
     by_type: dict[str, dict[str, Resource]] = {}
     duplicates: list[Reference] = []
     for type_url, messages in groups:
@@ -225,7 +226,7 @@ def _pack_layer(groups: Iterable[tuple[str, Sequence[Message]]], packer: Packer)
         for type_url, named in by_type.items()
         for r in named.values()
     )
-    return _PackedLayer(by_type, tuple(duplicates), _short_hash("\n".join(lines).encode()))
+    return PackedLayer(by_type, tuple(duplicates), _short_hash("\n".join(lines).encode()))
 
 
 # The types translation produces, in push order.
@@ -303,15 +304,30 @@ def make_snapshot(resources: ProxyResourcesLike, cache: Packer | None = None) ->
     """
     shared = getattr(resources, "shared", None)
     if shared is not None and isinstance(cache, SharedMessagePacker):
-        return _layered_snapshot(
-            cache.pack_shared(shared), _pack_layer(_groups(resources, shared), cache)
-        )
+        return layered_snapshot(cache, shared, pack_own_layer(resources, shared, cache))
     packed = _pack_layer(_groups(resources), DEFAULT_PACKING_CACHE if cache is None else cache)
     by_type = {type_url: packed.by_type.get(type_url, {}) for type_url, _ in _groups(resources)}
     return snapshot_from_resources(by_type, packed.duplicates)
 
 
-def _layered_snapshot(base: _SharedLayer, own: _PackedLayer) -> Snapshot:
+def pack_own_layer(
+    resources: ProxyResourcesLike, shared: ProxyResourcesLike, packer: Packer
+) -> PackedLayer:
+    """Pack what ``resources`` hold beyond their ``shared`` part: one proxy's own resources.
+
+    The result can be kept and combined again with the shared part of a later generation
+    (``layered_snapshot``) as long as the proxy's own resources are the same.
+    """
+    return _pack_layer(_groups(resources, shared), packer)
+
+
+def layered_snapshot(
+    packer: SharedMessagePacker, shared: ProxyResourcesLike, own: PackedLayer
+) -> Snapshot:
+    return _layered_snapshot(packer.pack_shared(shared), own)
+
+
+def _layered_snapshot(base: _SharedLayer, own: PackedLayer) -> Snapshot:
     by_type: dict[str, Mapping[str, Resource]] = {}
     duplicates = [*base.packed.duplicates, *own.duplicates]
     type_versions: dict[str, str] = {}
@@ -322,13 +338,13 @@ def _layered_snapshot(base: _SharedLayer, own: _PackedLayer) -> Snapshot:
         total = base.type_sums.get(type_url, 0)
         if not mine:
             by_type[type_url] = base.views[type_url]  # no copy: the shared resources themselves
-            type_versions[type_url] = _format_digest(total)
+            type_versions[type_url] = digest_version(total)
             continue
         replaced = [name for name in mine if name in common]
         duplicates.extend((type_url, name) for name in replaced)
         total -= sum(common[name].pair_digest for name in replaced)
         total += sum(resource.pair_digest for resource in mine.values())
-        type_versions[type_url] = _format_digest(total)
+        type_versions[type_url] = digest_version(total)
         by_type[type_url] = MappingProxyType({**common, **mine})
         layers[type_url] = (base.views[type_url], mine)
     # A shared resource the proxy replaces with its own is not served: neither are its

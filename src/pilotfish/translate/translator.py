@@ -126,6 +126,15 @@ class MeshTranslator:
             routes=(self.outbound_route_config,),
         )
 
+    def shared_for(self, node: ProxyNode) -> ResourceSet:
+        """What ``node`` shares with every proxy of its kind.
+
+        The rest of ``resources_for(node)`` (listeners, the inbound cluster, gateway routes)
+        depends only on the config and the node, never on endpoints: the controller relies on
+        this to keep it across generations that change endpoints only.
+        """
+        return self._shared_by_gateways if node.kind == "gateway" else self._shared_by_sidecars
+
     def resources_for(self, node: ProxyNode) -> ProxyResources:
         if node.kind == "gateway":
             shared = self._shared_by_gateways

@@ -19,8 +19,8 @@ from pilotfish.snapshot import (
     Resource,
     Snapshot,
     changed_names_between,
+    digest_version,
     type_urls,
-    version_of_resources,
 )
 from pilotfish.xds.protocol import (
     Action,
@@ -51,6 +51,8 @@ class _TypeState:
     # The resources the last full or incremental diff brought the proxy up to date with; None
     # after a subscription change, which calls for a full diff.
     diffed_against: Snapshot | None = None
+    # Sum of the pair digests of the resources the proxy wants (see version_of_resources).
+    wanted_digest: int = 0
 
 
 class DeltaStream:
@@ -134,13 +136,6 @@ class DeltaStream:
                 removed.append(name)
         return changed, removed
 
-    def _desired_version(
-        self, state: _TypeState, snapshot: Snapshot, available: Mapping[str, Resource]
-    ) -> str:
-        if state.wildcard or state.names.issuperset(available):
-            return snapshot.type_version(state.progress.type_url)  # computed once per snapshot
-        return version_of_resources(r for n, r in available.items() if n in state.names)
-
     @staticmethod
     def _update_subscription(state: _TypeState, request: DeltaRequestReceived) -> None:
         if request.subscribe or request.unsubscribe:
@@ -184,15 +179,25 @@ class DeltaStream:
         state.diffed_against = snapshot
         if previous is None:
             changed, removed = self._full_diff(state, available, forced)
+            state.wanted_digest = sum(
+                r.pair_digest for name, r in available.items() if self._wants(state, name)
+            )
         else:
             # The proxy is up to date with ``previous``: only names that differ between the two
             # (worked out once for every stream that shares them) can need sending or removing.
             candidates = set(changed_names_between(previous, snapshot, type_url)) | forced
+            before = previous.of_type(type_url)
+            for name in candidates:  # keep the wanted set's version sum up to date
+                if self._wants(state, name):
+                    if (old := before.get(name)) is not None:
+                        state.wanted_digest -= old.pair_digest
+                    if (new := available.get(name)) is not None:
+                        state.wanted_digest += new.pair_digest
             changed, removed = self._diff_names(state, available, candidates, forced)
-        desired = state.progress.desired_version
-        if desired is None or previous is None or changed or removed:
-            desired = self._desired_version(state, snapshot, available)
-            state.progress.desired_version = desired
+        # The same sum ``version_of_resources`` makes of what the proxy wants, kept up to date
+        # above in O(changes) rather than recomputed over every resource for every stream.
+        desired = digest_version(state.wanted_digest)
+        state.progress.desired_version = desired
         if not changed and not removed:
             if state.progress.sent_version is None and not state.pending:
                 # A reconnecting proxy whose initial_resource_versions were already current.

@@ -111,6 +111,7 @@ async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot(
         raise ValueError("Value out of range")
 
     monkeypatch.setattr(MeshTranslator, "resources_for", broken)
+    monkeypatch.setattr(MeshTranslator, "shared_for", broken)
     controller.publish_now()
     assert controller.snapshot_for(SIDECAR) is good
     assert any("Value out of range" in p for p in controller.status.snapshot_problems)
@@ -146,3 +147,28 @@ def test_preflight_turns_a_translation_failure_into_a_diagnostic(
     problems = preflight(config(), Path("/cfg"))
     assert [(p.file, p.severity) for p in problems] == [("/cfg", "error")]
     assert "Value out of range" in problems[0].message
+
+
+async def test_an_endpoint_change_gives_the_same_snapshot_as_building_afresh() -> None:
+    """Own resources kept across generations must not hide a change."""
+    controller = MeshController()
+    controller.apply_config(config(), ())
+    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    controller.publish_now()
+    controller.snapshot_for(SIDECAR)
+    controller.set_endpoint(HOSTNAME, "b", endpoint(7002))
+    controller.publish_now()
+    kept = controller.snapshot_for(SIDECAR)
+    assert kept is not None
+    fresh = MeshController()
+    fresh.apply_config(controller.config, ())
+    fresh.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    fresh.set_endpoint(HOSTNAME, "b", endpoint(7002))
+    fresh.publish_now()
+    rebuilt = fresh.snapshot_for(SIDECAR)
+    assert rebuilt is not None
+    for type_url in (type_urls.CLUSTER, type_urls.ENDPOINT, type_urls.LISTENER, type_urls.ROUTE):
+        assert {n: r.version for n, r in kept.of_type(type_url).items()} == {
+            n: r.version for n, r in rebuilt.of_type(type_url).items()
+        }
+    assert endpoint_ports(controller) == [7001, 7002]
