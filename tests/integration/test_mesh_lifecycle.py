@@ -137,3 +137,23 @@ def test_a_crashed_app_is_taken_out_restarted_and_put_back(tmp_path: Path) -> No
         assert "web-1 exited with code -9" in mesh.log()
     finally:
         assert mesh.stop() == 0
+
+
+def test_sigterm_while_still_starting_stops_cleanly(tmp_path: Path) -> None:
+    """The signal may come before every replica is up: what started is stopped, exit is 0."""
+    directory = tmp_path / "mesh"
+    directory.mkdir()
+    gateway_port = free_port()
+    write_yaml(
+        directory / "mesh.yaml",
+        gateway(gateway_port) + echo_workload("web", "web", 8080, replicas=3),
+    )
+    mesh = RunningMesh(directory, gateway_port)
+    try:
+        # The control plane is serving; replicas and sidecars are (at best) being started.
+        wait_until(lambda: "xDS server listening" in mesh.log(), 30, "the control plane")
+        children = mesh.descendants()
+    finally:
+        code = mesh.stop()
+    assert code == 0, mesh.log()
+    assert [pid for pid in children if pid_alive(pid)] == []

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 
 from pilotfish import __version__
@@ -111,12 +112,29 @@ def run_agent_command(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(args))
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, installed before anything starts: a signal that
+    arrives while we are still starting must stop what started, not kill us half-way."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _unless_stopped(work: Coroutine[object, object, None], stop: asyncio.Event) -> bool:
+    """Run ``work``; if ``stop`` is set first, cancel it. True when it finished."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task in done:
+        task.result()  # its error, if any, is ours
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def _write_admin_url(directory: Path, port: int) -> Path:
@@ -138,12 +156,13 @@ def run_up(args: argparse.Namespace) -> int:
                 xds_port=args.xds_port, delta=not args.sotw, envoy_log_level=args.envoy_log_level
             ),
         )
+        stop = _stop_on_signals()
         admin, admin_port = await start_admin_server(mesh.control_plane, port=args.admin_port)
         url_file = _write_admin_url(mesh.config_dir, admin_port)
         try:
-            await mesh.start()
-            _announce_up(mesh, admin_port)
-            await _until_signalled()
+            if await _unless_stopped(mesh.start(), stop):
+                _announce_up(mesh, admin_port)
+                await stop.wait()
             logging.getLogger("pilotfish").info("stopping every process started")
         finally:
             await mesh.stop()
@@ -174,6 +193,7 @@ def run_control_plane(args: argparse.Namespace) -> int:
     from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 
     async def serve() -> int:
+        stop = _stop_on_signals()
         control_plane = ControlPlane(args.directory, ControlPlaneSettings(xds_port=args.xds_port))
         await control_plane.start()
         admin, admin_port = await start_admin_server(control_plane, port=args.admin_port)
@@ -184,7 +204,7 @@ def run_control_plane(args: argparse.Namespace) -> int:
             temporary.replace(args.ports_file)  # readers never see a half-written file
         print(f"pilotfish control plane: xDS 127.0.0.1:{ports['xds']}, admin {ports['admin']}")
         try:
-            await _until_signalled()
+            await stop.wait()
         finally:
             await control_plane.stop()
             await admin.cleanup()
