@@ -21,6 +21,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The process-tree helper the integration tests use is the one benchmarks use too.
+sys.path.insert(0, str(REPO))
+from tests.integration.mesh_harness import descendant_pids as descendant_pids  # noqa: E402
+
 RESULTS_DIR = REPO / "benchmarks" / "results"
 VENV_BIN = Path(sys.executable).parent
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
@@ -126,26 +130,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return math.nan
-
-
-def descendant_pids(root: int) -> set[int]:
-    """Every live process below ``root``, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
 
 
 def command_line(pid: int) -> list[str]:
