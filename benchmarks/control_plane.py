@@ -315,7 +315,7 @@ async def serve_scale(services: int, endpoints_per_service: int) -> None:
     controller.apply_config(scale_mesh_config(services, endpoints_per_service), ())
     controller.publish_now()
     board = ProxyStatusBoard()
-    server, port = await start_xds_server(controller, board)
+    server, port = await start_xds_server(controller, [board])
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)

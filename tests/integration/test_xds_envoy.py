@@ -130,7 +130,7 @@ class Plane:
 async def plane() -> AsyncIterator[Plane]:
     source = InMemorySnapshotSource()
     board = ProxyStatusBoard()
-    server, port = await start_xds_server(source, board)
+    server, port = await start_xds_server(source, [board])
     try:
         yield Plane(source, board, port)
     finally:

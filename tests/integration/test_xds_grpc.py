@@ -39,7 +39,7 @@ class Plane:
 async def plane() -> AsyncIterator[Plane]:
     source = InMemorySnapshotSource()
     board = ProxyStatusBoard()
-    server, port = await start_xds_server(source, board)
+    server, port = await start_xds_server(source, [board])
     try:
         yield Plane(source, board, f"127.0.0.1:{port}")
     finally:
@@ -207,7 +207,7 @@ async def test_failing_source_ends_only_that_nodes_streams_and_leaves_no_ghosts(
     source = BrokenForSomeNodes({"n1"})
     source.set_snapshot(snapshot_with_backend_port(8000))
     board = ProxyStatusBoard()
-    server, port = await start_xds_server(source, board)
+    server, port = await start_xds_server(source, [board])
     target = f"127.0.0.1:{port}"
     try:
         async with SotwClient(target, NODE) as healthy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from pilotfish.model.keepalive import XdsKeepalive, milliseconds
 from pilotfish.model.proxy import ProxyNode
 
 XDS_CLUSTER_NAME = "xds-grpc"
@@ -38,11 +39,13 @@ def build_bootstrap(
     xds_address: tuple[str, int],
     admin_port: int,
     delta: bool = True,
+    keepalive: XdsKeepalive | None = None,
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap for ``node``, fetching everything over ADS from ``xds_address``.
 
     ``admin_port`` 0 lets Envoy choose; the caller then learns the port from
-    ``--admin-address-path`` (``EnvoyProcess`` does this).
+    ``--admin-address-path`` (``EnvoyProcess`` does this). ``keepalive`` must be the policy
+    the xDS server was started with (both default to ``XdsKeepalive()``).
     """
     return {
         "node": {
@@ -73,7 +76,7 @@ def build_bootstrap(
             "cds_config": _via_ads(),
             "lds_config": _via_ads(),
         },
-        "static_resources": {"clusters": [_xds_cluster(*xds_address)]},
+        "static_resources": {"clusters": [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]},
         "overload_manager": _connection_limit(),
         # An empty static layer plus an admin layer: runtime can be inspected and changed
         # through /runtime_modify while debugging, and nothing is read from disk.
@@ -106,7 +109,7 @@ def _via_ads() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+def _xds_cluster(host: str, port: int, keepalive: XdsKeepalive) -> dict[str, Any]:
     return {
         "name": XDS_CLUSTER_NAME,
         # STATIC needs an IP literal; a name such as "localhost" is resolved by Envoy instead.
@@ -125,13 +128,20 @@ def _xds_cluster(host: str, port: int) -> dict[str, Any]:
                 "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "10s", "timeout": "5s"},
+                        "connection_keepalive": {
+                            "interval": _duration(keepalive.proxy_ping_interval),
+                            "timeout": _duration(keepalive.proxy_ping_timeout),
+                        },
                     }
                 },
             }
         },
         "upstream_connection_options": {"tcp_keepalive": dict(_XDS_KEEPALIVE)},
     }
+
+
+def _duration(seconds: float) -> str:
+    return f"{milliseconds(seconds) / 1000:.3f}s"
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -15,7 +15,7 @@ from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.load import LoadResult, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic
-from pilotfish.xds.protocol import SyncStatus
+from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -30,6 +30,8 @@ class ControlPlaneSettings:
     xds_port: int = 0
     debounce_seconds: float = 0.02
     watch_interval_seconds: float = 0.2
+    keepalive: XdsKeepalive = field(default_factory=XdsKeepalive)
+    """Must match the proxies' bootstraps (the agent's default is the same)."""
 
 
 def load_and_check(config_dir: Path) -> LoadResult:
@@ -69,7 +71,11 @@ class ControlPlane:
         if self.controller.config is None:
             await self.load_initial_config()
         self._server, self.xds_port = await start_xds_server(
-            self.controller, self.board, host=self.settings.host, port=self.settings.xds_port
+            self.controller,
+            [self.board],
+            host=self.settings.host,
+            port=self.settings.xds_port,
+            keepalive=self.settings.keepalive,
         )
         log.info("xDS server listening on %s:%d", self.settings.host, self.xds_port)
         self._watch_task = asyncio.create_task(self._watch_config())
@@ -88,22 +94,21 @@ class ControlPlane:
             if self.controller.apply_config(result.config, result.diagnostics):
                 log.info("config change in %s applied", self.config_dir)
 
-    async def wait_until_pushed(self, timeout: float) -> None:
+    async def wait_until_pushed(self, timeout: float) -> bool:
         """Wait, at most ``timeout`` seconds, until pending changes are published and every
-        connected proxy has answered the push (ACK or NACK)."""
+        connected proxy has taken the resulting generation and answered (ACK or NACK) every
+        response it was sent. True if that happened, False at the timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.controller.publish_pending:
             seen = self.controller.generation
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.controller.wait_for_change(seen), timeout)
-        answered = (SyncStatus.SYNCED, SyncStatus.NACKED)
-        # The streams take the new generation in their own tasks: let them run first.
-        await asyncio.sleep(0.02)
-        while loop.time() < deadline:
-            if all(p.overall_status in answered for p in self.board.proxies()):
-                return
-            await asyncio.sleep(0.02)
+        # The streams take the generation in their own tasks, each in its own time: the board
+        # hears of every one and of every answer, and wakes this wait when they are all in.
+        return await self.board.wait_until_answered(
+            self.controller.generation, max(0.0, deadline - loop.time())
+        )
 
     async def stop(self, grace_seconds: float = 1.0) -> None:
         if self._watch_task is not None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar, get_args
 
+from pilotfish.errors import PilotfishError
 from pilotfish.model.resources import Protocol
 
 ProxyKind = Literal["sidecar", "gateway"]
 
 _METADATA_PREFIX = "PILOTFISH_"
+_MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -53,28 +55,85 @@ class ProxyNode:
 
     @classmethod
     def from_metadata(cls, node_id: str, metadata: Mapping[str, object]) -> ProxyNode:
-        """Read what ``to_metadata`` wrote. Protobuf Structs hold numbers as floats."""
-
-        def get(key: str) -> object | None:
-            return metadata.get(_METADATA_PREFIX + key)
-
-        def port(key: str) -> int | None:
-            value = get(key)
-            return int(value) if isinstance(value, int | float) else None
-
-        kind = get("KIND")
-        labels = get("LABELS")
-        protocol = get("APP_PROTOCOL")
-        service = get("SERVICE")
+        """Read what ``to_metadata`` wrote; raise ``ProxyMetadataError`` on a value it could not
+        have written. A missing field takes its default (a node without Pilotfish metadata is
+        a plain sidecar); a wrong one is never guessed at, or the proxy would get config for
+        something it is not. Protobuf Structs hold numbers as floats."""
+        reader = _MetadataReader(node_id, metadata)
         return cls(
             id=node_id,
-            kind="gateway" if kind == "gateway" else "sidecar",
-            namespace=str(get("NAMESPACE") or "default"),
-            service=str(service) if service else None,
-            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-            bind_address=str(get("BIND_ADDRESS") or "127.0.0.1"),
-            outbound_port=port("OUTBOUND_PORT"),
-            inbound_port=port("INBOUND_PORT"),
-            app_port=port("APP_PORT"),
-            app_protocol=protocol if protocol in ("HTTP", "HTTP2", "GRPC", "TCP") else "HTTP",  # type: ignore[arg-type]
+            kind=reader.choice("KIND", PROXY_KINDS, "sidecar"),
+            namespace=reader.string("NAMESPACE") or "default",
+            service=reader.string("SERVICE"),
+            labels=reader.labels("LABELS"),
+            bind_address=reader.string("BIND_ADDRESS") or "127.0.0.1",
+            outbound_port=reader.port("OUTBOUND_PORT"),
+            inbound_port=reader.port("INBOUND_PORT"),
+            app_port=reader.port("APP_PORT"),
+            app_protocol=reader.choice("APP_PROTOCOL", PROTOCOLS, "HTTP"),
         )
+
+
+class ProxyMetadataError(PilotfishError):
+    """A field of a proxy's Node.metadata holds a value Pilotfish cannot use."""
+
+    def __init__(self, node_id: str, key: str, value: object, allowed: str) -> None:
+        self.node_id = node_id
+        self.field = _METADATA_PREFIX + key
+        self.value = value
+        super().__init__(
+            f"node {node_id!r}: metadata field {self.field}: {value!r} is not {allowed}"
+        )
+
+
+PROXY_KINDS: tuple[ProxyKind, ...] = get_args(ProxyKind)
+PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
+
+_T = TypeVar("_T", bound=str)
+
+
+class _MetadataReader:
+    def __init__(self, node_id: str, metadata: Mapping[str, object]) -> None:
+        self._node_id = node_id
+        self._metadata = metadata
+
+    def _get(self, key: str) -> object | None:
+        return self._metadata.get(_METADATA_PREFIX + key)
+
+    def _error(self, key: str, value: object, allowed: str) -> ProxyMetadataError:
+        return ProxyMetadataError(self._node_id, key, value, allowed)
+
+    def string(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise self._error(key, value, "a string")
+        return value
+
+    def choice(self, key: str, allowed: tuple[_T, ...], default: _T) -> _T:
+        value = self._get(key)
+        if value is None:
+            return default
+        for option in allowed:
+            if value == option:
+                return option
+        raise self._error(key, value, "one of " + ", ".join(map(repr, allowed)))
+
+    def port(self, key: str) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        # bool is an int to Python, but never a port.
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not 1 <= number <= _MAX_PORT or number != int(number):
+            raise self._error(key, value, f"a port number (an integer from 1 to {_MAX_PORT})")
+        return int(number)
+
+    def labels(self, key: str) -> dict[str, str]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise self._error(key, value, "an object of string labels")
+        return {str(k): v for k, v in value.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pilotfish.xds.callbacks import StreamInfo, StreamKind, XdsCallbacks
 from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.protocol import (
     Action,
@@ -13,7 +14,12 @@ from pilotfish.xds.protocol import (
     SyncStatus,
     TypeStatus,
 )
-from pilotfish.xds.server import AggregatedDiscoveryServicer, XdsStreamError, start_xds_server
+from pilotfish.xds.server import (
+    AggregatedDiscoveryServicer,
+    XdsStreamError,
+    server_keepalive_options,
+    start_xds_server,
+)
 from pilotfish.xds.sotw import SotwStream
 from pilotfish.xds.source import InMemorySnapshotSource, SnapshotSource
 from pilotfish.xds.status_board import ProxyStatus, ProxyStatusBoard
@@ -32,8 +38,12 @@ __all__ = [
     "SnapshotChanged",
     "SnapshotSource",
     "SotwStream",
+    "StreamInfo",
+    "StreamKind",
     "SyncStatus",
     "TypeStatus",
+    "XdsCallbacks",
     "XdsStreamError",
+    "server_keepalive_options",
     "start_xds_server",
 ]

@@ -1,15 +1,18 @@
 """The grpc.aio shell around the stream state machines: ADS over SotW and Delta.
 
 Each stream reads requests and waits for snapshot changes concurrently; both feed one queue,
-so the state machine sees one event at a time and never needs a lock.
+so the state machine sees one event at a time and never needs a lock. What happens on a
+stream is told to the subscribers (see ``callbacks``); the shell keeps no status of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,13 +21,16 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from pilotfish.errors import PilotfishError
-from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.keepalive import XdsKeepalive, milliseconds
+from pilotfish.model.proxy import ProxyMetadataError, ProxyNode
 from pilotfish.snapshot import Snapshot, type_urls
+from pilotfish.xds.callbacks import StreamInfo, StreamKind, XdsCallbacks
 from pilotfish.xds.delta import DeltaStream
 from pilotfish.xds.protocol import (
     Action,
     DeltaRequestReceived,
     NackReceived,
+    NonceSource,
     RequestReceived,
     SendResponse,
     SnapshotChanged,
@@ -32,12 +38,15 @@ from pilotfish.xds.protocol import (
 )
 from pilotfish.xds.sotw import SotwStream
 from pilotfish.xds.source import SnapshotSource
-from pilotfish.xds.status_board import ProxyStatusBoard, StreamKind
 
 log = logging.getLogger("pilotfish.xds")
 
 RequestT = TypeVar("RequestT", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
 Event = RequestReceived | DeltaRequestReceived | SnapshotChanged
+Request = RequestReceived | DeltaRequestReceived
+
+# Responses a proxy has not answered yet, per type; the Delta machine keeps as many nonces.
+_MAX_UNANSWERED = 64
 
 
 class XdsStreamError(PilotfishError):
@@ -47,6 +56,18 @@ class XdsStreamError(PilotfishError):
 @dataclass(frozen=True)
 class _StreamEnded:
     error: XdsStreamError | None = None
+
+
+@dataclass(frozen=True)
+class _SnapshotTaken:
+    """The watcher looked the node's snapshot up at ``generation``; ``snapshot`` is None when
+    it is the one already fed (or there is none yet)."""
+
+    generation: int
+    snapshot: Snapshot | None
+
+
+_Queued = Request | _SnapshotTaken | _StreamEnded
 
 
 # --- protobuf edge --------------------------------------------------------------------------
@@ -120,10 +141,63 @@ class _StreamMachine:
         return self._machine.statuses()
 
 
+class _Subscribers:
+    """Tells every subscriber, in order, what happened on one stream."""
+
+    def __init__(self, subscribers: Sequence[XdsCallbacks], stream: StreamInfo) -> None:
+        self._subscribers = tuple(subscribers)
+        self.stream = stream
+        # Per type, the responses not yet answered (by nonce, oldest first): an answer to the
+        # newest is an ACK or NACK of it; one to an older nonce supersedes those before it.
+        self._unanswered: dict[str, OrderedDict[int, SendResponse]] = {}
+
+    def opened(self) -> None:
+        for s in self._subscribers:
+            s.stream_opened(self.stream)
+
+    def closed(self) -> None:
+        for s in self._subscribers:
+            s.stream_closed(self.stream)
+
+    def request(self, request: Request, actions: list[Action]) -> None:
+        for s in self._subscribers:
+            s.request_received(self.stream, request)
+        nonce = NonceSource.parse(request.response_nonce)
+        pending = self._unanswered.get(request.type_url)
+        if nonce is None or not pending or nonce not in pending:
+            return
+        answered = pending[nonce]
+        latest = next(reversed(pending))
+        for older in [n for n in pending if n <= nonce]:
+            del pending[older]
+        nack = next((a for a in actions if isinstance(a, NackReceived)), None)
+        if nack is not None:
+            for s in self._subscribers:
+                s.nack_received(self.stream, answered, nack)
+        elif request.error_message is None and nonce == latest:
+            for s in self._subscribers:
+                s.ack_received(self.stream, answered)
+
+    def sent(self, response: SendResponse) -> None:
+        pending = self._unanswered.setdefault(response.type_url, OrderedDict())
+        nonce = NonceSource.parse(response.nonce)
+        if nonce is not None:
+            pending[nonce] = response
+            while len(pending) > _MAX_UNANSWERED:
+                pending.popitem(last=False)
+        for s in self._subscribers:
+            s.response_sent(self.stream, response)
+
+    def applied(self, generation: int) -> None:
+        for s in self._subscribers:
+            s.snapshot_applied(self.stream, generation)
+
+
 class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, source: SnapshotSource, board: ProxyStatusBoard) -> None:
+    def __init__(self, source: SnapshotSource, subscribers: Sequence[XdsCallbacks] = ()) -> None:
         self._source = source
-        self._board = board
+        self._subscribers = tuple(subscribers)
+        self._stream_ids = itertools.count(1)
 
     async def StreamAggregatedResources(
         self,
@@ -159,7 +233,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         context: grpc.aio.ServicerContext[Any, Any],
         stream_kind: StreamKind,
         machine: _StreamMachine,
-        request_to_event: Callable[[RequestT], RequestReceived | DeltaRequestReceived],
+        request_to_event: Callable[[RequestT], Request],
         response_to_proto: Callable[[SendResponse], Any],
     ) -> None:
         try:
@@ -169,18 +243,20 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             log.info("xDS stream failed before its first request: %s", exc)
             return
-        node = node_from_proto(first.node)
-        stream_id = self._board.stream_opened(node, stream_kind)
+        try:
+            node = node_from_proto(first.node)
+        except ProxyMetadataError as exc:
+            # Config for a guessed kind or protocol would be wrong config: refuse, say why.
+            log.warning("refused the xDS stream of %r: %s", first.node.id, exc)
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(str(exc))
+            return
+        stream = StreamInfo(next(self._stream_ids), node, stream_kind, machine.statuses)
+        subscribers = _Subscribers(self._subscribers, stream)
+        subscribers.opened()
         try:
             await self._run_stream(
-                requests,
-                context,
-                node,
-                stream_id,
-                machine,
-                first,
-                request_to_event,
-                response_to_proto,
+                requests, context, subscribers, machine, first, request_to_event, response_to_proto
             )
         except XdsStreamError as exc:
             log.info("xDS stream of %s ended: %s", node.id, exc)
@@ -188,28 +264,28 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details(str(exc))
         finally:
-            self._board.stream_closed(stream_id)
+            subscribers.closed()
 
     async def _run_stream(
         self,
         requests: AsyncIterator[RequestT],
         context: grpc.aio.ServicerContext[Any, Any],
-        node: ProxyNode,
-        stream_id: int,
+        subscribers: _Subscribers,
         machine: _StreamMachine,
         first: RequestT,
-        request_to_event: Callable[[RequestT], RequestReceived | DeltaRequestReceived],
+        request_to_event: Callable[[RequestT], Request],
         response_to_proto: Callable[[SendResponse], Any],
     ) -> None:
-        events: asyncio.Queue[Event | _StreamEnded] = asyncio.Queue()
+        node = subscribers.stream.node
+        events: asyncio.Queue[_Queued] = asyncio.Queue()
         seen_generation = self._source.generation
         snapshot = self._snapshot_for(node)
-        if snapshot is not None:
-            events.put_nowait(SnapshotChanged(snapshot))
+        events.put_nowait(_SnapshotTaken(seen_generation, snapshot))
         events.put_nowait(request_to_event(first))
 
         reader = asyncio.create_task(self._read(requests, request_to_event, events))
         watcher = asyncio.create_task(self._watch(node, seen_generation, snapshot, events))
+        fed = False
         try:
             while True:
                 event = await events.get()
@@ -217,18 +293,38 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     if event.error is not None:
                         raise event.error
                     return
-                for action in machine.receive(event):
-                    if isinstance(action, SendResponse):
-                        await self._write(context, response_to_proto(action))
-                    else:
-                        self._log_nack(node, action)
-                self._board.stream_updated(stream_id, machine.statuses())
+                if isinstance(event, _SnapshotTaken):
+                    if event.snapshot is not None:
+                        fed = True
+                        actions = machine.receive(SnapshotChanged(event.snapshot))
+                        await self._act(context, subscribers, actions, response_to_proto)
+                    # Before the first snapshot the stream follows no generation at all.
+                    if fed:
+                        subscribers.applied(event.generation)
+                    continue
+                actions = machine.receive(event)
+                subscribers.request(event, actions)
+                await self._act(context, subscribers, actions, response_to_proto)
         finally:
             reader.cancel()
             watcher.cancel()
             for task in (reader, watcher):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _act(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        subscribers: _Subscribers,
+        actions: list[Action],
+        response_to_proto: Callable[[SendResponse], Any],
+    ) -> None:
+        for action in actions:
+            if isinstance(action, SendResponse):
+                await self._write(context, response_to_proto(action))
+                subscribers.sent(action)
+            else:
+                self._log_nack(subscribers.stream.node, action)
 
     def _snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         try:
@@ -249,8 +345,8 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
     @staticmethod
     async def _read(
         requests: AsyncIterator[RequestT],
-        request_to_event: Callable[[RequestT], RequestReceived | DeltaRequestReceived],
-        events: asyncio.Queue[Event | _StreamEnded],
+        request_to_event: Callable[[RequestT], Request],
+        events: asyncio.Queue[_Queued],
     ) -> None:
         try:
             async for request in requests:
@@ -267,7 +363,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         node: ProxyNode,
         seen_generation: int,
         last_fed: Snapshot | None,
-        events: asyncio.Queue[Event | _StreamEnded],
+        events: asyncio.Queue[_Queued],
     ) -> None:
         while True:
             try:
@@ -284,9 +380,13 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 events.put_nowait(_StreamEnded(error))
                 return
             # None after a snapshot means "nothing complete right now": keep what was sent.
-            if snapshot is not None and (last_fed is None or snapshot.version != last_fed.version):
+            # Unchanged or not, the stream is told which generation it now follows.
+            changed = snapshot is not None and (
+                last_fed is None or snapshot.version != last_fed.version
+            )
+            if changed:
                 last_fed = snapshot
-                events.put_nowait(SnapshotChanged(snapshot))
+            events.put_nowait(_SnapshotTaken(seen_generation, snapshot if changed else None))
 
     @staticmethod
     def _log_nack(node: ProxyNode, nack: NackReceived) -> None:
@@ -299,17 +399,40 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         )
 
 
+def server_keepalive_options(keepalive: XdsKeepalive) -> list[tuple[str, int]]:
+    """grpc channel options that accept the proxies' pings and ping them in turn."""
+    return [
+        # The server's own pings find a proxy that vanished without closing its connection.
+        ("grpc.keepalive_time_ms", milliseconds(keepalive.server_ping_interval)),
+        ("grpc.keepalive_timeout_ms", milliseconds(keepalive.server_ping_timeout)),
+        # grpc's defaults (one ping per 5 minutes, 2 strikes) close a connection whose proxy
+        # pings every few seconds: accept the proxies' pace, still cut off a ping flood.
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            milliseconds(keepalive.min_ping_interval),
+        ),
+        ("grpc.http2.max_ping_strikes", keepalive.max_ping_strikes),
+        # Between two streams of a proxy (a reconnect) its pings are just as welcome.
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
 async def start_xds_server(
     source: SnapshotSource,
-    board: ProxyStatusBoard,
+    subscribers: Sequence[XdsCallbacks] = (),
     host: str = "127.0.0.1",
     port: int = 0,
+    keepalive: XdsKeepalive | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS; returns the server (stop it with ``await server.stop(grace)``) and
-    the port it is bound to (the OS picks one when ``port`` is 0)."""
-    server = grpc.aio.server()
+    the port it is bound to (the OS picks one when ``port`` is 0).
+
+    ``subscribers`` are told about every stream (the status board is one); ``keepalive``
+    must be the policy the proxies' bootstraps were written with.
+    """
+    server = grpc.aio.server(options=server_keepalive_options(keepalive or XdsKeepalive()))
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AggregatedDiscoveryServicer(source, board), server
+        AggregatedDiscoveryServicer(source, subscribers), server
     )
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:

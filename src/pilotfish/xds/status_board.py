@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal
 
-from pilotfish.model.proxy import ProxyKind, ProxyNode
+from pilotfish.model.proxy import ProxyKind
 from pilotfish.snapshot import type_urls
-from pilotfish.xds.protocol import SyncStatus, TypeStatus
-
-StreamKind = Literal["sotw", "delta"]
+from pilotfish.xds.callbacks import StreamInfo, StreamKind, XdsCallbacks
+from pilotfish.xds.protocol import (
+    DeltaRequestReceived,
+    NackReceived,
+    RequestReceived,
+    SendResponse,
+    SyncStatus,
+    TypeStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,8 @@ class ProxyStatus:
     connected_since: float
     stream_kind: StreamKind
     types: tuple[TypeStatus, ...] = ()
+    generation: int | None = None
+    """The source's generation the stream follows; None before its first snapshot."""
 
     def type_status(self, type_url: str) -> TypeStatus | None:
         return next((t for t in self.types if t.type_url == type_url), None)
@@ -58,33 +66,66 @@ class ProxyStatus:
         }
 
 
-class ProxyStatusBoard:
-    """Holds one entry per open stream; a proxy that reconnects appears under a new stream."""
+class ProxyStatusBoard(XdsCallbacks):
+    """Holds one entry per open stream; a proxy that reconnects appears under a new stream.
+
+    One subscriber of the xDS server among others: everything it shows comes from the
+    server's callbacks.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._ids = itertools.count(1)
         self._streams: dict[int, ProxyStatus] = {}
+        # Per stream and type, the nonce of the response the proxy has still to answer.
+        self._unanswered: dict[int, dict[str, str]] = {}
+        # Set and replaced on every change that can end a wait (see wait_until_answered).
+        self._changed = asyncio.Event()
 
-    def stream_opened(self, node: ProxyNode, stream_kind: StreamKind) -> int:
-        stream_id = next(self._ids)
-        self._streams[stream_id] = ProxyStatus(
-            stream_id=stream_id,
+    # --- callbacks ----------------------------------------------------------------------
+
+    def stream_opened(self, stream: StreamInfo) -> None:
+        node = stream.node
+        self._unanswered[stream.stream_id] = {}
+        self._streams[stream.stream_id] = ProxyStatus(
+            stream_id=stream.stream_id,
             node_id=node.id,
             kind=node.kind,
             service=node.service,
             connected_since=self._clock(),
-            stream_kind=stream_kind,
+            stream_kind=stream.kind,
         )
-        return stream_id
 
-    def stream_updated(self, stream_id: int, statuses: Iterable[TypeStatus]) -> None:
-        entry = self._streams.get(stream_id)
+    def request_received(
+        self, stream: StreamInfo, request: RequestReceived | DeltaRequestReceived
+    ) -> None:
+        # Called once the stream took the request in: its ACK, NACK or new subscription shows.
+        self._refresh(stream)
+
+    def response_sent(self, stream: StreamInfo, response: SendResponse) -> None:
+        unanswered = self._unanswered.get(stream.stream_id)
+        if unanswered is not None:
+            unanswered[response.type_url] = response.nonce
+
+    def ack_received(self, stream: StreamInfo, acked: SendResponse) -> None:
+        self._answered(stream, acked)
+
+    def nack_received(self, stream: StreamInfo, rejected: SendResponse, nack: NackReceived) -> None:
+        self._answered(stream, rejected)
+
+    def snapshot_applied(self, stream: StreamInfo, generation: int) -> None:
+        entry = self._streams.get(stream.stream_id)
         if entry is not None:
-            self._streams[stream_id] = replace(entry, types=tuple(statuses))
+            self._streams[stream.stream_id] = replace(
+                entry, types=tuple(stream.statuses()), generation=generation
+            )
+            self._signal()
 
-    def stream_closed(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+    def stream_closed(self, stream: StreamInfo) -> None:
+        self._streams.pop(stream.stream_id, None)
+        self._unanswered.pop(stream.stream_id, None)
+        self._signal()
+
+    # --- queries ------------------------------------------------------------------------
 
     def proxies(self) -> list[ProxyStatus]:
         return sorted(self._streams.values(), key=lambda p: (p.node_id, p.stream_id))
@@ -96,3 +137,44 @@ class ProxyStatusBoard:
 
     def to_json(self) -> list[dict[str, object]]:
         return [p.to_json() for p in self.proxies()]
+
+    def answered(self, generation: int) -> bool:
+        """Whether every open stream follows ``generation`` (or a later one) and its proxy
+        has answered (ACK or NACK) every response sent to it since."""
+        return all(
+            p.generation is not None
+            and p.generation >= generation
+            and not self._unanswered.get(p.stream_id)
+            for p in self._streams.values()
+        )
+
+    async def wait_until_answered(self, generation: int, timeout: float) -> bool:
+        """Return True once ``answered(generation)`` holds, False after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.answered(generation):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+        return True
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def _refresh(self, stream: StreamInfo) -> None:
+        entry = self._streams.get(stream.stream_id)
+        if entry is not None:
+            self._streams[stream.stream_id] = replace(entry, types=tuple(stream.statuses()))
+
+    def _answered(self, stream: StreamInfo, response: SendResponse) -> None:
+        unanswered = self._unanswered.get(stream.stream_id)
+        if unanswered is not None and unanswered.get(response.type_url) == response.nonce:
+            del unanswered[response.type_url]
+            self._signal()
+
+    def _signal(self) -> None:
+        # Waiters hold the old event; a fresh one makes the next wait block again.
+        self._changed.set()
+        self._changed = asyncio.Event()

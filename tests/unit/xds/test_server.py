@@ -94,7 +94,7 @@ async def test_failed_connects_leave_no_stream_on_the_board(
     source = BrokenSnapshotSource({"n1"})
     source.set_snapshot(BASE)
     board = ProxyStatusBoard()
-    servicer = AggregatedDiscoveryServicer(source, board)
+    servicer = AggregatedDiscoveryServicer(source, [board])
     contexts = [FakeContext() for _ in range(4)]
     with caplog.at_level(logging.INFO, logger="pilotfish.xds"):
         for context in contexts[:3]:
@@ -116,7 +116,7 @@ async def test_a_failing_node_ends_only_its_own_stream(caplog: pytest.LogCapture
     source = BrokenSnapshotSource({"bad"})
     source.set_snapshot(BASE)
     board = ProxyStatusBoard()
-    servicer = AggregatedDiscoveryServicer(source, board)
+    servicer = AggregatedDiscoveryServicer(source, [board])
     good_requests, good_context = FakeRequests(), FakeContext()
     good_requests.send(sotw_request("good"))
     good = asyncio.create_task(
@@ -154,7 +154,7 @@ async def test_a_source_failing_later_ends_the_stream_and_leaves_the_board(
     source = BrokenSnapshotSource(set())
     source.set_snapshot(BASE)
     board = ProxyStatusBoard()
-    servicer = AggregatedDiscoveryServicer(source, board)
+    servicer = AggregatedDiscoveryServicer(source, [board])
     requests, context = FakeRequests(), FakeContext()
     requests.send(sotw_request("n1"))
     stream = asyncio.create_task(servicer.StreamAggregatedResources(requests.stream(), context))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from xds_fakes import CDS, EDS
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.xds import SyncStatus, TypeStatus
+from pilotfish.xds import StreamInfo, SyncStatus, TypeStatus
 from pilotfish.xds.status_board import ProxyStatusBoard
 
 
@@ -17,10 +17,10 @@ def test_status_of_a_type() -> None:
 def test_board_lists_open_streams_with_their_types() -> None:
     board = ProxyStatusBoard(clock=lambda: 42.0)
     node = ProxyNode(id="gw", kind="gateway")
-    stream = board.stream_opened(node, "delta")
-    board.stream_updated(
-        stream, [TypeStatus(CDS, "v1", "v1", "v1", None), TypeStatus(EDS, "e", "e", None, "no")]
-    )
+    statuses = [TypeStatus(CDS, "v1", "v1", "v1", None), TypeStatus(EDS, "e", "e", None, "no")]
+    stream = StreamInfo(7, node, "delta", lambda: statuses)
+    board.stream_opened(stream)
+    board.snapshot_applied(stream, 1)
     assert board.to_json() == [
         {
             "node_id": "gw",
