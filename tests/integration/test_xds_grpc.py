@@ -6,11 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import grpc
 import pytest
 
-from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.proxy import ProxyKind, ProxyNode
 from pilotfish.snapshot import PackingCache, Snapshot, make_snapshot, type_urls
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.source import InMemorySnapshotSource
@@ -237,3 +238,19 @@ async def eventually(condition: Callable[[], bool], attempts: int = 500) -> None
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition never held")
+
+
+async def test_a_node_with_an_unknown_kind_is_refused_naming_the_field(
+    plane: Plane, caplog: pytest.LogCaptureFixture
+) -> None:
+    plane.source.set_snapshot(snapshot_with_backend_port(8000))
+    odd = ProxyNode(id="odd-1", kind=cast(ProxyKind, "waypoint"))
+    with caplog.at_level(logging.WARNING, logger="pilotfish.xds"):
+        async with DeltaClient(plane.target, odd) as client:
+            client.request(CDS)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await client.receive()
+    assert ended.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "PILOTFISH_KIND" in ended.value.details() and "'waypoint'" in ended.value.details()
+    assert plane.board.proxies() == []
+    assert any("PILOTFISH_KIND" in r.getMessage() for r in caplog.records)

@@ -16,6 +16,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from pilotfish.agent.bootstrap import XDS_CLUSTER_NAME, build_bootstrap
+from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
 
 SIDECAR = ProxyNode(
@@ -124,3 +125,24 @@ def test_bootstrap_is_json_serialisable_and_deterministic() -> None:
     first = build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=2)
     second = build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=2)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def keepalive_of(message: bootstrap_pb2.Bootstrap) -> tuple[float, float]:
+    (cluster,) = message.static_resources.clusters
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    assert cluster.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].Unpack(options)
+    keepalive = options.explicit_http_config.http2_protocol_options.connection_keepalive
+    return (
+        keepalive.interval.ToTimedelta().total_seconds(),
+        keepalive.timeout.ToTimedelta().total_seconds(),
+    )
+
+
+def test_envoy_pings_the_control_plane_as_the_keepalive_policy_says() -> None:
+    default = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    assert keepalive_of(default) == (10.0, 5.0)
+    policy = XdsKeepalive(proxy_ping_interval=1.25, proxy_ping_timeout=0.5)
+    short = build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0, keepalive=policy)
+    assert keepalive_of(parse(short)) == (1.25, 0.5)

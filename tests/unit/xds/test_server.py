@@ -1,4 +1,5 @@
-"""The servicer driven directly with fake gRPC streams: what it does when its source fails."""
+"""The servicer driven directly with fake gRPC streams: what it does when its source fails or a
+node is invalid, and what its subscribers are told."""
 
 from __future__ import annotations
 
@@ -11,46 +12,29 @@ import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import struct_pb2
 from xds_fakes import CDS, EDS, snapshot
 
+from grpc_fakes import FakeContext, FakeRequests
+from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.snapshot import Snapshot
-from pilotfish.xds import AggregatedDiscoveryServicer, InMemorySnapshotSource, ProxyStatusBoard
+from pilotfish.snapshot.type_urls import short_name
+from pilotfish.xds import (
+    AggregatedDiscoveryServicer,
+    DeltaRequestReceived,
+    InMemorySnapshotSource,
+    NackReceived,
+    ProxyStatusBoard,
+    RequestReceived,
+    SendResponse,
+    StreamInfo,
+    XdsCallbacks,
+    server_keepalive_options,
+)
 
 BASE = snapshot({CDS: {"a": "1"}, EDS: {"a": "1"}})
 STEP = 5.0  # bounds each wait so that a hang fails the test instead of stalling the suite
-
-
-class FakeContext:
-    """The part of grpc.aio.ServicerContext the servicer uses."""
-
-    def __init__(self) -> None:
-        self.written: asyncio.Queue[Any] = asyncio.Queue()
-        self.code: grpc.StatusCode | None = None
-        self.details: str | None = None
-
-    async def write(self, message: Any) -> None:
-        self.written.put_nowait(message)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-
-class FakeRequests:
-    """A request stream that ends when told to (``None``)."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def send(self, request: Any) -> None:
-        self.queue.put_nowait(request)
-
-    async def stream(self) -> AsyncIterator[Any]:
-        while (request := await self.queue.get()) is not None:
-            yield request
 
 
 class BrokenSnapshotSource(InMemorySnapshotSource):
@@ -172,3 +156,163 @@ async def test_a_source_failing_later_ends_the_stream_and_leaves_the_board(
     assert context.code is grpc.StatusCode.UNAVAILABLE
     assert failure_logs(caplog, "n1")
     assert board.proxies() == []
+
+
+def node_with_metadata(node_id: str, metadata: dict[str, object]) -> base_pb2.Node:
+    struct = struct_pb2.Struct()
+    struct.update(metadata)
+    return base_pb2.Node(id=node_id, metadata=struct)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("PILOTFISH_KIND", "waypoint"), ("PILOTFISH_APP_PROTOCOL", "http"), ("PILOTFISH_APP_PORT", 0)],
+)
+async def test_invalid_node_metadata_ends_the_stream_naming_the_field(
+    field: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = InMemorySnapshotSource()
+    source.set_snapshot(BASE)
+    recorder = Recorder()
+    servicer = AggregatedDiscoveryServicer(source, [recorder])
+    context = FakeContext()
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=CDS, node=node_with_metadata("odd", {field: value})
+    )
+    with caplog.at_level(logging.WARNING, logger="pilotfish.xds"):
+        await asyncio.wait_for(
+            servicer.StreamAggregatedResources(one_request(request), context), STEP
+        )
+    assert context.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details is not None
+    assert field in context.details and repr(value) in context.details
+    assert context.written.empty()
+    assert recorder.events == []  # never opened: no subscriber ever hears of it
+    assert any(field in r.getMessage() and "odd" in r.getMessage() for r in caplog.records)
+
+
+class Recorder(XdsCallbacks):
+    """Writes down every event, in order, as (event, stream id, detail)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, object]] = []
+
+    def stream_opened(self, stream: StreamInfo) -> None:
+        self.events.append(("opened", stream.stream_id, stream.node.id))
+
+    def request_received(
+        self, stream: StreamInfo, request: RequestReceived | DeltaRequestReceived
+    ) -> None:
+        self.events.append(("request", stream.stream_id, short_name(request.type_url)))
+
+    def ack_received(self, stream: StreamInfo, acked: SendResponse) -> None:
+        self.events.append(("ack", stream.stream_id, (short_name(acked.type_url), acked.nonce)))
+
+    def nack_received(self, stream: StreamInfo, rejected: SendResponse, nack: NackReceived) -> None:
+        detail = (short_name(rejected.type_url), rejected.nonce, nack.message)
+        self.events.append(("nack", stream.stream_id, detail))
+
+    def response_sent(self, stream: StreamInfo, response: SendResponse) -> None:
+        detail = (short_name(response.type_url), response.nonce)
+        self.events.append(("sent", stream.stream_id, detail))
+
+    def snapshot_applied(self, stream: StreamInfo, generation: int) -> None:
+        self.events.append(("applied", stream.stream_id, generation))
+
+    def stream_closed(self, stream: StreamInfo) -> None:
+        self.events.append(("closed", stream.stream_id, stream.node.id))
+
+
+async def test_every_subscriber_sees_the_same_events_in_order() -> None:
+    source = InMemorySnapshotSource()
+    source.set_snapshot(BASE)
+    first, last = Recorder(), Recorder()
+    board = ProxyStatusBoard()
+    servicer = AggregatedDiscoveryServicer(source, [first, board, last])
+    requests, context = FakeRequests(), FakeContext()
+    requests.send(sotw_request("n1"))
+    stream = asyncio.create_task(servicer.StreamAggregatedResources(requests.stream(), context))
+    try:
+        cds = await asyncio.wait_for(context.written.get(), STEP)
+        requests.send(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CDS, version_info=cds.version_info, response_nonce=cds.nonce
+            )
+        )
+        requests.send(discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=["a"]))
+        eds = await asyncio.wait_for(context.written.get(), STEP)
+        source.set_snapshot(snapshot({CDS: {"a": "2"}, EDS: {"a": "1"}}))
+        pushed = [await asyncio.wait_for(context.written.get(), STEP) for _ in range(2)]
+        assert [p.type_url for p in pushed] == [CDS, EDS]  # a changed cluster: EDS again
+        rejected = discovery_pb2.DiscoveryRequest(
+            type_url=CDS, version_info=cds.version_info, response_nonce=pushed[0].nonce
+        )
+        rejected.error_detail.message = "bad cluster"
+        requests.send(rejected)
+        # An answer to the first EDS response comes after the second was sent: not an ACK.
+        requests.send(
+            discovery_pb2.DiscoveryRequest(
+                type_url=EDS,
+                resource_names=["a"],
+                version_info=eds.version_info,
+                response_nonce=eds.nonce,
+            )
+        )
+        requests.send(
+            discovery_pb2.DiscoveryRequest(
+                type_url=EDS,
+                resource_names=["a"],
+                version_info=pushed[1].version_info,
+                response_nonce=pushed[1].nonce,
+            )
+        )
+        await asyncio.wait_for(board_shows(board, "n1", EDS, pushed[1].version_info), STEP)
+    finally:
+        requests.send(None)
+        await asyncio.wait_for(stream, STEP)
+
+    assert first.events == [
+        ("opened", 1, "n1"),
+        ("applied", 1, 1),
+        ("request", 1, "CDS"),
+        ("sent", 1, ("CDS", cds.nonce)),
+        ("request", 1, "CDS"),
+        ("ack", 1, ("CDS", cds.nonce)),
+        ("request", 1, "EDS"),
+        ("sent", 1, ("EDS", eds.nonce)),
+        ("sent", 1, ("CDS", pushed[0].nonce)),
+        ("sent", 1, ("EDS", pushed[1].nonce)),
+        ("applied", 1, 2),
+        ("request", 1, "CDS"),
+        ("nack", 1, ("CDS", pushed[0].nonce, "bad cluster")),
+        ("request", 1, "EDS"),
+        ("request", 1, "EDS"),
+        ("ack", 1, ("EDS", pushed[1].nonce)),
+        ("closed", 1, "n1"),
+    ]
+    assert last.events == first.events
+    assert board.proxies() == []
+
+
+async def board_shows(board: ProxyStatusBoard, node_id: str, type_url: str, acked: str) -> None:
+    """Let the stream's task run until the board shows ``acked`` for the type."""
+    while True:
+        status = board.find(node_id)
+        shown = status.type_status(type_url) if status else None
+        if shown is not None and shown.acked_version == acked:
+            return
+        await asyncio.sleep(0)
+
+
+def test_server_options_follow_the_keepalive_policy() -> None:
+    policy = XdsKeepalive(
+        proxy_ping_interval=4, proxy_ping_timeout=1, server_ping_interval=6, server_ping_timeout=2
+    )
+    options = dict(server_keepalive_options(policy))
+    assert options["grpc.keepalive_time_ms"] == 6000
+    # Both option names grpc knows for the wait for a ping's answer.
+    assert options["grpc.keepalive_timeout_ms"] == options["grpc.http2.ping_timeout_ms"] == 2000
+    # The proxies' pings, even a little early, are never strikes.
+    assert 0 < options["grpc.http2.min_ping_interval_without_data_ms"] < 4000
+    assert options["grpc.http2.max_ping_strikes"] == policy.max_ping_strikes
+    assert options["grpc.keepalive_permit_without_calls"] == 1

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+
 from xds_fakes import CDS, EDS
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.xds import StreamInfo, SyncStatus, TypeStatus
+from pilotfish.xds import NackReceived, SendResponse, StreamInfo, SyncStatus, TypeStatus
 from pilotfish.xds.status_board import ProxyStatusBoard
+
+STEP = 5.0  # bounds each wait so that a hang fails the test instead of stalling the suite
 
 
 def test_status_of_a_type() -> None:
@@ -50,3 +54,52 @@ def test_board_lists_open_streams_with_their_types() -> None:
     board.stream_closed(stream)
     assert board.proxies() == []
     assert board.find("gw") is None
+
+
+def sent(type_url: str, nonce: str) -> SendResponse:
+    return SendResponse(type_url, "v" + nonce, nonce, ())
+
+
+async def test_a_wait_ends_when_every_stream_took_the_generation_and_answered() -> None:
+    board = ProxyStatusBoard()
+    early = StreamInfo(1, ProxyNode(id="early"), "sotw", list)
+    late = StreamInfo(2, ProxyNode(id="late"), "delta", list)
+    for stream in (early, late):
+        board.stream_opened(stream)
+        board.snapshot_applied(stream, 1)
+    assert board.answered(1)
+
+    waiter = asyncio.create_task(board.wait_until_answered(2, timeout=STEP))
+    board.response_sent(early, sent(CDS, "1"))
+    board.snapshot_applied(early, 2)
+    board.ack_received(early, sent(CDS, "1"))
+    await settle()
+    assert not waiter.done()  # "late" still follows generation 1
+
+    board.snapshot_applied(late, 2)
+    board.response_sent(late, sent(EDS, "1"))
+    board.response_sent(late, sent(EDS, "2"))
+    board.ack_received(late, sent(EDS, "1"))  # an older response: the newer is still out
+    await settle()
+    assert not waiter.done()
+
+    board.nack_received(late, sent(EDS, "2"), NackReceived(EDS, "v2", "no"))
+    assert await asyncio.wait_for(waiter, STEP) is True
+
+
+async def test_a_closed_stream_is_not_waited_for_and_a_wait_can_time_out() -> None:
+    board = ProxyStatusBoard()
+    stream = StreamInfo(1, ProxyNode(id="gone"), "sotw", list)
+    board.stream_opened(stream)
+    assert not board.answered(1)  # no snapshot yet
+    assert await board.wait_until_answered(1, timeout=0.01) is False
+    waiter = asyncio.create_task(board.wait_until_answered(1, timeout=STEP))
+    await settle()
+    board.stream_closed(stream)
+    assert await asyncio.wait_for(waiter, STEP) is True
+
+
+async def settle() -> None:
+    """Let every ready task run (a wait that could end would end here)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
