@@ -43,28 +43,37 @@ class StreamInfo:
 
 
 class XdsCallbacks(Protocol):
-    """Subclass it to get a no-op for every event you do not care about."""
+    """Subclass it to get a no-op for every event you do not care about (the explicit
+    ``return None`` keeps mypy from taking the methods for abstract ones)."""
 
     def stream_opened(self, stream: StreamInfo) -> None:
         """The stream's first request named a node we accept."""
+        return None
 
     def request_received(
         self, stream: StreamInfo, request: RequestReceived | DeltaRequestReceived
     ) -> None:
         """A request arrived; it may be an ACK or NACK, reported right after."""
+        return None
 
     def ack_received(self, stream: StreamInfo, acked: SendResponse) -> None:
-        """The proxy accepted ``acked``, the latest response sent on its type."""
+        """The proxy accepted ``acked``, the latest response sent on its type. (An answer to an
+        older response is not reported: the proxy has a newer one coming.)"""
+        return None
 
     def nack_received(self, stream: StreamInfo, rejected: SendResponse, nack: NackReceived) -> None:
         """The proxy rejected ``rejected``; ``nack.message`` is Envoy's reason, for humans."""
+        return None
 
     def response_sent(self, stream: StreamInfo, response: SendResponse) -> None:
         """``response`` was handed to gRPC for writing."""
+        return None
 
     def snapshot_applied(self, stream: StreamInfo, generation: int) -> None:
         """The stream follows the source's ``generation`` now: it took that generation's
         snapshot (or found it unchanged) and has sent every response it called for."""
+        return None
 
     def stream_closed(self, stream: StreamInfo) -> None:
         """The stream ended, whatever the reason; nothing more comes for it."""
+        return None

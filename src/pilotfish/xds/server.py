@@ -418,7 +418,7 @@ def server_keepalive_options(keepalive: XdsKeepalive) -> list[tuple[str, int]]:
             milliseconds(keepalive.min_ping_interval),
         ),
         ("grpc.http2.max_ping_strikes", keepalive.max_ping_strikes),
-        # Between two streams of a proxy (a reconnect) its pings are just as welcome.
+        # With no stream open (a proxy between two streams) pings stay allowed both ways.
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 
