@@ -181,7 +181,7 @@ class ProxyStatusBoard(XdsCallbacks):
             self._signal()
 
     def _signal(self) -> None:
-        # Most events have nobody waiting on them: at 200 proxies that is most of the cost.
+        # Most events have nobody waiting on them; they need not pay for a fresh Event.
         if self._waiters:
             # Waiters hold the old event; a fresh one makes the next wait block again.
             self._changed.set()
