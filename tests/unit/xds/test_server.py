@@ -316,3 +316,58 @@ def test_server_options_follow_the_keepalive_policy() -> None:
     assert 0 < options["grpc.http2.min_ping_interval_without_data_ms"] < 4000
     assert options["grpc.http2.max_ping_strikes"] == policy.max_ping_strikes
     assert options["grpc.keepalive_permit_without_calls"] == 1
+
+
+async def test_a_stream_follows_a_generation_that_left_its_snapshot_unchanged() -> None:
+    source = InMemorySnapshotSource()
+    source.set_snapshot(BASE)
+    recorder = Recorder()
+    board = ProxyStatusBoard()
+    servicer = AggregatedDiscoveryServicer(source, [recorder, board])
+    requests, context = FakeRequests(), FakeContext()
+    requests.send(delta_request("n1"))
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(requests.stream(), context))
+    try:
+        cds = await asyncio.wait_for(context.written.get(), STEP)
+        requests.send(discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, response_nonce=cds.nonce))
+        # Another node's change: n1 has nothing new to get, yet it is up to date with it.
+        source.set_snapshot(snapshot({CDS: {"a": "2"}}), node_id="n2")
+        assert await asyncio.wait_for(board.wait_until_answered(2, STEP), STEP) is True
+    finally:
+        requests.send(None)
+        await asyncio.wait_for(stream, STEP)
+    assert recorder.events[-3:] == [
+        ("ack", 1, ("CDS", cds.nonce)),
+        ("applied", 1, 2),
+        ("closed", 1, "n1"),
+    ]
+    assert context.written.empty()
+
+
+async def test_delta_an_answer_to_an_older_response_is_not_taken_for_an_ack_of_the_newer() -> None:
+    source = InMemorySnapshotSource()
+    source.set_snapshot(BASE)
+    recorder = Recorder()
+    servicer = AggregatedDiscoveryServicer(source, [recorder])
+    requests, context = FakeRequests(), FakeContext()
+    requests.send(delta_request("n1"))
+    stream = asyncio.create_task(servicer.DeltaAggregatedResources(requests.stream(), context))
+    try:
+        first = await asyncio.wait_for(context.written.get(), STEP)
+        source.set_snapshot(snapshot({CDS: {"a": "2"}, EDS: {"a": "1"}}))
+        second = await asyncio.wait_for(context.written.get(), STEP)
+        for answered in (first, second):
+            requests.send(
+                discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, response_nonce=answered.nonce)
+            )
+        await asyncio.wait_for(recorded(recorder, "ack"), STEP)
+    finally:
+        requests.send(None)
+        await asyncio.wait_for(stream, STEP)
+    answers = [e for e in recorder.events if e[0] in ("ack", "nack")]
+    assert answers == [("ack", 1, ("CDS", second.nonce))]
+
+
+async def recorded(recorder: Recorder, event: str) -> None:
+    while not any(e[0] == event for e in recorder.events):
+        await asyncio.sleep(0)
