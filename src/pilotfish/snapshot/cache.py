@@ -1,10 +1,10 @@
 """The snapshot cache: from a mesh view to each proxy's consistent, versioned snapshot.
 
 Resources come from generators, each of which says what its output depends on. The cache keeps
-every generator's output, packed, under a key made of exactly those inputs; a new generation
-rebuilds only what an input it depends on changed for, and everything else (packing, set
-versions, the shared layers and each proxy's own layer) follows from the outputs being the same
-objects as before. Adding a resource type (secrets, say) is adding a generator.
+every generator's output, packed, under exactly those inputs; a new generation rebuilds only
+the outputs whose inputs changed, and everything after (packing, set versions, the shared
+layers and each proxy's own layer) is patched with the outputs that are new, so a change costs
+in proportion to what it touched. Adding a resource type (secrets, say) is adding a generator.
 
 Pure: no gRPC, no asyncio. The xDS server reaches it through the controller's SnapshotSource.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import MappingProxyType
@@ -26,12 +26,16 @@ from pilotfish.model.proxy import ProxyKind, ProxyNode
 from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot import type_urls
 from pilotfish.snapshot.consistency import check_consistency
+from pilotfish.snapshot.references import Reference
 from pilotfish.snapshot.snapshot import (
     ChangeMemo,
+    Dangling,
     Layer,
     PackingCache,
     Resource,
     Snapshot,
+    find_dangling,
+    layer_digest,
     layered_snapshot,
     make_layer,
 )
@@ -93,19 +97,6 @@ class NodeGenerator(Generic[Context]):
 Generator = MeshGenerator[Context] | ServiceGenerator[Context] | NodeGenerator[Context]
 
 
-@dataclass(frozen=True, eq=False)
-class _Output:
-    """One generator's output for one key, packed once."""
-
-    resources: tuple[Resource, ...]
-
-
-@dataclass
-class _Entry:
-    output: _Output
-    last_used: int
-
-
 @dataclass(frozen=True)
 class GeneratorStats:
     hits: int
@@ -131,9 +122,12 @@ class CacheStats:
         }
 
 
+# --- inputs -----------------------------------------------------------------------------------
+
+
 class _Tokens:
     """Small integers standing for the inputs of a view: a token changes exactly when its
-    input does, so output keys are cheap to make and never confuse two configs."""
+    input does, so output keys are cheap to compare and never confuse two configs."""
 
     def __init__(self) -> None:
         self._counter = 0
@@ -142,6 +136,10 @@ class _Tokens:
         self.endpoints = 0
         self.service: dict[str, int] = {}
         self.service_endpoints: dict[str, int] = {}
+        # What the last update changed: per-service generators look at these services only.
+        self.changed_hosts: frozenset[str] = frozenset()
+        self.config_changed = True
+        self.services_changed = True
         self._view: MeshView | None = None
 
     def _next(self) -> int:
@@ -151,56 +149,98 @@ class _Tokens:
     def update(self, view: MeshView) -> None:
         old = self._view
         self._view = view
-        if old is None or old.config is not view.config:
+        self.config_changed = old is None or old.config is not view.config
+        if self.config_changed:
             self.config = self._next()
-        if old is None or (old.services is not view.services and old.services != view.services):
+        self.services_changed = old is None or (
+            old.services is not view.services and old.services != view.services
+        )
+        if self.services_changed:
             self.services = self._next()
-        endpoints_changed = old is None
         service_tokens: dict[str, int] = {}
         endpoint_tokens: dict[str, int] = {}
+        changed: set[str] = set()
         for hostname, service in view.services.items():
             known = self.service.get(hostname)
-            same = known is not None and old is not None and old.services.get(hostname) == service
-            service_tokens[hostname] = known if same and known is not None else self._next()
+            if known is None or old is None or old.services.get(hostname) != service:
+                known = self._next()
+                changed.add(hostname)
+            service_tokens[hostname] = known
             before = self.service_endpoints.get(hostname)
-            unchanged = (
-                before is not None
-                and old is not None
-                and old.endpoints_of(hostname) == view.endpoints_of(hostname)
-            )
-            if unchanged and before is not None:
-                endpoint_tokens[hostname] = before
-            else:
-                endpoint_tokens[hostname] = self._next()
-                endpoints_changed = True
-        if old is not None and set(old.endpoints) != set(view.endpoints):
-            endpoints_changed = True
-        if endpoints_changed:
+            if (
+                before is None
+                or old is None
+                or old.endpoints_of(hostname) != view.endpoints_of(hostname)
+            ):
+                before = self._next()
+                changed.add(hostname)
+            endpoint_tokens[hostname] = before
+        removed = set(self.service) - set(service_tokens)
+        if changed or removed or old is None:
             self.endpoints = self._next()
         self.service = service_tokens
         self.service_endpoints = endpoint_tokens
+        self.changed_hosts = frozenset(changed | removed)
 
-    def of(self, depends_on: frozenset[Input], hostname: str | None = None) -> tuple[int, ...]:
-        tokens: list[int] = []
-        if Input.CONFIG in depends_on:
-            tokens.append(self.config)
-        if Input.SERVICES in depends_on:
-            tokens.append(self.services)
+
+@dataclass(frozen=True)
+class _Needs:
+    """A generator's ``depends_on``, as flags (looked up for every output of every build)."""
+
+    config: bool
+    services: bool
+    endpoints: bool
+
+    @classmethod
+    def of(cls, depends_on: frozenset[Input]) -> _Needs:
+        return cls(
+            Input.CONFIG in depends_on, Input.SERVICES in depends_on, Input.ENDPOINTS in depends_on
+        )
+
+    def tokens(self, tokens: _Tokens, hostname: str | None = None) -> tuple[int, ...]:
+        found: list[int] = []
+        if self.config:
+            found.append(tokens.config)
+        if self.services:
+            found.append(tokens.services)
         if hostname is not None:
-            tokens.append(self.service[hostname])
-        if Input.ENDPOINTS in depends_on:
-            tokens.append(
-                self.service_endpoints[hostname] if hostname is not None else self.endpoints
-            )
-        return tuple(tokens)
+            found.append(tokens.service[hostname])
+            if self.endpoints:
+                found.append(tokens.service_endpoints[hostname])
+        elif self.endpoints:
+            found.append(tokens.endpoints)
+        return tuple(found)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Output:
+    """One generator's output for one subject (the mesh, a service, a node key), packed."""
+
+    resources: tuple[Resource, ...]
 
 
 @dataclass
-class _SharedLayer:
-    """A kind's shared layer, with the outputs it was made of (to reuse it per type)."""
+class _Kept:
+    tokens: tuple[int, ...]
+    output: _Output
+    last_used: int = 0
 
-    layer: Layer
-    outputs: dict[str, tuple[_Output, ...]]
+
+Slot = tuple[str, str]  # (generator name, hostname or "" for a mesh generator)
+
+
+@dataclass(frozen=True, eq=False)
+class _TypeLayer:
+    """One type of a shared layer: its resources, their digest sum, and which output fills
+    which slot (so the next generation can patch rather than rebuild)."""
+
+    resources: dict[str, Resource]
+    total: int
+    slots: dict[Slot, _Output]
+    duplicates: tuple[Reference, ...]
 
 
 @dataclass
@@ -216,14 +256,14 @@ class _Generation(Generic[Context]):
     number: int
     view: MeshView
     context: Context
-    shared: dict[ProxyKind, _SharedLayer] = field(default_factory=dict)
+    shared: dict[ProxyKind, tuple[Layer, dict[str, _TypeLayer]]] = field(default_factory=dict)
     # Per node id: the node as it last asked, and its snapshot (None: it failed its check).
     snapshots: dict[str, tuple[ProxyNode, Snapshot | None]] = field(default_factory=dict)
     problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class SnapshotCache(Generic[Context]):
-    """Owns generation, packing, versions, the change memo and per-proxy layer reuse.
+    """Owns generations, packing, versions, the change memo and per-proxy layer reuse.
 
     ``publish(view)`` starts a generation; ``snapshot_for(node)`` builds the node's snapshot
     on first use in that generation and returns it, or the node's last good one when this one
@@ -242,16 +282,22 @@ class SnapshotCache(Generic[Context]):
         if len(set(names)) != len(names):
             raise ValueError(f"generator names must be unique: {names}")
         self._generators = tuple(generators)
+        self._needs = {g.name: _Needs.of(g.depends_on) for g in generators}
+        self._type_of = {g.name: g.type_url for g in generators}
+        # Per service generator, the generation whose view its outputs are up to date with.
+        self._synced: dict[str, int] = {}
         self._make_context = make_context
         self._max_proxies = max_proxies
         self._packing = PackingCache() if packing is None else packing
         self._memo = ChangeMemo()
         self._tokens = _Tokens()
-        self._entries: dict[Hashable, _Entry] = {}
+        # Per generator: its outputs by subject ("" for a mesh generator, a hostname, or a
+        # node key), with the input tokens each was built from.
+        self._kept: dict[str, dict[Hashable, _Kept]] = {name: {} for name in names}
         self._hits: dict[str, int] = dict.fromkeys(names, 0)
         self._misses: dict[str, int] = dict.fromkeys(names, 0)
         self._current: _Generation[Context] | None = None
-        self._previous_shared: dict[ProxyKind, _SharedLayer] = {}
+        self._previous_shared: dict[ProxyKind, tuple[Layer, dict[str, _TypeLayer]]] = {}
         self._own: OrderedDict[str, _OwnLayer] = OrderedDict()
         self._node_tokens: OrderedDict[str, tuple[ProxyNode, int]] = OrderedDict()
         self._node_counter = 0
@@ -273,13 +319,22 @@ class SnapshotCache(Generic[Context]):
         if self._current is not None:
             self._previous_shared = self._current.shared
         self._tokens.update(view)
-        # Outputs unused for a whole generation belong to configs, services or proxies that
-        # are gone: dropping them bounds the cache by what the mesh holds now.
-        stale = [k for k, e in self._entries.items() if e.last_used < number - 1]
-        for key in stale:
-            del self._entries[key]
         self._current = _Generation(number, view, self._make_context(view))
+        self._drop_unused(number)
         return number
+
+    def _drop_unused(self, number: int) -> None:
+        """Outputs for services that are gone, or for node keys no proxy asked for during a
+        whole generation, go: the cache holds what the mesh holds now."""
+        services = self._current.view.services if self._current is not None else {}
+        for generator in self._generators:
+            kept = self._kept[generator.name]
+            if isinstance(generator, ServiceGenerator):
+                for hostname in [h for h in kept if h not in services]:
+                    del kept[hostname]
+            elif isinstance(generator, NodeGenerator):
+                for key in [k for k, e in kept.items() if e.last_used < number - 1]:
+                    del kept[key]
 
     @property
     def problems(self) -> Mapping[str, tuple[str, ...]]:
@@ -289,7 +344,7 @@ class SnapshotCache(Generic[Context]):
     def stats(self) -> CacheStats:
         return CacheStats(
             generation=self.generation,
-            entries=len(self._entries),
+            entries=sum(len(kept) for kept in self._kept.values()),
             generators={
                 name: GeneratorStats(self._hits[name], self._misses[name]) for name in self._hits
             },
@@ -342,65 +397,102 @@ class SnapshotCache(Generic[Context]):
         return snapshot
 
     def _assemble(self, current: _Generation[Context], node: ProxyNode) -> Snapshot:
-        shared = self._shared_layer(current, node.kind).layer
+        shared = self._shared_layer(current, node.kind)
         own = self._own_layer(current, node)
         if own.combined is None or own.combined[0] is not shared:
             own.combined = (shared, layered_snapshot(shared, own.layer, self._memo))
         # Made of the same layers as last time, it is the same snapshot (same object).
         return own.combined[1]
 
-    # --- layers ------------------------------------------------------------------------------
+    # --- the shared layer of a kind ------------------------------------------------------------
 
-    def _shared_layer(self, current: _Generation[Context], kind: ProxyKind) -> _SharedLayer:
+    def _shared_layer(self, current: _Generation[Context], kind: ProxyKind) -> Layer:
         known = current.shared.get(kind)
         if known is not None:
-            return known
-        outputs: dict[str, list[_Output]] = {}
+            return known[0]
+        slots: dict[str, dict[Slot, _Output]] = {}
         for generator in self._generators:
-            if kind not in generator.kinds or isinstance(generator, NodeGenerator):
+            if kind not in generator.kinds:
                 continue
-            found = outputs.setdefault(generator.type_url, [])
             if isinstance(generator, MeshGenerator):
-                found.append(self._output(generator, (), partial(generator.build, current.context)))
-            else:
-                for hostname in sorted(current.view.services):
-                    service = current.view.services[hostname]
-                    found.append(
-                        self._output(
-                            generator,
-                            (hostname,),
-                            partial(generator.build, current.context, service),
-                            hostname,
-                        )
-                    )
-        by_type = {t: tuple(found) for t, found in outputs.items()}
-        layer = self._reuse_or_merge(by_type, self._previous_shared.get(kind))
-        current.shared[kind] = layer
+                build = partial(generator.build, current.context)
+                output = self._output(generator.name, "", build)
+                slots.setdefault(generator.type_url, {})[(generator.name, "")] = output
+            elif isinstance(generator, ServiceGenerator):
+                found = slots.setdefault(generator.type_url, {})
+                for hostname, output in self._service_outputs(current, generator):
+                    found[(generator.name, hostname)] = output
+        previous_layer, previous_types = self._previous_shared.get(kind, (None, {}))
+        types = {
+            t: _patched(t, filled, previous_types.get(t))
+            for t, filled in sorted(slots.items(), key=lambda item: type_urls.push_rank(item[0]))
+        }
+        layer = self._layer_of(types, previous_layer, previous_types)
+        current.shared[kind] = (layer, types)
         return layer
 
-    def _reuse_or_merge(
-        self, outputs: dict[str, tuple[_Output, ...]], previous: _SharedLayer | None
-    ) -> _SharedLayer:
-        """Per type, the previous generation's mapping when it was made of the same outputs,
-        so streams see the very same object and compare it by identity."""
-        by_type: dict[str, Mapping[str, Resource]] = {}
-        duplicates: list[tuple[str, str]] = []
-        for type_url in sorted(outputs, key=type_urls.push_rank):
-            made_of = outputs[type_url]
-            before = previous.outputs.get(type_url) if previous is not None else None
-            if previous is not None and before is not None and _same_outputs(before, made_of):
-                by_type[type_url] = previous.layer.by_type.get(type_url, _EMPTY_TYPE)
-                duplicates.extend(d for d in previous.layer.duplicates if d[0] == type_url)
-                continue
-            by_type[type_url] = _merge(type_url, made_of, duplicates)
-        if (
-            previous is not None
-            and previous.outputs.keys() == outputs.keys()
-            and all(_same_outputs(previous.outputs[t], made_of) for t, made_of in outputs.items())
+    def _service_outputs(
+        self, current: _Generation[Context], generator: ServiceGenerator[Context]
+    ) -> Iterable[tuple[str, _Output]]:
+        """Every service's output, in hostname order; only services whose tokens may have
+        changed are looked at, unless a mesh-wide input of the generator changed."""
+        kept = self._kept[generator.name]
+        needs = self._needs[generator.name]
+        tokens = self._tokens
+        services = current.view.services
+        synced = self._synced.get(generator.name)
+        if synced == current.number:
+            candidates: Iterable[str] = ()  # done already, for another kind of proxy
+        elif synced == current.number - 1 and not (
+            (needs.config and tokens.config_changed) or (needs.services and tokens.services_changed)
         ):
-            return previous
-        layer = make_layer(by_type, duplicates, previous.layer if previous is not None else None)
-        return _SharedLayer(layer, outputs)
+            candidates = tokens.changed_hosts  # what changed since the view it is up to date with
+        else:
+            candidates = services
+        self._synced[generator.name] = current.number
+        looked_at = 0
+        for hostname in candidates:
+            service = services.get(hostname)
+            if service is not None:
+                looked_at += 1
+                build = partial(generator.build, current.context, service)
+                self._output(generator.name, hostname, build, hostname)
+        self._hits[generator.name] += len(services) - looked_at
+        return ((hostname, kept[hostname].output) for hostname in sorted(services))
+
+    def _layer_of(
+        self,
+        types: dict[str, _TypeLayer],
+        previous_layer: Layer | None,
+        previous_types: dict[str, _TypeLayer],
+    ) -> Layer:
+        if (
+            previous_layer is not None
+            and types.keys() == previous_types.keys()
+            and all(types[t] is previous_types[t] for t in types)
+        ):
+            return previous_layer
+        by_type = {t: found.resources for t, found in types.items() if found.resources}
+        sums = {t: types[t].total for t in by_type}
+        # References only change with the resources that make them, and only names can go
+        # missing: with the same names and references everywhere, the same ones dangle.
+        unchanged_shape = previous_layer is not None and all(
+            _same_shape(found, previous_types.get(t)) for t, found in types.items()
+        )
+        dangling: Sequence[Dangling] = (
+            previous_layer.dangling
+            if unchanged_shape and previous_layer is not None
+            else find_dangling(by_type, by_type)
+        )
+        return Layer(
+            by_type=by_type,
+            sums=sums,
+            duplicates=tuple(d for found in types.values() for d in found.duplicates),
+            dangling=tuple(dangling),
+            digest=layer_digest(sums),
+        )
+
+    # --- a proxy's own layer ------------------------------------------------------------------
 
     def _own_layer(self, current: _Generation[Context], node: ProxyNode) -> _OwnLayer:
         outputs: list[tuple[str, _Output]] = []
@@ -409,23 +501,15 @@ class SnapshotCache(Generic[Context]):
             if node.kind not in generator.kinds or not isinstance(generator, NodeGenerator):
                 continue
             key = generator.node_key(node) if generator.node_key is not None else node_token
-            output = self._output(
-                generator, (key,), partial(generator.build, current.context, node)
-            )
-            outputs.append((generator.type_url, output))
+            build = partial(generator.build, current.context, node)
+            outputs.append((generator.type_url, self._output(generator.name, key, build)))
         made_of = tuple(o for _, o in outputs)
         known = self._own.get(node.id)
         if known is None or not _same_outputs(known.outputs, made_of):
-            grouped: dict[str, list[_Output]] = {}
+            grouped: dict[str, list[Resource]] = {}
             for type_url, output in outputs:
-                grouped.setdefault(type_url, []).append(output)
-            duplicates: list[tuple[str, str]] = []
-            by_type = {
-                t: _merge(t, tuple(found), duplicates)
-                for t, found in sorted(
-                    grouped.items(), key=lambda item: type_urls.push_rank(item[0])
-                )
-            }
+                grouped.setdefault(type_url, []).extend(output.resources)
+            by_type, duplicates = _by_name(grouped)
             known = _OwnLayer(make_layer(by_type, duplicates), made_of)
             self._own[node.id] = known
         self._remember(self._own, node.id)
@@ -444,37 +528,92 @@ class SnapshotCache(Generic[Context]):
 
     def _output(
         self,
-        generator: Generator[Context],
-        subject: tuple[Hashable, ...],
+        name: str,
+        subject: Hashable,
         build: Callable[[], Sequence[Message]],
         hostname: str | None = None,
     ) -> _Output:
-        key = (generator.name, *subject, *self._tokens.of(generator.depends_on, hostname))
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._hits[generator.name] += 1
+        """The output kept for ``subject`` if it was built from the same input tokens."""
+        tokens = self._needs[name].tokens(self._tokens, hostname)
+        kept = self._kept[name]
+        entry = kept.get(subject)
+        if entry is not None and entry.tokens == tokens:
+            self._hits[name] += 1
             entry.last_used = self.generation
             return entry.output
-        self._misses[generator.name] += 1
-        output = _Output(tuple(self._packing.pack(generator.type_url, m) for m in build()))
-        self._entries[key] = _Entry(output, self.generation)
+        self._misses[name] += 1
+        type_url = self._type_of[name]
+        output = _Output(tuple(self._packing.pack(type_url, m) for m in build()))
+        kept[subject] = _Kept(tokens, output, self.generation)
         return output
-
-
-_EMPTY_TYPE: Mapping[str, Resource] = MappingProxyType({})
 
 
 def _same_outputs(old: Sequence[_Output], new: Sequence[_Output]) -> bool:
     return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 
-def _merge(
-    type_url: str, outputs: Sequence[_Output], duplicates: list[tuple[str, str]]
-) -> Mapping[str, Resource]:
-    named: dict[str, Resource] = {}
-    for output in outputs:
-        for resource in output.resources:
+def _by_name(
+    grouped: Mapping[str, Sequence[Resource]],
+) -> tuple[dict[str, dict[str, Resource]], list[Reference]]:
+    by_type: dict[str, dict[str, Resource]] = {}
+    duplicates: list[Reference] = []
+    for type_url in sorted(grouped, key=type_urls.push_rank):
+        named = by_type.setdefault(type_url, {})
+        for resource in grouped[type_url]:
             if resource.name in named:
                 duplicates.append((type_url, resource.name))
             named[resource.name] = resource
-    return MappingProxyType(named)
+    return by_type, duplicates
+
+
+def _patched(type_url: str, slots: dict[Slot, _Output], previous: _TypeLayer | None) -> _TypeLayer:
+    """One type of a shared layer: the previous one itself when every slot holds the same
+    output; patched where few slots changed; else merged again."""
+    if previous is not None and previous.slots.keys() == slots.keys():
+        changed = [s for s, output in slots.items() if previous.slots[s] is not output]
+        if not changed:
+            return previous
+        if not previous.duplicates and len(changed) * 4 < len(slots):
+            patched = _patch(previous, slots, changed)
+            if patched is not None:
+                return patched
+    resources: dict[str, Resource] = {}
+    duplicates: list[Reference] = []
+    for output in slots.values():
+        for resource in output.resources:
+            if resource.name in resources:
+                duplicates.append((type_url, resource.name))
+            resources[resource.name] = resource
+    total = sum(r.pair_digest for r in resources.values())
+    return _TypeLayer(resources, total, dict(slots), tuple(duplicates))
+
+
+def _patch(
+    previous: _TypeLayer, slots: dict[Slot, _Output], changed: Sequence[Slot]
+) -> _TypeLayer | None:
+    """Replace the resources of the changed slots; None if that would hide a duplicate."""
+    resources = dict(previous.resources)
+    total = previous.total
+    for slot in changed:
+        for resource in previous.slots[slot].resources:
+            del resources[resource.name]
+            total -= resource.pair_digest
+    for slot in changed:
+        for resource in slots[slot].resources:
+            if resource.name in resources:
+                return None
+            resources[resource.name] = resource
+            total += resource.pair_digest
+    return _TypeLayer(resources, total, dict(slots), ())
+
+
+def _same_shape(found: _TypeLayer, previous: _TypeLayer | None) -> bool:
+    """Same names, each with the same references, as ``previous``."""
+    if previous is None:
+        return False
+    if found is previous:
+        return True
+    if found.resources.keys() != previous.resources.keys():
+        return False
+    old = previous.resources
+    return all(r.references == old[n].references for n, r in found.resources.items())

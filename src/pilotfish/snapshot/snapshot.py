@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -136,44 +136,59 @@ class Layer:
     duplicates: tuple[Reference, ...]
     dangling: tuple[Dangling, ...]
     digest: str
-    type_digests: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def layer_digest(sums: Mapping[str, int]) -> str:
+    """A layer's digest from its per-type sums of (name, version) digests."""
+    return _short_hash(
+        "\n".join(f"{t}\0{digest_version(s)}" for t, s in sorted(sums.items())).encode()
+    )
 
 
 def make_layer(
-    by_type: Mapping[str, Mapping[str, Resource]],
-    duplicates: Iterable[Reference] = (),
-    previous: Layer | None = None,
+    by_type: Mapping[str, Mapping[str, Resource]], duplicates: Iterable[Reference] = ()
 ) -> Layer:
-    """A layer of ``by_type``; what a type mapping shared with ``previous`` (the very same
-    object) needs is taken from it instead of being worked out again."""
     frozen = {t: named for t, named in by_type.items() if named}
-    sums: dict[str, int] = {}
-    type_digests: dict[str, str] = {}
-    for type_url, named in frozen.items():
-        if previous is not None and previous.by_type.get(type_url) is named:
-            sums[type_url] = previous.sums[type_url]
-            type_digests[type_url] = previous.type_digests[type_url]
-            continue
-        sums[type_url] = sum(r.pair_digest for r in named.values())
-        lines = sorted(f"{r.name}\0{r.version}" for r in named.values())
-        type_digests[type_url] = _short_hash("\n".join(lines).encode())
-    unchanged = (
-        previous is not None
-        and set(previous.by_type) == set(frozen)
-        and all(previous.by_type[t] is named for t, named in frozen.items())
-    )
-    dangling = (
-        previous.dangling if unchanged and previous is not None else find_dangling(frozen, frozen)
-    )
-    summary = "\n".join(f"{t}\0{d}" for t, d in sorted(type_digests.items()))
+    sums = {t: sum(r.pair_digest for r in named.values()) for t, named in frozen.items()}
     return Layer(
-        by_type=MappingProxyType(frozen),
+        by_type=frozen,
         sums=sums,
         duplicates=tuple(duplicates),
-        dangling=tuple(dangling),
-        digest=_short_hash(summary.encode()),
-        type_digests=type_digests,
+        dangling=tuple(find_dangling(frozen, frozen)),
+        digest=layer_digest(sums),
     )
+
+
+class Overlay(Mapping[str, Resource]):
+    """A proxy's resources of one type: its own over the shared ones, without copying the
+    shared thousands for each of hundreds of proxies."""
+
+    __slots__ = ("_base", "_length", "_top")
+
+    def __init__(self, base: Mapping[str, Resource], top: Mapping[str, Resource]) -> None:
+        self._base = base
+        self._top = top
+        self._length = len(base) + sum(1 for name in top if name not in base)
+
+    def __getitem__(self, name: str) -> Resource:
+        found = self._top.get(name)
+        return found if found is not None else self._base[name]
+
+    def get(self, name: str, default: Resource | None = None) -> Resource | None:  # type: ignore[override]
+        found = self._top.get(name)
+        if found is not None:
+            return found
+        return self._base.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._top or name in self._base
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._top
+        yield from (name for name in self._base if name not in self._top)
+
+    def __len__(self) -> int:
+        return self._length
 
 
 class ChangeMemo:
@@ -285,7 +300,7 @@ def layered_snapshot(shared: Layer, own: Layer, memo: ChangeMemo | None = None) 
         total -= sum(common[name].pair_digest for name in replaced)
         total += own.sums.get(type_url, 0)
         type_versions[type_url] = digest_version(total)
-        by_type[type_url] = MappingProxyType({**common, **mine}) if common else mine
+        by_type[type_url] = Overlay(common, mine) if common else mine
         layers[type_url] = (common, mine)
     # A shared resource the proxy replaces with its own is not served: neither are its
     # references (the replacement's own references are checked with the proxy's layer).
