@@ -192,13 +192,41 @@ class Overlay(Mapping[str, Resource]):
 
 
 class ChangeMemo:
-    """Remembers the last few comparisons: all streams of one generation ask the same one."""
+    """Remembers the last few comparisons and selections: all streams of one generation ask
+    the same ones."""
 
     def __init__(self, size: int = 32) -> None:
         self._size = size
         self._known: OrderedDict[tuple[int, int], tuple[object, object, tuple[str, ...]]] = (
             OrderedDict()
         )
+        self._selections: OrderedDict[tuple[int, frozenset[str]], tuple[object, Selection]] = (
+            OrderedDict()
+        )
+        self._names: OrderedDict[tuple[int, str], tuple[object, frozenset[str]]] = OrderedDict()
+
+    def names_of(self, available: Mapping[str, Resource]) -> frozenset[str]:
+        key = (id(available), _ALL)
+        known = self._names.get(key)
+        if known is not None and known[0] is available:
+            return known[1]
+        names = frozenset(available)
+        self._names[key] = (available, names)
+        if len(self._names) > self._size:
+            self._names.popitem(last=False)
+        return names
+
+    def selection(self, available: Mapping[str, Resource], names: frozenset[str]) -> Selection:
+        key = (id(available), names)
+        known = self._selections.get(key)
+        if known is not None and known[0] is available:
+            self._selections.move_to_end(key)
+            return known[1]
+        selected = select(available, names)
+        self._selections[key] = (available, selected)  # holding it keeps its id from reuse
+        if len(self._selections) > self._size:
+            self._selections.popitem(last=False)
+        return selected
 
     def changed_names(
         self, old: Mapping[str, Resource], new: Mapping[str, Resource]
@@ -216,6 +244,20 @@ class ChangeMemo:
         return names
 
 
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Resources of one type picked by name, in name order, and the version of that set."""
+
+    resources: tuple[Resource, ...]
+    version: str
+
+
+def select(available: Mapping[str, Resource], names: frozenset[str]) -> Selection:
+    """The resources of ``names`` that exist, in name order."""
+    chosen = tuple(available[name] for name in sorted(names) if name in available)
+    return Selection(chosen, version_of_resources(chosen))
+
+
 def changed_names(old: Mapping[str, Resource], new: Mapping[str, Resource]) -> tuple[str, ...]:
     """Names added, removed or changed in version between two resource sets of one type."""
     if old is new:
@@ -228,6 +270,7 @@ def changed_names(old: Mapping[str, Resource], new: Mapping[str, Resource]) -> t
 
 
 _EMPTY: Mapping[str, Resource] = MappingProxyType({})
+_ALL = "*"
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,6 +302,24 @@ class Snapshot:
             if version is not None
             else version_of_resources(self.of_type(type_url).values())
         )
+
+    def select(self, type_url: str, names: frozenset[str] | None) -> Selection:
+        """Resources of a type by name (``None``: all of them), in name order. Streams that
+        ask the same of snapshots of one cache share one answer (the same objects)."""
+        available = self.of_type(type_url)
+        if names is None:
+            names = self._all_names(type_url)
+        if self._memo is None:
+            return select(available, names)
+        return self._memo.selection(available, names)
+
+    def _all_names(self, type_url: str) -> frozenset[str]:
+        layers = self._layers.get(type_url)
+        if layers is None or self._memo is None:
+            return frozenset(self.of_type(type_url))
+        # The shared layer's names once for every proxy, plus this proxy's own.
+        shared = self._memo.names_of(layers[0])
+        return shared | frozenset(layers[1]) if layers[1] else shared
 
     def changed_names(self, previous: Snapshot, type_url: str) -> tuple[str, ...]:
         """Names of ``type_url`` that differ between ``previous`` and this snapshot.
