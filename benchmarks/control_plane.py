@@ -3,7 +3,7 @@
 Two parts, each printed as a table and written under benchmarks/results/:
 
 1. real Envoys: an in-process ControlPlane serving a few Envoy sidecars (started by the agent's
-   Sidecar supervisor); endpoint changes through ``MeshController.set_endpoint`` and routing
+   Sidecar supervisor); endpoint changes through ``InMemoryRegistry.set_endpoint`` and routing
    weight edits through the YAML folder; "done" is read from the ProxyStatusBoard (every proxy
    SYNCED, with a new EDS or RDS version ACKed).
 2. scale: the control plane in a subprocess pinned to CPU 0, serving a generated mesh of
@@ -61,6 +61,7 @@ from pilotfish.agent.ports import free_port
 from pilotfish.agent.supervisor import Sidecar
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.discovery import InMemoryRegistry
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
@@ -202,7 +203,8 @@ async def bench_real_envoys(
     entries_yaml, split_yaml = envoy_mesh_yaml(services, 50)
     (config_dir / "services.yaml").write_text(entries_yaml)
     write_atomically(config_dir / "split.yaml", split_yaml)
-    control_plane = ControlPlane(config_dir, ControlPlaneSettings())
+    replicas = InMemoryRegistry()
+    control_plane = ControlPlane(config_dir, ControlPlaneSettings(), registries=(replicas,))
     sidecars: list[Sidecar] = []
     try:
         await control_plane.start()
@@ -239,13 +241,12 @@ async def bench_real_envoys(
         synced_at = await wait_until_board(everyone_synced, SYNC_TIMEOUT_SECONDS)
         run = EnvoyRun("delta" if delta else "sotw", envoys, services, synced_at - started)
         rng = random.Random(7)
-        controller = control_plane.controller
         for change in range(endpoint_changes):
             before = acked_versions(board, type_urls.ENDPOINT)
             hostname = f"svc-{rng.randrange(services)}.bench.local"
             endpoint = Endpoint("127.0.0.1", {SERVICE_PORT: 30000 + change}, name="churn")
             changed_at = time.monotonic()
-            controller.set_endpoint(hostname, "churn", endpoint)
+            replicas.set_endpoint(hostname, "churn", endpoint)
             done = await wait_until_board(
                 acked_everywhere(board, type_urls.ENDPOINT, before),
                 CHANGE_TIMEOUT_SECONDS,
@@ -311,7 +312,10 @@ async def serve_scale(services: int, endpoints_per_service: int) -> None:
     """
     die_with_parent()
     built = time.monotonic()
-    controller = MeshController(debounce_seconds=ControlPlaneSettings().debounce_seconds)
+    replicas = InMemoryRegistry()
+    controller = MeshController(
+        [replicas], debounce_seconds=ControlPlaneSettings().debounce_seconds
+    )
     controller.apply_config(scale_mesh_config(services, endpoints_per_service), ())
     controller.publish_now()
     board = ProxyStatusBoard()
@@ -342,7 +346,7 @@ async def serve_scale(services: int, endpoints_per_service: int) -> None:
                 changed_at = time.monotonic()
                 for hostname in command["hosts"]:
                     endpoint = Endpoint("127.0.0.1", {SERVICE_PORT: command["port"]}, name="churn")
-                    controller.set_endpoint(hostname, "churn", endpoint)
+                    replicas.set_endpoint(hostname, "churn", endpoint)
                 try:
                     acked_at: float | None = await wait_until_board(
                         acked_everywhere(board, type_urls.ENDPOINT, before),
@@ -689,7 +693,7 @@ def envoy_table(runs: Sequence[EnvoyRun]) -> str:
     rows: list[list[object]] = []
     for run in runs:
         for what, samples in (
-            ("endpoint change (set_endpoint)", run.endpoint_changes_s),
+            ("endpoint change (registry)", run.endpoint_changes_s),
             ("weight edit (YAML file)", run.weight_edits_s),
         ):
             stats = summarize_ms(samples)
@@ -841,7 +845,7 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
             f"1% endpoint churn ({max(1, args.services // 100)} services per change) -> every "
             "simulated client: 'all ACKed' from the control plane's ProxyStatusBoard, "
             "'all received' from the clients' receive timestamps; both from the moment "
-            "set_endpoint was called (debounce included)\n" + scale_table(scale_runs)
+            "the registry changed (debounce included)\n" + scale_table(scale_runs)
         )
     results["failures"] = failures
     if failures:

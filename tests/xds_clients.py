@@ -24,9 +24,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.snapshot import type_urls
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -173,6 +175,15 @@ class SimpleResources:
     load_assignments: tuple[endpoint_pb2.ClusterLoadAssignment, ...] = ()
     listeners: tuple[listener_pb2.Listener, ...] = ()
     routes: tuple[route_pb2.RouteConfiguration, ...] = ()
+
+    @property
+    def by_type(self) -> dict[str, tuple[Message, ...]]:
+        return {
+            type_urls.CLUSTER: self.clusters,
+            type_urls.ENDPOINT: self.load_assignments,
+            type_urls.LISTENER: self.listeners,
+            type_urls.ROUTE: self.routes,
+        }
 
 
 def eds_cluster(name: str) -> cluster_pb2.Cluster:

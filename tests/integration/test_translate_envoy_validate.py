@@ -51,6 +51,7 @@ from pilotfish.model.resources import (
     VirtualService,
 )
 from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.snapshot import type_urls
 from pilotfish.translate import MeshTranslator, ProxyResources
 
 ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
@@ -277,12 +278,7 @@ def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     duplicated.CopyFrom(resources.routes[0])
     duplicated.virtual_hosts.append(duplicated.virtual_hosts[0])
     duplicated.virtual_hosts[-1].name = "copy"
-    broken = ProxyResources(
-        clusters=resources.clusters,
-        load_assignments=resources.load_assignments,
-        listeners=resources.listeners,
-        routes=(duplicated,),
-    )
+    broken = ProxyResources({**resources.by_type, type_urls.ROUTE: (duplicated,)})
 
     result = envoy_validate(static_bootstrap(broken), tmp_path)
 

@@ -6,7 +6,10 @@ import json
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-TYPE_COLUMNS = ("CDS", "EDS", "LDS", "RDS")
+from pilotfish.snapshot import type_urls
+
+# Shown even before any proxy has asked for them; other types get a column once one has.
+USUAL_COLUMNS = ("CDS", "EDS", "LDS", "RDS")
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -35,8 +38,20 @@ def _cell(types: Mapping[str, object], short: str) -> str:
     return f"{status} ({str(version)[:8]})" if version else status
 
 
+def type_columns(proxies: Sequence[Mapping[str, object]]) -> tuple[str, ...]:
+    """The usual four, plus every other type some proxy asked for, in push order."""
+    seen = set(USUAL_COLUMNS)
+    for proxy in proxies:
+        types = proxy.get("types")
+        if isinstance(types, Mapping):
+            seen.update(str(short) for short in types)
+    order = [type_urls.short_name(t) for t in type_urls.PUSH_ORDER]
+    return tuple(sorted(seen, key=lambda s: (order.index(s) if s in order else len(order), s)))
+
+
 def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, object]) -> str:
-    header = ("NAME", "KIND", "STREAM", *TYPE_COLUMNS)
+    columns = type_columns(proxies)
+    header = ("NAME", "KIND", "STREAM", *columns)
     rows: list[tuple[str, ...]] = [header]
     nacks: list[str] = []
     for proxy in sorted(proxies, key=lambda p: str(p.get("node_id"))):
@@ -47,7 +62,7 @@ def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, 
                 str(proxy.get("node_id")),
                 str(proxy.get("kind")),
                 str(proxy.get("stream")),
-                *(_cell(types, short) for short in TYPE_COLUMNS),
+                *(_cell(types, short) for short in columns),
             )
         )
         for short, entry in types.items():

@@ -29,6 +29,9 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
         body = {"generation": controller.generation, **controller.status.to_json()}
         return web.json_response(body)
 
+    async def cache(_: web.Request) -> web.Response:
+        return web.json_response(controller.cache_stats().to_json())
+
     async def services(_: web.Request) -> web.Response:
         view = controller.view
         if view is None:
@@ -59,6 +62,7 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     app.router.add_get("/api/proxies", proxies)
     app.router.add_get("/api/config", config)
     app.router.add_get("/api/services", services)
+    app.router.add_get("/api/cache", cache)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
+from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic
 from pilotfish.model.keepalive import XdsKeepalive
@@ -34,22 +36,33 @@ class ControlPlaneSettings:
     """Must match the proxies' bootstraps (the agent's default is the same)."""
 
 
-def load_and_check(config_dir: Path) -> LoadResult:
-    """Load a folder, then translate it for stand-in proxies; any error rejects it whole."""
-    result = load_directory(config_dir)
+def load_and_check(config_dir: Path, registries: Sequence[Registry] = ()) -> LoadResult:
+    """Load a folder, then translate it for stand-in proxies; any error rejects it whole.
+
+    Routes may name services that only ``registries`` know.
+    """
+    result = load_directory(config_dir, known_services=registry_services(registries))
     if result.config is None:
         return result
-    problems = preflight(result.config, config_dir)
+    problems = preflight(result.config, config_dir, registries)
     if problems:
         return LoadResult(config=None, diagnostics=result.diagnostics + problems)
     return result
 
 
 class ControlPlane:
-    def __init__(self, config_dir: Path, settings: ControlPlaneSettings | None = None) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        settings: ControlPlaneSettings | None = None,
+        registries: Sequence[Registry] = (),
+    ) -> None:
         self.config_dir = config_dir
         self.settings = settings or ControlPlaneSettings()
-        self.controller = MeshController(debounce_seconds=self.settings.debounce_seconds)
+        self.registries = tuple(registries)
+        self.controller = MeshController(
+            self.registries, debounce_seconds=self.settings.debounce_seconds
+        )
         self.board = ProxyStatusBoard()
         self.xds_port = 0
         self._server: grpc.aio.Server | None = None
@@ -60,7 +73,7 @@ class ControlPlane:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
         # Fingerprint first: an edit made while loading is then seen as a change, not lost.
         self._fingerprint = await asyncio.to_thread(config_fingerprint, self.config_dir)
-        result = await asyncio.to_thread(load_and_check, self.config_dir)
+        result = await asyncio.to_thread(load_and_check, self.config_dir, self.registries)
         if result.config is None:
             raise ConfigError(result.diagnostics)
         self.controller.apply_config(result.config, result.diagnostics)
@@ -86,7 +99,7 @@ class ControlPlane:
         )
         async for self._fingerprint in changes:
             try:
-                result = await asyncio.to_thread(load_and_check, self.config_dir)
+                result = await asyncio.to_thread(load_and_check, self.config_dir, self.registries)
             except Exception as exc:  # a loader bug must not stop every later reload
                 log.exception("could not load %s", self.config_dir)
                 message = f"internal error while loading: {exc!r}; please report it"

@@ -1,9 +1,9 @@
-"""The control plane's heart: holds the last good config and the live endpoints, and hands each
-proxy a consistent snapshot.
+"""The control plane's heart: inputs -> view -> ``SnapshotCache.publish(view)``.
 
-Everything here is synchronous and cheap except translation, which runs once per generation
-per proxy and is cached. The xDS server reaches this class only through ``SnapshotSource``
-(``generation``, ``wait_for_change``, ``snapshot_for``).
+Inputs are the last good config and the registries; a change in either starts a new
+generation (debounced), and each proxy's snapshot is a cache lookup. The xDS server reaches
+this class only through ``SnapshotSource`` (``generation``, ``wait_for_change``,
+``snapshot_for``).
 """
 
 from __future__ import annotations
@@ -11,30 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
-from pilotfish.discovery import build_view
+from pilotfish.discovery import ConfigRegistry, Registry, build_view, registry_services
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
-from pilotfish.model.services import Endpoint, MeshView
-from pilotfish.snapshot import (
-    PackedLayer,
-    SharedMessagePacker,
-    Snapshot,
-    check_consistency,
-    layered_snapshot,
-    pack_own_layer,
-)
-from pilotfish.translate import MeshTranslator
+from pilotfish.model.services import MeshView, Service
+from pilotfish.snapshot import CacheStats, Snapshot, SnapshotCache
+from pilotfish.translate import GENERATORS, TranslationContext
 
 log = logging.getLogger("pilotfish.controller")
-
-# Last good snapshots are kept for proxies that may come back; this bounds the memory that
-# proxies which never return (renamed replicas, test clients) can hold.
-MAX_REMEMBERED_PROXIES = 4096
 
 
 @dataclass(frozen=True)
@@ -55,32 +43,29 @@ class ConfigStatus:
         }
 
 
-@dataclass
-class _Generation:
-    number: int
-    view: MeshView
-    translator: MeshTranslator
-    packer: SharedMessagePacker = field(default_factory=SharedMessagePacker)
-    # Per node id: the node as it last asked, and its snapshot (None: translation failed).
-    snapshots: dict[str, tuple[ProxyNode, Snapshot | None]] = field(default_factory=dict)
-    problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+def new_snapshot_cache() -> SnapshotCache[TranslationContext]:
+    return SnapshotCache(GENERATORS, TranslationContext)
 
 
 class MeshController:
     """Implements ``pilotfish.xds.SnapshotSource``."""
 
-    def __init__(self, debounce_seconds: float = 0.02) -> None:
-        self._config: MeshConfig | None = None
-        self._endpoints: dict[tuple[str, str], Endpoint] = {}
-        self._current: _Generation | None = None
-        self._last_good: OrderedDict[str, tuple[ProxyNode, Snapshot]] = OrderedDict()
-        self._own_layers: OrderedDict[str, tuple[MeshConfig, ProxyNode, PackedLayer]] = (
-            OrderedDict()
-        )
+    def __init__(
+        self,
+        registries: Sequence[Registry] = (),
+        debounce_seconds: float = 0.02,
+        cache: SnapshotCache[TranslationContext] | None = None,
+    ) -> None:
+        self._config: ConfigRegistry | None = None
+        self._registries = tuple(registries)
+        self._cache = cache if cache is not None else new_snapshot_cache()
         self._changed = asyncio.Condition()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
+        self._problems_seen: object = None
         self.status = ConfigStatus()
+        for registry in self._registries:
+            registry.subscribe(self._schedule_publish)
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -94,23 +79,12 @@ class MeshController:
                 if diagnostic.severity == "error":
                     log.error("config rejected, still serving the last good one: %s", diagnostic)
             return False
-        self._config = config
+        self._config = ConfigRegistry(config)
         self.status = ConfigStatus(applied_at=now, diagnostics=diagnostics)
         for diagnostic in diagnostics:
             log.warning("%s", diagnostic)
         self._schedule_publish()
         return True
-
-    def set_endpoint(self, hostname: str, key: str, endpoint: Endpoint | None) -> None:
-        """Add, replace or (with None) remove one live endpoint of a service."""
-        if endpoint is None:
-            if self._endpoints.pop((hostname, key), None) is None:
-                return
-        elif self._endpoints.get((hostname, key)) == endpoint:
-            return
-        else:
-            self._endpoints[(hostname, key)] = endpoint
-        self._schedule_publish()
 
     @property
     def publish_pending(self) -> bool:
@@ -118,17 +92,25 @@ class MeshController:
 
     @property
     def config(self) -> MeshConfig | None:
-        return self._config
+        return self._config.config if self._config is not None else None
 
     @property
     def view(self) -> MeshView | None:
-        return self._current.view if self._current else None
+        return self._cache.view
+
+    def registry_services(self) -> dict[str, Service]:
+        """Services that registries other than the config declare (validation accepts
+        routes to them)."""
+        return registry_services(self._registries)
+
+    def cache_stats(self) -> CacheStats:
+        return self._cache.stats()
 
     # --- SnapshotSource ----------------------------------------------------------------------
 
     @property
     def generation(self) -> int:
-        return self._current.number if self._current else 0
+        return self._cache.generation
 
     async def wait_for_change(self, seen_generation: int) -> int:
         async with self._changed:
@@ -137,79 +119,29 @@ class MeshController:
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         """This generation's snapshot for ``node``; its last good one if this one is broken."""
-        current = self._current
-        if current is None:
-            return None
-        cached = current.snapshots.get(node.id)
-        if cached is None or cached[0] != node:
-            cached = (node, self._build(current, node))
-            current.snapshots[node.id] = cached
-        snapshot = cached[1]
-        if snapshot is None:
-            # Only a snapshot made for this very node: a replaced replica keeps its id but
-            # listens on other ports, so its predecessor's snapshot would be wrong for it.
-            last_good = self._last_good.get(node.id)
-            return last_good[1] if last_good is not None and last_good[0] == node else None
-        self._last_good[node.id] = (node, snapshot)
-        self._last_good.move_to_end(node.id)
-        while len(self._last_good) > MAX_REMEMBERED_PROXIES:
-            self._last_good.popitem(last=False)
+        snapshot = self._cache.snapshot_for(node)
+        problems = self._cache.problems
+        seen = (self.generation, tuple(sorted(problems.items())))
+        if seen != self._problems_seen:
+            self._problems_seen = seen
+            self.status = replace(
+                self.status,
+                snapshot_problems=tuple(
+                    f"{node_id}: {p}" for node_id, found in problems.items() for p in found
+                ),
+            )
         return snapshot
-
-    def _build(self, current: _Generation, node: ProxyNode) -> Snapshot | None:
-        try:
-            snapshot = self._layered_snapshot(current, node)
-            problems = check_consistency(snapshot)
-        except Exception as exc:  # one proxy's failure must not take down the others
-            log.exception("translation failed for %s", node.id)
-            problems = [f"translation failed: {exc!r}"]
-            snapshot = None
-        if problems:
-            for problem in problems:
-                log.error(
-                    "snapshot for %s not sent, it keeps its last good one: %s", node.id, problem
-                )
-            current.problems[node.id] = tuple(problems)
-        else:
-            current.problems.pop(node.id, None)
-        self.status = replace(
-            self.status,
-            snapshot_problems=tuple(
-                f"{node_id}: {p}" for node_id, found in current.problems.items() for p in found
-            ),
-        )
-        return None if problems else snapshot
-
-    def _layered_snapshot(self, current: _Generation, node: ProxyNode) -> Snapshot:
-        """The generation's shared layer plus the node's own, packed again only when the config
-        or the node changed (an endpoint change touches only the shared layer)."""
-        config = current.view.config
-        kept = self._own_layers.get(node.id)
-        if kept is not None and kept[0] is config and kept[1] == node:
-            own = kept[2]
-        else:
-            resources = current.translator.resources_for(node)
-            assert resources.shared is not None
-            own = pack_own_layer(resources, resources.shared, current.packer)
-            self._own_layers[node.id] = (config, node, own)
-        self._own_layers.move_to_end(node.id)
-        while len(self._own_layers) > MAX_REMEMBERED_PROXIES:
-            self._own_layers.popitem(last=False)
-        return layered_snapshot(current.packer, current.translator.shared_for(node), own)
 
     # --- publishing ---------------------------------------------------------------------------
 
     def publish_now(self) -> None:
-        """Start a new generation from the current config and endpoints, and wake the streams."""
+        """Start a new generation from the current config and registries, and wake the streams."""
         if self._publish_task is not None and self._publish_task is not asyncio.current_task():
             self._publish_task.cancel()  # this publish includes whatever it was waiting for
         self._publish_task = None
         if self._config is None:
             return
-        view = build_view(self._config, self._runtime_endpoints())
-        number = self.generation + 1
-        previous = self._current.translator if self._current else None
-        self._current = _Generation(number, view, MeshTranslator(view, previous))
+        number = self._cache.publish(build_view(self._config, registries=self._registries))
         self.status = replace(self.status, snapshot_problems=())
         log.info("published generation %d", number)
         asyncio.get_running_loop().create_task(self._notify())
@@ -226,9 +158,3 @@ class MeshController:
     async def _publish_after_quiet(self) -> None:
         await asyncio.sleep(self._debounce_seconds)
         self.publish_now()
-
-    def _runtime_endpoints(self) -> dict[str, list[Endpoint]]:
-        grouped: dict[str, list[Endpoint]] = {}
-        for (hostname, _key), endpoint in sorted(self._endpoints.items()):
-            grouped.setdefault(hostname, []).append(endpoint)
-        return grouped

@@ -7,9 +7,10 @@ is rejected as a whole, so it never reaches (and breaks) every sidecar at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from pilotfish.discovery import build_view
+from pilotfish.discovery import Registry, build_view
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
@@ -34,9 +35,11 @@ def stand_in_proxies(config: MeshConfig) -> list[ProxyNode]:
     return [_STAND_IN_SIDECAR, *gateways]
 
 
-def preflight(config: MeshConfig, config_dir: Path) -> tuple[Diagnostic, ...]:
+def preflight(
+    config: MeshConfig, config_dir: Path, registries: Sequence[Registry] = ()
+) -> tuple[Diagnostic, ...]:
     """Problems translation would hit, as errors pinned to the folder (no line is known)."""
-    translator = MeshTranslator(build_view(config))
+    translator = MeshTranslator(build_view(config, registries=registries))
     problems: list[Diagnostic] = []
     where = str(config_dir)
     for node in stand_in_proxies(config):

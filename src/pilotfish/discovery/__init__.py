@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from pilotfish.discovery.registry import build_view, services_from_config
+from pilotfish.discovery.registry import (
+    ConfigRegistry,
+    InMemoryRegistry,
+    Registry,
+    build_view,
+    registry_services,
+    services_from_config,
+)
 
-__all__ = ["build_view", "services_from_config"]
+__all__ = [
+    "ConfigRegistry",
+    "InMemoryRegistry",
+    "Registry",
+    "build_view",
+    "registry_services",
+    "services_from_config",
+]

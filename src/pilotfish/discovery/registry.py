@@ -1,15 +1,16 @@
-"""Turn configuration plus live endpoints into the registry view that translation reads.
+"""Registries of services and endpoints, and the view translation reads, merged from them.
 
-Services come from two places: a ``Workload`` declares a service that ``pilotfish up`` runs,
-and a ``ServiceEntry`` declares one that runs elsewhere. Endpoints come from ServiceEntry
-inline endpoints, WorkloadEntries picked by a ServiceEntry's ``workloadSelector``, and the
-runtime endpoints the local runner reports for the replicas it started.
+The config folder is one registry: a ``Workload`` declares a service that ``pilotfish up``
+runs, a ``ServiceEntry`` one that runs elsewhere, with endpoints from ServiceEntry inline
+endpoints and the WorkloadEntries its ``workloadSelector`` picks. The replicas that the local
+runner starts are another (an ``InMemoryRegistry``); Kubernetes or etcd would be more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Protocol
 
 from pilotfish.model.resources import (
     MeshConfig,
@@ -100,40 +101,149 @@ def _service_entry_endpoints(config: MeshConfig, entry: ServiceEntry) -> tuple[E
     return tuple(found)
 
 
-@dataclass(frozen=True)
-class _ConfigRegistry:
-    """What the config alone says: its services and the endpoints it lists itself."""
+class Registry(Protocol):
+    """A source of services and their endpoints.
 
-    config: MeshConfig
-    services: dict[str, Service]
-    endpoints: dict[str, tuple[Endpoint, ...]]
+    Today: the config folder (``ConfigRegistry``) and the replicas ``pilotfish up`` starts
+    (``InMemoryRegistry``); a Kubernetes or etcd registry is one more implementation. A
+    registry calls its listeners (with no argument) after any change, from the event loop
+    thread; readers then take ``services()`` and ``endpoints()`` again.
+    """
+
+    def services(self) -> Mapping[str, Service]:
+        """Services this registry declares, by canonical hostname."""
+        ...
+
+    def endpoints(self) -> Mapping[str, tuple[Endpoint, ...]]:
+        """Endpoints by canonical hostname (of its own services or of others')."""
+        ...
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after every change; returns the function that unsubscribes."""
+        ...
 
 
-def _config_registry(config: MeshConfig) -> _ConfigRegistry:
-    services = services_from_config(config)
-    endpoints: dict[str, list[Endpoint]] = {hostname: [] for hostname in services}
-    for entry in config.service_entries:
-        entry_endpoints = _service_entry_endpoints(config, entry)
-        for host in entry.hosts:
-            endpoints[qualify_host(host, entry.meta.namespace)].extend(entry_endpoints)
-    return _ConfigRegistry(config, services, {h: tuple(found) for h, found in endpoints.items()})
+class ConfigRegistry:
+    """What one config says: its services and the endpoints it lists itself.
+
+    Immutable (a reload makes a new config, and so a new registry), so it is worked out once
+    per config however many endpoint changes the other registries publish.
+    """
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self._services = MappingProxyType(services_from_config(config))
+        endpoints: dict[str, list[Endpoint]] = {hostname: [] for hostname in self._services}
+        for entry in config.service_entries:
+            entry_endpoints = _service_entry_endpoints(config, entry)
+            for host in entry.hosts:
+                endpoints[qualify_host(host, entry.meta.namespace)].extend(entry_endpoints)
+        self._endpoints = MappingProxyType({h: tuple(found) for h, found in endpoints.items()})
+
+    def services(self) -> Mapping[str, Service]:
+        return self._services
+
+    def endpoints(self) -> Mapping[str, tuple[Endpoint, ...]]:
+        return self._endpoints
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        return _never_changes
 
 
-# Endpoint changes publish far more often than config changes; the config's own part of the
-# view is worked out once per config object (configs are immutable; a reload makes a new one).
-_last_config_registry: list[_ConfigRegistry] = []
+def _never_changes() -> None:
+    return None
+
+
+class InMemoryRegistry:
+    """Services and endpoints set by hand: the replicas the local runner starts, embedding,
+    tests. Endpoints are kept per (hostname, key) so each replica updates only its own."""
+
+    def __init__(self) -> None:
+        self._services: dict[str, Service] = {}
+        self._endpoints: dict[tuple[str, str], Endpoint] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._grouped: Mapping[str, tuple[Endpoint, ...]] | None = None
+
+    def services(self) -> Mapping[str, Service]:
+        return MappingProxyType(self._services)
+
+    def endpoints(self) -> Mapping[str, tuple[Endpoint, ...]]:
+        if self._grouped is None:
+            grouped: dict[str, list[Endpoint]] = {}
+            for (hostname, _key), endpoint in sorted(self._endpoints.items()):
+                grouped.setdefault(hostname, []).append(endpoint)
+            self._grouped = MappingProxyType({h: tuple(found) for h, found in grouped.items()})
+        return self._grouped
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def set_service(self, service: Service | None, hostname: str | None = None) -> None:
+        """Declare (or, with None and ``hostname``, withdraw) a service."""
+        name = service.hostname if service is not None else hostname
+        if name is None:
+            raise ValueError("withdrawing a service needs its hostname")
+        if service is None:
+            if self._services.pop(name, None) is None:
+                return
+        elif self._services.get(name) == service:
+            return
+        else:
+            self._services[name] = service
+        self._changed()
+
+    def set_endpoint(self, hostname: str, key: str, endpoint: Endpoint | None) -> None:
+        """Add, replace or (with None) remove one endpoint of a service."""
+        if endpoint is None:
+            if self._endpoints.pop((hostname, key), None) is None:
+                return
+        elif self._endpoints.get((hostname, key)) == endpoint:
+            return
+        else:
+            self._endpoints[(hostname, key)] = endpoint
+        self._changed()
+
+    def _changed(self) -> None:
+        self._grouped = None
+        for listener in tuple(self._listeners):
+            listener()
 
 
 def build_view(
-    config: MeshConfig,
+    config: MeshConfig | ConfigRegistry,
     runtime_endpoints: Mapping[str, Iterable[Endpoint]] | None = None,
+    registries: Sequence[Registry] = (),
 ) -> MeshView:
-    known = _last_config_registry[0] if _last_config_registry else None
-    if known is None or known.config is not config:
-        known = _config_registry(config)
-        _last_config_registry[:] = [known]
-    endpoints = dict(known.endpoints)
-    for hostname, live in (runtime_endpoints or {}).items():
-        if hostname in endpoints:
-            endpoints[hostname] = (*endpoints[hostname], *live)
-    return MeshView(config=config, services=known.services, endpoints=endpoints)
+    """The view translation reads: the config's services first, then those only the other
+    registries know; each service's endpoints from every registry, in order.
+
+    ``runtime_endpoints`` is a shorthand for one more registry of endpoints alone.
+    """
+    base = config if isinstance(config, ConfigRegistry) else ConfigRegistry(config)
+    services: Mapping[str, Service] = base.services()
+    extra = [r.services() for r in registries if r.services()]
+    if extra:
+        merged = dict(services)
+        for found in extra:
+            for hostname, service in found.items():
+                merged.setdefault(hostname, service)
+        services = MappingProxyType(merged)
+    endpoints = dict(base.endpoints())
+    sources = [r.endpoints() for r in registries]
+    if runtime_endpoints:
+        sources.append({h: tuple(found) for h, found in runtime_endpoints.items()})
+    for source in sources:
+        for hostname, live in source.items():
+            if hostname in services and live:
+                endpoints[hostname] = (*endpoints.get(hostname, ()), *live)
+    return MeshView(config=base.config, services=services, endpoints=endpoints)
+
+
+def registry_services(registries: Sequence[Registry]) -> dict[str, Service]:
+    """Services the given registries declare (the first one wins a hostname)."""
+    found: dict[str, Service] = {}
+    for registry in registries:
+        for hostname, service in registry.services().items():
+            found.setdefault(hostname, service)
+    return found

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from pilotfish.model.resources import (
     Workload,
     WorkloadEntry,
 )
+from pilotfish.model.services import Service
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -104,14 +105,14 @@ class _Collector:
             if resource is not None:
                 self.resources.append(resource)
 
-    def result(self) -> LoadResult:
+    def result(self, known_services: Mapping[str, Service] | None = None) -> LoadResult:
         config = _mesh_config(self.resources)
         # After a YAML syntax error the resources of the rest of that file are missing, and
         # every reference to them would be reported as unknown: noise that hides the one
         # real problem. Cross-resource checks wait until the files parse.
         if not self.syntax_errors:
             try:
-                self.diagnostics.extend(validate_mesh(config, self.paths))
+                self.diagnostics.extend(validate_mesh(config, self.paths, known_services))
             except Exception as error:
                 self.diagnostics.append(
                     Diagnostic(
@@ -138,20 +139,25 @@ def load_text(text: str, filename: str, directory: Path | None = None) -> LoadRe
     return collector.result()
 
 
-def load_texts(files: Iterable[tuple[str, str]], directory: Path | None = None) -> LoadResult:
+def load_texts(
+    files: Iterable[tuple[str, str]],
+    directory: Path | None = None,
+    known_services: Mapping[str, Service] | None = None,
+) -> LoadResult:
     """Load several ``(filename, text)`` pairs as one folder would be loaded."""
     collector = _Collector()
     for filename, text in files:
         folder = directory if directory is not None else Path(filename).parent
         collector.add_text(text, filename, str(folder.resolve()))
-    return collector.result()
+    return collector.result(known_services)
 
 
-def load_directory(path: Path) -> LoadResult:
+def load_directory(path: Path, known_services: Mapping[str, Service] | None = None) -> LoadResult:
     """Every ``*.yaml``/``*.yml`` under ``path`` (recursively, skipping hidden entries).
 
     Files are reported as ``path`` joined with their relative name, so the names in
     diagnostics open from wherever the user typed ``path``. A single file is accepted too.
+    ``known_services`` are services other registries declare: routes may name them.
     """
     collector = _Collector()
     if path.is_file():
@@ -169,7 +175,7 @@ def load_directory(path: Path) -> LoadResult:
         text = _read_text(file, collector)
         if text is not None:
             collector.add_text(text, str(file), str(file.parent.resolve()))
-    return collector.result()
+    return collector.result(known_services)
 
 
 def yaml_files(root: Path) -> Iterator[Path]:

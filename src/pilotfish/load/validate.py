@@ -31,8 +31,11 @@ MESH = "mesh"
 TOTAL_WEIGHT = 100
 
 
-def validate_mesh(config: MeshConfig, paths: ObjectPaths) -> list[Diagnostic]:
-    services = services_from_config(config)
+def validate_mesh(
+    config: MeshConfig, paths: ObjectPaths, known_services: Mapping[str, Service] | None = None
+) -> list[Diagnostic]:
+    """``known_services``: services that registries other than the config declare."""
+    services = {**(known_services or {}), **services_from_config(config)}
     rules = _rules_by_host(config.destination_rules)
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))

@@ -19,6 +19,7 @@ from pathlib import Path
 from pilotfish.agent.ports import free_port, wait_for_port
 from pilotfish.agent.supervisor import RestartPolicy, Sidecar
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import Endpoint
@@ -53,8 +54,12 @@ class LocalMesh:
     def __init__(self, config_dir: Path, settings: LocalMeshSettings | None = None) -> None:
         self.config_dir = config_dir.resolve()
         self.settings = settings or LocalMeshSettings()
+        # The replicas this runner starts, as endpoints of their Workloads' services.
+        self.replica_registry = InMemoryRegistry()
         self.control_plane = ControlPlane(
-            self.config_dir, ControlPlaneSettings(xds_port=self.settings.xds_port)
+            self.config_dir,
+            ControlPlaneSettings(xds_port=self.settings.xds_port),
+            registries=(self.replica_registry,),
         )
         self.replicas: dict[str, _RunningReplica] = {}
         self.gateway: Sidecar | None = None
@@ -176,7 +181,7 @@ class LocalMesh:
             return
         if running.process.returncode is not None:
             return  # it died while we waited; _keep_running deals with that
-        self.control_plane.controller.set_endpoint(
+        self.replica_registry.set_endpoint(
             spec.hostname,
             spec.name,
             Endpoint(
@@ -199,9 +204,7 @@ class LocalMesh:
         while True:
             started = loop.time()
             code = await running.process.wait()
-            self.control_plane.controller.set_endpoint(
-                running.spec.hostname, running.spec.name, None
-            )
+            self.replica_registry.set_endpoint(running.spec.hostname, running.spec.name, None)
             failures = policy.failures_after_exit(failures, loop.time() - started)
             delay = policy.delay(failures)
             log.error(
@@ -226,7 +229,7 @@ class LocalMesh:
             running.keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running.keeper
-        self.control_plane.controller.set_endpoint(running.spec.hostname, running.spec.name, None)
+        self.replica_registry.set_endpoint(running.spec.hostname, running.spec.name, None)
         # Let the endpoint removal reach the callers' sidecars before the replica goes away.
         await self.control_plane.wait_until_pushed(timeout=2.0)
         await self._shut_down(running, self.settings.drain_seconds)

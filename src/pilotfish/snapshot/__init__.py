@@ -1,4 +1,5 @@
-"""Versioned per-proxy snapshots of xDS resources, and the consistency check before publishing.
+"""Versioned per-proxy snapshots of xDS resources, the cache that builds them from generators,
+and the consistency check before publishing.
 
 Pure: no gRPC, no asyncio. The xDS server reaches snapshots only through these types.
 """
@@ -6,42 +7,56 @@ Pure: no gRPC, no asyncio. The xDS server reaches snapshots only through these t
 from __future__ import annotations
 
 from pilotfish.snapshot import type_urls
+from pilotfish.snapshot.cache import (
+    CacheStats,
+    Generator,
+    GeneratorStats,
+    Input,
+    MeshGenerator,
+    NodeGenerator,
+    ServiceGenerator,
+    SnapshotCache,
+)
 from pilotfish.snapshot.consistency import check_consistency
 from pilotfish.snapshot.snapshot import (
-    DEFAULT_PACKING_CACHE,
-    PackedLayer,
-    Packer,
+    ChangeMemo,
+    Layer,
     PackingCache,
-    ProxyResourcesLike,
     Resource,
-    SharedMessagePacker,
+    Selection,
     Snapshot,
     changed_names,
-    changed_names_between,
     digest_version,
     layered_snapshot,
+    make_layer,
     make_snapshot,
-    pack_own_layer,
+    pack_messages,
     snapshot_from_resources,
     version_of_resources,
 )
 
 __all__ = [
-    "DEFAULT_PACKING_CACHE",
-    "PackedLayer",
-    "Packer",
+    "CacheStats",
+    "ChangeMemo",
+    "Generator",
+    "GeneratorStats",
+    "Input",
+    "Layer",
+    "MeshGenerator",
+    "NodeGenerator",
     "PackingCache",
-    "ProxyResourcesLike",
     "Resource",
-    "SharedMessagePacker",
+    "Selection",
+    "ServiceGenerator",
     "Snapshot",
+    "SnapshotCache",
     "changed_names",
-    "changed_names_between",
     "check_consistency",
     "digest_version",
     "layered_snapshot",
+    "make_layer",
     "make_snapshot",
-    "pack_own_layer",
+    "pack_messages",
     "snapshot_from_resources",
     "type_urls",
     "version_of_resources",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pilotfish.snapshot import type_urls
-from pilotfish.snapshot.snapshot import Snapshot, find_dangling
+from pilotfish.snapshot.snapshot import Snapshot
 
 _WHAT = {
     type_urls.CLUSTER: "cluster",
@@ -20,13 +20,10 @@ def check_consistency(snapshot: Snapshot) -> list[str]:
         f"{_what(type_url)} {name!r} is defined more than once"
         for type_url, name in snapshot.duplicate_names
     ]
-    dangling = snapshot.dangling
-    if dangling is None:
-        dangling = tuple(find_dangling(snapshot.resources, snapshot.resources))
     problems.extend(
         f"{_what(type_url)} {name!r} references "
         f"{_what(wanted_type)} {wanted_name!r}, which does not exist"
-        for type_url, name, wanted_type, wanted_name in dangling
+        for type_url, name, wanted_type, wanted_name in snapshot.dangling
     )
     return problems
 

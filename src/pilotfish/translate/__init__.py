@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pilotfish.translate.generators import GENERATORS, TranslationContext
 from pilotfish.translate.translator import MeshTranslator, ProxyResources
 
-__all__ = ["MeshTranslator", "ProxyResources"]
+__all__ = ["GENERATORS", "MeshTranslator", "ProxyResources", "TranslationContext"]

@@ -100,21 +100,28 @@ def _service_cluster(
     return cluster
 
 
+def build_service_clusters(
+    view: MeshView, service: Service, index: DestinationIndex
+) -> tuple[cluster_pb2.Cluster, ...]:
+    """One service's clusters: each port's, then its subsets', sorted by port."""
+    subset_names = [None, *(subset.name for subset in index.subsets_of(service.hostname))]
+    return tuple(
+        _service_cluster(view, service, port.number, port.protocol, subset, index)
+        for port in sorted(service.ports, key=lambda p: p.number)
+        for subset in subset_names
+    )
+
+
 def build_outbound_clusters(
     view: MeshView, destinations: DestinationIndex | None = None
 ) -> tuple[cluster_pb2.Cluster, ...]:
     """Every service port's cluster and its subset clusters, sorted by hostname then port."""
     index = destinations or DestinationIndex(view)
-    clusters: list[cluster_pb2.Cluster] = []
-    for hostname in sorted(view.services):
-        service = view.services[hostname]
-        subset_names = [None, *(subset.name for subset in index.subsets_of(hostname))]
-        for port in sorted(service.ports, key=lambda p: p.number):
-            clusters.extend(
-                _service_cluster(view, service, port.number, port.protocol, subset, index)
-                for subset in subset_names
-            )
-    return tuple(clusters)
+    return tuple(
+        cluster
+        for hostname in sorted(view.services)
+        for cluster in build_service_clusters(view, view.services[hostname], index)
+    )
 
 
 def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:

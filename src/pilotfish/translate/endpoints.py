@@ -9,7 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
 from pilotfish.model.resources import selector_matches
-from pilotfish.model.services import Endpoint, MeshView
+from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.naming import outbound_cluster_name
 
@@ -54,34 +54,35 @@ def load_assignment(
     )
 
 
-def build_load_assignments(
-    view: MeshView,
-    destinations: DestinationIndex | None = None,
-    reuse: Mapping[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]] | None = None,
-) -> dict[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]]:
-    """Per service hostname, one assignment per EDS cluster, in cluster order.
+def build_service_load_assignments(
+    view: MeshView, service: Service, index: DestinationIndex
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """One assignment per EDS cluster of the service, in cluster order.
 
-    DNS services are absent: their clusters carry their endpoints inline. ``reuse`` holds
-    assignments already built for hostnames whose endpoints and subsets did not change; they
-    are kept as they are (the same message objects, so packing them again costs nothing).
+    DNS services have none: their clusters carry their endpoints inline.
     """
-    index = destinations or DestinationIndex(view)
-    assignments: dict[str, tuple[endpoint_pb2.ClusterLoadAssignment, ...]] = {}
-    for hostname in sorted(view.services):
-        service = view.services[hostname]
-        if service.resolution == "DNS":
-            continue
-        if reuse is not None and hostname in reuse:
-            assignments[hostname] = reuse[hostname]
-            continue
-        endpoints = view.endpoints_of(hostname)
-        subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
-        subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
-        assignments[hostname] = tuple(
-            load_assignment(
-                outbound_cluster_name(port.number, hostname, name), endpoints, port.number, labels
-            )
-            for port in sorted(service.ports, key=lambda p: p.number)
-            for name, labels in subsets
+    if service.resolution == "DNS":
+        return ()
+    hostname = service.hostname
+    endpoints = view.endpoints_of(hostname)
+    subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
+    subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
+    return tuple(
+        load_assignment(
+            outbound_cluster_name(port.number, hostname, name), endpoints, port.number, labels
         )
-    return assignments
+        for port in sorted(service.ports, key=lambda p: p.number)
+        for name, labels in subsets
+    )
+
+
+def build_load_assignments(
+    view: MeshView, destinations: DestinationIndex | None = None
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """Every EDS cluster's assignment, by service hostname then cluster order."""
+    index = destinations or DestinationIndex(view)
+    return tuple(
+        assignment
+        for hostname in sorted(view.services)
+        for assignment in build_service_load_assignments(view, view.services[hostname], index)
+    )

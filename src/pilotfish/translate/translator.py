@@ -1,156 +1,79 @@
-"""The translation entry point: a mesh view and a proxy in, that proxy's xDS resources out."""
+"""Translation without a cache: a view and a proxy in, that proxy's xDS messages out.
+
+The control plane builds snapshots through ``SnapshotCache`` with ``GENERATORS``; this runs
+the same generators directly, for checks (preflight), tools and tests.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.message import Message
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import MeshView
-from pilotfish.translate.clusters import build_inbound_cluster, build_outbound_clusters
-from pilotfish.translate.destinations import DestinationIndex
-from pilotfish.translate.endpoints import build_load_assignments
-from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
-from pilotfish.translate.routes import build_gateway_route_configs, build_outbound_route_config
+from pilotfish.snapshot import MeshGenerator, NodeGenerator, ServiceGenerator, type_urls
+from pilotfish.translate.generators import GENERATORS, TranslationContext
 
-
-@dataclass(frozen=True)
-class ResourceSet:
-    clusters: tuple[Cluster, ...] = ()
-    load_assignments: tuple[ClusterLoadAssignment, ...] = ()
-    listeners: tuple[Listener, ...] = ()
-    routes: tuple[RouteConfiguration, ...] = ()
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True)
 class ProxyResources:
-    """Everything one proxy needs.
+    """Everything one proxy needs, by type URL (in push order)."""
 
-    Messages shared by all proxies of a view are the same objects in every ProxyResources:
-    treat them as read-only. ``shared``, when set, is that part: each field here starts with
-    the matching field of ``shared`` (the same tuple), so snapshot building can pack it once
-    per view instead of once per proxy.
-    """
+    by_type: Mapping[str, tuple[Message, ...]] = field(default_factory=dict)
 
-    clusters: tuple[Cluster, ...]
-    load_assignments: tuple[ClusterLoadAssignment, ...]
-    listeners: tuple[Listener, ...]
-    routes: tuple[RouteConfiguration, ...]
-    shared: ResourceSet | None = None
+    def of_type(self, type_url: str) -> tuple[Message, ...]:
+        return self.by_type.get(type_url, ())
+
+    def _typed(self, type_url: str, _kind: type[M]) -> tuple[M, ...]:
+        return cast(tuple[M, ...], self.of_type(type_url))
+
+    @property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return self._typed(type_urls.CLUSTER, Cluster)
+
+    @property
+    def load_assignments(self) -> tuple[ClusterLoadAssignment, ...]:
+        return self._typed(type_urls.ENDPOINT, ClusterLoadAssignment)
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        return self._typed(type_urls.LISTENER, Listener)
+
+    @property
+    def routes(self) -> tuple[RouteConfiguration, ...]:
+        return self._typed(type_urls.ROUTE, RouteConfiguration)
 
 
 class MeshTranslator:
-    """Translates one immutable view for any number of proxies.
+    """Runs every generator that applies to a node; one context (and so one destination
+    index) per view, whatever the number of nodes."""
 
-    What every proxy shares (outbound clusters, load assignments, the ``outbound`` route
-    configuration) is built at most once per translator, on first use; only listeners, the
-    inbound cluster and gateway routes are built per node.
-
-    Given the translator of the previous view, it reuses what that one built and the change
-    cannot have touched: with the same config, routes and clusters (but those of DNS services,
-    which carry their endpoints) stay, and only services whose endpoints changed get new load
-    assignments. Only already built results are taken, so translators never form a chain.
-    """
-
-    def __init__(self, view: MeshView, previous: MeshTranslator | None = None) -> None:
-        self._view = view
-        self._reusable: dict[str, object] = {}
-        self._previous_view: MeshView | None = None
-        if previous is not None and previous._view.config is view.config:
-            self._previous_view = previous._view
-            built = previous.__dict__
-            self._reusable = {
-                key: built[key]
-                for key in ("_destinations", "outbound_route_config", "_assignments_by_host")
-                if key in built
-            }
-            if "outbound_clusters" in built and self._dns_endpoints_unchanged():
-                self._reusable["outbound_clusters"] = built["outbound_clusters"]
-
-    def _same_endpoints(self, hostname: str) -> bool:
-        assert self._previous_view is not None
-        return self._previous_view.endpoints_of(hostname) == self._view.endpoints_of(hostname)
-
-    def _dns_endpoints_unchanged(self) -> bool:
-        return all(
-            self._same_endpoints(hostname)
-            for hostname, service in self._view.services.items()
-            if service.resolution == "DNS"
-        )
-
-    @cached_property
-    def _destinations(self) -> DestinationIndex:
-        reused = self._reusable.get("_destinations")
-        return reused if isinstance(reused, DestinationIndex) else DestinationIndex(self._view)
-
-    @cached_property
-    def outbound_clusters(self) -> tuple[Cluster, ...]:
-        reused = self._reusable.get("outbound_clusters")
-        if isinstance(reused, tuple):
-            return reused
-        return build_outbound_clusters(self._view, self._destinations)
-
-    @cached_property
-    def _assignments_by_host(self) -> dict[str, tuple[ClusterLoadAssignment, ...]]:
-        previous = self._reusable.get("_assignments_by_host")
-        reuse = None
-        if isinstance(previous, dict):
-            reuse = {h: cla for h, cla in previous.items() if self._same_endpoints(h)}
-        return build_load_assignments(self._view, self._destinations, reuse)
-
-    @cached_property
-    def load_assignments(self) -> tuple[ClusterLoadAssignment, ...]:
-        return tuple(cla for group in self._assignments_by_host.values() for cla in group)
-
-    @cached_property
-    def outbound_route_config(self) -> RouteConfiguration:
-        reused = self._reusable.get("outbound_route_config")
-        if isinstance(reused, RouteConfiguration):
-            return reused
-        return build_outbound_route_config(self._view, self._destinations)
-
-    @cached_property
-    def _shared_by_gateways(self) -> ResourceSet:
-        return ResourceSet(clusters=self.outbound_clusters, load_assignments=self.load_assignments)
-
-    @cached_property
-    def _shared_by_sidecars(self) -> ResourceSet:
-        return ResourceSet(
-            clusters=self.outbound_clusters,
-            load_assignments=self.load_assignments,
-            routes=(self.outbound_route_config,),
-        )
-
-    def shared_for(self, node: ProxyNode) -> ResourceSet:
-        """What ``node`` shares with every proxy of its kind.
-
-        The rest of ``resources_for(node)`` (listeners, the inbound cluster, gateway routes)
-        depends only on the config and the node, never on endpoints: the controller relies on
-        this to keep it across generations that change endpoints only.
-        """
-        return self._shared_by_gateways if node.kind == "gateway" else self._shared_by_sidecars
+    def __init__(self, view: MeshView) -> None:
+        self._context = TranslationContext(view)
 
     def resources_for(self, node: ProxyNode) -> ProxyResources:
-        if node.kind == "gateway":
-            shared = self._shared_by_gateways
-            return ProxyResources(
-                clusters=shared.clusters,
-                load_assignments=shared.load_assignments,
-                listeners=build_gateway_listeners(self._view, node),
-                routes=build_gateway_route_configs(self._view, node, self._destinations),
-                shared=shared,
-            )
-        shared = self._shared_by_sidecars
-        inbound = build_inbound_cluster(node)
-        return ProxyResources(
-            clusters=shared.clusters + ((inbound,) if inbound is not None else ()),
-            load_assignments=shared.load_assignments,
-            listeners=build_sidecar_listeners(node),
-            routes=shared.routes,
-            shared=shared,
-        )
+        context = self._context
+        by_type: dict[str, list[Message]] = {}
+        for generator in GENERATORS:
+            if node.kind not in generator.kinds:
+                continue
+            found = by_type.setdefault(generator.type_url, [])
+            if isinstance(generator, MeshGenerator):
+                found.extend(generator.build(context))
+            elif isinstance(generator, ServiceGenerator):
+                services = context.view.services
+                for hostname in sorted(services):
+                    found.extend(generator.build(context, services[hostname]))
+            elif isinstance(generator, NodeGenerator):
+                found.extend(generator.build(context, node))
+        ordered = sorted(by_type.items(), key=lambda item: type_urls.push_rank(item[0]))
+        return ProxyResources({t: tuple(messages) for t, messages in ordered})

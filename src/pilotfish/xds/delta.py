@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pilotfish.snapshot import (
     Resource,
     Snapshot,
-    changed_names_between,
     digest_version,
     type_urls,
 )
@@ -185,7 +184,7 @@ class DeltaStream:
         else:
             # The proxy is up to date with ``previous``: only names that differ between the two
             # (worked out once for every stream that shares them) can need sending or removing.
-            candidates = set(changed_names_between(previous, snapshot, type_url)) | forced
+            candidates = set(snapshot.changed_names(previous, type_url)) | forced
             before = previous.of_type(type_url)
             for name in candidates:  # keep the wanted set's version sum up to date
                 if self._wants(state, name):

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pilotfish.snapshot import Resource, Snapshot, changed_names_between
+from pilotfish.snapshot import Resource, Snapshot
 from pilotfish.snapshot.type_urls import CLUSTER as CLUSTER_TYPE
 from pilotfish.snapshot.type_urls import ENDPOINT as ENDPOINT_TYPE
 
@@ -162,7 +162,7 @@ def load_assignments_to_resend(old: Snapshot | None, new: Snapshot) -> frozenset
     names: set[str] = set()
     # Only clusters that differ between the two can qualify; that list is worked out once for
     # every stream that sees the same pair of snapshots.
-    for name in changed_names_between(old, new, CLUSTER_TYPE):
+    for name in new.changed_names(old, CLUSTER_TYPE):
         before, cluster = previous.get(name), current.get(name)
         if before is not None and cluster is not None and before.version != cluster.version:
             names.update(

@@ -2,7 +2,8 @@
 
 Rules, all taken from how Envoy behaves:
 - A response carries every subscribed resource of its type; its version is a hash of that
-  content, so "nothing changed" is a string comparison.
+  content, so "nothing changed" is a string comparison. Streams that want the same
+  resources of snapshots of one cache get them (and their version) from one selection.
 - An ACK or NACK never causes a resend of the same content.
 - The legacy wildcard (an empty subscription to CDS or LDS) holds only while the proxy has
   never named a resource of that type on this stream; after that an empty list unsubscribes
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pilotfish.snapshot import Resource, Snapshot, type_urls, version_of_resources
+from pilotfish.snapshot import Snapshot, type_urls
 from pilotfish.xds.protocol import (
     Action,
     NonceSource,
@@ -93,8 +94,7 @@ class SotwStream:
 
         if self._snapshot is None:
             return actions
-        selected = self._select(state, self._snapshot)
-        version = self._version_of(state, self._snapshot, selected)
+        version = self._version(state, self._snapshot)
         state.progress.desired_version = version
         if first and request.version_info and request.version_info == version:
             # A reconnecting proxy that already holds exactly this: nothing to send.
@@ -102,7 +102,7 @@ class SotwStream:
             state.progress.sent_version = version
             return actions
         if self._worth_sending(state, version):
-            actions.append(self._respond(state, version, selected))
+            actions.append(self._respond(state, version, self._snapshot))
         return actions
 
     def _snapshot_changed(self, snapshot: Snapshot) -> list[Action]:
@@ -111,14 +111,21 @@ class SotwStream:
         actions: list[Action] = []
         for type_url in sorted(self._types, key=type_urls.push_rank):
             state = self._types[type_url]
-            selected = self._select(state, snapshot)
-            version = self._version_of(state, snapshot, selected)
+            version = self._version(state, snapshot)
             state.progress.desired_version = version
-            held = {r.name for r in selected} if state.wildcard else state.names
-            forced = type_url == type_urls.ENDPOINT and bool(must_resend & held)
+            forced = type_url == type_urls.ENDPOINT and self._holds_any(
+                state, snapshot, must_resend
+            )
             if forced or self._worth_sending(state, version):
-                actions.append(self._respond(state, version, selected))
+                actions.append(self._respond(state, version, snapshot))
         return actions
+
+    @staticmethod
+    def _holds_any(state: _TypeState, snapshot: Snapshot, names: frozenset[str]) -> bool:
+        if state.wildcard:
+            available = snapshot.of_type(state.progress.type_url)
+            return any(name in available for name in names)
+        return not names.isdisjoint(state.names)
 
     @staticmethod
     def _worth_sending(state: _TypeState, version: str) -> bool:
@@ -128,24 +135,19 @@ class SotwStream:
         return state.wildcard or bool(state.names) or state.responded
 
     @staticmethod
-    def _version_of(state: _TypeState, snapshot: Snapshot, selected: tuple[Resource, ...]) -> str:
+    def _version(state: _TypeState, snapshot: Snapshot) -> str:
+        """The version of what the proxy should hold; for the whole type (a wildcard) it is
+        worked out once per snapshot, without picking the resources."""
         type_url = state.progress.type_url
-        if len(selected) == len(snapshot.of_type(type_url)):
-            return snapshot.type_version(type_url)  # the whole type: computed once per snapshot
-        return version_of_resources(selected)
-
-    @staticmethod
-    def _select(state: _TypeState, snapshot: Snapshot) -> tuple[Resource, ...]:
-        available = snapshot.of_type(state.progress.type_url)
         if state.wildcard:
-            return tuple(available[name] for name in sorted(available))
-        return tuple(available[name] for name in sorted(state.names) if name in available)
+            return snapshot.type_version(type_url)
+        return snapshot.select(type_url, state.names).version
 
-    def _respond(
-        self, state: _TypeState, version: str, selected: tuple[Resource, ...]
-    ) -> SendResponse:
+    def _respond(self, state: _TypeState, version: str, snapshot: Snapshot) -> SendResponse:
         nonce = self._nonces.next()
         state.latest_nonce = nonce
         state.responded = True
         state.progress.sent_version = version
-        return SendResponse(state.progress.type_url, version, str(nonce), selected)
+        type_url = state.progress.type_url
+        selected = snapshot.select(type_url, None if state.wildcard else state.names)
+        return SendResponse(type_url, version, str(nonce), selected.resources)

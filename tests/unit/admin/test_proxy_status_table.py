@@ -79,3 +79,19 @@ def test_an_applied_config_with_warnings_is_not_called_rejected() -> None:
     table = format_status([], config)
     assert "REJECTED" not in table
     assert "dr.yaml:5:3: warning: spec.trafficPolicy.connectionPool" in table
+
+
+def test_a_type_beyond_the_usual_four_gets_its_column_in_push_order() -> None:
+    proxies = [
+        {
+            "node_id": "web-0",
+            "kind": "sidecar",
+            "stream": "delta",
+            "types": {
+                "CDS": {"status": "SYNCED", "acked_version": "c1"},
+                "SDS": {"status": "STALE", "sent_version": "s1"},
+            },
+        }
+    ]
+    header = format_status(proxies, {"generation": 1}).splitlines()[0].split()
+    assert header == ["NAME", "KIND", "STREAM", "CDS", "EDS", "SDS", "LDS", "RDS"]

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from grpc_fakes import FakeContext, FakeRequests
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.discovery import InMemoryRegistry
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import Endpoint
 from pilotfish.snapshot import Snapshot, type_urls
@@ -67,7 +68,8 @@ async def test_a_push_is_waited_for_until_a_late_stream_took_it_and_answered(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "mesh.yaml").write_text(MESH)
-    plane = ControlPlane(tmp_path)
+    replicas = InMemoryRegistry()
+    plane = ControlPlane(tmp_path, registries=(replicas,))
     await plane.load_initial_config()
     source = LateSource(plane.controller)
     servicer = AggregatedDiscoveryServicer(source, [plane.board])
@@ -80,7 +82,7 @@ async def test_a_push_is_waited_for_until_a_late_stream_took_it_and_answered(
         assert await plane.wait_until_pushed(timeout=STEP) is True  # all ACKed: returns
 
         endpoint = Endpoint(address="127.0.0.1", ports={8080: 9000}, labels={"version": "v1"})
-        plane.controller.set_endpoint(HOSTNAME, "web-0", endpoint)
+        replicas.set_endpoint(HOSTNAME, "web-0", endpoint)
         waiter = asyncio.create_task(plane.wait_until_pushed(timeout=STEP))
         # The board still shows every proxy SYNCED on the old generation, which is all a
         # poll of statuses could see: the wait must go on, however long it looks.

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from pilotfish.controller import mesh_controller
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
+from pilotfish.discovery import InMemoryRegistry
 from pilotfish.load import load_text
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
 from pilotfish.model.services import Endpoint
-from pilotfish.snapshot import type_urls
-from pilotfish.translate import MeshTranslator
+from pilotfish.snapshot import Input, NodeGenerator, SnapshotCache, type_urls
+from pilotfish.translate import GENERATORS, MeshTranslator, TranslationContext
 
 MESH = """
 apiVersion: pilotfish.io/v1alpha1
@@ -62,12 +62,13 @@ async def test_no_snapshot_before_a_config_is_applied() -> None:
 
 
 async def test_a_burst_of_endpoint_changes_is_published_once() -> None:
-    controller = MeshController(debounce_seconds=0.01)
+    replicas = InMemoryRegistry()
+    controller = MeshController([replicas], debounce_seconds=0.01)
     controller.apply_config(config(), ())
     controller.publish_now()
     first = controller.generation
     for port in (7001, 7002, 7003):
-        controller.set_endpoint(HOSTNAME, str(port), endpoint(port))
+        replicas.set_endpoint(HOSTNAME, str(port), endpoint(port))
     assert controller.publish_pending
     assert await asyncio.wait_for(controller.wait_for_change(first), 5) == first + 1
     assert endpoint_ports(controller) == [7001, 7002, 7003]
@@ -76,12 +77,13 @@ async def test_a_burst_of_endpoint_changes_is_published_once() -> None:
 
 
 async def test_setting_the_same_endpoint_again_publishes_nothing() -> None:
-    controller = MeshController(debounce_seconds=0.01)
+    replicas = InMemoryRegistry()
+    controller = MeshController([replicas], debounce_seconds=0.01)
     controller.apply_config(config(), ())
-    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))
     controller.publish_now()
-    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
-    controller.set_endpoint(HOSTNAME, "missing", None)
+    replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    replicas.set_endpoint(HOSTNAME, "missing", None)
     assert not controller.publish_pending
 
 
@@ -98,20 +100,36 @@ async def test_a_rejected_config_keeps_the_last_good_one_and_reports_why() -> No
     assert controller.status.applied_at is not None
 
 
-async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    controller = MeshController()
+class Breakable:
+    """A generator of the sidecar's own that can be told to fail, as a translation bug would."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def build(self, _context: TranslationContext, _node: ProxyNode) -> tuple[()]:
+        if self.broken:
+            raise ValueError("Value out of range")
+        return ()
+
+
+def breakable_controller(max_proxies: int = 4096) -> tuple[MeshController, Breakable]:
+    breakable = Breakable()
+    generator = NodeGenerator(
+        "breakable", type_urls.LISTENER, frozenset({Input.CONFIG}), breakable.build
+    )
+    cache = SnapshotCache((*GENERATORS, generator), TranslationContext, max_proxies=max_proxies)
+    return MeshController(cache=cache), breakable
+
+
+async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot() -> None:
+    controller, breakable = breakable_controller()
     controller.apply_config(config(), ())
     controller.publish_now()
     good = controller.snapshot_for(SIDECAR)
     assert good is not None
 
-    def broken(self: MeshTranslator, node: ProxyNode) -> object:
-        raise ValueError("Value out of range")
-
-    monkeypatch.setattr(MeshTranslator, "resources_for", broken)
-    monkeypatch.setattr(MeshTranslator, "shared_for", broken)
+    breakable.broken = True
+    controller.apply_config(config(), ())  # a reload: outputs that depend on config are rebuilt
     controller.publish_now()
     assert controller.snapshot_for(SIDECAR) is good
     assert any("Value out of range" in p for p in controller.status.snapshot_problems)
@@ -121,16 +139,28 @@ async def test_a_proxy_whose_translation_fails_keeps_its_last_good_snapshot(
     replaced = ProxyNode(id="web-0", service="web", outbound_port=7, inbound_port=8, app_port=9)
     assert controller.snapshot_for(replaced) is None
 
-
-async def test_remembered_proxies_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mesh_controller, "MAX_REMEMBERED_PROXIES", 3)
-    controller = MeshController()
+    breakable.broken = False
     controller.apply_config(config(), ())
     controller.publish_now()
-    for index in range(5):
-        node = ProxyNode(id=f"n{index}", service="web", outbound_port=1, inbound_port=2, app_port=3)
+    assert controller.snapshot_for(SIDECAR) is not None
+    assert controller.status.snapshot_problems == ()
+
+
+async def test_remembered_proxies_are_bounded() -> None:
+    controller, breakable = breakable_controller(max_proxies=3)
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    nodes = [
+        ProxyNode(id=f"n{index}", service="web", outbound_port=1, inbound_port=2, app_port=3)
+        for index in range(5)
+    ]
+    for node in nodes:
         assert controller.snapshot_for(node) is not None
-    assert list(controller._last_good) == ["n2", "n3", "n4"]
+    breakable.broken = True
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    remembered = [node.id for node in nodes if controller.snapshot_for(node) is not None]
+    assert remembered == ["n2", "n3", "n4"]
 
 
 def test_preflight_accepts_a_good_config() -> None:
@@ -151,19 +181,21 @@ def test_preflight_turns_a_translation_failure_into_a_diagnostic(
 
 async def test_an_endpoint_change_gives_the_same_snapshot_as_building_afresh() -> None:
     """Own resources kept across generations must not hide a change."""
-    controller = MeshController()
+    replicas = InMemoryRegistry()
+    controller = MeshController([replicas])
     controller.apply_config(config(), ())
-    controller.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))
     controller.publish_now()
     controller.snapshot_for(SIDECAR)
-    controller.set_endpoint(HOSTNAME, "b", endpoint(7002))
+    replicas.set_endpoint(HOSTNAME, "b", endpoint(7002))
     controller.publish_now()
     kept = controller.snapshot_for(SIDECAR)
     assert kept is not None
-    fresh = MeshController()
+    fresh_replicas = InMemoryRegistry()
+    fresh = MeshController([fresh_replicas])
     fresh.apply_config(controller.config, ())
-    fresh.set_endpoint(HOSTNAME, "a", endpoint(7001))
-    fresh.set_endpoint(HOSTNAME, "b", endpoint(7002))
+    fresh_replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))
+    fresh_replicas.set_endpoint(HOSTNAME, "b", endpoint(7002))
     fresh.publish_now()
     rebuilt = fresh.snapshot_for(SIDECAR)
     assert rebuilt is not None
@@ -172,3 +204,41 @@ async def test_an_endpoint_change_gives_the_same_snapshot_as_building_afresh() -
             n: r.version for n, r in rebuilt.of_type(type_url).items()
         }
     assert endpoint_ports(controller) == [7001, 7002]
+
+
+async def test_routes_may_name_services_only_another_registry_knows() -> None:
+    """A registry's own services join the view; the config validates against them too."""
+    from pilotfish.load import load_texts
+    from pilotfish.model.resources import ServicePort
+    from pilotfish.model.services import Service
+
+    payments = "payments.default.svc.cluster.local"
+    registry = InMemoryRegistry()
+    registry.set_service(
+        Service(payments, (ServicePort(8080, "http", "HTTP"),), short_name="payments")
+    )
+    registry.set_endpoint(payments, "p-0", Endpoint("127.0.0.1", {8080: 7555}))
+    routing = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http: [{route: [{destination: {host: payments}}]}]
+"""
+    controller = MeshController([registry])
+    assert load_texts([("mesh.yaml", MESH + "---" + routing)]).config is None
+    result = load_texts(
+        [("mesh.yaml", MESH + "---" + routing)], known_services=controller.registry_services()
+    )
+    assert result.config is not None, result.diagnostics
+    controller.apply_config(result.config, result.diagnostics)
+    controller.publish_now()
+    snapshot = controller.snapshot_for(SIDECAR)
+    assert snapshot is not None
+    assert f"outbound|8080||{payments}" in snapshot.of_type(type_urls.CLUSTER)
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    snapshot.of_type(type_urls.ENDPOINT)[f"outbound|8080||{payments}"].any.Unpack(assignment)
+    assert [
+        e.endpoint.address.socket_address.port_value for e in assignment.endpoints[0].lb_endpoints
+    ] == [7555]

@@ -11,6 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from pilotfish.snapshot import (
     PackingCache,
@@ -26,6 +27,15 @@ class FakeResources:
     load_assignments: tuple[endpoint_pb2.ClusterLoadAssignment, ...] = ()
     listeners: tuple[listener_pb2.Listener, ...] = ()
     routes: tuple[route_pb2.RouteConfiguration, ...] = ()
+
+    @property
+    def by_type(self) -> dict[str, tuple[Message, ...]]:
+        return {
+            type_urls.CLUSTER: self.clusters,
+            type_urls.ENDPOINT: self.load_assignments,
+            type_urls.LISTENER: self.listeners,
+            type_urls.ROUTE: self.routes,
+        }
 
 
 def eds_cluster(name: str, service_name: str = "") -> cluster_pb2.Cluster:

@@ -1,4 +1,5 @@
-"""A translator built from the previous one reuses what the change cannot have touched."""
+"""The snapshot cache over the real generators: a new generation rebuilds exactly what its
+change can have touched, and says what a fresh translation says."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilotfish.discovery import build_view
+from pilotfish.discovery import InMemoryRegistry, build_view
 from pilotfish.load import load_text
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import MeshConfig
-from pilotfish.model.services import Endpoint
-from pilotfish.translate import MeshTranslator
+from pilotfish.model.resources import MeshConfig, ServicePort
+from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.snapshot import Snapshot, SnapshotCache, make_snapshot, type_urls
+from pilotfish.translate import GENERATORS, MeshTranslator, TranslationContext
 
 MESH = """
 apiVersion: pilotfish.io/v1alpha1
@@ -53,51 +55,121 @@ def endpoint(port: int, version: str = "v1") -> Endpoint:
     return Endpoint("127.0.0.1", {9090: port, 8080: port}, {"version": version}, name=str(port))
 
 
-def serialized(translator: MeshTranslator) -> list[bytes]:
-    resources = translator.resources_for(SIDECAR)
-    messages = (*resources.clusters, *resources.load_assignments, *resources.routes)
-    return [m.SerializeToString(deterministic=True) for m in messages]
+def new_cache() -> SnapshotCache[TranslationContext]:
+    return SnapshotCache(GENERATORS, TranslationContext)
 
 
-def test_an_endpoint_change_rebuilds_only_that_services_assignments() -> None:
+def versions(snapshot: Snapshot | None) -> dict[str, dict[str, str]]:
+    assert snapshot is not None
+    return {
+        t: {n: r.version for n, r in named.items()}
+        for t, named in snapshot.resources.items()
+        if named
+    }
+
+
+def fresh(view: MeshView, node: ProxyNode) -> dict[str, dict[str, str]]:
+    return versions(make_snapshot(MeshTranslator(view).resources_for(node)))
+
+
+def misses(cache: SnapshotCache[TranslationContext]) -> dict[str, int]:
+    return {name: s.misses for name, s in cache.stats().generators.items()}
+
+
+def built_since(cache: SnapshotCache[TranslationContext], before: dict[str, int]) -> dict[str, int]:
+    return {
+        name: count - before[name] for name, count in misses(cache).items() if count > before[name]
+    }
+
+
+def test_an_endpoint_change_rebuilds_only_that_services_outputs() -> None:
     config = config_of()
-    first = MeshTranslator(build_view(config, {API: [endpoint(7001)], WEB: [endpoint(7100)]}))
-    first.resources_for(SIDECAR)
+    cache = new_cache()
+    cache.publish(build_view(config, {API: [endpoint(7001)], WEB: [endpoint(7100)]}))
+    first = cache.snapshot_for(SIDECAR)
+    before = misses(cache)
     view = build_view(config, {API: [endpoint(7001), endpoint(7002)], WEB: [endpoint(7100)]})
-    second = MeshTranslator(view, first)
+    cache.publish(view)
+    second = cache.snapshot_for(SIDECAR)
 
-    assert second.outbound_clusters is first.outbound_clusters
-    assert second.outbound_route_config is first.outbound_route_config
-    old = {cla.cluster_name: cla for cla in first.load_assignments}
-    new = {cla.cluster_name: cla for cla in second.load_assignments}
-    assert new[f"outbound|8080||{WEB}"] is old[f"outbound|8080||{WEB}"]
-    changed = new[f"outbound|9090|v1|{API}"]
-    assert changed is not old[f"outbound|9090|v1|{API}"]
-    assert len(changed.endpoints[0].lb_endpoints) == 2
-    assert serialized(second) == serialized(MeshTranslator(view))
-
-
-def test_a_config_change_reuses_nothing() -> None:
-    first = MeshTranslator(build_view(config_of(), {API: [endpoint(7001)]}))
-    first.resources_for(SIDECAR)
-    edited = config_of(MESH.replace("port: 9090", "port: 9191"))
-    second = MeshTranslator(build_view(edited, {API: [endpoint(7001)]}), first)
-    assert second.outbound_clusters is not first.outbound_clusters
-    assert second.outbound_route_config is not first.outbound_route_config
-    assert serialized(second) == serialized(
-        MeshTranslator(build_view(edited, {API: [endpoint(7001)]}))
+    # api's clusters and assignments; routes, listeners and other services are kept.
+    assert built_since(cache, before) == {"outbound-clusters": 1, "load-assignments": 1}
+    assert first is not None and second is not None
+    assert second.of_type(type_urls.ROUTE) is first.of_type(type_urls.ROUTE)
+    assert second.of_type(type_urls.LISTENER) is first.of_type(type_urls.LISTENER)
+    assert second.changed_names(first, type_urls.ENDPOINT) == (
+        f"outbound|9090||{API}",
+        f"outbound|9090|v1|{API}",
     )
+    assert second.changed_names(first, type_urls.CLUSTER) == ()
+    assert versions(second) == fresh(view, SIDECAR)
+
+
+def test_a_config_change_rebuilds_what_depends_on_config() -> None:
+    cache = new_cache()
+    cache.publish(build_view(config_of(), {API: [endpoint(7001)]}))
+    cache.snapshot_for(SIDECAR)
+    before = misses(cache)
+    edited = config_of(MESH.replace("port: 9090", "port: 9191"))
+    view = build_view(edited, {API: [endpoint(7001)]})
+    cache.publish(view)
+    snapshot = cache.snapshot_for(SIDECAR)
+    assert built_since(cache, before) == {
+        "outbound-clusters": 3,
+        "load-assignments": 3,
+        "outbound-routes": 1,
+        "sidecar-listeners": 1,
+    }
+    assert versions(snapshot) == fresh(view, SIDECAR)
 
 
 def test_dns_clusters_carry_endpoints_so_their_change_rebuilds_clusters() -> None:
     config = config_of()
     search = "search.example.com"
-    first = MeshTranslator(build_view(config, {search: [Endpoint("a.example.com", {443: 443})]}))
-    first.resources_for(SIDECAR)
+    cache = new_cache()
+    cache.publish(build_view(config, {search: [Endpoint("a.example.com", {443: 443})]}))
+    first = cache.snapshot_for(SIDECAR)
     view = build_view(config, {search: [Endpoint("b.example.com", {443: 443})]})
-    second = MeshTranslator(view, first)
-    assert second.outbound_clusters is not first.outbound_clusters
-    assert serialized(second) == serialized(MeshTranslator(view))
+    cache.publish(view)
+    second = cache.snapshot_for(SIDECAR)
+    assert first is not None and second is not None
+    assert second.changed_names(first, type_urls.CLUSTER) == (f"outbound|443||{search}",)
+    assert versions(second) == fresh(view, SIDECAR)
+
+
+def test_proxies_of_a_kind_share_one_layer_and_build_only_their_own() -> None:
+    cache = new_cache()
+    cache.publish(build_view(config_of(), {API: [endpoint(7001)]}))
+    one = cache.snapshot_for(SIDECAR)
+    before = misses(cache)
+    other = ProxyNode(id="api-0", service="api", outbound_port=4, inbound_port=5, app_port=6)
+    two = cache.snapshot_for(other)
+    assert built_since(cache, before) == {"inbound-cluster": 1, "sidecar-listeners": 1}
+    assert one is not None and two is not None
+    assert one.of_type(type_urls.ROUTE) is two.of_type(type_urls.ROUTE)  # shared, not copied
+    assert one.of_type(type_urls.ENDPOINT) is two.of_type(type_urls.ENDPOINT)
+
+
+def test_two_caches_share_nothing() -> None:
+    """No state outside the cache object: two control planes in one process are separate."""
+    view = build_view(config_of(), {API: [endpoint(7001)]})
+    first, second = new_cache(), new_cache()
+    first.publish(view)
+    first.snapshot_for(SIDECAR)
+    second.publish(view)
+    second.snapshot_for(SIDECAR)
+    assert misses(first) == misses(second)
+    assert first.stats().packing_misses == second.stats().packing_misses > 0
+
+
+def test_outputs_nobody_uses_any_more_are_dropped() -> None:
+    cache = new_cache()
+    config = config_of()
+    for port in range(7001, 7011):
+        cache.publish(build_view(config, {API: [endpoint(port)]}))
+        cache.snapshot_for(SIDECAR)
+    # Two generations' worth at most: web's and search's outputs, and api's last two.
+    assert cache.stats().entries <= 2 * 4 + 2 * 2 + 3
 
 
 HOSTS = (WEB, API, "search.example.com")
@@ -111,32 +183,40 @@ any_endpoint = st.builds(
     st.integers(1, 2),
 )
 any_registry = st.fixed_dictionaries({h: st.lists(any_endpoint, max_size=2) for h in HOSTS})
+EDITED = MESH.replace(
+    "subsets: [{name: v1", "subsets: [{name: v2, labels: {version: v2}}, {name: v1"
+)
 
 
-def everything(translator: MeshTranslator, node: ProxyNode) -> list[bytes]:
-    resources = translator.resources_for(node)
-    messages = (
-        *resources.clusters,
-        *resources.load_assignments,
-        *resources.listeners,
-        *resources.routes,
-    )
-    return [m.SerializeToString(deterministic=True) for m in messages]
+def registry_with(services: int) -> InMemoryRegistry:
+    """A registry declaring ``services`` services of its own (beyond the config's)."""
+    registry = InMemoryRegistry()
+    for index in range(services):
+        hostname = f"extra-{index}.default.svc.cluster.local"
+        registry.set_service(Service(hostname, (ServicePort(80, "http", "HTTP"),)))
+    return registry
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(any_registry, st.booleans()), min_size=1, max_size=6))
-def test_a_chain_of_translators_says_what_a_fresh_one_says(
-    generations: list[tuple[dict[str, list[Endpoint]], bool]],
+@given(
+    st.lists(
+        st.tuples(any_registry, st.sampled_from([MESH, EDITED]), st.integers(0, 2), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_chain_of_generations_says_what_a_fresh_translation_says(
+    generations: list[tuple[dict[str, list[Endpoint]], str, int, bool]],
 ) -> None:
-    config = config_of()
-    previous: MeshTranslator | None = None
-    for endpoints, asked in generations:
-        view = build_view(config, endpoints)
-        chained = MeshTranslator(view, previous)
+    configs = {MESH: config_of(MESH), EDITED: config_of(EDITED)}
+    registries = [registry_with(count) for count in range(3)]
+    cache = new_cache()
+    view = None
+    for endpoints, text, extra, asked in generations:
+        view = build_view(configs[text], endpoints, [registries[extra]])
+        cache.publish(view)
         if asked:  # only what a proxy asked for gets built, and so can be reused later
             for node in (SIDECAR, GATEWAY):
-                assert everything(chained, node) == everything(MeshTranslator(view), node)
-        previous = chained
-    assert previous is not None
-    assert everything(previous, SIDECAR) == everything(MeshTranslator(view), SIDECAR)
+                assert versions(cache.snapshot_for(node)) == fresh(view, node)
+    assert view is not None
+    assert versions(cache.snapshot_for(SIDECAR)) == fresh(view, SIDECAR)

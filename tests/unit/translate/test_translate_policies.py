@@ -22,7 +22,6 @@ from pilotfish.model.resources import (
     TrafficPolicy,
 )
 from pilotfish.model.services import Endpoint, MeshView, Service
-from pilotfish.translate import MeshTranslator
 from pilotfish.translate.clusters import build_outbound_clusters, lb_policy_for
 from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Unroutable
 from pilotfish.translate.endpoints import build_load_assignments
@@ -99,8 +98,7 @@ def test_load_assignments_filter_by_subset_and_skip_endpoints_without_the_port()
             (e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value)
             for e in cla.endpoints[0].lb_endpoints
         ]
-        for group in build_load_assignments(_reviews_view()).values()
-        for cla in group
+        for cla in build_load_assignments(_reviews_view())
     }
 
     assert by_cluster == {
@@ -120,17 +118,6 @@ def test_unknown_subset_and_ambiguous_port_are_unroutable() -> None:
     assert index.resolve(Destination("reviews"), "default", None) == ClusterTarget(
         "outbound|9080||reviews.default.svc.cluster.local"
     )
-
-
-def test_shared_resources_are_built_once_per_translator(quickstart_view: MeshView) -> None:
-    translator = MeshTranslator(quickstart_view)
-    first = translator.resources_for(ProxyNode("a", outbound_port=1, inbound_port=2, app_port=3))
-    second = translator.resources_for(ProxyNode("b", outbound_port=4, inbound_port=5, app_port=6))
-
-    assert first.routes[0] is second.routes[0]
-    assert first.load_assignments is second.load_assignments
-    assert all(a is b for a, b in zip(first.clusters[:-1], second.clusters[:-1], strict=True))
-    assert (first.clusters[-1].name, second.clusters[-1].name) == ("inbound|3||", "inbound|6||")
 
 
 def test_gateways_get_no_sidecar_listeners_and_sidecars_no_gateway_ones(

@@ -1,7 +1,10 @@
-"""The Delta fast path (diffed_against + changed_names_between) must answer exactly as a full
-diff would, over layered snapshots built the way the controller builds them."""
+"""The Delta fast path (diffed_against + Snapshot.changed_names) must answer exactly as a full
+diff would, over layered snapshots built the way the snapshot cache builds them."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -11,20 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pilotfish.snapshot import (
-    SharedMessagePacker,
+    ChangeMemo,
+    Layer,
+    PackingCache,
+    Resource,
     Snapshot,
     check_consistency,
+    layered_snapshot,
+    make_layer,
     make_snapshot,
     type_urls,
 )
-from pilotfish.translate.translator import ProxyResources, ResourceSet
 from pilotfish.xds import DeltaRequestReceived, DeltaStream, SendResponse, SnapshotChanged
 from pilotfish.xds.protocol import Action
 
 CDS, EDS, LDS, RDS = type_urls.CLUSTER, type_urls.ENDPOINT, type_urls.LISTENER, type_urls.ROUTE
 TYPES = (CDS, EDS, LDS, RDS)
 NAMES = ("a", "b", "c", "d")
-FIELDS = ("clusters", "load_assignments", "listeners", "routes")
 
 
 def message(type_url: str, name: str, version: int):  # type: ignore[no-untyped-def]
@@ -41,17 +47,25 @@ def message(type_url: str, name: str, version: int):  # type: ignore[no-untyped-
     return route_pb2.RouteConfiguration(name=name, request_headers_to_remove=[str(version)])
 
 
-class Messages:
-    """Same content is usually the very same object (as incremental translation reuses it)."""
+class Layers:
+    """Layers as the cache makes them: an unchanged part is usually the very same mapping
+    object (the cache reuses it), and one change memo serves every snapshot."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str, int], object] = {}
+        self.packing = PackingCache()
+        self.memo = ChangeMemo()
+        self._known: dict[tuple[str, tuple[tuple[str, int], ...]], Mapping[str, Resource]] = {}
 
-    def get(self, type_url: str, name: str, version: int, fresh: bool):  # type: ignore[no-untyped-def]
-        key = (type_url, name, version)
+    def mapping(self, type_url: str, spec: dict[str, int], fresh: bool) -> Mapping[str, Resource]:
+        key = (type_url, tuple(sorted(spec.items())))
         if fresh or key not in self._known:
-            self._known[key] = message(type_url, name, version)
+            self._known[key] = MappingProxyType(
+                {n: self.packing.pack(type_url, message(type_url, n, v)) for n, v in key[1]}
+            )
         return self._known[key]
+
+    def layer(self, spec, fresh: bool) -> Layer:  # type: ignore[no-untyped-def]
+        return make_layer({t: self.mapping(t, spec[t], fresh) for t in TYPES})
 
 
 layer = st.fixed_dictionaries(
@@ -59,16 +73,19 @@ layer = st.fixed_dictionaries(
 )
 
 
-def build(messages: Messages, shared_spec, own_specs, fresh: bool, packer):  # type: ignore[no-untyped-def]
-    def msgs(spec, t):  # type: ignore[no-untyped-def]
-        return tuple(messages.get(t, n, v, fresh) for n, v in sorted(spec[t].items()))
+def build(layers: Layers, shared_spec, own_specs, fresh: bool):  # type: ignore[no-untyped-def]
+    shared = layers.layer(shared_spec, fresh)
+    return [layered_snapshot(shared, layers.layer(own, fresh), layers.memo) for own in own_specs]
 
-    shared = ResourceSet(*(msgs(shared_spec, t) for t in TYPES))
-    out = []
-    for own in own_specs:
-        fields = [getattr(shared, f) + msgs(own, t) for t, f in zip(TYPES, FIELDS, strict=True)]
-        out.append(make_snapshot(ProxyResources(*fields, shared=shared), packer))
-    return out
+
+def build_plain(shared_spec, own_spec) -> Snapshot:  # type: ignore[no-untyped-def]
+    by_type = {
+        t: [
+            message(t, n, v) for spec in (shared_spec, own_spec) for n, v in sorted(spec[t].items())
+        ]
+        for t in TYPES
+    }
+    return make_snapshot(by_type)
 
 
 class FullDiffStream(DeltaStream):
@@ -103,7 +120,7 @@ names = st.frozensets(st.sampled_from((*NAMES, "*")), max_size=3)
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_fast_path_answers_as_a_full_diff(data: st.DataObject) -> None:
-    messages = Messages()
+    layers = Layers()
     built: list[Snapshot] = []
     fast, full = DeltaStream(), FullDiffStream()
     nonces: list[str] = []
@@ -113,8 +130,7 @@ def test_fast_path_answers_as_a_full_diff(data: st.DataObject) -> None:
             shared = data.draw(layer)
             own = data.draw(st.lists(layer, min_size=1, max_size=2))
             fresh = data.draw(st.booleans())
-            # One packer per generation, as the controller has; all snapshots of it share it.
-            snaps = build(messages, shared, own, fresh, SharedMessagePacker())
+            snaps = build(layers, shared, own, fresh)
             built.extend(snaps)
             event: object = SnapshotChanged(data.draw(st.sampled_from(snaps)))
         elif kind == "old":
@@ -158,9 +174,8 @@ def test_fast_path_answers_as_a_full_diff(data: st.DataObject) -> None:
 @settings(max_examples=300, deadline=None)
 @given(layer, layer, st.booleans())
 def test_layered_snapshot_equals_plain(shared_spec, own_spec, fresh) -> None:  # type: ignore[no-untyped-def]
-    messages = Messages()
-    (layered,) = build(messages, shared_spec, [own_spec], fresh, SharedMessagePacker())
-    (plain,) = build(messages, shared_spec, [own_spec], fresh, None)
+    (layered,) = build(Layers(), shared_spec, [own_spec], fresh)
+    plain = build_plain(shared_spec, own_spec)
     for t in TYPES:
         assert {n: r.version for n, r in layered.of_type(t).items()} == {
             n: r.version for n, r in plain.of_type(t).items()

@@ -1,0 +1,104 @@
+"""The generators: which xDS resources each kind of proxy gets, and what each depends on.
+
+Each entry builds one kind of output with the builders of this package and declares its
+inputs; ``SnapshotCache`` keeps outputs under exactly those inputs, so a declaration that is
+too narrow would serve stale config: when a builder starts reading more of the view, widen
+its ``depends_on`` (the cache-equals-fresh property tests catch a narrow one).
+
+A new resource type (secrets, a filter config) is one more entry here.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from google.protobuf.message import Message
+
+from pilotfish.model.proxy import ProxyKind, ProxyNode
+from pilotfish.model.services import MeshView, Service
+from pilotfish.snapshot import (
+    Generator,
+    Input,
+    MeshGenerator,
+    NodeGenerator,
+    ServiceGenerator,
+    type_urls,
+)
+from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
+from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.endpoints import build_service_load_assignments
+from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
+from pilotfish.translate.routes import build_gateway_route_configs, build_outbound_route_config
+
+
+class TranslationContext:
+    """One view and what several generators derive from it, worked out once per view."""
+
+    def __init__(self, view: MeshView) -> None:
+        self.view = view
+
+    @cached_property
+    def destinations(self) -> DestinationIndex:
+        return DestinationIndex(self.view)
+
+
+def _outbound_clusters(context: TranslationContext, service: Service) -> tuple[Message, ...]:
+    return build_service_clusters(context.view, service, context.destinations)
+
+
+def _load_assignments(context: TranslationContext, service: Service) -> tuple[Message, ...]:
+    return build_service_load_assignments(context.view, service, context.destinations)
+
+
+def _inbound_cluster(_context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
+    cluster = build_inbound_cluster(node)
+    return (cluster,) if cluster is not None else ()
+
+
+def _outbound_routes(context: TranslationContext) -> tuple[Message, ...]:
+    return (build_outbound_route_config(context.view, context.destinations),)
+
+
+def _gateway_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
+    return build_gateway_route_configs(context.view, node, context.destinations)
+
+
+_CONFIG = frozenset({Input.CONFIG})
+_CONFIG_AND_ENDPOINTS = frozenset({Input.CONFIG, Input.ENDPOINTS})
+_CONFIG_AND_SERVICES = frozenset({Input.CONFIG, Input.SERVICES})
+SIDECAR: frozenset[ProxyKind] = frozenset({"sidecar"})
+GATEWAY: frozenset[ProxyKind] = frozenset({"gateway"})
+
+# In the order resources of one type are listed (shared ones first, as a proxy's own
+# resources override shared ones of the same name).
+GENERATORS: tuple[Generator[TranslationContext], ...] = (
+    # DNS services carry their endpoints inline, hence ENDPOINTS; for the others the rebuilt
+    # cluster packs to the same bytes and version, so nothing is sent.
+    ServiceGenerator(
+        "outbound-clusters", type_urls.CLUSTER, _CONFIG_AND_ENDPOINTS, _outbound_clusters
+    ),
+    NodeGenerator("inbound-cluster", type_urls.CLUSTER, frozenset(), _inbound_cluster, SIDECAR),
+    ServiceGenerator(
+        "load-assignments", type_urls.ENDPOINT, _CONFIG_AND_ENDPOINTS, _load_assignments
+    ),
+    NodeGenerator(
+        "sidecar-listeners",
+        type_urls.LISTENER,
+        _CONFIG,
+        lambda _context, node: build_sidecar_listeners(node),
+        SIDECAR,
+    ),
+    NodeGenerator(
+        "gateway-listeners",
+        type_urls.LISTENER,
+        _CONFIG,
+        lambda context, node: build_gateway_listeners(context.view, node),
+        GATEWAY,
+    ),
+    MeshGenerator(
+        "outbound-routes", type_urls.ROUTE, _CONFIG_AND_SERVICES, _outbound_routes, SIDECAR
+    ),
+    NodeGenerator(
+        "gateway-routes", type_urls.ROUTE, _CONFIG_AND_SERVICES, _gateway_routes, GATEWAY
+    ),
+)

@@ -1,0 +1,157 @@
+"""The snapshot cache with generators of our own making: outputs are kept exactly as long as
+the inputs each generator declares, a new resource type is one generator, layers are shared."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf.message import Message
+
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import MeshConfig, ServicePort
+from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.snapshot import (
+    Input,
+    MeshGenerator,
+    NodeGenerator,
+    ServiceGenerator,
+    SnapshotCache,
+    type_urls,
+)
+
+PORT = (ServicePort(80, "http", "HTTP"),)
+
+
+def view(
+    config: MeshConfig, services: Sequence[str], endpoints: dict[str, int] | None = None
+) -> MeshView:
+    found = {h: Service(h, PORT) for h in services}
+    return MeshView(
+        config=config,
+        services=found,
+        endpoints={
+            h: (Endpoint("127.0.0.1", {80: port}),) for h, port in (endpoints or {}).items()
+        },
+    )
+
+
+def assignments(context: MeshView, service: Service) -> Sequence[Message]:
+    port = [e.ports[80] for e in context.endpoints_of(service.hostname)]
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=service.hostname)
+    for value in port:
+        lb = cla.endpoints.add().lb_endpoints.add()
+        lb.endpoint.address.socket_address.port_value = value
+    return (cla,)
+
+
+def clusters(context: MeshView) -> Sequence[Message]:
+    return tuple(
+        cluster_pb2.Cluster(name=h, type=cluster_pb2.Cluster.STATIC) for h in context.services
+    )
+
+
+def node_secret(_context: MeshView, node: ProxyNode) -> Sequence[Message]:
+    # A per-proxy secret, as a workload certificate would be.
+    return (secret_pb2.Secret(name=f"default-{node.labels.get('sa', 'none')}"),)
+
+
+GENERATORS = (
+    MeshGenerator("clusters", type_urls.CLUSTER, frozenset({Input.SERVICES}), clusters),
+    ServiceGenerator("assignments", type_urls.ENDPOINT, frozenset({Input.ENDPOINTS}), assignments),
+    NodeGenerator(
+        "secrets",
+        type_urls.SECRET,
+        frozenset(),
+        node_secret,
+        node_key=lambda node: node.labels.get("sa", "none"),
+    ),
+)
+A = ProxyNode("a-0", labels={"sa": "a"})
+A2 = ProxyNode("a-1", labels={"sa": "a"})
+B = ProxyNode("b-0", labels={"sa": "b"})
+
+
+def new_cache() -> SnapshotCache[MeshView]:
+    return SnapshotCache(GENERATORS, lambda v: v)
+
+
+def counts(cache: SnapshotCache[MeshView]) -> dict[str, tuple[int, int]]:
+    return {name: (s.hits, s.misses) for name, s in cache.stats().generators.items()}
+
+
+def test_a_new_resource_type_is_one_generator_and_arrives_in_push_order() -> None:
+    cache = new_cache()
+    cache.publish(view(MeshConfig(), ["x"], {"x": 1}))
+    snapshot = cache.snapshot_for(A)
+    assert snapshot is not None
+    assert list(snapshot.resources) == [type_urls.CLUSTER, type_urls.ENDPOINT, type_urls.SECRET]
+    assert list(snapshot.of_type(type_urls.SECRET)) == ["default-a"]
+
+
+def test_outputs_are_rebuilt_only_when_a_declared_input_changes() -> None:
+    cache = new_cache()
+    config = MeshConfig()
+    cache.publish(view(config, ["x", "y"], {"x": 1, "y": 1}))
+    cache.snapshot_for(A)
+    assert counts(cache) == {"clusters": (0, 1), "assignments": (0, 2), "secrets": (0, 1)}
+
+    cache.publish(view(config, ["x", "y"], {"x": 2, "y": 1}))  # x's endpoints only
+    cache.snapshot_for(A)
+    assert counts(cache) == {"clusters": (1, 1), "assignments": (1, 3), "secrets": (1, 1)}
+
+    cache.publish(view(config, ["x", "y", "z"], {"x": 2, "y": 1}))  # a new service
+    cache.snapshot_for(A)
+    assert counts(cache) == {"clusters": (1, 2), "assignments": (3, 4), "secrets": (2, 1)}
+
+
+def test_proxies_with_the_same_node_key_share_one_output() -> None:
+    cache = new_cache()
+    cache.publish(view(MeshConfig(), ["x"]))
+    first, second, other = (cache.snapshot_for(n) for n in (A, A2, B))
+    assert first is not None and second is not None and other is not None
+    secret = type_urls.SECRET
+    assert first.of_type(secret)["default-a"] is second.of_type(secret)["default-a"]
+    assert list(other.of_type(secret)) == ["default-b"]
+    assert counts(cache)["secrets"] == (1, 2)
+
+
+def test_an_unchanged_generation_hands_out_the_same_snapshot_object() -> None:
+    cache = new_cache()
+    config = MeshConfig()
+    cache.publish(view(config, ["x"], {"x": 1}))
+    before = cache.snapshot_for(A)
+    cache.publish(view(config, ["x"], {"x": 1}))
+    assert cache.snapshot_for(A) is before
+
+
+def test_changes_are_named_per_type_between_generations() -> None:
+    cache = new_cache()
+    config = MeshConfig()
+    cache.publish(view(config, ["x", "y"], {"x": 1, "y": 1}))
+    old = cache.snapshot_for(A)
+    cache.publish(view(config, ["x", "y"], {"x": 1, "y": 2}))
+    new = cache.snapshot_for(A)
+    assert old is not None and new is not None
+    assert new.changed_names(old, type_urls.ENDPOINT) == ("y",)
+    assert new.changed_names(old, type_urls.CLUSTER) == ()
+    assert new.changed_names(old, type_urls.SECRET) == ()
+
+
+def test_a_generator_that_raises_costs_only_its_proxy_and_is_reported() -> None:
+    def failing(_context: MeshView, node: ProxyNode) -> Sequence[Message]:
+        if node.id == "b-0":
+            raise RuntimeError("boom")
+        return ()
+
+    cache = SnapshotCache(
+        (*GENERATORS, NodeGenerator("failing", type_urls.LISTENER, frozenset(), failing)),
+        lambda v: v,
+    )
+    cache.publish(view(MeshConfig(), ["x"]))
+    assert cache.snapshot_for(A) is not None
+    assert cache.snapshot_for(B) is None
+    assert "boom" in cache.problems["b-0"][0]
+    assert "a-0" not in cache.problems
