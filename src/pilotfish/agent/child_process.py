@@ -72,7 +72,8 @@ class ChildProcess:
 
     @property
     def exited(self) -> asyncio.Future[int]:
-        """Resolves with the exit code; for ``asyncio.wait`` next to other things."""
+        """Resolves with the exit code, once the process has exited and its output pipe is
+        closed (by asyncio's design); for ``asyncio.wait`` next to other things."""
         if self._exited is None:
             raise RuntimeError(f"{self.name} was never started")
         return self._exited
