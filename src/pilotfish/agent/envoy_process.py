@@ -29,8 +29,6 @@ from pilotfish.agent.child_process import (
     describe_exit,
 )
 
-__all__ = ["EnvoyOptions", "EnvoyProcess", "EnvoyStartError", "LineSink", "describe_exit"]
-
 log = logging.getLogger(__name__)
 
 _POLL_INTERVAL = 0.05

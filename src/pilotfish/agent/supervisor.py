@@ -15,12 +15,8 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from pilotfish.agent.bootstrap import build_bootstrap
-from pilotfish.agent.child_process import ProcessStartError, describe_exit
-from pilotfish.agent.envoy_process import (
-    EnvoyOptions,
-    EnvoyProcess,
-    LineSink,
-)
+from pilotfish.agent.child_process import LineSink, ProcessStartError, describe_exit
+from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyProcess
 from pilotfish.model.proxy import ProxyNode
 
 log = logging.getLogger(__name__)
@@ -100,10 +96,6 @@ class Supervisor(Generic[P]):
         self._run_finished = asyncio.Event()
         self._run_finished.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     async def start(self) -> None:
         """Run the loop in the background; return once the first process is ready.
 
@@ -176,7 +168,10 @@ class Supervisor(Generic[P]):
             ever_started = True
             started_at = loop.time()
             if self._on_started is not None:
-                await self._unless_stopping(self._on_started(process))
+                try:
+                    await self._unless_stopping(self._on_started(process))
+                except Exception:  # a broken hook must not end the supervision
+                    self._log.exception("%s: after-start hook failed", self.name)
                 if self._stopping.is_set():
                     return
             self.ready.set()

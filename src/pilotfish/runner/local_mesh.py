@@ -231,10 +231,7 @@ class LocalMesh:
 
     @staticmethod
     async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
-        running.app.stop_restarting()
-        # The sidecar may still be starting (it is stopped by the cancel, or drained here).
-        running.sidecar_started.cancel()
-        await asyncio.wait({running.sidecar_started})
+        running.app.stop_restarting()  # and no registration while the sidecar drains
         await running.sidecar.shutdown(drain_seconds)
         await running.app.stop()
 

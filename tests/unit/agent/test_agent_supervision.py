@@ -219,6 +219,23 @@ async def test_after_stop_restarting_the_process_runs_on_and_its_exit_is_final()
     assert len(fleet.launched) == 1
 
 
+async def test_a_failing_started_hook_is_logged_and_supervision_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = Fleet()
+
+    async def broken(process: SupervisedEnvoy) -> None:
+        raise RuntimeError("hook bug")
+
+    supervisor = Supervisor("app", fleet, on_started=broken, policy=RestartPolicy(first_delay=0))
+    await asyncio.wait_for(supervisor.start(), 5)
+    assert supervisor.ready.is_set()
+    assert "after-start hook failed" in caplog.text
+    (await fleet.started.get()).crash(1)
+    await asyncio.wait_for(fleet.started.get(), 5)  # still restarted
+    await supervisor.stop()
+
+
 def test_sidecar_builds_its_bootstrap_from_the_node(tmp_path: Path) -> None:
     sidecar = Sidecar(
         NODE, xds_address=("127.0.0.1", 7000), work_dir=tmp_path, admin_port=7001, delta=False
