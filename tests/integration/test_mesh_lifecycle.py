@@ -9,12 +9,13 @@ from pathlib import Path
 from tests.integration.mesh_harness import (
     RunningMesh,
     echo_workload,
-    free_port,
     gateway,
     pid_alive,
-    wait_until,
     write_yaml,
 )
+from tests.waiting import wait_until
+
+from pilotfish.agent.ports import free_port
 
 
 def start_small_mesh(directory: Path) -> RunningMesh:
