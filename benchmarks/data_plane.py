@@ -50,6 +50,8 @@ from bench_report import (
     write_results,
 )
 
+from pilotfish.agent.ports import free_port
+
 PROXY_CPU = 0
 LOAD_CPU = 1
 FIXED_RATE_TOTAL = 1000  # req/s, the rate DESIGN.md's latency target is stated at
@@ -136,14 +138,6 @@ server.listen(16)
 while True:
     time.sleep(3600)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_mesh(directory: Path, gateway_port: int) -> None:

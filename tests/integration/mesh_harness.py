@@ -6,22 +6,21 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+
+from tests.waiting import wait_until
+
+from pilotfish.agent.ports import free_port
 
 APPS = Path(__file__).parent / "apps"
 ECHO_COMMAND = f"[{sys.executable}, {APPS / 'echo.py'}]"
-
-T = TypeVar("T")
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -33,12 +32,6 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 # Tests must not follow a proxy from the environment: every request goes straight to loopback.
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -61,23 +54,6 @@ def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float 
     except ValueError:
         body = {"text": raw.decode(errors="replace")}
     return Reply(status, body if isinstance(body, dict) else {"value": body}, reply_headers)
-
-
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-        except OSError as exc:
-            last_error = exc
-        time.sleep(0.1)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
-    )
 
 
 def write_yaml(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
+from tests.waiting import eventually
 
 from pilotfish.agent.admin_client import EnvoyAdmin
 from pilotfish.agent.bootstrap import build_bootstrap
@@ -220,7 +221,9 @@ async def test_supervisor_restarts_envoy_killed_with_sigkill(
         await wait_for_port("127.0.0.1", listener_port(ads), timeout=10)
 
         os.kill(first_pid, signal.SIGKILL)
-        await wait_until(lambda: sidecar.restarts == 1 and sidecar.ready.is_set(), timeout=30)
+        await eventually(
+            lambda: sidecar.restarts == 1 and sidecar.ready.is_set(), "a restart", timeout=30
+        )
 
         assert sidecar.pid not in (None, first_pid)
         assert not process_exists(first_pid)
@@ -251,7 +254,7 @@ async def test_drain_closes_open_connections_then_stops_envoy(
         draining = asyncio.create_task(process.drain(grace_seconds=120))
         assert process.admin is not None
         admin = process.admin
-        await wait_until_async(lambda: server_state_is(admin, "DRAINING"), timeout=10)
+        await eventually(lambda: server_state_is(admin, "DRAINING"), "DRAINING", timeout=10)
         second = await keepalive_get(reader, writer)
         assert "connection: close" in second  # Envoy asks the client to go away
         writer.close()
@@ -397,24 +400,6 @@ async def test_agent_command_reports_envoys_error_and_exits_one(
     assert "pilotfish agent:" in stderr and "before it was ready" in stderr
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 ORPHAN_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
@@ -453,7 +438,7 @@ async def test_envoy_dies_when_its_parent_is_killed(
     try:
         parent.kill()  # no chance to clean up: only the kernel can stop Envoy now
         await asyncio.to_thread(parent.wait, 10)
-        await wait_until(lambda: not process_exists(envoy_pid), timeout=10)
+        await eventually(lambda: not process_exists(envoy_pid), "Envoy to die", timeout=10)
     finally:
         if process_exists(envoy_pid):
             os.kill(envoy_pid, signal.SIGKILL)

@@ -7,7 +7,6 @@ inlined, and RDS references are replaced by the route configuration they name.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from pilotfish.agent.ports import free_port
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
@@ -57,13 +57,6 @@ from pilotfish.translate import MeshTranslator, ProxyResources
 ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def meta(kind: str, name: str) -> Meta:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from tests.waiting import eventually
 
+from pilotfish.agent.ports import free_port
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.snapshot import check_consistency, make_snapshot, type_urls
 from pilotfish.xds import SyncStatus
@@ -31,13 +32,6 @@ ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 NODE = ProxyNode(id="envoy-under-test", service="frontend")
 BACKEND_BODY = b"hello from the backend"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Backend(BaseHTTPRequestHandler):
@@ -135,15 +129,6 @@ async def plane() -> AsyncIterator[Plane]:
         yield Plane(source, board, port)
     finally:
         await server.stop(None)
-
-
-async def eventually(condition: Callable[[], bool], what: str, attempts: int = 300) -> None:
-    """Poll (0.1 s apart, bounded) for something Envoy does on its own schedule."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def http_get(url: str) -> tuple[int, bytes]:

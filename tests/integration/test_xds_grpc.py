@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import cast
 
 import grpc
 import pytest
+from tests.waiting import eventually
 
 from pilotfish.model.proxy import ProxyKind, ProxyNode
 from pilotfish.snapshot import PackingCache, Snapshot, make_snapshot, type_urls
@@ -230,14 +230,6 @@ async def test_failing_source_ends_only_that_nodes_streams_and_leaves_no_ghosts(
         await server.stop(None)
     logged = [r for r in caplog.records if "n1" in r.getMessage() and r.exc_info is not None]
     assert len(logged) == 3
-
-
-async def eventually(condition: Callable[[], bool], attempts: int = 500) -> None:
-    for _ in range(attempts):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
 
 
 async def test_a_node_with_an_unknown_kind_is_refused_naming_the_field(

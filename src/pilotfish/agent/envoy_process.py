@@ -1,40 +1,40 @@
 """One run of the real Envoy binary: write its bootstrap, start it, wait until ready, drain, stop.
 
-A single ``EnvoyProcess`` is one process lifetime; restarting means a new instance (see
-``Sidecar``). Output lines go to a callback as they arrive and the last ones are kept, so
-every failure can say what Envoy itself said.
+A single ``EnvoyProcess`` is one process lifetime (a ``ChildProcess`` with Envoy's files,
+readiness and drain around it); restarting means a new instance (see ``Sidecar``). Output lines
+go to a callback as they arrive and the last ones are kept, so every failure can say what Envoy
+itself said.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pilotfish.agent.admin_client import AdminError, EnvoyAdmin
-from pilotfish.agent.process_lifetime import die_with_parent_hook
-from pilotfish.errors import PilotfishError
+from pilotfish.agent.child_process import (
+    ChildProcess,
+    LineSink,
+    ProcessStartError,
+    describe_exit,
+)
 
 log = logging.getLogger(__name__)
 
-LineSink = Callable[[str], None]
-
-_RECENT_LINES = 40
 _POLL_INTERVAL = 0.05
 
 
-class EnvoyStartError(PilotfishError):
+class EnvoyStartError(ProcessStartError):
     """Envoy could not be started or did not become ready; the message quotes its output."""
 
 
@@ -133,10 +133,7 @@ class EnvoyProcess:
         self._bootstrap = bootstrap
         self._work_dir = work_dir
         self._on_output = on_output
-        self._recent: collections.deque[str] = collections.deque(maxlen=_RECENT_LINES)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._exited: asyncio.Future[int] | None = None
-        self._pumps: list[asyncio.Task[None]] = []
+        self._child: ChildProcess | None = None
         self._admin: EnvoyAdmin | None = None
         file_stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
         self.bootstrap_path = work_dir / f"{file_stem}.bootstrap.json"
@@ -144,15 +141,15 @@ class EnvoyProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid if self._child else None
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode if self._proc else None
+        return self._child.returncode if self._child else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child is not None and self._child.running
 
     @property
     def admin(self) -> EnvoyAdmin | None:
@@ -165,7 +162,7 @@ class EnvoyProcess:
 
     @property
     def recent_output(self) -> tuple[str, ...]:
-        return tuple(self._recent)
+        return self._child.recent_output if self._child else ()
 
     async def start(self) -> None:
         """Write the bootstrap, run Envoy, and wait until it is ready.
@@ -173,32 +170,19 @@ class EnvoyProcess:
         Raises ``EnvoyStartError`` (with Envoy's last output lines) if it exits first or is not
         ready within ``options.ready_timeout``; the process is gone when this raises.
         """
-        if self._proc is not None:
+        if self._child is not None:
             raise RuntimeError(f"{self.name}: an EnvoyProcess runs once; make a new one")
         binary = self.options.binary or find_envoy_binary()
         self._write_bootstrap()
         self._admin_address_path.unlink(missing_ok=True)
         argv = envoy_argv(binary, self.bootstrap_path, self._admin_address_path, self.options)
+        self._child = ChildProcess(
+            argv, name=self.name, on_line=self._on_output, stop_timeout=self.options.stop_timeout
+        )
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                # Own process group: signals we send reach Envoy alone, and a terminal's
-                # Ctrl-C reaches us first so we can drain instead of Envoy dying abruptly.
-                start_new_session=True,
-                preexec_fn=die_with_parent_hook(os.getpid()),
-                limit=1 << 20,
-            )
-        except OSError as exc:
-            raise EnvoyStartError(f"{self.name}: cannot run {binary}: {exc}") from exc
-        self._exited = asyncio.ensure_future(self._proc.wait())
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._pumps = [
-            asyncio.create_task(self._pump(self._proc.stdout)),
-            asyncio.create_task(self._pump(self._proc.stderr)),
-        ]
+            await self._child.start()
+        except ProcessStartError as exc:
+            raise EnvoyStartError(str(exc)) from exc
         try:
             await self._wait_until_ready()
         except BaseException:
@@ -207,11 +191,9 @@ class EnvoyProcess:
 
     async def wait(self) -> int:
         """Wait for the process to exit; its exit code (negative: killed by that signal)."""
-        if self._exited is None:
+        if self._child is None:
             raise RuntimeError(f"{self.name} was never started")
-        code = await asyncio.shield(self._exited)
-        await self._finish_output()
-        return code
+        return await self._child.wait()
 
     async def drain(self, grace_seconds: float) -> int | None:
         """Fail health checks, drain listeners gracefully, then stop.
@@ -230,17 +212,9 @@ class EnvoyProcess:
 
     async def stop(self, timeout: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` (default ``options.stop_timeout``)."""
-        if self._proc is None or self._exited is None:
+        if self._child is None:
             return None
-        if self._proc.returncode is None:
-            self._signal(signal.SIGTERM)
-            grace = self.options.stop_timeout if timeout is None else timeout
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited), grace)
-            except TimeoutError:
-                log.warning("%s ignored SIGTERM for %.1fs; killing it", self.name, grace)
-                self._signal(signal.SIGKILL)
-        return await self.wait()
+        return await self._child.stop(timeout)
 
     def _write_bootstrap(self) -> None:
         self._work_dir.mkdir(parents=True, exist_ok=True)
@@ -249,11 +223,12 @@ class EnvoyProcess:
         partial.replace(self.bootstrap_path)
 
     async def _wait_until_ready(self) -> None:
-        assert self._exited is not None
+        assert self._child is not None
+        exited = self._child.exited
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.ready_timeout
         while True:
-            if self._exited.done():
+            if exited.done():
                 code = await self.wait()
                 raise EnvoyStartError(
                     f"{self.name} exited with {describe_exit(code)} before it was ready"
@@ -268,7 +243,7 @@ class EnvoyProcess:
                     f"{self.name} was not ready within {self.options.ready_timeout:g}s"
                     + self._output_excerpt()
                 )
-            await asyncio.wait({self._exited}, timeout=_POLL_INTERVAL)
+            await asyncio.wait({exited}, timeout=_POLL_INTERVAL)
 
     def _read_admin_address(self) -> EnvoyAdmin | None:
         try:
@@ -281,63 +256,20 @@ class EnvoyProcess:
         return EnvoyAdmin(host.strip("[]"), int(port))
 
     async def _wait_for_connections_to_close(self, grace_seconds: float) -> None:
-        assert self._exited is not None and self._admin is not None
+        assert self._child is not None and self._admin is not None
+        exited = self._child.exited
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
-        while not self._exited.done() and loop.time() < deadline:
+        while not exited.done() and loop.time() < deadline:
             try:
                 stats = await self._admin.get("/stats?filter=downstream_cx_active$")
             except AdminError:
                 return
             if active_downstream_connections(stats.body) == 0:
                 return
-            await asyncio.wait({self._exited}, timeout=min(0.1, deadline - loop.time()))
-
-    def _signal(self, signum: signal.Signals) -> None:
-        assert self._proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, signum)
-
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line longer than the limit: skip it, keep reading
-                continue
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip()
-            self._recent.append(line)
-            if self._on_output is not None:
-                try:
-                    self._on_output(line)
-                except Exception:
-                    # A broken sink must not stop the reading, or Envoy blocks on a full pipe.
-                    log.exception(
-                        "%s: output callback failed; output is no longer forwarded", self.name
-                    )
-                    self._on_output = None
-
-    async def _finish_output(self) -> None:
-        # Pipes reach EOF when the process exits; the timeout guards against a grandchild
-        # that inherited them.
-        if self._pumps:
-            _, pending = await asyncio.wait(self._pumps, timeout=2.0)
-            for task in pending:
-                task.cancel()
+            await asyncio.wait({exited}, timeout=min(0.1, deadline - loop.time()))
 
     def _output_excerpt(self) -> str:
-        if not self._recent:
+        if not self.recent_output:
             return " (no output)"
-        return "; Envoy said:\n" + "\n".join(self._recent)
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
+        return "; Envoy said:\n" + "\n".join(self.recent_output)

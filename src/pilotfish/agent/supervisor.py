@@ -1,23 +1,22 @@
-"""Keep one Envoy running next to a workload: restart it when it dies, drain it on shutdown."""
+"""Keep a process running: restart it with backoff when it dies, stop it on request.
+
+``Supervisor`` is the loop, for any process (the runner's workload replicas use it too);
+``Sidecar`` is that loop around one Envoy, with its bootstrap and drain.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from pilotfish.agent.bootstrap import build_bootstrap
-from pilotfish.agent.envoy_process import (
-    EnvoyOptions,
-    EnvoyProcess,
-    EnvoyStartError,
-    LineSink,
-    describe_exit,
-)
+from pilotfish.agent.child_process import LineSink, ProcessStartError, describe_exit
+from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyProcess
 from pilotfish.model.proxy import ProxyNode
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,173 @@ class RestartPolicy:
 
     def failures_after_exit(self, consecutive_failures: int, uptime: float) -> int:
         return 1 if uptime >= self.stable_after else consecutive_failures + 1
+
+
+class Supervised(Protocol):
+    """One lifetime of a supervised process (``ChildProcess``, ``EnvoyProcess``)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def recent_output(self) -> tuple[str, ...]: ...
+    async def start(self) -> None: ...
+    async def wait(self) -> int: ...
+    async def stop(self) -> int | None: ...
+
+
+P = TypeVar("P", bound=Supervised)
+
+
+class Supervisor(Generic[P]):
+    """Runs a new process from ``new_process`` whenever the last one exits, until ``stop()``.
+
+    ``start()`` (or ``run()`` in a task of your own) raises ``ProcessStartError`` if the very
+    first start fails: a bad command line does not heal by retrying. After that, exits and
+    failed restarts are retried with the policy's backoff.
+
+    After each start, ``on_started`` runs (e.g. waiting until the process serves, then
+    announcing it), then ``ready`` is set; it is abandoned if ``stop`` is asked meanwhile.
+    ``on_exit`` is told at once of every exit that was not asked for, before the backoff.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        new_process: Callable[[], P],
+        *,
+        policy: RestartPolicy | None = None,
+        on_started: Callable[[P], Awaitable[None]] | None = None,
+        on_exit: Callable[[P, int], None] | None = None,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.name = name
+        self.ready = asyncio.Event()
+        self.restarts = 0
+        self.process: P | None = None
+        """The current (or last) process; None before the first start."""
+        self._new_process = new_process
+        self._policy = policy or RestartPolicy()
+        self._on_started = on_started
+        self._on_exit = on_exit
+        self._log = logger
+        self._run_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._run_finished = asyncio.Event()
+        self._run_finished.set()
+
+    async def start(self) -> None:
+        """Run the loop in the background; return once the first process is ready.
+
+        Raises ``ProcessStartError`` (and supervises nothing) if the first start fails.
+        """
+        if self._run_task is not None:
+            raise RuntimeError(f"{self.name}: already started")
+        self._run_task = asyncio.create_task(self.run(), name=f"supervise {self.name}")
+        ready = asyncio.create_task(self.ready.wait())
+        try:
+            await asyncio.wait({self._run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._run_task.cancel()
+            await asyncio.wait({self._run_task})
+            raise
+        finally:
+            ready.cancel()
+        if self._run_task.done():
+            self._run_task.result()  # raises the start error, if there was one
+
+    async def run(self) -> None:
+        self._run_finished.clear()
+        try:
+            await self._keep_running()
+        finally:
+            # Reached with a live process only when run() itself is cancelled.
+            if self.process is not None and self.process.running:
+                await self.process.stop()
+            self.ready.clear()
+            self._run_finished.set()
+
+    def stop_restarting(self) -> None:
+        """From now on an exit is final; the current process keeps running until ``stop()``."""
+        self._stopping.set()
+        self.ready.clear()
+
+    async def stop(self) -> int | None:
+        """Stop restarting, stop the current process; return once nothing of ours runs."""
+        self.stop_restarting()
+        code = await self.process.stop() if self.process is not None else None
+        # run() may be between spawning a process and noticing the stop; when this returns,
+        # no process of ours is left.
+        await self._run_finished.wait()
+        if self._run_task is not None and self._run_task.done() and not self._run_task.cancelled():
+            self._run_task.exception()  # retrieved here so asyncio does not warn it was lost
+        return code
+
+    async def _keep_running(self) -> None:
+        failures = 0
+        ever_started = False
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            process = self._new_process()
+            self.process = process
+            try:
+                await process.start()
+            except ProcessStartError as exc:
+                if self._stopping.is_set():
+                    return
+                if not ever_started:
+                    raise
+                failures += 1
+                self._log.warning("%s could not be restarted: %s", self.name, exc)
+                await self._unless_stopping(asyncio.sleep(self._policy.delay(failures)))
+                continue
+            if self._stopping.is_set():
+                # stop() came while the process was still being spawned.
+                await process.stop()
+                return
+            ever_started = True
+            started_at = loop.time()
+            if self._on_started is not None:
+                try:
+                    await self._unless_stopping(self._on_started(process))
+                except Exception:  # a broken hook must not end the supervision
+                    self._log.exception("%s: after-start hook failed", self.name)
+                if self._stopping.is_set():
+                    return
+            self.ready.set()
+            code = await process.wait()
+            self.ready.clear()
+            if self._stopping.is_set():
+                return
+            if self._on_exit is not None:
+                self._on_exit(process, code)
+            failures = self._policy.failures_after_exit(failures, loop.time() - started_at)
+            delay = self._policy.delay(failures)
+            self.restarts += 1
+            self._log.warning(
+                "%s (pid %s) exited unexpectedly with %s; restarting in %.1fs. Last lines:\n%s",
+                self.name,
+                process.pid,
+                describe_exit(code),
+                delay,
+                "\n".join(process.recent_output) or "(no output)",
+            )
+            await self._unless_stopping(asyncio.sleep(delay))
+
+    async def _unless_stopping(self, work: Awaitable[None]) -> None:
+        # Runs ``work``, but abandons it at once when stop is asked.
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
 
 
 class SupervisedEnvoy(Protocol):
@@ -89,8 +255,6 @@ class Sidecar:
     ) -> None:
         self.node = node
         self.name = name or node.id
-        self.ready = asyncio.Event()
-        self.restarts = 0
         self.bootstrap: dict[str, Any] = build_bootstrap(
             node, xds_address=xds_address, admin_port=admin_port, delta=delta
         )
@@ -100,109 +264,47 @@ class Sidecar:
         self._options = options
         self._work_dir = work_dir
         self._on_output = on_line
-        self._new_process = process_factory or self._new_envoy_process
-        self._run_task: asyncio.Task[None] | None = None
-        self._policy = restart_policy or RestartPolicy()
-        self._process: SupervisedEnvoy | None = None
-        self._stopping = asyncio.Event()
-        self._run_finished = asyncio.Event()
-        self._run_finished.set()
+        self._supervisor: Supervisor[SupervisedEnvoy] = Supervisor(
+            self.name,
+            process_factory or self._new_envoy_process,
+            policy=restart_policy,
+            on_started=self._announce,
+        )
+        self.ready = self._supervisor.ready
+
+    @property
+    def restarts(self) -> int:
+        return self._supervisor.restarts
 
     @property
     def admin_url(self) -> str | None:
         """The running Envoy's admin API (changes on restart only if the admin port is 0)."""
-        return self._process.admin_url if self._process else None
+        process = self._supervisor.process
+        return process.admin_url if process else None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process and self._process.running else None
+        process = self._supervisor.process
+        return process.pid if process and process.running else None
 
     async def start(self) -> None:
         """Run the supervision loop in the background; return once Envoy is ready.
 
         Raises ``EnvoyStartError`` (and supervises nothing) if the first start fails.
         """
-        if self._run_task is not None:
-            raise RuntimeError(f"{self.name}: already started")
-        self._run_task = asyncio.create_task(self.run(), name=f"sidecar {self.name}")
-        ready = asyncio.create_task(self.ready.wait())
-        try:
-            await asyncio.wait({self._run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            self._run_task.cancel()
-            await asyncio.wait({self._run_task})
-            raise
-        finally:
-            ready.cancel()
-        if self._run_task.done():
-            self._run_task.result()  # raises the start error, if there was one
+        await self._supervisor.start()
 
     async def run(self) -> None:
-        self._run_finished.clear()
-        try:
-            await self._keep_envoy_running()
-        finally:
-            # Reached with a live Envoy only when run() itself is cancelled.
-            if self._process is not None and self._process.running:
-                await self._process.stop()
-            self.ready.clear()
-            self._run_finished.set()
-
-    async def _keep_envoy_running(self) -> None:
-        failures = 0
-        ever_started = False
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            process = self._new_process()
-            self._process = process
-            try:
-                await process.start()
-            except EnvoyStartError as exc:
-                if self._stopping.is_set():
-                    return
-                if not ever_started:
-                    raise
-                failures += 1
-                log.warning("%s could not be restarted: %s", self.name, exc)
-                await self._pause(self._policy.delay(failures))
-                continue
-            if self._stopping.is_set():
-                # shutdown() came while the process was still being spawned.
-                await process.stop()
-                return
-            ever_started = True
-            started_at = loop.time()
-            self.ready.set()
-            log.info("%s ready (pid %s, admin %s)", self.name, process.pid, process.admin_url)
-            code = await process.wait()
-            self.ready.clear()
-            if self._stopping.is_set():
-                return
-            failures = self._policy.failures_after_exit(failures, loop.time() - started_at)
-            delay = self._policy.delay(failures)
-            self.restarts += 1
-            log.warning(
-                "%s (pid %s) exited unexpectedly with %s; restarting in %.1fs. Last lines:\n%s",
-                self.name,
-                process.pid,
-                describe_exit(code),
-                delay,
-                "\n".join(process.recent_output) or "(no output)",
-            )
-            await self._pause(delay)
+        await self._supervisor.run()
 
     async def shutdown(self, drain_seconds: float) -> None:
         """Drain Envoy's listeners for up to ``drain_seconds``, then stop it; ``run()`` returns."""
-        self._stopping.set()
-        self.ready.clear()
-        if self._process is not None:
-            code = await self._process.drain(drain_seconds)
+        self._supervisor.stop_restarting()
+        process = self._supervisor.process
+        if process is not None:
+            code = await process.drain(drain_seconds)
             log.info("%s stopped (%s)", self.name, describe_exit(code))
-        # run() may be between spawning a process and noticing the shutdown; when this
-        # returns, no Envoy of ours is left.
-        await self._run_finished.wait()
-        if self._run_task is not None and self._run_task.done() and not self._run_task.cancelled():
-            self._run_task.exception()  # retrieved here so asyncio does not warn it was lost
+        await self._supervisor.stop()
 
     def _new_envoy_process(self) -> SupervisedEnvoy:
         return EnvoyProcess(
@@ -213,9 +315,5 @@ class Sidecar:
             on_output=self._on_output,
         )
 
-    async def _pause(self, seconds: float) -> None:
-        # Sleeps, but wakes at once when shutdown() is called.
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            return
+    async def _announce(self, process: SupervisedEnvoy) -> None:
+        log.info("%s ready (pid %s, admin %s)", self.name, process.pid, process.admin_url)

@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="[pilotfish] %(levelname)s %(name)s: %(message)s",
     )
+    # The config watcher's library says "N changes detected" at INFO on every save.
+    logging.getLogger("watchfiles").setLevel(max(logging.WARNING, logging.root.level))
     if args.command in ("validate", "up", "control-plane") and not args.directory.is_dir():
         print(f"{args.directory}: not a folder", file=sys.stderr)
         return 2

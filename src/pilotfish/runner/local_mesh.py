@@ -16,8 +16,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilotfish.agent.child_process import ChildProcess
 from pilotfish.agent.ports import free_port, wait_for_port
-from pilotfish.agent.supervisor import RestartPolicy, Sidecar
+from pilotfish.agent.supervisor import Sidecar, Supervisor
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
@@ -25,7 +26,6 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
 from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
-from pilotfish.runner.workload_process import WorkloadProcess
 
 log = logging.getLogger("pilotfish.runner")
 
@@ -46,8 +46,9 @@ class _RunningReplica:
     spec: ReplicaSpec
     ports: ReplicaPorts
     sidecar: Sidecar
-    process: WorkloadProcess
-    keeper: asyncio.Task[None] | None = None
+    sidecar_started: asyncio.Future[None]
+    app: Supervisor[ChildProcess]
+    """Restarts the app when it exits on its own, as a Kubernetes kubelet would."""
 
 
 class LocalMesh:
@@ -143,18 +144,36 @@ class LocalMesh:
             app_protocol=spec.protocol,
         )
         sidecar = self._sidecar(node, spec.name)
-        process = WorkloadProcess(
-            spec.name,
-            spec.command,
-            spec.directory,
-            replica_environment(spec, ports, os.environ),
-            prefixed_printer(spec.name),
+        environment = replica_environment(spec, ports, os.environ)
+
+        def new_app_process() -> ChildProcess:
+            return ChildProcess(
+                spec.command,
+                name=spec.name,
+                cwd=spec.directory,
+                env=environment,
+                on_line=prefixed_printer(spec.name),
+            )
+
+        running = _RunningReplica(
+            spec,
+            ports,
+            sidecar,
+            asyncio.ensure_future(sidecar.start()),
+            Supervisor(
+                spec.name,
+                new_app_process,
+                on_started=lambda _: self._register_when_serving(running),
+                on_exit=lambda _, code: self._withdraw(running),
+                logger=log,
+            ),
         )
-        running = _RunningReplica(spec, ports, sidecar, process)
         self.replicas[spec.name] = running
         # Both starts run to their end before we look, so a failed one never leaves the other
-        # half still starting behind our back.
-        outcomes = await asyncio.gather(sidecar.start(), process.start(), return_exceptions=True)
+        # half still starting behind our back. The app's start includes its registration.
+        outcomes = await asyncio.gather(
+            running.sidecar_started, running.app.start(), return_exceptions=True
+        )
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
             for failure in failures:
@@ -163,11 +182,12 @@ class LocalMesh:
             await _shielded(self._shut_down(running, 0))
             if any(not isinstance(f, PilotfishError) for f in failures):
                 raise failures[0]
-            return
-        await self._register_when_listening(running)
-        running.keeper = asyncio.create_task(self._keep_running(running))
 
-    async def _register_when_listening(self, running: _RunningReplica) -> None:
+    async def _register_when_serving(self, running: _RunningReplica) -> None:
+        """Add the replica to its service once its app listens and its sidecar is ready.
+
+        Runs after every start of the app; its endpoint is withdrawn when the app exits.
+        """
         spec, ports = running.spec, running.ports
         try:
             await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
@@ -179,8 +199,12 @@ class LocalMesh:
                 self.settings.app_start_timeout,
             )
             return
-        if running.process.returncode is not None:
-            return  # it died while we waited; _keep_running deals with that
+        await asyncio.wait({running.sidecar_started})
+        if running.sidecar_started.cancelled() or running.sidecar_started.exception():
+            return  # the replica is being taken down
+        app = running.app.process
+        if app is None or not app.running:
+            return  # it died while we waited; its supervisor restarts it
         self.replica_registry.set_endpoint(
             spec.hostname,
             spec.name,
@@ -193,30 +217,9 @@ class LocalMesh:
         )
         log.info("%s is serving %s", spec.name, spec.hostname)
 
-    async def _keep_running(self, running: _RunningReplica) -> None:
-        """Restart a replica whose process exits on its own, as a Kubernetes kubelet would.
-
-        Its endpoint is withdrawn at once so callers stop sending to it while it is down.
-        """
-        policy = RestartPolicy()
-        failures = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            code = await running.process.wait()
-            self.replica_registry.set_endpoint(running.spec.hostname, running.spec.name, None)
-            failures = policy.failures_after_exit(failures, loop.time() - started)
-            delay = policy.delay(failures)
-            log.error(
-                "%s exited with code %s; restarting it in %.1fs", running.spec.name, code, delay
-            )
-            await asyncio.sleep(delay)
-            try:
-                await running.process.start()
-            except PilotfishError:
-                log.exception("%s could not be restarted", running.spec.name)
-                continue  # the old process's exit is seen again at once: back off and retry
-            await self._register_when_listening(running)
+    def _withdraw(self, running: _RunningReplica) -> None:
+        # At once, so that callers stop sending to it while it is down.
+        self.replica_registry.set_endpoint(running.spec.hostname, running.spec.name, None)
 
     async def _stop_replica(self, name: str) -> None:
         running = self.replicas.pop(name)
@@ -225,19 +228,17 @@ class LocalMesh:
         await _shielded(self._withdraw_and_stop(running))
 
     async def _withdraw_and_stop(self, running: _RunningReplica) -> None:
-        if running.keeper is not None:
-            running.keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.keeper
-        self.replica_registry.set_endpoint(running.spec.hostname, running.spec.name, None)
+        running.app.stop_restarting()
+        self._withdraw(running)
         # Let the endpoint removal reach the callers' sidecars before the replica goes away.
         await self.control_plane.wait_until_pushed(timeout=2.0)
         await self._shut_down(running, self.settings.drain_seconds)
 
     @staticmethod
     async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
+        running.app.stop_restarting()  # and no registration while the sidecar drains
         await running.sidecar.shutdown(drain_seconds)
-        await running.process.stop()
+        await running.app.stop()
 
     async def stop(self) -> None:
         if self._reconcile_task is not None:

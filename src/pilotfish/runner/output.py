@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Callable
 from typing import TextIO
 
-LineSink = Callable[[str], None]
+from pilotfish.agent.child_process import LineSink
 
 
 def prefixed_printer(name: str, stream: TextIO | None = None) -> LineSink:
@@ -17,12 +15,3 @@ def prefixed_printer(name: str, stream: TextIO | None = None) -> LineSink:
         out.flush()
 
     return emit
-
-
-async def pump_lines(reader: asyncio.StreamReader, sink: LineSink) -> None:
-    """Forward a child's output line by line until it closes the pipe."""
-    while True:
-        raw = await reader.readline()
-        if not raw:
-            return
-        sink(raw.decode(errors="replace").rstrip("\n"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from pilotfish.agent.admin_client import _dechunk
+from pilotfish.agent.child_process import describe_exit
 from pilotfish.agent.envoy_process import (
     EnvoyOptions,
     active_downstream_connections,
-    describe_exit,
     envoy_argv,
     find_envoy_binary,
 )

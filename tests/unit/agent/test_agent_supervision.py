@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pilotfish.agent.envoy_process import EnvoyStartError
-from pilotfish.agent.supervisor import RestartPolicy, Sidecar, SupervisedEnvoy
+from pilotfish.agent.supervisor import RestartPolicy, Sidecar, SupervisedEnvoy, Supervisor
 from pilotfish.model.proxy import ProxyNode
 
 NODE = ProxyNode(id="web-0", service="web")
@@ -159,6 +159,81 @@ async def test_cancelling_run_stops_envoy(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert not envoy.running
+
+
+async def test_ready_waits_for_the_started_hook() -> None:
+    fleet = Fleet()
+    hook_may_finish = asyncio.Event()
+    hooked: list[SupervisedEnvoy] = []
+
+    async def on_started(process: SupervisedEnvoy) -> None:
+        hooked.append(process)
+        await hook_may_finish.wait()
+
+    supervisor = Supervisor("app", fleet, on_started=on_started)
+    starting = asyncio.create_task(supervisor.start())
+    await fleet.started.get()
+    await asyncio.sleep(0)
+    assert hooked == fleet.launched
+    assert not supervisor.ready.is_set() and not starting.done()
+    hook_may_finish.set()
+    await asyncio.wait_for(starting, 5)
+    assert supervisor.ready.is_set()
+    await supervisor.stop()
+
+
+async def test_stop_abandons_a_pending_started_hook_and_stops_the_process() -> None:
+    fleet = Fleet()
+    cancelled = asyncio.Event()
+
+    async def never_done(process: SupervisedEnvoy) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    supervisor = Supervisor("app", fleet, on_started=never_done)
+    running = asyncio.create_task(supervisor.run())
+    envoy = await fleet.started.get()
+    await asyncio.wait_for(supervisor.stop(), 5)
+    assert cancelled.is_set()
+    assert not envoy.running
+    await asyncio.wait_for(running, 5)
+    assert len(fleet.launched) == 1
+
+
+async def test_after_stop_restarting_the_process_runs_on_and_its_exit_is_final() -> None:
+    fleet = Fleet()
+    exits: list[int] = []
+    supervisor = Supervisor("app", fleet, on_exit=lambda process, code: exits.append(code))
+    await supervisor.start()
+    envoy = await fleet.started.get()
+    supervisor.stop_restarting()
+    assert not supervisor.ready.is_set()
+    await asyncio.sleep(0)
+    assert envoy.running  # e.g. while its endpoint is withdrawn and its sidecar drains
+    envoy.crash(1)
+    await asyncio.wait_for(supervisor.stop(), 5)
+    assert exits == []
+    assert len(fleet.launched) == 1
+
+
+async def test_a_failing_started_hook_is_logged_and_supervision_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = Fleet()
+
+    async def broken(process: SupervisedEnvoy) -> None:
+        raise RuntimeError("hook bug")
+
+    supervisor = Supervisor("app", fleet, on_started=broken, policy=RestartPolicy(first_delay=0))
+    await asyncio.wait_for(supervisor.start(), 5)
+    assert supervisor.ready.is_set()
+    assert "after-start hook failed" in caplog.text
+    (await fleet.started.get()).crash(1)
+    await asyncio.wait_for(fleet.started.get(), 5)  # still restarted
+    await supervisor.stop()
 
 
 def test_sidecar_builds_its_bootstrap_from_the_node(tmp_path: Path) -> None:
