@@ -16,7 +16,11 @@ from pilotfish.translate.clusters import build_inbound_cluster, build_outbound_c
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import build_load_assignments
 from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
-from pilotfish.translate.routes import build_gateway_route_configs, build_outbound_route_config
+from pilotfish.translate.routes import (
+    VirtualServiceRoutes,
+    build_gateway_route_configs,
+    build_outbound_route_config,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class MeshTranslator:
     configuration) is built at most once per translator, on first use; only listeners, the
     inbound cluster and gateway routes are built per node.
 
+    Sidecars share one ``outbound`` route configuration unless a mesh VirtualService has
+    matches on the calling proxy (``sourceLabels``, ``sourceNamespace``): then there is one
+    per group of sidecars that meet the same of those conditions, and ``shared_for(node)``
+    is the shared part of that node's group.
+
     Given the translator of the previous view, it reuses what that one built and the change
     cannot have touched: with the same config, routes and clusters (but those of DNS services,
     which carry their endpoints) stay, and only services whose endpoints changed get new load
@@ -66,7 +75,12 @@ class MeshTranslator:
             built = previous.__dict__
             self._reusable = {
                 key: built[key]
-                for key in ("_destinations", "outbound_route_config", "_assignments_by_host")
+                for key in (
+                    "_destinations",
+                    "_virtual_service_routes",
+                    "_outbound_by_signature",
+                    "_assignments_by_host",
+                )
                 if key in built
             }
             if "outbound_clusters" in built and self._dns_endpoints_unchanged():
@@ -108,32 +122,71 @@ class MeshTranslator:
         return tuple(cla for group in self._assignments_by_host.values() for cla in group)
 
     @cached_property
-    def outbound_route_config(self) -> RouteConfiguration:
-        reused = self._reusable.get("outbound_route_config")
-        if isinstance(reused, RouteConfiguration):
+    def _virtual_service_routes(self) -> VirtualServiceRoutes:
+        reused = self._reusable.get("_virtual_service_routes")
+        if isinstance(reused, VirtualServiceRoutes):
             return reused
-        return build_outbound_route_config(self._view, self._destinations)
+        return VirtualServiceRoutes(self._view)
+
+    @cached_property
+    def _outbound_by_signature(self) -> dict[tuple[bool, ...], RouteConfiguration]:
+        """Filled as sidecars of each group first ask; shared with the next translator of the
+        same config, since routes do not depend on endpoints."""
+        reused = self._reusable.get("_outbound_by_signature")
+        return reused if isinstance(reused, dict) else {}
+
+    def outbound_route_config_for(self, node: ProxyNode) -> RouteConfiguration:
+        return self._outbound_for_signature(self._virtual_service_routes.source_signature(node))
+
+    @property
+    def outbound_route_config(self) -> RouteConfiguration:
+        """The configuration of sidecars that meet no source condition (all of them when no
+        VirtualService has one)."""
+        routes = self._virtual_service_routes
+        return self._outbound_for_signature((False,) * len(routes.source_conditions))
+
+    def _outbound_for_signature(self, signature: tuple[bool, ...]) -> RouteConfiguration:
+        found = self._outbound_by_signature.get(signature)
+        if found is None:
+            routes = self._virtual_service_routes
+            found = build_outbound_route_config(
+                self._view, self._destinations, routes, routes.source_filter(signature)
+            )
+            self._outbound_by_signature[signature] = found
+        return found
 
     @cached_property
     def _shared_by_gateways(self) -> ResourceSet:
         return ResourceSet(clusters=self.outbound_clusters, load_assignments=self.load_assignments)
 
     @cached_property
-    def _shared_by_sidecars(self) -> ResourceSet:
-        return ResourceSet(
-            clusters=self.outbound_clusters,
-            load_assignments=self.load_assignments,
-            routes=(self.outbound_route_config,),
-        )
+    def _shared_by_sidecar_group(self) -> dict[tuple[bool, ...], ResourceSet]:
+        return {}
+
+    def _shared_by_sidecars(self, node: ProxyNode) -> ResourceSet:
+        signature = self._virtual_service_routes.source_signature(node)
+        found = self._shared_by_sidecar_group.get(signature)
+        if found is None:
+            found = ResourceSet(
+                clusters=self.outbound_clusters,
+                load_assignments=self.load_assignments,
+                routes=(self._outbound_for_signature(signature),),
+            )
+            self._shared_by_sidecar_group[signature] = found
+        return found
 
     def shared_for(self, node: ProxyNode) -> ResourceSet:
-        """What ``node`` shares with every proxy of its kind.
+        """What ``node`` shares with every proxy of its group: all gateways form one group;
+        sidecars form one per source signature (one group when no VirtualService matches
+        on the calling proxy). The same object for every node of a group.
 
         The rest of ``resources_for(node)`` (listeners, the inbound cluster, gateway routes)
         depends only on the config and the node, never on endpoints: the controller relies on
         this to keep it across generations that change endpoints only.
         """
-        return self._shared_by_gateways if node.kind == "gateway" else self._shared_by_sidecars
+        return (
+            self._shared_by_gateways if node.kind == "gateway" else self._shared_by_sidecars(node)
+        )
 
     def resources_for(self, node: ProxyNode) -> ProxyResources:
         if node.kind == "gateway":
@@ -142,10 +195,12 @@ class MeshTranslator:
                 clusters=shared.clusters,
                 load_assignments=shared.load_assignments,
                 listeners=build_gateway_listeners(self._view, node),
-                routes=build_gateway_route_configs(self._view, node, self._destinations),
+                routes=build_gateway_route_configs(
+                    self._view, node, self._destinations, self._virtual_service_routes
+                ),
                 shared=shared,
             )
-        shared = self._shared_by_sidecars
+        shared = self._shared_by_sidecars(node)
         inbound = build_inbound_cluster(node)
         return ProxyResources(
             clusters=shared.clusters + ((inbound,) if inbound is not None else ()),
