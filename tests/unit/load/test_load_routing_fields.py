@@ -392,3 +392,38 @@ def test_a_delegate_route_outside_the_root_match_is_dropped_with_a_warning() -> 
     assert warning.severity == "warning"
     assert "of delegate default/reviews-v2 (b.yaml:6:5)" in warning.message
     assert "dropped" in warning.message
+
+
+# --- wildcard DestinationRule hosts --------------------------------------------------------------
+
+WILDCARD_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: everything}
+spec:
+  host: "*.default.svc.cluster.local"
+  subsets:
+  - {name: v3, labels: {version: v3}}
+"""
+
+
+def test_a_wildcard_rule_defines_subsets_for_the_services_it_matches() -> None:
+    text = route("name: a", route_lines="route: [{destination: {host: reviews, subset: v3}}]")
+    result = load_files(a=text, b=WILDCARD_RULE, r=REGISTRY)
+    assert result.diagnostics == ()
+
+
+def test_an_exact_rule_wins_over_a_wildcard_one_for_subsets() -> None:
+    text = route("name: a", route_lines="route: [{destination: {host: reviews, subset: v3}}]")
+    result = load_files(a=text, b=WILDCARD_RULE, c=REVIEWS_RULE, r=REGISTRY)
+    (diagnostic,) = result.diagnostics
+    assert diagnostic.field == "spec.http[0].route[0].destination.subset"
+    assert "not defined in DestinationRule default/reviews (it has v1, v2)" in diagnostic.message
+
+
+def test_a_wildcard_rule_that_matches_no_service_is_a_warning() -> None:
+    rule = WILDCARD_RULE.replace("*.default.svc.cluster.local", "*.example.com")
+    result = load_files(b=rule, r=REGISTRY)
+    (diagnostic,) = result.diagnostics
+    assert (diagnostic.field, diagnostic.severity) == ("spec.host", "warning")
+    assert diagnostic.message.startswith('"*.example.com" matches no service')
