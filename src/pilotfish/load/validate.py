@@ -16,7 +16,7 @@ from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.delegation import (
     MESH,
     delegate_key,
-    merge_matches,
+    merge_route,
     qualify_gateway,
     virtual_services_by_name,
 )
@@ -353,7 +353,8 @@ def _delegation_problems(
                 )
                 continue
             for sub_index, sub in enumerate(target.http):
-                if sub.delegate is None and merge_matches(http.match, sub.match) is None:
+                merged = merge_route(http, root.meta.namespace, sub, namespace)
+                if sub.delegate is None and merged is None:
                     sub_path = paths.path_of(sub) or f"spec.http[{sub_index}]"
                     yield _at(
                         root.meta,

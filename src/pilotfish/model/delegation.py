@@ -66,18 +66,24 @@ def expand_delegates(
         for sub in target.http:
             if sub.delegate is not None:
                 continue
-            merged = merge_route(http, sub, target.meta.namespace)
+            merged = merge_route(http, root.meta.namespace, sub, target.meta.namespace)
             if merged is not None:
                 routes.append(merged)
     return tuple(routes)
 
 
-def merge_route(root: HTTPRoute, sub: HTTPRoute, sub_namespace: str) -> HTTPRoute | None:
-    """``sub`` narrowed by ``root``'s matches, or None when no root match admits it."""
-    matches = merge_matches(root.match, sub.match)
+def merge_route(
+    root: HTTPRoute, root_namespace: str, sub: HTTPRoute, sub_namespace: str
+) -> HTTPRoute | None:
+    """``sub`` narrowed by ``root``'s matches, or None when no root match admits it.
+
+    Names in each are qualified in its own namespace first, so that they compare and so
+    that the merged route means what each resource's author meant.
+    """
+    local = _qualified(sub, sub_namespace)
+    matches = merge_matches(_qualified_matches(root.match, root_namespace), local.match)
     if matches is None:
         return None
-    local = _qualified(sub, sub_namespace)
     return replace(
         local,
         match=matches,
@@ -112,10 +118,16 @@ def _qualified(route: HTTPRoute, namespace: str) -> HTTPRoute:
             RouteDestination(destination(r.destination), r.weight, r.headers) for r in route.route
         ),
         mirrors=tuple(MirrorPolicy(destination(m.destination), m.percent) for m in route.mirrors),
-        match=tuple(
-            replace(m, gateways=tuple(qualify_gateway(g, namespace) for g in m.gateways))
-            for m in route.match
-        ),
+        match=_qualified_matches(route.match, namespace),
+    )
+
+
+def _qualified_matches(
+    matches: tuple[HTTPMatchRequest, ...], namespace: str
+) -> tuple[HTTPMatchRequest, ...]:
+    return tuple(
+        replace(m, gateways=tuple(qualify_gateway(g, namespace) for g in m.gateways))
+        for m in matches
     )
 
 
