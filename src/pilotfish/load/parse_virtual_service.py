@@ -132,11 +132,10 @@ HTTP_STATUS_MAX = 599
 
 def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> VirtualService:
     # Without hosts it is a delegate, used only through a root route's ``delegate``.
+    # (an empty list is the same as none, as in protobuf).
     hosts = reader.string_list(spec, "hosts", "spec")
-    if spec.get("hosts") == []:
-        reader.error("spec.hosts", "must not be empty (leave it out for a delegate)")
     gateways = reader.string_list(spec, "gateways", "spec")
-    if not hosts and spec.get("hosts") is None and gateways:
+    if not hosts and gateways:
         reader.error("spec.gateways", "a delegate VirtualService (one without hosts) has none")
     routes: list[HTTPRoute] = []
     for item, path in reader.items(spec, "http", "spec"):
@@ -368,7 +367,7 @@ def _match_request(reader: FieldReader, value: object, path: str) -> HTTPMatchRe
         source_namespace = None
     source_labels = reader.string_map(fields, "sourceLabels", path)
     for key, value in source_labels.items():
-        problem = label_problem(key, value)
+        problem = _label_problem(key, value)
         if problem is not None:
             reader.error(join_path(join_path(path, "sourceLabels"), key), problem)
     return HTTPMatchRequest(
@@ -392,7 +391,7 @@ def _is_dns_label(text: str) -> bool:
     return DNS_LABEL.fullmatch(text) is not None
 
 
-def label_problem(key: str, value: str) -> str | None:
+def _label_problem(key: str, value: str) -> str | None:
     """Kubernetes label syntax: an optional DNS prefix and a name of at most 63 characters."""
     prefix, _, name = key.rpartition("/")
     if prefix and not all(_is_dns_label(part) for part in prefix.split(".")):

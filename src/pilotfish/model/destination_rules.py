@@ -41,7 +41,3 @@ class DestinationRuleLookup:
         if found is not None:
             return found
         return next((rule for host, rule in self._wildcards if host_matches(host, hostname)), None)
-
-    def covers_any(self, rule: DestinationRule, hostnames: Iterable[str]) -> bool:
-        """Whether ``rule`` is the one governing at least one of ``hostnames``."""
-        return any(self.rule_for(hostname) is rule for hostname in hostnames)
