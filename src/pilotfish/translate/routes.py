@@ -306,14 +306,21 @@ class RouteScope:
 class RouteBuilder:
     """Turns one VirtualService's HTTP routes into Envoy routes.
 
-    ``namespace`` qualifies short destination hosts; ``scope.port`` is the service port the
-    virtual host serves, used when a destination names no port and its service has several.
+    ``namespace`` qualifies short destination hosts; ``listener_port`` is the service port the
+    virtual host serves, used when a destination names no port and its service has several
+    (a gateway's port is not a service port: there it is None).
     """
 
-    def __init__(self, destinations: DestinationIndex, namespace: str, scope: RouteScope):
+    def __init__(
+        self,
+        destinations: DestinationIndex,
+        namespace: str,
+        scope: RouteScope,
+        listener_port: int | None = None,
+    ):
         self._destinations = destinations
         self._namespace = namespace
-        self._listener_port = scope.port
+        self._listener_port = listener_port
         self._scope = scope
 
     def build(self, http: HTTPRoute) -> list[rc.Route]:
@@ -570,7 +577,7 @@ def build_outbound_route_config(
             if not domains:
                 continue
             namespace = virtual_service.meta.namespace if virtual_service else service.namespace
-            builder = RouteBuilder(index, namespace, RouteScope(port, source=source))
+            builder = RouteBuilder(index, namespace, RouteScope(port, source=source), port)
             http = table.http_of(virtual_service) if virtual_service is not None else ()
             if http:
                 routes_here = [r for route in http for r in builder.build(route)]
