@@ -140,3 +140,35 @@ def test_a_chain_of_translators_says_what_a_fresh_one_says(
         previous = chained
     assert previous is not None
     assert everything(previous, SIDECAR) == everything(MeshTranslator(view), SIDECAR)
+
+
+SOURCE_ROUTES = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api]
+  http:
+  - match: [{sourceLabels: {app: web}}]
+    route: [{destination: {host: api, subset: v1}}]
+  - route: [{destination: {host: api}}]
+"""
+
+
+def test_an_endpoint_change_keeps_the_routes_of_every_source_group() -> None:
+    config = config_of(MESH + SOURCE_ROUTES)
+    web = ProxyNode(id="web-0", labels={"app": "web"}, outbound_port=1)
+    other = ProxyNode(id="other-0", labels={"app": "other"}, outbound_port=1)
+    first = MeshTranslator(build_view(config, {API: [endpoint(7001)]}))
+    web_routes = first.resources_for(web).routes
+    other_routes = first.resources_for(other).routes
+    assert web_routes != other_routes
+
+    second = MeshTranslator(build_view(config, {API: [endpoint(7001), endpoint(7002)]}), first)
+
+    assert second.resources_for(web).routes[0] is web_routes[0]
+    assert second.resources_for(other).routes[0] is other_routes[0]
+    # The shared part is per group, and new per generation (its assignments changed).
+    assert second.shared_for(web) is not first.shared_for(web)
+    assert second.shared_for(web) is not second.shared_for(other)
