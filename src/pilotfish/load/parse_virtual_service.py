@@ -234,8 +234,11 @@ def _mirrors(reader: FieldReader, fields: Fields, path: str) -> tuple[MirrorPoli
         )
     for key in ("mirrorPercent", "mirrorPercentage"):
         if fields.get(key) is not None and fields.get("mirror") is None:
-            reader.error(
-                join_path(path, key), "needs mirror (with mirrors, set each one's percentage)"
+            # Istio accepts it and ignores it: it applies to ``mirror`` only.
+            reader.warning(
+                join_path(path, key),
+                "has no effect without mirror, so nothing is mirrored by it "
+                "(with mirrors, set each one's percentage)",
             )
     if fields.get("mirrorPercent") is not None:
         reader.warning(

@@ -427,3 +427,19 @@ def test_a_wildcard_rule_that_matches_no_service_is_a_warning() -> None:
     (diagnostic,) = result.diagnostics
     assert (diagnostic.field, diagnostic.severity) == ("spec.host", "warning")
     assert diagnostic.message.startswith('"*.example.com" matches no service')
+
+
+def test_a_mirror_percentage_without_mirror_is_only_a_warning() -> None:
+    text, result = load_route(
+        route("mirrors: [{destination: {host: ratings}}]\nmirrorPercentage: {value: 5}")
+    )
+    assert_at(
+        result,
+        text,
+        "spec.http[0].mirrorPercentage",
+        "mirrorPercentage",
+        "has no effect without mirror",
+        severity="warning",
+    )
+    assert result.config is not None
+    assert result.config.virtual_services[0].http[0].mirrors[0].percent == 100.0
