@@ -135,8 +135,17 @@ class MeshTranslator:
         reused = self._reusable.get("_outbound_by_signature")
         return reused if isinstance(reused, dict) else {}
 
+    def sidecar_group(self, node: ProxyNode) -> tuple[bool, ...]:
+        """The key of ``node``'s group: which source conditions of the config it meets.
+
+        Equal keys mean equal ``outbound`` routes and the same ``shared_for`` object; with no
+        source-dependent VirtualService every sidecar's key is ``()``. A cache may key on it
+        (together with the config) instead of on the node.
+        """
+        return self._virtual_service_routes.source_signature(node)
+
     def outbound_route_config_for(self, node: ProxyNode) -> RouteConfiguration:
-        return self._outbound_for_signature(self._virtual_service_routes.source_signature(node))
+        return self._outbound_for_signature(self.sidecar_group(node))
 
     @property
     def outbound_route_config(self) -> RouteConfiguration:
@@ -164,7 +173,7 @@ class MeshTranslator:
         return {}
 
     def _shared_by_sidecars(self, node: ProxyNode) -> ResourceSet:
-        signature = self._virtual_service_routes.source_signature(node)
+        signature = self.sidecar_group(node)
         found = self._shared_by_sidecar_group.get(signature)
         if found is None:
             found = ResourceSet(

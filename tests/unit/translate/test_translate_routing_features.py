@@ -386,3 +386,13 @@ def test_a_wildcard_destination_rule_makes_subset_clusters_for_the_services_it_m
     names = {c.name for c in MeshTranslator(view).outbound_clusters}
 
     assert "outbound|8080|v1|backend.default.svc.cluster.local" in names
+
+
+def test_the_sidecar_group_key_tells_which_sidecars_share_routes() -> None:
+    translator = MeshTranslator(canary_callers_view())
+    canary = sidecar("a", {"track": "canary"})
+
+    assert translator.sidecar_group(canary) == (True, False)
+    assert translator.sidecar_group(sidecar("b", {}, namespace="team")) == (False, True)
+    assert translator.outbound_route_config_for(canary) is translator.shared_for(canary).routes[0]
+    assert MeshTranslator(mesh_of()).sidecar_group(canary) == ()
