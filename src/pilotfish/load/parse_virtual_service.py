@@ -373,16 +373,23 @@ def _match_request(reader: FieldReader, value: object, path: str) -> HTTPMatchRe
         problem = _label_problem(key, value)
         if problem is not None:
             reader.error(join_path(join_path(path, "sourceLabels"), key), problem)
+    uri = _optional_string_match(reader, fields, "uri", path)
+    ignore_uri_case = bool(reader.boolean(fields, "ignoreUriCase", path))
+    if ignore_uri_case and uri is not None and uri.kind == "regex":
+        reader.warning(
+            join_path(path, "ignoreUriCase"),
+            "Envoy matches a regex uri case-sensitively all the same; write (?i) in the regex",
+        )
     return HTTPMatchRequest(
         name=reader.string(fields, "name", path),
-        uri=_optional_string_match(reader, fields, "uri", path),
+        uri=uri,
         method=_optional_string_match(reader, fields, "method", path),
         authority=_optional_string_match(reader, fields, "authority", path),
         headers=_string_match_map(reader, fields, "headers", path),
         query_params=_string_match_map(reader, fields, "queryParams", path),
         scheme=_optional_string_match(reader, fields, "scheme", path),
         without_headers=_string_match_map(reader, fields, "withoutHeaders", path),
-        ignore_uri_case=bool(reader.boolean(fields, "ignoreUriCase", path)),
+        ignore_uri_case=ignore_uri_case,
         port=reader.port(fields, "port", path),
         source_labels=source_labels,
         source_namespace=source_namespace,

@@ -443,3 +443,15 @@ def test_a_mirror_percentage_without_mirror_is_only_a_warning() -> None:
     )
     assert result.config is not None
     assert result.config.virtual_services[0].http[0].mirrors[0].percent == 100.0
+
+
+def test_ignore_uri_case_on_a_regex_says_it_has_no_effect() -> None:
+    text, result = load_route(route("match: [{uri: {regex: /a.*}, ignoreUriCase: true}]"))
+    assert_at(
+        result,
+        text,
+        "spec.http[0].match[0].ignoreUriCase",
+        "ignoreUriCase",
+        "write (?i) in the regex",
+        severity="warning",
+    )
