@@ -24,6 +24,8 @@ from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
     ConsistentHash,
+    CorsPolicy,
+    Delegate,
     Destination,
     DestinationRule,
     DirectResponse,
@@ -40,6 +42,7 @@ from pilotfish.model.resources import (
     LoadBalancer,
     MeshConfig,
     Meta,
+    MirrorPolicy,
     Redirect,
     Retries,
     Rewrite,
@@ -119,6 +122,41 @@ def every_feature_view(gateway_port: int) -> MeshView:
                         route=(to("nowhere"),),
                     ),
                     HTTPRoute(
+                        match=(
+                            HTTPMatchRequest(
+                                uri=StringMatch("prefix", "/Caseless"),
+                                ignore_uri_case=True,
+                                scheme=StringMatch("exact", "http"),
+                                without_headers={"x-debug": StringMatch("regex", "1|yes")},
+                                port=8080,
+                                source_labels={"app": "backend"},
+                                source_namespace="default",
+                                gateways=("mesh", "web"),
+                            ),
+                        ),
+                        route=(to("backend", "v1"),),
+                    ),
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/team")),),
+                        delegate=Delegate("team"),
+                    ),
+                    HTTPRoute(
+                        mirrors=(
+                            MirrorPolicy(Destination("frontend"), 12.5),
+                            MirrorPolicy(Destination("backend", "v2")),
+                        ),
+                        cors_policy=CorsPolicy(
+                            allow_origins=(
+                                StringMatch("exact", "https://app.example"),
+                                StringMatch("regex", "https://.*[.]example"),
+                            ),
+                            allow_methods=("GET", "POST"),
+                            allow_headers=("x-a",),
+                            expose_headers=("x-b",),
+                            max_age=600.0,
+                            allow_credentials=True,
+                            forward_unmatched_preflights=False,
+                        ),
                         route=(
                             to("backend", "v1", 90),
                             RouteDestination(
@@ -136,6 +174,30 @@ def every_feature_view(gateway_port: int) -> MeshView:
                                 set={"x-a": "1"}, add={"x-b": "2"}, remove=("x-c",)
                             ),
                         ),
+                    ),
+                ),
+            ),
+            VirtualService(
+                meta=meta("VirtualService", "team"),
+                hosts=(),
+                http=(
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("prefix", "/team/v2")),),
+                        route=(to("backend", "v2"),),
+                    ),
+                    HTTPRoute(route=(to("backend", "v1"),)),
+                ),
+            ),
+            # Merged with "site" below on the gateway: one virtual host for "*".
+            VirtualService(
+                meta=meta("VirtualService", "site-extra"),
+                hosts=("*",),
+                gateways=("web",),
+                http=(
+                    HTTPRoute(
+                        match=(HTTPMatchRequest(uri=StringMatch("exact", "/extra")),),
+                        route=(to("frontend"),),
+                        mirrors=(MirrorPolicy(Destination("backend", port=8080)),),
                     ),
                 ),
             ),
@@ -248,6 +310,7 @@ def test_envoy_accepts_generated_resources(kind: str, tmp_path: Path) -> None:
         node = ProxyNode(
             id="backend-0",
             service="backend",
+            labels={"app": "backend"},
             outbound_port=free_port(),
             inbound_port=free_port(),
             app_port=free_port(),
@@ -257,6 +320,9 @@ def test_envoy_accepts_generated_resources(kind: str, tmp_path: Path) -> None:
         node = ProxyNode(id="ingress-0", kind="gateway")
     resources = MeshTranslator(view).resources_for(node)
     assert resources.listeners, "nothing to validate: the scenario produced no listener"
+    emitted = str(resources.routes)
+    for feature in ("request_mirror_policies", "envoy.filters.http.cors", "invert_match"):
+        assert feature in emitted or kind == "gateway", f"the scenario lost {feature}"
 
     result = envoy_validate(static_bootstrap(resources), tmp_path)
 

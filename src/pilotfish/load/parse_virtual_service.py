@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from pilotfish.load.dns_names import DNS_LABEL
 from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.http_headers import (
     header_name_problem,
@@ -13,6 +16,8 @@ from pilotfish.load.regex_check import re2_problem
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import (
     ISTIO_DEFAULT_RETRY_ATTEMPTS,
+    CorsPolicy,
+    Delegate,
     Destination,
     DirectResponse,
     Fault,
@@ -23,6 +28,7 @@ from pilotfish.model.resources import (
     HTTPMatchRequest,
     HTTPRoute,
     Meta,
+    MirrorPolicy,
     Redirect,
     Retries,
     Rewrite,
@@ -45,8 +51,6 @@ ROUTE_FIELDS = (
     "retries",
     "headers",
     "fault",
-)
-ROUTE_NOT_IMPLEMENTED = (
     "delegate",
     "mirror",
     "mirrors",
@@ -54,12 +58,16 @@ ROUTE_NOT_IMPLEMENTED = (
     "mirrorPercentage",
     "corsPolicy",
 )
+ROUTE_NOT_IMPLEMENTED: tuple[str, ...] = ()
 ROUTE_ACTIONS = ("route", "redirect", "directResponse")
 
-MATCH_FIELDS = ("name", "uri", "method", "authority", "headers", "queryParams")
-# Ignoring a match condition widens the match; Istio users still deserve to know, hence a
-# warning naming each one rather than silence.
-MATCH_NOT_IMPLEMENTED = (
+MATCH_FIELDS = (
+    "name",
+    "uri",
+    "method",
+    "authority",
+    "headers",
+    "queryParams",
     "scheme",
     "port",
     "sourceLabels",
@@ -67,8 +75,27 @@ MATCH_NOT_IMPLEMENTED = (
     "ignoreUriCase",
     "withoutHeaders",
     "sourceNamespace",
-    "statPrefix",
 )
+# statPrefix only names Envoy stats; ignoring it never changes which traffic a route takes.
+# Every other match condition is implemented: an ignored one would widen the route.
+MATCH_NOT_IMPLEMENTED = ("statPrefix",)
+
+# Istio's supportedCORSMethods.
+CORS_METHODS = frozenset(
+    {"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "CONNECT", "TRACE"}
+)
+CORS_FIELDS = (
+    "allowOrigins",
+    "allowOrigin",
+    "allowMethods",
+    "allowHeaders",
+    "exposeHeaders",
+    "maxAge",
+    "allowCredentials",
+    "unmatchedPreflights",
+)
+UNMATCHED_PREFLIGHTS = ("UNSPECIFIED", "FORWARD", "IGNORE")
+DESTINATION_FIELDS = ("host", "subset", "port")
 STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 
 # Envoy's router retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on).
@@ -96,14 +123,20 @@ RETRY_CONDITIONS = frozenset(
 # extra zero before it multiplies load on an already failing backend.
 MAX_RETRY_ATTEMPTS = 10_000
 
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
+
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 HTTP_STATUS_MIN = 200
 HTTP_STATUS_MAX = 599
 
 
 def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> VirtualService:
-    hosts = reader.string_list(spec, "hosts", "spec", required=True)
+    # Without hosts it is a delegate, used only through a root route's ``delegate``.
+    # (an empty list is the same as none, as in protobuf).
+    hosts = reader.string_list(spec, "hosts", "spec")
     gateways = reader.string_list(spec, "gateways", "spec")
+    if not hosts and gateways:
+        reader.error("spec.gateways", "a delegate VirtualService (one without hosts) has none")
     routes: list[HTTPRoute] = []
     for item, path in reader.items(spec, "http", "spec"):
         route = _http_route(reader, item, path)
@@ -129,11 +162,18 @@ def _http_route(reader: FieldReader, value: object, path: str) -> HTTPRoute | No
     if fields.get("route") == []:
         reader.error(join_path(path, "route"), "must not be empty")
     actions = [name for name in ROUTE_ACTIONS if fields.get(name) is not None]
-    if len(actions) != 1:
+    # A root route's action is its delegate; _delegate refuses any other beside it.
+    if len(actions) != 1 and fields.get("delegate") is None:
         found = f" (found {', '.join(actions)})" if actions else ""
         reader.error(path, f"needs exactly one of route, redirect, directResponse{found}")
     if fields.get("rewrite") is not None and fields.get("redirect") is not None:
         reader.error(join_path(path, "rewrite"), "cannot be combined with redirect")
+    mirrors = _mirrors(reader, fields, path)
+    if mirrors and fields.get("route") is None and fields.get("delegate") is None:
+        reader.warning(
+            join_path(path, "mirror" if fields.get("mirror") is not None else "mirrors"),
+            "only a route that forwards is mirrored; this one answers itself, so nothing is",
+        )
     return HTTPRoute(
         name=reader.string(fields, "name", path),
         match=tuple(matches),
@@ -145,7 +185,174 @@ def _http_route(reader: FieldReader, value: object, path: str) -> HTTPRoute | No
         retries=_retries(reader, fields, path),
         headers=_headers(reader, fields, path),
         fault=_fault(reader, fields, path),
+        mirrors=mirrors,
+        cors_policy=_cors_policy(reader, fields, path),
+        delegate=_delegate(reader, fields, path),
     )
+
+
+# --- mirroring, CORS, delegation ----------------------------------------------------------------
+
+
+def _destination(reader: FieldReader, fields: Fields, key: str, path: str) -> Destination | None:
+    """A ``Destination`` object (host, subset, port.number) found under ``key``."""
+    destination_fields = reader.child_mapping(fields, key, path, DESTINATION_FIELDS, required=True)
+    if destination_fields is None:
+        return None
+    destination_path = join_path(path, key)
+    host = reader.string(destination_fields, "host", destination_path, required=True)
+    subset = reader.string(destination_fields, "subset", destination_path)
+    port_fields = reader.child_mapping(destination_fields, "port", destination_path, ("number",))
+    port = None
+    if port_fields is not None:
+        port = reader.port(
+            port_fields, "number", join_path(destination_path, "port"), required=True
+        )
+    if host is None:
+        return None
+    return Destination(host=host, subset=subset, port=port)
+
+
+def _percentage(reader: FieldReader, fields: Fields, key: str, path: str) -> float | None:
+    """Istio's ``Percent`` message: ``{value: 0..100}`` as a double."""
+    percentage = reader.child_mapping(fields, key, path, ("value",))
+    if percentage is None:
+        return None
+    value = reader.number(percentage, "value", join_path(path, key), minimum=0, maximum=100)
+    # An explicit but empty Percent is 0 in protobuf: Istio then mirrors nothing.
+    return 0.0 if value is None and percentage.get("value") is None else value
+
+
+def _mirrors(reader: FieldReader, fields: Fields, path: str) -> tuple[MirrorPolicy, ...]:
+    """``mirror`` with its percentage, or the newer ``mirrors`` list; Istio refuses both."""
+    found: list[MirrorPolicy] = []
+    if fields.get("mirror") is not None and fields.get("mirrors") is not None:
+        reader.error(join_path(path, "mirrors"), "cannot be combined with mirror")
+    if fields.get("mirrorPercentage") is not None and fields.get("mirrorPercent") is not None:
+        reader.error(
+            join_path(path, "mirrorPercent"), "set mirrorPercentage or mirrorPercent, not both"
+        )
+    for key in ("mirrorPercent", "mirrorPercentage"):
+        if fields.get(key) is not None and fields.get("mirror") is None:
+            # Istio accepts it and ignores it: it applies to ``mirror`` only.
+            reader.warning(
+                join_path(path, key),
+                "has no effect without mirror, so nothing is mirrored by it "
+                "(with mirrors, set each one's percentage)",
+            )
+    if fields.get("mirrorPercent") is not None:
+        reader.warning(
+            join_path(path, "mirrorPercent"), 'deprecated; use "mirrorPercentage: {value: N}"'
+        )
+    if fields.get("mirror") is not None:
+        destination = _destination(reader, fields, "mirror", path)
+        percent = _percentage(reader, fields, "mirrorPercentage", path)
+        if percent is None:
+            legacy = reader.integer(fields, "mirrorPercent", path, minimum=0, maximum=100)
+            percent = float(legacy) if legacy is not None else None
+        if destination is not None:
+            found.append(
+                reader.paths.remember(
+                    MirrorPolicy(destination, 100.0 if percent is None else percent),
+                    join_path(path, "mirror"),
+                )
+            )
+    for item, item_path in reader.items(fields, "mirrors", path):
+        mirror = reader.mapping(item, item_path, ("destination", "percentage"))
+        if mirror is None:
+            continue
+        destination = _destination(reader, mirror, "destination", item_path)
+        percent = _percentage(reader, mirror, "percentage", item_path)
+        if destination is not None:
+            policy = MirrorPolicy(destination, 100.0 if percent is None else percent)
+            found.append(reader.paths.remember(policy, join_path(item_path, "destination")))
+    return tuple(found)
+
+
+def _cors_policy(reader: FieldReader, fields: Fields, path: str) -> CorsPolicy | None:
+    cors = reader.child_mapping(fields, "corsPolicy", path, CORS_FIELDS)
+    if cors is None:
+        return None
+    cors_path = join_path(path, "corsPolicy")
+    origins: list[StringMatch] = []
+    for item, item_path in reader.items(cors, "allowOrigins", cors_path):
+        match = _string_match(reader, item, item_path)
+        if match is not None:
+            if not match.value:
+                reader.error(item_path, "an empty origin matches nothing")
+            else:
+                origins.append(match)
+    legacy = reader.string_list(cors, "allowOrigin", cors_path)
+    if legacy:
+        if cors.get("allowOrigins") is not None:
+            reader.error(
+                join_path(cors_path, "allowOrigin"), "set allowOrigins or allowOrigin, not both"
+            )
+        else:
+            reader.warning(
+                join_path(cors_path, "allowOrigin"),
+                'deprecated; use "allowOrigins" (here taken as exact matches)',
+            )
+            origins.extend(StringMatch("exact", origin) for origin in legacy if origin)
+    methods = reader.string_list(cors, "allowMethods", cors_path)
+    for index, method in enumerate(methods):
+        if method and method not in CORS_METHODS:
+            reader.error(
+                index_path(join_path(cors_path, "allowMethods"), index),
+                f'"{method}" is not a supported HTTP method ({", ".join(sorted(CORS_METHODS))})',
+            )
+    headers = {
+        key: _cors_header_names(reader, cors, key, cors_path)
+        for key in ("allowHeaders", "exposeHeaders")
+    }
+    max_age = reader.duration(cors, "maxAge", cors_path, allow_zero=True)
+    if max_age is not None and max_age != int(max_age):
+        reader.error(join_path(cors_path, "maxAge"), "is accurate only to whole seconds")
+    preflights = reader.choice(cors, "unmatchedPreflights", cors_path, UNMATCHED_PREFLIGHTS)
+    return CorsPolicy(
+        allow_origins=tuple(origins),
+        allow_methods=tuple(m for m in methods if m in CORS_METHODS),
+        allow_headers=headers["allowHeaders"],
+        expose_headers=headers["exposeHeaders"],
+        max_age=max_age,
+        allow_credentials=reader.boolean(cors, "allowCredentials", cors_path),
+        forward_unmatched_preflights=preflights != "IGNORE",
+    )
+
+
+def _cors_header_names(reader: FieldReader, fields: Fields, key: str, path: str) -> tuple[str, ...]:
+    names = reader.string_list(fields, key, path)
+    accepted: list[str] = []
+    for index, name in enumerate(names):
+        if not name:
+            continue
+        # "*" is the wildcard CORS allows in header lists.
+        problem = None if name == "*" else header_name_problem(name)
+        if problem is not None:
+            reader.error(index_path(join_path(path, key), index), problem)
+        else:
+            accepted.append(name)
+    return tuple(accepted)
+
+
+def _delegate(reader: FieldReader, fields: Fields, path: str) -> Delegate | None:
+    delegate = reader.child_mapping(fields, "delegate", path, ("name", "namespace"))
+    if delegate is None:
+        return None
+    delegate_path = join_path(path, "delegate")
+    name = reader.string(delegate, "name", delegate_path, required=True)
+    namespace = reader.string(delegate, "namespace", delegate_path)
+    if namespace is not None and not _is_dns_label(namespace):
+        reader.error(
+            join_path(delegate_path, "namespace"), f'"{namespace}" is not a valid namespace'
+        )
+        namespace = None
+    for action in ("route", "redirect", "directResponse"):
+        if fields.get(action) is not None:
+            reader.error(join_path(path, action), "a route with delegate must not set it")
+    if name is None:
+        return None
+    return reader.paths.remember(Delegate(name=name, namespace=namespace), delegate_path)
 
 
 # --- match ------------------------------------------------------------------------------------
@@ -155,14 +362,55 @@ def _match_request(reader: FieldReader, value: object, path: str) -> HTTPMatchRe
     fields = reader.mapping(value, path, MATCH_FIELDS, MATCH_NOT_IMPLEMENTED)
     if fields is None:
         return None
+    source_namespace = reader.string(fields, "sourceNamespace", path)
+    if source_namespace is not None and not _is_dns_label(source_namespace):
+        reader.error(
+            join_path(path, "sourceNamespace"), f'"{source_namespace}" is not a valid namespace'
+        )
+        source_namespace = None
+    source_labels = reader.string_map(fields, "sourceLabels", path)
+    for key, value in source_labels.items():
+        problem = _label_problem(key, value)
+        if problem is not None:
+            reader.error(join_path(join_path(path, "sourceLabels"), key), problem)
+    uri = _optional_string_match(reader, fields, "uri", path)
+    ignore_uri_case = bool(reader.boolean(fields, "ignoreUriCase", path))
+    if ignore_uri_case and uri is not None and uri.kind == "regex":
+        reader.warning(
+            join_path(path, "ignoreUriCase"),
+            "Envoy matches a regex uri case-sensitively all the same; write (?i) in the regex",
+        )
     return HTTPMatchRequest(
         name=reader.string(fields, "name", path),
-        uri=_optional_string_match(reader, fields, "uri", path),
+        uri=uri,
         method=_optional_string_match(reader, fields, "method", path),
         authority=_optional_string_match(reader, fields, "authority", path),
         headers=_string_match_map(reader, fields, "headers", path),
         query_params=_string_match_map(reader, fields, "queryParams", path),
+        scheme=_optional_string_match(reader, fields, "scheme", path),
+        without_headers=_string_match_map(reader, fields, "withoutHeaders", path),
+        ignore_uri_case=ignore_uri_case,
+        port=reader.port(fields, "port", path),
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=tuple(g for g in reader.string_list(fields, "gateways", path) if g),
     )
+
+
+def _is_dns_label(text: str) -> bool:
+    return DNS_LABEL.fullmatch(text) is not None
+
+
+def _label_problem(key: str, value: str) -> str | None:
+    """Kubernetes label syntax: an optional DNS prefix and a name of at most 63 characters."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and not all(_is_dns_label(part) for part in prefix.split(".")):
+        return f'label key prefix "{prefix}" is not a DNS subdomain'
+    if not _LABEL_VALUE.fullmatch(name) or not name:
+        return f'"{name}" is not a valid label name'
+    if value and not _LABEL_VALUE.fullmatch(value):
+        return f'"{value}" is not a valid label value'
+    return None
 
 
 def _optional_string_match(
@@ -191,7 +439,8 @@ def _string_match_map(
             reader.error(entry_path, "names must be non-empty strings")
             continue
         # Envoy matches pseudo-headers such as ":method" too; the rest is an ordinary name.
-        problem = header_name_problem(name.removeprefix(":")) if key == "headers" else None
+        is_header = key in ("headers", "withoutHeaders")
+        problem = header_name_problem(name.removeprefix(":")) if is_header else None
         if problem is not None:
             reader.error(entry_path, problem)
             continue

@@ -13,21 +13,29 @@ from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.yaml_source import index_path, join_path
+from pilotfish.model.delegation import (
+    MESH,
+    delegate_key,
+    merge_route,
+    qualify_gateway,
+    virtual_services_by_name,
+)
+from pilotfish.model.destination_rules import DestinationRuleLookup, host_matches
 from pilotfish.model.diagnostics import Diagnostic, Severity
 from pilotfish.model.resources import (
     CLUSTER_DOMAIN,
+    Destination,
     DestinationRule,
+    HTTPMatchRequest,
     HTTPRoute,
     MeshConfig,
     Meta,
-    RouteDestination,
     ServiceEntry,
     VirtualService,
     qualify_host,
 )
 from pilotfish.model.services import Service
 
-MESH = "mesh"
 TOTAL_WEIGHT = 100
 
 
@@ -36,7 +44,7 @@ def validate_mesh(
 ) -> list[Diagnostic]:
     """``known_services``: services that registries other than the config declare."""
     services = {**(known_services or {}), **services_from_config(config)}
-    rules = _rules_by_host(config.destination_rules)
+    rules = DestinationRuleLookup(config.destination_rules)
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))
     found.extend(_workload_conflicts(config))
@@ -44,13 +52,16 @@ def validate_mesh(
     found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services))
     found.extend(_virtual_service_conflicts(config.virtual_services))
+    found.extend(_delegation_problems(config.virtual_services, paths))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
     for service in config.virtual_services:
         found.extend(_gateway_references(service, gateways))
         found.extend(_hosts_without_service(service, services))
         checker = _RouteChecker(service, services, rules, paths)
         for index, route in enumerate(service.http):
-            found.extend(checker.check(route, paths.path_of(route) or f"spec.http[{index}]"))
+            route_path = paths.path_of(route) or f"spec.http[{index}]"
+            found.extend(checker.check(route, route_path))
+            found.extend(_match_gateway_references(service, route, route_path, gateways))
     return found
 
 
@@ -200,14 +211,6 @@ def _qualified_hint(host: str, services: Mapping[str, Service]) -> str:
     return ""
 
 
-def _rules_by_host(rules: Iterable[DestinationRule]) -> dict[str, DestinationRule]:
-    by_host: dict[str, DestinationRule] = {}
-    for rule in rules:
-        if rule.host:
-            by_host.setdefault(qualify_host(rule.host, rule.meta.namespace), rule)
-    return by_host
-
-
 def _destination_rule_problems(
     rules: Iterable[DestinationRule], services: Mapping[str, Service]
 ) -> Iterable[Diagnostic]:
@@ -225,7 +228,15 @@ def _destination_rule_problems(
                 f"{earlier.meta.namespace}/{earlier.meta.name} "
                 f"({_where(earlier.meta, 'spec.host')})",
             )
-        if hostname not in services:
+        if "*" in hostname:
+            if not any(host_matches(hostname, known) for known in services):
+                yield _at(
+                    rule.meta,
+                    "spec.host",
+                    f'"{rule.host}" matches no service; this rule has no effect until one exists',
+                    "warning",
+                )
+        elif hostname not in services:
             yield _at(
                 rule.meta,
                 "spec.host",
@@ -239,19 +250,20 @@ def _bindings(service: VirtualService) -> list[str]:
     if not service.gateways:
         return [MESH]
     return [
-        gateway if gateway == MESH else _qualify_gateway(gateway, service.meta.namespace)
-        for gateway in service.gateways
-        if gateway
+        qualify_gateway(gateway, service.meta.namespace) for gateway in service.gateways if gateway
     ]
 
 
-def _qualify_gateway(gateway: str, namespace: str) -> str:
-    return gateway if "/" in gateway else f"{namespace}/{gateway}"
-
-
 def _virtual_service_conflicts(services: Iterable[VirtualService]) -> Iterable[Diagnostic]:
-    """Istio merges or picks silently between two VirtualServices for one host; we refuse."""
+    """Two VirtualServices for one host.
+
+    On a gateway Istio merges them: the routes of each, in the order the resources were
+    loaded, under one virtual host; translation does the same, and we only warn when an
+    earlier one answers every request, so that the later routes can never be reached.
+    Sidecars do not merge: Istio silently keeps only the oldest, which we refuse to guess.
+    """
     owner: dict[tuple[str, str], tuple[VirtualService, int]] = {}
+    catch_all: dict[tuple[str, str], VirtualService] = {}
     for service in services:
         for binding in sorted(set(_bindings(service))):
             for index, host in enumerate(service.hosts):
@@ -260,14 +272,131 @@ def _virtual_service_conflicts(services: Iterable[VirtualService]) -> Iterable[D
                 key = (qualify_host(host, service.meta.namespace), binding)
                 earlier, earlier_index = owner.setdefault(key, (service, index))
                 if earlier is service:
+                    if _routes_everything(service):
+                        catch_all.setdefault(key, service)
                     continue
-                where = "the mesh" if binding == MESH else f"gateway {binding}"
+                earlier_at = (
+                    f"{earlier.meta.namespace}/{earlier.meta.name} "
+                    f"({_where(earlier.meta, f'spec.hosts[{earlier_index}]')})"
+                )
+                if binding == MESH:
+                    yield _at(
+                        service.meta,
+                        f"spec.hosts[{index}]",
+                        f'host "{host}" on the mesh is already routed by VirtualService '
+                        f"{earlier_at}; sidecars take one VirtualService per host (Istio "
+                        "merges them only on gateways): move these routes into that one",
+                    )
+                    continue
+                blocker = catch_all.get(key)
+                if blocker is not None:
+                    yield _at(
+                        service.meta,
+                        f"spec.hosts[{index}]",
+                        f'host "{host}" on gateway {binding}: these routes are merged after '
+                        f"those of VirtualService {blocker.meta.namespace}/{blocker.meta.name}, "
+                        "one of whose routes takes every request, so they are never used",
+                        "warning",
+                    )
+                elif _routes_everything(service):
+                    catch_all.setdefault(key, service)
+
+
+def _routes_everything(service: VirtualService) -> bool:
+    """Whether some route of ``service`` matches every request (a route with no conditions)."""
+    return any(
+        route.delegate is None and any(_matches_everything(m) for m in route.match or (None,))
+        for route in service.http
+    )
+
+
+def _matches_everything(match: HTTPMatchRequest | None) -> bool:
+    if match is None:
+        return True
+    bare = HTTPMatchRequest(name=match.name)
+    if match.uri is not None and (match.uri.kind, match.uri.value) in (
+        ("prefix", "/"),
+        ("prefix", ""),
+    ):
+        bare = HTTPMatchRequest(name=match.name, uri=match.uri)
+    return match == bare
+
+
+def _delegation_problems(
+    services: tuple[VirtualService, ...], paths: ObjectPaths
+) -> Iterable[Diagnostic]:
+    """Delegates as Istio has them: a VirtualService without hosts, itself not delegating."""
+    by_name = virtual_services_by_name(services)
+    used: set[tuple[str, str]] = set()
+    for root in services:
+        for index, http in enumerate(root.http):
+            if http.delegate is None:
+                continue
+            route_path = paths.path_of(http) or f"spec.http[{index}]"
+            path = join_path(route_path, "delegate")
+            namespace, name = key = delegate_key(http.delegate, root.meta.namespace)
+            used.add(key)
+            target = by_name.get(key)
+            if root.is_delegate:
+                yield _at(
+                    root.meta,
+                    path,
+                    "a delegate VirtualService (one without hosts) cannot delegate again",
+                )
+                continue
+            if target is None:
+                yield _at(root.meta, path, f'unknown VirtualService "{namespace}/{name}"')
+                continue
+            if not target.is_delegate:
+                yield _at(
+                    root.meta,
+                    path,
+                    f'VirtualService "{namespace}/{name}" has hosts, so it is not a delegate '
+                    f"({_where(target.meta, 'spec.hosts')}); a delegate has no hosts",
+                )
+                continue
+            for sub_index, sub in enumerate(target.http):
+                merged = merge_route(http, root.meta.namespace, sub, namespace)
+                if sub.delegate is None and merged is None:
+                    sub_path = paths.path_of(sub) or f"spec.http[{sub_index}]"
+                    yield _at(
+                        root.meta,
+                        route_path,
+                        f"route {sub_path} of delegate {namespace}/{name} "
+                        f"({_where(target.meta, sub_path)}) asks for requests that none of "
+                        "this route's matches admits, so it is dropped",
+                        "warning",
+                    )
+    for service in services:
+        key = (service.meta.namespace, service.meta.name)
+        if service.is_delegate and key not in used:
+            yield _at(
+                service.meta,
+                "metadata.name",
+                "has no hosts, so it is a delegate, but no VirtualService delegates to it: "
+                "its routes apply nowhere",
+                "warning",
+            )
+
+
+def _match_gateway_references(
+    service: VirtualService, route: HTTPRoute, route_path: str, gateways: set[tuple[str, str]]
+) -> Iterable[Diagnostic]:
+    for match_index, match in enumerate(route.match):
+        for index, gateway in enumerate(match.gateways):
+            if gateway == MESH:
+                continue
+            namespace, _, name = qualify_gateway(gateway, service.meta.namespace).partition("/")
+            if (namespace, name) not in gateways:
                 yield _at(
                     service.meta,
-                    f"spec.hosts[{index}]",
-                    f'host "{host}" on {where} is already routed by VirtualService '
-                    f"{earlier.meta.namespace}/{earlier.meta.name} "
-                    f"({_where(earlier.meta, f'spec.hosts[{earlier_index}]')})",
+                    index_path(
+                        join_path(
+                            index_path(join_path(route_path, "match"), match_index), "gateways"
+                        ),
+                        index,
+                    ),
+                    f'unknown Gateway "{namespace}/{name}"',
                 )
 
 
@@ -277,7 +406,7 @@ def _gateway_references(
     for index, gateway in enumerate(service.gateways):
         if not gateway or gateway == MESH:
             continue
-        namespace, _, name = _qualify_gateway(gateway, service.meta.namespace).partition("/")
+        namespace, _, name = qualify_gateway(gateway, service.meta.namespace).partition("/")
         if (namespace, name) not in gateways:
             yield _at(
                 service.meta,
@@ -290,7 +419,7 @@ def _gateway_references(
 class _RouteChecker:
     service: VirtualService
     services: Mapping[str, Service]
-    rules: Mapping[str, DestinationRule]
+    rules: DestinationRuleLookup
     paths: ObjectPaths
 
     def check(self, route: HTTPRoute, route_path: str) -> list[Diagnostic]:
@@ -298,16 +427,17 @@ class _RouteChecker:
         destinations_path = join_path(route_path, "route")
         for index, routed in enumerate(route.route):
             path = self.paths.path_of(routed) or index_path(destinations_path, index)
-            found.extend(self._destination(routed, path))
+            found.extend(self._destination(routed.destination, join_path(path, "destination")))
+        for index, mirror in enumerate(route.mirrors):
+            path = self.paths.path_of(mirror) or index_path(join_path(route_path, "mirrors"), index)
+            found.extend(self._destination(mirror.destination, path))
         found.extend(self._weights(route, destinations_path))
         return found
 
     def _error(self, path: str, message: str) -> Diagnostic:
         return _at(self.service.meta, path, message)
 
-    def _destination(self, routed: RouteDestination, path: str) -> Iterable[Diagnostic]:
-        destination = routed.destination
-        destination_path = join_path(path, "destination")
+    def _destination(self, destination: Destination, destination_path: str) -> Iterable[Diagnostic]:
         hostname = qualify_host(destination.host, self.service.meta.namespace)
         known = self.services.get(hostname)
         if known is None:
@@ -335,7 +465,7 @@ class _RouteChecker:
             )
 
     def _subset_problem(self, hostname: str, host: str, subset: str) -> str | None:
-        rule = self.rules.get(hostname)
+        rule = self.rules.rule_for(hostname)
         if rule is None:
             return f'subset "{subset}" is not defined: no DestinationRule for host "{host}"'
         names = [candidate.name for candidate in rule.subsets]

@@ -50,6 +50,27 @@ class HTTPMatchRequest:
     authority: StringMatch | None = None
     headers: Mapping[str, StringMatch] = field(default_factory=dict)
     query_params: Mapping[str, StringMatch] = field(default_factory=dict)
+    scheme: StringMatch | None = None
+    # A request matches when each named header is absent or does not match.
+    without_headers: Mapping[str, StringMatch] = field(default_factory=dict)
+    ignore_uri_case: bool = False
+    # The service (or gateway server) port the request was addressed to.
+    port: int | None = None
+    # Conditions on the calling proxy rather than on the request.
+    source_labels: Mapping[str, str] = field(default_factory=dict)
+    source_namespace: str | None = None
+    # "mesh" and/or gateways as written; qualify with the VirtualService's namespace.
+    gateways: tuple[str, ...] = ()
+
+    @property
+    def depends_on_source(self) -> bool:
+        return bool(self.source_labels) or self.source_namespace is not None
+
+    def applies_to_source(self, labels: Mapping[str, str], namespace: str) -> bool:
+        """Whether a proxy with these labels, in this namespace, gets this match at all."""
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return selector_matches(self.source_labels, labels)
 
 
 @dataclass(frozen=True)
@@ -124,6 +145,38 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class MirrorPolicy:
+    """A copy of each request (``percent`` of them) sent to ``destination``, answer dropped.
+
+    Istio mirrors every request when no percentage is given and none at an explicit 0.
+    """
+
+    destination: Destination
+    percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None
+    allow_credentials: bool | None = None
+    # Istio's unmatchedPreflights: FORWARD (the default) passes a preflight whose origin is
+    # not allowed on to the upstream; IGNORE answers it without CORS headers.
+    forward_unmatched_preflights: bool = True
+
+
+@dataclass(frozen=True)
+class Delegate:
+    """A root route handing its traffic to the routes of a VirtualService without hosts."""
+
+    name: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
 class HTTPRoute:
     name: str | None = None
     match: tuple[HTTPMatchRequest, ...] = ()
@@ -135,6 +188,9 @@ class HTTPRoute:
     retries: Retries | None = None
     headers: Headers | None = None
     fault: Fault | None = None
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    cors_policy: CorsPolicy | None = None
+    delegate: Delegate | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +202,15 @@ class VirtualService:
 
     @property
     def applies_to_mesh(self) -> bool:
-        """Istio's rule: no gateways listed means sidecars only; "mesh" names them explicitly."""
-        return not self.gateways or "mesh" in self.gateways
+        """Istio's rule: no gateways listed means sidecars only; "mesh" names them explicitly.
+
+        A VirtualService without hosts is a delegate: it applies only through a root's route.
+        """
+        return bool(self.hosts) and (not self.gateways or "mesh" in self.gateways)
+
+    @property
+    def is_delegate(self) -> bool:
+        return not self.hosts
 
 
 # --- DestinationRule ------------------------------------------------------------------------

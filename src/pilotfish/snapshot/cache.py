@@ -84,14 +84,15 @@ class ServiceGenerator(Generic[Context]):
 @dataclass(frozen=True)
 class NodeGenerator(Generic[Context]):
     """Output of one proxy's own. ``node_key`` says what of the node the output depends on
-    (proxies with equal keys share one output); by default, all of it."""
+    (proxies with equal keys share one output, within the inputs of ``depends_on``); by
+    default, all of it."""
 
     name: str
     type_url: str
     depends_on: frozenset[Input]
     build: Callable[[Context, ProxyNode], Sequence[Message]]
     kinds: frozenset[ProxyKind] = ALL_KINDS
-    node_key: Callable[[ProxyNode], Hashable] | None = None
+    node_key: Callable[[Context, ProxyNode], Hashable] | None = None
 
 
 Generator = MeshGenerator[Context] | ServiceGenerator[Context] | NodeGenerator[Context]
@@ -500,7 +501,11 @@ class SnapshotCache(Generic[Context]):
         for generator in self._generators:
             if node.kind not in generator.kinds or not isinstance(generator, NodeGenerator):
                 continue
-            key = generator.node_key(node) if generator.node_key is not None else node_token
+            key = (
+                generator.node_key(current.context, node)
+                if generator.node_key is not None
+                else node_token
+            )
             build = partial(generator.build, current.context, node)
             outputs.append((generator.type_url, self._output(generator.name, key, build)))
         made_of = tuple(o for _, o in outputs)

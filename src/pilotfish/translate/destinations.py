@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pilotfish.model.destination_rules import DestinationRuleLookup
 from pilotfish.model.resources import (
     ConsistentHash,
     Destination,
@@ -41,12 +42,13 @@ class DestinationIndex:
 
     def __init__(self, view: MeshView) -> None:
         self._services: Mapping[str, Service] = view.services
-        rules: dict[str, DestinationRule] = {}
-        for rule in view.config.destination_rules:
-            # Istio merges several rules for one host; validation rejects that here, so the
-            # first one wins if it ever slips through.
-            rules.setdefault(qualify_host(rule.host, rule.meta.namespace), rule)
-        self._rules: Mapping[str, DestinationRule] = rules
+        lookup = DestinationRuleLookup(view.config.destination_rules)
+        # Resolved once per service: a wildcard rule is matched against each name only here.
+        self._rules: Mapping[str, DestinationRule] = {
+            hostname: rule
+            for hostname in view.services
+            if (rule := lookup.rule_for(hostname)) is not None
+        }
 
     def rule_for(self, hostname: str) -> DestinationRule | None:
         return self._rules.get(hostname)

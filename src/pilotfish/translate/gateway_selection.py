@@ -40,6 +40,11 @@ def binds_to(service: VirtualService, gateway: Gateway) -> bool:
     return any(ref in names for ref in service.gateways)
 
 
+def gateway_binding(gateway: Gateway) -> str:
+    """How match ``gateways`` name this gateway, once qualified: "namespace/name"."""
+    return f"{gateway.meta.namespace}/{gateway.meta.name}"
+
+
 def server_allows(server: GatewayServer, host: str) -> bool:
     for allowed in server.hosts:
         # Istio lets servers write "namespace/host"; the namespace part scopes config

@@ -19,7 +19,6 @@ from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot import (
     Generator,
     Input,
-    MeshGenerator,
     NodeGenerator,
     ServiceGenerator,
     type_urls,
@@ -28,7 +27,11 @@ from pilotfish.translate.clusters import build_inbound_cluster, build_service_cl
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import build_service_load_assignments
 from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
-from pilotfish.translate.routes import build_gateway_route_configs, build_outbound_route_config
+from pilotfish.translate.routes import (
+    VirtualServiceRoutes,
+    build_gateway_route_configs,
+    build_outbound_route_config,
+)
 
 
 class TranslationContext:
@@ -40,6 +43,16 @@ class TranslationContext:
     @cached_property
     def destinations(self) -> DestinationIndex:
         return DestinationIndex(self.view)
+
+    @cached_property
+    def virtual_service_routes(self) -> VirtualServiceRoutes:
+        return VirtualServiceRoutes(self.view)
+
+    def sidecar_group(self, node: ProxyNode) -> tuple[bool, ...]:
+        """Which of the config's conditions on the calling proxy (``sourceLabels``,
+        ``sourceNamespace``) ``node`` meets: sidecars that agree get the same routes. ``()``
+        for every sidecar when no mesh VirtualService has such a condition."""
+        return self.virtual_service_routes.source_signature(node)
 
 
 def _outbound_clusters(context: TranslationContext, service: Service) -> tuple[Message, ...]:
@@ -55,12 +68,16 @@ def _inbound_cluster(_context: TranslationContext, node: ProxyNode) -> tuple[Mes
     return (cluster,) if cluster is not None else ()
 
 
-def _outbound_routes(context: TranslationContext) -> tuple[Message, ...]:
-    return (build_outbound_route_config(context.view, context.destinations),)
+def _outbound_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
+    routes = context.virtual_service_routes
+    source = routes.source_filter(context.sidecar_group(node))
+    return (build_outbound_route_config(context.view, context.destinations, routes, source),)
 
 
 def _gateway_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
-    return build_gateway_route_configs(context.view, node, context.destinations)
+    return build_gateway_route_configs(
+        context.view, node, context.destinations, context.virtual_service_routes
+    )
 
 
 _CONFIG = frozenset({Input.CONFIG})
@@ -95,8 +112,15 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         lambda context, node: build_gateway_listeners(context.view, node),
         GATEWAY,
     ),
-    MeshGenerator(
-        "outbound-routes", type_urls.ROUTE, _CONFIG_AND_SERVICES, _outbound_routes, SIDECAR
+    # One output per group of sidecars (see ``TranslationContext.sidecar_group``): without
+    # conditions on the caller, every sidecar gets the very same one.
+    NodeGenerator(
+        "outbound-routes",
+        type_urls.ROUTE,
+        _CONFIG_AND_SERVICES,
+        _outbound_routes,
+        SIDECAR,
+        node_key=TranslationContext.sidecar_group,
     ),
     NodeGenerator(
         "gateway-routes", type_urls.ROUTE, _CONFIG_AND_SERVICES, _gateway_routes, GATEWAY

@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -25,18 +26,22 @@ from pilotfish.translate.naming import (
     inbound_route_config_name,
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
-from pilotfish.translate.routes import FAULT_FILTER_NAME
+from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER_NAME = "envoy.filters.http.router"
 
 
-def _http_filters(with_fault: bool) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(routing: bool) -> list[hcm_pb2.HttpFilter]:
     filters = []
-    if with_fault:
-        # Always present on routing listeners although it only acts on routes that configure a
-        # fault: adding or removing a fault then changes only RDS, never the listener, and a
-        # listener change drains every open connection of every sidecar.
+    if routing:
+        # Always present on routing listeners although they only act on routes that configure
+        # CORS or a fault: adding or removing one then changes only RDS, never the listener,
+        # and a listener change drains every open connection of every sidecar. CORS first, as
+        # in Istio: a preflight is answered before any fault is injected.
+        filters.append(
+            hcm_pb2.HttpFilter(name=CORS_FILTER_NAME, typed_config=pack(cors_pb2.Cors()))
+        )
         filters.append(
             hcm_pb2.HttpFilter(name=FAULT_FILTER_NAME, typed_config=pack(fault_pb2.HTTPFault()))
         )
@@ -57,7 +62,7 @@ def http_connection_manager(
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(with_fault=rds_name is not None),
+        http_filters=_http_filters(routing=rds_name is not None),
     )
     if rds_name is not None:
         manager.rds.route_config_name = rds_name

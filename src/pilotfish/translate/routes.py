@@ -6,21 +6,30 @@ gateways so both behave alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
+from pilotfish.model.delegation import (
+    MESH,
+    expand_delegates,
+    qualify_gateway,
+    virtual_services_by_name,
+)
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
     ISTIO_DEFAULT_RETRY_ATTEMPTS,
     ConsistentHash,
+    CorsPolicy,
     Destination,
     Fault,
     HeaderOperations,
@@ -37,11 +46,17 @@ from pilotfish.model.resources import (
 )
 from pilotfish.model.services import MeshView, Service
 from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Unroutable
-from pilotfish.translate.gateway_selection import binds_to, http_servers_by_port, server_allows
+from pilotfish.translate.gateway_selection import (
+    binds_to,
+    gateway_binding,
+    http_servers_by_port,
+    server_allows,
+)
 from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG, gateway_route_config_name
 from pilotfish.translate.proto_values import duration_from_seconds, pack, percent_to_fraction
 
 FAULT_FILTER_NAME = "envoy.filters.http.fault"
+CORS_FILTER_NAME = "envoy.filters.http.cors"
 
 # Istio's retry policy for routes that set none.
 DEFAULT_RETRY_ATTEMPTS = ISTIO_DEFAULT_RETRY_ATTEMPTS
@@ -93,12 +108,22 @@ def route_match(block: HTTPMatchRequest | None) -> rc.RouteMatch:
         match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=uri.value))
     if block is None:
         return match
+    if block.ignore_uri_case:
+        match.case_sensitive.value = False
     if block.method is not None:
         match.headers.append(_header_matcher(":method", block.method))
     if block.authority is not None:
         match.headers.append(_header_matcher(":authority", block.authority))
+    if block.scheme is not None:
+        match.headers.append(_header_matcher(":scheme", block.scheme))
     for name in sorted(block.headers):
         match.headers.append(_header_matcher(name, block.headers[name]))
+    for name in sorted(block.without_headers):
+        negated = _header_matcher(name, block.without_headers[name])
+        negated.invert_match = True
+        # A request without the header has no value to match, so it passes the negation.
+        negated.treat_missing_header_as_empty = True
+        match.headers.append(negated)
     for name in sorted(block.query_params):
         query_match = string_matcher(block.query_params[name])
         match.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=query_match))
@@ -232,21 +257,83 @@ def fault_config(fault: Fault) -> fault_pb2.HTTPFault:
     return config
 
 
+def cors_config(policy: CorsPolicy) -> cors_pb2.CorsPolicy:
+    """Istio's translation: the filter is always enabled where a route sets a policy."""
+    config = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[string_matcher(origin) for origin in policy.allow_origins],
+        allow_methods=",".join(policy.allow_methods),
+        allow_headers=",".join(policy.allow_headers),
+        expose_headers=",".join(policy.expose_headers),
+        forward_not_matching_preflights=wrappers_pb2.BoolValue(
+            value=policy.forward_unmatched_preflights
+        ),
+    )
+    config.filter_enabled.default_value.numerator = 100
+    if policy.max_age is not None:
+        config.max_age = str(int(policy.max_age))
+    if policy.allow_credentials is not None:
+        config.allow_credentials.value = policy.allow_credentials
+    return config
+
+
+SourceFilter = Callable[[HTTPMatchRequest], bool]
+
+
+def every_source(block: HTTPMatchRequest) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class RouteScope:
+    """Where routes are being built, for the match conditions that are not about the request
+    itself: the port it was addressed to, the binding ("mesh" or "namespace/gateway") that
+    received it, and which source-dependent blocks the calling proxy gets."""
+
+    port: int | None
+    bindings: frozenset[str] = frozenset({MESH})
+    source: SourceFilter = every_source
+
+    def admits(self, block: HTTPMatchRequest, namespace: str) -> bool:
+        if block.port is not None and self.port is not None and block.port != self.port:
+            return False
+        if block.gateways and not {qualify_gateway(g, namespace) for g in block.gateways} & (
+            self.bindings
+        ):
+            return False
+        return self.source(block)
+
+
 class RouteBuilder:
     """Turns one VirtualService's HTTP routes into Envoy routes.
 
     ``namespace`` qualifies short destination hosts; ``listener_port`` is the service port the
-    virtual host serves, used when a destination names no port and its service has several.
+    virtual host serves, used when a destination names no port and its service has several
+    (a gateway's port is not a service port: there it is None).
     """
 
-    def __init__(self, destinations: DestinationIndex, namespace: str, listener_port: int | None):
+    def __init__(
+        self,
+        destinations: DestinationIndex,
+        namespace: str,
+        scope: RouteScope,
+        listener_port: int | None = None,
+    ):
         self._destinations = destinations
         self._namespace = namespace
         self._listener_port = listener_port
+        self._scope = scope
 
     def build(self, http: HTTPRoute) -> list[rc.Route]:
-        """One Envoy route per match block: Envoy ORs routes, not the matches inside one."""
-        blocks: Sequence[HTTPMatchRequest | None] = http.match or (None,)
+        """One Envoy route per match block: Envoy ORs routes, not the matches inside one.
+
+        Blocks meant for another port, binding or caller are left out here; a route whose
+        blocks are all left out is left out entirely (Istio's rule), never widened to all.
+        """
+        blocks: Sequence[HTTPMatchRequest | None] = (
+            [b for b in http.match if self._scope.admits(b, self._namespace)]
+            if http.match
+            else (None,)
+        )
         return [self._route(http, block) for block in blocks]
 
     def _route(self, http: HTTPRoute, block: HTTPMatchRequest | None) -> rc.Route:
@@ -268,6 +355,10 @@ class RouteBuilder:
         if http.fault is not None:
             route.typed_per_filter_config[FAULT_FILTER_NAME].CopyFrom(
                 pack(fault_config(http.fault))
+            )
+        if http.cors_policy is not None:
+            route.typed_per_filter_config[CORS_FILTER_NAME].CopyFrom(
+                pack(cors_config(http.cors_policy))
             )
         return route
 
@@ -312,9 +403,30 @@ class RouteBuilder:
         policy = retry_policy(http.retries)
         if policy is not None:
             action.retry_policy.CopyFrom(policy)
+        action.request_mirror_policies.extend(self._mirror_policies(http))
         if http.rewrite is not None:
             self._rewrite(action, http.rewrite, block)
         route.route.CopyFrom(action)
+
+    def _mirror_policies(self, http: HTTPRoute) -> list[rc.RouteAction.RequestMirrorPolicy]:
+        """Istio's: a runtime fraction per mirror, its traces not sampled; 0% mirrors nothing.
+
+        Validation rejects mirror destinations that do not resolve; one that still does not
+        (config that was never validated) is left out rather than failing the route.
+        """
+        policies = []
+        for mirror in http.mirrors:
+            target = self._destinations.resolve(
+                mirror.destination, self._namespace, self._listener_port
+            )
+            if mirror.percent <= 0 or not isinstance(target, ClusterTarget):
+                continue
+            policy = rc.RouteAction.RequestMirrorPolicy(
+                cluster=target.cluster, trace_sampled=wrappers_pb2.BoolValue(value=False)
+            )
+            policy.runtime_fraction.default_value.CopyFrom(percent_to_fraction(mirror.percent))
+            policies.append(policy)
+        return policies
 
     @staticmethod
     def _rewrite(action: rc.RouteAction, rewrite: Rewrite, block: HTTPMatchRequest | None) -> None:
@@ -352,17 +464,69 @@ def unknown_host_virtual_host() -> rc.VirtualHost:
     )
 
 
-def _mesh_virtual_service(view: MeshView, hostname: str) -> VirtualService | None:
-    """The first mesh VirtualService naming the host; Istio also lets only one win per host."""
-    return next(
-        (
-            vs
-            for vs in view.config.virtual_services
-            if vs.applies_to_mesh
-            and any(qualify_host(h, vs.meta.namespace) == hostname for h in vs.hosts)
-        ),
-        None,
-    )
+SourceCondition = tuple[frozenset[tuple[str, str]], str | None]
+
+
+def _source_condition(block: HTTPMatchRequest) -> SourceCondition:
+    return (frozenset(block.source_labels.items()), block.source_namespace)
+
+
+class VirtualServiceRoutes:
+    """Every VirtualService's HTTP routes with delegates in place, worked out once per view.
+
+    Also knows the conditions on the calling proxy (``sourceLabels``, ``sourceNamespace``)
+    that sidecar routes use: proxies that agree on all of them get the same routes, so the
+    outbound route configuration is built once per distinct answer, not once per proxy.
+    """
+
+    def __init__(self, view: MeshView) -> None:
+        services = view.config.virtual_services
+        by_name = virtual_services_by_name(services)
+        self._http = {id(vs): (vs, expand_delegates(vs, by_name)) for vs in services}
+        mesh: dict[str, VirtualService] = {}
+        for vs in services:
+            if vs.applies_to_mesh:
+                for host in vs.hosts:
+                    # Validation refuses two mesh VirtualServices for one host (sidecars do
+                    # not merge them); the first is kept if that ever slips through.
+                    mesh.setdefault(qualify_host(host, vs.meta.namespace), vs)
+        self._mesh_by_host: Mapping[str, VirtualService] = mesh
+        conditions: dict[SourceCondition, None] = {}
+        for vs in {id(vs): vs for vs in mesh.values()}.values():
+            for http in self.http_of(vs):
+                for block in http.match:
+                    if block.depends_on_source:
+                        conditions.setdefault(_source_condition(block))
+        self.source_conditions: tuple[SourceCondition, ...] = tuple(conditions)
+
+    def http_of(self, service: VirtualService) -> tuple[HTTPRoute, ...]:
+        entry = self._http.get(id(service))
+        return entry[1] if entry is not None and entry[0] is service else service.http
+
+    def mesh_virtual_service(self, hostname: str) -> VirtualService | None:
+        return self._mesh_by_host.get(hostname)
+
+    def source_signature(self, node: ProxyNode) -> tuple[bool, ...]:
+        """Which of the source conditions ``node`` meets: equal signatures, equal routes."""
+        return tuple(
+            HTTPMatchRequest(
+                source_labels=dict(labels), source_namespace=namespace
+            ).applies_to_source(node.labels, node.namespace)
+            for labels, namespace in self.source_conditions
+        )
+
+    def source_filter(self, signature: tuple[bool, ...]) -> SourceFilter:
+        met = {c for c, ok in zip(self.source_conditions, signature, strict=True) if ok}
+        return lambda block: not block.depends_on_source or _source_condition(block) in met
+
+
+def proxy_source_filter(node: ProxyNode) -> SourceFilter:
+    return lambda block: block.applies_to_source(node.labels, node.namespace)
+
+
+def no_source(block: HTTPMatchRequest) -> bool:
+    """For routes built for no proxy in particular: only blocks that ask nothing of the caller."""
+    return not block.depends_on_source
 
 
 def _service_domains(service: Service, port: int, with_bare_names: bool) -> list[str]:
@@ -383,19 +547,26 @@ def _takes_bare_names(service: Service, port: int) -> bool:
 
 
 def build_outbound_route_config(
-    view: MeshView, destinations: DestinationIndex | None = None
+    view: MeshView,
+    destinations: DestinationIndex | None = None,
+    routes: VirtualServiceRoutes | None = None,
+    source: SourceFilter = no_source,
 ) -> route_pb2.RouteConfiguration:
     """One virtual host per service port, plus the catch-all that names unknown hosts.
+
+    ``source`` says which source-dependent match blocks the proxies receiving this
+    configuration get (see ``VirtualServiceRoutes.source_filter``).
 
     Envoy NACKs a route configuration in which two virtual hosts share a domain, so a domain
     already claimed (two services with one short name in different namespaces) is skipped.
     """
     index = destinations or DestinationIndex(view)
+    table = routes or VirtualServiceRoutes(view)
     claimed: set[str] = {"*"}
     virtual_hosts: list[rc.VirtualHost] = []
     for hostname in sorted(view.services):
         service = view.services[hostname]
-        virtual_service = _mesh_virtual_service(view, hostname)
+        virtual_service = table.mesh_virtual_service(hostname)
         for port in sorted(p.number for p in service.ports):
             domains = [
                 d
@@ -406,16 +577,17 @@ def build_outbound_route_config(
             if not domains:
                 continue
             namespace = virtual_service.meta.namespace if virtual_service else service.namespace
-            builder = RouteBuilder(index, namespace, port)
-            if virtual_service is not None and virtual_service.http:
-                routes = [r for http in virtual_service.http for r in builder.build(http)]
+            builder = RouteBuilder(index, namespace, RouteScope(port, source=source), port)
+            http = table.http_of(virtual_service) if virtual_service is not None else ()
+            if http:
+                routes_here = [r for route in http for r in builder.build(route)]
             else:
-                routes = [builder.default_route(hostname)]
+                routes_here = [builder.default_route(hostname)]
             virtual_hosts.append(
                 rc.VirtualHost(
                     name=hostname if len(service.ports) == 1 else f"{hostname}:{port}",
                     domains=domains,
-                    routes=routes,
+                    routes=routes_here,
                 )
             )
     virtual_hosts.append(unknown_host_virtual_host())
@@ -429,36 +601,58 @@ def build_outbound_route_config(
 
 
 def build_gateway_route_configs(
-    view: MeshView, node: ProxyNode, destinations: DestinationIndex | None = None
+    view: MeshView,
+    node: ProxyNode,
+    destinations: DestinationIndex | None = None,
+    routes: VirtualServiceRoutes | None = None,
 ) -> tuple[route_pb2.RouteConfiguration, ...]:
-    """``http.<port>`` per gateway server port: one virtual host per bound VirtualService."""
+    """``http.<port>`` per gateway server port: one virtual host per host.
+
+    Several VirtualServices naming one host on a gateway are merged as Istio merges them:
+    one virtual host whose routes are those of each VirtualService, in config order.
+    """
     index = destinations or DestinationIndex(view)
+    table = routes or VirtualServiceRoutes(view)
+    source = proxy_source_filter(node)
     configs: list[route_pb2.RouteConfiguration] = []
     for port, servers in http_servers_by_port(view, node).items():
-        claimed: set[str] = set()
-        virtual_hosts: list[rc.VirtualHost] = []
+        # host -> the VirtualServices routing it here, in config order, with their routes
+        by_host: dict[str, list[tuple[VirtualService, list[rc.Route]]]] = {}
         for virtual_service in view.config.virtual_services:
-            serving = [s for g, s in servers if binds_to(virtual_service, g)]
-            if not serving or not virtual_service.http:
+            bound = [(g, s) for g, s in servers if binds_to(virtual_service, g)]
+            http = table.http_of(virtual_service)
+            if not bound or not http:
                 continue
+            hosts = [
+                host
+                for host in virtual_service.hosts
+                if any(server_allows(server, host) for _, server in bound)
+            ]
+            if not hosts:
+                continue
+            scope = RouteScope(port, frozenset(gateway_binding(g) for g, _ in bound), source)
+            builder = RouteBuilder(index, virtual_service.meta.namespace, scope)
+            built = [r for route in http for r in builder.build(route)]
+            for host in hosts:
+                by_host.setdefault(host.lower(), []).append((virtual_service, built))
+        # Hosts routed by the same VirtualServices share one virtual host (and its routes).
+        grouped: dict[tuple[int, ...], list[str]] = {}
+        for host, sources in by_host.items():
+            grouped.setdefault(tuple(id(vs) for vs, _ in sources), []).append(host)
+        virtual_hosts: list[rc.VirtualHost] = []
+        for hosts in grouped.values():
+            sources = by_host[hosts[0]]
             domains: list[str] = []
-            for host in virtual_service.hosts:
-                if not any(server_allows(server, host) for server in serving):
-                    continue
-                forms = [host] if host == "*" else [host, f"{host}:{port}"]
-                domains.extend(d for d in forms if d not in claimed and d not in domains)
-            claimed.update(domains)
-            if not domains:
-                continue
-            builder = RouteBuilder(index, virtual_service.meta.namespace, None)
+            for host in hosts:
+                domains.extend([host] if host == "*" else [host, f"{host}:{port}"])
             virtual_hosts.append(
                 rc.VirtualHost(
-                    name=f"{virtual_service.meta.namespace}/{virtual_service.meta.name}",
+                    name="+".join(f"{vs.meta.namespace}/{vs.meta.name}" for vs, _ in sources),
                     domains=domains,
-                    routes=[r for http in virtual_service.http for r in builder.build(http)],
+                    routes=[r for _, built in sources for r in built],
                 )
             )
-        if "*" not in claimed:
+        if "*" not in by_host:
             virtual_hosts.append(unknown_host_virtual_host())
         configs.append(
             route_pb2.RouteConfiguration(

@@ -3,11 +3,13 @@
 It answers with who it is (``VERSION``, ``PILOTFISH_REPLICA``) and can misbehave on request:
 ``/fail-every-other`` answers 503 on every other call; ``/slow?ms=N`` waits N ms;
 ``/call?url=U`` calls another service through the mesh (its HTTP_PROXY) and returns that answer;
-``/busy`` waits ``BUSY_MS`` (env) before answering, so one replica is slower than the others.
+``/busy`` waits ``BUSY_MS`` (env) before answering, so one replica is slower than the others;
+``/seen`` lists the path and Host of the last requests it received (to see mirrored copies).
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -23,6 +25,7 @@ REPLICA = os.environ.get("PILOTFISH_REPLICA", "echo")
 BUSY_MS = int(os.environ.get("BUSY_MS", "0"))
 _calls = itertools.count()
 _calls_lock = threading.Lock()
+_seen: collections.deque[dict[str, str | None]] = collections.deque(maxlen=200)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,6 +35,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
+        if url.path == "/seen":
+            self._answer(200, {"replica": REPLICA, "seen": list(_seen)})
+            return
+        _seen.append({"path": self.path, "host": self.headers.get("host")})
         if url.path == "/fail-every-other":
             with _calls_lock:
                 call = next(_calls)

@@ -119,8 +119,6 @@ def test_unknown_top_level_field() -> None:
         ("  exportTo: ['.']\n  http:", "spec.exportTo", "exportTo"),
         ("  tcp: []\n  http:", "spec.tcp", "tcp:"),
         ("  tls: []\n  http:", "spec.tls", "tls:"),
-        ("  http:\n  - corsPolicy: {}\n    route:", "spec.http[0].corsPolicy", "corsPolicy"),
-        ("  http:\n  - mirror: {host: ratings}\n    route:", "spec.http[0].mirror", "mirror"),
     ],
 )
 def test_real_istio_fields_we_do_not_implement_are_warnings(

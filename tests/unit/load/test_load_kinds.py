@@ -280,11 +280,18 @@ def test_weight_of_the_wrong_type() -> None:
     )
 
 
-def test_hosts_are_required() -> None:
+def test_without_hosts_it_is_a_delegate_that_nothing_uses() -> None:
     text, result = load(
         route_with("name: a").replace("  hosts: [reviews]\n", ""), *BOOKINFO_REGISTRY
     )
-    assert_at(result, text, "spec.hosts", "spec:", "required field is missing")
+    assert_at(
+        result,
+        text,
+        "metadata.name",
+        "name: reviews",
+        "no VirtualService delegates to it",
+        severity="warning",
+    )
 
 
 # --- DestinationRule --------------------------------------------------------------------------

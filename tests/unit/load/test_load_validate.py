@@ -87,6 +87,7 @@ def test_two_virtual_services_for_one_host_in_the_mesh() -> None:
     assert 'host "reviews" on the mesh is already routed by VirtualService default/reviews' in (
         diagnostic.message
     )
+    assert "Istio merges them only on gateways" in diagnostic.message
 
 
 def test_short_and_qualified_host_names_are_the_same_host() -> None:
@@ -108,16 +109,19 @@ spec:
 """
 
 
-def test_one_host_on_the_mesh_and_on_a_gateway_is_fine_but_twice_on_a_gateway_is_not() -> None:
+def test_one_host_twice_on_a_gateway_is_merged_and_unreachable_routes_are_named() -> None:
     mesh = virtual_service("mesh", SIMPLE_ROUTE)
     edge = virtual_service("edge", SIMPLE_ROUTE, extra="  gateways: [ingress]\n")
     edge_again = virtual_service(
         "edge-again", SIMPLE_ROUTE, extra="  gateways: [default/ingress]\n"
     )
     result = load_files(a=mesh, b=edge, c=edge_again, gw=GATEWAY, registry=REGISTRY)
-    assert [d.file for d in result.diagnostics if d.severity == "error"] == ["c.yaml"]
+    assert [d for d in result.diagnostics if d.severity == "error"] == []
     diagnostic = only(result, "spec.hosts[0]", "c.yaml")
+    assert diagnostic.severity == "warning"
     assert "on gateway default/ingress" in diagnostic.message
+    assert "default/edge, one of whose routes takes every request" in diagnostic.message
+    assert result.config is not None
 
 
 def test_gateway_references_must_exist() -> None:

@@ -66,7 +66,7 @@ GENERATORS = (
         type_urls.SECRET,
         frozenset(),
         node_secret,
-        node_key=lambda node: node.labels.get("sa", "none"),
+        node_key=lambda _context, node: node.labels.get("sa", "none"),
     ),
 )
 A = ProxyNode("a-0", labels={"sa": "a"})

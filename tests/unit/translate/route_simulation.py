@@ -15,6 +15,7 @@ import re2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import string_pb2
+from envoy.type.v3 import percent_pb2
 
 _REDIRECT_STATUS: Mapping[int, int] = {
     rc.RedirectAction.MOVED_PERMANENTLY: 301,
@@ -33,6 +34,7 @@ class SimulatedRequest:
     path: str = "/"
     method: str = "GET"
     headers: Mapping[str, str] = field(default_factory=dict)
+    scheme: str = "http"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class SimulatedOutcome:
     clusters: tuple[tuple[str, int], ...] = ()
     status: int | None = None
     body: str = ""
+    # Clusters that get a copy, with the share of requests copied (percent).
+    mirrors: tuple[tuple[str, float], ...] = ()
 
     @property
     def cluster_names(self) -> tuple[str, ...]:
@@ -77,6 +81,8 @@ def select_virtual_host(config: route_pb2.RouteConfiguration, host: str) -> rc.V
 
 
 def string_matches(matcher: string_pb2.StringMatcher, value: str) -> bool:
+    if matcher.ignore_case:
+        raise NotImplementedError("ignore_case string matchers are not simulated")
     kind = matcher.WhichOneof("match_pattern")
     if kind == "exact":
         return bool(value == matcher.exact)
@@ -92,26 +98,51 @@ def string_matches(matcher: string_pb2.StringMatcher, value: str) -> bool:
 
 
 def _header_value(request: SimulatedRequest, name: str) -> str | None:
-    pseudo = {":method": request.method, ":authority": request.host, ":path": request.path}
+    pseudo = {
+        ":method": request.method,
+        ":authority": request.host,
+        ":path": request.path,
+        ":scheme": request.scheme,
+    }
     if name in pseudo:
         return pseudo[name]
     lowered = {key.lower(): value for key, value in request.headers.items()}
     return lowered.get(name.lower())
 
 
+def _header_matches(header: rc.HeaderMatcher, request: SimulatedRequest) -> bool:
+    """Envoy's HeaderMatcher: ``invert_match`` negates; a missing header fails the match
+    unless ``treat_missing_header_as_empty`` matches "" instead (then negation applies)."""
+    value = _header_value(request, header.name)
+    kind = header.WhichOneof("header_match_specifier")
+    if kind == "present_match":
+        return (value is not None) != header.invert_match
+    if kind != "string_match":
+        raise NotImplementedError(f"header matcher {kind} is not simulated")
+    if value is None:
+        if not header.treat_missing_header_as_empty:
+            return False
+        value = ""
+    return string_matches(header.string_match, value) != header.invert_match
+
+
 def route_matches(match: rc.RouteMatch, request: SimulatedRequest) -> bool:
     split = urlsplit(request.path)
     path = split.path
     kind = match.WhichOneof("path_specifier")
-    if kind == "prefix" and not path.startswith(match.prefix):
+    # case_sensitive applies to prefix and path; Envoy's safe_regex ignores it.
+    folded = match.HasField("case_sensitive") and not match.case_sensitive.value
+    compared = path.lower() if folded else path
+    if kind == "prefix" and not compared.startswith(
+        match.prefix.lower() if folded else match.prefix
+    ):
         return False
-    if kind == "path" and path != match.path:
+    if kind == "path" and compared != (match.path.lower() if folded else match.path):
         return False
     if kind == "safe_regex" and re2.fullmatch(match.safe_regex.regex, path) is None:
         return False
     for header in match.headers:
-        value = _header_value(request, header.name)
-        if value is None or not string_matches(header.string_match, value):
+        if not _header_matches(header, request):
             return False
     query = dict(parse_qsl(split.query, keep_blank_values=True))
     for parameter in match.query_parameters:
@@ -130,7 +161,11 @@ def _outcome(vhost: rc.VirtualHost, route: rc.Route) -> SimulatedOutcome:
             clusters = tuple((c.name, c.weight.value) for c in weighted)
         else:
             clusters = ((route.route.cluster, 100),)
-        return SimulatedOutcome(vhost.name, name, clusters=clusters)
+        mirrors = tuple(
+            (policy.cluster, _percent(policy.runtime_fraction.default_value))
+            for policy in route.route.request_mirror_policies
+        )
+        return SimulatedOutcome(vhost.name, name, clusters=clusters, mirrors=mirrors)
     if action == "direct_response":
         response = route.direct_response
         body = response.body.inline_string or response.body_format.text_format_source.inline_string
@@ -140,6 +175,15 @@ def _outcome(vhost: rc.VirtualHost, route: rc.Route) -> SimulatedOutcome:
             vhost.name, name, status=_REDIRECT_STATUS[route.redirect.response_code]
         )
     raise NotImplementedError(f"route action {action} is not simulated")
+
+
+def _percent(fraction: percent_pb2.FractionalPercent) -> float:
+    per = {
+        percent_pb2.FractionalPercent.HUNDRED: 100,
+        percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000,
+        percent_pb2.FractionalPercent.MILLION: 1_000_000,
+    }[fraction.denominator]
+    return fraction.numerator * 100 / per
 
 
 def simulate_request(

@@ -146,7 +146,8 @@ def test_proxies_of_a_kind_share_one_layer_and_build_only_their_own() -> None:
     two = cache.snapshot_for(other)
     assert built_since(cache, before) == {"inbound-cluster": 1, "sidecar-listeners": 1}
     assert one is not None and two is not None
-    assert one.of_type(type_urls.ROUTE) is two.of_type(type_urls.ROUTE)  # shared, not copied
+    route = type_urls.ROUTE
+    assert one.of_type(route)["outbound"] is two.of_type(route)["outbound"]  # one output
     assert one.of_type(type_urls.ENDPOINT) is two.of_type(type_urls.ENDPOINT)
 
 
@@ -220,3 +221,38 @@ def test_a_chain_of_generations_says_what_a_fresh_translation_says(
                 assert versions(cache.snapshot_for(node)) == fresh(view, node)
     assert view is not None
     assert versions(cache.snapshot_for(SIDECAR)) == fresh(view, SIDECAR)
+
+
+SOURCE_ROUTES = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api]
+  http:
+  - match: [{sourceLabels: {app: web}}]
+    route: [{destination: {host: api, subset: v1}}]
+  - route: [{destination: {host: api}}]
+"""
+
+
+def test_an_endpoint_change_keeps_the_routes_of_every_source_group() -> None:
+    config = config_of(MESH + SOURCE_ROUTES)
+    web = ProxyNode(id="web-0", labels={"app": "web"}, outbound_port=1)
+    other = ProxyNode(id="other-0", labels={"app": "other"}, outbound_port=1)
+    other_web = ProxyNode(id="web-1", labels={"app": "web"}, outbound_port=2)
+    cache = new_cache()
+    cache.publish(build_view(config, {API: [endpoint(7001)]}))
+    first = {n.id: cache.snapshot_for(n) for n in (web, other, other_web)}
+    routes = {i: s.of_type(type_urls.ROUTE)["outbound"] for i, s in first.items() if s}
+    assert routes["web-0"].version != routes["other-0"].version
+    assert routes["web-0"] is routes["web-1"]  # one group, one output
+    assert misses(cache)["outbound-routes"] == 2
+
+    cache.publish(build_view(config, {API: [endpoint(7001), endpoint(7002)]}))
+    for node in (web, other, other_web):
+        snapshot = cache.snapshot_for(node)
+        assert snapshot is not None
+        assert snapshot.of_type(type_urls.ROUTE)["outbound"] is routes[node.id]
+    assert misses(cache)["outbound-routes"] == 2
