@@ -28,6 +28,8 @@ from pilotfish.model.resources import (
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# How a bug of ours reads to the user; tests look for it, since no input should produce it.
+INTERNAL_ERROR = "internal error"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class _Collector:
 
 
 def _internal_error(activity: str, error: Exception) -> str:
-    return f"internal error while {activity}: {type(error).__name__}: {error}; please report"
+    return f"{INTERNAL_ERROR} while {activity}: {type(error).__name__}: {error}; please report"
 
 
 def load_text(text: str, filename: str, directory: Path | None = None) -> LoadResult:
