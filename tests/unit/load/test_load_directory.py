@@ -30,7 +30,7 @@ def bookinfo() -> Path:
     if not BOOKINFO.is_dir():
         pytest.skip(
             f"Istio's Bookinfo samples are missing: no folder {BOOKINFO} "
-            "(kept outside the repository on purpose: copy Istio's samples/bookinfo/networking there)"
+            "(kept outside the repository: copy Istio's samples/bookinfo/networking there)"
         )
     return BOOKINFO
 
