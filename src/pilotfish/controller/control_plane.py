@@ -13,7 +13,7 @@ import grpc
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
-from pilotfish.load import LoadResult, load_directory
+from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic
 from pilotfish.xds.protocol import SyncStatus
 from pilotfish.xds.server import start_xds_server
@@ -32,9 +32,9 @@ class ControlPlaneSettings:
     watch_interval_seconds: float = 0.2
 
 
-def load_and_check(config_dir: Path) -> LoadResult:
+def load_and_check(config_dir: Path, cache: ParseCache | None = None) -> LoadResult:
     """Load a folder, then translate it for stand-in proxies; any error rejects it whole."""
-    result = load_directory(config_dir)
+    result = load_directory(config_dir, cache)
     if result.config is None:
         return result
     problems = preflight(result.config, config_dir)
@@ -53,12 +53,13 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._fingerprint = ""
+        self._parsed = ParseCache()  # this control plane's own: reloads re-parse changed files
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
         # Fingerprint first: an edit made while loading is then seen as a change, not lost.
         self._fingerprint = await asyncio.to_thread(config_fingerprint, self.config_dir)
-        result = await asyncio.to_thread(load_and_check, self.config_dir)
+        result = await asyncio.to_thread(load_and_check, self.config_dir, self._parsed)
         if result.config is None:
             raise ConfigError(result.diagnostics)
         self.controller.apply_config(result.config, result.diagnostics)
@@ -80,7 +81,7 @@ class ControlPlane:
         )
         async for self._fingerprint in changes:
             try:
-                result = await asyncio.to_thread(load_and_check, self.config_dir)
+                result = await asyncio.to_thread(load_and_check, self.config_dir, self._parsed)
             except Exception as exc:  # a loader bug must not stop every later reload
                 log.exception("could not load %s", self.config_dir)
                 message = f"internal error while loading: {exc!r}; please report it"

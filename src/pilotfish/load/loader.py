@@ -48,12 +48,13 @@ class LoadResult:
         return tuple(d for d in self.diagnostics if d.severity == "warning")
 
 
-class _ParseCache:
+class ParseCache:
     """Parsed files by (name, content), so a reload re-parses only files that changed.
 
     Parsing YAML with positions is by far the slowest step of a load (milliseconds per
     document); a folder of many files edited one at a time pays for one file per edit. The
-    parsed documents are never modified after parsing, so sharing them is safe.
+    parsed documents are never modified after parsing, so sharing them is safe. Whoever
+    reloads a folder owns one (a control plane does); a one-off load needs none.
     """
 
     def __init__(self, max_files: int = 512) -> None:
@@ -61,6 +62,9 @@ class _ParseCache:
         self._files: OrderedDict[tuple[str, str], tuple[list[YamlDocument], list[Diagnostic]]] = (
             OrderedDict()
         )
+
+    def __len__(self) -> int:
+        return len(self._files)
 
     def parse(self, text: str, filename: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
         key = (filename, hashlib.sha256(text.encode()).hexdigest())
@@ -75,18 +79,16 @@ class _ParseCache:
         return parsed
 
 
-_PARSED = _ParseCache()
-
-
 @dataclass
 class _Collector:
+    cache: ParseCache = field(default_factory=ParseCache)
     resources: list[Resource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     paths: ObjectPaths = field(default_factory=ObjectPaths)
     syntax_errors: bool = False
 
     def add_text(self, text: str, filename: str, directory: str) -> None:
-        documents, problems = _PARSED.parse(text, filename)
+        documents, problems = self.cache.parse(text, filename)
         self.diagnostics.extend(problems)
         self.syntax_errors = self.syntax_errors or bool(problems)
         for document in documents:
@@ -149,13 +151,14 @@ def load_texts(files: Iterable[tuple[str, str]], directory: Path | None = None) 
     return collector.result()
 
 
-def load_directory(path: Path) -> LoadResult:
+def load_directory(path: Path, cache: ParseCache | None = None) -> LoadResult:
     """Every ``*.yaml``/``*.yml`` under ``path`` (recursively, skipping hidden entries).
 
     Files are reported as ``path`` joined with their relative name, so the names in
     diagnostics open from wherever the user typed ``path``. A single file is accepted too.
+    ``cache`` keeps parsed files between loads of the same folder.
     """
-    collector = _Collector()
+    collector = _Collector() if cache is None else _Collector(cache)
     if path.is_file():
         files: list[Path] = [path]
     elif path.is_dir():
@@ -213,15 +216,5 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
 
 
 def format_diagnostics(diagnostics: Iterable[Diagnostic]) -> str:
-    """One line per problem, ``file:line:col: field: message``, sorted by file and line.
-
-    Warnings carry ``warning:`` before the field; problems of a whole document (bad YAML)
-    have no field and read ``file:line:col: message``.
-    """
-    lines = []
-    for diagnostic in sorted(diagnostics):
-        place = f"{diagnostic.file}:{diagnostic.line}:{diagnostic.col}:"
-        severity = " warning:" if diagnostic.severity == "warning" else ""
-        subject = f" {diagnostic.field}:" if diagnostic.field else ""
-        lines.append(f"{place}{severity}{subject} {diagnostic.message}")
-    return "\n".join(lines)
+    """One line per problem (see ``Diagnostic.__str__``), sorted by file and line."""
+    return "\n".join(str(diagnostic) for diagnostic in sorted(diagnostics))

@@ -24,6 +24,7 @@ from pilotfish.model.resources import (
     ServiceEntry,
     VirtualService,
     qualify_host,
+    selector_matches,
 )
 from pilotfish.model.services import Service
 
@@ -153,8 +154,7 @@ def _selected_workload_entry_addresses(config: MeshConfig) -> Iterable[Diagnosti
         for workload_entry in config.workload_entries:
             if workload_entry.meta.namespace != entry.meta.namespace:
                 continue
-            labels = workload_entry.spec.labels
-            if any(labels.get(key) != value for key, value in selector.items()):
+            if not selector_matches(selector, workload_entry.spec.labels):
                 continue
             address = workload_entry.spec.address
             if address.startswith("unix://") or is_ip_address(address):
