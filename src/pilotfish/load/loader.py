@@ -15,7 +15,7 @@ from pathlib import Path
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_document import Resource, parse_document
 from pilotfish.load.validate import validate_mesh
-from pilotfish.load.yaml_source import YamlDocument, parse_documents
+from pilotfish.load.yaml_source import ParsedYaml, parse_yaml
 from pilotfish.model.diagnostics import Diagnostic, has_errors
 from pilotfish.model.resources import (
     DestinationRule,
@@ -59,18 +59,16 @@ class ParseCache:
 
     def __init__(self, max_files: int = 512) -> None:
         self._max_files = max_files
-        self._files: OrderedDict[tuple[str, str], tuple[list[YamlDocument], list[Diagnostic]]] = (
-            OrderedDict()
-        )
+        self._files: OrderedDict[tuple[str, str], ParsedYaml] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._files)
 
-    def parse(self, text: str, filename: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
+    def parse(self, text: str, filename: str) -> ParsedYaml:
         key = (filename, hashlib.sha256(text.encode()).hexdigest())
         parsed = self._files.get(key)
         if parsed is None:
-            parsed = parse_documents(text, filename)
+            parsed = parse_yaml(text, filename)
             self._files[key] = parsed
             if len(self._files) > self._max_files:
                 self._files.popitem(last=False)
@@ -85,12 +83,13 @@ class _Collector:
     resources: list[Resource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     paths: ObjectPaths = field(default_factory=ObjectPaths)
-    syntax_errors: bool = False
+    # False once a file could not be read whole: a resource may then be missing.
+    complete: bool = True
 
     def add_text(self, text: str, filename: str, directory: str) -> None:
-        documents, problems = self.cache.parse(text, filename)
+        documents, problems, complete = self.cache.parse(text, filename)
         self.diagnostics.extend(problems)
-        self.syntax_errors = self.syntax_errors or bool(problems)
+        self.complete = self.complete and complete
         for document in documents:
             try:
                 resource, found = parse_document(document, directory, self.paths)
@@ -110,22 +109,14 @@ class _Collector:
 
     def result(self) -> LoadResult:
         config = _mesh_config(self.resources)
-        # After a YAML syntax error the resources of the rest of that file are missing, and
-        # every reference to them would be reported as unknown: noise that hides the one
-        # real problem. Cross-resource checks wait until the files parse.
-        if not self.syntax_errors:
-            try:
-                self.diagnostics.extend(validate_mesh(config, self.paths))
-            except Exception as error:
-                self.diagnostics.append(
-                    Diagnostic(
-                        "",
-                        1,
-                        1,
-                        "",
-                        _internal_error("checking references between resources", error),
-                    )
+        try:
+            self.diagnostics.extend(validate_mesh(config, self.paths, complete=self.complete))
+        except Exception as error:
+            self.diagnostics.append(
+                Diagnostic(
+                    "", 1, 1, "", _internal_error("checking references between resources", error)
                 )
+            )
         diagnostics = tuple(sorted(self.diagnostics))
         return LoadResult(None if has_errors(diagnostics) else config, diagnostics)
 
@@ -199,7 +190,7 @@ def _read_text(file: Path, collector: _Collector) -> str | None:
         collector.diagnostics.append(
             Diagnostic(str(file), 1, 1, "", f"cannot read file: {error.strerror}")
         )
-    collector.syntax_errors = True
+    collector.complete = False
     return None
 
 

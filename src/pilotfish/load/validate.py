@@ -32,7 +32,12 @@ MESH = "mesh"
 TOTAL_WEIGHT = 100
 
 
-def validate_mesh(config: MeshConfig, paths: ObjectPaths) -> list[Diagnostic]:
+def validate_mesh(
+    config: MeshConfig, paths: ObjectPaths, *, complete: bool = True
+) -> list[Diagnostic]:
+    """Every problem between resources. When a file could not be read whole (``complete``
+    false), a name not found may be in its lost part: references to unknown names are then
+    not reported, since they would bury the one real problem; every other check still runs."""
     services = services_from_config(config)
     rules = _rules_by_host(config.destination_rules)
     found: list[Diagnostic] = []
@@ -40,13 +45,14 @@ def validate_mesh(config: MeshConfig, paths: ObjectPaths) -> list[Diagnostic]:
     found.extend(_workload_conflicts(config))
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
-    found.extend(_destination_rule_problems(config.destination_rules, services))
+    found.extend(_destination_rule_problems(config.destination_rules, services, complete))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
     for service in config.virtual_services:
-        found.extend(_gateway_references(service, gateways))
-        found.extend(_hosts_without_service(service, services))
-        checker = _RouteChecker(service, services, rules, paths)
+        if complete:
+            found.extend(_gateway_references(service, gateways))
+            found.extend(_hosts_without_service(service, services))
+        checker = _RouteChecker(service, services, rules, paths, complete)
         for index, route in enumerate(service.http):
             found.extend(checker.check(route, paths.path_of(route) or f"spec.http[{index}]"))
     return found
@@ -206,7 +212,7 @@ def _rules_by_host(rules: Iterable[DestinationRule]) -> dict[str, DestinationRul
 
 
 def _destination_rule_problems(
-    rules: Iterable[DestinationRule], services: Mapping[str, Service]
+    rules: Iterable[DestinationRule], services: Mapping[str, Service], complete: bool
 ) -> Iterable[Diagnostic]:
     first: dict[str, DestinationRule] = {}
     for rule in rules:
@@ -222,7 +228,7 @@ def _destination_rule_problems(
                 f"{earlier.meta.namespace}/{earlier.meta.name} "
                 f"({_where(earlier.meta, 'spec.host')})",
             )
-        if hostname not in services:
+        if complete and hostname not in services:
             yield _at(
                 rule.meta,
                 "spec.host",
@@ -289,6 +295,7 @@ class _RouteChecker:
     services: Mapping[str, Service]
     rules: Mapping[str, DestinationRule]
     paths: ObjectPaths
+    complete: bool = True
 
     def check(self, route: HTTPRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
@@ -307,6 +314,8 @@ class _RouteChecker:
         destination_path = join_path(path, "destination")
         hostname = qualify_host(destination.host, self.service.meta.namespace)
         known = self.services.get(hostname)
+        if known is None and not self.complete:
+            return
         if known is None:
             yield self._error(
                 join_path(destination_path, "host"),
@@ -314,7 +323,7 @@ class _RouteChecker:
                 f"{_qualified_hint(destination.host, self.services)}",
             )
             return
-        if destination.subset is not None:
+        if destination.subset is not None and self.complete:
             problem = self._subset_problem(hostname, destination.host, destination.subset)
             if problem is not None:
                 yield self._error(join_path(destination_path, "subset"), problem)
