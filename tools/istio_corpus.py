@@ -67,7 +67,8 @@ def _networking_documents(text: str) -> Iterator[tuple[int, str]]:
     for index, chunk in enumerate(DOCUMENT_SEPARATOR.split(text)):
         # Kept as a comment, to compare with the reason Pilotfish gives.
         chunk = EXPECTED_ERROR_KEY.sub(r"# Istio's expected error:\1", chunk).strip("\n")
-        if "networking.istio.io" not in chunk:
+        # Go templates ("{{$i}}") generate config; they are not config themselves.
+        if "networking.istio.io" not in chunk or "{{" in chunk:
             continue
         try:
             body = yaml.load(chunk)

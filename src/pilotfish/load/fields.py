@@ -16,7 +16,8 @@ from pilotfish.load.durations import DurationError, parse_duration
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.diagnostics import Diagnostic, Severity, SourceMap
 
-NOT_IMPLEMENTED = "not implemented by Pilotfish; ignored"
+NOT_IMPLEMENTED_PREFIX = "not implemented by Pilotfish"
+NOT_IMPLEMENTED = f"{NOT_IMPLEMENTED_PREFIX}; ignored"
 REQUIRED = "required field is missing"
 PORT_MIN = 1
 PORT_MAX = 65535

@@ -6,10 +6,16 @@ import ipaddress
 from typing import Literal, cast
 
 from pilotfish.load.fields import FieldReader, Fields, describe
-from pilotfish.load.parse_protocols import read_protocol
+from pilotfish.load.parse_protocols import (
+    is_carried,
+    not_carried_consequence,
+    read_port_protocol,
+)
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
     Meta,
+    NotCarriedPort,
+    Protocol,
     ServiceEntry,
     ServicePort,
     WorkloadEntry,
@@ -41,6 +47,14 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
     hosts = reader.string_list(spec, "hosts", "spec", required=True)
     addresses = reader.string_list(spec, "addresses", "spec")
     ports = _service_ports(reader, spec)
+    carried = [port for port in ports if isinstance(port, ServicePort)]
+    not_carried = [port for port in ports if isinstance(port, NotCarriedPort)]
+    for port in not_carried:
+        reader.warning(
+            reader.paths.path_of(port) or "spec.ports",
+            f"port {port.number} ({port.protocol}) of ServiceEntry {meta.namespace}/{meta.name} "
+            f"is not carried: {not_carried_consequence(port.protocol)}",
+        )
     location = reader.choice(spec, "location", "spec", LOCATIONS) or "MESH_EXTERNAL"
     resolution = reader.choice(
         spec, "resolution", "spec", RESOLUTIONS, not_supported=RESOLUTIONS_NOT_SUPPORTED
@@ -76,21 +90,25 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
     return ServiceEntry(
         meta=meta,
         hosts=hosts,
-        ports=tuple(ports),
+        ports=tuple(carried),
         addresses=addresses,
         location=cast(Location, location),
         resolution=cast(Resolution, resolution or "STATIC"),
         endpoints=tuple(endpoints),
         workload_selector=selector,
+        ports_not_carried=tuple(not_carried),
     )
 
 
-def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort]:
-    """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique."""
-    ports: list[ServicePort] = []
+def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort | NotCarriedPort]:
+    """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique.
+
+    Istio accepts a ServiceEntry without ports (DNS names or addresses reached on any port);
+    Pilotfish then has no port to carry its traffic on, which routes to it report."""
+    ports: list[ServicePort | NotCarriedPort] = []
     numbers: set[int] = set()
     names: set[str] = set()
-    for item, path in reader.items(spec, "ports", "spec", required=True):
+    for item, path in reader.items(spec, "ports", "spec"):
         port = _service_port(reader, item, path)
         if port is None:
             continue
@@ -108,17 +126,23 @@ def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort]:
     return ports
 
 
-def _service_port(reader: FieldReader, value: object, path: str) -> ServicePort | None:
+def _service_port(
+    reader: FieldReader, value: object, path: str
+) -> ServicePort | NotCarriedPort | None:
     fields = reader.mapping(value, path, ("number", "name", "protocol", "targetPort"))
     if fields is None:
         return None
     number = reader.port(fields, "number", path, required=True)
     name = reader.string(fields, "name", path, required=True)
-    protocol = read_protocol(reader, fields, "protocol", path, required=True)
+    protocol = read_port_protocol(reader, fields, path)
     target_port = reader.port(fields, "targetPort", path)
     if number is None or name is None or protocol is None:
         return None
-    return ServicePort(number=number, name=name, protocol=protocol, target_port=target_port)
+    if not is_carried(protocol):
+        return reader.paths.remember(NotCarriedPort(number, name, protocol), path)
+    return ServicePort(
+        number=number, name=name, protocol=cast(Protocol, protocol), target_port=target_port
+    )
 
 
 def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | None:

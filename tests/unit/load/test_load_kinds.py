@@ -239,7 +239,7 @@ def test_redirect_and_direct_response() -> None:
             "redirect: {redirectCode: 301}",
             "spec.http[0].redirect",
             "redirect",
-            "needs uri or authority",
+            "needs uri, authority, scheme, port or prefixRewrite",
         ),
         (
             "directResponse: {status: 99}",
@@ -438,16 +438,29 @@ def test_gateway_values() -> None:
     )
 
 
-@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP"])
-def test_gateway_tls_and_tcp_servers_are_not_supported_yet(protocol: str) -> None:
-    text, result = load(GATEWAY.replace("PROTOCOL", protocol))
-    assert_at(
-        result,
-        text,
-        "spec.servers[0].port.protocol",
-        "protocol:",
-        f"{protocol} is not supported yet",
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP", "MONGO"])
+def test_a_gateway_server_pilotfish_does_not_carry_is_a_warning_the_rest_applies(
+    protocol: str,
+) -> None:
+    tls = "    tls: {mode: SIMPLE, credentialName: cert}\n" if protocol in ("HTTPS", "TLS") else ""
+    text, result = load(
+        GATEWAY.replace("PROTOCOL", protocol).replace("number: 80", "number: 443")
+        + tls
+        + "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n"
     )
+    warning = assert_at(
+        result, text, "spec.servers[0].port", "port:", "is not served", severity="warning"
+    )
+    assert f"the {protocol} server on port 443 is not served" in warning.message
+    assert [d.severity for d in result.diagnostics] == ["warning"]
+    assert result.config is not None
+    assert [s.port for s in result.config.gateways[0].servers] == [80]
+
+
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS"])
+def test_a_tls_gateway_server_needs_tls_settings(protocol: str) -> None:
+    text, result = load(GATEWAY.replace("PROTOCOL", protocol))
+    assert_at(result, text, "spec.servers[0].tls", "port:", f"required for a {protocol} server")
 
 
 def test_gateway_server_needs_number_protocol_and_hosts() -> None:
@@ -463,7 +476,9 @@ def test_gateway_server_needs_number_protocol_and_hosts() -> None:
 
 def test_gateway_server_tls_is_a_warning() -> None:
     text, result = load(GATEWAY.replace("PROTOCOL", "HTTP") + "    tls: {httpsRedirect: true}\n")
-    assert_at(result, text, "spec.servers[0].tls", "tls:", "not implemented", severity="warning")
+    assert_at(
+        result, text, "spec.servers[0].tls", "tls:", "not redirected to HTTPS", severity="warning"
+    )
 
 
 # --- ServiceEntry and WorkloadEntry ----------------------------------------------------------
@@ -520,11 +535,11 @@ def test_service_entry_needs_hosts_and_complete_ports() -> None:
         ENTRY.replace("RESOLUTION", "STATIC")
         .replace("ADDRESS", "10.0.0.1")
         .replace("  hosts: [api.example.com]\n", "")
-        .replace("{number: 80, name: http, protocol: HTTP}", "{number: 80}")
+        .replace("{number: 80, name: http, protocol: HTTP}", "{protocol: HTTP}")
     )
     assert_at(result, text, "spec.hosts", "spec:", "required")
-    assert_at(result, text, "spec.ports[0].name", "{number: 80}", "required")
-    assert_at(result, text, "spec.ports[0].protocol", "{number: 80}", "required")
+    assert_at(result, text, "spec.ports[0].name", "{protocol: HTTP}", "required")
+    assert_at(result, text, "spec.ports[0].number", "{protocol: HTTP}", "required")
 
 
 def test_workload_selector_needs_labels() -> None:
