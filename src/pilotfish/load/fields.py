@@ -99,9 +99,10 @@ class FieldReader:
         value: object,
         path: str,
         known: Collection[str],
-        not_implemented: Collection[str] = (),
+        not_implemented: Collection[str] | Mapping[str, str] = (),
     ) -> Fields | None:
-        """``value`` as a mapping of known fields: unknown ones are errors, ignored ones warn."""
+        """``value`` as a mapping of known fields: unknown ones are errors, ignored ones warn
+        (``not_implemented`` may map each to what does not happen because of it)."""
         if not isinstance(value, dict):
             self.error(path, f"expected a mapping, got {describe(value)}")
             return None
@@ -112,7 +113,7 @@ class FieldReader:
             elif key in known:
                 accepted[key] = item
             elif key in not_implemented:
-                self.warning(join_path(path, key), NOT_IMPLEMENTED)
+                self.warning(join_path(path, key), _not_implemented_message(key, not_implemented))
             else:
                 self.error(join_path(path, key), _unknown_field_message(key, known))
         return accepted
@@ -123,7 +124,7 @@ class FieldReader:
         key: str,
         path: str,
         known: Collection[str],
-        not_implemented: Collection[str] = (),
+        not_implemented: Collection[str] | Mapping[str, str] = (),
         *,
         required: bool = False,
     ) -> Fields | None:
@@ -319,6 +320,12 @@ class FieldReader:
         if value is None and required:
             self.error(join_path(path, key), REQUIRED)
         return value
+
+
+def _not_implemented_message(key: str, fields: Collection[str] | Mapping[str, str]) -> str:
+    if isinstance(fields, Mapping):
+        return f"{NOT_IMPLEMENTED_PREFIX}: {fields[key]}"
+    return NOT_IMPLEMENTED
 
 
 def _unknown_field_message(key: str, known: Collection[str]) -> str:

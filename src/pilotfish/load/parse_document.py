@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from pilotfish.load import (
@@ -58,7 +58,7 @@ METADATA_NOT_IMPLEMENTED = (
 @dataclass(frozen=True)
 class _Kind:
     spec_fields: tuple[str, ...]
-    spec_not_implemented: tuple[str, ...]
+    spec_not_implemented: Collection[str] | Mapping[str, str]
     parse: Callable[[FieldReader, Fields, Meta, str], Resource | None]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal, cast
 
-from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.parse_protocols import (
     is_carried,
     not_carried_consequence,
@@ -36,8 +36,11 @@ LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)
 
-WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight")
-WORKLOAD_ENTRY_NOT_IMPLEMENTED = ("network", "locality", "serviceAccount")
+WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight", "network")
+WORKLOAD_ENTRY_NOT_IMPLEMENTED = {
+    "locality": "the endpoint is picked regardless of its locality",
+    "serviceAccount": "the endpoint's identity is not checked",
+}
 
 Resolution = Literal["STATIC", "DNS", "NONE"]
 Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
@@ -45,6 +48,9 @@ Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
 
 def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> ServiceEntry:
     hosts = reader.string_list(spec, "hosts", "spec", required=True)
+    for index, host in enumerate(hosts):
+        if host == "*":
+            reader.error(f"spec.hosts[{index}]", '"*" is not a service name (Istio refuses it)')
     addresses = reader.string_list(spec, "addresses", "spec")
     ports = _service_ports(reader, spec)
     carried = [port for port in ports if isinstance(port, ServicePort)]
@@ -149,9 +155,8 @@ def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | No
     selector = reader.child_mapping(spec, "workloadSelector", "spec", ("labels",))
     if selector is None:
         return None
-    return reader.string_map(
-        selector, "labels", "spec.workloadSelector", required=True, non_empty=True
-    )
+    # Istio accepts an empty selector; like any label selector it then selects everything.
+    return reader.string_map(selector, "labels", "spec.workloadSelector")
 
 
 def parse_workload_entry(reader: FieldReader, spec: Fields, meta: Meta) -> WorkloadEntry | None:
@@ -165,14 +170,28 @@ def parse_workload_entry_spec(
     reader: FieldReader, fields: Fields, path: str
 ) -> WorkloadEntrySpec | None:
     """The fields a WorkloadEntry spec shares with a ServiceEntry endpoint."""
-    address = reader.string(fields, "address", path, required=True)
+    network = reader.string(fields, "network", path)
+    # Istio lets an endpoint of another network go without an address: its network's
+    # gateway is the way in.
+    address = reader.string(fields, "address", path, required=network is None)
     ports = _port_map(reader, fields, path)
     labels = reader.string_map(fields, "labels", path)
     weight = reader.integer(fields, "weight", path, minimum=0, maximum=2**32 - 1)
-    if address is None:
+    if network is not None:
+        reader.warning(
+            join_path(path, "network"),
+            f"{NOT_IMPLEMENTED_PREFIX}: the endpoint is reached directly, never through "
+            "its network's gateway"
+            + ("" if address else "; without an address it gets no traffic"),
+        )
+    if not address:
         return None
     if address.startswith("unix://"):
-        reader.error(join_path(path, "address"), "unix domain sockets are not supported yet")
+        reader.warning(
+            join_path(path, "address"),
+            "unix domain sockets are not supported yet: this endpoint gets no traffic",
+        )
+        return None
     return WorkloadEntrySpec(address=address, ports=ports, labels=labels, weight=weight)
 
 

@@ -32,8 +32,13 @@ from pilotfish.model.resources import (
     VirtualService,
 )
 
-SPEC_FIELDS = ("hosts", "gateways", "http")
-SPEC_NOT_IMPLEMENTED = ("tcp", "tls", "exportTo")
+SPEC_FIELDS = ("hosts", "gateways", "http", "tcp", "tls")
+SPEC_NOT_IMPLEMENTED = {"exportTo": "the VirtualService is visible to every namespace"}
+# Routes of sections Pilotfish does not carry: what happens to their traffic.
+SECTIONS_NOT_CARRIED = {
+    "tcp": "TCP traffic does not go through the mesh yet, so these routes do nothing",
+    "tls": "TLS traffic does not go through the mesh yet, so these routes do nothing",
+}
 
 ROUTE_FIELDS = (
     "name",
@@ -121,6 +126,12 @@ def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> Virt
         route = _http_route(reader, item, path)
         if route is not None:
             routes.append(reader.paths.remember(route, path))
+    for section, consequence in SECTIONS_NOT_CARRIED.items():
+        value = spec.get(section)
+        if value is not None and not isinstance(value, list):
+            reader.error(f"spec.{section}", f"expected a list, got {describe(value)}")
+        elif value:
+            reader.warning(f"spec.{section}", f"{NOT_IMPLEMENTED_PREFIX}: {consequence}")
     if not any(spec.get(section) for section in ("http", "tcp", "tls")):
         reader.error("spec", "needs http, tcp or tls routes (Istio refuses it too)")
     _check_hosts(reader, hosts, gateways)
