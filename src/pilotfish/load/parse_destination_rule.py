@@ -51,6 +51,8 @@ SIMPLE_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 SIMPLE_LB_ALIASES = {"LEAST_CONN": "LEAST_REQUEST"}
 SIMPLE_LB_NOT_SUPPORTED = ("PASSTHROUGH", "UNSPECIFIED")
 
+WARMUP_FIELDS = ("duration", "minimumPercent", "aggression")
+
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp")
 HASH_NOT_IMPLEMENTED = ("httpQueryParameterName", "ringHash", "maglev", "minimumRingSize")
 COOKIE_NOT_IMPLEMENTED = {"attributes": "the cookie is set without these attributes"}
@@ -210,6 +212,7 @@ def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalanc
     if balancer is None:
         return None
     balancer_path = join_path(path, "loadBalancer")
+    _check_warmup(reader, fields.get("loadBalancer"), balancer_path)
     chosen = [key for key in LB_FIELDS if balancer.get(key) is not None]
     # Istio's lb_policy is a oneof, and a loadBalancer may set only locality or warmup.
     if len(chosen) > 1:
@@ -225,6 +228,22 @@ def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalanc
         simple=cast(SimpleLB, simple) if simple is not None else None,
         consistent_hash=_consistent_hash(reader, balancer, balancer_path),
     )
+
+
+def _check_warmup(reader: FieldReader, balancer: object, path: str) -> None:
+    """Warmup is warned about, not carried; its values are still Istio's to check."""
+    warmup = balancer.get("warmup") if isinstance(balancer, dict) else None
+    if warmup is None:
+        return
+    fields = reader.mapping(warmup, join_path(path, "warmup"), WARMUP_FIELDS)
+    if fields is None:
+        return
+    warmup_path = join_path(path, "warmup")
+    reader.duration(fields, "duration", warmup_path, required=True)
+    reader.number(fields, "minimumPercent", warmup_path, minimum=0, maximum=100)
+    aggression = reader.number(fields, "aggression", warmup_path)
+    if aggression is not None and aggression <= 0:
+        reader.error(join_path(warmup_path, "aggression"), "must be greater than 0")
 
 
 def _consistent_hash(reader: FieldReader, fields: Fields, path: str) -> ConsistentHash | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal, cast
 
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
@@ -42,6 +43,9 @@ WORKLOAD_ENTRY_NOT_IMPLEMENTED = {
     "serviceAccount": "the endpoint's identity is not checked",
 }
 
+# What Istio's schema allows as a WorkloadEntry port name.
+PORT_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+
 Resolution = Literal["STATIC", "DNS", "NONE"]
 Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
 
@@ -76,6 +80,12 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
         reader.warning(
             "spec.resolution", "NONE (pass-through) is not implemented; treated as STATIC"
         )
+    if resolution == "DNS" and any("/" in address for address in addresses):
+        reader.error(
+            "spec.addresses", "CIDR ranges need resolution STATIC or NONE (Istio refuses them)"
+        )
+    if spec.get("resolution") == "NONE" and spec.get("endpoints"):
+        reader.error("spec.endpoints", "cannot be set with resolution NONE (Istio refuses it)")
     endpoints: list[WorkloadEntrySpec] = []
     for item, path in reader.items(spec, "endpoints", "spec"):
         fields = reader.mapping(item, path, WORKLOAD_ENTRY_FIELDS, WORKLOAD_ENTRY_NOT_IMPLEMENTED)
@@ -156,7 +166,13 @@ def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | No
     if selector is None:
         return None
     # Istio accepts an empty selector; like any label selector it then selects everything.
-    return reader.string_map(selector, "labels", "spec.workloadSelector")
+    labels = reader.string_map(selector, "labels", "spec.workloadSelector")
+    for key, value in labels.items():
+        if "*" in key or "*" in value:
+            reader.error(
+                join_path("spec.workloadSelector.labels", key), "a selector cannot hold wildcards"
+            )
+    return labels
 
 
 def parse_workload_entry(reader: FieldReader, spec: Fields, meta: Meta) -> WorkloadEntry | None:
@@ -187,12 +203,28 @@ def parse_workload_entry_spec(
     if not address:
         return None
     if address.startswith("unix://"):
-        reader.warning(
-            join_path(path, "address"),
-            "unix domain sockets are not supported yet: this endpoint gets no traffic",
-        )
+        problem = _unix_address_problem(address, ports)
+        if problem is not None:
+            reader.error(join_path(path, "address"), problem)
+        else:
+            reader.warning(
+                join_path(path, "address"),
+                "unix domain sockets are not supported yet: this endpoint gets no traffic",
+            )
         return None
     return WorkloadEntrySpec(address=address, ports=ports, labels=labels, weight=weight)
+
+
+def _unix_address_problem(address: str, ports: dict[str, int]) -> str | None:
+    """Istio's rules for a socket address (checked though such endpoints are not used yet)."""
+    socket = address.removeprefix("unix://")
+    if not (socket.startswith("/") or socket.startswith("@")):
+        return "a unix socket must be an absolute path or an abstract socket (@name)"
+    if socket.endswith("/"):
+        return "a unix socket cannot be a directory"
+    if ports:
+        return "an endpoint on a unix socket cannot have ports"
+    return None
 
 
 def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
@@ -205,8 +237,11 @@ def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
         return {}
     found: dict[str, int] = {}
     for name in raw:
-        if not isinstance(name, str) or not name:
-            reader.error(join_path(ports_path, str(name)), "port names must be non-empty strings")
+        if not isinstance(name, str) or PORT_NAME.fullmatch(name) is None:
+            reader.error(
+                join_path(ports_path, str(name)),
+                "port names are letters, digits and inner dashes (the ServiceEntry's port names)",
+            )
             continue
         number = reader.port(cast(Fields, raw), name, ports_path, required=True)
         if number is not None:

@@ -348,3 +348,52 @@ def test_redirect_values_are_checked(redirect: str, field: str, message: str) ->
     source += f"  - redirect: {redirect}\n"
     _text, result = load(source, *BOOKINFO_REGISTRY)
     assert any(d.field == field and message in d.message for d in result.errors), result.diagnostics
+
+
+# --- values inside fields that are only warned about are still checked -----------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "ports", "message"),
+    [
+        ("unix:///dir/", "", "cannot be a directory"),
+        ("unix://relative", "", "absolute path or an abstract socket"),
+        ("unix://@app", "  ports: {http: 80}\n", "cannot have ports"),
+    ],
+)
+def test_unix_socket_addresses_are_checked(address: str, ports: str, message: str) -> None:
+    text, result = load(workload_entry(f"  address: {address}\n{ports}"))
+    assert_at(result, text, "spec.address", "address", message)
+
+
+def test_workload_entry_port_names_are_checked() -> None:
+    text, result = load(workload_entry("  address: 10.0.0.1\n  ports: {'@': 80}\n"))
+    assert_at(result, text, "spec.ports.@", "'@'", "port names are letters, digits")
+
+
+@pytest.mark.parametrize(
+    ("warmup", "field", "message"),
+    [
+        ("{minimumPercent: 10}", "duration", "required"),
+        ("{duration: 60s, minimumPercent: 150}", "minimumPercent", "out of range"),
+        ("{duration: 60s, aggression: -0.5}", "aggression", "greater than 0"),
+    ],
+)
+def test_warmup_values_are_checked(warmup: str, field: str, message: str) -> None:
+    rule = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\n"
+        f"spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      warmup: {warmup}\n"
+    )
+    _text, result = load(rule, *BOOKINFO_REGISTRY)
+    path = f"spec.trafficPolicy.loadBalancer.warmup.{field}"
+    assert any(d.field == path and message in d.message for d in result.errors), result.diagnostics
+
+
+def test_a_dns_service_entry_cannot_have_address_ranges() -> None:
+    text, result = load(egress("  addresses: [10.0.0.0/16]\n"))
+    assert_at(result, text, "spec.addresses", "addresses", "CIDR ranges need resolution")
+
+
+def test_a_workload_selector_cannot_hold_wildcards() -> None:
+    text, result = load(egress("  workloadSelector: {labels: {app: '*'}}\n"))
+    assert_at(result, text, "spec.workloadSelector.labels.app", "app:", "wildcards")

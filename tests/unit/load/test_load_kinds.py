@@ -619,9 +619,14 @@ def test_dns_endpoints_may_be_names() -> None:
 
 
 def test_resolution_none_is_a_warning() -> None:
-    text, result = load(ENTRY.replace("RESOLUTION", "NONE").replace("ADDRESS", "10.0.0.1"))
+    text, result = load(ENTRY.replace("RESOLUTION", "NONE").split("  endpoints:")[0])
     assert_at(result, text, "spec.resolution", "resolution", "not implemented", severity="warning")
     assert result.config is not None
+
+
+def test_resolution_none_cannot_have_endpoints() -> None:
+    text, result = load(ENTRY.replace("RESOLUTION", "NONE").replace("ADDRESS", "10.0.0.1"))
+    assert_at(result, text, "spec.endpoints", "endpoints", "cannot be set with resolution NONE")
 
 
 def test_resolution_must_be_known() -> None:
