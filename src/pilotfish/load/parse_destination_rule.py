@@ -54,7 +54,13 @@ SIMPLE_LB_NOT_SUPPORTED = ("PASSTHROUGH", "UNSPECIFIED")
 WARMUP_FIELDS = ("duration", "minimumPercent", "aggression")
 
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp")
-HASH_NOT_IMPLEMENTED = ("httpQueryParameterName", "ringHash", "maglev", "minimumRingSize")
+QUERY_PARAMETER_KEY = "httpQueryParameterName"
+HASH_NOT_IMPLEMENTED = {
+    QUERY_PARAMETER_KEY: "requests are not hashed: endpoints are picked round robin",
+    "ringHash": "Envoy's default ring hash settings apply",
+    "maglev": "a ring hash is used instead of Maglev",
+    "minimumRingSize": "Envoy's default ring size applies",
+}
 COOKIE_NOT_IMPLEMENTED = {"attributes": "the cookie is set without these attributes"}
 
 OUTLIER_COUNTS = (
@@ -251,10 +257,16 @@ def _consistent_hash(reader: FieldReader, fields: Fields, path: str) -> Consiste
     if hashing is None:
         return None
     hash_path = join_path(path, "consistentHash")
+    written = fields.get("consistentHash")
+    all_keys = (*HASH_KEYS, QUERY_PARAMETER_KEY)
     # ``useSourceIp: false`` names no key at all, so it does not count as the one chosen.
-    keys = [key for key in HASH_KEYS if hashing.get(key) not in (None, False)]
+    keys = [
+        k for k in all_keys if isinstance(written, dict) and written.get(k) not in (None, False)
+    ]
     if len(keys) != 1:
-        reader.error(hash_path, f"exactly one of {', '.join(HASH_KEYS)} must be set")
+        reader.error(hash_path, f"exactly one of {', '.join(all_keys)} must be set")
+    if keys == [QUERY_PARAMETER_KEY]:
+        return None  # warned about: endpoints are then picked as without a hash
     cookie = None
     cookie_fields = reader.child_mapping(
         hashing, "httpCookie", hash_path, ("name", "ttl", "path"), COOKIE_NOT_IMPLEMENTED

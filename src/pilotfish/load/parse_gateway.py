@@ -11,9 +11,13 @@ from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
 SPEC_FIELDS = ("selector", "servers")
 SERVER_FIELDS = ("port", "hosts", "tls")
-SERVER_NOT_IMPLEMENTED = ("bind", "defaultEndpoint", "name")
+SERVER_NOT_IMPLEMENTED = {
+    "bind": "the server listens on every address of the gateway",
+    "defaultEndpoint": "requests go to the routed services, not to this endpoint",
+    "name": "the name labels nothing",
+}
 PORT_FIELDS = ("number", "name", "protocol")
-PORT_NOT_IMPLEMENTED = ("targetPort",)
+PORT_NOT_IMPLEMENTED = {"targetPort": "the gateway listens on the port number itself"}
 TLS_PROTOCOLS = ("HTTPS", "TLS")
 
 

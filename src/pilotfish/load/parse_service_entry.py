@@ -32,7 +32,10 @@ SERVICE_ENTRY_FIELDS = (
     "endpoints",
     "workloadSelector",
 )
-SERVICE_ENTRY_NOT_IMPLEMENTED = ("exportTo", "subjectAltNames")
+SERVICE_ENTRY_NOT_IMPLEMENTED = {
+    "exportTo": "the ServiceEntry is visible to every namespace",
+    "subjectAltNames": "the identity of its endpoints is not checked",
+}
 LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)

@@ -77,6 +77,11 @@ MATCH_NOT_IMPLEMENTED = (
 )
 STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 
+RETRY_NOT_IMPLEMENTED = {
+    "retryRemoteLocalities": "retries go to any endpoint, whatever its locality",
+    "retryIgnorePreviousHosts": "a retry may go to the endpoint that just failed",
+    "backoff": "Envoy's default backoff (25 ms base) is used between retries",
+}
 # Envoy's router retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS = frozenset(
     {
@@ -481,7 +486,13 @@ def _direct_response(reader: FieldReader, fields: Fields, path: str) -> DirectRe
         minimum=HTTP_STATUS_MIN,
         maximum=HTTP_STATUS_MAX,
     )
-    body_fields = reader.child_mapping(response, "body", response_path, ("string",), ("bytes",))
+    body_fields = reader.child_mapping(
+        response,
+        "body",
+        response_path,
+        ("string",),
+        {"bytes": "the response is sent without this body"},
+    )
     body = None
     if body_fields is not None:
         body = reader.string(body_fields, "string", join_path(response_path, "body"))
@@ -492,12 +503,19 @@ def _direct_response(reader: FieldReader, fields: Fields, path: str) -> DirectRe
 
 def _rewrite(reader: FieldReader, fields: Fields, path: str) -> Rewrite | None:
     rewrite = reader.child_mapping(
-        fields, "rewrite", path, ("uri", "authority"), ("uriRegexRewrite",)
+        fields,
+        "rewrite",
+        path,
+        ("uri", "authority"),
+        {"uriRegexRewrite": "the path is forwarded as it was requested"},
     )
     if rewrite is None:
         return None
     rewrite_path = join_path(path, "rewrite")
-    if not any(rewrite.get(key) for key in ("uri", "authority", "uriRegexRewrite")):
+    written = fields.get("rewrite")
+    if isinstance(written, dict) and not any(
+        written.get(key) for key in ("uri", "authority", "uriRegexRewrite")
+    ):
         reader.error(rewrite_path, "needs uri, authority or uriRegexRewrite")
     return Rewrite(
         uri=_header_value_string(reader, rewrite, "uri", rewrite_path),
@@ -521,7 +539,7 @@ def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
         "retries",
         path,
         ("attempts", "perTryTimeout", "retryOn"),
-        ("retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff"),
+        RETRY_NOT_IMPLEMENTED,
     )
     if retries is None:
         return None
@@ -570,11 +588,17 @@ def _fault(reader: FieldReader, fields: Fields, path: str) -> Fault | None:
     fault_path = join_path(path, "fault")
     delay = None
     delay_fields = reader.child_mapping(
-        fault, "delay", fault_path, ("fixedDelay", "percentage", "percent"), ("exponentialDelay",)
+        fault,
+        "delay",
+        fault_path,
+        ("fixedDelay", "percentage", "percent"),
+        {"exponentialDelay": "no delay is injected"},
     )
     if delay_fields is not None:
         delay_path = join_path(fault_path, "delay")
-        fixed = reader.duration(delay_fields, "fixedDelay", delay_path, required=True)
+        written = fault.get("delay")
+        exponential = isinstance(written, dict) and written.get("exponentialDelay") is not None
+        fixed = reader.duration(delay_fields, "fixedDelay", delay_path, required=not exponential)
         percent = _fault_percent(reader, delay_fields, delay_path)
         if fixed is not None:
             delay = FaultDelay(fixed_delay=fixed, percent=percent)

@@ -397,3 +397,52 @@ def test_a_dns_service_entry_cannot_have_address_ranges() -> None:
 def test_a_workload_selector_cannot_hold_wildcards() -> None:
     text, result = load(egress("  workloadSelector: {labels: {app: '*'}}\n"))
     assert_at(result, text, "spec.workloadSelector.labels.app", "app:", "wildcards")
+
+
+RULE = (
+    "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\n"
+    "spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: HASH\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "field", "consequence"),
+    [
+        (
+            with_route_fields("rewrite: {uriRegexRewrite: {match: ^/v1, rewrite: /v2}}"),
+            "spec.http[0].rewrite.uriRegexRewrite",
+            "the path is forwarded as it was requested",
+        ),
+        (
+            with_route_fields("fault: {delay: {exponentialDelay: 1s}}"),
+            "spec.http[0].fault.delay.exponentialDelay",
+            "no delay is injected",
+        ),
+        (
+            with_route_fields("retries: {attempts: 3, backoff: 1s}"),
+            "spec.http[0].retries.backoff",
+            "default backoff",
+        ),
+        (
+            RULE.replace("HASH", "{httpQueryParameterName: user}"),
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName",
+            "picked round robin",
+        ),
+    ],
+)
+def test_istio_fields_only_warned_about_leave_the_rest_valid(
+    source: str, field: str, consequence: str
+) -> None:
+    _text, result = load(source, *BOOKINFO_REGISTRY)
+    assert [(d.field, d.severity) for d in result.diagnostics] == [(field, "warning")]
+    message = result.diagnostics[0].message
+    assert message.startswith("not implemented by Pilotfish: ") and consequence in message
+    assert result.config is not None
+
+
+def test_a_hash_on_a_query_parameter_leaves_no_hash_policy() -> None:
+    _text, result = load(RULE.replace("HASH", "{httpQueryParameterName: user}"), *BOOKINFO_REGISTRY)
+    assert result.config is not None
+    policy = result.config.destination_rules[0].traffic_policy
+    assert policy is not None and policy.load_balancer is not None
+    assert policy.load_balancer.consistent_hash is None
