@@ -12,6 +12,7 @@ SUPPORTED = ("HTTP", "HTTP2", "GRPC")
 # Real Istio protocols that Pilotfish cannot carry yet. A Workload (ours) refuses them; a
 # ServiceEntry or Gateway port keeps them as "not carried", with a warning.
 NOT_SUPPORTED = ("HTTPS", "TLS", "TCP", "GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP")
+GRPC_WEB = "GRPC-WEB"
 # What a TCP-level protocol needs that Pilotfish lacks, for the warning.
 _WHY_NOT_CARRIED = {
     "HTTPS": "TLS",
@@ -55,6 +56,14 @@ def read_port_protocol(reader: FieldReader, fields: Fields, path: str) -> str | 
     if not isinstance(value, str):
         return read_protocol(reader, fields, "protocol", path)
     protocol = value.upper()
+    if protocol == GRPC_WEB:
+        # gRPC-Web is HTTP requests: they can be proxied as they are.
+        reader.warning(
+            join_path(path, "protocol"),
+            "GRPC-WEB is carried as plain HTTP: requests are proxied unchanged, never "
+            "translated to gRPC",
+        )
+        return "HTTP"
     if protocol in NOT_SUPPORTED:
         return protocol
     return read_protocol(reader, fields, "protocol", path)

@@ -446,3 +446,17 @@ def test_a_hash_on_a_query_parameter_leaves_no_hash_policy() -> None:
     policy = result.config.destination_rules[0].traffic_policy
     assert policy is not None and policy.load_balancer is not None
     assert policy.load_balancer.consistent_hash is None
+
+
+def test_a_grpc_web_port_is_carried_as_http_with_a_warning() -> None:
+    text, result = load(egress("  ports:\n  - {number: 8080, name: web, protocol: GRPC-Web}\n"))
+    assert_at(
+        result,
+        text,
+        "spec.ports[0].protocol",
+        "protocol",
+        "carried as plain HTTP",
+        severity="warning",
+    )
+    assert result.config is not None
+    assert result.config.service_entries[0].ports[0].protocol == "HTTP"
