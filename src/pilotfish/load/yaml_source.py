@@ -173,6 +173,7 @@ class ParsedYaml(NamedTuple):
 
 
 def parse_documents(text: str, filename: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
+    """``parse_yaml`` without the completeness flag."""
     documents, problems, _ = parse_yaml(text, filename)
     return documents, problems
 
