@@ -180,3 +180,12 @@ def test_a_broken_file_hides_only_the_references_it_may_hold() -> None:
         ("broken.yaml", ""),
         (ROUTES, "spec.http[0].route"),
     }
+
+
+def test_a_double_quoted_value_is_only_reread_when_nothing_but_its_quotes_change() -> None:
+    """With a single quote inside, single quotes would change the value: no second guess."""
+    text = 'apiVersion: v1\nkind: "it\'s \\d"\nmetadata: {name: x}\n'
+    result = load_texts([(ROUTES, text)])
+    (problem,) = result.diagnostics
+    assert problem.message.startswith("invalid YAML: found unknown escape character")
+    assert "single quotes" not in problem.message
