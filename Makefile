@@ -18,8 +18,8 @@ demo: install
 	$(BIN)/pilotfish up examples/quickstart
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/lint-imports
 
 typecheck: install

@@ -15,7 +15,7 @@ from pilotfish.controller.config_watch import config_fingerprint, watch_config_d
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import Registry, registry_services
-from pilotfish.load import LoadResult, load_directory
+from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.xds.server import start_xds_server
@@ -36,12 +36,14 @@ class ControlPlaneSettings:
     """Must match the proxies' bootstraps (the agent's default is the same)."""
 
 
-def load_and_check(config_dir: Path, registries: Sequence[Registry] = ()) -> LoadResult:
+def load_and_check(
+    config_dir: Path, registries: Sequence[Registry] = (), cache: ParseCache | None = None
+) -> LoadResult:
     """Load a folder, then translate it for stand-in proxies; any error rejects it whole.
 
-    Routes may name services that only ``registries`` know.
+    Routes may name services that only ``registries`` know; ``cache`` keeps parsed files.
     """
-    result = load_directory(config_dir, known_services=registry_services(registries))
+    result = load_directory(config_dir, cache, known_services=registry_services(registries))
     if result.config is None:
         return result
     problems = preflight(result.config, config_dir, registries)
@@ -68,12 +70,15 @@ class ControlPlane:
         self._server: grpc.aio.Server | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._fingerprint = ""
+        self._parsed = ParseCache()  # this control plane's own: reloads re-parse changed files
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
         # Fingerprint first: an edit made while loading is then seen as a change, not lost.
         self._fingerprint = await asyncio.to_thread(config_fingerprint, self.config_dir)
-        result = await asyncio.to_thread(load_and_check, self.config_dir, self.registries)
+        result = await asyncio.to_thread(
+            load_and_check, self.config_dir, self.registries, self._parsed
+        )
         if result.config is None:
             raise ConfigError(result.diagnostics)
         self.controller.apply_config(result.config, result.diagnostics)
@@ -99,7 +104,9 @@ class ControlPlane:
         )
         async for self._fingerprint in changes:
             try:
-                result = await asyncio.to_thread(load_and_check, self.config_dir, self.registries)
+                result = await asyncio.to_thread(
+                    load_and_check, self.config_dir, self.registries, self._parsed
+                )
             except Exception as exc:  # a loader bug must not stop every later reload
                 log.exception("could not load %s", self.config_dir)
                 message = f"internal error while loading: {exc!r}; please report it"

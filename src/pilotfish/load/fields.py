@@ -16,7 +16,8 @@ from pilotfish.load.durations import DurationError, parse_duration
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.diagnostics import Diagnostic, Severity, SourceMap
 
-NOT_IMPLEMENTED = "not implemented by Pilotfish; ignored"
+NOT_IMPLEMENTED_PREFIX = "not implemented by Pilotfish"
+NOT_IMPLEMENTED = f"{NOT_IMPLEMENTED_PREFIX}; ignored"
 REQUIRED = "required field is missing"
 PORT_MIN = 1
 PORT_MAX = 65535
@@ -98,9 +99,10 @@ class FieldReader:
         value: object,
         path: str,
         known: Collection[str],
-        not_implemented: Collection[str] = (),
+        not_implemented: Collection[str] | Mapping[str, str] = (),
     ) -> Fields | None:
-        """``value`` as a mapping of known fields: unknown ones are errors, ignored ones warn."""
+        """``value`` as a mapping of known fields: unknown ones are errors, ignored ones warn
+        (``not_implemented`` may map each to what does not happen because of it)."""
         if not isinstance(value, dict):
             self.error(path, f"expected a mapping, got {describe(value)}")
             return None
@@ -111,7 +113,7 @@ class FieldReader:
             elif key in known:
                 accepted[key] = item
             elif key in not_implemented:
-                self.warning(join_path(path, key), NOT_IMPLEMENTED)
+                self.warning(join_path(path, key), _not_implemented_message(key, not_implemented))
             else:
                 self.error(join_path(path, key), _unknown_field_message(key, known))
         return accepted
@@ -122,7 +124,7 @@ class FieldReader:
         key: str,
         path: str,
         known: Collection[str],
-        not_implemented: Collection[str] = (),
+        not_implemented: Collection[str] | Mapping[str, str] = (),
         *,
         required: bool = False,
     ) -> Fields | None:
@@ -318,6 +320,12 @@ class FieldReader:
         if value is None and required:
             self.error(join_path(path, key), REQUIRED)
         return value
+
+
+def _not_implemented_message(key: str, fields: Collection[str] | Mapping[str, str]) -> str:
+    if isinstance(fields, Mapping):
+        return f"{NOT_IMPLEMENTED_PREFIX}: {fields[key]}"
+    return NOT_IMPLEMENTED
 
 
 def _unknown_field_message(key: str, known: Collection[str]) -> str:

@@ -14,6 +14,9 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # header operations: "':-prefixed' or host headers may not be modified".
 _PROTECTED = "host"
 _FORBIDDEN_IN_VALUES = {"\r": "CR", "\n": "LF", "\x00": "NUL"}
+# Envoy expands %COMMAND%, %COMMAND(argument)% and %COMMAND(argument):length% in the
+# headers a route adds; any other "%" makes it reject the whole listener.
+_ENVOY_COMMAND = re.compile(r"%[A-Z][A-Z0-9_]*(\([^)]*\))?(:[0-9]+)?%")
 
 
 def header_name_problem(name: str) -> str | None:
@@ -45,3 +48,21 @@ def header_value_problem(value: str) -> str | None:
 def is_ascii_decimal(text: str) -> bool:
     """Digits ``int()`` reads as the number users see: "²" and "٣" are digits, not numbers."""
     return text.isascii() and text.isdecimal()
+
+
+def added_header_value_problem(value: str) -> str | None:
+    """Why Envoy refuses ``value`` in a header a route sets or adds, or ``None``."""
+    problem = header_value_problem(value)
+    index = value.find("%")
+    while problem is None and index >= 0:
+        if value.startswith("%%", index):
+            index = value.find("%", index + 2)
+            continue
+        command = _ENVOY_COMMAND.match(value, index)
+        if command is None:
+            return (
+                f'unescaped "%" at character {index + 1}: Envoy reads %NAME% as a variable '
+                'and rejects the listener; write "%%" for a percent sign'
+            )
+        index = value.find("%", command.end())
+    return problem

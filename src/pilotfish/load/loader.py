@@ -15,7 +15,7 @@ from pathlib import Path
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_document import Resource, parse_document
 from pilotfish.load.validate import validate_mesh
-from pilotfish.load.yaml_source import YamlDocument, parse_documents
+from pilotfish.load.yaml_source import ParsedYaml, parse_yaml
 from pilotfish.model.diagnostics import Diagnostic, has_errors
 from pilotfish.model.resources import (
     DestinationRule,
@@ -29,6 +29,8 @@ from pilotfish.model.resources import (
 from pilotfish.model.services import Service
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# How a bug of ours reads to the user; tests look for it, since no input should produce it.
+INTERNAL_ERROR = "internal error"
 
 
 @dataclass(frozen=True)
@@ -47,25 +49,27 @@ class LoadResult:
         return tuple(d for d in self.diagnostics if d.severity == "warning")
 
 
-class _ParseCache:
+class ParseCache:
     """Parsed files by (name, content), so a reload re-parses only files that changed.
 
     Parsing YAML with positions is by far the slowest step of a load (milliseconds per
     document); a folder of many files edited one at a time pays for one file per edit. The
-    parsed documents are never modified after parsing, so sharing them is safe.
+    parsed documents are never modified after parsing, so sharing them is safe. Whoever
+    reloads a folder owns one (a control plane does); a one-off load needs none.
     """
 
     def __init__(self, max_files: int = 512) -> None:
         self._max_files = max_files
-        self._files: OrderedDict[tuple[str, str], tuple[list[YamlDocument], list[Diagnostic]]] = (
-            OrderedDict()
-        )
+        self._files: OrderedDict[tuple[str, str], ParsedYaml] = OrderedDict()
 
-    def parse(self, text: str, filename: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def parse(self, text: str, filename: str) -> ParsedYaml:
         key = (filename, hashlib.sha256(text.encode()).hexdigest())
         parsed = self._files.get(key)
         if parsed is None:
-            parsed = parse_documents(text, filename)
+            parsed = parse_yaml(text, filename)
             self._files[key] = parsed
             if len(self._files) > self._max_files:
                 self._files.popitem(last=False)
@@ -74,20 +78,19 @@ class _ParseCache:
         return parsed
 
 
-_PARSED = _ParseCache()
-
-
 @dataclass
 class _Collector:
+    cache: ParseCache = field(default_factory=ParseCache)
     resources: list[Resource] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     paths: ObjectPaths = field(default_factory=ObjectPaths)
-    syntax_errors: bool = False
+    # False once a file could not be read whole: a resource may then be missing.
+    complete: bool = True
 
     def add_text(self, text: str, filename: str, directory: str) -> None:
-        documents, problems = _PARSED.parse(text, filename)
+        documents, problems, complete = self.cache.parse(text, filename)
         self.diagnostics.extend(problems)
-        self.syntax_errors = self.syntax_errors or bool(problems)
+        self.complete = self.complete and complete
         for document in documents:
             try:
                 resource, found = parse_document(document, directory, self.paths)
@@ -107,28 +110,22 @@ class _Collector:
 
     def result(self, known_services: Mapping[str, Service] | None = None) -> LoadResult:
         config = _mesh_config(self.resources)
-        # After a YAML syntax error the resources of the rest of that file are missing, and
-        # every reference to them would be reported as unknown: noise that hides the one
-        # real problem. Cross-resource checks wait until the files parse.
-        if not self.syntax_errors:
-            try:
-                self.diagnostics.extend(validate_mesh(config, self.paths, known_services))
-            except Exception as error:
-                self.diagnostics.append(
-                    Diagnostic(
-                        "",
-                        1,
-                        1,
-                        "",
-                        _internal_error("checking references between resources", error),
-                    )
+        try:
+            self.diagnostics.extend(
+                validate_mesh(config, self.paths, known_services, complete=self.complete)
+            )
+        except Exception as error:
+            self.diagnostics.append(
+                Diagnostic(
+                    "", 1, 1, "", _internal_error("checking references between resources", error)
                 )
+            )
         diagnostics = tuple(sorted(self.diagnostics))
         return LoadResult(None if has_errors(diagnostics) else config, diagnostics)
 
 
 def _internal_error(activity: str, error: Exception) -> str:
-    return f"internal error while {activity}: {type(error).__name__}: {error}; please report"
+    return f"{INTERNAL_ERROR} while {activity}: {type(error).__name__}: {error}; please report"
 
 
 def load_text(text: str, filename: str, directory: Path | None = None) -> LoadResult:
@@ -152,14 +149,19 @@ def load_texts(
     return collector.result(known_services)
 
 
-def load_directory(path: Path, known_services: Mapping[str, Service] | None = None) -> LoadResult:
+def load_directory(
+    path: Path,
+    cache: ParseCache | None = None,
+    known_services: Mapping[str, Service] | None = None,
+) -> LoadResult:
     """Every ``*.yaml``/``*.yml`` under ``path`` (recursively, skipping hidden entries).
 
     Files are reported as ``path`` joined with their relative name, so the names in
     diagnostics open from wherever the user typed ``path``. A single file is accepted too.
-    ``known_services`` are services other registries declare: routes may name them.
+    ``cache`` keeps parsed files between loads of the same folder; ``known_services`` are
+    services other registries declare: routes may name them.
     """
-    collector = _Collector()
+    collector = _Collector() if cache is None else _Collector(cache)
     if path.is_file():
         files: list[Path] = [path]
     elif path.is_dir():
@@ -200,7 +202,7 @@ def _read_text(file: Path, collector: _Collector) -> str | None:
         collector.diagnostics.append(
             Diagnostic(str(file), 1, 1, "", f"cannot read file: {error.strerror}")
         )
-    collector.syntax_errors = True
+    collector.complete = False
     return None
 
 
@@ -217,15 +219,5 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
 
 
 def format_diagnostics(diagnostics: Iterable[Diagnostic]) -> str:
-    """One line per problem, ``file:line:col: field: message``, sorted by file and line.
-
-    Warnings carry ``warning:`` before the field; problems of a whole document (bad YAML)
-    have no field and read ``file:line:col: message``.
-    """
-    lines = []
-    for diagnostic in sorted(diagnostics):
-        place = f"{diagnostic.file}:{diagnostic.line}:{diagnostic.col}:"
-        severity = " warning:" if diagnostic.severity == "warning" else ""
-        subject = f" {diagnostic.field}:" if diagnostic.field else ""
-        lines.append(f"{place}{severity}{subject} {diagnostic.message}")
-    return "\n".join(lines)
+    """One line per problem (see ``Diagnostic.__str__``), sorted by file and line."""
+    return "\n".join(str(diagnostic) for diagnostic in sorted(diagnostics))

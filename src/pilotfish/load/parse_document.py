@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from pilotfish.load import (
@@ -58,7 +58,7 @@ METADATA_NOT_IMPLEMENTED = (
 @dataclass(frozen=True)
 class _Kind:
     spec_fields: tuple[str, ...]
-    spec_not_implemented: tuple[str, ...]
+    spec_not_implemented: Collection[str] | Mapping[str, str]
     parse: Callable[[FieldReader, Fields, Meta, str], Resource | None]
 
 
@@ -117,9 +117,12 @@ def parse_document(
     spec = reader.child_mapping(
         body, "spec", "", schema.spec_fields, schema.spec_not_implemented, required=True
     )
-    if meta is None or spec is None:
+    if spec is None:
         return None, reader.diagnostics
-    return schema.parse(reader, spec, meta, directory), reader.diagnostics
+    # Without a name the resource cannot be kept, but its spec is still read for its own
+    # problems, so that one missing field does not hide the rest of the document.
+    parsed = schema.parse(reader, spec, meta or _unnamed(kind_name, document), directory)
+    return (parsed if meta is not None else None), reader.diagnostics
 
 
 def _resolve_kind(reader: FieldReader, body: Fields) -> tuple[str, _Kind] | None:
@@ -165,6 +168,10 @@ def _versioned_kind(
         )
         return None
     return kind, schema
+
+
+def _unnamed(kind: str, document: YamlDocument) -> Meta:
+    return Meta(kind=kind, name="", namespace=DEFAULT_NAMESPACE, source=document.source)
 
 
 def _meta(

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal, cast
 
-from pilotfish.load.fields import FieldReader, Fields, describe
-from pilotfish.load.parse_protocols import read_protocol
+from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
+from pilotfish.load.parse_protocols import (
+    is_carried,
+    not_carried_consequence,
+    read_port_protocol,
+)
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
     Meta,
+    NotCarriedPort,
+    Protocol,
     ServiceEntry,
     ServicePort,
     WorkloadEntry,
@@ -25,13 +32,22 @@ SERVICE_ENTRY_FIELDS = (
     "endpoints",
     "workloadSelector",
 )
-SERVICE_ENTRY_NOT_IMPLEMENTED = ("exportTo", "subjectAltNames")
+SERVICE_ENTRY_NOT_IMPLEMENTED = {
+    "exportTo": "the ServiceEntry is visible to every namespace",
+    "subjectAltNames": "the identity of its endpoints is not checked",
+}
 LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)
 
-WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight")
-WORKLOAD_ENTRY_NOT_IMPLEMENTED = ("network", "locality", "serviceAccount")
+WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight", "network")
+WORKLOAD_ENTRY_NOT_IMPLEMENTED = {
+    "locality": "the endpoint is picked regardless of its locality",
+    "serviceAccount": "the endpoint's identity is not checked",
+}
+
+# What Istio's schema allows as a WorkloadEntry port name.
+PORT_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
 
 Resolution = Literal["STATIC", "DNS", "NONE"]
 Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
@@ -39,8 +55,19 @@ Location = Literal["MESH_EXTERNAL", "MESH_INTERNAL"]
 
 def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> ServiceEntry:
     hosts = reader.string_list(spec, "hosts", "spec", required=True)
+    for index, host in enumerate(hosts):
+        if host == "*":
+            reader.error(f"spec.hosts[{index}]", '"*" is not a service name (Istio refuses it)')
     addresses = reader.string_list(spec, "addresses", "spec")
     ports = _service_ports(reader, spec)
+    carried = [port for port in ports if isinstance(port, ServicePort)]
+    not_carried = [port for port in ports if isinstance(port, NotCarriedPort)]
+    for port in not_carried:
+        reader.warning(
+            reader.paths.path_of(port) or "spec.ports",
+            f"port {port.number} ({port.protocol}) of ServiceEntry {meta.namespace}/{meta.name} "
+            f"is not carried: {not_carried_consequence(port.protocol)}",
+        )
     location = reader.choice(spec, "location", "spec", LOCATIONS) or "MESH_EXTERNAL"
     resolution = reader.choice(
         spec, "resolution", "spec", RESOLUTIONS, not_supported=RESOLUTIONS_NOT_SUPPORTED
@@ -56,6 +83,12 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
         reader.warning(
             "spec.resolution", "NONE (pass-through) is not implemented; treated as STATIC"
         )
+    if resolution == "DNS" and any("/" in address for address in addresses):
+        reader.error(
+            "spec.addresses", "CIDR ranges need resolution STATIC or NONE (Istio refuses them)"
+        )
+    if spec.get("resolution") == "NONE" and spec.get("endpoints"):
+        reader.error("spec.endpoints", "cannot be set with resolution NONE (Istio refuses it)")
     endpoints: list[WorkloadEntrySpec] = []
     for item, path in reader.items(spec, "endpoints", "spec"):
         fields = reader.mapping(item, path, WORKLOAD_ENTRY_FIELDS, WORKLOAD_ENTRY_NOT_IMPLEMENTED)
@@ -76,21 +109,25 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
     return ServiceEntry(
         meta=meta,
         hosts=hosts,
-        ports=tuple(ports),
+        ports=tuple(carried),
         addresses=addresses,
         location=cast(Location, location),
         resolution=cast(Resolution, resolution or "STATIC"),
         endpoints=tuple(endpoints),
         workload_selector=selector,
+        ports_not_carried=tuple(not_carried),
     )
 
 
-def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort]:
-    """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique."""
-    ports: list[ServicePort] = []
+def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort | NotCarriedPort]:
+    """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique.
+
+    Istio accepts a ServiceEntry without ports (DNS names or addresses reached on any port);
+    Pilotfish then has no port to carry its traffic on, which routes to it report."""
+    ports: list[ServicePort | NotCarriedPort] = []
     numbers: set[int] = set()
     names: set[str] = set()
-    for item, path in reader.items(spec, "ports", "spec", required=True):
+    for item, path in reader.items(spec, "ports", "spec"):
         port = _service_port(reader, item, path)
         if port is None:
             continue
@@ -108,26 +145,37 @@ def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort]:
     return ports
 
 
-def _service_port(reader: FieldReader, value: object, path: str) -> ServicePort | None:
+def _service_port(
+    reader: FieldReader, value: object, path: str
+) -> ServicePort | NotCarriedPort | None:
     fields = reader.mapping(value, path, ("number", "name", "protocol", "targetPort"))
     if fields is None:
         return None
     number = reader.port(fields, "number", path, required=True)
     name = reader.string(fields, "name", path, required=True)
-    protocol = read_protocol(reader, fields, "protocol", path, required=True)
+    protocol = read_port_protocol(reader, fields, path)
     target_port = reader.port(fields, "targetPort", path)
     if number is None or name is None or protocol is None:
         return None
-    return ServicePort(number=number, name=name, protocol=protocol, target_port=target_port)
+    if not is_carried(protocol):
+        return reader.paths.remember(NotCarriedPort(number, name, protocol), path)
+    return ServicePort(
+        number=number, name=name, protocol=cast(Protocol, protocol), target_port=target_port
+    )
 
 
 def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | None:
     selector = reader.child_mapping(spec, "workloadSelector", "spec", ("labels",))
     if selector is None:
         return None
-    return reader.string_map(
-        selector, "labels", "spec.workloadSelector", required=True, non_empty=True
-    )
+    # Istio accepts an empty selector; like any label selector it then selects everything.
+    labels = reader.string_map(selector, "labels", "spec.workloadSelector")
+    for key, value in labels.items():
+        if "*" in key or "*" in value:
+            reader.error(
+                join_path("spec.workloadSelector.labels", key), "a selector cannot hold wildcards"
+            )
+    return labels
 
 
 def parse_workload_entry(reader: FieldReader, spec: Fields, meta: Meta) -> WorkloadEntry | None:
@@ -141,15 +189,45 @@ def parse_workload_entry_spec(
     reader: FieldReader, fields: Fields, path: str
 ) -> WorkloadEntrySpec | None:
     """The fields a WorkloadEntry spec shares with a ServiceEntry endpoint."""
-    address = reader.string(fields, "address", path, required=True)
+    network = reader.string(fields, "network", path)
+    # Istio lets an endpoint of another network go without an address: its network's
+    # gateway is the way in.
+    address = reader.string(fields, "address", path, required=network is None)
     ports = _port_map(reader, fields, path)
     labels = reader.string_map(fields, "labels", path)
     weight = reader.integer(fields, "weight", path, minimum=0, maximum=2**32 - 1)
-    if address is None:
+    if network is not None:
+        reader.warning(
+            join_path(path, "network"),
+            f"{NOT_IMPLEMENTED_PREFIX}: the endpoint is reached directly, never through "
+            "its network's gateway"
+            + ("" if address else "; without an address it gets no traffic"),
+        )
+    if not address:
         return None
     if address.startswith("unix://"):
-        reader.error(join_path(path, "address"), "unix domain sockets are not supported yet")
+        problem = _unix_address_problem(address, ports)
+        if problem is not None:
+            reader.error(join_path(path, "address"), problem)
+        else:
+            reader.warning(
+                join_path(path, "address"),
+                "unix domain sockets are not supported yet: this endpoint gets no traffic",
+            )
+        return None
     return WorkloadEntrySpec(address=address, ports=ports, labels=labels, weight=weight)
+
+
+def _unix_address_problem(address: str, ports: dict[str, int]) -> str | None:
+    """Istio's rules for a socket address (checked though such endpoints are not used yet)."""
+    socket = address.removeprefix("unix://")
+    if not (socket.startswith("/") or socket.startswith("@")):
+        return "a unix socket must be an absolute path or an abstract socket (@name)"
+    if socket.endswith("/"):
+        return "a unix socket cannot be a directory"
+    if ports:
+        return "an endpoint on a unix socket cannot have ports"
+    return None
 
 
 def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
@@ -162,8 +240,11 @@ def _port_map(reader: FieldReader, fields: Fields, path: str) -> dict[str, int]:
         return {}
     found: dict[str, int] = {}
     for name in raw:
-        if not isinstance(name, str) or not name:
-            reader.error(join_path(ports_path, str(name)), "port names must be non-empty strings")
+        if not isinstance(name, str) or PORT_NAME.fullmatch(name) is None:
+            reader.error(
+                join_path(ports_path, str(name)),
+                "port names are letters, digits and inner dashes (the ServiceEntry's port names)",
+            )
             continue
         number = reader.port(cast(Fields, raw), name, ports_path, required=True)
         if number is not None:

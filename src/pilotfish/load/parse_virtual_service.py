@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 from pilotfish.load.dns_names import DNS_LABEL
-from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.http_headers import (
+    added_header_value_problem,
     header_name_problem,
     header_value_problem,
     is_ascii_decimal,
@@ -37,8 +38,13 @@ from pilotfish.model.resources import (
     VirtualService,
 )
 
-SPEC_FIELDS = ("hosts", "gateways", "http")
-SPEC_NOT_IMPLEMENTED = ("tcp", "tls", "exportTo")
+SPEC_FIELDS = ("hosts", "gateways", "http", "tcp", "tls")
+SPEC_NOT_IMPLEMENTED = {"exportTo": "the VirtualService is visible to every namespace"}
+# Routes of sections Pilotfish does not carry: what happens to their traffic.
+SECTIONS_NOT_CARRIED = {
+    "tcp": "TCP traffic does not go through the mesh yet, so these routes do nothing",
+    "tls": "TLS traffic does not go through the mesh yet, so these routes do nothing",
+}
 
 ROUTE_FIELDS = (
     "name",
@@ -98,6 +104,11 @@ UNMATCHED_PREFLIGHTS = ("UNSPECIFIED", "FORWARD", "IGNORE")
 DESTINATION_FIELDS = ("host", "subset", "port")
 STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 
+RETRY_NOT_IMPLEMENTED = {
+    "retryRemoteLocalities": "retries go to any endpoint, whatever its locality",
+    "retryIgnorePreviousHosts": "a retry may go to the endpoint that just failed",
+    "backoff": "Envoy's default backoff (25 ms base) is used between retries",
+}
 # Envoy's router retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on).
 RETRY_CONDITIONS = frozenset(
     {
@@ -111,6 +122,7 @@ RETRY_CONDITIONS = frozenset(
         "retriable-status-codes",
         "retriable-headers",
         "envoy-ratelimited",
+        "http3-post-connect-failure",
         "cancelled",
         "deadline-exceeded",
         "internal",
@@ -125,7 +137,17 @@ MAX_RETRY_ATTEMPTS = 10_000
 
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)")
 
+AUTHORITY = ":authority"
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+# Real HTTPRedirect fields that translation does not carry yet, and what stays unchanged.
+REDIRECT_NOT_IMPLEMENTED = {
+    "scheme": "scheme",
+    "port": "port",
+    "derivePort": "port",
+    "prefixRewrite": "path",
+}
+# Istio's weight is an int32; Envoy adds the weights of a route up in a uint32.
+MAX_WEIGHT = 2**31 - 1
 HTTP_STATUS_MIN = 200
 HTTP_STATUS_MAX = 599
 
@@ -142,7 +164,49 @@ def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> Virt
         route = _http_route(reader, item, path)
         if route is not None:
             routes.append(reader.paths.remember(route, path))
+    for section, consequence in SECTIONS_NOT_CARRIED.items():
+        value = spec.get(section)
+        if value is not None and not isinstance(value, list):
+            reader.error(f"spec.{section}", f"expected a list, got {describe(value)}")
+        elif value:
+            reader.warning(f"spec.{section}", f"{NOT_IMPLEMENTED_PREFIX}: {consequence}")
+    if not any(spec.get(section) for section in ("http", "tcp", "tls")):
+        reader.error("spec", "needs http, tcp or tls routes (Istio refuses it too)")
+    _check_hosts(reader, hosts, gateways)
     return VirtualService(meta=meta, hosts=hosts, gateways=gateways, http=tuple(routes))
+
+
+def _check_hosts(reader: FieldReader, hosts: tuple[str, ...], gateways: tuple[str, ...]) -> None:
+    """Istio's rules: ``*`` would capture every request of every sidecar, and two hosts of one
+    VirtualService may not match the same names (``*.foo.com`` and ``a.foo.com``)."""
+    applies_to_mesh = not gateways or "mesh" in gateways
+    for index, host in enumerate(hosts):
+        if host == "*" and applies_to_mesh:
+            reader.error(
+                index_path("spec.hosts", index),
+                '"*" is not allowed for a VirtualService bound to the mesh '
+                "(it would route every request of every sidecar)",
+            )
+        for earlier in hosts[:index]:
+            if host and earlier and hosts_overlap(host, earlier):
+                reader.error(
+                    index_path("spec.hosts", index),
+                    f'"{host}" overlaps "{earlier}", an earlier host of this VirtualService',
+                )
+                break
+
+
+def hosts_overlap(first: str, second: str) -> bool:
+    """Whether some name matches both hosts, ``*.foo.com`` matching any name under foo.com."""
+    if first == second or "*" in (first, second):
+        return True
+    for wildcard, other in ((first, second), (second, first)):
+        if wildcard.startswith("*."):
+            suffix = wildcard[1:]
+            bare = other[2:] if other.startswith("*.") else other
+            if bare.endswith(suffix):
+                return True
+    return False
 
 
 def _http_route(reader: FieldReader, value: object, path: str) -> HTTPRoute | None:
@@ -174,16 +238,28 @@ def _http_route(reader: FieldReader, value: object, path: str) -> HTTPRoute | No
             join_path(path, "mirror" if fields.get("mirror") is not None else "mirrors"),
             "only a route that forwards is mirrored; this one answers itself, so nothing is",
         )
+    headers = _headers(reader, fields, path, at_route=True)
+    rewrite = _rewrite(reader, fields, path)
+    authority = _authority_header(fields)
+    if authority is not None and headers is not None:
+        # Istio turns a request ``:authority`` header into the route's host rewrite.
+        if rewrite is not None and rewrite.authority is not None:
+            reader.error(
+                join_path(path, "rewrite.authority"),
+                "cannot be combined with an :authority request header; set one of them",
+            )
+        else:
+            rewrite = Rewrite(uri=rewrite.uri if rewrite else None, authority=authority)
     return HTTPRoute(
         name=reader.string(fields, "name", path),
         match=tuple(matches),
         route=tuple(destinations),
         redirect=_redirect(reader, fields, path),
         direct_response=_direct_response(reader, fields, path),
-        rewrite=_rewrite(reader, fields, path),
+        rewrite=rewrite,
         timeout=reader.duration(fields, "timeout", path),
         retries=_retries(reader, fields, path),
-        headers=_headers(reader, fields, path),
+        headers=headers,
         fault=_fault(reader, fields, path),
         mirrors=mirrors,
         cors_policy=_cors_policy(reader, fields, path),
@@ -355,6 +431,21 @@ def _delegate(reader: FieldReader, fields: Fields, path: str) -> Delegate | None
     return reader.paths.remember(Delegate(name=name, namespace=namespace), delegate_path)
 
 
+def _authority_header(fields: Fields) -> str | None:
+    """The ``:authority`` a route's request headers set or add (already checked)."""
+    headers = fields.get("headers")
+    request = headers.get("request") if isinstance(headers, dict) else None
+    if not isinstance(request, dict):
+        return None
+    for operation in ("set", "add"):
+        values = request.get(operation)
+        for name, value in values.items() if isinstance(values, dict) else ():
+            named = isinstance(name, str) and name.lower() == AUTHORITY
+            if named and isinstance(value, str) and header_value_problem(value) is None:
+                return value
+    return None
+
+
 # --- match ------------------------------------------------------------------------------------
 
 
@@ -444,6 +535,11 @@ def _string_match_map(
         if problem is not None:
             reader.error(entry_path, problem)
             continue
+        if key == "headers" and condition == {}:
+            # Istio's presence match. Envoy fails any string match on an absent header, and
+            # ".*" matches every value a header can hold (no CR or LF), so this is exact.
+            found[name] = StringMatch("regex", ".*")
+            continue
         match = _string_match(reader, condition, entry_path)
         if match is not None:
             found[name] = match
@@ -485,7 +581,9 @@ def _route_destination(reader: FieldReader, value: object, path: str) -> RouteDe
     fields = reader.mapping(value, path, ("destination", "weight", "headers"))
     if fields is None:
         return None
-    weight = reader.integer(fields, "weight", path, minimum=0, maximum=100)
+    # Weights are relative (Istio accepts 1/3 and 550/500); validation warns when they do
+    # not sum to 100.
+    weight = reader.integer(fields, "weight", path, minimum=0, maximum=MAX_WEIGHT)
     headers = _headers(reader, fields, path)
     destination_fields = reader.child_mapping(
         fields, "destination", path, ("host", "subset", "port"), required=True
@@ -511,36 +609,59 @@ def _route_destination(reader: FieldReader, value: object, path: str) -> RouteDe
     return reader.paths.remember(routed, path)
 
 
-def _headers(reader: FieldReader, fields: Fields, path: str) -> Headers | None:
+def _headers(
+    reader: FieldReader, fields: Fields, path: str, *, at_route: bool = False
+) -> Headers | None:
     header_fields = reader.child_mapping(fields, "headers", path, ("request", "response"))
     if header_fields is None:
         return None
     headers_path = join_path(path, "headers")
     return Headers(
-        request=_header_operations(reader, header_fields, "request", headers_path),
+        request=_header_operations(
+            reader,
+            header_fields,
+            "request",
+            headers_path,
+            authority="route" if at_route else "destination",
+        ),
         response=_header_operations(reader, header_fields, "response", headers_path),
     )
 
 
 def _header_operations(
-    reader: FieldReader, fields: Fields, key: str, path: str
+    reader: FieldReader, fields: Fields, key: str, path: str, *, authority: str | None = None
 ) -> HeaderOperations:
+    """``authority`` says where request headers may name ``:authority``, which Istio allows
+    in the request headers a route sets or adds."""
     operations = reader.child_mapping(fields, key, path, ("set", "add", "remove"))
     if operations is None:
         return HeaderOperations()
     operations_path = join_path(path, key)
     return HeaderOperations(
-        set=_header_values(reader, operations, "set", operations_path),
-        add=_header_values(reader, operations, "add", operations_path),
+        set=_header_values(reader, operations, "set", operations_path, authority),
+        add=_header_values(reader, operations, "add", operations_path, authority),
         remove=_removed_headers(reader, operations, operations_path),
     )
 
 
-def _header_values(reader: FieldReader, fields: Fields, key: str, path: str) -> dict[str, str]:
+def _header_values(
+    reader: FieldReader, fields: Fields, key: str, path: str, authority: str | None = None
+) -> dict[str, str]:
     values_path = join_path(path, key)
     accepted: dict[str, str] = {}
     for name, value in reader.string_map(fields, key, path).items():
-        problem = modifiable_header_problem(name) or header_value_problem(value)
+        if authority is not None and name.lower() == AUTHORITY:
+            problem = header_value_problem(value)
+            if problem is not None:
+                reader.error(join_path(values_path, name), problem)
+            elif authority == "destination":
+                reader.warning(
+                    join_path(values_path, name),
+                    f"{NOT_IMPLEMENTED_PREFIX} per destination: requests keep their authority "
+                    "(set it on the route's headers, or with rewrite.authority)",
+                )
+            continue
+        problem = modifiable_header_problem(name) or added_header_value_problem(value)
         if problem is not None:
             reader.error(join_path(values_path, name), problem)
         else:
@@ -565,16 +686,32 @@ def _redirect(reader: FieldReader, fields: Fields, path: str) -> Redirect | None
         fields,
         "redirect",
         path,
-        ("uri", "authority", "redirectCode"),
-        ("port", "derivePort", "scheme"),
+        ("uri", "authority", "redirectCode", *REDIRECT_NOT_IMPLEMENTED),
     )
     if redirect is None:
         return None
     redirect_path = join_path(path, "redirect")
     uri = _header_value_string(reader, redirect, "uri", redirect_path)
     authority = _header_value_string(reader, redirect, "authority", redirect_path)
-    if uri is None and authority is None:
-        reader.error(redirect_path, "needs uri or authority")
+    ignored = [key for key in REDIRECT_NOT_IMPLEMENTED if redirect.get(key) is not None]
+    if uri is None and authority is None and not ignored:
+        reader.error(redirect_path, "needs uri, authority, scheme, port or prefixRewrite")
+    if redirect.get("uri") is not None and redirect.get("prefixRewrite") is not None:
+        reader.error(join_path(redirect_path, "prefixRewrite"), "cannot be combined with uri")
+    scheme = reader.choice(redirect, "scheme", redirect_path, ("http", "https"))
+    if redirect.get("port") is not None and redirect.get("derivePort") is not None:
+        reader.error(join_path(redirect_path, "derivePort"), "cannot be combined with port")
+    reader.port(redirect, "port", redirect_path)
+    reader.choice(
+        redirect, "derivePort", redirect_path, ("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")
+    )
+    reader.string(redirect, "prefixRewrite", redirect_path)
+    for key in ignored:
+        unchanged = "the redirect keeps the request's " + REDIRECT_NOT_IMPLEMENTED[key]
+        if uri is None and authority is None:
+            unchanged += ", so it sends clients back to the URL they asked for"
+        if key != "scheme" or scheme is not None:
+            reader.warning(join_path(redirect_path, key), f"{NOT_IMPLEMENTED_PREFIX}: {unchanged}")
     code = reader.integer(redirect, "redirectCode", redirect_path)
     if code is not None and code not in REDIRECT_CODES:
         reader.error(
@@ -598,7 +735,13 @@ def _direct_response(reader: FieldReader, fields: Fields, path: str) -> DirectRe
         minimum=HTTP_STATUS_MIN,
         maximum=HTTP_STATUS_MAX,
     )
-    body_fields = reader.child_mapping(response, "body", response_path, ("string",), ("bytes",))
+    body_fields = reader.child_mapping(
+        response,
+        "body",
+        response_path,
+        ("string",),
+        {"bytes": "the response is sent without this body"},
+    )
     body = None
     if body_fields is not None:
         body = reader.string(body_fields, "string", join_path(response_path, "body"))
@@ -609,11 +752,20 @@ def _direct_response(reader: FieldReader, fields: Fields, path: str) -> DirectRe
 
 def _rewrite(reader: FieldReader, fields: Fields, path: str) -> Rewrite | None:
     rewrite = reader.child_mapping(
-        fields, "rewrite", path, ("uri", "authority"), ("uriRegexRewrite",)
+        fields,
+        "rewrite",
+        path,
+        ("uri", "authority"),
+        {"uriRegexRewrite": "the path is forwarded as it was requested"},
     )
     if rewrite is None:
         return None
     rewrite_path = join_path(path, "rewrite")
+    written = fields.get("rewrite")
+    if isinstance(written, dict) and not any(
+        written.get(key) for key in ("uri", "authority", "uriRegexRewrite")
+    ):
+        reader.error(rewrite_path, "needs uri, authority or uriRegexRewrite")
     return Rewrite(
         uri=_header_value_string(reader, rewrite, "uri", rewrite_path),
         authority=_header_value_string(reader, rewrite, "authority", rewrite_path),
@@ -636,7 +788,7 @@ def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
         "retries",
         path,
         ("attempts", "perTryTimeout", "retryOn"),
-        ("retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff"),
+        RETRY_NOT_IMPLEMENTED,
     )
     if retries is None:
         return None
@@ -644,6 +796,13 @@ def _retries(reader: FieldReader, fields: Fields, path: str) -> Retries | None:
     attempts = reader.integer(
         retries, "attempts", retries_path, minimum=0, maximum=MAX_RETRY_ATTEMPTS
     )
+    if attempts == 0:
+        for key in ("perTryTimeout", "retryOn", "retryRemoteLocalities"):
+            if retries.get(key) is not None:
+                reader.error(
+                    join_path(retries_path, key),
+                    "has no effect with attempts: 0, which turns retries off",
+                )
     retry_on = reader.string(retries, "retryOn", retries_path)
     if retry_on is not None:
         problem = retry_on_problem(retry_on)
@@ -678,11 +837,17 @@ def _fault(reader: FieldReader, fields: Fields, path: str) -> Fault | None:
     fault_path = join_path(path, "fault")
     delay = None
     delay_fields = reader.child_mapping(
-        fault, "delay", fault_path, ("fixedDelay", "percentage", "percent"), ("exponentialDelay",)
+        fault,
+        "delay",
+        fault_path,
+        ("fixedDelay", "percentage", "percent"),
+        {"exponentialDelay": "no delay is injected"},
     )
     if delay_fields is not None:
         delay_path = join_path(fault_path, "delay")
-        fixed = reader.duration(delay_fields, "fixedDelay", delay_path, required=True)
+        written = fault.get("delay")
+        exponential = isinstance(written, dict) and written.get("exponentialDelay") is not None
+        fixed = reader.duration(delay_fields, "fixedDelay", delay_path, required=not exponential)
         percent = _fault_percent(reader, delay_fields, delay_path)
         if fixed is not None:
             delay = FaultDelay(fixed_delay=fixed, percent=percent)
@@ -691,20 +856,30 @@ def _fault(reader: FieldReader, fields: Fields, path: str) -> Fault | None:
         fault,
         "abort",
         fault_path,
-        ("httpStatus", "percentage", "percent"),
-        ("grpcStatus", "http2Error"),
+        ("httpStatus", "grpcStatus", "http2Error", "percentage", "percent"),
     )
     if abort_fields is not None:
         abort_path = join_path(fault_path, "abort")
+        kinds = [
+            k for k in ("httpStatus", "grpcStatus", "http2Error") if abort_fields.get(k) is not None
+        ]
+        if len(kinds) != 1:
+            reader.error(abort_path, "needs exactly one of httpStatus, grpcStatus, http2Error")
         status = reader.integer(
             abort_fields,
             "httpStatus",
             abort_path,
-            required=True,
             minimum=HTTP_STATUS_MIN,
             maximum=HTTP_STATUS_MAX,
         )
         percent = _fault_percent(reader, abort_fields, abort_path)
+        for key in ("grpcStatus", "http2Error"):
+            if reader.string(abort_fields, key, abort_path) is not None:
+                reader.warning(
+                    join_path(abort_path, key),
+                    f"{NOT_IMPLEMENTED_PREFIX}: this abort is not injected "
+                    "(only httpStatus aborts are)",
+                )
         if status is not None:
             abort = FaultAbort(http_status=status, percent=percent)
     if delay_fields is None and abort_fields is None:

@@ -7,7 +7,7 @@ duplicates, the VirtualService naming an unknown host), since that is the line t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
@@ -30,19 +30,29 @@ from pilotfish.model.resources import (
     HTTPRoute,
     MeshConfig,
     Meta,
+    NotCarriedPort,
     ServiceEntry,
     VirtualService,
     qualify_host,
+    selector_matches,
 )
 from pilotfish.model.services import Service
 
 TOTAL_WEIGHT = 100
+MAX_TOTAL_WEIGHT = 2**32 - 1
 
 
 def validate_mesh(
-    config: MeshConfig, paths: ObjectPaths, known_services: Mapping[str, Service] | None = None
+    config: MeshConfig,
+    paths: ObjectPaths,
+    known_services: Mapping[str, Service] | None = None,
+    *,
+    complete: bool = True,
 ) -> list[Diagnostic]:
-    """``known_services``: services that registries other than the config declare."""
+    """Every problem between resources. ``known_services`` are services that registries
+    other than the config declare. When a file could not be read whole (``complete``
+    false), a name not found may be in its lost part: references to unknown names are then
+    not reported, since they would bury the one real problem; every other check still runs."""
     services = {**(known_services or {}), **services_from_config(config)}
     rules = DestinationRuleLookup(config.destination_rules)
     found: list[Diagnostic] = []
@@ -50,14 +60,16 @@ def validate_mesh(
     found.extend(_workload_conflicts(config))
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
-    found.extend(_destination_rule_problems(config.destination_rules, services))
+    found.extend(_destination_rule_problems(config.destination_rules, services, complete))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
+    not_carried = _ports_not_carried(config)
     for service in config.virtual_services:
-        found.extend(_gateway_references(service, gateways))
-        found.extend(_hosts_without_service(service, services))
-        checker = _RouteChecker(service, services, rules, paths)
+        if complete:
+            found.extend(_gateway_references(service, gateways))
+            found.extend(_hosts_without_service(service, services))
+        checker = _RouteChecker(service, services, rules, paths, complete, not_carried)
         for index, route in enumerate(service.http):
             route_path = paths.path_of(route) or f"spec.http[{index}]"
             found.extend(checker.check(route, route_path))
@@ -167,8 +179,7 @@ def _selected_workload_entry_addresses(config: MeshConfig) -> Iterable[Diagnosti
         for workload_entry in config.workload_entries:
             if workload_entry.meta.namespace != entry.meta.namespace:
                 continue
-            labels = workload_entry.spec.labels
-            if any(labels.get(key) != value for key, value in selector.items()):
+            if not selector_matches(selector, workload_entry.spec.labels):
                 continue
             address = workload_entry.spec.address
             if address.startswith("unix://") or is_ip_address(address):
@@ -180,6 +191,15 @@ def _selected_workload_entry_addresses(config: MeshConfig) -> Iterable[Diagnosti
                 f"{entry.meta.namespace}/{entry.meta.name} selects this entry with "
                 f"{entry.resolution} resolution (hostnames need resolution: DNS)",
             )
+
+
+def _ports_not_carried(config: MeshConfig) -> dict[str, tuple[NotCarriedPort, ...]]:
+    return {
+        qualify_host(host, entry.meta.namespace): entry.ports_not_carried
+        for entry in reversed(config.service_entries)
+        for host in entry.hosts
+        if entry.ports_not_carried
+    }
 
 
 def _hosts_without_service(
@@ -212,7 +232,7 @@ def _qualified_hint(host: str, services: Mapping[str, Service]) -> str:
 
 
 def _destination_rule_problems(
-    rules: Iterable[DestinationRule], services: Mapping[str, Service]
+    rules: Iterable[DestinationRule], services: Mapping[str, Service], complete: bool
 ) -> Iterable[Diagnostic]:
     first: dict[str, DestinationRule] = {}
     for rule in rules:
@@ -229,14 +249,14 @@ def _destination_rule_problems(
                 f"({_where(earlier.meta, 'spec.host')})",
             )
         if "*" in hostname:
-            if not any(host_matches(hostname, known) for known in services):
+            if complete and not any(host_matches(hostname, known) for known in services):
                 yield _at(
                     rule.meta,
                     "spec.host",
                     f'"{rule.host}" matches no service; this rule has no effect until one exists',
                     "warning",
                 )
-        elif hostname not in services:
+        elif complete and hostname not in services:
             yield _at(
                 rule.meta,
                 "spec.host",
@@ -421,6 +441,8 @@ class _RouteChecker:
     services: Mapping[str, Service]
     rules: DestinationRuleLookup
     paths: ObjectPaths
+    complete: bool = True
+    not_carried: Mapping[str, tuple[NotCarriedPort, ...]] = field(default_factory=dict)
 
     def check(self, route: HTTPRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
@@ -440,6 +462,8 @@ class _RouteChecker:
     def _destination(self, destination: Destination, destination_path: str) -> Iterable[Diagnostic]:
         hostname = qualify_host(destination.host, self.service.meta.namespace)
         known = self.services.get(hostname)
+        if known is None and not self.complete:
+            return
         if known is None:
             yield self._error(
                 join_path(destination_path, "host"),
@@ -447,16 +471,28 @@ class _RouteChecker:
                 f"{_qualified_hint(destination.host, self.services)}",
             )
             return
-        if destination.subset is not None:
+        if destination.subset is not None and self.complete:
             problem = self._subset_problem(hostname, destination.host, destination.subset)
             if problem is not None:
                 yield self._error(join_path(destination_path, "subset"), problem)
         port_numbers = ", ".join(str(port.number) for port in known.ports)
+        not_carried = self.not_carried.get(hostname, ())
         if destination.port is not None and known.port(destination.port) is None:
+            skipped = next((p for p in not_carried if p.number == destination.port), None)
             yield self._error(
                 join_path(destination_path, "port.number"),
-                f'service "{destination.host}" has no port {destination.port} '
-                f"(it has {port_numbers})",
+                f"port {skipped.number} ({skipped.protocol}) of {destination.host} is not "
+                "carried by Pilotfish yet, so this route cannot reach it"
+                if skipped is not None
+                else f'service "{destination.host}" has no port {destination.port} '
+                f"(it has {port_numbers or 'none'})",
+            )
+        if destination.port is None and not known.ports:
+            declared = ", ".join(f"{p.number} ({p.protocol})" for p in not_carried)
+            why = f"its ports {declared} are not carried yet" if declared else "it declares none"
+            yield self._error(
+                destination_path,
+                f'service "{destination.host}" has no port Pilotfish carries ({why})',
             )
         if destination.port is None and len(known.ports) > 1:
             yield self._error(
@@ -477,15 +513,28 @@ class _RouteChecker:
         )
 
     def _weights(self, route: HTTPRoute, destinations_path: str) -> Iterable[Diagnostic]:
-        """Istio's documented rule: weights sum to 100; an omitted weight is 0, except that
-        a lone destination may omit it and receive all traffic."""
-        if not route.route:
+        """Istio's rule: weights are relative, an omitted one counts as 0, and several
+        destinations need some weight. Traffic is split in proportion, as Envoy does with
+        weights that do not sum to 100; that is worth a warning, since it is often a typo."""
+        if len(route.route) < 2:
             return
-        if len(route.route) == 1 and route.route[0].weight is None:
-            return
-        total = sum(routed.weight or 0 for routed in route.route)
-        if total != TOTAL_WEIGHT:
+        weights = [routed.weight or 0 for routed in route.route]
+        total = sum(weights)
+        if total == 0:
             yield self._error(
                 destinations_path,
-                f"weights sum to {total}, not 100 (an omitted weight counts as 0)",
+                "weights sum to 0: set a weight on the destinations that should get traffic",
+            )
+        elif total > MAX_TOTAL_WEIGHT:
+            yield self._error(
+                destinations_path, f"weights sum to {total}, more than Envoy can add up"
+            )
+        elif total != TOTAL_WEIGHT:
+            shares = ", ".join(f"{100 * weight / total:.4g}%" for weight in weights)
+            yield _at(
+                self.service.meta,
+                destinations_path,
+                f"weights sum to {total}, not 100 (an omitted weight counts as 0): "
+                f"traffic is split in proportion ({shares})",
+                "warning",
             )

@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, replace
+from typing import NamedTuple, cast
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
@@ -29,6 +29,10 @@ from pilotfish.model.diagnostics import Diagnostic, SourceMap
 MAX_VALUES_PER_DOCUMENT = 200_000
 
 Position = tuple[int, int]
+
+_UNKNOWN_ESCAPE = "found unknown escape character"
+# Each repair re-parses the file; a file with more broken quotes than this is not a typo.
+MAX_QUOTE_REPAIRS = 20
 
 
 @dataclass(frozen=True)
@@ -161,14 +165,55 @@ def _document_start(node: object) -> Position:
     return 1, 1
 
 
+class ParsedYaml(NamedTuple):
+    documents: list[YamlDocument]
+    problems: list[Diagnostic]
+    # False when a syntax error (or a document too large) lost documents of the text.
+    complete: bool
+
+
 def parse_documents(text: str, filename: str) -> tuple[list[YamlDocument], list[Diagnostic]]:
+    """``parse_yaml`` without the completeness flag."""
+    documents, problems, _ = parse_yaml(text, filename)
+    return documents, problems
+
+
+def parse_yaml(text: str, filename: str) -> ParsedYaml:
     """Every document of ``text`` with positions, and a diagnostic for malformed YAML.
 
     Documents before a syntax error are still returned, so their own problems can be
-    reported alongside it. Empty documents (a trailing ``---``) are skipped.
+    reported alongside it. Empty documents (a trailing ``---``) are skipped. A backslash that
+    YAML does not know inside double quotes (``"^/v\\d+"``, nearly always a regex) is reported,
+    then read as the single-quoted text the user meant, so that the rest of the file is still
+    parsed and checked.
     """
-    documents: list[YamlDocument] = []
-    diagnostics: list[Diagnostic] = []
+    repairs: list[Diagnostic] = []
+    while True:
+        parsed = _parse_once(text, filename)
+        repaired = None
+        if parsed.error is not None and len(repairs) < MAX_QUOTE_REPAIRS:
+            repaired = _single_quoted(text, parsed.error)
+        if parsed.syntax is None or repaired is None:
+            break
+        repairs.append(_with_quoting_hint(parsed.syntax))
+        text = repaired
+    problems = [*repairs, *parsed.problems]
+    if parsed.syntax is not None:
+        problems.append(parsed.syntax)
+    complete = parsed.syntax is None and not parsed.problems
+    return ParsedYaml(parsed.documents, problems, complete)
+
+
+@dataclass
+class _Parsed:
+    documents: list[YamlDocument]
+    problems: list[Diagnostic]
+    syntax: Diagnostic | None = None
+    error: MarkedYAMLError | None = None
+
+
+def _parse_once(text: str, filename: str) -> _Parsed:
+    parsed = _Parsed([], [])
     index = 0
     try:
         for node in _load_all(text):
@@ -182,21 +227,53 @@ def parse_documents(text: str, filename: str) -> tuple[list[YamlDocument], list[
                 body = converter.convert(node, "", start)
             except _DocumentTooComplex as problem:
                 line, col = problem.position
-                diagnostics.append(Diagnostic(filename, line, col, "", problem.reason))
+                parsed.problems.append(Diagnostic(filename, line, col, "", problem.reason))
                 continue
             source = SourceMap(filename, converter.positions)
-            documents.append(YamlDocument(body=body, source=source, index=index - 1))
+            parsed.documents.append(YamlDocument(body=body, source=source, index=index - 1))
     except MarkedYAMLError as error:
-        diagnostics.append(_syntax_diagnostic(filename, error, text))
+        parsed.syntax = _syntax_diagnostic(filename, error, text)
+        parsed.error = error
     except YAMLError as error:
-        diagnostics.append(Diagnostic(filename, 1, 1, "", f"invalid YAML: {error}"))
+        parsed.syntax = Diagnostic(filename, 1, 1, "", f"invalid YAML: {error}")
     except RecursionError:
-        diagnostics.append(Diagnostic(filename, 1, 1, "", "invalid YAML: nested too deeply"))
+        parsed.syntax = Diagnostic(filename, 1, 1, "", "invalid YAML: nested too deeply")
     except Exception as error:
         # ruamel raises assorted non-YAMLError exceptions on some malformed input; a
         # loader must turn every one of them into a diagnostic, never crash the caller.
-        diagnostics.append(Diagnostic(filename, 1, 1, "", f"invalid YAML: {error}"))
-    return documents, diagnostics
+        parsed.syntax = Diagnostic(filename, 1, 1, "", f"invalid YAML: {error}")
+    return parsed
+
+
+def _single_quoted(text: str, error: MarkedYAMLError) -> str | None:
+    """``text`` with the double-quoted scalar that ``error`` is about in single quotes.
+
+    Only when that changes nothing but the quotes: the scalar fits on its line and holds no
+    escape a user may have meant (``\\\\``, ``\\"``) and no single quote, so every position
+    after it stays where it was written.
+    """
+    start, problem = error.context_mark, error.problem_mark
+    if start is None or problem is None or not str(error.problem).startswith(_UNKNOWN_ESCAPE):
+        return None
+    opening = int(start.index)
+    if opening >= len(text) or text[opening] != '"':
+        return None
+    closing = text.find('"', int(problem.index))
+    line_end = text.find("\n", opening)
+    if closing < 0 or (0 <= line_end < closing):
+        return None
+    content = text[opening + 1 : closing]
+    if any(mark in content for mark in ("'", "\\\\", '\\"')) or content.endswith("\\"):
+        return None
+    return f"{text[:opening]}'{content}'{text[closing + 1 :]}"
+
+
+def _with_quoting_hint(problem: Diagnostic) -> Diagnostic:
+    hint = (
+        "; inside double quotes YAML reads a backslash as an escape: write a regex in "
+        "single quotes ('^/v\\d+')"
+    )
+    return replace(problem, message=problem.message + hint)
 
 
 def _load_all(text: str) -> Iterator[object]:

@@ -23,8 +23,11 @@ class Diagnostic:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        prefix = "" if self.severity == "error" else "warning: "
-        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.field}: {self.message}"
+        """``file:line:col: field: message``; warnings carry ``warning:`` before the field,
+        and problems of a whole document (bad YAML) have no field."""
+        severity = "warning: " if self.severity == "warning" else ""
+        subject = f"{self.field}: " if self.field else ""
+        return f"{self.file}:{self.line}:{self.col}: {severity}{subject}{self.message}"
 
     def to_json(self) -> dict[str, object]:
         return {

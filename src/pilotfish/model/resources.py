@@ -286,6 +286,19 @@ class ServicePort:
 
 
 @dataclass(frozen=True)
+class NotCarriedPort:
+    """A port Istio accepts with a protocol Pilotfish does not carry yet (TLS, TCP, MONGO...).
+
+    Kept apart from ``ServiceEntry.ports``, so translation never builds anything for it,
+    while validation can still tell a route to it why it gets nothing.
+    """
+
+    number: int
+    name: str
+    protocol: str
+
+
+@dataclass(frozen=True)
 class WorkloadEntrySpec:
     """The spec shared by WorkloadEntry resources and ServiceEntry's inline endpoints."""
 
@@ -305,6 +318,7 @@ class ServiceEntry:
     resolution: Literal["STATIC", "DNS", "NONE"] = "STATIC"
     endpoints: tuple[WorkloadEntrySpec, ...] = ()
     workload_selector: Mapping[str, str] | None = None
+    ports_not_carried: tuple[NotCarriedPort, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from load_cases import BOOKINFO_REGISTRY, documents
 
-from pilotfish.load import format_diagnostics, load_directory, load_texts
+from pilotfish.load import ParseCache, format_diagnostics, load_directory, load_texts
 from pilotfish.model.diagnostics import Diagnostic
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "load"
@@ -22,6 +22,17 @@ BOOKINFO_SCENARIOS = [
     "virtual-service-reviews-90-10.yaml",
     "virtual-service-reviews-jason-v2-v3.yaml",
 ]
+
+
+@pytest.fixture
+def bookinfo() -> Path:
+    """The samples folder, or a skip that names it: a clone of its own has no ../shared."""
+    if not BOOKINFO.is_dir():
+        pytest.skip(
+            f"Istio's Bookinfo samples are missing: no folder {BOOKINFO} "
+            "(kept outside the repository: copy Istio's samples/bookinfo/networking there)"
+        )
+    return BOOKINFO
 
 
 def test_a_folder_is_read_recursively_skipping_hidden_entries() -> None:
@@ -73,12 +84,12 @@ def test_unreadable_bytes_are_a_diagnostic(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("scenario", BOOKINFO_SCENARIOS)
-def test_istio_bookinfo_samples_load_as_they_are(scenario: str) -> None:
+def test_istio_bookinfo_samples_load_as_they_are(scenario: str, bookinfo: Path) -> None:
     files = [
-        (str(BOOKINFO / scenario), (BOOKINFO / scenario).read_text()),
+        (str(bookinfo / scenario), (bookinfo / scenario).read_text()),
         (
-            str(BOOKINFO / "destination-rule-all.yaml"),
-            (BOOKINFO / "destination-rule-all.yaml").read_text(),
+            str(bookinfo / "destination-rule-all.yaml"),
+            (bookinfo / "destination-rule-all.yaml").read_text(),
         ),
         ("registry.yaml", documents(*BOOKINFO_REGISTRY)),
     ]
@@ -88,12 +99,12 @@ def test_istio_bookinfo_samples_load_as_they_are(scenario: str) -> None:
     assert result.config.virtual_services
 
 
-def test_bookinfo_values_survive_loading() -> None:
-    scenario = BOOKINFO / "virtual-service-ratings-test-delay.yaml"
+def test_bookinfo_values_survive_loading(bookinfo: Path) -> None:
+    scenario = bookinfo / "virtual-service-ratings-test-delay.yaml"
     result = load_texts(
         [
             (str(scenario), scenario.read_text()),
-            ("rules.yaml", (BOOKINFO / "destination-rule-all.yaml").read_text()),
+            ("rules.yaml", (bookinfo / "destination-rule-all.yaml").read_text()),
             ("registry.yaml", documents(*BOOKINFO_REGISTRY)),
         ]
     )
@@ -117,3 +128,24 @@ def test_format_diagnostics_one_per_line_sorted() -> None:
         'a.yaml:12:7: spec.http[0].route[0].destination.host: unknown service "x"',
         "b.yaml:3:5: warning: spec.host: unknown service",
     ]
+
+
+def test_a_diagnostic_reads_the_same_alone_and_in_a_list() -> None:
+    whole_document = Diagnostic("cfg", 1, 1, "", "msg")
+    warning = Diagnostic("cfg", 2, 3, "spec.host", "unknown service", "warning")
+    assert str(whole_document) == "cfg:1:1: msg"
+    assert str(warning) == "cfg:2:3: warning: spec.host: unknown service"
+    assert format_diagnostics([warning, whole_document]) == f"{whole_document}\n{warning}"
+
+
+def test_the_parse_cache_belongs_to_the_caller(tmp_path: Path) -> None:
+    (tmp_path / "registry.yaml").write_text(documents(*BOOKINFO_REGISTRY[:1]))
+    mine, theirs = ParseCache(), ParseCache()
+    assert load_directory(tmp_path, mine).config is not None
+    assert load_directory(tmp_path).config is not None
+    assert (len(mine), len(theirs)) == (1, 0)
+    (tmp_path / "registry.yaml").write_text(documents(*BOOKINFO_REGISTRY[1:2]))
+    reloaded = load_directory(tmp_path, mine)
+    assert reloaded.config is not None
+    assert [w.meta.name for w in reloaded.config.workloads] == ["details-v1"]
+    assert (len(mine), len(theirs)) == (2, 0)

@@ -239,7 +239,7 @@ def test_redirect_and_direct_response() -> None:
             "redirect: {redirectCode: 301}",
             "spec.http[0].redirect",
             "redirect",
-            "needs uri or authority",
+            "needs uri, authority, scheme, port or prefixRewrite",
         ),
         (
             "directResponse: {status: 99}",
@@ -348,7 +348,7 @@ def test_load_balancer_values() -> None:
             "{simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "spec.trafficPolicy.loadBalancer",
             "loadBalancer",
-            "exactly one of simple, consistentHash",
+            "at most one of simple, consistentHash",
         ),
         (
             "consistentHash: {httpHeaderName: x, useSourceIp: true}",
@@ -384,37 +384,136 @@ def test_least_conn_is_istios_old_name_for_least_request() -> None:
 
 
 @pytest.mark.parametrize(
-    "ignored", ["connectionPool", "outlierDetection", "tls", "portLevelSettings"]
+    ("ignored", "value", "consequence"),
+    [
+        ("connectionPool", "{tcp: {maxConnections: 10}}", "default connection and request limits"),
+        ("outlierDetection", "{consecutive5xxErrors: 5}", "no endpoint is ejected"),
+        ("tls", "{mode: SIMPLE}", "not wrapped in TLS"),
+        ("portLevelSettings", "[]", "no per-port policy"),
+        ("retryBudget", "{percent: {value: 10}}", "limited only by each route's attempts"),
+    ],
 )
-def test_unimplemented_traffic_policy_fields_warn(ignored: str) -> None:
+def test_unimplemented_traffic_policy_fields_warn_saying_what_does_not_happen(
+    ignored: str, value: str, consequence: str
+) -> None:
     text, result = load(
-        RULE.replace("    loadBalancer:\n      POLICY\n", f"    {ignored}: {{}}\n"),
+        RULE.replace("    loadBalancer:\n      POLICY\n", f"    {ignored}: {value}\n"),
         *BOOKINFO_REGISTRY,
     )
-    assert_at(
+    warning = assert_at(
         result,
         text,
         f"spec.trafficPolicy.{ignored}",
         f"{ignored}:",
-        "not implemented",
+        "not implemented by Pilotfish: ",
+        severity="warning",
+    )
+    assert consequence in warning.message
+    assert result.config is not None
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "needle", "message"),
+    [
+        ("{}", "spec.trafficPolicy", "trafficPolicy", "at least one field"),
+        (
+            "{outlierDetection: {minHealthPercent: -1}}",
+            "spec.trafficPolicy.outlierDetection.minHealthPercent",
+            "minHealthPercent",
+            "0..100",
+        ),
+        (
+            "{outlierDetection: {maxEjectionPercent: 150}}",
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+            "maxEjectionPercent",
+            "0..100",
+        ),
+        (
+            "{outlierDetection: {interval: 1x}}",
+            "spec.trafficPolicy.outlierDetection.interval",
+            "interval",
+            "",
+        ),
+        (
+            "{outlierDetection: {consecutive5xErrors: 1}}",
+            "spec.trafficPolicy.outlierDetection.consecutive5xErrors",
+            "consecutive5xErrors",
+            'did you mean "consecutive5xxErrors"',
+        ),
+        (
+            "{connectionPool: {http: {http2MaxRequests: -1}}}",
+            "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+            "http2MaxRequests",
+            "out of range",
+        ),
+        (
+            "{connectionPool: {}}",
+            "spec.trafficPolicy.connectionPool",
+            "connectionPool",
+            "tcp or http",
+        ),
+    ],
+)
+def test_values_of_warned_about_policies_are_still_checked(
+    policy: str, field: str, needle: str, message: str
+) -> None:
+    text, result = load(
+        RULE.replace(
+            "  trafficPolicy:\n    loadBalancer:\n      POLICY\n", f"  trafficPolicy: {policy}\n"
+        ),
+        *BOOKINFO_REGISTRY,
+    )
+    assert_at(result, text, field, needle, message)
+
+
+@pytest.mark.parametrize(
+    ("balancer", "consequence"),
+    [
+        ("{localityLbSetting: {enabled: true}}", "regardless of their locality"),
+        ("{warmup: {duration: 60s}}", "full share of traffic at once"),
+        ("{simple: RANDOM, zoneAwareLbSetting: {enabled: true}}", "regardless of their zone"),
+    ],
+)
+def test_a_load_balancer_may_set_only_what_pilotfish_warns_about(
+    balancer: str, consequence: str
+) -> None:
+    _text, result = load(
+        RULE.replace("    loadBalancer:\n      POLICY\n", f"    loadBalancer: {balancer}\n"),
+        *BOOKINFO_REGISTRY,
+    )
+    assert [d.severity for d in result.diagnostics] == ["warning"], result.diagnostics
+    assert consequence in result.diagnostics[0].message
+    assert result.config is not None
+
+
+def test_cookie_attributes_are_a_warning() -> None:
+    text, result = load_rule(
+        "consistentHash: {httpCookie: {name: user, ttl: 0s, attributes: [{name: SameSite}]}}"
+    )
+    assert_at(
+        result,
+        text,
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes",
+        "attributes",
+        "the cookie is set without these attributes",
         severity="warning",
     )
     assert result.config is not None
 
 
-def test_subset_names_are_unique_and_labels_non_empty() -> None:
-    text, result = load_rule(
-        "simple: RANDOM", "  - name: v1\n    labels: {version: v9}\n  - name: v3\n    labels: {}\n"
-    )
+def test_subset_names_are_unique() -> None:
+    text, result = load_rule("simple: RANDOM", "  - name: v1\n    labels: {version: v9}\n")
     assert_at(
         result, text, "spec.subsets[1].name", "name: v1", "duplicate subset name", occurrence=2
     )
-    assert_at(result, text, "spec.subsets[2].labels", "labels: {}", "must not be empty")
 
 
-def test_subset_labels_are_required() -> None:
-    text, result = load_rule("simple: RANDOM", "  - name: v2\n")
-    assert_at(result, text, "spec.subsets[1].labels", "name: v2", "required")
+def test_a_subset_without_labels_selects_every_endpoint() -> None:
+    _text, result = load_rule("simple: RANDOM", "  - name: all\n  - name: none\n    labels: {}\n")
+    assert result.diagnostics == ()
+    assert result.config is not None
+    subsets = result.config.destination_rules[0].subsets
+    assert [(s.name, dict(s.labels)) for s in subsets][-2:] == [("all", {}), ("none", {})]
 
 
 # --- Gateway ----------------------------------------------------------------------------------
@@ -445,16 +544,29 @@ def test_gateway_values() -> None:
     )
 
 
-@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP"])
-def test_gateway_tls_and_tcp_servers_are_not_supported_yet(protocol: str) -> None:
-    text, result = load(GATEWAY.replace("PROTOCOL", protocol))
-    assert_at(
-        result,
-        text,
-        "spec.servers[0].port.protocol",
-        "protocol:",
-        f"{protocol} is not supported yet",
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP", "MONGO"])
+def test_a_gateway_server_pilotfish_does_not_carry_is_a_warning_the_rest_applies(
+    protocol: str,
+) -> None:
+    tls = "    tls: {mode: SIMPLE, credentialName: cert}\n" if protocol in ("HTTPS", "TLS") else ""
+    text, result = load(
+        GATEWAY.replace("PROTOCOL", protocol).replace("number: 80", "number: 443")
+        + tls
+        + '  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ["*"]\n'
     )
+    warning = assert_at(
+        result, text, "spec.servers[0].port", "port:", "is not served", severity="warning"
+    )
+    assert f"the {protocol} server on port 443 is not served" in warning.message
+    assert [d.severity for d in result.diagnostics] == ["warning"]
+    assert result.config is not None
+    assert [s.port for s in result.config.gateways[0].servers] == [80]
+
+
+@pytest.mark.parametrize("protocol", ["HTTPS", "TLS"])
+def test_a_tls_gateway_server_needs_tls_settings(protocol: str) -> None:
+    text, result = load(GATEWAY.replace("PROTOCOL", protocol))
+    assert_at(result, text, "spec.servers[0].tls", "port:", f"required for a {protocol} server")
 
 
 def test_gateway_server_needs_number_protocol_and_hosts() -> None:
@@ -470,7 +582,9 @@ def test_gateway_server_needs_number_protocol_and_hosts() -> None:
 
 def test_gateway_server_tls_is_a_warning() -> None:
     text, result = load(GATEWAY.replace("PROTOCOL", "HTTP") + "    tls: {httpsRedirect: true}\n")
-    assert_at(result, text, "spec.servers[0].tls", "tls:", "not implemented", severity="warning")
+    assert_at(
+        result, text, "spec.servers[0].tls", "tls:", "not redirected to HTTPS", severity="warning"
+    )
 
 
 # --- ServiceEntry and WorkloadEntry ----------------------------------------------------------
@@ -512,9 +626,14 @@ def test_dns_endpoints_may_be_names() -> None:
 
 
 def test_resolution_none_is_a_warning() -> None:
-    text, result = load(ENTRY.replace("RESOLUTION", "NONE").replace("ADDRESS", "10.0.0.1"))
+    text, result = load(ENTRY.replace("RESOLUTION", "NONE").split("  endpoints:")[0])
     assert_at(result, text, "spec.resolution", "resolution", "not implemented", severity="warning")
     assert result.config is not None
+
+
+def test_resolution_none_cannot_have_endpoints() -> None:
+    text, result = load(ENTRY.replace("RESOLUTION", "NONE").replace("ADDRESS", "10.0.0.1"))
+    assert_at(result, text, "spec.endpoints", "endpoints", "cannot be set with resolution NONE")
 
 
 def test_resolution_must_be_known() -> None:
@@ -527,20 +646,22 @@ def test_service_entry_needs_hosts_and_complete_ports() -> None:
         ENTRY.replace("RESOLUTION", "STATIC")
         .replace("ADDRESS", "10.0.0.1")
         .replace("  hosts: [api.example.com]\n", "")
-        .replace("{number: 80, name: http, protocol: HTTP}", "{number: 80}")
+        .replace("{number: 80, name: http, protocol: HTTP}", "{protocol: HTTP}")
     )
     assert_at(result, text, "spec.hosts", "spec:", "required")
-    assert_at(result, text, "spec.ports[0].name", "{number: 80}", "required")
-    assert_at(result, text, "spec.ports[0].protocol", "{number: 80}", "required")
+    assert_at(result, text, "spec.ports[0].name", "{protocol: HTTP}", "required")
+    assert_at(result, text, "spec.ports[0].number", "{protocol: HTTP}", "required")
 
 
-def test_workload_selector_needs_labels() -> None:
+def test_an_empty_workload_selector_selects_every_entry() -> None:
     source = (
         ENTRY.replace("RESOLUTION", "STATIC").split("  endpoints:")[0]
         + "  workloadSelector: {labels: {}}\n"
     )
-    text, result = load(source)
-    assert_at(result, text, "spec.workloadSelector.labels", "labels", "must not be empty")
+    _text, result = load(source)
+    assert result.errors == ()
+    assert result.config is not None
+    assert result.config.service_entries[0].workload_selector == {}
 
 
 def test_workload_entry() -> None:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from load_cases import BOOKINFO_REGISTRY, REVIEWS_RULE, documents
 
 from pilotfish.load import LoadResult, load_text
+from pilotfish.load.loader import INTERNAL_ERROR
 
 VALID = documents(
     REVIEWS_RULE,
@@ -114,8 +115,10 @@ def line_count(text: str) -> int:
 
 
 def assert_within(result: LoadResult, text: str) -> None:
+    """Every diagnostic points inside the text, and none is a crash turned into a message."""
     lines = line_count(text)
     for diagnostic in result.diagnostics:
+        assert not diagnostic.message.startswith(INTERNAL_ERROR), diagnostic
         assert 1 <= diagnostic.line <= lines, (diagnostic, lines)
         assert diagnostic.col >= 1
     assert (result.config is None) == any(d.severity == "error" for d in result.diagnostics)

@@ -138,10 +138,10 @@ spec:
         ("directResponse: {status: 100}", "directResponse.status", "status", "200..599"),
         ("redirect: {uri: /x, redirectCode: 304}", "redirect.redirectCode", "redirectCode", "301"),
         (
-            "route: [{destination: {host: reviews}, weight: 101}]",
+            "route: [{destination: {host: reviews}, weight: -1}]",
             "route[0].weight",
             "weight",
-            "0..100",
+            "0..2147483647",
         ),
         (
             "route: [{destination: {host: reviews, port: {number: 65536}}}]",

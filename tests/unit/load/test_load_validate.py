@@ -191,7 +191,7 @@ def test_undefined_subsets() -> None:
     assert 'no DestinationRule for host "ratings"' in no_rule.message
 
 
-def test_weights_must_sum_to_100() -> None:
+def test_weights_are_relative_and_warned_about_unless_they_sum_to_100() -> None:
     routes = textwrap.dedent(
         """\
         - route:
@@ -205,26 +205,39 @@ def test_weights_must_sum_to_100() -> None:
           - destination: {host: reviews, subset: v2}
         - route:
           - destination: {host: reviews, subset: v1}
-            weight: 100
-        - route:
-          - destination: {host: reviews, subset: v1}
-            weight: 60
-          - destination: {host: reviews, subset: v2}
-        - route:
-          - destination: {host: reviews, subset: v1}
             weight: 50
+        - route:
+          - destination: {host: reviews, subset: v1}
+            weight: 550
+          - destination: {host: reviews, subset: v2}
+            weight: 500
+        - route:
+          - destination: {host: reviews, subset: v1}
+          - destination: {host: reviews, subset: v2}
+            weight: 0
         """
     )
     service = virtual_service("reviews", routes)
     result = load_files(a=service, rule=REVIEWS_RULE, registry=REGISTRY)
     over = only(result, "spec.http[0].route", "a.yaml")
     assert_located(over, service, "route:", 1)
-    assert over.message == "weights sum to 110, not 100 (an omitted weight counts as 0)"
-    # Istio's documented rule: an omitted weight is 0 when there are several destinations.
+    assert over.severity == "warning"
+    assert over.message == (
+        "weights sum to 110, not 100 (an omitted weight counts as 0): "
+        "traffic is split in proportion (81.82%, 18.18%)"
+    )
+    # Istio's documented rule: an omitted weight is 0 when there are several destinations;
+    # a lone destination gets everything whatever its weight.
     assert not [d for d in result.diagnostics if d.field.startswith("spec.http[1]")]
     assert not [d for d in result.diagnostics if d.field.startswith("spec.http[2]")]
-    assert "sum to 60" in only(result, "spec.http[3].route", "a.yaml").message
-    assert "sum to 50" in only(result, "spec.http[4].route", "a.yaml").message
+    relative = only(result, "spec.http[3].route", "a.yaml")
+    assert (relative.severity, "(52.38%, 47.62%)" in relative.message) == ("warning", True)
+    nothing = only(result, "spec.http[4].route", "a.yaml")
+    assert (nothing.severity, nothing.message) == (
+        "error",
+        "weights sum to 0: set a weight on the destinations that should get traffic",
+    )
+    assert result.config is None
 
 
 SERVICE_ENTRY = """\
