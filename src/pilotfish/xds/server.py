@@ -26,6 +26,7 @@ from pilotfish.model.proxy import ProxyMetadataError, ProxyNode
 from pilotfish.snapshot import Snapshot, type_urls
 from pilotfish.xds.callbacks import StreamInfo, StreamKind, XdsCallbacks
 from pilotfish.xds.delta import DeltaStream
+from pilotfish.xds.encoding import ResponseEncoder
 from pilotfish.xds.protocol import (
     Action,
     DeltaRequestReceived,
@@ -40,6 +41,8 @@ from pilotfish.xds.sotw import SotwStream
 from pilotfish.xds.source import SnapshotSource
 
 log = logging.getLogger("pilotfish.xds")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 RequestT = TypeVar("RequestT", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
 Event = RequestReceived | DeltaRequestReceived | SnapshotChanged
@@ -96,28 +99,6 @@ def delta_request_from_proto(request: discovery_pb2.DeltaDiscoveryRequest) -> De
         initial_resource_versions=dict(request.initial_resource_versions),
         response_nonce=request.response_nonce,
         error_message=request.error_detail.message if request.HasField("error_detail") else None,
-    )
-
-
-def sotw_response_to_proto(response: SendResponse) -> discovery_pb2.DiscoveryResponse:
-    return discovery_pb2.DiscoveryResponse(
-        version_info=response.version,
-        resources=[r.any for r in response.resources],
-        type_url=response.type_url,
-        nonce=response.nonce,
-    )
-
-
-def delta_response_to_proto(response: SendResponse) -> discovery_pb2.DeltaDiscoveryResponse:
-    return discovery_pb2.DeltaDiscoveryResponse(
-        system_version_info=response.version,
-        resources=[
-            discovery_pb2.Resource(name=r.name, version=r.version, resource=r.any)
-            for r in response.resources
-        ],
-        type_url=response.type_url,
-        nonce=response.nonce,
-        removed_resources=list(response.removed),
     )
 
 
@@ -198,6 +179,9 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         self._source = source
         self._subscribers = tuple(subscribers)
         self._stream_ids = itertools.count(1)
+        # Responses are written as bytes: each distinct body is serialized once for every
+        # stream that sends it (see ``ads_method_handlers``).
+        self._encoder = ResponseEncoder()
 
     async def StreamAggregatedResources(
         self,
@@ -210,7 +194,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             "sotw",
             _StreamMachine(SotwStream()),
             sotw_request_from_proto,
-            sotw_response_to_proto,
+            self._encoder.sotw,
         )
 
     async def DeltaAggregatedResources(
@@ -224,7 +208,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
             "delta",
             _StreamMachine(DeltaStream()),
             delta_request_from_proto,
-            delta_response_to_proto,
+            self._encoder.delta,
         )
 
     async def _serve(
@@ -234,7 +218,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         stream_kind: StreamKind,
         machine: _StreamMachine,
         request_to_event: Callable[[RequestT], Request],
-        response_to_proto: Callable[[SendResponse], Any],
+        encode_response: Callable[[SendResponse], bytes],
     ) -> None:
         try:
             first = await anext(aiter(requests))
@@ -256,7 +240,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         subscribers.opened()
         try:
             await self._run_stream(
-                requests, context, subscribers, machine, first, request_to_event, response_to_proto
+                requests, context, subscribers, machine, first, request_to_event, encode_response
             )
         except XdsStreamError as exc:
             log.info("xDS stream of %s ended: %s", node.id, exc)
@@ -274,7 +258,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         machine: _StreamMachine,
         first: RequestT,
         request_to_event: Callable[[RequestT], Request],
-        response_to_proto: Callable[[SendResponse], Any],
+        encode_response: Callable[[SendResponse], bytes],
     ) -> None:
         node = subscribers.stream.node
         events: asyncio.Queue[_Queued] = asyncio.Queue()
@@ -297,14 +281,14 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     if event.snapshot is not None:
                         fed = True
                         actions = machine.receive(SnapshotChanged(event.snapshot))
-                        await self._act(context, subscribers, actions, response_to_proto)
+                        await self._act(context, subscribers, actions, encode_response)
                     # Before the first snapshot the stream follows no generation at all.
                     if fed:
                         subscribers.applied(event.generation)
                     continue
                 actions = machine.receive(event)
                 subscribers.request(event, actions)
-                await self._act(context, subscribers, actions, response_to_proto)
+                await self._act(context, subscribers, actions, encode_response)
         finally:
             reader.cancel()
             watcher.cancel()
@@ -317,11 +301,11 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         context: grpc.aio.ServicerContext[Any, Any],
         subscribers: _Subscribers,
         actions: list[Action],
-        response_to_proto: Callable[[SendResponse], Any],
+        encode_response: Callable[[SendResponse], bytes],
     ) -> None:
         for action in actions:
             if isinstance(action, SendResponse):
-                await self._write(context, response_to_proto(action))
+                await self._write(context, encode_response(action))
                 subscribers.sent(action)
             else:
                 self._log_nack(subscribers.stream.node, action)
@@ -423,6 +407,23 @@ def server_keepalive_options(keepalive: XdsKeepalive) -> list[tuple[str, int]]:
     ]
 
 
+def ads_method_handlers(servicer: AggregatedDiscoveryServicer) -> grpc.GenericRpcHandler:
+    """The ADS service with no response serializer: the servicer writes serialized bytes."""
+    return grpc.method_handlers_generic_handler(
+        ADS_SERVICE,
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                servicer.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                servicer.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            ),
+        },
+    )
+
+
 async def start_xds_server(
     source: SnapshotSource,
     subscribers: Sequence[XdsCallbacks] = (),
@@ -437,8 +438,8 @@ async def start_xds_server(
     must be the policy the proxies' bootstraps were written with.
     """
     server = grpc.aio.server(options=server_keepalive_options(keepalive or XdsKeepalive()))
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AggregatedDiscoveryServicer(source, subscribers), server
+    server.add_generic_rpc_handlers(
+        (ads_method_handlers(AggregatedDiscoveryServicer(source, subscribers)),)
     )
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:

@@ -35,6 +35,7 @@ from pilotfish.xds import (
 
 BASE = snapshot({CDS: {"a": "1"}, EDS: {"a": "1"}})
 STEP = 5.0  # bounds each wait so that a hang fails the test instead of stalling the suite
+DELTA_RESPONSE = discovery_pb2.DeltaDiscoveryResponse
 
 
 class BrokenSnapshotSource(InMemorySnapshotSource):
@@ -79,7 +80,7 @@ async def test_failed_connects_leave_no_stream_on_the_board(
     source.set_snapshot(BASE)
     board = ProxyStatusBoard()
     servicer = AggregatedDiscoveryServicer(source, [board])
-    contexts = [FakeContext() for _ in range(4)]
+    contexts = [*(FakeContext() for _ in range(3)), FakeContext(DELTA_RESPONSE)]
     with caplog.at_level(logging.INFO, logger="pilotfish.xds"):
         for context in contexts[:3]:
             await asyncio.wait_for(
@@ -324,7 +325,7 @@ async def test_a_stream_follows_a_generation_that_left_its_snapshot_unchanged() 
     recorder = Recorder()
     board = ProxyStatusBoard()
     servicer = AggregatedDiscoveryServicer(source, [recorder, board])
-    requests, context = FakeRequests(), FakeContext()
+    requests, context = FakeRequests(), FakeContext(DELTA_RESPONSE)
     requests.send(delta_request("n1"))
     stream = asyncio.create_task(servicer.DeltaAggregatedResources(requests.stream(), context))
     try:
@@ -349,7 +350,7 @@ async def test_delta_an_answer_to_an_older_response_is_not_taken_for_an_ack_of_t
     source.set_snapshot(BASE)
     recorder = Recorder()
     servicer = AggregatedDiscoveryServicer(source, [recorder])
-    requests, context = FakeRequests(), FakeContext()
+    requests, context = FakeRequests(), FakeContext(DELTA_RESPONSE)
     requests.send(delta_request("n1"))
     stream = asyncio.create_task(servicer.DeltaAggregatedResources(requests.stream(), context))
     try:
