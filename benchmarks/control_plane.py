@@ -304,7 +304,9 @@ def scale_mesh_config(services: int, endpoints_per_service: int) -> MeshConfig:
     return MeshConfig(service_entries=tuple(entries))
 
 
-async def serve_scale(services: int, endpoints_per_service: int) -> None:
+async def serve_scale(
+    services: int, endpoints_per_service: int, profiler: cProfile.Profile | None = None
+) -> None:
     """Serve xDS for a generated mesh and apply changes asked for on stdin (one JSON a line).
 
     Every reply is one JSON line on stdout. Times are ``time.monotonic()``, which is one clock
@@ -341,6 +343,9 @@ async def serve_scale(services: int, endpoints_per_service: int) -> None:
                 )
                 reply({"streams": len(proxies), "synced": synced})
             elif command["op"] == "change":
+                if profiler is not None:
+                    profiler.enable()
+                    profiler = None  # enabled once; main() disables and dumps it
                 before = acked_versions(board, type_urls.ENDPOINT)
                 cpu_before = cpu_seconds(os.getpid())
                 changed_at = time.monotonic()
@@ -856,12 +861,12 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_scale:
+        # Profiles the changes only (enabled at the first one): the initial sync is not
+        # what a change costs.
         profiler = cProfile.Profile() if args.profile_control_plane else None
-        if profiler is not None:
-            profiler.enable()
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(serve_scale(args.services, args.endpoints_per_service))
+                asyncio.run(serve_scale(args.services, args.endpoints_per_service, profiler))
         finally:
             if profiler is not None:
                 profiler.disable()

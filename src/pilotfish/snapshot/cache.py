@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,9 +248,19 @@ class _TypeLayer:
 @dataclass
 class _OwnLayer:
     layer: Layer
-    outputs: tuple[_Output, ...]
+    outputs: tuple[tuple[str, _Output], ...]
     # The last snapshot made with this layer, and the shared layer it was made with.
     combined: tuple[Layer, Snapshot] | None = None
+
+
+@dataclass
+class _Missing:
+    """What one output references that a shared layer lacks, for the shared mappings it was
+    checked against (a proxy's routes name a thousand clusters: checked once per group of
+    proxies and per change of the clusters, not once per proxy and generation)."""
+
+    against: tuple[Mapping[str, Resource] | None, ...]
+    dangling: tuple[Dangling, ...]
 
 
 @dataclass
@@ -303,6 +314,9 @@ class SnapshotCache(Generic[Context]):
         self._node_tokens: OrderedDict[str, tuple[ProxyNode, int]] = OrderedDict()
         self._node_counter = 0
         self._last_good: OrderedDict[str, tuple[ProxyNode, Snapshot]] = OrderedDict()
+        # Outputs of proxies' own layers and what they reference that the shared layer
+        # lacks; entries go with their outputs (weakly held).
+        self._missing: weakref.WeakKeyDictionary[_Output, _Missing] = weakref.WeakKeyDictionary()
 
     # --- generations -------------------------------------------------------------------------
 
@@ -401,9 +415,34 @@ class SnapshotCache(Generic[Context]):
         shared = self._shared_layer(current, node.kind)
         own = self._own_layer(current, node)
         if own.combined is None or own.combined[0] is not shared:
-            own.combined = (shared, layered_snapshot(shared, own.layer, self._memo))
+            dangling = self._own_dangling(own, shared)
+            own.combined = (shared, layered_snapshot(shared, own.layer, self._memo, dangling))
         # Made of the same layers as last time, it is the same snapshot (same object).
         return own.combined[1]
+
+    def _own_dangling(self, own: _OwnLayer, shared: Layer) -> list[Dangling]:
+        mine = own.layer.by_type
+        return [
+            missing
+            for type_url, output in own.outputs
+            for missing in self._missing_from(type_url, output, shared)
+            if missing[3] not in mine.get(missing[2], _EMPTY_TYPE)
+        ]
+
+    def _missing_from(self, type_url: str, output: _Output, shared: Layer) -> tuple[Dangling, ...]:
+        wanted = sorted({t for r in output.resources for t, _ in r.references})
+        against = tuple(shared.by_type.get(t) for t in wanted)
+        known = self._missing.get(output)
+        if known is not None and _same_mappings(known.against, against):
+            return known.dangling
+        found = tuple(
+            (type_url, resource.name, wanted_type, wanted_name)
+            for resource in output.resources
+            for wanted_type, wanted_name in resource.references
+            if wanted_name not in shared.by_type.get(wanted_type, _EMPTY_TYPE)
+        )
+        self._missing[output] = _Missing(against, found)
+        return found
 
     # --- the shared layer of a kind ------------------------------------------------------------
 
@@ -508,9 +547,11 @@ class SnapshotCache(Generic[Context]):
             )
             build = partial(generator.build, current.context, node)
             outputs.append((generator.type_url, self._output(generator.name, key, build)))
-        made_of = tuple(o for _, o in outputs)
+        made_of = tuple(outputs)
         known = self._own.get(node.id)
-        if known is None or not _same_outputs(known.outputs, made_of):
+        if known is None or not _same_outputs(
+            [o for _, o in known.outputs], [o for _, o in made_of]
+        ):
             grouped: dict[str, list[Resource]] = {}
             for type_url, output in outputs:
                 grouped.setdefault(type_url, []).extend(output.resources)
@@ -548,12 +589,31 @@ class SnapshotCache(Generic[Context]):
             return entry.output
         self._misses[name] += 1
         type_url = self._type_of[name]
-        output = _Output(tuple(self._packing.pack(type_url, m) for m in build()))
+        resources = tuple(self._packing.pack(type_url, m) for m in build())
+        if entry is not None and _same_resources(entry.output.resources, resources):
+            # Rebuilt to the very same resources (an EDS cluster whose endpoints changed):
+            # the old output object, so nothing after this sees a change.
+            output = entry.output
+        else:
+            output = _Output(resources)
         kept[subject] = _Kept(tokens, output, self.generation)
         return output
 
 
+_EMPTY_TYPE: Mapping[str, Resource] = MappingProxyType({})
+
+
 def _same_outputs(old: Sequence[_Output], new: Sequence[_Output]) -> bool:
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
+
+
+def _same_resources(old: Sequence[Resource], new: Sequence[Resource]) -> bool:
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
+
+
+def _same_mappings(
+    old: Sequence[Mapping[str, Resource] | None], new: Sequence[Mapping[str, Resource] | None]
+) -> bool:
     return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 

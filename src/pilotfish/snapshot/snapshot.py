@@ -342,8 +342,17 @@ class Snapshot:
         return (*shared, *sorted(own))
 
 
-def layered_snapshot(shared: Layer, own: Layer, memo: ChangeMemo | None = None) -> Snapshot:
-    """A proxy's snapshot: the shared layer with its own resources over it."""
+def layered_snapshot(
+    shared: Layer,
+    own: Layer,
+    memo: ChangeMemo | None = None,
+    own_dangling: Sequence[Dangling] | None = None,
+) -> Snapshot:
+    """A proxy's snapshot: the shared layer with its own resources over it.
+
+    ``own_dangling``, when the caller already knows it, is what the own layer's resources
+    reference and neither layer has.
+    """
     by_type: dict[str, Mapping[str, Resource]] = {}
     duplicates = [*shared.duplicates, *own.duplicates]
     type_versions: dict[str, str] = {}
@@ -370,7 +379,7 @@ def layered_snapshot(shared: Layer, own: Layer, memo: ChangeMemo | None = None) 
         for d in shared.dangling
         if d[1] not in own.by_type.get(d[0], _EMPTY) and d[3] not in by_type.get(d[2], _EMPTY)
     ]
-    dangling.extend(find_dangling(own.by_type, by_type))
+    dangling.extend(find_dangling(own.by_type, by_type) if own_dangling is None else own_dangling)
     return Snapshot(
         version=_short_hash(f"{shared.digest}\0{own.digest}".encode()),
         resources=MappingProxyType(by_type),

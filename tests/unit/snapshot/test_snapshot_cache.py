@@ -155,3 +155,28 @@ def test_a_generator_that_raises_costs_only_its_proxy_and_is_reported() -> None:
     assert cache.snapshot_for(B) is None
     assert "boom" in cache.problems["b-0"][0]
     assert "a-0" not in cache.problems
+
+
+def test_a_proxys_dangling_reference_is_checked_again_when_the_shared_layer_changes() -> None:
+    from envoy.config.route.v3 import route_pb2
+
+    def routes(_context: MeshView, _node: ProxyNode) -> Sequence[Message]:
+        config = route_pb2.RouteConfiguration(name="outbound")
+        config.virtual_hosts.add(name="all", domains=["*"]).routes.add().route.cluster = "y"
+        return (config,)
+
+    cache = SnapshotCache(
+        (*GENERATORS, NodeGenerator("routes", type_urls.ROUTE, frozenset(), routes)),
+        lambda v: v,
+    )
+    config = MeshConfig()
+    cache.publish(view(config, ["x"]))
+    assert cache.snapshot_for(A) is None
+    assert "references cluster 'y', which does not exist" in cache.problems["a-0"][0]
+    cache.publish(view(config, ["x", "y"]))  # the cluster appears in the shared layer
+    snapshot = cache.snapshot_for(A)
+    assert snapshot is not None
+    assert cache.problems == {}
+    cache.publish(view(config, ["x"]))  # and goes again
+    assert cache.snapshot_for(A) is snapshot  # the last good one
+    assert "which does not exist" in cache.problems["a-0"][0]
