@@ -259,6 +259,7 @@ class _Missing:
     checked against (a proxy's routes name a thousand clusters: checked once per group of
     proxies and per change of the clusters, not once per proxy and generation)."""
 
+    wanted: tuple[str, ...]  # the types the output's resources reference
     against: tuple[Mapping[str, Resource] | None, ...]
     dangling: tuple[Dangling, ...]
 
@@ -430,9 +431,13 @@ class SnapshotCache(Generic[Context]):
         ]
 
     def _missing_from(self, type_url: str, output: _Output, shared: Layer) -> tuple[Dangling, ...]:
-        wanted = sorted({t for r in output.resources for t, _ in r.references})
-        against = tuple(shared.by_type.get(t) for t in wanted)
         known = self._missing.get(output)
+        wanted = (
+            known.wanted
+            if known is not None
+            else tuple(sorted({t for r in output.resources for t, _ in r.references}))
+        )
+        against = tuple(shared.by_type.get(t) for t in wanted)
         if known is not None and _same_mappings(known.against, against):
             return known.dangling
         found = tuple(
@@ -441,7 +446,7 @@ class SnapshotCache(Generic[Context]):
             for wanted_type, wanted_name in resource.references
             if wanted_name not in shared.by_type.get(wanted_type, _EMPTY_TYPE)
         )
-        self._missing[output] = _Missing(against, found)
+        self._missing[output] = _Missing(wanted, against, found)
         return found
 
     # --- the shared layer of a kind ------------------------------------------------------------
