@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.child_process import LineSink, ProcessStartError, describe_exit
 from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyProcess
+from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
 
 log = logging.getLogger(__name__)
@@ -252,11 +253,12 @@ class Sidecar:
         restart_policy: RestartPolicy | None = None,
         name: str | None = None,
         process_factory: Callable[[], SupervisedEnvoy] | None = None,
+        keepalive: XdsKeepalive | None = None,
     ) -> None:
         self.node = node
         self.name = name or node.id
         self.bootstrap: dict[str, Any] = build_bootstrap(
-            node, xds_address=xds_address, admin_port=admin_port, delta=delta
+            node, xds_address=xds_address, admin_port=admin_port, delta=delta, keepalive=keepalive
         )
         options = options or EnvoyOptions()
         if log_level is not None:

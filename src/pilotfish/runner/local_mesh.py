@@ -95,6 +95,8 @@ class LocalMesh:
             delta=self.settings.delta,
             log_level=self.settings.envoy_log_level,
             on_line=prefixed_printer(f"{name} envoy"),
+            # The policy the xDS server was started with: both ends must agree on it.
+            keepalive=self.control_plane.settings.keepalive,
         )
 
     async def _reconcile_on_changes(self) -> None:
