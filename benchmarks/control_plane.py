@@ -43,6 +43,7 @@ from bench_report import (
     peak_rss_mb,
     percentile,
     pin_to_cpu,
+    rss_mb,
     terminate_on_sigterm,
     write_results,
 )
@@ -374,6 +375,7 @@ async def serve_scale(
                     {
                         "cpu_s": cpu_seconds(os.getpid()),
                         "peak_rss_mb": peak_rss_mb(os.getpid()),
+                        "rss_mb": rss_mb(os.getpid()),
                     }
                 )
             elif command["op"] == "quit":
@@ -546,6 +548,7 @@ class ScaleRun:
     server_cpu_per_change_s: list[float] = field(default_factory=list)
     server_cpu_total_s: float | None = None
     server_peak_rss_mb: float | None = None
+    server_rss_mb: float | None = None
     failed_clients: int = 0
     note: str = ""
 
@@ -684,6 +687,7 @@ async def bench_scale(
         stats = await control_plane.ask({"op": "stats"})
         run.server_cpu_total_s = float(stats["cpu_s"]) - cpu_start
         run.server_peak_rss_mb = float(stats["peak_rss_mb"])
+        run.server_rss_mb = float(stats["rss_mb"])
         run.failed_clients = sum(1 for p in proxies if p.error)
         return run
     finally:
@@ -740,6 +744,7 @@ def scale_table(runs: Sequence[ScaleRun]) -> str:
                 cpu_per_change * 1000 / run.clients,
                 run.server_cpu_total_s if run.server_cpu_total_s is not None else float("nan"),
                 f"{run.server_peak_rss_mb or float('nan'):.0f} vs < {TARGET_RSS_MB:.0f}",
+                run.server_rss_mb if run.server_rss_mb is not None else float("nan"),
                 run.connect_sync_s if run.connect_sync_s is not None else float("nan"),
             ]
         )
@@ -757,6 +762,7 @@ def scale_table(runs: Sequence[ScaleRun]) -> str:
             "us/change/client",
             "CP CPU s total",
             "CP peak RSS MB vs target",
+            "RSS MB at end",
             "connect+sync s",
         ],
         rows,

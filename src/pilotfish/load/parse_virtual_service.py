@@ -585,27 +585,10 @@ def _route_destination(reader: FieldReader, value: object, path: str) -> RouteDe
     # not sum to 100.
     weight = reader.integer(fields, "weight", path, minimum=0, maximum=MAX_WEIGHT)
     headers = _headers(reader, fields, path)
-    destination_fields = reader.child_mapping(
-        fields, "destination", path, ("host", "subset", "port"), required=True
-    )
-    if destination_fields is None:
+    destination = _destination(reader, fields, "destination", path)
+    if destination is None:
         return None
-    destination_path = join_path(path, "destination")
-    host = reader.string(destination_fields, "host", destination_path, required=True)
-    subset = reader.string(destination_fields, "subset", destination_path)
-    port_fields = reader.child_mapping(destination_fields, "port", destination_path, ("number",))
-    port = None
-    if port_fields is not None:
-        port = reader.port(
-            port_fields, "number", join_path(destination_path, "port"), required=True
-        )
-    if host is None:
-        return None
-    routed = RouteDestination(
-        destination=Destination(host=host, subset=subset, port=port),
-        weight=weight,
-        headers=headers,
-    )
+    routed = RouteDestination(destination=destination, weight=weight, headers=headers)
     return reader.paths.remember(routed, path)
 
 
