@@ -825,7 +825,7 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
         results["real_envoys"] = [vars(run) for run in envoy_runs]
         sections.append(
             "Change -> every Envoy ACKed (ProxyStatusBoard, in-process control plane; "
-            "includes the controller's debounce; YAML edits include the 0.2 s folder poll)\n"
+            "includes the controller's debounce; YAML edits include the folder watcher)\n"
             + envoy_table(envoy_runs)
         )
         print(sections[-1], flush=True)
