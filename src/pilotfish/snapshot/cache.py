@@ -494,7 +494,6 @@ class SnapshotCache(Generic[Context]):
             candidates = tokens.changed_hosts  # what changed since the view it is up to date with
         else:
             candidates = services
-        self._synced[generator.name] = current.number
         looked_at = 0
         for hostname in candidates:
             service = services.get(hostname)
@@ -502,6 +501,8 @@ class SnapshotCache(Generic[Context]):
                 looked_at += 1
                 build = partial(generator.build, current.context, service)
                 self._output(generator.name, hostname, build, hostname)
+        # Only once every service is done: after a failure, the next try looks again.
+        self._synced[generator.name] = current.number
         self._hits[generator.name] += len(services) - looked_at
         return ((hostname, kept[hostname].output) for hostname in sorted(services))
 

@@ -180,3 +180,25 @@ def test_a_proxys_dangling_reference_is_checked_again_when_the_shared_layer_chan
     cache.publish(view(config, ["x"]))  # and goes again
     assert cache.snapshot_for(A) is snapshot  # the last good one
     assert "which does not exist" in cache.problems["a-0"][0]
+
+
+def test_a_service_whose_build_failed_is_built_again_on_the_next_try() -> None:
+    failing = {"y"}
+
+    def flaky(context: MeshView, service: Service) -> Sequence[Message]:
+        if service.hostname in failing:
+            raise RuntimeError(f"cannot build {service.hostname}")
+        return assignments(context, service)
+
+    cache = SnapshotCache(
+        (ServiceGenerator("assignments", type_urls.ENDPOINT, frozenset(), flaky),), lambda v: v
+    )
+    config = MeshConfig()
+    cache.publish(view(config, ["x", "y"]))
+    assert cache.snapshot_for(A) is None
+    failing.clear()
+    assert cache.snapshot_for(B) is not None  # same generation, another proxy: tried again
+    cache.publish(view(config, ["x", "y"]))  # nothing changed, and y is there
+    snapshot = cache.snapshot_for(A)
+    assert snapshot is not None
+    assert set(snapshot.of_type(type_urls.ENDPOINT)) == {"x", "y"}
