@@ -59,7 +59,9 @@ class MeshController:
         self._config: ConfigRegistry | None = None
         self._registries = tuple(registries)
         self._cache = cache if cache is not None else new_snapshot_cache()
-        self._changed = asyncio.Condition()
+        # Set (and replaced) on every publish. An event, not a condition: hundreds of waiting
+        # streams wake at once instead of taking a lock one after the other.
+        self._changed = asyncio.Event()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
         self._problems_seen: object = None
@@ -113,9 +115,9 @@ class MeshController:
         return self._cache.generation
 
     async def wait_for_change(self, seen_generation: int) -> int:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.generation != seen_generation)
-            return self.generation
+        while self.generation == seen_generation:
+            await self._changed.wait()
+        return self.generation
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         """This generation's snapshot for ``node``; its last good one if this one is broken."""
@@ -144,11 +146,8 @@ class MeshController:
         number = self._cache.publish(build_view(self._config, registries=self._registries))
         self.status = replace(self.status, snapshot_problems=())
         log.info("published generation %d", number)
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def _schedule_publish(self) -> None:
         """Coalesce bursts (a folder save, a dozen replicas starting) into one push."""
