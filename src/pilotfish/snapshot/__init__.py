@@ -7,17 +7,15 @@ Pure: no gRPC, no asyncio. The xDS server reaches snapshots only through these t
 from __future__ import annotations
 
 from pilotfish.snapshot import type_urls
-from pilotfish.snapshot.cache import (
-    CacheStats,
+from pilotfish.snapshot.cache import CacheStats, GeneratorStats, SnapshotCache
+from pilotfish.snapshot.consistency import check_consistency
+from pilotfish.snapshot.generators import (
     Generator,
-    GeneratorStats,
     Input,
     MeshGenerator,
     NodeGenerator,
     ServiceGenerator,
-    SnapshotCache,
 )
-from pilotfish.snapshot.consistency import check_consistency
 from pilotfish.snapshot.snapshot import (
     ChangeMemo,
     Layer,

@@ -11,7 +11,6 @@ Pure: no gRPC, no asyncio. The xDS server reaches it through the controller's Sn
 
 from __future__ import annotations
 
-import enum
 import logging
 import weakref
 from collections import OrderedDict
@@ -24,9 +23,17 @@ from typing import Generic, TypeVar
 from google.protobuf.message import Message
 
 from pilotfish.model.proxy import ProxyKind, ProxyNode
-from pilotfish.model.services import MeshView, Service
+from pilotfish.model.services import MeshView
 from pilotfish.snapshot import type_urls
 from pilotfish.snapshot.consistency import check_consistency
+from pilotfish.snapshot.generators import (
+    Context,
+    Generator,
+    Input,
+    MeshGenerator,
+    NodeGenerator,
+    ServiceGenerator,
+)
 from pilotfish.snapshot.references import Reference
 from pilotfish.snapshot.snapshot import (
     ChangeMemo,
@@ -43,60 +50,7 @@ from pilotfish.snapshot.snapshot import (
 
 log = logging.getLogger("pilotfish.snapshot")
 
-Context = TypeVar("Context")
 _Remembered = TypeVar("_Remembered")
-
-
-class Input(enum.Enum):
-    """What a generator's output may depend on, besides the proxy (node generators) or the
-    service (service generators) it is built for."""
-
-    CONFIG = "config"  # the MeshConfig (a new object on every reload)
-    SERVICES = "services"  # the registry's set of services and their ports
-    ENDPOINTS = "endpoints"  # endpoints: of the service for service generators, else all
-
-
-ALL_KINDS: frozenset[ProxyKind] = frozenset({"sidecar", "gateway"})
-
-
-@dataclass(frozen=True)
-class MeshGenerator(Generic[Context]):
-    """Output shared by every proxy of ``kinds``, built from the whole view."""
-
-    name: str
-    type_url: str
-    depends_on: frozenset[Input]
-    build: Callable[[Context], Sequence[Message]]
-    kinds: frozenset[ProxyKind] = ALL_KINDS
-
-
-@dataclass(frozen=True)
-class ServiceGenerator(Generic[Context]):
-    """Output shared by every proxy of ``kinds``, built service by service: only services
-    whose inputs changed are built again."""
-
-    name: str
-    type_url: str
-    depends_on: frozenset[Input]
-    build: Callable[[Context, Service], Sequence[Message]]
-    kinds: frozenset[ProxyKind] = ALL_KINDS
-
-
-@dataclass(frozen=True)
-class NodeGenerator(Generic[Context]):
-    """Output of one proxy's own. ``node_key`` says what of the node the output depends on
-    (proxies with equal keys share one output, within the inputs of ``depends_on``); by
-    default, all of it."""
-
-    name: str
-    type_url: str
-    depends_on: frozenset[Input]
-    build: Callable[[Context, ProxyNode], Sequence[Message]]
-    kinds: frozenset[ProxyKind] = ALL_KINDS
-    node_key: Callable[[Context, ProxyNode], Hashable] | None = None
-
-
-Generator = MeshGenerator[Context] | ServiceGenerator[Context] | NodeGenerator[Context]
 
 
 @dataclass(frozen=True)
