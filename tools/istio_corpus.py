@@ -143,6 +143,11 @@ def _named(body: dict[str, object]) -> _Named:
             if isinstance(route, dict):
                 for destination in _list(route.get("route")):
                     _note_destination(named, destination)
+                # Mirrors name services too: ``mirror`` is a destination itself.
+                for mirror in _list(route.get("mirrors")):
+                    _note_destination(named, mirror)
+                if route.get("mirror") is not None:
+                    _note_destination(named, {"destination": route["mirror"]})
                 for gateway in _match_gateways(route):
                     named.gateways.add(gateway)
     return named
