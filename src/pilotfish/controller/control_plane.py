@@ -137,3 +137,4 @@ class ControlPlane:
                 await self._watch_task
         if self._server is not None:
             await self._server.stop(grace_seconds)
+        self.controller.close()

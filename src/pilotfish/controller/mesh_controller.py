@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pilotfish.discovery import ConfigRegistry, Registry, build_view, registry_services
+from pilotfish.errors import PilotfishError
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshConfig
@@ -66,8 +67,7 @@ class MeshController:
         self._publish_task: asyncio.Task[None] | None = None
         self._problems_seen: object = None
         self.status = ConfigStatus()
-        for registry in self._registries:
-            registry.subscribe(self._schedule_publish)
+        self._unsubscribe = [r.subscribe(self._schedule_publish) for r in self._registries]
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -149,10 +149,25 @@ class MeshController:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def close(self) -> None:
+        """Stop listening to the registries (they may outlive this controller)."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+
     def _schedule_publish(self) -> None:
         """Coalesce bursts (a folder save, a dozen replicas starting) into one push."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if self.generation == 0:
+                return  # set up before serving: the first publish reads every registry
+            raise PilotfishError(
+                "a registry changed outside the control plane's event loop; "
+                "change registries from the loop that runs it"
+            ) from None
         if self._publish_task is None or self._publish_task.done():
-            self._publish_task = asyncio.get_running_loop().create_task(self._publish_after_quiet())
+            self._publish_task = loop.create_task(self._publish_after_quiet())
 
     async def _publish_after_quiet(self) -> None:
         await asyncio.sleep(self._debounce_seconds)

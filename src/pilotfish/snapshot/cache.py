@@ -227,6 +227,13 @@ class _Generation(Generic[Context]):
     # Per node id: the node as it last asked, and its snapshot (None: it failed its check).
     snapshots: dict[str, tuple[ProxyNode, Snapshot | None]] = field(default_factory=dict)
     problems: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Kinds whose shared layer failed to build in this generation, with why: every proxy of
+    # the kind gets that problem at once instead of building (and logging) it again.
+    failed: dict[ProxyKind, str] = field(default_factory=dict)
+
+
+class _SharedLayerFailed(Exception):
+    """The shared layer of a kind could not be built this generation (already logged)."""
 
 
 class SnapshotCache(Generic[Context]):
@@ -352,6 +359,9 @@ class SnapshotCache(Generic[Context]):
             snapshot: Snapshot | None = self._assemble(current, node)
             assert snapshot is not None
             problems = check_consistency(snapshot)
+        except _SharedLayerFailed as failed:
+            problems = [str(failed)]
+            snapshot = None
         except Exception as exc:  # one proxy's failure must not take down the others
             log.exception("translation failed for %s", node.id)
             problems = [f"translation failed: {exc!r}"]
@@ -409,6 +419,17 @@ class SnapshotCache(Generic[Context]):
         known = current.shared.get(kind)
         if known is not None:
             return known[0]
+        failure = current.failed.get(kind)
+        if failure is not None:
+            raise _SharedLayerFailed(failure)
+        try:
+            return self._build_shared_layer(current, kind)
+        except Exception as exc:
+            log.exception("the shared layer of every %s failed to build", kind)
+            current.failed[kind] = f"translation failed: {exc!r}"
+            raise _SharedLayerFailed(current.failed[kind]) from exc
+
+    def _build_shared_layer(self, current: _Generation[Context], kind: ProxyKind) -> Layer:
         slots: dict[str, dict[Slot, _Output]] = {}
         for generator in self._generators:
             if kind not in generator.kinds:

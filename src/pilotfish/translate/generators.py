@@ -101,7 +101,7 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     NodeGenerator(
         "sidecar-listeners",
         type_urls.LISTENER,
-        _CONFIG,
+        frozenset(),  # the node alone (its ports); no config is read
         lambda _context, node: build_sidecar_listeners(node),
         SIDECAR,
     ),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from pilotfish.errors import PilotfishError
@@ -174,7 +174,11 @@ class _Subscribers:
             s.snapshot_applied(self.stream, generation)
 
 
-class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class AggregatedDiscoveryServicer:
+    """ADS over SotW and Delta. It writes responses already serialized, so register it with
+    ``ads_method_handlers`` (as ``start_xds_server`` does), not with grpc's generated
+    ``add_AggregatedDiscoveryServiceServicer_to_server``, whose serializer expects messages."""
+
     def __init__(self, source: SnapshotSource, subscribers: Sequence[XdsCallbacks] = ()) -> None:
         self._source = source
         self._subscribers = tuple(subscribers)

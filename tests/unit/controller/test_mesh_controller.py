@@ -9,6 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import InMemoryRegistry
+from pilotfish.errors import PilotfishError
 from pilotfish.load import load_text
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
@@ -242,3 +243,32 @@ spec:
     assert [
         e.endpoint.address.socket_address.port_value for e in assignment.endpoints[0].lb_endpoints
     ] == [7555]
+
+
+def test_registries_set_up_before_serving_and_a_closed_controller() -> None:
+    replicas = InMemoryRegistry()
+    controller = MeshController([replicas])
+    replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))  # before any loop: read at first publish
+    controller.close()
+
+    async def publish_then_change() -> bool:
+        controller.apply_config(config(), ())
+        controller.publish_now()
+        replicas.set_endpoint(HOSTNAME, "b", endpoint(7002))
+        return controller.publish_pending
+
+    assert asyncio.run(publish_then_change()) is False  # closed: the change schedules nothing
+    assert endpoint_ports(controller) == [7001]  # set before serving, read by the first publish
+
+
+def test_a_registry_changed_outside_the_running_loop_is_a_clear_error() -> None:
+    replicas = InMemoryRegistry()
+    controller = MeshController([replicas])
+
+    async def serve() -> None:
+        controller.apply_config(config(), ())
+        controller.publish_now()
+
+    asyncio.run(serve())
+    with pytest.raises(PilotfishError, match="outside the control plane's event loop"):
+        replicas.set_endpoint(HOSTNAME, "a", endpoint(7001))

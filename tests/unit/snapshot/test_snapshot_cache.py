@@ -182,10 +182,12 @@ def test_a_proxys_dangling_reference_is_checked_again_when_the_shared_layer_chan
     assert "which does not exist" in cache.problems["a-0"][0]
 
 
-def test_a_service_whose_build_failed_is_built_again_on_the_next_try() -> None:
+def test_a_failed_shared_build_costs_one_try_per_generation_and_is_tried_again_next() -> None:
     failing = {"y"}
+    tries: list[str] = []
 
     def flaky(context: MeshView, service: Service) -> Sequence[Message]:
+        tries.append(service.hostname)
         if service.hostname in failing:
             raise RuntimeError(f"cannot build {service.hostname}")
         return assignments(context, service)
@@ -196,9 +198,13 @@ def test_a_service_whose_build_failed_is_built_again_on_the_next_try() -> None:
     config = MeshConfig()
     cache.publish(view(config, ["x", "y"]))
     assert cache.snapshot_for(A) is None
+    assert cache.snapshot_for(B) is None  # the same failure, not a second build
+    assert tries.count("y") == 1
+    assert "cannot build y" in cache.problems["a-0"][0]
+    assert cache.problems["b-0"] == cache.problems["a-0"]
+
     failing.clear()
-    assert cache.snapshot_for(B) is not None  # same generation, another proxy: tried again
-    cache.publish(view(config, ["x", "y"]))  # nothing changed, and y is there
+    cache.publish(view(config, ["x", "y"]))  # nothing changed, but y is tried again
     snapshot = cache.snapshot_for(A)
     assert snapshot is not None
     assert set(snapshot.of_type(type_urls.ENDPOINT)) == {"x", "y"}

@@ -118,7 +118,6 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         "outbound-clusters": 3,
         "load-assignments": 3,
         "outbound-routes": 1,
-        "sidecar-listeners": 1,
     }
     assert versions(snapshot) == fresh(view, SIDECAR)
 
