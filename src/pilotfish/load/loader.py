@@ -21,6 +21,7 @@ from pilotfish.model.resources import (
     DestinationRule,
     Gateway,
     MeshConfig,
+    MeshSettings,
     ServiceEntry,
     VirtualService,
     Workload,
@@ -110,6 +111,7 @@ class _Collector:
 
     def result(self, known_services: Mapping[str, Service] | None = None) -> LoadResult:
         config = _mesh_config(self.resources)
+        self.diagnostics.extend(_extra_mesh_configs(self.resources))
         try:
             self.diagnostics.extend(
                 validate_mesh(config, self.paths, known_services, complete=self.complete)
@@ -215,7 +217,21 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
         workloads=tuple(r for r in resources if isinstance(r, Workload)),
+        # More than one is an error (see validate); the first one counts meanwhile.
+        mesh=next((r for r in resources if isinstance(r, MeshSettings)), MeshSettings()),
     )
+
+
+def _extra_mesh_configs(resources: Iterable[Resource]) -> Iterable[Diagnostic]:
+    """A folder is one mesh: a second MeshConfig would silently lose to the first."""
+    found = [r.meta for r in resources if isinstance(r, MeshSettings) and r.meta is not None]
+    for meta in found[1:]:
+        line, col = found[0].source.locate("metadata.name")
+        yield meta.source.diagnostic(
+            "metadata.name",
+            f"a folder has at most one MeshConfig; {found[0].name!r} is already at "
+            f"{found[0].source.file}:{line}:{col}",
+        )
 
 
 def format_diagnostics(diagnostics: Iterable[Diagnostic]) -> str:

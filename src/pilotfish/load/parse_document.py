@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pilotfish.load import (
     parse_destination_rule,
     parse_gateway,
+    parse_mesh_config,
     parse_service_entry,
     parse_virtual_service,
     parse_workload,
@@ -20,6 +21,7 @@ from pilotfish.model.resources import (
     DEFAULT_NAMESPACE,
     DestinationRule,
     Gateway,
+    MeshSettings,
     Meta,
     ServiceEntry,
     VirtualService,
@@ -27,15 +29,31 @@ from pilotfish.model.resources import (
     WorkloadEntry,
 )
 
-Resource = VirtualService | DestinationRule | Gateway | ServiceEntry | WorkloadEntry | Workload
+Resource = (
+    VirtualService
+    | DestinationRule
+    | Gateway
+    | ServiceEntry
+    | WorkloadEntry
+    | Workload
+    | MeshSettings
+)
 
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 PILOTFISH = "pilotfish.io"
 PILOTFISH_VERSIONS = ("v1alpha1",)
+ISTIO_SECURITY = "security.istio.io"
+ISTIO_SECURITY_VERSIONS = ("v1", "v1beta1")
 # Whole API groups we mean to support later: every kind in them gets "not supported yet".
-GROUPS_NOT_SUPPORTED_YET = ("security.istio.io", "gateway.networking.k8s.io")
+GROUPS_NOT_SUPPORTED_YET = ("gateway.networking.k8s.io",)
 ISTIO_NETWORKING_NOT_SUPPORTED_YET = ("Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig")
+# Each leaves this list when its parser joins _SECURITY_KINDS.
+ISTIO_SECURITY_NOT_SUPPORTED_YET = (
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+)
 
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -89,8 +107,11 @@ _ISTIO_KINDS: dict[str, _Kind] = {
         lambda r, s, m, _d: parse_service_entry.parse_workload_entry(r, s, m),
     ),
 }
+# PeerAuthentication, AuthorizationPolicy, RequestAuthentication: one entry each.
+_SECURITY_KINDS: dict[str, _Kind] = {}
 _PILOTFISH_KINDS: dict[str, _Kind] = {
     "Workload": _Kind(parse_workload.SPEC_FIELDS, (), parse_workload.parse_workload),
+    "MeshConfig": _Kind(parse_mesh_config.SPEC_FIELDS, (), parse_mesh_config.parse_mesh_config),
 }
 
 
@@ -133,7 +154,23 @@ def _resolve_kind(reader: FieldReader, body: Fields) -> tuple[str, _Kind] | None
     group, _, version = api_version.rpartition("/")
     if group == ISTIO_NETWORKING:
         return _versioned_kind(
-            reader, kind, version, _ISTIO_KINDS, ISTIO_NETWORKING_VERSIONS, api_version
+            reader,
+            kind,
+            version,
+            _ISTIO_KINDS,
+            ISTIO_NETWORKING_VERSIONS,
+            api_version,
+            ISTIO_NETWORKING_NOT_SUPPORTED_YET,
+        )
+    if group == ISTIO_SECURITY:
+        return _versioned_kind(
+            reader,
+            kind,
+            version,
+            _SECURITY_KINDS,
+            ISTIO_SECURITY_VERSIONS,
+            api_version,
+            ISTIO_SECURITY_NOT_SUPPORTED_YET,
         )
     if group == PILOTFISH:
         return _versioned_kind(
@@ -153,8 +190,9 @@ def _versioned_kind(
     kinds: dict[str, _Kind],
     versions: tuple[str, ...],
     api_version: str,
+    not_supported_yet: tuple[str, ...] = (),
 ) -> tuple[str, _Kind] | None:
-    if kind in ISTIO_NETWORKING_NOT_SUPPORTED_YET and kinds is _ISTIO_KINDS:
+    if kind in not_supported_yet:
         reader.error("kind", f"{api_version} {kind} is not supported yet")
         return None
     schema = kinds.get(kind)

@@ -13,19 +13,31 @@ Example::
       replicas: 2               # default 1
       command: [python3, reviews.py]   # run from the folder holding this file
       env: {STARS: "red"}
+      serviceAccount: reviews   # identity spiffe://<trustDomain>/ns/<namespace>/sa/reviews
+                                # (default "default", as in Istio)
 """
 
 from __future__ import annotations
 
 import re
 
-from pilotfish.load.dns_names import DNS_LABEL
+from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN
 from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.parse_protocols import read_protocol
 from pilotfish.load.yaml_source import join_path
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT
 from pilotfish.model.resources import Meta, Workload
 
-SPEC_FIELDS = ("service", "port", "protocol", "labels", "replicas", "command", "env")
+SPEC_FIELDS = (
+    "service",
+    "port",
+    "protocol",
+    "labels",
+    "replicas",
+    "command",
+    "env",
+    "serviceAccount",
+)
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The runner sets these for every replica; a value in the YAML would be overwritten.
@@ -50,6 +62,13 @@ def parse_workload(
     replicas = reader.integer(spec, "replicas", "spec", minimum=1, maximum=MAX_REPLICAS)
     command = _command(reader, spec)
     env = reader.string_map(spec, "env", "spec")
+    service_account = reader.string(spec, "serviceAccount", "spec")
+    if service_account is not None and DNS_SUBDOMAIN.fullmatch(service_account) is None:
+        reader.error(
+            "spec.serviceAccount",
+            f'"{service_account}" is not a service account name (lower-case DNS subdomain)',
+        )
+        service_account = None
     for name in env:
         env_path = join_path("spec.env", name)
         if ENV_NAME.fullmatch(name) is None:
@@ -68,6 +87,7 @@ def parse_workload(
         replicas=1 if replicas is None else replicas,
         env=env,
         directory=directory,
+        service_account=service_account or DEFAULT_SERVICE_ACCOUNT,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, get_args
 
 from pilotfish.errors import PilotfishError
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, Identity
 from pilotfish.model.resources import Protocol
 
 ProxyKind = Literal["sidecar", "gateway"]
@@ -34,6 +35,11 @@ class ProxyNode:
     inbound_port: int | None = None
     app_port: int | None = None
     app_protocol: Protocol = "HTTP"
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    """With ``namespace`` and the mesh's trust domain, the proxy's SPIFFE identity."""
+
+    def identity(self, trust_domain: str) -> Identity:
+        return Identity(trust_domain, self.namespace, self.service_account)
 
     def to_metadata(self) -> dict[str, object]:
         """The Node.metadata the agent writes into Envoy's bootstrap."""
@@ -43,6 +49,7 @@ class ProxyNode:
             "LABELS": dict(self.labels),
             "BIND_ADDRESS": self.bind_address,
             "APP_PROTOCOL": self.app_protocol,
+            "SERVICE_ACCOUNT": self.service_account,
         }
         optional: dict[str, object | None] = {
             "SERVICE": self.service,
@@ -71,6 +78,7 @@ class ProxyNode:
             inbound_port=reader.port("INBOUND_PORT"),
             app_port=reader.port("APP_PORT"),
             app_protocol=reader.choice("APP_PROTOCOL", PROTOCOLS, "HTTP"),
+            service_account=reader.string("SERVICE_ACCOUNT") or DEFAULT_SERVICE_ACCOUNT,
         )
 
 

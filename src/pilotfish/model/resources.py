@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pilotfish.model.diagnostics import SourceMap
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
 # Istio retries twice when a route sets no retry policy, or one without ``attempts``.
 ISTIO_DEFAULT_RETRY_ATTEMPTS = 2
+# istio-agent asks for 24 h workload certificates; istiod's self-signed root lives 10 years.
+DEFAULT_WORKLOAD_TTL_SECONDS = 24 * 3600.0
+MIN_WORKLOAD_TTL_SECONDS = 60.0
+DEFAULT_ROOT_TTL_SECONDS = 10 * 365 * 24 * 3600.0
 
 MatchKind = Literal["exact", "prefix", "regex"]
 Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP"]
@@ -343,6 +348,41 @@ class Workload:
     replicas: int = 1
     env: Mapping[str, str] = field(default_factory=dict)
     directory: str = "."
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+
+
+# --- pilotfish.io/v1alpha1 MeshConfig -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluggedCertificateAuthority:
+    """Istio's "plug in CA certificates": the CA signs with this key and chain (file paths,
+    relative to the folder of the MeshConfig file already resolved)."""
+
+    cert_chain: str
+    private_key: str
+    root_cert: str
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    workload_ttl: float = DEFAULT_WORKLOAD_TTL_SECONDS
+    """Lifetime of workload certificates; the agent rotates at half of it."""
+    root_ttl: float = DEFAULT_ROOT_TTL_SECONDS
+    """Lifetime of the self-signed root the CA makes on first start."""
+    plugged: PluggedCertificateAuthority | None = None
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """The folder's one ``pilotfish.io/v1alpha1`` MeshConfig (defaults when there is none).
+
+    Field names follow Istio's MeshConfig where it has them (``trustDomain``).
+    """
+
+    meta: Meta | None = None
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    certificates: CertificateSettings = field(default_factory=CertificateSettings)
 
 
 @dataclass(frozen=True)
@@ -355,6 +395,7 @@ class MeshConfig:
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
     workloads: tuple[Workload, ...] = ()
+    mesh: MeshSettings = field(default_factory=MeshSettings)
 
 
 def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:

@@ -26,7 +26,11 @@ from pilotfish.snapshot import (
 from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import build_service_load_assignments
-from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
+from pilotfish.translate.listeners import (
+    build_gateway_listeners,
+    build_inbound_listener,
+    build_outbound_listener,
+)
 from pilotfish.translate.routes import (
     VirtualServiceRoutes,
     build_gateway_route_configs,
@@ -63,9 +67,12 @@ def _load_assignments(context: TranslationContext, service: Service) -> tuple[Me
     return build_service_load_assignments(context.view, service, context.destinations)
 
 
+def _present(resource: Message | None) -> tuple[Message, ...]:
+    return (resource,) if resource is not None else ()
+
+
 def _inbound_cluster(_context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
-    cluster = build_inbound_cluster(node)
-    return (cluster,) if cluster is not None else ()
+    return _present(build_inbound_cluster(node))
 
 
 def _outbound_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
@@ -99,10 +106,17 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         "load-assignments", type_urls.ENDPOINT, _CONFIG_AND_ENDPOINTS, _load_assignments
     ),
     NodeGenerator(
-        "sidecar-listeners",
+        "outbound-listener",
         type_urls.LISTENER,
         frozenset(),  # the node alone (its ports); no config is read
-        lambda _context, node: build_sidecar_listeners(node),
+        lambda _context, node: _present(build_outbound_listener(node)),
+        SIDECAR,
+    ),
+    NodeGenerator(
+        "inbound-listener",
+        type_urls.LISTENER,
+        _CONFIG,  # the policies on the app's side: mTLS modes, authorization
+        lambda context, node: _present(build_inbound_listener(context.view, node)),
         SIDECAR,
     ),
     NodeGenerator(

@@ -110,32 +110,33 @@ def inbound_route_config(app_port: int) -> route_pb2.RouteConfiguration:
     )
 
 
-def build_sidecar_listeners(node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
-    """``outbound`` and ``inbound`` for a sidecar (each only if its port is known)."""
-    if node.kind != "sidecar":
-        return ()
-    listeners: list[listener_pb2.Listener] = []
-    if node.outbound_port is not None:
-        listeners.append(
-            http_listener(
-                OUTBOUND_LISTENER,
-                node.bind_address,
-                node.outbound_port,
-                http_connection_manager(OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG),
-            )
-        )
-    if node.inbound_port is not None and node.app_port is not None:
-        listeners.append(
-            http_listener(
-                INBOUND_LISTENER,
-                node.bind_address,
-                node.inbound_port,
-                http_connection_manager(
-                    INBOUND_LISTENER, route_config=inbound_route_config(node.app_port)
-                ),
-            )
-        )
-    return tuple(listeners)
+def build_outbound_listener(node: ProxyNode) -> listener_pb2.Listener | None:
+    """A sidecar's ``outbound``: the HTTP proxy its app sends to (None without the port)."""
+    if node.kind != "sidecar" or node.outbound_port is None:
+        return None
+    return http_listener(
+        OUTBOUND_LISTENER,
+        node.bind_address,
+        node.outbound_port,
+        http_connection_manager(OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG),
+    )
+
+
+def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
+    """A sidecar's ``inbound``: mesh traffic for its app (None without the ports).
+
+    ``view`` is where the policies that apply to the app's side come from (mTLS,
+    authorization); the listener's generator depends on the config for that reason.
+    """
+    del view  # read by the security policies that act on inbound traffic
+    if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
+        return None
+    return http_listener(
+        INBOUND_LISTENER,
+        node.bind_address,
+        node.inbound_port,
+        http_connection_manager(INBOUND_LISTENER, route_config=inbound_route_config(node.app_port)),
+    )
 
 
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:

@@ -118,6 +118,7 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         "outbound-clusters": 3,
         "load-assignments": 3,
         "outbound-routes": 1,
+        "inbound-listener": 1,
     }
     assert versions(snapshot) == fresh(view, SIDECAR)
 
@@ -143,7 +144,11 @@ def test_proxies_of_a_kind_share_one_layer_and_build_only_their_own() -> None:
     before = misses(cache)
     other = ProxyNode(id="api-0", service="api", outbound_port=4, inbound_port=5, app_port=6)
     two = cache.snapshot_for(other)
-    assert built_since(cache, before) == {"inbound-cluster": 1, "sidecar-listeners": 1}
+    assert built_since(cache, before) == {
+        "inbound-cluster": 1,
+        "outbound-listener": 1,
+        "inbound-listener": 1,
+    }
     assert one is not None and two is not None
     route = type_urls.ROUTE
     assert one.of_type(route)["outbound"] is two.of_type(route)["outbound"]  # one output

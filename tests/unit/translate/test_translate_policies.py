@@ -25,7 +25,11 @@ from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.clusters import build_outbound_clusters, lb_policy_for
 from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Unroutable
 from pilotfish.translate.endpoints import build_load_assignments
-from pilotfish.translate.listeners import build_gateway_listeners, build_sidecar_listeners
+from pilotfish.translate.listeners import (
+    build_gateway_listeners,
+    build_inbound_listener,
+    build_outbound_listener,
+)
 from pilotfish.translate.routes import build_outbound_route_config, retry_policy
 
 
@@ -126,16 +130,17 @@ def test_gateways_get_no_sidecar_listeners_and_sidecars_no_gateway_ones(
     gateway = ProxyNode("gw", kind="gateway", labels={"istio": "ingressgateway"})
     sidecar = ProxyNode("s", outbound_port=1, inbound_port=2, app_port=3)
 
-    assert build_sidecar_listeners(gateway) == ()
+    assert build_outbound_listener(gateway) is None
+    assert build_inbound_listener(gateway_view, gateway) is None
     assert build_gateway_listeners(gateway_view, sidecar) == ()
     assert [listener.name for listener in build_gateway_listeners(gateway_view, gateway)] == [
         "gateway_8000",
         "gateway_8001",
     ]
-    assert [listener.name for listener in build_sidecar_listeners(sidecar)] == [
-        "outbound",
-        "inbound",
-    ]
+    outbound = build_outbound_listener(sidecar)
+    inbound = build_inbound_listener(gateway_view, sidecar)
+    assert outbound is not None and outbound.name == "outbound"
+    assert inbound is not None and inbound.name == "inbound"
 
 
 def test_gateway_selector_must_match_the_node_labels(gateway_view: MeshView) -> None:
