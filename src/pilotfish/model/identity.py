@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_SERVICE_ACCOUNT = "default"
-# Istio's ingress gateway runs as this account in istio-system; ours has its own name.
-GATEWAY_NAMESPACE = "istio-system"
+# Istio's ingress gateway has its own account (istio-ingressgateway-service-account); ours
+# runs in the default namespace under this one.
 GATEWAY_SERVICE_ACCOUNT = "pilotfish-ingressgateway"
 
 # What Envoy asks its agent for over SDS, as istio-agent names them.

@@ -44,6 +44,10 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int = 1
     name: str = ""
+    service_account: str | None = None
+    """Set when a sidecar serves this endpoint (the ``pilotfish up`` replicas): callers then
+    speak mTLS to it and expect this account's identity. None: plaintext, as to a
+    ServiceEntry host or a WorkloadEntry without a sidecar."""
 
 
 @dataclass(frozen=True)

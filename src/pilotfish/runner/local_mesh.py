@@ -22,6 +22,7 @@ from pilotfish.agent.supervisor import Sidecar, Supervisor
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
+from pilotfish.model.identity import GATEWAY_SERVICE_ACCOUNT
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
@@ -79,7 +80,12 @@ class LocalMesh:
 
     async def _reconcile_gateway(self, wanted: bool) -> None:
         if wanted and self.gateway is None:
-            node = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
+            node = ProxyNode(
+                id="ingressgateway",
+                kind="gateway",
+                labels=GATEWAY_LABELS,
+                service_account=GATEWAY_SERVICE_ACCOUNT,
+            )
             self.gateway = self._sidecar(node, "ingressgateway")
             await self.gateway.start()
         elif not wanted and self.gateway is not None:
@@ -144,6 +150,7 @@ class LocalMesh:
             inbound_port=ports.inbound,
             app_port=ports.app,
             app_protocol=spec.protocol,
+            service_account=spec.service_account,
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
@@ -215,6 +222,7 @@ class LocalMesh:
                 ports={spec.port: ports.inbound},
                 labels=dict(spec.labels),
                 name=spec.name,
+                service_account=spec.service_account,
             ),
         )
         log.info("%s is serving %s", spec.name, spec.hostname)

@@ -31,6 +31,7 @@ class ReplicaSpec:
     directory: str
     labels: tuple[tuple[str, str], ...]
     env: tuple[tuple[str, str], ...]
+    service_account: str
 
 
 def plan_replicas(config: MeshConfig) -> dict[str, ReplicaSpec]:
@@ -57,6 +58,7 @@ def _replica(workload: Workload, index: int) -> ReplicaSpec:
         directory=workload.directory,
         labels=tuple(sorted(workload.labels.items())),
         env=tuple(sorted(workload.env.items())),
+        service_account=workload.service_account,
     )
 
 
