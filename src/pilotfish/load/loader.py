@@ -16,6 +16,7 @@ from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_document import Resource, parse_document
 from pilotfish.load.validate import validate_mesh
 from pilotfish.load.yaml_source import ParsedYaml, parse_yaml
+from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic, has_errors
 from pilotfish.model.resources import (
     DestinationRule,
@@ -219,6 +220,8 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         workloads=tuple(r for r in resources if isinstance(r, Workload)),
         # More than one is an error (see validate); the first one counts meanwhile.
         mesh=next((r for r in resources if isinstance(r, MeshSettings)), MeshSettings()),
+        authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
+        request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),
     )
 
 

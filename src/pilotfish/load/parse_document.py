@@ -6,9 +6,11 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from pilotfish.load import (
+    parse_authorization,
     parse_destination_rule,
     parse_gateway,
     parse_mesh_config,
+    parse_request_authentication,
     parse_service_entry,
     parse_virtual_service,
     parse_workload,
@@ -16,6 +18,7 @@ from pilotfish.load import (
 from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN, DNS_SUBDOMAIN_MAX
 from pilotfish.load.fields import FieldReader, Fields, ObjectPaths
 from pilotfish.load.yaml_source import YamlDocument
+from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.resources import (
     DEFAULT_NAMESPACE,
@@ -37,6 +40,8 @@ Resource = (
     | WorkloadEntry
     | Workload
     | MeshSettings
+    | AuthorizationPolicy
+    | RequestAuthentication
 )
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -49,11 +54,7 @@ ISTIO_SECURITY_VERSIONS = ("v1", "v1beta1")
 GROUPS_NOT_SUPPORTED_YET = ("gateway.networking.k8s.io",)
 ISTIO_NETWORKING_NOT_SUPPORTED_YET = ("Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig")
 # Each leaves this list when its parser joins _SECURITY_KINDS.
-ISTIO_SECURITY_NOT_SUPPORTED_YET = (
-    "PeerAuthentication",
-    "AuthorizationPolicy",
-    "RequestAuthentication",
-)
+ISTIO_SECURITY_NOT_SUPPORTED_YET = ("PeerAuthentication",)
 
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -108,7 +109,18 @@ _ISTIO_KINDS: dict[str, _Kind] = {
     ),
 }
 # PeerAuthentication, AuthorizationPolicy, RequestAuthentication: one entry each.
-_SECURITY_KINDS: dict[str, _Kind] = {}
+_SECURITY_KINDS: dict[str, _Kind] = {
+    "AuthorizationPolicy": _Kind(
+        parse_authorization.SPEC_FIELDS,
+        (),
+        lambda r, s, m, _d: parse_authorization.parse_authorization_policy(r, s, m),
+    ),
+    "RequestAuthentication": _Kind(
+        parse_request_authentication.SPEC_FIELDS,
+        (),
+        lambda r, s, m, _d: parse_request_authentication.parse_request_authentication(r, s, m),
+    ),
+}
 _PILOTFISH_KINDS: dict[str, _Kind] = {
     "Workload": _Kind(parse_workload.SPEC_FIELDS, (), parse_workload.parse_workload),
     "MeshConfig": _Kind(parse_mesh_config.SPEC_FIELDS, (), parse_mesh_config.parse_mesh_config),

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
+
+if TYPE_CHECKING:
+    # model.authorization builds on Meta from here; only the annotations below need it back.
+    from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -396,6 +400,8 @@ class MeshConfig:
     workload_entries: tuple[WorkloadEntry, ...] = ()
     workloads: tuple[Workload, ...] = ()
     mesh: MeshSettings = field(default_factory=MeshSettings)
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    request_authentications: tuple[RequestAuthentication, ...] = ()
 
 
 def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:
