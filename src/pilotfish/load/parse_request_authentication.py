@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
@@ -23,7 +24,9 @@ from pilotfish.model.authorization import (
     JwtRule,
     RequestAuthentication,
 )
-from pilotfish.model.resources import Meta
+from pilotfish.model.diagnostics import Diagnostic
+from pilotfish.model.resources import Meta, qualify_host
+from pilotfish.model.services import Service
 
 SPEC_FIELDS = ("selector", "targetRef", "targetRefs", "jwtRules")
 JWT_RULE_FIELDS = (
@@ -174,3 +177,31 @@ def _check_jwks(reader: FieldReader, text: str, path: str) -> None:
 def _check_header_name(reader: FieldReader, name: str, path: str) -> None:
     if _HEADER_NAME.fullmatch(name) is None:
         reader.error(path, f"{name!r} is not a valid HTTP header name")
+
+
+def jwks_hosts_without_service(
+    policies: Iterable[RequestAuthentication], services: Mapping[str, Service]
+) -> Iterator[Diagnostic]:
+    """A remote ``jwksUri`` is fetched through the mesh's cluster for its host and port, so
+    the host must be a service of the mesh (a ServiceEntry for hosts outside it)."""
+    for policy in policies:
+        for index, rule in enumerate(policy.jwt_rules):
+            uri = rule.jwks_uri
+            if uri is None or uri.scheme == "file":
+                continue
+            service = services.get(jwks_hostname(uri, policy.meta.namespace))
+            path = f"spec.jwtRules[{index}].jwksUri"
+            if service is None:
+                yield policy.meta.source.diagnostic(
+                    path,
+                    f"{uri.host} is not a service of the mesh: declare it with a ServiceEntry "
+                    "(or give the keys inline in jwks, or as a file:// URI)",
+                )
+            elif service.port(uri.port) is None:
+                yield policy.meta.source.diagnostic(
+                    path, f"{service.hostname} has no port {uri.port}"
+                )
+
+
+def jwks_hostname(uri: JwksUri, namespace: str) -> str:
+    return qualify_host(uri.host, namespace)

@@ -16,6 +16,7 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
 from pilotfish.translate.gateway_selection import http_servers_by_port
+from pilotfish.translate.http_security import NO_SECURITY, HttpSecurity, http_security
 from pilotfish.translate.naming import (
     INBOUND_LISTENER,
     OUTBOUND_LISTENER,
@@ -32,8 +33,8 @@ HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER_NAME = "envoy.filters.http.router"
 
 
-def _http_filters(routing: bool) -> list[hcm_pb2.HttpFilter]:
-    filters = []
+def _http_filters(routing: bool, security: HttpSecurity) -> list[hcm_pb2.HttpFilter]:
+    filters = list(security.filters)
     if routing:
         # Always present on routing listeners although they only act on routes that configure
         # CORS or a fault: adding or removing one then changes only RDS, never the listener,
@@ -57,12 +58,14 @@ def http_connection_manager(
     *,
     rds_name: str | None = None,
     route_config: route_pb2.RouteConfiguration | None = None,
+    security: HttpSecurity = NO_SECURITY,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(routing=rds_name is not None),
+        http_filters=_http_filters(rds_name is not None, security),
+        local_reply_config=security.local_reply,
     )
     if rds_name is not None:
         manager.rds.route_config_name = rds_name
@@ -128,14 +131,17 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
     ``view`` is where the policies that apply to the app's side come from (mTLS,
     authorization); the listener's generator depends on the config for that reason.
     """
-    del view  # read by the security policies that act on inbound traffic
     if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
         return None
     return http_listener(
         INBOUND_LISTENER,
         node.bind_address,
         node.inbound_port,
-        http_connection_manager(INBOUND_LISTENER, route_config=inbound_route_config(node.app_port)),
+        http_connection_manager(
+            INBOUND_LISTENER,
+            route_config=inbound_route_config(node.app_port),
+            security=http_security(view, node),
+        ),
     )
 
 
@@ -147,7 +153,9 @@ def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_p
             node.bind_address,
             port,
             http_connection_manager(
-                gateway_listener_name(port), rds_name=gateway_route_config_name(port)
+                gateway_listener_name(port),
+                rds_name=gateway_route_config_name(port),
+                security=http_security(view, node),
             ),
         )
         for port in http_servers_by_port(view, node)

@@ -1,0 +1,42 @@
+"""What a workload's HTTP connection manager gets from its security policies: the JWT and
+RBAC filters (they go first, before CORS, faults and the router) and the local-reply
+mappers that explain a refusal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from pilotfish.model.authorization import policies_for
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.services import MeshView
+from pilotfish.translate.authorization import build_rbac_filters, denial_mappers
+from pilotfish.translate.request_authentication import build_jwt_filter, jwt_failure_mapper
+
+
+@dataclass(frozen=True)
+class HttpSecurity:
+    filters: tuple[hcm_pb2.HttpFilter, ...] = ()
+    local_reply: hcm_pb2.LocalReplyConfig | None = None
+
+
+NO_SECURITY = HttpSecurity()
+
+
+def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
+    config = view.config
+    policies = policies_for(config.authorization_policies, node.namespace, node.labels)
+    authentications = tuple(
+        a for a in config.request_authentications if a.applies_to(node.namespace, node.labels)
+    )
+    jwt_filter = build_jwt_filter(authentications)
+    filters = ([jwt_filter] if jwt_filter is not None else []) + build_rbac_filters(policies)
+    jwt_mapper = jwt_failure_mapper(node.id, authentications)
+    mappers = ([jwt_mapper] if jwt_mapper is not None else []) + denial_mappers(node.id, policies)
+    return HttpSecurity(
+        filters=tuple(filters),
+        local_reply=hcm_pb2.LocalReplyConfig(mappers=mappers) if mappers else None,
+    )

@@ -1,0 +1,124 @@
+"""RequestAuthentication -> Envoy ``envoy.filters.http.jwt_authn``, as Istio configures it.
+
+One provider per jwtRule of every RequestAuthentication that applies to the workload, and
+one requirement: any provider, or no token at all. So a missing token passes (an
+AuthorizationPolicy asking for ``requestPrincipals`` turns it away), while a token that is
+present and fails (expired, unknown issuer, bad signature, wrong audience) gets 401.
+Every provider leaves the verified payload in the same dynamic metadata key, where the RBAC
+filters read the request principal (``iss``/``sub``) and claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import base_pb2, http_uri_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import empty_pb2
+
+from pilotfish.model.authorization import JwtRule, RequestAuthentication
+from pilotfish.model.resources import qualify_host
+from pilotfish.translate.authorization import (
+    JWT_FILTER_NAME,
+    JWT_PAYLOAD_KEY,
+    details_starting_with,
+    text_body,
+)
+from pilotfish.translate.naming import outbound_cluster_name
+from pilotfish.translate.proto_values import duration_from_seconds, pack
+
+# Istio's default for fetching remote keys, and how long Envoy keeps them.
+DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
+JWKS_CACHE_SECONDS = 300.0
+JWT_DENIED_DETAILS = "jwt_authn_access_denied"
+
+
+def provider_name(policy: RequestAuthentication, index: int) -> str:
+    return f"{policy.ref}:jwtRules[{index}]"
+
+
+def build_jwt_filter(policies: Sequence[RequestAuthentication]) -> hcm_pb2.HttpFilter | None:
+    """The filter for the RequestAuthentications that apply to one workload (None: none)."""
+    config = jwt_pb2.JwtAuthentication()
+    names = []
+    for policy in policies:
+        for index, rule in enumerate(policy.jwt_rules):
+            name = provider_name(policy, index)
+            config.providers[name].CopyFrom(_provider(rule, policy.meta.namespace))
+            names.append(name)
+    if not names:
+        return None
+    config.rules.append(
+        jwt_pb2.RequirementRule(
+            match=rc.RouteMatch(prefix="/"),
+            requires=jwt_pb2.JwtRequirement(
+                requires_any=jwt_pb2.JwtRequirementOrList(
+                    requirements=[
+                        *(jwt_pb2.JwtRequirement(provider_name=n) for n in names),
+                        jwt_pb2.JwtRequirement(allow_missing=empty_pb2.Empty()),
+                    ]
+                )
+            ),
+        )
+    )
+    return hcm_pb2.HttpFilter(name=JWT_FILTER_NAME, typed_config=pack(config))
+
+
+def _provider(rule: JwtRule, namespace: str) -> jwt_pb2.JwtProvider:
+    provider = jwt_pb2.JwtProvider(
+        issuer=rule.issuer,
+        audiences=rule.audiences,
+        forward=rule.forward_original_token,
+        from_headers=[
+            jwt_pb2.JwtHeader(name=h.name, value_prefix=h.prefix) for h in rule.from_headers
+        ],
+        from_params=rule.from_params,
+        from_cookies=rule.from_cookies,
+        payload_in_metadata=JWT_PAYLOAD_KEY,
+        claim_to_headers=[
+            jwt_pb2.JwtClaimToHeader(header_name=c.header, claim_name=c.claim)
+            for c in rule.output_claim_to_headers
+        ],
+    )
+    if rule.output_payload_to_header:
+        provider.forward_payload_header = rule.output_payload_to_header
+    uri = rule.jwks_uri
+    if rule.jwks is not None:
+        provider.local_jwks.CopyFrom(base_pb2.DataSource(inline_string=rule.jwks))
+    elif uri is not None and uri.scheme == "file":
+        provider.local_jwks.CopyFrom(base_pb2.DataSource(filename=uri.path))
+    elif uri is not None:
+        # The mesh's own cluster for the host (load validation made sure it exists), so
+        # keys are fetched the way the app would reach that host.
+        provider.remote_jwks.CopyFrom(
+            jwt_pb2.RemoteJwks(
+                http_uri=http_uri_pb2.HttpUri(
+                    uri=uri.uri,
+                    cluster=outbound_cluster_name(uri.port, qualify_host(uri.host, namespace)),
+                    timeout=duration_from_seconds(rule.timeout or DEFAULT_JWKS_TIMEOUT_SECONDS),
+                ),
+                cache_duration=duration_from_seconds(JWKS_CACHE_SECONDS),
+            )
+        )
+    return provider
+
+
+def jwt_failure_mapper(
+    proxy: str, policies: Sequence[RequestAuthentication]
+) -> hcm_pb2.ResponseMapper | None:
+    """A body for jwt_authn's own replies (401, or 403 for a disallowed audience) that says
+    which proxy refused the token and which issuers it accepts, after Envoy's reason."""
+    issuers = sorted({r.issuer or "(any)" for p in policies for r in p.jwt_rules})
+    if not issuers:
+        return None
+    return hcm_pb2.ResponseMapper(
+        filter=details_starting_with(JWT_DENIED_DETAILS),
+        body_format_override=text_body(
+            f"JWT rejected by {proxy} (issuers accepted here: {', '.join(issuers)}): ",
+            "%LOCAL_REPLY_BODY% [%RESPONSE_CODE_DETAILS%]",
+        ),
+    )
