@@ -21,7 +21,6 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
-    extension_pb2,
     substitution_format_string_pb2,
 )
 from envoy.config.rbac.v3 import rbac_pb2
@@ -406,7 +405,7 @@ def _details_mapper(details: str, text: str) -> hcm_pb2.ResponseMapper:
 
 def _cel_filter(expression: str) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(
-        extension_filter=extension_pb2.TypedExtensionConfig(
+        extension_filter=accesslog_pb2.ExtensionFilter(
             name=CEL_FILTER_NAME,
             typed_config=pack(cel_pb2.ExpressionFilter(expression=expression)),
         )
