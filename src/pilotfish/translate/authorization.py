@@ -54,14 +54,24 @@ CEL_FILTER_NAME = "envoy.access_loggers.extension_filters.cel"
 
 _Principal: TypeAlias = rbac_pb2.Principal
 _Permission: TypeAlias = rbac_pb2.Permission
+PortMap: TypeAlias = Callable[[int], int | None]
 
 
 def rule_name(policy: AuthorizationPolicy, index: int) -> str:
     return f"{policy.ref}:rules[{index}]"
 
 
-def build_rbac_filters(policies: Sequence[AuthorizationPolicy]) -> list[hcm_pb2.HttpFilter]:
-    """The RBAC filters for the policies that apply to one workload (already chosen)."""
+def same_port(port: int) -> int | None:
+    return port
+
+
+def build_rbac_filters(
+    policies: Sequence[AuthorizationPolicy], listener_port: PortMap = same_port
+) -> list[hcm_pb2.HttpFilter]:
+    """The RBAC filters for the policies that apply to one workload (already chosen).
+
+    Policies name the workload's ports; Envoy sees the port its listener accepted the
+    connection on. ``listener_port`` maps the first to the second (None: never reached)."""
     filters = []
     for action, envoy_action in (
         ("AUDIT", rbac_pb2.RBAC.LOG),
@@ -74,7 +84,9 @@ def build_rbac_filters(policies: Sequence[AuthorizationPolicy]) -> list[hcm_pb2.
         rules = rbac_pb2.RBAC(action=envoy_action)
         for policy in chosen:
             for index, rule in enumerate(policy.rules):
-                rules.policies[rule_name(policy, index)].CopyFrom(rule_to_policy(rule))
+                rules.policies[rule_name(policy, index)].CopyFrom(
+                    rule_to_policy(rule, listener_port)
+                )
         filters.append(
             hcm_pb2.HttpFilter(
                 name=RBAC_FILTER_NAME, typed_config=pack(rbac_filter_pb2.RBAC(rules=rules))
@@ -83,16 +95,19 @@ def build_rbac_filters(policies: Sequence[AuthorizationPolicy]) -> list[hcm_pb2.
     return filters
 
 
-def rule_to_policy(rule: Rule) -> rbac_pb2.Policy:
+def rule_to_policy(rule: Rule, listener_port: PortMap = same_port) -> rbac_pb2.Policy:
     permission_conditions = [c for c in rule.conditions if c.kind in _PERMISSION_KINDS]
     principal_conditions = [c for c in rule.conditions if c.kind not in _PERMISSION_KINDS]
-    permission_extra = [p for c in permission_conditions for p in _condition_permission(c)]
+    permission_extra = [
+        p for c in permission_conditions for p in _condition_permission(c, listener_port)
+    ]
     principal_extra = [p for c in principal_conditions for p in _condition_principal(c)]
     operations: Sequence[Operation | None] = rule.operations or (None,)
     sources: Sequence[Source | None] = rule.sources or (None,)
     return rbac_pb2.Policy(
         permissions=[
-            _all_permissions([*(_operation(o) if o else []), *permission_extra]) for o in operations
+            _all_permissions([*(_operation(o, listener_port) if o else []), *permission_extra])
+            for o in operations
         ],
         principals=[
             _all_principals([*(_source(s) if s else []), *principal_extra]) for s in sources
@@ -113,10 +128,10 @@ def _source(source: Source) -> list[_Principal]:
     ]
 
 
-def _operation(operation: Operation) -> list[_Permission]:
+def _operation(operation: Operation, listener_port: PortMap) -> list[_Permission]:
     return [
         *_permission_values(operation.hosts, _host),
-        *_permission_values(operation.ports, _port),
+        *_permission_values(operation.ports, lambda p: _port(p, listener_port)),
         *_permission_values(operation.methods, _method),
         *_permission_values(operation.paths, _path),
     ]
@@ -125,12 +140,15 @@ def _operation(operation: Operation) -> list[_Permission]:
 _PERMISSION_KINDS = frozenset({"destination.ip", "destination.port", "connection.sni"})
 
 
-def _condition_permission(condition: Condition) -> list[_Permission]:
+def _condition_permission(condition: Condition, listener_port: PortMap) -> list[_Permission]:
     one: Callable[[str], _Permission]
     if condition.kind == "destination.ip":
         one = _destination_ip
     elif condition.kind == "destination.port":
-        one = _port
+
+        def one(value: str) -> _Permission:
+            return _port(value, listener_port)
+
     else:
         one = _sni
     return _permission_values(condition.match, one)
@@ -341,8 +359,11 @@ def _host(value: str) -> _Permission:
     return _Permission(header=header_matcher(":authority", value, ignore_case=True))
 
 
-def _port(value: str) -> _Permission:
-    return _Permission(destination_port=int(value))
+def _port(value: str, listener_port: PortMap) -> _Permission:
+    port = listener_port(int(value))
+    if port is None:
+        return _Permission(not_rule=_Permission(any=True))
+    return _Permission(destination_port=port)
 
 
 def _method(value: str) -> _Permission:

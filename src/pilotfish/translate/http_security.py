@@ -13,7 +13,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from pilotfish.model.authorization import policies_for
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import MeshView
-from pilotfish.translate.authorization import build_rbac_filters, denial_mappers
+from pilotfish.translate.authorization import (
+    PortMap,
+    build_rbac_filters,
+    denial_mappers,
+    same_port,
+)
 from pilotfish.translate.request_authentication import build_jwt_filter, jwt_failure_mapper
 
 
@@ -33,10 +38,23 @@ def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
         a for a in config.request_authentications if a.applies_to(node.namespace, node.labels)
     )
     jwt_filter = build_jwt_filter(authentications)
-    filters = ([jwt_filter] if jwt_filter is not None else []) + build_rbac_filters(policies)
+    rbac = build_rbac_filters(policies, _listener_port(node))
+    filters = ([jwt_filter] if jwt_filter is not None else []) + rbac
     jwt_mapper = jwt_failure_mapper(node.id, authentications)
     mappers = ([jwt_mapper] if jwt_mapper is not None else []) + denial_mappers(node.id, policies)
     return HttpSecurity(
         filters=tuple(filters),
         local_reply=hcm_pb2.LocalReplyConfig(mappers=mappers) if mappers else None,
     )
+
+
+def _listener_port(node: ProxyNode) -> PortMap:
+    """A sidecar's inbound listener receives only its app's port, on a port of its own."""
+    if node.kind != "sidecar":
+        return same_port
+    app_port, inbound_port = node.app_port, node.inbound_port
+
+    def listener_port(port: int) -> int | None:
+        return inbound_port if port == app_port else None
+
+    return listener_port

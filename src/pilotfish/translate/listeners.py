@@ -67,6 +67,9 @@ def http_connection_manager(
         http_filters=_http_filters(rds_name is not None, security),
         local_reply_config=security.local_reply,
     )
+    if security.filters:
+        # As Istio's default (BASE): policies judge "/a/../admin" as the "/admin" it is.
+        manager.normalize_path.value = True
     if rds_name is not None:
         manager.rds.route_config_name = rds_name
         manager.rds.config_source.CopyFrom(ads_config_source())
