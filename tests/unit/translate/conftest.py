@@ -374,3 +374,67 @@ def routing_features_view() -> MeshView:
         mesh_service("web", http_port(80), http_port(9090, "GRPC")),
         web=(Endpoint(address="127.0.0.1", ports={80: 15006, 9090: 15006}),),
     )
+
+
+AUTHORIZATION_POLICIES = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"], notMethods: [GET]}}]
+  - from: [{source: {notNamespaces: [prod], ipBlocks: ["10.0.0.0/8"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: callers}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/gateway", "*-admin"]}}]
+    to: [{operation: {hosts: ["*.example"], ports: ["8080"]}}]
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+    when:
+    - {key: "request.auth.claims[groups]", values: [staff]}
+    - {key: "request.headers[x-tenant]", notValues: ["blocked*"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: watch, namespace: istio-system}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["*.php"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: tokens}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [frontend]
+    jwks: '{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": "AA", "y": "AA"}]}'
+    outputClaimToHeaders: [{header: x-user, claim: sub}]
+  - issuer: https://backend.example
+    jwksUri: http://backend.default.svc.cluster.local:8080/jwks
+"""
+
+
+@pytest.fixture
+def authorization_view(quickstart_view: MeshView) -> MeshView:
+    from dataclasses import replace
+
+    from pilotfish.load import load_texts
+
+    loaded = load_texts(
+        [("policies.yaml", AUTHORIZATION_POLICIES)], known_services=quickstart_view.services
+    )
+    assert loaded.config is not None, loaded.diagnostics
+    config = replace(
+        quickstart_view.config,
+        authorization_policies=loaded.config.authorization_policies,
+        request_authentications=loaded.config.request_authentications,
+    )
+    return replace(quickstart_view, config=config)

@@ -23,6 +23,7 @@ SCENARIOS = [
     ("consistent_hash", "consistent_hash_view", "frontend_sidecar"),
     ("fault", "fault_view", "frontend_sidecar"),
     ("routing_features", "routing_features_view", "frontend_sidecar"),
+    ("authorization", "authorization_view", "frontend_sidecar"),
 ]
 
 
