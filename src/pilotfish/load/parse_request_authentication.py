@@ -201,6 +201,14 @@ def jwks_hosts_without_service(
                 yield policy.meta.source.diagnostic(
                     path, f"{service.hostname} has no port {uri.port}"
                 )
+            elif uri.scheme == "https":
+                yield policy.meta.source.diagnostic(
+                    path,
+                    f"keys are fetched over the cluster of {service.hostname} as it is: "
+                    "Pilotfish does not originate TLS for it here, so unless that cluster "
+                    "speaks TLS the fetch fails and every token of this issuer gets 401",
+                    "warning",
+                )
 
 
 def jwks_hostname(uri: JwksUri, namespace: str) -> str:

@@ -380,3 +380,21 @@ def test_remote_keys_from_a_mesh_service_on_one_of_its_ports() -> None:
     assert result.config is not None, result.diagnostics
     text, result = load(workload("auth", "auth"), good.replace("9080", "9999"))
     assert_at(result, text, "spec.jwtRules[0].jwksUri", "jwksUri", "has no port 9999")
+
+
+def test_https_keys_through_a_mesh_cluster_warn_that_tls_is_not_originated() -> None:
+    text, result = load(
+        workload("auth", "auth"),
+        policy(
+            "jwtRules: [{issuer: a, jwksUri: 'https://auth.default.svc.cluster.local:9080/k'}]\n",
+            kind="RequestAuthentication",
+        ),
+    )
+    assert_at(
+        result,
+        text,
+        "spec.jwtRules[0].jwksUri",
+        "jwksUri",
+        "does not originate TLS",
+        severity="warning",
+    )
