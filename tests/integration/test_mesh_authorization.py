@@ -81,6 +81,11 @@ spec:
   action: DENY
   rules:
   - to: [{operation: {paths: ["/blocked-at-edge"]}}]
+  - to: [{operation: {hosts: ["*.blocked.example"]}}]
+  - from: [{source: {ipBlocks: ["127.0.0.0/8"]}}]
+    to: [{operation: {paths: ["/not-from-loopback"]}}]
+  - from: [{source: {notIpBlocks: ["127.0.0.0/8"]}}]
+    to: [{operation: {paths: ["/only-from-loopback"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -255,6 +260,28 @@ def test_the_gateway_enforces_policies_that_select_it(mesh: RunningMesh) -> None
     )
     # Path normalization: the same path spelled differently is the same path.
     assert call(mesh, "/public/../blocked-at-edge").status == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "rule"),
+    [
+        ("/public/page", {"host": "www.Blocked.Example"}, 1),
+        ("/not-from-loopback", {}, 2),
+    ],
+)
+def test_hosts_and_ip_blocks_at_the_gateway(
+    mesh: RunningMesh, path: str, headers: dict[str, str], rule: int
+) -> None:
+    answer = call(mesh, path, headers)
+
+    assert answer.status == 403
+    assert answer.text.endswith(f"default/edge-deny matched (rules[{rule}])\n")
+
+
+def test_not_ip_blocks_spare_the_addresses_they_name(mesh: RunningMesh) -> None:
+    # Requests come from 127.0.0.1: rule 3 denies everyone else; backend's ALLOW has the say.
+    assert call(mesh, "/only-from-loopback", {"x-user": "alice"}).status == 200
+    assert call(mesh, "/public/page", {"host": "www.example"}).status == 200
 
 
 # --- RequestAuthentication -------------------------------------------------------------------
