@@ -75,7 +75,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: edge-deny}
+metadata: {name: edge-deny, namespace: istio-system}
 spec:
   selector: {matchLabels: {istio: ingressgateway}}
   action: DENY
@@ -256,7 +256,7 @@ def test_the_gateway_enforces_policies_that_select_it(mesh: RunningMesh) -> None
 
     assert answer.status == 403
     assert answer.text.startswith(
-        "RBAC: access denied by ingressgateway: DENY policy default/edge-deny matched"
+        "RBAC: access denied by ingressgateway: DENY policy istio-system/edge-deny matched"
     )
     # Path normalization: the same path spelled differently is the same path.
     assert call(mesh, "/public/../blocked-at-edge").status == 403
@@ -275,7 +275,7 @@ def test_hosts_and_ip_blocks_at_the_gateway(
     answer = call(mesh, path, headers)
 
     assert answer.status == 403
-    assert answer.text.endswith(f"default/edge-deny matched (rules[{rule}])\n")
+    assert answer.text.endswith(f"istio-system/edge-deny matched (rules[{rule}])\n")
 
 
 def test_not_ip_blocks_spare_the_addresses_they_name(mesh: RunningMesh) -> None:
@@ -373,8 +373,9 @@ def _b64decode(text: str) -> bytes:
 
 
 def test_policies_do_not_reach_workloads_they_do_not_select(tmp_path: Path) -> None:
-    """The selector is what scopes a policy: a namespace-wide DENY on another namespace's
-    workloads and a policy for other labels change nothing (a fresh mesh, one workload)."""
+    """Namespace and selector scope a policy: another namespace's DENY, a DENY for other
+    labels and the app namespace's allow-nothing (which Istio's gateway, in the root
+    namespace, never sees) change nothing at the gateway (a fresh mesh, one workload)."""
     gateway_port = free_port()
     write_yaml(
         tmp_path / "mesh.yaml",
@@ -396,6 +397,18 @@ spec:
   action: DENY
   rules: [{}]
 ---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-anything}
+spec:
+  selector: {matchLabels: {app: backend}}
+  rules: [{to: [{operation: {paths: ["/anything"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-nothing}
+spec: {}
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: edge}
@@ -406,8 +419,10 @@ spec:
 """,
     )
     with running_mesh(tmp_path, gateway_port) as running:
-        running.wait_serving("/")
-        assert call(running, "/anything").status == 200
+        running.wait_serving("/anything")
+        denied = call(running, "/elsewhere")
+        assert denied.status == 403
+        assert "by backend-0" in denied.text
         # The same DENY in the root namespace applies to the whole mesh.
         text = (tmp_path / "mesh.yaml").read_text()
         write_yaml(

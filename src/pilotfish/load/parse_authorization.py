@@ -105,7 +105,7 @@ def parse_authorization_policy(
         for item, path in reader.items(spec, "rules", "spec")
         if (rule := _rule(reader, item, path)) is not None
     )
-    if action == "DENY" and spec.get("rules") is None:
+    if action == "DENY" and not spec.get("rules"):
         reader.error(
             "spec.rules",
             "a DENY policy without rules never matches; add a rule {} to deny every request",

@@ -10,7 +10,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from pilotfish.model.authorization import policies_for
+from pilotfish.model.authorization import ROOT_NAMESPACE, policies_for
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.authorization import (
@@ -33,9 +33,10 @@ NO_SECURITY = HttpSecurity()
 
 def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
     config = view.config
-    policies = policies_for(config.authorization_policies, node.namespace, node.labels)
+    namespace = policy_namespace(node)
+    policies = policies_for(config.authorization_policies, namespace, node.labels)
     authentications = tuple(
-        a for a in config.request_authentications if a.applies_to(node.namespace, node.labels)
+        a for a in config.request_authentications if a.applies_to(namespace, node.labels)
     )
     jwt_filter = build_jwt_filter(authentications)
     rbac = build_rbac_filters(policies, _listener_port(node))
@@ -46,6 +47,13 @@ def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
         filters=tuple(filters),
         local_reply=hcm_pb2.LocalReplyConfig(mappers=mappers) if mappers else None,
     )
+
+
+def policy_namespace(node: ProxyNode) -> str:
+    """Istio's ingress gateway lives in the root namespace, so the policies of an app's
+    namespace (``allow-nothing`` in ``default``) never lock the gateway out; ours does too,
+    whatever namespace it reports."""
+    return ROOT_NAMESPACE if node.kind == "gateway" else node.namespace
 
 
 def _listener_port(node: ProxyNode) -> PortMap:

@@ -89,6 +89,7 @@ INVALID_POLICIES = [
         "must not be set with action DENY",
     ),
     ("deny-rules-nil", "action: DENY\n", "spec.rules", "spec", "DENY policy without rules"),
+    ("deny-rules-empty", "action: DENY\nrules: []\n", "spec.rules", "rules", "without rules"),
     (
         "selector-empty-key",
         'selector: {matchLabels: {"": web}}\n',
