@@ -5,6 +5,7 @@ mTLS and are covered by the unit tests)."""
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.integration
 
 ISSUER = "https://issuer.test"
 FILE_ISSUER = "file-issuer"
+REMOTE_ISSUER = "remote-issuer"
+JWKS_SERVER = Path(__file__).parent / "apps" / "jwks_server.py"
 
 EDGE = """
 apiVersion: networking.istio.io/v1
@@ -100,6 +103,8 @@ spec:
     outputClaimToHeaders: [{header: x-jwt-group, claim: group}]
   - issuer: "__FILE_ISSUER__"
     jwksUri: "file://__JWKS_FILE__"
+  - issuer: "__REMOTE_ISSUER__"
+    jwksUri: http://keys.default.svc.cluster.local:8080/jwks
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -145,12 +150,29 @@ def call(
 class Keys:
     main: SigningKey
     file: SigningKey
+    remote: SigningKey
     stranger: SigningKey
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    return Keys(SigningKey("main"), SigningKey("file"), SigningKey("main"))
+    return Keys(SigningKey("main"), SigningKey("file"), SigningKey("remote"), SigningKey("main"))
+
+
+def jwks_workload(jwks: str) -> str:
+    """The keys service: a mesh workload the sidecars fetch a key set from."""
+    return f"""
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: keys}}
+spec:
+  service: keys
+  port: 8080
+  labels: {{app: keys}}
+  command: [{sys.executable}, {JWKS_SERVER}]
+  env: {{JWKS: {json.dumps(jwks)}}}
+---
+"""
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +183,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Runni
     policies = (
         POLICIES.replace("__ISSUER__", ISSUER)
         .replace("__FILE_ISSUER__", FILE_ISSUER)
+        .replace("__REMOTE_ISSUER__", REMOTE_ISSUER)
         .replace("__JWKS__", keys.main.jwks())
         .replace("__JWKS_FILE__", str(jwks_file))
     )
@@ -171,13 +194,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Runni
         + echo_workload("backend", "backend", 8080)
         + echo_workload("locked", "locked", 8080)
         + echo_workload("secure", "secure", 8080)
+        + jwks_workload(keys.remote.jwks())
         + EDGE
         + "---\n"
         + policies,
     )
     with running_mesh(directory, gateway_port) as running:
         running.wait_serving("/public/ready")
-        for service in ("backend", "locked", "secure"):
+        for service in ("backend", "locked", "secure", "keys"):
             running.wait_endpoints(f"{service}.default.svc.cluster.local", 1)
         running.wait_synced()
         yield running
@@ -311,6 +335,16 @@ def test_keys_from_a_jwks_file(mesh: RunningMesh, keys: Keys) -> None:
     assert call(mesh, "/secure/private/x", bearer(token)).status == 200
 
 
+def test_keys_fetched_from_a_mesh_service(mesh: RunningMesh, keys: Keys) -> None:
+    token = keys.remote.token({"iss": REMOTE_ISSUER, "sub": "svc", "group": "admins"})
+
+    answer = call(mesh, "/secure/private/x", bearer(token))
+
+    assert answer.status == 200, answer.text
+    forged = keys.stranger.token({"iss": REMOTE_ISSUER, "sub": "svc", "group": "admins"})
+    assert call(mesh, "/secure/private/x", bearer(forged)).status == 401
+
+
 def test_a_missing_token_passes_authentication_but_not_a_policy_that_asks_for_one(
     mesh: RunningMesh,
 ) -> None:
@@ -352,7 +386,8 @@ def test_an_invalid_token_gets_401_naming_the_proxy_and_the_reason(
 
     assert answer.status == 401
     assert answer.text.startswith(
-        f"JWT rejected by secure-0 (issuers accepted here: {FILE_ISSUER}, {ISSUER}): "
+        f"JWT rejected by secure-0 (issuers accepted here: {FILE_ISSUER}, {ISSUER}, "
+        f"{REMOTE_ISSUER}): "
     )
     assert reason in answer.text
 
