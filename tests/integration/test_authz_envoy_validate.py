@@ -67,7 +67,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: allow-some}
+metadata: {name: allow-some, namespace: istio-system}
 spec:
   rules:
   - to: [{operation: {methods: [GET]}}]
@@ -87,7 +87,7 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
-metadata: {name: jwt}
+metadata: {name: jwt, namespace: istio-system}
 spec:
   jwtRules:
   - issuer: inline
@@ -104,6 +104,8 @@ spec:
   - issuer: remote
     jwksUri: http://backend.default.svc.cluster.local:8080/jwks
     timeout: 2s
+  - issuer: outside
+    jwksUri: https://keys.example.com/.well-known/jwks.json
 """
 
 
@@ -142,6 +144,7 @@ def test_envoy_accepts_authorization_filters(kind: str, tmp_path: Path) -> None:
         "jwt_authn_access_denied",
     ):
         assert feature in emitted, f"the scenario lost {feature}"
+    assert "outbound|443||keys.example.com" in str(resources.clusters)
 
     result = envoy_validate(static_bootstrap(resources), tmp_path)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.integration
 ISSUER = "https://issuer.test"
 FILE_ISSUER = "file-issuer"
 REMOTE_ISSUER = "remote-issuer"
+OUTSIDE_ISSUER = "outside-issuer"
 JWKS_SERVER = Path(__file__).parent / "apps" / "jwks_server.py"
 
 EDGE = """
@@ -105,6 +108,8 @@ spec:
     jwksUri: "file://__JWKS_FILE__"
   - issuer: "__REMOTE_ISSUER__"
     jwksUri: http://keys.default.svc.cluster.local:8080/jwks
+  - issuer: "__OUTSIDE_ISSUER__"
+    jwksUri: "http://127.0.0.1:__OUTSIDE_PORT__/jwks.json"
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -151,12 +156,45 @@ class Keys:
     main: SigningKey
     file: SigningKey
     remote: SigningKey
+    outside: SigningKey
     stranger: SigningKey
 
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    return Keys(SigningKey("main"), SigningKey("file"), SigningKey("remote"), SigningKey("main"))
+    return Keys(
+        SigningKey("main"),
+        SigningKey("file"),
+        SigningKey("remote"),
+        SigningKey("outside"),
+        SigningKey("main"),
+    )
+
+
+@pytest.fixture(scope="module")
+def outside_jwks(keys: Keys) -> Iterator[int]:
+    """A key set served from outside the mesh (this test process), on a free port."""
+    body = keys.outside.jwks().encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def jwks_workload(jwks: str) -> str:
@@ -176,7 +214,9 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[RunningMesh]:
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, keys: Keys, outside_jwks: int
+) -> Iterator[RunningMesh]:
     directory = tmp_path_factory.mktemp("authz")
     jwks_file = directory.parent / f"{directory.name}-jwks.json"
     jwks_file.write_text(keys.file.jwks())
@@ -184,6 +224,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Runni
         POLICIES.replace("__ISSUER__", ISSUER)
         .replace("__FILE_ISSUER__", FILE_ISSUER)
         .replace("__REMOTE_ISSUER__", REMOTE_ISSUER)
+        .replace("__OUTSIDE_ISSUER__", OUTSIDE_ISSUER)
+        .replace("__OUTSIDE_PORT__", str(outside_jwks))
         .replace("__JWKS__", keys.main.jwks())
         .replace("__JWKS_FILE__", str(jwks_file))
     )
@@ -345,6 +387,14 @@ def test_keys_fetched_from_a_mesh_service(mesh: RunningMesh, keys: Keys) -> None
     assert call(mesh, "/secure/private/x", bearer(forged)).status == 401
 
 
+def test_keys_fetched_from_a_host_outside_the_mesh(mesh: RunningMesh, keys: Keys) -> None:
+    token = keys.outside.token({"iss": OUTSIDE_ISSUER, "sub": "svc", "group": "admins"})
+
+    answer = call(mesh, "/secure/private/x", bearer(token))
+
+    assert answer.status == 200, answer.text
+
+
 def test_a_missing_token_passes_authentication_but_not_a_policy_that_asks_for_one(
     mesh: RunningMesh,
 ) -> None:
@@ -387,7 +437,7 @@ def test_an_invalid_token_gets_401_naming_the_proxy_and_the_reason(
     assert answer.status == 401
     assert answer.text.startswith(
         f"JWT rejected by secure-0 (issuers accepted here: {FILE_ISSUER}, {ISSUER}, "
-        f"{REMOTE_ISSUER}): "
+        f"{OUTSIDE_ISSUER}, {REMOTE_ISSUER}): "
     )
     assert reason in answer.text
 

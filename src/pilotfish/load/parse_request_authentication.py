@@ -182,8 +182,9 @@ def _check_header_name(reader: FieldReader, name: str, path: str) -> None:
 def jwks_hosts_without_service(
     policies: Iterable[RequestAuthentication], services: Mapping[str, Service]
 ) -> Iterator[Diagnostic]:
-    """A remote ``jwksUri`` is fetched through the mesh's cluster for its host and port, so
-    the host must be a service of the mesh (a ServiceEntry for hosts outside it)."""
+    """A remote ``jwksUri`` of a mesh host goes through that host's cluster (so on one of its
+    ports); any other host gets a DNS cluster of its own, except a short name, which can
+    only mean a mesh service."""
     for policy in policies:
         for index, rule in enumerate(policy.jwt_rules):
             uri = rule.jwks_uri
@@ -192,11 +193,12 @@ def jwks_hosts_without_service(
             service = services.get(jwks_hostname(uri, policy.meta.namespace))
             path = f"spec.jwtRules[{index}].jwksUri"
             if service is None:
-                yield policy.meta.source.diagnostic(
-                    path,
-                    f"{uri.host} is not a service of the mesh: declare it with a ServiceEntry "
-                    "(or give the keys inline in jwks, or as a file:// URI)",
-                )
+                if "." not in uri.host:
+                    yield policy.meta.source.diagnostic(
+                        path,
+                        f"{uri.host} is not a service of the mesh (a host outside it needs "
+                        "its full DNS name)",
+                    )
             elif service.port(uri.port) is None:
                 yield policy.meta.source.diagnostic(
                     path, f"{service.hostname} has no port {uri.port}"

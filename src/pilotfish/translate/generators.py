@@ -19,6 +19,7 @@ from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot import (
     Generator,
     Input,
+    MeshGenerator,
     NodeGenerator,
     ServiceGenerator,
     type_urls,
@@ -31,6 +32,7 @@ from pilotfish.translate.listeners import (
     build_inbound_listener,
     build_outbound_listener,
 )
+from pilotfish.translate.request_authentication import build_jwks_clusters
 from pilotfish.translate.routes import (
     VirtualServiceRoutes,
     build_gateway_route_configs,
@@ -102,6 +104,13 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         "outbound-clusters", type_urls.CLUSTER, _CONFIG_AND_ENDPOINTS, _outbound_clusters
     ),
     NodeGenerator("inbound-cluster", type_urls.CLUSTER, frozenset(), _inbound_cluster, SIDECAR),
+    # jwksUri hosts outside the mesh (which ones are outside depends on the services).
+    MeshGenerator(
+        "jwks-clusters",
+        type_urls.CLUSTER,
+        _CONFIG_AND_SERVICES,
+        lambda context: build_jwks_clusters(context.view),
+    ),
     ServiceGenerator(
         "load-assignments", type_urls.ENDPOINT, _CONFIG_AND_ENDPOINTS, _load_assignments
     ),

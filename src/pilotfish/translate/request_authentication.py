@@ -12,22 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, http_uri_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import empty_pb2
 
-from pilotfish.model.authorization import JwtRule, RequestAuthentication
+from pilotfish.model.authorization import JwksUri, JwtRule, RequestAuthentication
 from pilotfish.model.resources import qualify_host
+from pilotfish.model.services import Endpoint, MeshView
 from pilotfish.translate.authorization import (
     JWT_FILTER_NAME,
     JWT_PAYLOAD_KEY,
     details_starting_with,
     text_body,
 )
+from pilotfish.translate.clusters import CONNECT_TIMEOUT_SECONDS
+from pilotfish.translate.endpoints import load_assignment
 from pilotfish.translate.naming import outbound_cluster_name
 from pilotfish.translate.proto_values import duration_from_seconds, pack
 
@@ -35,6 +41,9 @@ from pilotfish.translate.proto_values import duration_from_seconds, pack
 DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
 JWKS_CACHE_SECONDS = 300.0
 JWT_DENIED_DETAILS = "jwt_authn_access_denied"
+# Debian's bundle of the public CAs: what an https jwksUri outside the mesh is checked against.
+SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 
 def provider_name(policy: RequestAuthentication, index: int) -> str:
@@ -92,8 +101,8 @@ def _provider(rule: JwtRule, namespace: str) -> jwt_pb2.JwtProvider:
     elif uri is not None and uri.scheme == "file":
         provider.local_jwks.CopyFrom(base_pb2.DataSource(filename=uri.path))
     elif uri is not None:
-        # The mesh's own cluster for the host (load validation made sure it exists), so
-        # keys are fetched the way the app would reach that host.
+        # The mesh's own cluster for the host, so keys are fetched the way the app would
+        # reach it; for a host outside the mesh, one of build_jwks_clusters by that name.
         provider.remote_jwks.CopyFrom(
             jwt_pb2.RemoteJwks(
                 http_uri=http_uri_pb2.HttpUri(
@@ -122,3 +131,50 @@ def jwt_failure_mapper(
             "%LOCAL_REPLY_BODY% [%RESPONSE_CODE_DETAILS%]",
         ),
     )
+
+
+def build_jwks_clusters(view: MeshView) -> tuple[cluster_pb2.Cluster, ...]:
+    """A DNS cluster for each remote ``jwksUri`` host outside the mesh, under the name the
+    providers use (the mesh's own hosts already have their outbound cluster by that name).
+    ``https`` verifies the server against the system's trust store and the host's name."""
+    found: dict[str, cluster_pb2.Cluster] = {}
+    for policy in view.config.request_authentications:
+        for rule in policy.jwt_rules:
+            uri = rule.jwks_uri
+            if uri is None or uri.scheme == "file":
+                continue
+            host = qualify_host(uri.host, policy.meta.namespace)
+            if host in view.services:
+                continue
+            name = outbound_cluster_name(uri.port, host)
+            found.setdefault(name, _jwks_cluster(name, uri))
+    return tuple(found[name] for name in sorted(found))
+
+
+def _jwks_cluster(name: str, uri: JwksUri) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=duration_from_seconds(CONNECT_TIMEOUT_SECONDS),
+        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        load_assignment=load_assignment(name, [Endpoint(uri.host, {uri.port: uri.port})], uri.port),
+    )
+    if uri.scheme == "https":
+        context = tls_pb2.UpstreamTlsContext(
+            sni=uri.host,
+            common_tls_context=tls_pb2.CommonTlsContext(
+                validation_context=common_pb2.CertificateValidationContext(
+                    trusted_ca=base_pb2.DataSource(filename=SYSTEM_TRUST_STORE),
+                    match_typed_subject_alt_names=[
+                        common_pb2.SubjectAltNameMatcher(
+                            san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                            matcher=string_pb2.StringMatcher(exact=uri.host),
+                        )
+                    ],
+                )
+            ),
+        )
+        cluster.transport_socket.CopyFrom(
+            base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+        )
+    return cluster

@@ -352,11 +352,11 @@ INVALID_JWT_RULES = [
         "does not discover keys",
     ),
     (
-        "remote keys from outside the mesh",
-        "jwtRules: [{issuer: a, jwksUri: 'https://keys.example.com/jwks'}]\n",
+        "remote keys from a short name that is no service",
+        "jwtRules: [{issuer: a, jwksUri: 'https://keys/jwks'}]\n",
         "spec.jwtRules[0].jwksUri",
         "jwksUri",
-        "keys.example.com is not a service of the mesh",
+        "keys is not a service of the mesh",
     ),
 ]
 
@@ -399,3 +399,14 @@ def test_https_keys_through_a_mesh_cluster_warn_that_tls_is_not_originated() -> 
         "does not originate TLS",
         severity="warning",
     )
+
+
+def test_remote_keys_from_a_host_outside_the_mesh_are_accepted() -> None:
+    _, result = load(
+        policy(
+            "jwtRules: [{issuer: a, jwksUri: 'https://keys.example.com/jwks'}]\n",
+            kind="RequestAuthentication",
+        )
+    )
+    assert result.config is not None, result.diagnostics
+    assert not result.diagnostics

@@ -136,7 +136,7 @@ def test_workload_service_account_must_be_a_name() -> None:
 
 def test_security_kinds_not_built_yet_say_so() -> None:
     _text, result = load(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
         "metadata: {name: jwt}\nspec: {}\n"
     )
     assert "is not supported yet" in find(result, "kind").message

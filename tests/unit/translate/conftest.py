@@ -419,6 +419,8 @@ spec:
     outputClaimToHeaders: [{header: x-user, claim: sub}]
   - issuer: https://backend.example
     jwksUri: http://backend.default.svc.cluster.local:8080/jwks
+  - issuer: https://accounts.example.com
+    jwksUri: https://accounts.example.com/oauth2/v3/certs
 """
 
 

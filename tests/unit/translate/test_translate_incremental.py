@@ -116,6 +116,7 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
     snapshot = cache.snapshot_for(SIDECAR)
     assert built_since(cache, before) == {
         "outbound-clusters": 3,
+        "jwks-clusters": 1,
         "load-assignments": 3,
         "outbound-routes": 1,
         "inbound-listener": 1,
