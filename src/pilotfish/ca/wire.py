@@ -68,7 +68,8 @@ def _classes() -> dict[str, Any]:
         try:
             file = pool.FindFileByName(proto.name)
         except KeyError:
-            file = pool.Add(proto)
+            pool.Add(proto)
+            file = pool.FindFileByName(proto.name)
         for name in proto.message_type:
             descriptor = file.message_types_by_name[name.name]
             classes[name.name] = message_factory.GetMessageClass(descriptor)
