@@ -113,6 +113,7 @@ async def test_a_good_csr_is_signed_and_its_chain_verifies_to_the_bundle(
     async with running(folder) as plane, signer_for(plane, WEB) as signer:
         signed = await signer.sign(new_key_and_csr(WEB)[1], 600)
         assert signed.issuer_epoch == 1
+        assert len(signed.chain_pem) == 1  # the leaf alone: the root comes with the bundle
         assert (signed.not_after - signed.not_before).total_seconds() == pytest.approx(620, abs=2)
         bundle = await anext(aiter(signer.watch_trust_bundle()))
         openssl_verify(tmp_path, bundle.roots_pem, signed.chain_pem)

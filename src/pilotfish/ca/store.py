@@ -15,6 +15,7 @@ the user's files instead and never written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -353,10 +354,12 @@ def _make_private_dir(directory: Path) -> None:
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # Created with its final mode: the key is never readable by others, even for a moment.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Made afresh (a crash may have left one) with its final mode, which the umask can only
+    # narrow: a key is never readable by others, not even for a moment.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask too
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

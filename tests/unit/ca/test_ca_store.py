@@ -191,3 +191,11 @@ def test_a_missing_plugged_file_is_named(tmp_path: Path) -> None:
     Path(files.root_cert).write_text("not a certificate")
     with pytest.raises(CaStoreError, match=r"root-cert\.pem: pluggedCA\.rootCert is not PEM"):
         load_or_create_ca(tmp_path / "state", CertificateSettings(plugged=files), "x", NOW)
+
+
+def test_an_older_looser_folder_is_made_owner_only(tmp_path: Path) -> None:
+    directory = tmp_path / "ca"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    load_or_create_ca(directory, SETTINGS, "example.org", NOW)
+    assert mode(directory) == 0o700
