@@ -8,8 +8,8 @@ Rotation ends (``finish``) when no agent still holds a valid certificate of an o
 (``old_epoch_holders`` is empty), or at ``drop_after`` (bounded by the workload lifetime:
 after that every old certificate has expired anyway); the old root leaves the bundle.
 
-Automatic rotation starts when a root has less than ``AUTO_ROTATE_FRACTION`` of its
-lifetime left (``rotation_due``).
+Automatic rotation starts when a root has less than a fraction of its lifetime left
+(``rotation_due``; MeshConfig ``spec.certificates.rootRenewGracePeriodPercentage``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 
 from pilotfish.errors import PilotfishError
 
-# Rotate a self-signed root once it has less than a fifth of its life left: two years of
-# warning for istiod's 10-year default, and never less than the workload lifetime.
+# Rotate a self-signed root once it has less than a fifth of its life left, as istiod does
+# by default: two years ahead for its 10-year root.
 AUTO_ROTATE_FRACTION = 0.2
 
 

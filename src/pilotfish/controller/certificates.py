@@ -20,7 +20,6 @@ from pilotfish.ca.api import CertificateRefused, SignedCertificate, TrustBundle
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.issuer import CertificateAuthority
 from pilotfish.ca.rotation import (
-    AUTO_ROTATE_FRACTION,
     IssuedRecord,
     RotationPhase,
     RotationState,
@@ -76,12 +75,11 @@ class MeshCertificateAuthority:
         stored: StoredCa,
         mesh: MeshSettings,
         clock: Callable[[], dt.datetime] = utc_now,
-        auto_rotate_fraction: float = AUTO_ROTATE_FRACTION,
     ) -> None:
         self._stored = stored
         self._mesh = mesh
         self._clock = clock
-        self._auto_rotate_fraction = auto_rotate_fraction
+        self._auto_rotate_fraction = mesh.certificates.root_renew_grace_percentage / 100
         # Per agent (node id, else serial): its latest certificate, for rotation and status.
         self._holders: dict[str, IssuedRecord] = {}
         self._recent: deque[IssuedRecord] = deque(maxlen=RECENT_SIGNED)

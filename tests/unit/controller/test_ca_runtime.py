@@ -29,9 +29,13 @@ class Clock:
         return self.now
 
 
-def make_ca(tmp_path: Path, root_days: float = 3650) -> tuple[MeshCertificateAuthority, Clock]:
+def make_ca(
+    tmp_path: Path, root_days: float = 3650, grace: float = 20
+) -> tuple[MeshCertificateAuthority, Clock]:
     mesh = MeshSettings(
-        certificates=CertificateSettings(workload_ttl=DAY, root_ttl=root_days * DAY)
+        certificates=CertificateSettings(
+            workload_ttl=DAY, root_ttl=root_days * DAY, root_renew_grace_percentage=grace
+        )
     )
     clock = Clock()
     stored = load_or_create_ca(tmp_path, mesh.certificates, mesh.trust_domain, clock.now)
@@ -115,6 +119,16 @@ def test_a_root_with_a_fifth_of_its_life_left_rotates_by_itself(
     assert "less than 20% of its lifetime left: rotating it" in caplog.text
     # No agent held a certificate: nothing to wait for, the old root went at once.
     assert ca.rotation.phase is RotationPhase.STEADY
+
+
+def test_the_renew_grace_percentage_is_the_mesh_config_s(tmp_path: Path) -> None:
+    ca, clock = make_ca(tmp_path, root_days=100, grace=50)
+    clock.now += dt.timedelta(days=49)
+    ca.tick()
+    assert ca.rotation.issuer_epoch == 1
+    clock.now += dt.timedelta(days=2)
+    ca.tick()
+    assert ca.rotation.issuer_epoch == 2
 
 
 def test_expiry_is_warned_of_within_30_days_or_a_fifth_of_the_lifetime(tmp_path: Path) -> None:
