@@ -70,8 +70,13 @@ def load_or_create_ca(
 ) -> StoredCa:
     """The CA kept in ``directory``; a new self-signed root there on first start (or the
     plugged CA of ``settings``, whose files are only read)."""
-    _make_private_dir(directory)
-    secret = _load_or_create_secret(directory / SECRET_FILE)
+    try:
+        _make_private_dir(directory)
+        secret = _load_or_create_secret(directory / SECRET_FILE)
+    except OSError as exc:
+        raise CaStoreError(
+            f"{exc.filename or directory}: cannot keep the CA's files here: {exc.strerror}"
+        ) from exc
     state = _read_state(directory)
     if settings.plugged is not None:
         authority = load_plugged_ca(settings.plugged)
@@ -79,8 +84,11 @@ def load_or_create_ca(
     if state is None:
         state = RotationState()
         authority = new_self_signed_root(trust_domain, settings.root_ttl, now, state.issuer_epoch)
-        _write_root(directory, authority)
-        _write_state(directory, state)
+        try:
+            _write_root(directory, authority)
+            _write_state(directory, state)
+        except OSError as exc:
+            raise CaStoreError(f"{exc.filename}: cannot save the root: {exc.strerror}") from exc
         log.info("made a new self-signed root CA in %s", directory)
     else:
         authority = _load_self_signed(directory, state)
@@ -120,8 +128,11 @@ def begin_root_rotation(
     state = stored.rotation.begin(now, max_overlap_seconds)
     fresh = new_self_signed_root(trust_domain, root_ttl, now, state.issuer_epoch)
     authority = replace(fresh, trusted_roots=(fresh.root, stored.authority.root))
-    _write_root(stored.directory, authority)
-    _write_state(stored.directory, state)
+    try:
+        _write_root(stored.directory, authority)
+        _write_state(stored.directory, state)
+    except OSError as exc:
+        raise CaStoreError(f"{exc.filename}: cannot save the new root: {exc.strerror}") from exc
     log.info(
         "root rotation started: signing under epoch %d; the old root stays trusted until "
         "every agent re-issued or %s",

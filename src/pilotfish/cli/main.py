@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 
 from pilotfish import __version__
+from pilotfish.ca.store import CaStoreError
 from pilotfish.model.diagnostics import ConfigError
 
 STATE_DIR = ".pilotfish"
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.diagnostics)} problem(s); nothing was started", file=sys.stderr)
+        return 1
+    except CaStoreError as exc:
+        print(f"the CA cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -199,3 +199,10 @@ def test_an_older_looser_folder_is_made_owner_only(tmp_path: Path) -> None:
     directory.chmod(0o755)
     load_or_create_ca(directory, SETTINGS, "example.org", NOW)
     assert mode(directory) == 0o700
+
+
+def test_a_folder_where_files_cannot_be_kept_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(CaStoreError, match=r"not-a-folder.*cannot keep the CA's files here"):
+        load_or_create_ca(blocker / "ca", SETTINGS, "example.org", NOW)
