@@ -123,7 +123,7 @@ class ControlPlane:
             keepalive=self.settings.keepalive,
             extra_handlers=ca_method_handlers(self.certificates),
         )
-        log.info("xDS server and CA listening on %s:%d", self.settings.host, self.xds_port)
+        log.info("xDS server listening on %s:%d (the CA too)", self.settings.host, self.xds_port)
         self._watch_task = asyncio.create_task(self._watch_config())
         self._ca_task = asyncio.create_task(self._tick_ca(self.certificates))
 
