@@ -64,6 +64,12 @@ class CertificateAuthority:
     ) -> SignedCertificate:
         """A leaf for ``identity`` with the CSR's public key; ``CertificateRefused`` when the
         CSR asks for anything else than exactly that identity."""
+        return self.issue(csr_pem, identity, ttl_seconds, now)[0]
+
+    def issue(
+        self, csr_pem: str, identity: Identity, ttl_seconds: float, now: dt.datetime
+    ) -> tuple[SignedCertificate, int]:
+        """``sign``, and the leaf's serial number (for the records of what was signed)."""
         csr = _load_csr(csr_pem)
         _check_csr(csr, identity)
         if ttl_seconds <= 0:
@@ -117,12 +123,13 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return SignedCertificate(
+        signed = SignedCertificate(
             chain_pem=(certificate_pem(leaf), *self.chain_pem()),
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
             issuer_epoch=self.issuer_epoch,
         )
+        return signed, leaf.serial_number
 
 
 def new_self_signed_root(

@@ -39,6 +39,7 @@ WARN_BEFORE = dt.timedelta(days=30)
 WARN_FRACTION = 0.2
 WARN_EVERY = dt.timedelta(days=1)
 RECENT_SIGNED = 50
+FORGET_AFTER = dt.timedelta(days=1)
 
 
 def utc_now() -> dt.datetime:
@@ -136,10 +137,10 @@ class MeshCertificateAuthority:
         ttl = workload_ttl if ttl_seconds <= 0 else min(ttl_seconds, workload_ttl)
         now = self._clock()
         try:
-            signed = self.authority.sign(csr_pem, identity, ttl, now)
+            signed, serial = self.authority.issue(csr_pem, identity, ttl, now)
         except CertificateRefused as exc:
             self._refuse(f"{caller} proving {identity}", str(exc))
-        self._record(signed, identity, node_id, now)
+        self._record(signed, serial, identity, node_id, now)
         self._maybe_finish_rotation(now)
         return signed
 
@@ -151,22 +152,23 @@ class MeshCertificateAuthority:
         raise error(reason)
 
     def _record(
-        self, signed: SignedCertificate, identity: Identity, node_id: str | None, now: dt.datetime
+        self,
+        signed: SignedCertificate,
+        serial: int,
+        identity: Identity,
+        node_id: str | None,
+        now: dt.datetime,
     ) -> None:
-        leaf = x509.load_pem_x509_certificate(signed.chain_pem[0].encode())
         record = IssuedRecord(
             identity=identity.spiffe_id,
             node_id=node_id,
-            serial=leaf.serial_number,
+            serial=serial,
             not_after=signed.not_after,
             issuer_epoch=signed.issuer_epoch,
             signed_at=now,
         )
         self._recent.append(record)
         self._holders[node_id or f"serial {record.serial:x}"] = record
-        # Expired certificates hold nobody's trust: forget them, so memory follows the mesh.
-        for holder in [h for h, r in self._holders.items() if r.not_after <= now]:
-            del self._holders[holder]
 
     # --- rotation -----------------------------------------------------------------------
 
@@ -190,6 +192,10 @@ class MeshCertificateAuthority:
     def tick(self) -> None:
         """What time alone decides: end a rotation, start an automatic one, warn of expiry."""
         now = self._clock()
+        # Forget certificates a day after they expired, so memory follows the mesh; until
+        # then proxy-status still shows when a proxy's certificate ran out.
+        for holder in [h for h, r in self._holders.items() if r.not_after <= now - FORGET_AFTER]:
+            del self._holders[holder]
         self._maybe_finish_rotation(now)
         root = self.authority.root
         if (

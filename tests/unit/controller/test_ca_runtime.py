@@ -159,3 +159,14 @@ def test_status_lists_roots_rotation_and_what_was_signed(tmp_path: Path) -> None
     assert signed["identity"] == WEB.spiffe_id and signed["node_id"] == "web-0"
     record = ca.latest_for_node("web-0")
     assert record is not None and record.identity == WEB.spiffe_id
+
+
+def test_an_expired_certificate_is_still_shown_for_a_day_then_forgotten(tmp_path: Path) -> None:
+    ca, clock = make_ca(tmp_path)
+    ca.sign(new_key_and_csr(WEB)[1], ca.credential(WEB), 3600, "web-0")
+    clock.now += dt.timedelta(hours=2)
+    ca.tick()
+    assert ca.latest_for_node("web-0") is not None
+    clock.now += dt.timedelta(days=1)
+    ca.tick()
+    assert ca.latest_for_node("web-0") is None
