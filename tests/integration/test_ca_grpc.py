@@ -210,3 +210,21 @@ async def test_ca_status_and_rotate_from_the_command_line(
     assert main(["ca", "status", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "(no running mesh: read from" in out and "issuer epoch 2" in out
+
+
+async def test_a_control_plane_restarted_mid_rotation_trusts_both_roots_until_agents_re_issue(
+    folder: Path,
+) -> None:
+    async with running(folder) as plane, signer_for(plane, WEB) as signer:
+        await signer.sign(new_key_and_csr(WEB)[1], 3600)
+        assert plane.certificates is not None
+        plane.certificates.rotate()
+        during = await anext(aiter(signer.watch_trust_bundle()))
+    async with running(folder) as plane, signer_for(plane, WEB) as signer:
+        bundles = signer.watch_trust_bundle()
+        assert await asyncio.wait_for(anext(bundles), 10) == during
+        assert len(during.roots_pem) == 2 and during.issuer_epoch == 2
+        assert (await signer.sign(new_key_and_csr(WEB)[1], 3600)).issuer_epoch == 2
+        after = await asyncio.wait_for(anext(bundles), 10)
+        assert after.roots_pem == during.roots_pem[:1]
+        await bundles.aclose()  # type: ignore[attr-defined]

@@ -119,6 +119,53 @@ class IssuedRecord:
             "signed_at": self.signed_at.isoformat(),
         }
 
+    @classmethod
+    def from_json(cls, data: object) -> IssuedRecord:
+        """The inverse of ``to_json``; ``ValueError`` naming the field that is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("a record is not a JSON object")
+        identity, node_id, serial = data.get("identity"), data.get("node_id"), data.get("serial")
+        epoch = data.get("issuer_epoch")
+        if not isinstance(identity, str):
+            raise ValueError(f"identity: {identity!r} is not a string")
+        if node_id is not None and not isinstance(node_id, str):
+            raise ValueError(f"node_id: {node_id!r} is not a string")
+        if not isinstance(serial, str):
+            raise ValueError(f"serial: {serial!r} is not a hex string")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise ValueError(f"issuer_epoch: {epoch!r} is not an integer")
+        not_after, signed_at = _time(data, "not_after"), _time(data, "signed_at")
+        if not_after is None or signed_at is None:
+            raise ValueError("not_after and signed_at are required")
+        try:
+            number = int(serial, 16)
+        except ValueError as exc:
+            raise ValueError(f"serial: {serial!r} is not a hex string") from exc
+        return cls(identity, node_id, number, not_after, epoch, signed_at)
+
+
+@dataclass(frozen=True)
+class IssuedLog:
+    """What a control plane knew of the certificates it signed, as the next one reads it."""
+
+    records: tuple[IssuedRecord, ...] = ()
+    complete: bool = True
+    """False when certificates may have been signed that ``records`` lacks (the previous
+    control plane did not stop cleanly, or kept no log): they are unknown until they expire."""
+
+    def to_json(self) -> dict[str, object]:
+        return {"complete": self.complete, "records": [r.to_json() for r in self.records]}
+
+    @classmethod
+    def from_json(cls, data: object) -> IssuedLog:
+        if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+            raise ValueError("not an object with a list of records")
+        complete = data.get("complete")
+        if not isinstance(complete, bool):
+            raise ValueError(f"complete: {complete!r} is not true or false")
+        records = data["records"]
+        return cls(tuple(IssuedRecord.from_json(r) for r in records), complete)
+
 
 def old_epoch_holders(records: Iterable[IssuedRecord], epoch: int, now: dt.datetime) -> list[str]:
     """Agents that still hold a valid certificate older than ``epoch`` and none of it.

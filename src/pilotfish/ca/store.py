@@ -6,6 +6,8 @@ Under ``DIR/.pilotfish/ca/`` (mode 0700)::
     root-<epoch>-key.pem    the self-signed root's key (0600), one per epoch still trusted
     root-<epoch>-cert.pem   its certificate
     credential-secret       the HMAC secret of the agents' bearer tokens (0600)
+    issued.json             the certificates still valid that agents hold (IssuedLog): a
+                            restart in the middle of a root rotation still knows whom it waits for
 
 Every file is written whole to a temporary name and renamed, and ``state.json`` is written
 last: a crash at any point leaves either the old state or the new one (at worst an unused
@@ -21,7 +23,7 @@ import itertools
 import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -37,7 +39,7 @@ from pilotfish.ca.issuer import (
     key_pem,
     new_self_signed_root,
 )
-from pilotfish.ca.rotation import RotationError, RotationPhase, RotationState
+from pilotfish.ca.rotation import IssuedLog, RotationError, RotationPhase, RotationState
 from pilotfish.errors import PilotfishError
 from pilotfish.model.resources import CertificateSettings, PluggedCertificateAuthority
 
@@ -45,6 +47,7 @@ log = logging.getLogger("pilotfish.ca")
 
 CA_DIR = Path(".pilotfish") / "ca"
 STATE_FILE = "state.json"
+ISSUED_FILE = "issued.json"
 SECRET_FILE = "credential-secret"
 
 
@@ -59,6 +62,8 @@ class StoredCa:
     credentials: CredentialAuthority
     directory: Path
     plugged: bool = False
+    issued: IssuedLog = field(default_factory=IssuedLog)
+    """What the previous control plane left of its records."""
 
 
 def ca_directory(config_dir: Path) -> Path:
@@ -80,7 +85,14 @@ def load_or_create_ca(
     state = _read_state(directory)
     if settings.plugged is not None:
         authority = load_plugged_ca(settings.plugged)
-        return StoredCa(authority, RotationState(), CredentialAuthority(secret), directory, True)
+        return StoredCa(
+            authority,
+            RotationState(),
+            CredentialAuthority(secret),
+            directory,
+            plugged=True,
+            issued=_take_issued_log(directory),
+        )
     if state is None:
         state = RotationState()
         authority = new_self_signed_root(trust_domain, settings.root_ttl, now, state.issuer_epoch)
@@ -90,9 +102,43 @@ def load_or_create_ca(
         except OSError as exc:
             raise CaStoreError(f"{exc.filename}: cannot save the root: {exc.strerror}") from exc
         log.info("made a new self-signed root CA in %s", directory)
+        # Nothing can hold a certificate of a root made just now.
+        save_issued_log(directory, IssuedLog(complete=False))
+        issued = IssuedLog()
     else:
         authority = _load_self_signed(directory, state)
-    return StoredCa(authority, state, CredentialAuthority(secret), directory)
+        issued = _take_issued_log(directory)
+    return StoredCa(authority, state, CredentialAuthority(secret), directory, issued=issued)
+
+
+def save_issued_log(directory: Path, issued: IssuedLog) -> None:
+    """Write the records; ``complete`` only when this control plane signs nothing more."""
+    data = json.dumps(issued.to_json(), separators=(",", ":")) + "\n"
+    try:
+        _write_atomically(directory / ISSUED_FILE, data.encode(), 0o600)
+    except OSError as exc:
+        raise CaStoreError(f"{exc.filename}: cannot save the records: {exc.strerror}") from exc
+
+
+def _take_issued_log(directory: Path) -> IssuedLog:
+    """The previous control plane's records, and a mark that this one has taken over: if it
+    dies before writing its own, the next start knows the records are incomplete."""
+    issued = _read_issued_log(directory)
+    save_issued_log(directory, IssuedLog(issued.records, complete=False))
+    return issued
+
+
+def _read_issued_log(directory: Path) -> IssuedLog:
+    path = directory / ISSUED_FILE
+    try:
+        return IssuedLog.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return IssuedLog(complete=False)  # an older CA folder: who knows what it signed
+    except OSError as exc:
+        raise CaStoreError(f"{path}: cannot read: {exc.strerror}") from exc
+    except ValueError as exc:
+        log.warning("%s: %s; treating every earlier certificate as unknown", path, exc)
+        return IssuedLog(complete=False)
 
 
 def read_ca(directory: Path, settings: CertificateSettings) -> StoredCa | None:
@@ -108,7 +154,11 @@ def read_ca(directory: Path, settings: CertificateSettings) -> StoredCa | None:
     if state is None:
         return None
     return StoredCa(
-        _load_self_signed(directory, state), state, CredentialAuthority(secret), directory
+        _load_self_signed(directory, state),
+        state,
+        CredentialAuthority(secret),
+        directory,
+        issued=_read_issued_log(directory),
     )
 
 

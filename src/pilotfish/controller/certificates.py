@@ -20,6 +20,7 @@ from pilotfish.ca.api import CertificateRefused, SignedCertificate, TrustBundle
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.issuer import CertificateAuthority
 from pilotfish.ca.rotation import (
+    IssuedLog,
     IssuedRecord,
     RotationPhase,
     RotationState,
@@ -27,7 +28,12 @@ from pilotfish.ca.rotation import (
     remaining_fraction,
     rotation_due,
 )
-from pilotfish.ca.store import StoredCa, begin_root_rotation, finish_root_rotation
+from pilotfish.ca.store import (
+    StoredCa,
+    begin_root_rotation,
+    finish_root_rotation,
+    save_issued_log,
+)
 from pilotfish.model.identity import Identity
 from pilotfish.model.resources import MeshSettings
 
@@ -83,6 +89,16 @@ class MeshCertificateAuthority:
         self._auto_rotate_fraction = mesh.certificates.root_renew_grace_percentage / 100
         # Per agent (node id, else serial): its latest certificate, for rotation and status.
         self._holders: dict[str, IssuedRecord] = {}
+        for record in sorted(stored.issued.records, key=lambda r: r.signed_at):
+            self._holders[_holder(record)] = record
+        self._dirty = False
+        # Certificates the previous control plane may have signed without a record: until
+        # they have all expired, nobody can say that every agent re-issued.
+        self._unknown_until = (
+            None
+            if stored.issued.complete
+            else clock() + dt.timedelta(seconds=mesh.certificates.workload_ttl)
+        )
         self._recent: deque[IssuedRecord] = deque(maxlen=RECENT_SIGNED)
         self._refused = 0
         self._bundle_changed = asyncio.Event()
@@ -168,7 +184,8 @@ class MeshCertificateAuthority:
             signed_at=now,
         )
         self._recent.append(record)
-        self._holders[node_id or f"serial {record.serial:x}"] = record
+        self._holders[_holder(record)] = record
+        self._dirty = True
 
     # --- rotation -----------------------------------------------------------------------
 
@@ -187,7 +204,27 @@ class MeshCertificateAuthority:
         return self.rotation
 
     def old_epoch_holders(self) -> list[str]:
-        return old_epoch_holders(self._holders.values(), self.rotation.issuer_epoch, self._clock())
+        """Who the running rotation waits for (empty when none runs)."""
+        return self._waiting_for(self._clock())
+
+    def _waiting_for(self, now: dt.datetime) -> list[str]:
+        if self.rotation.phase is not RotationPhase.OVERLAP:
+            return []
+        holders = old_epoch_holders(self._holders.values(), self.rotation.issuer_epoch, now)
+        if self._unknown_until is not None and now < self._unknown_until:
+            holders.append(
+                "certificates the previous control plane signed without a record "
+                f"(expired by {self._unknown_until.isoformat(timespec='seconds')})"
+            )
+        return holders
+
+    def save(self, final: bool = False) -> None:
+        """Write the records for the next control plane; ``final`` when no more signing
+        follows (the control plane stops), so the next one can trust them to be complete."""
+        if self._dirty or final:
+            records = tuple(self._holders.values())
+            save_issued_log(self._stored.directory, IssuedLog(records, complete=final))
+            self._dirty = False
 
     def tick(self) -> None:
         """What time alone decides: end a rotation, start an automatic one, warn of expiry."""
@@ -196,6 +233,7 @@ class MeshCertificateAuthority:
         # then proxy-status still shows when a proxy's certificate ran out.
         for holder in [h for h, r in self._holders.items() if r.not_after <= now - FORGET_AFTER]:
             del self._holders[holder]
+            self._dirty = True
         self._maybe_finish_rotation(now)
         root = self.authority.root
         if (
@@ -218,12 +256,13 @@ class MeshCertificateAuthority:
             self._last_warned = now
             for warning in expiry_warnings(self.authority, now):
                 log.warning("CA: %s", warning)
+        self.save()
 
     def _maybe_finish_rotation(self, now: dt.datetime) -> None:
         state = self.rotation
         if state.phase is not RotationPhase.OVERLAP:
             return
-        holders = old_epoch_holders(self._holders.values(), state.issuer_epoch, now)
+        holders = self._waiting_for(now)
         if state.ready_to_finish(now, holders):
             if holders:
                 log.warning(
@@ -249,12 +288,7 @@ class MeshCertificateAuthority:
             "trust_domain": self._mesh.trust_domain,
             "plugged": self._stored.plugged,
             "issuer_epoch": authority.issuer_epoch,
-            "rotation": {
-                **self.rotation.to_json(),
-                "waiting_for": self.old_epoch_holders()
-                if self.rotation.phase is RotationPhase.OVERLAP
-                else [],
-            },
+            "rotation": {**self.rotation.to_json(), "waiting_for": self._waiting_for(now)},
             "roots": [_certificate_json(c, c == authority.root) for c in authority.trusted_roots],
             "intermediates": [_certificate_json(c, True) for c in intermediates],
             "warnings": expiry_warnings(authority, now),
@@ -269,6 +303,10 @@ def ca_status_json(stored: StoredCa, mesh: MeshSettings) -> dict[str, object]:
     status = MeshCertificateAuthority(stored, mesh).status_json()
     del status["recently_signed"], status["refused"]
     return status
+
+
+def _holder(record: IssuedRecord) -> str:
+    return record.node_id or f"serial {record.serial:x}"
 
 
 def _certificate_json(certificate: x509.Certificate, signing: bool) -> dict[str, object]:

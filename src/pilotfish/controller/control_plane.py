@@ -175,4 +175,7 @@ class ControlPlane:
                     await task
         if self._server is not None:
             await self._server.stop(grace_seconds)
+        if self.certificates is not None:
+            # Nothing is signed any more: the next start can trust these records whole.
+            await asyncio.to_thread(self.certificates.save, True)
         self.controller.close()

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pilotfish.ca.rotation import (
+    IssuedLog,
     IssuedRecord,
     RotationError,
     RotationPhase,
@@ -102,3 +103,12 @@ def test_any_sequence_keeps_the_epoch_growing_by_one_per_rotation(steps: list[st
         assert state.issuer_epoch == 1 + rotations
         assert (state.phase is RotationPhase.OVERLAP) == (state.drop_after is not None)
         assert RotationState.from_json(state.to_json()) == state
+
+
+def test_records_round_trip_through_json() -> None:
+    log = IssuedLog((record("web-0", 2, 0xABC), record(None, 1, 7)), complete=False)
+    assert IssuedLog.from_json(log.to_json()) == log
+    with pytest.raises(ValueError, match="serial"):
+        IssuedRecord.from_json({**record("w", 1, 1).to_json(), "serial": "zz"})
+    with pytest.raises(ValueError, match="complete"):
+        IssuedLog.from_json({"records": []})

@@ -13,13 +13,14 @@ from cryptography.x509.oid import NameOID
 
 from pilotfish.ca.csr import new_key_and_csr
 from pilotfish.ca.issuer import certificate_pem, key_pem
-from pilotfish.ca.rotation import RotationError, RotationPhase
+from pilotfish.ca.rotation import IssuedLog, IssuedRecord, RotationError, RotationPhase
 from pilotfish.ca.store import (
     CaStoreError,
     begin_root_rotation,
     finish_root_rotation,
     load_or_create_ca,
     read_ca,
+    save_issued_log,
 )
 from pilotfish.model.identity import Identity
 from pilotfish.model.resources import CertificateSettings, PluggedCertificateAuthority
@@ -206,3 +207,25 @@ def test_a_folder_where_files_cannot_be_kept_is_named(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(CaStoreError, match=r"not-a-folder.*cannot keep the CA's files here"):
         load_or_create_ca(blocker / "ca", SETTINGS, "example.org", NOW)
+
+
+def test_records_are_marked_incomplete_while_a_control_plane_runs(tmp_path: Path) -> None:
+    first = load_or_create_ca(tmp_path, SETTINGS, "example.org", NOW)
+    assert first.issued.complete  # a root made just now: nobody holds anything
+    record = IssuedRecord("spiffe://example.org/ns/default/sa/web", "web-0", 0xAB, NOW, 1, NOW)
+    save_issued_log(tmp_path, IssuedLog((record,), complete=True))
+    second = load_or_create_ca(tmp_path, SETTINGS, "example.org", NOW)
+    assert second.issued == IssuedLog((record,), complete=True)
+    # The second has taken over: if it dies now, the third cannot trust the records.
+    third = load_or_create_ca(tmp_path, SETTINGS, "example.org", NOW)
+    assert third.issued == IssuedLog((record,), complete=False)
+
+
+def test_damaged_records_count_as_incomplete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    load_or_create_ca(tmp_path, SETTINGS, "example.org", NOW)
+    (tmp_path / "issued.json").write_text('{"complete": true, "records": [{"serial": 5}]}')
+    stored = load_or_create_ca(tmp_path, SETTINGS, "example.org", NOW)
+    assert stored.issued == IssuedLog(complete=False)
+    assert "issued.json: identity: None is not a string" in caplog.text

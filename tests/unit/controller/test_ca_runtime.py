@@ -170,3 +170,45 @@ def test_an_expired_certificate_is_still_shown_for_a_day_then_forgotten(tmp_path
     clock.now += dt.timedelta(days=1)
     ca.tick()
     assert ca.latest_for_node("web-0") is None
+
+
+def restart(tmp_path: Path, ca: MeshCertificateAuthority, clock: Clock) -> MeshCertificateAuthority:
+    mesh = MeshSettings(certificates=CertificateSettings(workload_ttl=DAY))
+    stored = load_or_create_ca(tmp_path, mesh.certificates, mesh.trust_domain, clock.now)
+    return MeshCertificateAuthority(stored, mesh, clock)
+
+
+def test_a_clean_restart_mid_rotation_still_waits_for_the_agents_it_knew(tmp_path: Path) -> None:
+    ca, clock = make_ca(tmp_path)
+    web, api = ca.credential(WEB), ca.credential(API)
+    ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-0")
+    ca.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
+    ca.rotate()
+    ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-0")
+    ca.save(final=True)  # what ControlPlane.stop does
+    again = restart(tmp_path, ca, clock)
+    assert again.rotation.phase is RotationPhase.OVERLAP
+    assert again.old_epoch_holders() == ["api-0"]
+    again.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
+    assert again.rotation.phase is RotationPhase.STEADY
+
+
+def test_after_a_crash_the_unrecorded_certificates_keep_the_old_root_until_they_expire(
+    tmp_path: Path,
+) -> None:
+    ca, clock = make_ca(tmp_path)
+    api = ca.credential(API)
+    ca.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
+    ca.rotate()
+    ca.tick()  # saves the records, but more could be signed before the crash
+    again = restart(tmp_path, ca, clock)
+    waiting = again.old_epoch_holders()
+    assert waiting[0] == "api-0" and "without a record" in waiting[1]
+    again.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
+    assert again.rotation.phase is RotationPhase.OVERLAP
+    clock.now += dt.timedelta(hours=23)
+    again.tick()
+    assert again.rotation.phase is RotationPhase.OVERLAP
+    clock.now += dt.timedelta(hours=1)
+    again.tick()
+    assert again.rotation.phase is RotationPhase.STEADY
