@@ -276,7 +276,7 @@ def run_ca_status(args: argparse.Namespace) -> int:
 
 def _ca_status_from_files(directory: Path) -> int:
     from pilotfish.admin.ca_status import format_ca_status
-    from pilotfish.ca.store import CaStoreError, ca_directory, read_ca
+    from pilotfish.ca.store import ca_directory, read_ca
     from pilotfish.controller.certificates import ca_status_json
     from pilotfish.load import load_directory
     from pilotfish.model.resources import MeshSettings
