@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TypeVar
 
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.translate.rbac_evaluator import EnvoyRequest, evaluate
@@ -20,7 +24,10 @@ from pilotfish.model.authorization import (
     Values,
 )
 from pilotfish.model.diagnostics import SourceMap
-from pilotfish.model.resources import Meta
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import Gateway, GatewayServer, Meta
+from pilotfish.model.services import MeshView
+from pilotfish.translate import MeshTranslator
 from pilotfish.translate.authorization import build_rbac_filters
 from pilotfish.translate.authz_simulator import Decision, Request, decide, rule_matches
 
@@ -344,3 +351,80 @@ def test_sidecar_ports_are_the_apps_ports_seen_on_the_inbound_listener() -> None
     assert not evaluate(filters, EnvoyRequest(**{**reached.__dict__, "destination_port": inbound}))[
         0
     ]
+
+
+# --- what a proxy's connection manager gets ------------------------------------------------
+
+
+def _manager_of(view: MeshView, node: ProxyNode) -> hcm_pb2.HttpConnectionManager:
+    listeners = MeshTranslator(view).resources_for(node).listeners
+    wanted = "inbound" if node.kind == "sidecar" else listeners[0].name
+    (listener,) = [item for item in listeners if item.name == wanted]
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return manager
+
+
+def test_jwt_then_rbac_first_in_the_sidecar_inbound_manager(
+    authorization_view: MeshView, frontend_sidecar: ProxyNode
+) -> None:
+    manager = _manager_of(authorization_view, frontend_sidecar)
+
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.jwt_authn",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ]
+    assert manager.normalize_path.value
+    bodies = [
+        m.body_format_override.text_format_source.inline_string
+        for m in manager.local_reply_config.mappers
+    ]
+    assert bodies[0].startswith("JWT rejected by frontend-0")
+    assert (
+        "RBAC: access denied by frontend-0: DENY policy default/no-admin matched (rules[1])\n"
+        in bodies
+    )
+    assert bodies[-1] == (
+        "RBAC: access denied by frontend-0: no ALLOW policy matched this request; "
+        "the ALLOW policies of this workload are default/callers\n"
+    )
+
+
+def test_the_gateway_takes_root_namespace_policies_only(
+    authorization_view: MeshView, ingress_gateway: ProxyNode
+) -> None:
+    view = replace(
+        authorization_view,
+        config=replace(
+            authorization_view.config,
+            gateways=(Gateway(meta("web"), {}, (GatewayServer(18080, "http", "HTTP", ("*",)),)),),
+            authorization_policies=(
+                *authorization_view.config.authorization_policies,
+                policy("everything-in-default"),
+            ),
+        ),
+    )
+
+    manager = _manager_of(view, ingress_gateway)
+
+    # Only the mesh-wide AUDIT policy of istio-system, first; then CORS, fault, router.
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.router",
+    ]
+    assert not manager.local_reply_config.mappers
+
+
+def test_no_policy_no_filters_and_paths_as_they_were(
+    quickstart_view: MeshView, frontend_sidecar: ProxyNode
+) -> None:
+    manager = _manager_of(quickstart_view, frontend_sidecar)
+
+    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    assert not manager.HasField("normalize_path")
+    assert not manager.HasField("local_reply_config")
