@@ -85,6 +85,7 @@ _KEYS_REFUSED = {
 }
 _BRACKETS = re.compile(r"\[([^\[\]]+)\]")
 _T = TypeVar("_T")
+_Part = TypeVar("_Part", Source, Operation)
 
 
 def parse_authorization_policy(
@@ -191,38 +192,42 @@ def _source(reader: FieldReader, value: object, path: str) -> Source | None:
     fields = reader.mapping(value, path, SOURCE_FIELDS)
     if fields is None:
         return None
-    if not fields:
-        reader.error(path, "must not be empty: set at least one field")
-        return None
     for key in SOURCE_NOT_SUPPORTED:
         if key in fields:
             reader.error(
                 join_path(path, key), f"{NOT_SUPPORTED}: use principals or namespaces instead"
             )
-    ip_blocks = _values(reader, fields, path, "ipBlocks", _check_ip)
-    remote = _values(reader, fields, path, "remoteIpBlocks", _check_ip)
-    return Source(
+    source = Source(
         principals=_values(reader, fields, path, "principals"),
         request_principals=_values(reader, fields, path, "requestPrincipals"),
         namespaces=_values(reader, fields, path, "namespaces"),
-        ip_blocks=ip_blocks,
-        remote_ip_blocks=remote,
+        ip_blocks=_values(reader, fields, path, "ipBlocks", _check_ip),
+        remote_ip_blocks=_values(reader, fields, path, "remoteIpBlocks", _check_ip),
     )
+    return _not_empty(reader, source, path, fields)
 
 
 def _operation(reader: FieldReader, value: object, path: str) -> Operation | None:
     fields = reader.mapping(value, path, OPERATION_FIELDS)
     if fields is None:
         return None
-    if not fields:
-        reader.error(path, "must not be empty: set at least one field")
-        return None
-    return Operation(
+    operation = Operation(
         hosts=_values(reader, fields, path, "hosts"),
         ports=_values(reader, fields, path, "ports", _check_port),
         methods=_values(reader, fields, path, "methods"),
         paths=_values(reader, fields, path, "paths", _check_path),
     )
+    return _not_empty(reader, operation, path, fields)
+
+
+def _not_empty(reader: FieldReader, parsed: _Part, path: str, fields: Fields) -> _Part | None:
+    """Istio refuses a source or operation with nothing in it (``{}``, or only empty lists):
+    read as "anything", it would match every request."""
+    if any(vars(parsed).values()):
+        return parsed
+    if not any(key in SOURCE_NOT_SUPPORTED for key in fields):
+        reader.error(path, "must not be empty: set at least one field")
+    return None
 
 
 def _condition(reader: FieldReader, value: object, path: str) -> Condition | None:

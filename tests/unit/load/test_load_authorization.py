@@ -126,6 +126,13 @@ INVALID_POLICIES = [
         "source",
         "must not be empty",
     ),
+    (
+        "source-of-empty-lists",
+        "rules: [{from: [{source: {principals: [], notNamespaces: []}}]}]\n",
+        "spec.rules[0].from[0].source",
+        "source",
+        "must not be empty",
+    ),
     ("to-empty", "rules: [{to: []}]\n", "spec.rules[0].to", "to", "must not be empty"),
     (
         "operation-empty",
