@@ -40,6 +40,10 @@ spec:
         notIpBlocks: ["::1"]
         remoteIpBlocks: ["172.16.0.0/12"]
         notRemoteIpBlocks: ["fd00::/8"]
+        trustDomains: ["cluster.local", "*.example", "*"]
+        notTrustDomains: ["old.*"]
+  - from:
+    - source: {serviceAccounts: ["web", "prod/api"], notServiceAccounts: ["prod/admin"]}
     to:
     - operation:
         hosts: ["a.example", "*.example", "api.*", "*"]
@@ -56,6 +60,8 @@ spec:
     - {key: remote.ip, notValues: ["10.0.0.0/16"]}
     - {key: source.namespace, values: ["prod"]}
     - {key: source.principal, values: ["cluster.local/ns/a/sa/b"]}
+    - {key: source.serviceAccount, values: ["default/web"]}
+    - {key: source.trustDomain, notValues: ["evil*"]}
     - {key: request.auth.principal, values: ["iss/sub"]}
     - {key: request.auth.audiences, values: ["web"]}
     - {key: request.auth.presenter, values: ["app*"]}

@@ -47,7 +47,9 @@ SOURCE_FIELDS = (
     "trustDomains",
     "notTrustDomains",
 )
-SOURCE_NOT_SUPPORTED = ("serviceAccounts", "notServiceAccounts", "trustDomains", "notTrustDomains")
+# Istio's own limits on service accounts.
+MAX_SERVICE_ACCOUNTS = 16
+MAX_SERVICE_ACCOUNT_LENGTH = 320
 OPERATION_FIELDS = (
     "hosts",
     "notHosts",
@@ -68,6 +70,8 @@ _PLAIN_KEYS: Mapping[str, ConditionKind] = {
     "remote.ip": "remote.ip",
     "source.namespace": "source.namespace",
     "source.principal": "source.principal",
+    "source.serviceAccount": "source.serviceAccount",
+    "source.trustDomain": "source.trustDomain",
     "request.auth.principal": "request.auth.principal",
     "request.auth.audiences": "request.auth.audiences",
     "request.auth.presenter": "request.auth.presenter",
@@ -75,9 +79,7 @@ _PLAIN_KEYS: Mapping[str, ConditionKind] = {
     "destination.port": "destination.port",
     "connection.sni": "connection.sni",
 }
-_IP_KINDS = ("source.ip", "remote.ip", "destination.ip")
-# Keys Istio knows that Pilotfish does not enforce, and keys Istio itself refuses.
-_KEYS_NOT_SUPPORTED = ("source.serviceAccount", "source.trustDomain")
+# Keys Istio itself refuses.
 _KEYS_REFUSED = {
     "destination.namespace": "is replaced by the policy's metadata.namespace",
     "destination.name": "is deprecated (only supported in v1alpha1)",
@@ -104,7 +106,7 @@ def parse_authorization_policy(
     rules = tuple(
         rule
         for item, path in reader.items(spec, "rules", "spec")
-        if (rule := _rule(reader, item, path)) is not None
+        if (rule := _rule(reader, item, path, meta.namespace)) is not None
     )
     if action == "DENY" and not spec.get("rules"):
         reader.error(
@@ -143,7 +145,7 @@ def read_selector(reader: FieldReader, spec: Fields) -> Mapping[str, str] | None
     return labels
 
 
-def _rule(reader: FieldReader, value: object, path: str) -> Rule | None:
+def _rule(reader: FieldReader, value: object, path: str, namespace: str) -> Rule | None:
     if value is None:
         reader.error(path, "a rule must not be null (use {} to match every request)")
         return None
@@ -156,7 +158,12 @@ def _rule(reader: FieldReader, value: object, path: str) -> Rule | None:
     sources = tuple(
         source
         for item, item_path in reader.items(fields, "from", path)
-        if (source := _wrapped(reader, item, item_path, "source", _source)) is not None
+        if (
+            source := _wrapped(
+                reader, item, item_path, "source", lambda r, v, p: _source(r, v, p, namespace)
+            )
+        )
+        is not None
     )
     operations = tuple(
         operation
@@ -166,7 +173,7 @@ def _rule(reader: FieldReader, value: object, path: str) -> Rule | None:
     conditions = tuple(
         condition
         for item, item_path in reader.items(fields, "when", path)
-        if (condition := _condition(reader, item, item_path)) is not None
+        if (condition := _condition(reader, item, item_path, namespace)) is not None
     )
     return Rule(sources=sources, operations=operations, conditions=conditions)
 
@@ -188,23 +195,25 @@ def _wrapped(
     return read(reader, fields[key], join_path(path, key))
 
 
-def _source(reader: FieldReader, value: object, path: str) -> Source | None:
+def _source(reader: FieldReader, value: object, path: str, namespace: str) -> Source | None:
     fields = reader.mapping(value, path, SOURCE_FIELDS)
     if fields is None:
         return None
-    for key in SOURCE_NOT_SUPPORTED:
-        if key in fields:
-            reader.error(
-                join_path(path, key), f"{NOT_SUPPORTED}: use principals or namespaces instead"
-            )
     source = Source(
         principals=_values(reader, fields, path, "principals"),
         request_principals=_values(reader, fields, path, "requestPrincipals"),
         namespaces=_values(reader, fields, path, "namespaces"),
         ip_blocks=_values(reader, fields, path, "ipBlocks", _check_ip),
         remote_ip_blocks=_values(reader, fields, path, "remoteIpBlocks", _check_ip),
+        service_accounts=_service_accounts(reader, fields, path, namespace),
+        trust_domains=_values(reader, fields, path, "trustDomains", _check_trust_domain),
     )
-    return _not_empty(reader, source, path, fields)
+    if source.service_accounts and (source.principals or source.namespaces):
+        reader.error(
+            join_path(path, "serviceAccounts"),
+            "cannot be set with namespaces or principals (one way to name the caller)",
+        )
+    return _not_empty(reader, source, path)
 
 
 def _operation(reader: FieldReader, value: object, path: str) -> Operation | None:
@@ -217,20 +226,36 @@ def _operation(reader: FieldReader, value: object, path: str) -> Operation | Non
         methods=_values(reader, fields, path, "methods"),
         paths=_values(reader, fields, path, "paths", _check_path),
     )
-    return _not_empty(reader, operation, path, fields)
+    return _not_empty(reader, operation, path)
 
 
-def _not_empty(reader: FieldReader, parsed: _Part, path: str, fields: Fields) -> _Part | None:
+def _not_empty(reader: FieldReader, parsed: _Part, path: str) -> _Part | None:
     """Istio refuses a source or operation with nothing in it (``{}``, or only empty lists):
     read as "anything", it would match every request."""
     if any(vars(parsed).values()):
         return parsed
-    if not any(key in SOURCE_NOT_SUPPORTED for key in fields):
-        reader.error(path, "must not be empty: set at least one field")
+    reader.error(path, "must not be empty: set at least one field")
     return None
 
 
-def _condition(reader: FieldReader, value: object, path: str) -> Condition | None:
+def _service_accounts(reader: FieldReader, fields: Fields, path: str, namespace: str) -> Values:
+    """``<namespace>/<account>`` or ``<account>`` (in the policy's namespace), qualified."""
+    found = _values(reader, fields, path, "serviceAccounts", _check_service_account)
+    for key in ("serviceAccounts", "notServiceAccounts"):
+        items = fields.get(key)
+        if isinstance(items, list) and len(items) > MAX_SERVICE_ACCOUNTS:
+            reader.error(join_path(path, key), f"at most {MAX_SERVICE_ACCOUNTS} values")
+    return Values(
+        qualify_service_accounts(found.values, namespace),
+        qualify_service_accounts(found.not_values, namespace),
+    )
+
+
+def qualify_service_accounts(values: tuple[str, ...], namespace: str) -> tuple[str, ...]:
+    return tuple(v if "/" in v else f"{namespace}/{v}" for v in values)
+
+
+def _condition(reader: FieldReader, value: object, path: str, namespace: str) -> Condition | None:
     fields = reader.mapping(value, path, CONDITION_FIELDS)
     if fields is None:
         return None
@@ -246,13 +271,18 @@ def _condition(reader: FieldReader, value: object, path: str) -> Condition | Non
     if parsed is None:
         return None
     kind, name = parsed
-    check = _check_ip if kind in _IP_KINDS else _check_port if kind == "destination.port" else None
+    check = _VALUE_CHECKS.get(kind)
     if check is not None:
         for list_key, items in (("values", match.values), ("notValues", match.not_values)):
             for index, item in enumerate(items):
                 problem = check(item)
                 if problem is not None:
                     reader.error(f"{join_path(path, list_key)}[{index}]", problem)
+    if kind == "source.serviceAccount":
+        match = Values(
+            qualify_service_accounts(match.values, namespace),
+            qualify_service_accounts(match.not_values, namespace),
+        )
     return Condition(key=key, kind=kind, match=match, name=name)
 
 
@@ -279,7 +309,7 @@ def _condition_key(
             if kind == "request.headers":
                 return "request.headers", (names[0].lower(),)
             return "request.auth.claims", tuple(names)
-    if key in _KEYS_NOT_SUPPORTED or key.startswith("experimental.envoy.filters."):
+    if key.startswith("experimental.envoy.filters."):
         reader.error(path, f"the attribute {key} {NOT_SUPPORTED}")
     elif key in _KEYS_REFUSED:
         reader.error(path, f"the attribute {key} {_KEYS_REFUSED[key]}")
@@ -289,7 +319,8 @@ def _condition_key(
         reader.error(
             path,
             f"unknown attribute {key!r} (Pilotfish knows request.headers[...], source.ip, "
-            "remote.ip, source.namespace, source.principal, request.auth.principal, "
+            "remote.ip, source.namespace, source.principal, source.serviceAccount, "
+            "source.trustDomain, request.auth.principal, "
             "request.auth.audiences, request.auth.presenter, request.auth.claims[...], "
             "destination.ip, destination.port, connection.sni)",
         )
@@ -336,10 +367,46 @@ def _check_ip(value: str) -> str | None:
     return None
 
 
+def _check_service_account(value: str) -> str | None:
+    namespace, slash, account = value.rpartition("/")
+    if "*" in value:
+        return f"{value!r}: wildcards are not allowed in a service account"
+    if len(value) > MAX_SERVICE_ACCOUNT_LENGTH:
+        return f"{value!r} is longer than {MAX_SERVICE_ACCOUNT_LENGTH} characters"
+    if value.count("/") > 1 or (slash and (not namespace or not account)):
+        return f"{value!r} is not <account> or <namespace>/<account>"
+    return None
+
+
+def _check_trust_domain(value: str) -> str | None:
+    if "/" in value:
+        return f"{value!r}: a trust domain has no '/'"
+    return _check_wildcard(value)
+
+
+def _check_wildcard(value: str) -> str | None:
+    count = value.count("*")
+    if count > 1:
+        return f"{value!r}: at most one wildcard"
+    if count == 1 and not (value.startswith("*") or value.endswith("*")):
+        return f"{value!r}: a wildcard only at the start or the end"
+    return None
+
+
 def _check_port(value: str) -> str | None:
     if not value.isdigit() or int(value) > 65535:
         return f"{value!r} is not a port (0..65535)"
     return None
+
+
+_VALUE_CHECKS: Mapping[str, Callable[[str], str | None]] = {
+    "source.ip": _check_ip,
+    "remote.ip": _check_ip,
+    "destination.ip": _check_ip,
+    "destination.port": _check_port,
+    "source.serviceAccount": _check_service_account,
+    "source.trustDomain": _check_trust_domain,
+}
 
 
 def _check_path(value: str) -> str | None:

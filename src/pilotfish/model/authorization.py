@@ -38,6 +38,9 @@ class Source:
     namespaces: Values = field(default_factory=Values)
     ip_blocks: Values = field(default_factory=Values)
     remote_ip_blocks: Values = field(default_factory=Values)
+    service_accounts: Values = field(default_factory=Values)
+    """Always ``<namespace>/<account>``: a bare account is read in the policy's namespace."""
+    trust_domains: Values = field(default_factory=Values)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ ConditionKind = Literal[
     "remote.ip",
     "source.namespace",
     "source.principal",
+    "source.serviceAccount",
+    "source.trustDomain",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",

@@ -125,6 +125,8 @@ def _source(source: Source) -> list[_Principal]:
         *_principal_values(source.namespaces, _peer_namespace),
         *_principal_values(source.ip_blocks, _direct_remote_ip),
         *_principal_values(source.remote_ip_blocks, _remote_ip),
+        *_principal_values(source.service_accounts, _peer_service_account),
+        *_principal_values(source.trust_domains, _peer_trust_domain),
     ]
 
 
@@ -171,6 +173,10 @@ def _condition_principal(condition: Condition) -> list[_Principal]:
         one = _peer_namespace
     elif kind == "source.principal":
         one = _peer_principal
+    elif kind == "source.serviceAccount":
+        one = _peer_service_account
+    elif kind == "source.trustDomain":
+        one = _peer_trust_domain
     elif kind == "request.auth.principal":
         one = request_principal
     else:
@@ -272,6 +278,31 @@ def _peer_namespace(value: str) -> _Principal:
             )
         )
     )
+
+
+def _peer_service_account(value: str) -> _Principal:
+    """``<namespace>/<account>`` in any trust domain, as Istio matches it."""
+    namespace, _, account = value.partition("/")
+    pattern = f"spiffe://.+/ns/{re.escape(namespace)}/(.+/|)sa/{re.escape(account)}(/.+)?"
+    return _authenticated(
+        string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+    )
+
+
+def _peer_trust_domain(value: str) -> _Principal:
+    if value == "*":
+        return _authenticated(string_pb2.StringMatcher(prefix=SPIFFE_SCHEME))
+    if "*" not in value:
+        return _authenticated(string_pb2.StringMatcher(prefix=f"{SPIFFE_SCHEME}{value}/"))
+    before, _, after = value.partition("*")
+    pattern = f"spiffe://{re.escape(before)}[^/]*{re.escape(after)}/.*"
+    return _authenticated(
+        string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+    )
+
+
+def _authenticated(name: string_pb2.StringMatcher) -> _Principal:
+    return _Principal(authenticated=_Principal.Authenticated(principal_name=name))
 
 
 def request_principal(value: str) -> _Principal:

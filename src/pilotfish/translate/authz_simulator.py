@@ -92,6 +92,8 @@ def _source_matches(source: Source, request: Request) -> bool:
         and _check(source.namespaces, lambda p: _namespace_matches(p, request.peer))
         and _check(source.ip_blocks, lambda b: _in_block(request.source_ip, b))
         and _check(source.remote_ip_blocks, lambda b: _in_block(request.remote_ip, b))
+        and _check(source.service_accounts, lambda a: _service_account_is(a, request.peer))
+        and _check(source.trust_domains, lambda d: _trust_domain_matches(d, request.peer))
     )
 
 
@@ -123,6 +125,10 @@ def _condition_matches(condition: Condition, request: Request) -> bool:
         return _check(condition.match, lambda p: _namespace_matches(p, request.peer))
     if kind == "source.principal":
         return _check(condition.match, lambda p: identity is not None and istio_match(p, identity))
+    if kind == "source.serviceAccount":
+        return _check(condition.match, lambda a: _service_account_is(a, request.peer))
+    if kind == "source.trustDomain":
+        return _check(condition.match, lambda d: _trust_domain_matches(d, request.peer))
     if kind == "request.auth.principal":
         return _check(condition.match, lambda p: _request_principal(p, request.jwt))
     if kind == "destination.port":
@@ -162,15 +168,29 @@ def _identity(peer: str | None) -> str | None:
     return peer[len(SPIFFE_SCHEME) :]
 
 
-def _namespace_matches(pattern: str, peer: str | None) -> bool:
+def _parts(peer: str | None) -> tuple[str, str, str] | None:
+    """(trust domain, namespace, service account) of a SPIFFE id of Istio's form."""
     identity = _identity(peer)
-    if identity is None:
-        return False
-    parts = identity.split("/")
-    if len(parts) != 5 or parts[1] != "ns":
-        return False
+    parts = identity.split("/") if identity is not None else []
+    if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
+        return None
+    return parts[0], parts[2], parts[4]
+
+
+def _namespace_matches(pattern: str, peer: str | None) -> bool:
+    parts = _parts(peer)
     glob = ".*".join(re.escape(piece) for piece in pattern.split("*"))
-    return re.fullmatch(glob, parts[2]) is not None
+    return parts is not None and re.fullmatch(glob, parts[1]) is not None
+
+
+def _service_account_is(qualified: str, peer: str | None) -> bool:
+    parts = _parts(peer)
+    return parts is not None and f"{parts[1]}/{parts[2]}" == qualified
+
+
+def _trust_domain_matches(pattern: str, peer: str | None) -> bool:
+    parts = _parts(peer)
+    return parts is not None and istio_match(pattern, parts[0])
 
 
 def _request_principal(pattern: str, jwt: Mapping[str, object] | None) -> bool:

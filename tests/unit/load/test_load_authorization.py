@@ -64,6 +64,20 @@ def test_policy_values() -> None:
     assert everything.sources == everything.operations == everything.conditions == ()
 
 
+def test_bare_service_accounts_are_in_the_policys_namespace() -> None:
+    _, result = load(
+        policy(
+            "rules:\n- from: [{source: {serviceAccounts: [web, other/db]}}]\n"
+            "  when: [{key: source.serviceAccount, notValues: [admin]}]\n",
+            metadata="{name: p, namespace: shop}",
+        )
+    )
+    assert result.config is not None, result.diagnostics
+    (rule,) = result.config.authorization_policies[0].rules
+    assert rule.sources[0].service_accounts == Values(("shop/web", "other/db"))
+    assert rule.conditions[0].match == Values(not_values=("shop/admin",))
+
+
 def test_allow_is_the_default_and_no_rules_is_allowed() -> None:
     _, result = load(policy("selector: {matchLabels: {app: web}}\n"))
     assert result.config is not None
@@ -74,11 +88,39 @@ def test_allow_is_the_default_and_no_rules_is_allowed() -> None:
 # (Istio test name, spec, field, needle in the text, message part)
 INVALID_POLICIES = [
     (
-        "serviceAccounts",
-        "rules: [{from: [{source: {serviceAccounts: [sa]}}]}]\n",
+        "serviceAccounts and namespaces",
+        "rules: [{from: [{source: {serviceAccounts: [sa], namespaces: [ns]}}]}]\n",
         "spec.rules[0].from[0].source.serviceAccounts",
         "serviceAccounts",
-        "not supported by Pilotfish yet",
+        "cannot be set with namespaces or principals",
+    ),
+    (
+        "serviceAccounts with a wildcard",
+        "rules: [{from: [{source: {serviceAccounts: ['ns/*']}}]}]\n",
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "'ns/*'",
+        "wildcards are not allowed",
+    ),
+    (
+        "serviceAccounts with an empty namespace",
+        "rules: [{from: [{source: {notServiceAccounts: ['/sa']}}]}]\n",
+        "spec.rules[0].from[0].source.notServiceAccounts[0]",
+        "'/sa'",
+        "is not <account> or <namespace>/<account>",
+    ),
+    (
+        "trust domain with a slash",
+        "rules: [{when: [{key: source.trustDomain, values: ['a/b']}]}]\n",
+        "spec.rules[0].when[0].values[0]",
+        "'a/b'",
+        "a trust domain has no '/'",
+    ),
+    (
+        "trust domain with a wildcard inside",
+        "rules: [{from: [{source: {trustDomains: ['a*b']}}]}]\n",
+        "spec.rules[0].from[0].source.trustDomains[0]",
+        "'a*b'",
+        "only at the start or the end",
     ),
     ("custom-good", "action: CUSTOM\nrules: [{}]\n", "spec.action", "action", "CUSTOM"),
     (

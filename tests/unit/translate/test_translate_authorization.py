@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TypeVar
 
+import pytest
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -48,6 +49,7 @@ PEERS = [
     "spiffe://cluster.local/ns/dev/sa/web",
     "spiffe://other.domain/ns/prod/sa/web",
     "spiffe://cluster.local/ns/production/sa/dev",
+    "spiffe://cluster.local/ns/team.domain/sa/web",
 ]
 PRINCIPAL_PATTERNS = [
     "cluster.local/ns/prod/sa/web",
@@ -58,6 +60,8 @@ PRINCIPAL_PATTERNS = [
     "*/sa/web",
 ]
 NAMESPACE_PATTERNS = ["prod", "dev", "pr*", "*", "*ev"]
+SERVICE_ACCOUNTS = ["prod/web", "prod/admin", "dev/web", "production/dev"]
+TRUST_DOMAIN_PATTERNS = ["cluster.local", "other.domain", "*", "cluster.*", "*.domain", "cluster"]
 ISSUERS = ["https://issuer.example", "iss"]
 SUBJECTS = ["alice", "bob"]
 REQUEST_PRINCIPAL_PATTERNS = [
@@ -105,6 +109,8 @@ sources = one_field_or_several(
         "namespaces": NAMESPACE_PATTERNS,
         "ip_blocks": BLOCKS,
         "remote_ip_blocks": BLOCKS,
+        "service_accounts": SERVICE_ACCOUNTS,
+        "trust_domains": TRUST_DOMAIN_PATTERNS,
     },
 )
 operations = one_field_or_several(
@@ -122,6 +128,8 @@ CONDITION_PATTERNS: Mapping[ConditionKind, list[str]] = {
     "remote.ip": BLOCKS,
     "source.namespace": NAMESPACE_PATTERNS,
     "source.principal": PRINCIPAL_PATTERNS,
+    "source.serviceAccount": SERVICE_ACCOUNTS,
+    "source.trustDomain": TRUST_DOMAIN_PATTERNS,
     "request.auth.principal": REQUEST_PRINCIPAL_PATTERNS,
     "request.auth.audiences": CLAIM_PATTERNS,
     "request.auth.presenter": CLAIM_PATTERNS,
@@ -428,3 +436,33 @@ def test_no_policy_no_filters_and_paths_as_they_were(
     assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
     assert not manager.HasField("normalize_path")
     assert not manager.HasField("local_reply_config")
+
+
+@pytest.mark.parametrize(
+    ("source", "peer", "matches"),
+    [
+        (Source(service_accounts=Values(("prod/web",))), "spiffe://any.td/ns/prod/sa/web", True),
+        (Source(service_accounts=Values(("prod/web",))), "spiffe://td/ns/prod/sa/webby", False),
+        (Source(service_accounts=Values(("prod/web",))), "spiffe://td/ns/dev/sa/web", False),
+        (
+            Source(trust_domains=Values(("cluster.local",))),
+            "spiffe://cluster.local/ns/a/sa/b",
+            True,
+        ),
+        (Source(trust_domains=Values(("cluster",))), "spiffe://cluster.local/ns/a/sa/b", False),
+        (Source(trust_domains=Values(("*.domain",))), "spiffe://x.domain/ns/a/sa/b", True),
+        (Source(trust_domains=Values(("*.domain",))), "spiffe://td/ns/a.domain/sa/b", False),
+        (Source(trust_domains=Values(("cluster.*",))), "spiffe://cluster.local/ns/a/sa/b", True),
+        (Source(trust_domains=Values(("*",))), "spiffe://td/ns/a/sa/b", True),
+        (Source(trust_domains=Values(("*",))), None, False),
+        (Source(namespaces=Values(("prod",))), "spiffe://td/ns/production/sa/b", False),
+        (Source(principals=Values(("*-admin",))), "spiffe://td/ns/a/sa/ops-admin", True),
+        (Source(principals=Values(("*-admin",))), "spiffe://td/ns/a/sa/admin", False),
+    ],
+)
+def test_peer_identity_forms(source: Source, peer: str | None, matches: bool) -> None:
+    rule = Rule(sources=(source,))
+    request = Request(peer=peer)
+
+    assert rule_matches(rule, request) == matches
+    assert (not judge([policy("one", "DENY", rule)], request)[0]) == matches
