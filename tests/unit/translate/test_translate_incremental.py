@@ -203,10 +203,38 @@ def registry_with(services: int) -> InMemoryRegistry:
     return registry
 
 
+# Policies for the sidecar and (mesh-wide) the gateway; keys from a host that is a mesh
+# service only while the registry declares it, so which clusters exist depends on services.
+SECURED = (
+    MESH
+    + """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: everyone, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: tokens}
+spec:
+  jwtRules:
+  - {issuer: a, jwksUri: "http://extra-0.default.svc.cluster.local:80/keys"}
+"""
+)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(any_registry, st.sampled_from([MESH, EDITED]), st.integers(0, 2), st.booleans()),
+        st.tuples(
+            any_registry,
+            st.sampled_from([MESH, EDITED, SECURED]),
+            st.integers(0, 2),
+            st.booleans(),
+        ),
         min_size=1,
         max_size=6,
     )
@@ -214,7 +242,7 @@ def registry_with(services: int) -> InMemoryRegistry:
 def test_a_chain_of_generations_says_what_a_fresh_translation_says(
     generations: list[tuple[dict[str, list[Endpoint]], str, int, bool]],
 ) -> None:
-    configs = {MESH: config_of(MESH), EDITED: config_of(EDITED)}
+    configs = {text: config_of(text) for text in (MESH, EDITED, SECURED)}
     registries = [registry_with(count) for count in range(3)]
     cache = new_cache()
     view = None
