@@ -101,8 +101,9 @@ class WorkloadCertificate:
 
     @property
     def serial_hex(self) -> str:
-        """The serial as Envoy's admin ``/certs`` and ``openssl`` show it."""
-        return f"{self.serial:x}"
+        """The serial as Envoy's admin ``/certs`` shows it: lowercase hex, whole bytes."""
+        digits = f"{self.serial:x}"
+        return digits.zfill(len(digits) + len(digits) % 2)
 
 
 def new_key_and_csr(identity: Identity) -> tuple[ec.EllipticCurvePrivateKey, str]:

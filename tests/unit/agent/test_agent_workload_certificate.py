@@ -16,10 +16,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.in_process_ca import InProcessCA
 
-from in_process_ca import InProcessCA
 from pilotfish.agent.workload_certificate import (
     RenewalPolicy,
+    WorkloadCertificate,
     WorkloadCertificates,
     needs_reissue,
     new_key_and_csr,
@@ -90,6 +91,14 @@ def test_the_csr_names_the_identity_as_its_only_uri_and_uses_p256() -> None:
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [IDENTITY.spiffe_id]
     assert key.curve.name == "secp256r1"
     assert csr.public_key() == key.public_key()
+
+
+@pytest.mark.parametrize(
+    ("serial", "shown"), [(0x0FD8, "0fd8"), (0xABC, "0abc"), (0x1234, "1234"), (0x5, "05")]
+)
+def test_the_serial_is_shown_in_whole_bytes_as_envoy_shows_it(serial: int, shown: str) -> None:
+    held = WorkloadCertificate(IDENTITY, "", ("",), serial, START, START, 1)
+    assert held.serial_hex == shown
 
 
 # --- the schedule, in fake time -------------------------------------------------------------
@@ -183,7 +192,8 @@ async def test_first_certificate_is_held_with_its_key_and_renewed_at_half_its_li
     assert first is not None and certificates.ready.is_set()
     assert first.identity == IDENTITY
     assert first.chain_pem == (ca.signed[0].public_bytes(serialization.Encoding.PEM).decode(),)
-    assert certificates.serial == f"{ca.signed[0].serial_number:x}"
+    assert certificates.serial is not None
+    assert int(certificates.serial, 16) == ca.signed[0].serial_number
     assert certificates.not_after == START + timedelta(seconds=100)
     await fake_time.wake_next()
     assert await fake_time.next_sleep() == 50.0

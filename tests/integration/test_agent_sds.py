@@ -1,0 +1,312 @@
+"""The agent's certificates reach a real Envoy over SDS: served, rotated, kept through a CA
+outage, and found again by a restarted Envoy.
+
+The CA is the in-process test CA (real certificates from ``cryptography``). Envoy gets a
+static TLS listener whose certificate (``default``) and validation context (``ROOTCA``) come
+over SDS from the bootstrap's ``sds-grpc`` cluster, as the translator's TLS contexts will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.in_process_ca import InProcessCA
+from tests.waiting import eventually
+
+from pilotfish.agent.admin_client import EnvoyAdmin
+from pilotfish.agent.ports import free_port
+from pilotfish.agent.supervisor import RestartPolicy, Sidecar
+from pilotfish.agent.workload_certificate import RenewalPolicy, WorkloadCertificates
+from pilotfish.model.identity import (
+    ROOT_CA_SECRET,
+    SDS_CLUSTER_NAME,
+    WORKLOAD_CERT_SECRET,
+    Identity,
+)
+from pilotfish.model.proxy import ProxyNode
+
+IDENTITY = Identity("cluster.local", "shop", "reviews")
+# Retries fast enough for a test to see several within one short certificate lifetime.
+FAST = RenewalPolicy(first_retry=0.2, max_retry=1.0, refused_retry=0.5, epoch_jitter=0.2)
+
+SDS_CONFIG = {
+    "api_config_source": {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER_NAME}}],
+    },
+    "resource_api_version": "V3",
+}
+
+
+def tls_listener(port: int) -> dict[str, Any]:
+    """Answers "hello" over TLS with the workload certificate; client certs are optional."""
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+        ".v3.HttpConnectionManager",
+        "stat_prefix": "tls",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "hello"}},
+                        }
+                    ],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+        ".DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [
+                {"name": WORKLOAD_CERT_SECRET, "sds_config": SDS_CONFIG}
+            ],
+            "validation_context_sds_secret_config": {
+                "name": ROOT_CA_SECRET,
+                "sds_config": SDS_CONFIG,
+            },
+        },
+    }
+    return {
+        "name": "tls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [{"name": "hcm", "typed_config": manager}],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+            }
+        ],
+    }
+
+
+@dataclass
+class Mesh:
+    ca: InProcessCA
+    certificates: WorkloadCertificates
+    sidecar: Sidecar
+    port: int
+
+    @property
+    def admin(self) -> EnvoyAdmin:
+        url = self.sidecar.admin_url
+        assert url is not None
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        return EnvoyAdmin(host, int(port))
+
+    async def served_certificate(self) -> dict[str, Any] | None:
+        """The workload certificate Envoy's /certs shows, or None while it shows none."""
+        body = json.loads((await self.admin.get("/certs")).body)
+        for context in body.get("certificates", []):
+            for cert in context.get("cert_chain", []):
+                return dict(cert)
+        return None
+
+    def sds_streams(self) -> int:
+        server = self.sidecar.sds_server
+        assert server is not None
+        return server.servicer.streams_opened
+
+    async def served_serial(self) -> str | None:
+        cert = await self.served_certificate()
+        return None if cert is None else str(cert["serial_number"])
+
+
+def make_mesh(tmp_path: Path, ttl: float, ca: InProcessCA | None = None) -> Mesh:
+    ca = ca or InProcessCA()
+    certificates = WorkloadCertificates(IDENTITY, ca, ttl_seconds=ttl, policy=FAST)
+    sidecar = Sidecar(
+        ProxyNode(id="sds-test", service="reviews", namespace="shop"),
+        # Nothing is fetched over ADS here: the test's listener is static.
+        xds_address=("127.0.0.1", free_port()),
+        work_dir=tmp_path,
+        restart_policy=RestartPolicy(first_delay=0.05),
+        certificates=certificates,
+    )
+    del sidecar.bootstrap["dynamic_resources"]
+    port = free_port()
+    sidecar.bootstrap["static_resources"]["listeners"] = [tls_listener(port)]
+    return Mesh(ca, certificates, sidecar, port)
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Mesh]:
+    ttl = getattr(request, "param", 3600.0)
+    built = make_mesh(tmp_path, ttl)
+    await built.sidecar.start()
+    try:
+        yield built
+    finally:
+        await built.sidecar.shutdown(drain_seconds=0.5)
+
+
+def serial_of(certificates: WorkloadCertificates) -> str:
+    assert certificates.serial is not None
+    return certificates.serial
+
+
+async def handshake(mesh: Mesh) -> tuple[str, str]:
+    """A TLS request verified against the CA's roots: (the peer's URI SAN, the body)."""
+
+    def call() -> tuple[str, str]:
+        context = ssl.create_default_context(cadata="".join(mesh.ca.bundle.roots_pem))
+        context.check_hostname = False  # SPIFFE identities are URIs, not host names
+
+        with (
+            socket.create_connection(("127.0.0.1", mesh.port), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            peer = tls.getpeercert()
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(4096):
+                data += chunk
+        uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
+        return ",".join(uris), data.decode().rpartition("\r\n\r\n")[2]
+
+    return await asyncio.to_thread(call)
+
+
+async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(mesh: Mesh) -> None:
+    cert = await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
+    assert {"uri": IDENTITY.spiffe_id} in cert["subject_alt_names"]
+    assert await mesh.served_serial() == serial_of(mesh.certificates)
+    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+
+
+async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: Mesh) -> None:
+    await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
+    client = await asyncio.create_subprocess_exec(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{mesh.port}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    pem, _ = await asyncio.wait_for(client.communicate(), 30)
+    show = await asyncio.create_subprocess_exec(
+        "openssl",
+        "x509",
+        "-noout",
+        "-serial",
+        "-ext",
+        "subjectAltName",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    text, _ = await asyncio.wait_for(show.communicate(pem), 30)
+    out = text.decode()
+    assert f"URI:{IDENTITY.spiffe_id}" in out
+    assert f"serial={serial_of(mesh.certificates).upper()}" in out
+
+
+@pytest.mark.parametrize("mesh", [4.0], indirect=True)
+async def test_short_lived_certificates_rotate_in_envoy(mesh: Mesh) -> None:
+    first = await eventually(mesh.served_serial, "a first served certificate")
+    assert first == serial_of(mesh.certificates)
+    seen = {first}
+    for _ in range(2):  # two rotations, each roughly two seconds apart
+        newer = await eventually(
+            lambda: _served_if_new(mesh, seen), "Envoy to serve a renewed certificate", timeout=20
+        )
+        seen.add(newer)
+    assert mesh.certificates.issued >= 3
+    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+
+
+async def _served_if_new(mesh: Mesh, seen: set[str]) -> str | None:
+    serial = await mesh.served_serial()
+    return serial if serial is not None and serial not in seen else None
+
+
+@pytest.mark.parametrize("mesh", [10.0], indirect=True)
+async def test_with_the_ca_down_the_certificate_keeps_serving_and_renewal_is_retried(
+    mesh: Mesh,
+) -> None:
+    held = await eventually(mesh.served_serial, "a first served certificate")
+    await mesh.ca.set_down(True)
+    attempts = mesh.ca.attempts
+    # Renewal is due after about half of the 10 s; then retried with backoff.
+    await eventually(lambda: mesh.certificates.failures >= 3, "three failed renewals", timeout=20)
+    assert mesh.ca.attempts >= attempts + 3
+    not_after = mesh.certificates.not_after
+    assert not_after is not None and not_after > datetime.now(UTC)
+    assert await mesh.served_serial() == held
+    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+
+    await mesh.ca.set_down(False)
+    renewed = await eventually(
+        lambda: _served_if_new(mesh, {held}), "a renewed certificate once the CA is back"
+    )
+    assert renewed == serial_of(mesh.certificates)
+    assert mesh.certificates.failures == 0
+
+
+async def test_a_restarted_envoy_gets_its_certificate_from_the_same_socket(mesh: Mesh) -> None:
+    held = await eventually(mesh.served_serial, "a first served certificate")
+    pid = mesh.sidecar.pid
+    assert pid is not None and mesh.sidecar.sds_socket is not None
+    streams = mesh.sds_streams()
+    os.kill(pid, signal.SIGKILL)
+    await eventually(
+        lambda: mesh.sidecar.restarts == 1 and mesh.sidecar.ready.is_set(), "a restart"
+    )
+    assert await eventually(mesh.served_serial, "the certificate in the new Envoy") == held
+    assert mesh.sds_streams() > streams
+    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+
+
+async def test_the_sds_socket_is_for_this_user_only(mesh: Mesh) -> None:
+    socket_path = mesh.sidecar.sds_socket
+    assert socket_path is not None
+    assert stat.S_ISSOCK(socket_path.stat().st_mode)
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+
+
+async def test_no_certificate_no_tls_listener_until_the_ca_signs(tmp_path: Path) -> None:
+    built = make_mesh(tmp_path, ttl=3600.0)
+    built.ca.refuse = "not yet"
+    start = asyncio.create_task(built.sidecar.start())
+    try:
+        await eventually(lambda: built.ca.attempts >= 2, "two refused requests")
+        # Envoy is up (its admin answers) but shows no certificate and serves no TLS.
+        await eventually(lambda: built.sidecar.admin_url is not None, "Envoy's admin API")
+        assert await built.served_certificate() is None
+        with pytest.raises(OSError):
+            await handshake(built)
+        built.ca.refuse = None
+        await start
+        await eventually(built.served_certificate, "the certificate once the CA signs")
+        assert await handshake(built) == (IDENTITY.spiffe_id, "hello")
+    finally:
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        await built.sidecar.shutdown(drain_seconds=0.5)
