@@ -32,6 +32,8 @@ class InProcessCA:
         self.down = False
         self.refuse: str | None = None
         """When set, every CSR is refused with this reason."""
+        self.names_instead: str | None = None
+        """When set, certificates name this URI instead of the CSR's (a CA bug)."""
         self.sign_failures: list[Exception] = []
         """Raised by the next calls of ``sign``, one each, first first."""
         self.clock = clock
@@ -100,6 +102,8 @@ class InProcessCA:
         if not csr.is_signature_valid:
             raise CertificateRefused("bad CSR signature")
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if self.names_instead is not None:
+            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(self.names_instead)])
         now = self.clock().replace(microsecond=0)
         not_after = now + timedelta(seconds=ttl_seconds)
         leaf = (

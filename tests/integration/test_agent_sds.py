@@ -27,6 +27,7 @@ from tests.waiting import eventually
 
 from pilotfish.agent.admin_client import EnvoyAdmin
 from pilotfish.agent.ports import free_port
+from pilotfish.agent.sds_server import start_sds_server
 from pilotfish.agent.supervisor import RestartPolicy, Sidecar
 from pilotfish.agent.workload_certificate import RenewalPolicy, WorkloadCertificates
 from pilotfish.model.identity import (
@@ -127,6 +128,16 @@ class Mesh:
                 return dict(cert)
         return None
 
+    async def sds_stats(self, secret: str) -> dict[str, int]:
+        """Envoy's counters for one SDS secret (update_success, init_fetch_timeout, ...)."""
+        body = (await self.admin.get(f"/stats?filter=^sds\\.{secret}\\.")).body
+        stats = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                stats[name.removeprefix(f"sds.{secret}.")] = int(value)
+        return stats
+
     def sds_streams(self) -> int:
         server = self.sidecar.sds_server
         assert server is not None
@@ -197,6 +208,13 @@ async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(mesh: Me
     assert {"uri": IDENTITY.spiffe_id} in cert["subject_alt_names"]
     assert await mesh.served_serial() == serial_of(mesh.certificates)
     assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+    for secret in (WORKLOAD_CERT_SECRET, ROOT_CA_SECRET):
+        stats = await mesh.sds_stats(secret)
+        # Envoy waited for the secret rather than giving up on it (the agent served it
+        # before Envoy's first start), and accepted it.
+        assert stats["init_fetch_timeout"] == 0, stats
+        assert stats["update_success"] >= 1 and stats["update_rejected"] == 0, stats
+    assert mesh.sds_streams() == 2  # one stream per secret
 
 
 async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: Mesh) -> None:
@@ -239,6 +257,8 @@ async def test_short_lived_certificates_rotate_in_envoy(mesh: Mesh) -> None:
         seen.add(newer)
     assert mesh.certificates.issued >= 3
     assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+    stats = await mesh.sds_stats(WORKLOAD_CERT_SECRET)
+    assert stats["update_success"] >= 3 and stats["update_rejected"] == 0, stats
 
 
 async def _served_if_new(mesh: Mesh, seen: set[str]) -> str | None:
@@ -283,12 +303,19 @@ async def test_a_restarted_envoy_gets_its_certificate_from_the_same_socket(mesh:
     assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
 
 
-async def test_the_sds_socket_is_for_this_user_only(mesh: Mesh) -> None:
-    socket_path = mesh.sidecar.sds_socket
-    assert socket_path is not None
-    assert stat.S_ISSOCK(socket_path.stat().st_mode)
-    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+async def test_the_sds_socket_is_for_this_user_only(tmp_path: Path) -> None:
+    work_dir = tmp_path / "work"
+    work_dir.mkdir(mode=0o755)
+    (work_dir / "sds").mkdir(mode=0o755)  # as a careless earlier run may have left it
+    source = WorkloadCertificates(IDENTITY, InProcessCA(), ttl_seconds=60)
+    server = await start_sds_server(source, work_dir / "sds" / "socket")
+    try:
+        assert stat.S_ISSOCK(server.socket_path.stat().st_mode)
+        assert stat.S_IMODE(server.socket_path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(server.socket_path.parent.stat().st_mode) == 0o700
+    finally:
+        await server.stop()
+    assert not server.socket_path.exists()
 
 
 async def test_no_certificate_no_tls_listener_until_the_ca_signs(tmp_path: Path) -> None:

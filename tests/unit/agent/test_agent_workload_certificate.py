@@ -308,26 +308,34 @@ async def test_a_certificate_for_another_key_is_not_held(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_the_bundle_watch_is_resumed_with_backoff_when_it_ends(
-    fake_time: FakeTime, ca: InProcessCA
+async def test_a_certificate_for_another_identity_is_not_held(
+    running: Running, fake_time: FakeTime, ca: InProcessCA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    certificates = WorkloadCertificates(
-        IDENTITY, ca, 100, policy=NO_JITTER, clock=fake_time.clock, sleep=fake_time.sleep
-    )
-    task = asyncio.create_task(certificates.run())
-    try:
-        assert await fake_time.next_sleep() == 50.0  # the renewal loop
-        await ca.set_down(True)
-        assert await fake_time.next_sleep() == 1.0  # the watch ended
-        await fake_time.wake_next()
-        assert await fake_time.next_sleep() == 2.0  # ... and failed again
-        await ca.set_down(False)
-        await ca.rotate_root()
-        await fake_time.wake_next()
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert certificates.trust_bundle == ca.bundle
-        assert ca.watches == 3
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    ca.names_instead = "spiffe://cluster.local/ns/shop/sa/admin"
+    certificates = running.start()
+    assert await fake_time.next_sleep() == 1.0
+    assert certificates.certificate is None
+    assert "names ['spiffe://cluster.local/ns/shop/sa/admin']" in caplog.text
+
+
+async def test_the_bundle_watch_is_resumed_with_backoff_when_it_ends(
+    running: Running, fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    certificates = running.start()
+    assert await fake_time.next_sleep() == 50.0  # the renewal loop
+    heard = len(running.changes)
+    await ca.set_down(True)
+    assert await fake_time.next_sleep() == 1.0  # the watch ended
+    await fake_time.wake_next()
+    assert await fake_time.next_sleep() == 2.0  # ... and failed again
+    await ca.set_down(False)
+    await fake_time.wake_next()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert ca.watches == 3
+    assert len(running.changes) == heard  # the same bundle again is no change
+    await ca.rotate_root()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert certificates.trust_bundle == ca.bundle
+    assert len(running.changes) > heard
