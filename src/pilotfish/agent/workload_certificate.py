@@ -256,7 +256,8 @@ class WorkloadCertificates:
                 # Whatever went wrong (CA unreachable, a bad answer), the sidecar stays up.
                 self.failures += 1
                 delay = retry_delay(self.failures, self._policy.first_retry, self._policy.max_retry)
-                log.warning(
+                log.log(
+                    self._failure_level(),
                     "%s: could not get a certificate (attempt %d): %s. %s Retrying in %.1fs.",
                     self.identity,
                     self.failures,
@@ -278,6 +279,10 @@ class WorkloadCertificates:
         jitter = self._rng.uniform(-self._policy.rotation_jitter, self._policy.rotation_jitter)
         at = next_rotation(certificate.not_before, certificate.not_after, jitter)
         return max(self._policy.min_delay, (at - self._clock()).total_seconds())
+
+    def _failure_level(self) -> int:
+        held = self.certificate
+        return logging.ERROR if held and held.not_after <= self._clock() else logging.WARNING
 
     def _standing(self) -> str:
         """What keeps serving meanwhile, and how long it can."""

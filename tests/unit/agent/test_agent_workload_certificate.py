@@ -223,6 +223,23 @@ async def test_failures_back_off_exponentially_and_the_old_certificate_keeps_ser
     assert certificates.certificate is not held and certificates.failures == 0
 
 
+async def test_failing_renewals_say_how_long_the_certificate_has_left_then_that_it_expired(
+    running: Running, fake_time: FakeTime, ca: InProcessCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    running.start()
+    assert await fake_time.next_sleep() == 50.0
+    ca.sign_failures = [ConnectionError("unreachable")] * 8
+    await fake_time.wake_next()  # at 50 s: 50 s left
+    await fake_time.next_sleep()
+    assert "keeps serving; it expires in 50s" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    while fake_time.now < START + timedelta(seconds=100):
+        await fake_time.wake_next()
+        await fake_time.next_sleep()
+    assert "EXPIRED" in caplog.text
+    assert [r for r in caplog.records if r.levelname == "ERROR" and "EXPIRED" in r.message]
+
+
 async def test_a_refusal_is_retried_slowly_and_does_not_end_the_loop(
     running: Running,
     fake_time: FakeTime,
