@@ -47,7 +47,7 @@ class CertificateMismatch(PilotfishError):
 
 @dataclass(frozen=True)
 class RenewalPolicy:
-    """When to renew and how to retry. The defaults follow istio-agent's behaviour."""
+    """When to renew and how to retry (renewal at half the lifetime, as istio-agent does)."""
 
     rotation_jitter: float = 0.1
     """Renewal happens at half the lifetime, give or take this fraction of that half."""
@@ -55,7 +55,8 @@ class RenewalPolicy:
     """At most this many seconds between learning of a newer CA key and asking again."""
     first_retry: float = 1.0
     max_retry: float = 60.0
-    """Capped exponential backoff between failed attempts (CA unreachable, stream ended)."""
+    """Capped exponential backoff between failed attempts (CA unreachable, stream ended);
+    never more than half the time the current certificate has left."""
     refused_retry: float = 60.0
     """Between attempts the CA refused: only a configuration change can help."""
     min_delay: float = 0.5
@@ -255,7 +256,7 @@ class WorkloadCertificates:
             except Exception as exc:
                 # Whatever went wrong (CA unreachable, a bad answer), the sidecar stays up.
                 self.failures += 1
-                delay = retry_delay(self.failures, self._policy.first_retry, self._policy.max_retry)
+                delay = self._transient_retry_delay()
                 log.log(
                     self._failure_level(),
                     "%s: could not get a certificate (attempt %d): %s. %s Retrying in %.1fs.",
@@ -279,6 +280,15 @@ class WorkloadCertificates:
         jitter = self._rng.uniform(-self._policy.rotation_jitter, self._policy.rotation_jitter)
         at = next_rotation(certificate.not_before, certificate.not_after, jitter)
         return max(self._policy.min_delay, (at - self._clock()).total_seconds())
+
+    def _transient_retry_delay(self) -> float:
+        delay = retry_delay(self.failures, self._policy.first_retry, self._policy.max_retry)
+        if self.certificate is None:
+            return delay
+        # A certificate with little time left must not sleep through the CA's return: wait
+        # at most half of what is left (one-minute certificates, a long outage).
+        left = (self.certificate.not_after - self._clock()).total_seconds()
+        return min(delay, max(self._policy.first_retry, left / 2))
 
     def _failure_level(self) -> int:
         held = self.certificate

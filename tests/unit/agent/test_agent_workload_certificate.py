@@ -228,14 +228,20 @@ async def test_failing_renewals_say_how_long_the_certificate_has_left_then_that_
 ) -> None:
     running.start()
     assert await fake_time.next_sleep() == 50.0
-    ca.sign_failures = [ConnectionError("unreachable")] * 8
+    ca.sign_failures = [ConnectionError("unreachable")] * 30
     await fake_time.wake_next()  # at 50 s: 50 s left
     await fake_time.next_sleep()
     assert "keeps serving; it expires in 50s" in caplog.text
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    while fake_time.now < START + timedelta(seconds=100):
+    expiry = START + timedelta(seconds=100)
+    while fake_time.now < expiry:
         await fake_time.wake_next()
-        await fake_time.next_sleep()
+        delay = await fake_time.next_sleep()
+        # Never sleeping through the rest of the certificate's life: 1, 2, 4, 8, 16 s, then
+        # at most half of what is left.
+        left = (expiry - fake_time.now).total_seconds()
+        assert delay <= max(1.0, left / 2), (delay, left)
+    assert fake_time.requested[1:6] == [1.0, 2.0, 4.0, 8.0, 16.0]
     assert "EXPIRED" in caplog.text
     assert [r for r in caplog.records if r.levelname == "ERROR" and "EXPIRED" in r.message]
 
