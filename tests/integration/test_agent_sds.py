@@ -9,10 +9,10 @@ over SDS from the bootstrap's ``sds-grpc`` cluster, as the translator's TLS cont
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import stat
 from collections.abc import AsyncIterator
@@ -187,18 +187,16 @@ async def handshake(mesh: Mesh) -> tuple[str, str]:
     def call() -> tuple[str, str]:
         context = ssl.create_default_context(cadata="".join(mesh.ca.bundle.roots_pem))
         context.check_hostname = False  # SPIFFE identities are URIs, not host names
-
-        with (
-            socket.create_connection(("127.0.0.1", mesh.port), timeout=5) as raw,
-            context.wrap_socket(raw) as tls,
-        ):
-            peer = tls.getpeercert()
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(4096):
-                data += chunk
+        connection = http.client.HTTPSConnection("127.0.0.1", mesh.port, timeout=5, context=context)
+        try:
+            connection.request("GET", "/")
+            body = connection.getresponse().read().decode()
+            assert isinstance(connection.sock, ssl.SSLSocket)
+            peer = connection.sock.getpeercert() or {}
+        finally:
+            connection.close()
         uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
-        return ",".join(uris), data.decode().rpartition("\r\n\r\n")[2]
+        return ",".join(str(u) for u in uris), body
 
     return await asyncio.to_thread(call)
 
@@ -246,19 +244,65 @@ async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: Mesh) -> None:
 
 
 @pytest.mark.parametrize("mesh", [4.0], indirect=True)
-async def test_short_lived_certificates_rotate_in_envoy(mesh: Mesh) -> None:
+async def test_short_lived_certificates_rotate_in_envoy_without_a_failed_handshake(
+    mesh: Mesh,
+) -> None:
     first = await eventually(mesh.served_serial, "a first served certificate")
     assert first == serial_of(mesh.certificates)
+    traffic = asyncio.create_task(steady_handshakes(mesh))
     seen = {first}
-    for _ in range(2):  # two rotations, each roughly two seconds apart
-        newer = await eventually(
-            lambda: _served_if_new(mesh, seen), "Envoy to serve a renewed certificate", timeout=20
-        )
-        seen.add(newer)
+    try:
+        for _ in range(2):  # two rotations, each roughly two seconds apart
+            newer = await eventually(
+                lambda: _served_if_new(mesh, seen),
+                "Envoy to serve a renewed certificate",
+                timeout=20,
+            )
+            seen.add(newer)
+    finally:
+        traffic.cancel()
+        ok, failed = await traffic
     assert mesh.certificates.issued >= 3
-    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+    assert ok > 0 and failed == [], failed
     stats = await mesh.sds_stats(WORKLOAD_CERT_SECRET)
     assert stats["update_success"] >= 3 and stats["update_rejected"] == 0, stats
+
+
+async def steady_handshakes(mesh: Mesh, limit: int = 2000) -> tuple[int, list[str]]:
+    """New verified TLS connections one after another until cancelled (or ``limit``):
+    (how many succeeded, what went wrong with the others)."""
+    ok, failed = 0, []
+    try:
+        for _ in range(limit):
+            try:
+                assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
+                ok += 1
+            except (OSError, AssertionError) as exc:
+                failed.append(repr(exc))
+            await asyncio.sleep(0.02)
+    except asyncio.CancelledError:
+        pass
+    return ok, failed
+
+
+async def test_a_root_rotation_re_issues_at_once_and_envoy_trusts_both_roots(
+    mesh: Mesh,
+) -> None:
+    first = await eventually(mesh.served_serial, "a first served certificate")
+    old_root = mesh.ca.root_pem
+    await mesh.ca.rotate_root()
+    # Long before half of the hour-long lifetime: the new CA key's epoch asks for it now.
+    renewed = await eventually(
+        lambda: _served_if_new(mesh, {first}), "a certificate from the new root", timeout=20
+    )
+    assert renewed == serial_of(mesh.certificates)
+    assert mesh.certificates.certificate is not None
+    assert mesh.certificates.certificate.issuer_epoch == 2
+    body = json.loads((await mesh.admin.get("/certs")).body)
+    (context,) = body["certificates"]
+    assert len(context["ca_cert"]) == 2  # ROOTCA: the old root and the new one
+    assert old_root != mesh.ca.root_pem
+    assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
 
 
 async def _served_if_new(mesh: Mesh, seen: set[str]) -> str | None:
