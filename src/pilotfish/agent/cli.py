@@ -18,6 +18,7 @@ from typing import get_args
 from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyStartError
 from pilotfish.agent.ports import free_port
 from pilotfish.agent.supervisor import Sidecar
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Protocol
 
@@ -32,6 +33,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["sidecar", "gateway"], default="sidecar")
     parser.add_argument("--service", help="the service this workload serves (sidecars)")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument(
+        "--service-account",
+        default=DEFAULT_SERVICE_ACCOUNT,
+        help="the workload's identity within its namespace",
+    )
     parser.add_argument(
         "--label",
         action="append",
@@ -69,6 +75,7 @@ def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
         inbound_port=args.inbound_port,
         app_port=args.app_port,
         app_protocol=args.app_protocol,
+        service_account=args.service_account,
     )
 
 

@@ -41,6 +41,14 @@ def test_defaults_are_delta_with_a_picked_admin_port_and_a_generated_id() -> Non
     assert node.id.startswith("gateway-")
 
 
+def test_the_service_account_names_the_node_identity() -> None:
+    assert node_from_arguments(parse("--xds", "h:1")).service_account == "default"
+    node = node_from_arguments(
+        parse("--xds", "h:1", "--namespace", "shop", "--service-account", "reviews")
+    )
+    assert node.identity("example.org").spiffe_id == "spiffe://example.org/ns/shop/sa/reviews"
+
+
 def test_an_equals_sign_may_appear_in_a_label_value() -> None:
     args = parse("--xds", "h:1", "--label", "expr=a=b")
     assert args.label == [("expr", "a=b")]
