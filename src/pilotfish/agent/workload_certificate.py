@@ -59,6 +59,8 @@ class RenewalPolicy:
     never more than half the time the current certificate has left."""
     refused_retry: float = 60.0
     """Between attempts the CA refused: only a configuration change can help."""
+    sign_timeout: float = 30.0
+    """A signing request unanswered this long counts as failed (and is retried)."""
     min_delay: float = 0.5
     """Never renew sooner than this after an issue, whatever the certificate's dates say (a CA
     that backdates ``not_before`` would otherwise make a short-lived one renew in a loop)."""
@@ -153,8 +155,9 @@ def certificate_from_signed(
         key_pem=key_pem,
         chain_pem=signed.chain_pem,
         serial=leaf.serial_number,
-        not_before=signed.not_before,
-        not_after=signed.not_after,
+        # The dates peers check, whatever the answer around the certificate says.
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
         issuer_epoch=signed.issuer_epoch,
     )
 
@@ -225,7 +228,10 @@ class WorkloadCertificates:
     async def issue(self) -> WorkloadCertificate:
         """One attempt: a new key and CSR, signed by the CA; held (and announced) on success."""
         key, csr_pem = new_key_and_csr(self.identity)
-        signed = await self._signer.sign(csr_pem, self.ttl_seconds)
+        # A CA that accepts the call and never answers must not stall renewals until expiry.
+        signed = await asyncio.wait_for(
+            self._signer.sign(csr_pem, self.ttl_seconds), self._policy.sign_timeout
+        )
         certificate = certificate_from_signed(self.identity, key, signed)
         self.certificate = certificate
         self.issued += 1

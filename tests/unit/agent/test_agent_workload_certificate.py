@@ -7,6 +7,7 @@ until the test moves the clock to it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 from tests.in_process_ca import InProcessCA
+from tests.waiting import eventually
 
 from pilotfish.agent.workload_certificate import (
     RenewalPolicy,
@@ -299,6 +301,74 @@ async def test_the_same_epoch_in_a_new_bundle_does_not_re_issue(
     assert fake_time.requested == [50.0]
     assert first is not None and certificates.certificate is first
     assert changes[-1] == first.serial_hex  # subscribers heard of the new bundle
+
+
+class SilentSigner:
+    """Accepts the call and never answers."""
+
+    def __init__(self, ca: InProcessCA) -> None:
+        self.ca = ca
+
+    async def sign(self, csr_pem: str, ttl_seconds: float) -> SignedCertificate:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def watch_trust_bundle(self) -> AsyncIterator[TrustBundle]:
+        return self.ca.watch_trust_bundle()
+
+
+async def test_a_signing_request_left_unanswered_times_out_and_is_retried(
+    fake_time: FakeTime, ca: InProcessCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = RenewalPolicy(sign_timeout=0.01)
+    certificates = WorkloadCertificates(
+        IDENTITY, SilentSigner(ca), 100, policy=policy, clock=fake_time.clock, sleep=fake_time.sleep
+    )
+    task = asyncio.create_task(certificates.run())
+    try:
+        # The timeout runs on the real clock.
+        await eventually(lambda: fake_time.requested, "a retry after the timeout", timeout=10)
+        assert fake_time.requested == [1.0]
+        assert "TimeoutError" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class LyingDatesSigner:
+    """Says the certificate lives ten times longer than it does."""
+
+    def __init__(self, ca: InProcessCA) -> None:
+        self.ca = ca
+
+    async def sign(self, csr_pem: str, ttl_seconds: float) -> SignedCertificate:
+        signed = await self.ca.sign(csr_pem, ttl_seconds)
+        return dataclasses.replace(
+            signed, not_after=signed.not_before + timedelta(seconds=10 * ttl_seconds)
+        )
+
+    def watch_trust_bundle(self) -> AsyncIterator[TrustBundle]:
+        return self.ca.watch_trust_bundle()
+
+
+async def test_renewal_follows_the_certificate_s_own_dates(
+    fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    certificates = WorkloadCertificates(
+        IDENTITY,
+        LyingDatesSigner(ca),
+        100,
+        policy=NO_JITTER,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+    )
+    task = asyncio.create_task(certificates.run())
+    try:
+        assert await fake_time.next_sleep() == 50.0
+        assert certificates.not_after == START + timedelta(seconds=100)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 class WrongKeySigner:
