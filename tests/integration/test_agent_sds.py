@@ -107,7 +107,9 @@ def tls_listener(port: int) -> dict[str, Any]:
 
 
 @dataclass
-class Mesh:
+class SecuredSidecar:
+    """A sidecar with certificates from the test CA, serving TLS on ``port``."""
+
     ca: InProcessCA
     certificates: WorkloadCertificates
     sidecar: Sidecar
@@ -148,8 +150,8 @@ class Mesh:
         return None if cert is None else str(cert["serial_number"])
 
 
-def make_mesh(tmp_path: Path, ttl: float, ca: InProcessCA | None = None) -> Mesh:
-    ca = ca or InProcessCA()
+def make_mesh(tmp_path: Path, ttl: float) -> SecuredSidecar:
+    ca = InProcessCA()
     certificates = WorkloadCertificates(IDENTITY, ca, ttl_seconds=ttl, policy=FAST)
     sidecar = Sidecar(
         ProxyNode(id="sds-test", service="reviews", namespace="shop"),
@@ -162,11 +164,11 @@ def make_mesh(tmp_path: Path, ttl: float, ca: InProcessCA | None = None) -> Mesh
     del sidecar.bootstrap["dynamic_resources"]
     port = free_port()
     sidecar.bootstrap["static_resources"]["listeners"] = [tls_listener(port)]
-    return Mesh(ca, certificates, sidecar, port)
+    return SecuredSidecar(ca, certificates, sidecar, port)
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SecuredSidecar]:
     ttl = getattr(request, "param", 3600.0)
     built = make_mesh(tmp_path, ttl)
     await built.sidecar.start()
@@ -181,7 +183,7 @@ def serial_of(certificates: WorkloadCertificates) -> str:
     return certificates.serial
 
 
-async def handshake(mesh: Mesh) -> tuple[str, str]:
+async def handshake(mesh: SecuredSidecar) -> tuple[str, str]:
     """A TLS request verified against the CA's roots: (the peer's URI SAN, the body)."""
 
     def call() -> tuple[str, str]:
@@ -201,7 +203,9 @@ async def handshake(mesh: Mesh) -> tuple[str, str]:
     return await asyncio.to_thread(call)
 
 
-async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(mesh: Mesh) -> None:
+async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(
+    mesh: SecuredSidecar,
+) -> None:
     cert = await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
     assert {"uri": IDENTITY.spiffe_id} in cert["subject_alt_names"]
     assert await mesh.served_serial() == serial_of(mesh.certificates)
@@ -215,7 +219,7 @@ async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(mesh: Me
     assert mesh.sds_streams() == 2  # one stream per secret
 
 
-async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: Mesh) -> None:
+async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: SecuredSidecar) -> None:
     await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
     client = await asyncio.create_subprocess_exec(
         "openssl",
@@ -245,7 +249,7 @@ async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: Mesh) -> None:
 
 @pytest.mark.parametrize("mesh", [4.0], indirect=True)
 async def test_short_lived_certificates_rotate_in_envoy_without_a_failed_handshake(
-    mesh: Mesh,
+    mesh: SecuredSidecar,
 ) -> None:
     first = await eventually(mesh.served_serial, "a first served certificate")
     assert first == serial_of(mesh.certificates)
@@ -268,7 +272,7 @@ async def test_short_lived_certificates_rotate_in_envoy_without_a_failed_handsha
     assert stats["update_success"] >= 3 and stats["update_rejected"] == 0, stats
 
 
-async def steady_handshakes(mesh: Mesh, limit: int = 2000) -> tuple[int, list[str]]:
+async def steady_handshakes(mesh: SecuredSidecar, limit: int = 2000) -> tuple[int, list[str]]:
     """New verified TLS connections one after another until cancelled (or ``limit``):
     (how many succeeded, what went wrong with the others)."""
     ok, failed = 0, []
@@ -286,7 +290,7 @@ async def steady_handshakes(mesh: Mesh, limit: int = 2000) -> tuple[int, list[st
 
 
 async def test_a_root_rotation_re_issues_at_once_and_envoy_trusts_both_roots(
-    mesh: Mesh,
+    mesh: SecuredSidecar,
 ) -> None:
     first = await eventually(mesh.served_serial, "a first served certificate")
     old_root = mesh.ca.root_pem
@@ -305,14 +309,14 @@ async def test_a_root_rotation_re_issues_at_once_and_envoy_trusts_both_roots(
     assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
 
 
-async def _served_if_new(mesh: Mesh, seen: set[str]) -> str | None:
+async def _served_if_new(mesh: SecuredSidecar, seen: set[str]) -> str | None:
     serial = await mesh.served_serial()
     return serial if serial is not None and serial not in seen else None
 
 
 @pytest.mark.parametrize("mesh", [10.0], indirect=True)
 async def test_with_the_ca_down_the_certificate_keeps_serving_and_renewal_is_retried(
-    mesh: Mesh,
+    mesh: SecuredSidecar,
 ) -> None:
     held = await eventually(mesh.served_serial, "a first served certificate")
     await mesh.ca.set_down(True)
@@ -333,7 +337,9 @@ async def test_with_the_ca_down_the_certificate_keeps_serving_and_renewal_is_ret
     assert mesh.certificates.failures == 0
 
 
-async def test_a_restarted_envoy_gets_its_certificate_from_the_same_socket(mesh: Mesh) -> None:
+async def test_a_restarted_envoy_gets_its_certificate_from_the_same_socket(
+    mesh: SecuredSidecar,
+) -> None:
     held = await eventually(mesh.served_serial, "a first served certificate")
     pid = mesh.sidecar.pid
     assert pid is not None and mesh.sidecar.sds_socket is not None
