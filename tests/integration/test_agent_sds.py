@@ -15,21 +15,24 @@ import os
 import signal
 import ssl
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from tests.in_process_ca import InProcessCA
 from tests.waiting import eventually
 
 from pilotfish.agent.admin_client import EnvoyAdmin
+from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.ports import free_port
 from pilotfish.agent.sds_server import start_sds_server
 from pilotfish.agent.supervisor import RestartPolicy, Sidecar
 from pilotfish.agent.workload_certificate import RenewalPolicy, WorkloadCertificates
+from pilotfish.ca.api import CertificateSigner
+from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.model.identity import (
     ROOT_CA_SECRET,
     SDS_CLUSTER_NAME,
@@ -106,14 +109,19 @@ def tls_listener(port: int) -> dict[str, Any]:
     }
 
 
-@dataclass
-class SecuredSidecar:
-    """A sidecar with certificates from the test CA, serving TLS on ``port``."""
+CA = TypeVar("CA")
 
-    ca: InProcessCA
+
+@dataclass
+class SecuredSidecar(Generic[CA]):
+    """A sidecar with certificates from ``ca``, serving TLS on ``port``; ``roots`` are the
+    CA's own (what a peer trusts, independent of what the agent holds)."""
+
+    ca: CA
     certificates: WorkloadCertificates
     sidecar: Sidecar
     port: int
+    roots: Callable[[], tuple[str, ...]]
 
     @property
     def admin(self) -> EnvoyAdmin:
@@ -150,11 +158,16 @@ class SecuredSidecar:
         return None if cert is None else str(cert["serial_number"])
 
 
-def make_mesh(tmp_path: Path, ttl: float) -> SecuredSidecar:
-    ca = InProcessCA()
-    certificates = WorkloadCertificates(IDENTITY, ca, ttl_seconds=ttl, policy=FAST)
+def secured_sidecar(
+    tmp_path: Path,
+    ca: CA,
+    signer: CertificateSigner,
+    roots: Callable[[], tuple[str, ...]],
+    ttl: float,
+) -> SecuredSidecar[CA]:
+    certificates = WorkloadCertificates(IDENTITY, signer, ttl_seconds=ttl, policy=FAST)
     sidecar = Sidecar(
-        ProxyNode(id="sds-test", service="reviews", namespace="shop"),
+        ProxyNode(id="sds-test", service="reviews", namespace="shop", service_account="reviews"),
         # Nothing is fetched over ADS here: the test's listener is static.
         xds_address=("127.0.0.1", free_port()),
         work_dir=tmp_path,
@@ -164,11 +177,18 @@ def make_mesh(tmp_path: Path, ttl: float) -> SecuredSidecar:
     del sidecar.bootstrap["dynamic_resources"]
     port = free_port()
     sidecar.bootstrap["static_resources"]["listeners"] = [tls_listener(port)]
-    return SecuredSidecar(ca, certificates, sidecar, port)
+    return SecuredSidecar(ca, certificates, sidecar, port, roots)
+
+
+def make_mesh(tmp_path: Path, ttl: float) -> SecuredSidecar[InProcessCA]:
+    ca = InProcessCA()
+    return secured_sidecar(tmp_path, ca, ca, lambda: ca.bundle.roots_pem, ttl)
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SecuredSidecar]:
+async def mesh(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[SecuredSidecar[InProcessCA]]:
     ttl = getattr(request, "param", 3600.0)
     built = make_mesh(tmp_path, ttl)
     await built.sidecar.start()
@@ -183,11 +203,11 @@ def serial_of(certificates: WorkloadCertificates) -> str:
     return certificates.serial
 
 
-async def handshake(mesh: SecuredSidecar) -> tuple[str, str]:
+async def handshake(mesh: SecuredSidecar[Any]) -> tuple[str, str]:
     """A TLS request verified against the CA's roots: (the peer's URI SAN, the body)."""
 
     def call() -> tuple[str, str]:
-        context = ssl.create_default_context(cadata="".join(mesh.ca.bundle.roots_pem))
+        context = ssl.create_default_context(cadata="".join(mesh.roots()))
         context.check_hostname = False  # SPIFFE identities are URIs, not host names
         connection = http.client.HTTPSConnection("127.0.0.1", mesh.port, timeout=5, context=context)
         try:
@@ -204,7 +224,7 @@ async def handshake(mesh: SecuredSidecar) -> tuple[str, str]:
 
 
 async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(
-    mesh: SecuredSidecar,
+    mesh: SecuredSidecar[InProcessCA],
 ) -> None:
     cert = await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
     assert {"uri": IDENTITY.spiffe_id} in cert["subject_alt_names"]
@@ -219,7 +239,7 @@ async def test_envoy_serves_the_workload_certificate_with_its_spiffe_id(
     assert mesh.sds_streams() == 2  # one stream per secret
 
 
-async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: SecuredSidecar) -> None:
+async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: SecuredSidecar[Any]) -> None:
     await eventually(mesh.served_certificate, "Envoy to show the workload certificate")
     client = await asyncio.create_subprocess_exec(
         "openssl",
@@ -249,7 +269,7 @@ async def test_openssl_s_client_sees_the_spiffe_uri_san(mesh: SecuredSidecar) ->
 
 @pytest.mark.parametrize("mesh", [4.0], indirect=True)
 async def test_short_lived_certificates_rotate_in_envoy_without_a_failed_handshake(
-    mesh: SecuredSidecar,
+    mesh: SecuredSidecar[InProcessCA],
 ) -> None:
     first = await eventually(mesh.served_serial, "a first served certificate")
     assert first == serial_of(mesh.certificates)
@@ -272,7 +292,9 @@ async def test_short_lived_certificates_rotate_in_envoy_without_a_failed_handsha
     assert stats["update_success"] >= 3 and stats["update_rejected"] == 0, stats
 
 
-async def steady_handshakes(mesh: SecuredSidecar, limit: int = 2000) -> tuple[int, list[str]]:
+async def steady_handshakes(
+    mesh: SecuredSidecar[InProcessCA], limit: int = 2000
+) -> tuple[int, list[str]]:
     """New verified TLS connections one after another until cancelled (or ``limit``):
     (how many succeeded, what went wrong with the others)."""
     ok, failed = 0, []
@@ -290,7 +312,7 @@ async def steady_handshakes(mesh: SecuredSidecar, limit: int = 2000) -> tuple[in
 
 
 async def test_a_root_rotation_re_issues_at_once_and_envoy_trusts_both_roots(
-    mesh: SecuredSidecar,
+    mesh: SecuredSidecar[InProcessCA],
 ) -> None:
     first = await eventually(mesh.served_serial, "a first served certificate")
     old_root = mesh.ca.root_pem
@@ -309,14 +331,14 @@ async def test_a_root_rotation_re_issues_at_once_and_envoy_trusts_both_roots(
     assert await handshake(mesh) == (IDENTITY.spiffe_id, "hello")
 
 
-async def _served_if_new(mesh: SecuredSidecar, seen: set[str]) -> str | None:
+async def _served_if_new(mesh: SecuredSidecar[InProcessCA], seen: set[str]) -> str | None:
     serial = await mesh.served_serial()
     return serial if serial is not None and serial not in seen else None
 
 
 @pytest.mark.parametrize("mesh", [10.0], indirect=True)
 async def test_with_the_ca_down_the_certificate_keeps_serving_and_renewal_is_retried(
-    mesh: SecuredSidecar,
+    mesh: SecuredSidecar[InProcessCA],
 ) -> None:
     held = await eventually(mesh.served_serial, "a first served certificate")
     await mesh.ca.set_down(True)
@@ -338,7 +360,7 @@ async def test_with_the_ca_down_the_certificate_keeps_serving_and_renewal_is_ret
 
 
 async def test_a_restarted_envoy_gets_its_certificate_from_the_same_socket(
-    mesh: SecuredSidecar,
+    mesh: SecuredSidecar[InProcessCA],
 ) -> None:
     held = await eventually(mesh.served_serial, "a first served certificate")
     pid = mesh.sidecar.pid
@@ -387,3 +409,57 @@ async def test_no_certificate_no_tls_listener_until_the_ca_signs(tmp_path: Path)
         start.cancel()
         await asyncio.gather(start, return_exceptions=True)
         await built.sidecar.shutdown(drain_seconds=0.5)
+
+
+async def test_with_the_control_planes_ca_a_root_rotation_reaches_envoy_and_ends(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mesh"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+        "spec: {certificates: {workloadTTL: 1h}}\n"
+    )
+    # The test ends the rotation itself (ca.tick()), not the CA's clock.
+    plane = ControlPlane(config, ControlPlaneSettings(ca_tick_seconds=3600))
+    await plane.start()
+    ca = plane.certificates
+    assert ca is not None
+    signer = GrpcCertificateSigner(
+        f"127.0.0.1:{plane.xds_port}", plane.ca_credential(IDENTITY), node_id="sds-test"
+    )
+    secured = secured_sidecar(
+        tmp_path / "agent", ca, signer, lambda: ca.trust_bundle().roots_pem, 3600
+    )
+    try:
+        await secured.sidecar.start()
+        first = await eventually(secured.served_serial, "a certificate from the control plane")
+        assert await handshake(secured) == (IDENTITY.spiffe_id, "hello")
+        record = ca.latest_for_node("sds-test")
+        assert record is not None and f"{record.serial:x}" == first.lstrip("0")
+
+        ca.rotate()
+        await eventually(lambda: _ca_certs_in_envoy(secured, 2), "Envoy to trust both roots")
+        # The agent re-issues from the new key at once, not in 30 minutes.
+        renewed = await eventually(
+            lambda: _served_if_new(secured, {first}), "a certificate from the new root"
+        )
+        assert secured.certificates.certificate is not None
+        assert secured.certificates.certificate.issuer_epoch == 2
+        assert await eventually(lambda: ca.old_epoch_holders() == [], "the agent to re-issue")
+        ca.tick()  # nobody holds an old certificate: the old root goes
+        assert len(ca.trust_bundle().roots_pem) == 1
+        await eventually(
+            lambda: _ca_certs_in_envoy(secured, 1), "Envoy's ROOTCA to drop the old root"
+        )
+        assert await secured.served_serial() == renewed
+        assert await handshake(secured) == (IDENTITY.spiffe_id, "hello")
+    finally:
+        await secured.sidecar.shutdown(drain_seconds=0.5)
+        await signer.close()
+        await plane.stop(0.1)
+
+
+async def _ca_certs_in_envoy(secured: SecuredSidecar[Any], count: int) -> bool:
+    body = json.loads((await secured.admin.get("/certs")).body)
+    return any(len(context["ca_cert"]) == count for context in body["certificates"])

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 
 from pilotfish.ca.api import CertificateRefused, CertificateSigner, SignedCertificate, TrustBundle
+from pilotfish.ca.csr import new_key_and_csr
 from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import Identity
 
@@ -109,29 +109,14 @@ class WorkloadCertificate:
         return digits.zfill(len(digits) + len(digits) % 2)
 
 
-def new_key_and_csr(identity: Identity) -> tuple[ec.EllipticCurvePrivateKey, str]:
-    """An EC P-256 key and a CSR (PEM) naming ``identity`` as its only URI SAN."""
-    # Private until pilotfish.ca.csr lands on main; then this calls that one.
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.spiffe_id)]),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 def certificate_from_signed(
-    identity: Identity, key: ec.EllipticCurvePrivateKey, signed: SignedCertificate
+    identity: Identity, key_pem: str, signed: SignedCertificate
 ) -> WorkloadCertificate:
     """Check that ``signed`` is for this key and identity, and hold it with the key."""
     if not signed.chain_pem:
         raise CertificateMismatch("the CA answered with an empty certificate chain")
     leaf = x509.load_pem_x509_certificate(signed.chain_pem[0].encode("ascii"))
+    key = serialization.load_pem_private_key(key_pem.encode("ascii"), password=None)
     if leaf.public_key() != key.public_key():
         raise CertificateMismatch(
             f"the CA signed another key than ours (serial {leaf.serial_number:x})"
@@ -145,11 +130,6 @@ def certificate_from_signed(
         raise CertificateMismatch(
             f"the CA's certificate names {uris or 'no URI'}, not {identity.spiffe_id}"
         )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
     return WorkloadCertificate(
         identity=identity,
         key_pem=key_pem,
@@ -194,7 +174,7 @@ class WorkloadCertificates:
         """Certificates received so far (the first one and every renewal)."""
         self.failures = 0
         """Consecutive failed attempts to get a certificate; 0 after a success."""
-        self._signer = signer
+        self.signer = signer
         self._policy = policy or RenewalPolicy()
         self._clock = clock
         self._sleep = sleep
@@ -227,12 +207,12 @@ class WorkloadCertificates:
 
     async def issue(self) -> WorkloadCertificate:
         """One attempt: a new key and CSR, signed by the CA; held (and announced) on success."""
-        key, csr_pem = new_key_and_csr(self.identity)
+        key_pem, csr_pem = new_key_and_csr(self.identity)
         # A CA that accepts the call and never answers must not stall renewals until expiry.
         signed = await asyncio.wait_for(
-            self._signer.sign(csr_pem, self.ttl_seconds), self._policy.sign_timeout
+            self.signer.sign(csr_pem, self.ttl_seconds), self._policy.sign_timeout
         )
-        certificate = certificate_from_signed(self.identity, key, signed)
+        certificate = certificate_from_signed(self.identity, key_pem, signed)
         self.certificate = certificate
         self.issued += 1
         log.info(
@@ -331,7 +311,7 @@ class WorkloadCertificates:
         failures = 0
         while True:
             try:
-                async for bundle in self._signer.watch_trust_bundle():
+                async for bundle in self.signer.watch_trust_bundle():
                     failures = 0
                     self._bundle_received(bundle)
                 reason = "the stream ended"

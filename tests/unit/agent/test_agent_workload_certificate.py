@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,11 +24,11 @@ from pilotfish.agent.workload_certificate import (
     WorkloadCertificate,
     WorkloadCertificates,
     needs_reissue,
-    new_key_and_csr,
     next_rotation,
     retry_delay,
 )
 from pilotfish.ca.api import SignedCertificate, TrustBundle
+from pilotfish.ca.csr import new_key_and_csr
 from pilotfish.model.identity import Identity
 
 IDENTITY = Identity("cluster.local", "shop", "reviews")
@@ -83,16 +82,6 @@ def test_a_newer_ca_epoch_requires_a_new_certificate_and_the_same_does_not() -> 
     assert needs_reissue(1, TrustBundle(("root",), issuer_epoch=2))
     assert not needs_reissue(2, TrustBundle(("root",), issuer_epoch=2))
     assert not needs_reissue(3, TrustBundle(("root",), issuer_epoch=2))
-
-
-def test_the_csr_names_the_identity_as_its_only_uri_and_uses_p256() -> None:
-    key, csr_pem = new_key_and_csr(IDENTITY)
-    csr = x509.load_pem_x509_csr(csr_pem.encode())
-    assert csr.is_signature_valid
-    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [IDENTITY.spiffe_id]
-    assert key.curve.name == "secp256r1"
-    assert csr.public_key() == key.public_key()
 
 
 @pytest.mark.parametrize(
