@@ -15,6 +15,7 @@ import os
 import signal
 import ssl
 import stat
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from pilotfish.model.identity import (
 from pilotfish.model.proxy import ProxyNode
 
 IDENTITY = Identity("cluster.local", "shop", "reviews")
+SRC = Path(__file__).resolve().parents[2] / "src"
 # Retries fast enough for a test to see several within one short certificate lifetime.
 FAST = RenewalPolicy(first_retry=0.2, max_retry=1.0, refused_retry=0.5, epoch_jitter=0.2)
 
@@ -463,3 +465,54 @@ async def test_with_the_control_planes_ca_a_root_rotation_reaches_envoy_and_ends
 async def _ca_certs_in_envoy(secured: SecuredSidecar[Any], count: int) -> bool:
     body = json.loads((await secured.admin.get("/certs")).body)
     return any(len(context["ca_cert"]) == count for context in body["certificates"])
+
+
+async def test_pilotfish_agent_with_a_token_file_gets_a_certificate_and_serves_sds(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mesh"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
+        "spec: {trustDomain: example.org}\n"
+    )
+    plane = ControlPlane(config)
+    await plane.start()
+    assert plane.certificates is not None
+    ca = plane.certificates
+    identity = Identity("example.org", "shop", "reviews")
+    token = tmp_path / "token"
+    token.write_text(plane.ca_credential(identity))
+    work_dir = tmp_path / "agent"
+    argv = [
+        sys.executable, "-m", "pilotfish.agent.cli",
+        "--xds", f"127.0.0.1:{plane.xds_port}", "--node-id", "agent-ca-test",
+        "--kind", "gateway", "--namespace", "shop", "--service-account", "reviews",
+        "--trust-domain", "example.org", "--ca-token-file", str(token),
+        "--work-dir", str(work_dir), "--drain-seconds", "0.5",
+    ]  # fmt: skip
+    log_path = tmp_path / "agent.log"
+    with log_path.open("w") as log_file:  # a file, not a pipe: nobody reads it meanwhile
+        agent = await asyncio.create_subprocess_exec(
+            *argv,
+            env=dict(os.environ, PYTHONPATH=str(SRC)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        record = await eventually(
+            lambda: ca.latest_for_node("agent-ca-test"), "the agent's certificate", timeout=30
+        )
+        assert record.identity == identity.spiffe_id
+        socket_path = work_dir / "sds" / "socket"
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == 0
+        assert not socket_path.exists()
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        await plane.stop(0.1)
+    errors = log_path.read_text()
+    assert "REFUSED" not in errors and "Traceback" not in errors, errors
