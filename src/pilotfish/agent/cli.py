@@ -127,6 +127,10 @@ def certificates_from_arguments(
         raise AgentArgumentError(f"--ca-token-file {args.ca_token_file}: {exc.strerror}") from exc
     if not token:
         raise AgentArgumentError(f"--ca-token-file {args.ca_token_file}: the file is empty")
+    if args.cert_ttl <= 0:
+        raise AgentArgumentError(
+            f"--cert-ttl must be a positive number of seconds, not {args.cert_ttl:g}"
+        )
     host, port = args.ca_address or args.xds
     signer = GrpcCertificateSigner(f"{host}:{port}", token, node_id=node.id)
     return WorkloadCertificates(node.identity(args.trust_domain), signer, args.cert_ttl)

@@ -91,12 +91,17 @@ def test_the_ca_address_may_differ_from_the_xds_address(tmp_path: Path) -> None:
         (["--ca-address", "ca:1"], "--ca-address needs --ca-token-file"),
         (["--ca-token-file", "{dir}/missing"], "No such file"),
         (["--ca-token-file", "{dir}/empty"], "the file is empty"),
+        (
+            ["--ca-token-file", "{dir}/token", "--cert-ttl", "0"],
+            "--cert-ttl must be a positive number",
+        ),
     ],
 )
 def test_identity_flags_that_do_not_fit_are_named(
     argv: list[str], message: str, tmp_path: Path
 ) -> None:
     (tmp_path / "empty").write_text("\n")
+    (tmp_path / "token").write_text("pf1.abc.def")
     args = parse("--xds", "h:1", *(a.format(dir=tmp_path) for a in argv))
     with pytest.raises(AgentArgumentError, match=message):
         certificates_from_arguments(args, node_from_arguments(args))
