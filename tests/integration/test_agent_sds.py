@@ -401,6 +401,8 @@ async def test_no_certificate_no_tls_listener_until_the_ca_signs(tmp_path: Path)
         # Envoy is up (its admin answers) but shows no certificate and serves no TLS.
         await eventually(lambda: built.sidecar.admin_url is not None, "Envoy's admin API")
         assert await built.served_certificate() is None
+        assert (await built.admin.get("/ready")).body.strip() == "INITIALIZING"
+        assert not built.sidecar.ready.is_set()
         with pytest.raises(OSError):
             await handshake(built)
         built.ca.refuse = None
