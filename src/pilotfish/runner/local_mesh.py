@@ -16,14 +16,17 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.child_process import ChildProcess
 from pilotfish.agent.ports import free_port, wait_for_port
 from pilotfish.agent.supervisor import Sidecar, Supervisor
+from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import GATEWAY_SERVICE_ACCOUNT
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import MeshSettings
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
 from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
@@ -68,6 +71,7 @@ class LocalMesh:
         self._work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-up-"))
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._signers: dict[str, GrpcCertificateSigner] = {}
 
     @property
     def xds_address(self) -> tuple[str, int]:
@@ -90,9 +94,19 @@ class LocalMesh:
             await self.gateway.start()
         elif not wanted and self.gateway is not None:
             gateway, self.gateway = self.gateway, None
-            await gateway.shutdown(self.settings.drain_seconds)
+            await self._retire(gateway, self.settings.drain_seconds)
 
     def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
+        config = self.control_plane.controller.config
+        mesh = config.mesh if config is not None else MeshSettings()
+        identity = node.identity(mesh.trust_domain)
+        # Each proxy proves its own identity and no other: the credential is bound to it.
+        signer = GrpcCertificateSigner(
+            "{}:{}".format(*self.xds_address),
+            self.control_plane.ca_credential(identity),
+            node_id=node.id,
+        )
+        self._signers[node.id] = signer
         return Sidecar(
             node,
             xds_address=self.xds_address,
@@ -103,7 +117,15 @@ class LocalMesh:
             on_line=prefixed_printer(f"{name} envoy"),
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
+            certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
         )
+
+    async def _retire(self, sidecar: Sidecar, drain_seconds: float) -> None:
+        """Drain and stop a sidecar, then let go of its line to the CA."""
+        await sidecar.shutdown(drain_seconds)
+        signer = self._signers.pop(sidecar.name, None)
+        if signer is not None:
+            await signer.close()
 
     async def _reconcile_on_changes(self) -> None:
         controller = self.control_plane.controller
@@ -244,10 +266,9 @@ class LocalMesh:
         await self.control_plane.wait_until_pushed(timeout=2.0)
         await self._shut_down(running, self.settings.drain_seconds)
 
-    @staticmethod
-    async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
+    async def _shut_down(self, running: _RunningReplica, drain_seconds: float) -> None:
         running.app.stop_restarting()  # and no registration while the sidecar drains
-        await running.sidecar.shutdown(drain_seconds)
+        await self._retire(running.sidecar, drain_seconds)
         await running.app.stop()
 
     async def stop(self) -> None:
@@ -257,7 +278,7 @@ class LocalMesh:
                 await self._reconcile_task
         await asyncio.gather(*(self._stop_replica(name) for name in list(self.replicas)))
         if self.gateway is not None:
-            await self.gateway.shutdown(self.settings.drain_seconds)
+            await self._retire(self.gateway, self.settings.drain_seconds)
         await self.control_plane.stop()
         shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files
 
