@@ -404,6 +404,14 @@ def test_a_missing_token_passes_authentication_but_not_a_policy_that_asks_for_on
     assert "default/secure-needs-token" in denied.text
 
 
+def test_a_list_claim_matches_when_one_of_its_items_does(mesh: RunningMesh, keys: Keys) -> None:
+    claims = {"iss": ISSUER, "sub": "ann", "aud": ["web", "api"], "group": ["users", "admins"]}
+
+    answer = call(mesh, "/secure/private/report", bearer(keys.main.token(claims)))
+
+    assert answer.status == 200, answer.text
+
+
 def test_a_token_without_the_claim_the_policy_wants_is_denied(
     mesh: RunningMesh, keys: Keys
 ) -> None:
