@@ -4,6 +4,7 @@ mTLS and are covered by the unit tests)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import threading
@@ -24,6 +25,7 @@ from tests.integration.mesh_harness import (
     write_yaml,
 )
 from tests.jwt_tokens import SigningKey
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -460,8 +462,6 @@ def test_a_token_for_another_audience_is_refused(mesh: RunningMesh, keys: Keys) 
 
 
 def _b64decode(text: str) -> bytes:
-    import base64
-
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -522,7 +522,5 @@ spec:
             tmp_path / "mesh.yaml",
             text.replace("namespace: elsewhere", "namespace: istio-system"),
         )
-        from tests.waiting import wait_until
-
         wait_until(lambda: call(running, "/anything").status == 403, 20, "mesh-wide DENY")
         assert "istio-system/other-namespace" in call(running, "/anything").text

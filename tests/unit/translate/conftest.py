@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 
+from pilotfish.load import load_texts
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
@@ -426,10 +428,6 @@ spec:
 
 @pytest.fixture
 def authorization_view(quickstart_view: MeshView) -> MeshView:
-    from dataclasses import replace
-
-    from pilotfish.load import load_texts
-
     loaded = load_texts(
         [("policies.yaml", AUTHORIZATION_POLICIES)], known_services=quickstart_view.services
     )

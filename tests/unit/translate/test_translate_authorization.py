@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import TypeVar
 
 import pytest
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_rules_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -311,17 +313,15 @@ def test_filters_come_in_istios_order_audit_deny_allow() -> None:
     filters = build_rbac_filters(
         [policy("a", "ALLOW", Rule()), policy("d", "DENY", ADMIN), policy("w", "AUDIT", ADMIN)]
     )
-    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
-
     actions = []
     for http_filter in filters:
         config = rbac_pb2.RBAC()
         http_filter.typed_config.Unpack(config)
         actions.append((config.rules.action, sorted(config.rules.policies)))
     assert actions == [
-        (2, ["default/w:rules[0]"]),
-        (1, ["default/d:rules[0]"]),
-        (0, ["default/a:rules[0]"]),
+        (rbac_rules_pb2.RBAC.LOG, ["default/w:rules[0]"]),
+        (rbac_rules_pb2.RBAC.DENY, ["default/d:rules[0]"]),
+        (rbac_rules_pb2.RBAC.ALLOW, ["default/a:rules[0]"]),
     ]
 
 
