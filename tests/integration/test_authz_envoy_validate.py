@@ -86,6 +86,12 @@ spec: {}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: trial, namespace: istio-system, annotations: {istio.io/dry-run: "true"}}
+spec:
+  rules: [{to: [{operation: {paths: ["/trial"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: audit}
 spec:
   action: AUDIT

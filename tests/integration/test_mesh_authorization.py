@@ -77,6 +77,14 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: backend-trial-deny, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/public/trial*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: locked-down}
 spec:
   selector: {matchLabels: {app: locked}}
@@ -309,6 +317,10 @@ def test_a_deny_rule_wins_and_is_named(
         f"RBAC: access denied by backend-0: DENY policy default/backend-deny matched "
         f"(rules[{rule}])\n"
     )
+
+
+def test_a_dry_run_deny_policy_denies_nothing(mesh: RunningMesh) -> None:
+    assert call(mesh, "/backend/public/trial").status == 200
 
 
 def test_an_allow_policy_without_rules_denies_everything(mesh: RunningMesh) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar, cast
 
 from pilotfish.load.fields import FieldReader, Fields, describe
@@ -87,6 +88,12 @@ _KEYS_REFUSED = {
 }
 _BRACKETS = re.compile(r"\[([^\[\]]+)\]")
 _T = TypeVar("_T")
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+# What Go's strconv.ParseBool accepts, as Istio reads the annotation with it.
+_GO_BOOLEANS = {
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+}
 _Part = TypeVar("_Part", Source, Operation)
 
 
@@ -118,6 +125,26 @@ def parse_authorization_policy(
     return AuthorizationPolicy(
         meta=meta, action=cast(Action, action or "ALLOW"), rules=rules, selector=selector
     )
+
+
+def read_dry_run(
+    reader: FieldReader, policy: AuthorizationPolicy, metadata: Fields
+) -> AuthorizationPolicy:
+    """Istio's ``istio.io/dry-run`` annotation: the policy is evaluated and its result
+    recorded (Envoy's shadow rules), never enforced. ALLOW and DENY only."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict) or DRY_RUN_ANNOTATION not in annotations:
+        return policy
+    path = f"metadata.annotations.{DRY_RUN_ANNOTATION}"
+    value = annotations[DRY_RUN_ANNOTATION]
+    if policy.action not in ("ALLOW", "DENY"):
+        reader.error(path, f"is for ALLOW and DENY policies only, not {policy.action}")
+        return policy
+    dry_run = _GO_BOOLEANS.get(value) if isinstance(value, str) else None
+    if dry_run is None:
+        reader.error(path, f"{describe(value)} is not true or false")
+        return policy
+    return replace(policy, dry_run=dry_run)
 
 
 def read_selector(reader: FieldReader, spec: Fields) -> Mapping[str, str] | None:

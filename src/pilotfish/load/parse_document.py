@@ -56,8 +56,6 @@ ISTIO_NETWORKING_NOT_SUPPORTED_YET = ("Sidecar", "EnvoyFilter", "WorkloadGroup",
 # Each leaves this list when its parser joins _SECURITY_KINDS.
 ISTIO_SECURITY_NOT_SUPPORTED_YET = ("PeerAuthentication",)
 
-# Istio evaluates such a policy without enforcing it; enforcing it instead could deny everything.
-DRY_RUN_ANNOTATION = "istio.io/dry-run"
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
 # Fields the Kubernetes API server fills in; they show up in YAML exported with kubectl.
@@ -157,6 +155,8 @@ def parse_document(
     # Without a name the resource cannot be kept, but its spec is still read for its own
     # problems, so that one missing field does not hide the rest of the document.
     parsed = schema.parse(reader, spec, meta or _unnamed(kind_name, document), directory)
+    if isinstance(parsed, AuthorizationPolicy) and meta_fields is not None:
+        parsed = parse_authorization.read_dry_run(reader, parsed, meta_fields)
     return (parsed if meta is not None else None), reader.diagnostics
 
 
@@ -234,12 +234,7 @@ def _meta(
     name = reader.string(fields, "name", "metadata", required=True)
     namespace = reader.string(fields, "namespace", "metadata")
     reader.string_map(fields, "labels", "metadata")
-    annotations = reader.string_map(fields, "annotations", "metadata")
-    if kind == "AuthorizationPolicy" and DRY_RUN_ANNOTATION in annotations:
-        reader.error(
-            f"metadata.annotations.{DRY_RUN_ANNOTATION}",
-            "is not supported by Pilotfish yet: the policy would be enforced, not only logged",
-        )
+    reader.string_map(fields, "annotations", "metadata")
     if name is not None and (
         len(name) > DNS_SUBDOMAIN_MAX or DNS_SUBDOMAIN.fullmatch(name) is None
     ):

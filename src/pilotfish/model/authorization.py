@@ -97,6 +97,8 @@ class AuthorizationPolicy:
     action: Action = "ALLOW"
     rules: tuple[Rule, ...] = ()
     selector: Mapping[str, str] | None = None
+    dry_run: bool = False
+    """Istio's ``istio.io/dry-run``: evaluated and logged, never enforced."""
 
     @property
     def ref(self) -> str:

@@ -81,18 +81,29 @@ def build_rbac_filters(
         chosen = [p for p in policies if p.action == action]
         if not chosen:
             continue
-        rules = rbac_pb2.RBAC(action=envoy_action)
-        for policy in chosen:
-            for index, rule in enumerate(policy.rules):
-                rules.policies[rule_name(policy, index)].CopyFrom(
-                    rule_to_policy(rule, listener_port)
-                )
-        filters.append(
-            hcm_pb2.HttpFilter(
-                name=RBAC_FILTER_NAME, typed_config=pack(rbac_filter_pb2.RBAC(rules=rules))
-            )
-        )
+        config = rbac_filter_pb2.RBAC()
+        enforced = [p for p in chosen if not p.dry_run]
+        if enforced:
+            config.rules.CopyFrom(_rules(envoy_action, enforced, listener_port))
+        dry_runs = [p for p in chosen if p.dry_run]
+        if dry_runs:
+            # Without enforced policies the filter has no rules at all, so enforces nothing.
+            config.shadow_rules.CopyFrom(_rules(envoy_action, dry_runs, listener_port))
+            config.shadow_rules_stat_prefix = f"istio_dry_run_{action.lower()}_"
+        filters.append(hcm_pb2.HttpFilter(name=RBAC_FILTER_NAME, typed_config=pack(config)))
     return filters
+
+
+def _rules(
+    action: rbac_pb2.RBAC.Action.ValueType,
+    policies: Sequence[AuthorizationPolicy],
+    listener_port: PortMap,
+) -> rbac_pb2.RBAC:
+    rules = rbac_pb2.RBAC(action=action)
+    for policy in policies:
+        for index, rule in enumerate(policy.rules):
+            rules.policies[rule_name(policy, index)].CopyFrom(rule_to_policy(rule, listener_port))
+    return rules
 
 
 def rule_to_policy(rule: Rule, listener_port: PortMap = same_port) -> rbac_pb2.Policy:
@@ -419,7 +430,7 @@ def denial_mappers(
     the proxy and the DENY rule that matched, or the ALLOW policies none of which did."""
     mappers = []
     for policy in policies:
-        if policy.action != "DENY":
+        if policy.action != "DENY" or policy.dry_run:
             continue
         for index in range(len(policy.rules)):
             mappers.append(
@@ -429,7 +440,7 @@ def denial_mappers(
                     f"(rules[{index}])",
                 )
             )
-    allowing = [p for p in policies if p.action == "ALLOW"]
+    allowing = [p for p in policies if p.action == "ALLOW" and not p.dry_run]
     if allowing:
         described = ", ".join(
             p.ref if p.rules else f"{p.ref} (no rules: allows nothing)" for p in allowing

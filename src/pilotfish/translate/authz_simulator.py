@@ -54,7 +54,9 @@ class Decision:
 
 
 def decide(policies: Sequence[AuthorizationPolicy], request: Request) -> Decision:
-    """The policies are those that apply to the receiving workload."""
+    """The policies are those that apply to the receiving workload. Dry-run policies are
+    only logged, so they take no part in the decision."""
+    policies = [p for p in policies if not p.dry_run]
     denying = _matching(policies, "DENY", request)
     if denying:
         return Decision(False, denying[0])

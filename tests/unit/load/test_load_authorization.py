@@ -275,16 +275,31 @@ def test_istio_refuses_and_so_do_we(spec: str, field: str, needle: str, message:
     assert_at(result, text, field, needle, message)
 
 
-def test_a_dry_run_policy_is_refused_rather_than_enforced() -> None:
-    text, result = load(
+@pytest.mark.parametrize(("value", "dry_run"), [("'true'", True), ("'False'", False)])
+def test_dry_run_is_read_as_istio_reads_it(value: str, dry_run: bool) -> None:
+    _, result = load(
         policy(
             "action: DENY\nrules: [{}]\n",
-            metadata="{name: p, annotations: {istio.io/dry-run: 'true'}}",
+            metadata=f"{{name: p, annotations: {{istio.io/dry-run: {value}}}}}",
         )
     )
-    assert_at(
-        result, text, "metadata.annotations.istio.io/dry-run", "istio.io/dry-run", "not only logged"
+    assert result.config is not None, result.diagnostics
+    assert result.config.authorization_policies[0].dry_run is dry_run
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "message"),
+    [
+        ("action: DENY\nrules: [{}]\n", "'yes'", 'string "yes" is not true or false'),
+        ("action: AUDIT\nrules: [{}]\n", "'true'", "ALLOW and DENY policies only, not AUDIT"),
+    ],
+    ids=["dry-run-invalid-value", "dry-run-invalid-action-audit"],
+)
+def test_dry_run_problems(spec: str, value: str, message: str) -> None:
+    text, result = load(
+        policy(spec, metadata=f"{{name: p, annotations: {{istio.io/dry-run: {value}}}}}")
     )
+    assert_at(result, text, "metadata.annotations.istio.io/dry-run", "istio.io/dry-run", message)
 
 
 def test_every_problem_of_a_policy_is_reported_at_once() -> None:

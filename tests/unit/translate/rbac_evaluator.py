@@ -46,6 +46,8 @@ def evaluate(filters: Sequence[hcm_pb2.HttpFilter], request: EnvoyRequest) -> tu
             continue
         config = rbac_filter_pb2.RBAC()
         assert http_filter.typed_config.Unpack(config)
+        if not config.HasField("rules"):
+            continue  # shadow rules only: Envoy records their verdict, enforces nothing
         rules = config.rules
         matched = sorted(
             name for name, policy in rules.policies.items() if _policy(policy, request)

@@ -175,8 +175,9 @@ def policy_sets(draw: st.DrawFn) -> list[AuthorizationPolicy]:
     return [
         AuthorizationPolicy(
             meta=meta(f"p{index}"),
-            action=draw(st.sampled_from(["ALLOW", "DENY", "AUDIT"])),
+            action=(action := draw(st.sampled_from(["ALLOW", "DENY", "AUDIT"]))),
             rules=tuple(draw(st.lists(rules, max_size=3))),
+            dry_run=action != "AUDIT" and draw(st.booleans()),
         )
         for index in range(count)
     ]
@@ -303,6 +304,21 @@ def test_deny_wins_over_allow() -> None:
         "rbac_access_denied_matched_policy[default/no-admin:rules[0]]",
     )
     assert judge(policies, Request(path="/home"))[0]
+
+
+def test_dry_run_policies_are_shadow_rules_that_never_decide() -> None:
+    watch_deny = replace(policy("watch-deny", "DENY", Rule()), dry_run=True)
+    watch_allow = replace(policy("watch-allow", "ALLOW", ADMIN), dry_run=True)
+
+    filters = build_rbac_filters([watch_deny, watch_allow])
+
+    assert judge([watch_deny, watch_allow], Request(path="/home")) == (True, "")
+    for http_filter in filters:
+        config = rbac_pb2.RBAC()
+        http_filter.typed_config.Unpack(config)
+        assert not config.HasField("rules")
+        assert config.shadow_rules.policies
+        assert config.shadow_rules_stat_prefix.startswith("istio_dry_run_")
 
 
 def test_audit_never_decides() -> None:
