@@ -237,7 +237,7 @@ def proxy(
         def answering() -> bool:
             assert process.poll() is None, (directory / "envoy.log").read_text()
             try:
-                return running.get("/principal/ready", "prod-web")[0] == 200
+                return running.get("/domain/ready", "dev-web")[0] == 200
             except OSError:
                 return False
 
