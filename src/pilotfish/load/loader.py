@@ -27,6 +27,7 @@ from pilotfish.model.resources import (
     Workload,
     WorkloadEntry,
 )
+from pilotfish.model.security import PeerAuthentication
 from pilotfish.model.services import Service
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -217,6 +218,7 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
         workloads=tuple(r for r in resources if isinstance(r, Workload)),
+        peer_authentications=tuple(r for r in resources if isinstance(r, PeerAuthentication)),
         # More than one is an error (see validate); the first one counts meanwhile.
         mesh=next((r for r in resources if isinstance(r, MeshSettings)), MeshSettings()),
     )

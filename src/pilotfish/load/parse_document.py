@@ -9,6 +9,7 @@ from pilotfish.load import (
     parse_destination_rule,
     parse_gateway,
     parse_mesh_config,
+    parse_peer_authentication,
     parse_service_entry,
     parse_virtual_service,
     parse_workload,
@@ -28,6 +29,7 @@ from pilotfish.model.resources import (
     Workload,
     WorkloadEntry,
 )
+from pilotfish.model.security import PeerAuthentication
 
 Resource = (
     VirtualService
@@ -37,6 +39,7 @@ Resource = (
     | WorkloadEntry
     | Workload
     | MeshSettings
+    | PeerAuthentication
 )
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -50,7 +53,6 @@ GROUPS_NOT_SUPPORTED_YET = ("gateway.networking.k8s.io",)
 ISTIO_NETWORKING_NOT_SUPPORTED_YET = ("Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig")
 # Each leaves this list when its parser joins _SECURITY_KINDS.
 ISTIO_SECURITY_NOT_SUPPORTED_YET = (
-    "PeerAuthentication",
     "AuthorizationPolicy",
     "RequestAuthentication",
 )
@@ -108,7 +110,13 @@ _ISTIO_KINDS: dict[str, _Kind] = {
     ),
 }
 # PeerAuthentication, AuthorizationPolicy, RequestAuthentication: one entry each.
-_SECURITY_KINDS: dict[str, _Kind] = {}
+_SECURITY_KINDS: dict[str, _Kind] = {
+    "PeerAuthentication": _Kind(
+        parse_peer_authentication.SPEC_FIELDS,
+        (),
+        lambda r, s, m, _d: parse_peer_authentication.parse_peer_authentication(r, s, m),
+    ),
+}
 _PILOTFISH_KINDS: dict[str, _Kind] = {
     "Workload": _Kind(parse_workload.SPEC_FIELDS, (), parse_workload.parse_workload),
     "MeshConfig": _Kind(parse_mesh_config.SPEC_FIELDS, (), parse_mesh_config.parse_mesh_config),

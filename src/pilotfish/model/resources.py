@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
+
+if TYPE_CHECKING:  # security.py builds on Meta; only annotations here name its types
+    from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -244,6 +247,9 @@ class LoadBalancer:
 @dataclass(frozen=True)
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
+    tls: ClientTLSSettings | None = None
+    # portLevelSettings[].tls by port number (the other per-port fields are not carried).
+    port_tls: Mapping[int, ClientTLSSettings] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,9 @@ class GatewayServer:
     port_name: str
     protocol: Protocol
     hosts: tuple[str, ...]
+    # An HTTPS server terminates TLS (``protocol`` is then the HTTP carried inside it).
+    tls: ServerTLSSettings | None = None
+    https_redirect: bool = False
 
 
 @dataclass(frozen=True)
@@ -395,6 +404,7 @@ class MeshConfig:
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
     workloads: tuple[Workload, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
     mesh: MeshSettings = field(default_factory=MeshSettings)
 
 
