@@ -6,18 +6,38 @@ from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from pilotfish.model.resources import selector_matches
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.naming import outbound_cluster_name
+from pilotfish.translate.tls_contexts import (
+    TLS_MODE_ISTIO,
+    TLS_MODE_LABEL,
+    TRANSPORT_SOCKET_MATCH_KEY,
+)
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=address, port_value=port)
     )
+
+
+def _lb_endpoint(endpoint: Endpoint, service_port: int) -> endpoint_components_pb2.LbEndpoint:
+    lb_endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=socket_address(endpoint.address, endpoint.ports[service_port])
+        ),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
+    )
+    if endpoint.service_account is not None:
+        # A sidecar serves it: the cluster's auto-mTLS transport socket match picks mTLS.
+        match = struct_pb2.Struct()
+        match.update({TLS_MODE_LABEL: TLS_MODE_ISTIO})
+        lb_endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY].CopyFrom(match)
+    return lb_endpoint
 
 
 def load_assignment(
@@ -33,12 +53,7 @@ def load_assignment(
     """
     selector = subset_labels or {}
     lb_endpoints = [
-        endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(
-                address=socket_address(endpoint.address, endpoint.ports[service_port])
-            ),
-            load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
-        )
+        _lb_endpoint(endpoint, service_port)
         for endpoint in endpoints
         if service_port in endpoint.ports and selector_matches(selector, endpoint.labels)
     ]

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
 from pilotfish.translate.gateway_selection import http_servers_by_port
@@ -27,12 +31,19 @@ from pilotfish.translate.naming import (
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
 from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
+from pilotfish.translate.tls_contexts import mesh_downstream_context, tls_socket
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER_NAME = "envoy.filters.http.router"
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+# The inbound filter chains; PERMISSIVE has both, told apart by the TLS inspector.
+INBOUND_MTLS_CHAIN = "inbound-mtls"
+INBOUND_PLAINTEXT_CHAIN = "inbound-plaintext"
 
 
-def _http_filters(routing: bool) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(
+    routing: bool, extra: Sequence[hcm_pb2.HttpFilter] = ()
+) -> list[hcm_pb2.HttpFilter]:
     filters = []
     if routing:
         # Always present on routing listeners although they only act on routes that configure
@@ -45,6 +56,7 @@ def _http_filters(routing: bool) -> list[hcm_pb2.HttpFilter]:
         filters.append(
             hcm_pb2.HttpFilter(name=FAULT_FILTER_NAME, typed_config=pack(fault_pb2.HTTPFault()))
         )
+    filters.extend(extra)
     # Router last: filters after it never see the request.
     filters.append(
         hcm_pb2.HttpFilter(name=ROUTER_FILTER_NAME, typed_config=pack(router_pb2.Router()))
@@ -57,12 +69,16 @@ def http_connection_manager(
     *,
     rds_name: str | None = None,
     route_config: route_pb2.RouteConfiguration | None = None,
+    http_filters: Sequence[hcm_pb2.HttpFilter] = (),
 ) -> hcm_pb2.HttpConnectionManager:
-    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline."""
+    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
+
+    ``http_filters`` go after the always-present ones and before the router.
+    """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(routing=rds_name is not None),
+        http_filters=_http_filters(routing=rds_name is not None, extra=http_filters),
     )
     if rds_name is not None:
         manager.rds.route_config_name = rds_name
@@ -122,21 +138,87 @@ def build_outbound_listener(node: ProxyNode) -> listener_pb2.Listener | None:
     )
 
 
-def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
-    """A sidecar's ``inbound``: mesh traffic for its app (None without the ports).
+def inbound_http_filters(view: MeshView, node: ProxyNode) -> list[hcm_pb2.HttpFilter]:
+    """The filters that act on requests to the app (authentication, authorization), in
+    order; the router comes after them. Every inbound filter chain gets the same ones."""
+    del view, node  # read by the policies that add filters here
+    return []
 
-    ``view`` is where the policies that apply to the app's side come from (mTLS,
-    authorization); the listener's generator depends on the config for that reason.
-    """
-    del view  # read by the security policies that act on inbound traffic
+
+def inbound_mtls_mode(view: MeshView, node: ProxyNode) -> EffectiveMtlsMode:
+    """The PeerAuthentication mode of the node's app port (portLevelMtls names it)."""
+    return effective_mtls_mode(
+        view.config.peer_authentications, node.namespace, node.labels, node.app_port
+    )
+
+
+def _inbound_manager(
+    app_port: int, filters: Sequence[hcm_pb2.HttpFilter], *, mutual_tls: bool
+) -> hcm_pb2.HttpConnectionManager:
+    manager = http_connection_manager(
+        INBOUND_LISTENER, route_config=inbound_route_config(app_port), http_filters=filters
+    )
+    # A caller's own x-forwarded-client-cert is never believed: over mTLS the header is
+    # replaced by the verified peer's identity (its SPIFFE URI), as Istio does; in plain
+    # text it is removed.
+    if mutual_tls:
+        manager.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
+    else:
+        manager.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE
+    return manager
+
+
+def _chain(
+    name: str, manager: hcm_pb2.HttpConnectionManager
+) -> listener_components_pb2.FilterChain:
+    return listener_components_pb2.FilterChain(
+        name=name,
+        filters=[listener_components_pb2.Filter(name=HCM_FILTER_NAME, typed_config=pack(manager))],
+    )
+
+
+def inbound_filter_chains(
+    mode: EffectiveMtlsMode, app_port: int, filters: Sequence[hcm_pb2.HttpFilter]
+) -> list[listener_components_pb2.FilterChain]:
+    """STRICT: mTLS only, so a plaintext caller fails the handshake (counted in
+    ``listener.inbound.ssl.connection_error``), never served in the clear. PERMISSIVE: both,
+    by what the TLS inspector saw. DISABLE: plaintext only."""
+    mtls = _chain(INBOUND_MTLS_CHAIN, _inbound_manager(app_port, filters, mutual_tls=True))
+    mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
+    plaintext = _chain(
+        INBOUND_PLAINTEXT_CHAIN, _inbound_manager(app_port, filters, mutual_tls=False)
+    )
+    if mode == "STRICT":
+        return [mtls]
+    if mode == "DISABLE":
+        return [plaintext]
+    mtls.filter_chain_match.transport_protocol = "tls"
+    plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+    return [mtls, plaintext]
+
+
+def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
+    """A sidecar's ``inbound``: mesh traffic for its app (None without the ports), in mTLS,
+    plaintext or both as the PeerAuthentications for the app's port say."""
     if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
         return None
-    return http_listener(
-        INBOUND_LISTENER,
-        node.bind_address,
-        node.inbound_port,
-        http_connection_manager(INBOUND_LISTENER, route_config=inbound_route_config(node.app_port)),
+    mode = inbound_mtls_mode(view, node)
+    listener = listener_pb2.Listener(
+        name=INBOUND_LISTENER,
+        # Stats as listener.inbound.* rather than under the address, so tests and users
+        # find the handshake failures of a STRICT port under one name.
+        stat_prefix=INBOUND_LISTENER,
+        address=socket_address(node.bind_address, node.inbound_port),
+        filter_chains=inbound_filter_chains(mode, node.app_port, inbound_http_filters(view, node)),
     )
+    if mode == "PERMISSIVE":
+        listener.listener_filters.append(
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+            )
+        )
+    return listener
 
 
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
