@@ -91,12 +91,12 @@ _ISTIO_KINDS: dict[str, _Kind] = {
     "DestinationRule": _Kind(
         parse_destination_rule.SPEC_FIELDS,
         parse_destination_rule.SPEC_NOT_IMPLEMENTED,
-        lambda r, s, m, _d: parse_destination_rule.parse_destination_rule(r, s, m),
+        parse_destination_rule.parse_destination_rule,
     ),
     "Gateway": _Kind(
         parse_gateway.SPEC_FIELDS,
         (),
-        lambda r, s, m, _d: parse_gateway.parse_gateway(r, s, m),
+        parse_gateway.parse_gateway,
     ),
     "ServiceEntry": _Kind(
         parse_service_entry.SERVICE_ENTRY_FIELDS,

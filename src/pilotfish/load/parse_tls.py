@@ -1,0 +1,175 @@
+"""TLS settings shared by DestinationRule (``trafficPolicy.tls``, the client's side) and Gateway
+servers (``servers[].tls``, the server's side), with Istio's rules on which fields go together.
+
+Certificate files are relative to the folder of the file that names them; whether they exist
+is checked by the loader (``certificate_files``), which is the one module that reads files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import cast
+
+from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields
+from pilotfish.load.yaml_source import join_path
+from pilotfish.model.security import (
+    ClientTlsMode,
+    ClientTLSSettings,
+    ServerTlsMode,
+    ServerTLSSettings,
+)
+
+CLIENT_FIELDS = (
+    "mode",
+    "clientCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "subjectAltNames",
+    "sni",
+    "insecureSkipVerify",
+)
+CLIENT_NOT_IMPLEMENTED = {"caCrl": "revoked server certificates are not refused"}
+CLIENT_MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
+CLIENT_FILES = {
+    "caCertificates": "ca_certificates",
+    "clientCertificate": "client_certificate",
+    "privateKey": "private_key",
+}
+
+SERVER_FIELDS = (
+    "mode",
+    "serverCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "httpsRedirect",
+    "minProtocolVersion",
+    "maxProtocolVersion",
+)
+SERVER_NOT_IMPLEMENTED = {
+    "subjectAltNames": "client certificates are not checked for these names",
+    "verifyCertificateSpki": "client certificates are not pinned",
+    "verifyCertificateHash": "client certificates are not pinned",
+    "cipherSuites": "Envoy's default cipher suites are offered",
+    "caCrl": "revoked client certificates are not refused",
+    "credentialNames": "only serverCertificate/privateKey files are served",
+    "tlsCertificates": "only serverCertificate/privateKey files are served",
+}
+SERVER_MODES = ("SIMPLE", "MUTUAL")
+SERVER_MODES_NOT_SUPPORTED = ("PASSTHROUGH", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+SERVER_FILES = {
+    "serverCertificate": "server_certificate",
+    "privateKey": "private_key",
+    "caCertificates": "ca_certificates",
+}
+TLS_VERSIONS = ("TLS_AUTO", "TLSV1_2", "TLSV1_3")
+CREDENTIAL_NAME_MESSAGE = (
+    "not supported yet: use {files} files (Pilotfish has no secret store to read it from)"
+)
+
+
+def _file(reader: FieldReader, fields: Fields, key: str, path: str, directory: str) -> str | None:
+    name = reader.string(fields, key, path)
+    return os.path.join(directory, name) if name else None
+
+
+def read_client_tls(
+    reader: FieldReader, fields: Fields, path: str, directory: str
+) -> ClientTLSSettings | None:
+    """``fields["tls"]`` of a traffic policy at ``path``."""
+    tls = reader.child_mapping(fields, "tls", path, CLIENT_FIELDS, CLIENT_NOT_IMPLEMENTED)
+    if tls is None:
+        return None
+    tls_path = join_path(path, "tls")
+    mode = reader.choice(tls, "mode", tls_path, CLIENT_MODES) or "DISABLE"
+    if tls.get("credentialName") is not None:
+        reader.error(
+            join_path(tls_path, "credentialName"),
+            CREDENTIAL_NAME_MESSAGE.format(files="clientCertificate/privateKey/caCertificates"),
+        )
+    files = {key: _file(reader, tls, key, tls_path, directory) for key in CLIENT_FILES}
+    if mode == "MUTUAL":
+        for key in ("clientCertificate", "privateKey"):
+            if files[key] is None:
+                reader.error(join_path(tls_path, key), "required when mode is MUTUAL")
+    if mode == "ISTIO_MUTUAL":
+        # The mesh's own certificates are used: files here would be silently ignored.
+        for key in CLIENT_FILES:
+            if files[key] is not None:
+                reader.error(
+                    join_path(tls_path, key),
+                    "must not be set with ISTIO_MUTUAL (the mesh's certificates are used)",
+                )
+        files = dict.fromkeys(CLIENT_FILES)
+    insecure = reader.boolean(tls, "insecureSkipVerify", tls_path) or False
+    if insecure and files["caCertificates"] is not None:
+        reader.error(
+            join_path(tls_path, "insecureSkipVerify"),
+            "cannot be true together with caCertificates",
+        )
+    settings = ClientTLSSettings(
+        mode=cast(ClientTlsMode, mode),
+        ca_certificates=files["caCertificates"],
+        client_certificate=files["clientCertificate"],
+        private_key=files["privateKey"],
+        sni=reader.string(tls, "sni", tls_path),
+        subject_alt_names=tuple(
+            n for n in reader.string_list(tls, "subjectAltNames", tls_path) if n
+        ),
+        insecure_skip_verify=insecure,
+    )
+    return reader.paths.remember(settings, tls_path)
+
+
+def read_server_tls(
+    reader: FieldReader, tls: Fields, tls_path: str, directory: str
+) -> ServerTLSSettings | None:
+    """An HTTPS server's ``tls`` (already a mapping); None after an error."""
+    mode = reader.choice(
+        tls, "mode", tls_path, SERVER_MODES, not_supported=SERVER_MODES_NOT_SUPPORTED
+    )
+    if tls.get("mode") is None:
+        reader.error(join_path(tls_path, "mode"), "required for an HTTPS server (SIMPLE or MUTUAL)")
+    if tls.get("credentialName") is not None:
+        reader.error(
+            join_path(tls_path, "credentialName"),
+            CREDENTIAL_NAME_MESSAGE.format(files="serverCertificate/privateKey"),
+        )
+    for key in ("minProtocolVersion", "maxProtocolVersion"):
+        if reader.choice(tls, key, tls_path, TLS_VERSIONS) is not None:
+            reader.warning(
+                join_path(tls_path, key),
+                f"{NOT_IMPLEMENTED_PREFIX}: TLS 1.2 and 1.3 are both accepted",
+            )
+    files = {key: _file(reader, tls, key, tls_path, directory) for key in SERVER_FILES}
+    server_certificate, private_key = files["serverCertificate"], files["privateKey"]
+    for key in ("serverCertificate", "privateKey"):
+        if files[key] is None and tls.get("credentialName") is None:
+            reader.error(join_path(tls_path, key), f"required for a {mode or 'TLS'} server")
+    if mode == "MUTUAL" and files["caCertificates"] is None:
+        reader.error(
+            join_path(tls_path, "caCertificates"),
+            "required when mode is MUTUAL (the CA that signs the clients' certificates)",
+        )
+    if mode is None or server_certificate is None or private_key is None:
+        return None
+    settings = ServerTLSSettings(
+        mode=cast(ServerTlsMode, mode),
+        server_certificate=server_certificate,
+        private_key=private_key,
+        ca_certificates=files["caCertificates"],
+    )
+    return reader.paths.remember(settings, tls_path)
+
+
+def certificate_files(
+    settings: ClientTLSSettings | ServerTLSSettings,
+) -> Iterator[tuple[str, str]]:
+    """``(field, absolute file)`` for each certificate file the settings name."""
+    names = CLIENT_FILES if isinstance(settings, ClientTLSSettings) else SERVER_FILES
+    for key, attribute in names.items():
+        value = getattr(settings, attribute)
+        if value is not None:
+            yield key, value
