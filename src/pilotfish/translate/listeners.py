@@ -16,6 +16,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import GatewayServer
 from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
@@ -31,7 +32,11 @@ from pilotfish.translate.naming import (
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
 from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
-from pilotfish.translate.tls_contexts import mesh_downstream_context, tls_socket
+from pilotfish.translate.tls_contexts import (
+    gateway_downstream_context,
+    mesh_downstream_context,
+    tls_socket,
+)
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER_NAME = "envoy.filters.http.router"
@@ -221,16 +226,56 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
     return listener
 
 
+def _server_names(hosts: Sequence[str]) -> list[str]:
+    """A server's hosts as SNI names; ``[]`` (any name) when one of them is ``*``."""
+    names = [host.split("/", 1)[1] if "/" in host else host for host in hosts]
+    return [] if "*" in names else names
+
+
+def _gateway_listener(
+    node: ProxyNode, port: int, servers: Sequence[GatewayServer]
+) -> listener_pb2.Listener:
+    name = gateway_listener_name(port)
+    manager = http_connection_manager(name, rds_name=gateway_route_config_name(port))
+    tls_servers = [(server, server.tls) for server in servers if server.tls is not None]
+    if not tls_servers:
+        return http_listener(name, node.bind_address, port, manager)
+    # Servers sharing a port are told apart by SNI: one chain each, the first server to name
+    # a host keeps it (Envoy refuses two chains with the same match).
+    chains: list[listener_components_pb2.FilterChain] = []
+    taken: set[str] = set()
+    for server, tls in tls_servers:
+        names = _server_names(server.hosts)
+        key_names = names or ["*"]
+        fresh = [n for n in key_names if n not in taken]
+        if not fresh:
+            continue
+        taken.update(fresh)
+        chain = _chain(f"{name}-{server.port_name}", manager)
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.filter_chain_match.server_names.extend(n for n in fresh if n != "*")
+        chain.transport_socket.CopyFrom(tls_socket(gateway_downstream_context(tls)))
+        chains.append(chain)
+    if len(tls_servers) < len(servers):
+        plaintext = _chain(f"{name}-plaintext", manager)
+        plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+        chains.append(plaintext)
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(node.bind_address, port),
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+            )
+        ],
+        filter_chains=chains,
+    )
+
+
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
-    """``gateway_<port>`` for each HTTP server port of the Gateways selecting this node."""
+    """``gateway_<port>`` for each HTTP and HTTPS server port of the Gateways selecting this
+    node; HTTPS servers terminate TLS (by SNI when several share the port)."""
     return tuple(
-        http_listener(
-            gateway_listener_name(port),
-            node.bind_address,
-            port,
-            http_connection_manager(
-                gateway_listener_name(port), rds_name=gateway_route_config_name(port)
-            ),
-        )
-        for port in http_servers_by_port(view, node)
+        _gateway_listener(node, port, [server for _, server in servers])
+        for port, servers in http_servers_by_port(view, node).items()
     )

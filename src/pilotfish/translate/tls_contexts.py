@@ -149,7 +149,7 @@ def gateway_downstream_context(settings: ServerTLSSettings) -> tls_pb2.Downstrea
     )
     context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
     if settings.mode == "MUTUAL" and settings.ca_certificates:
-        common.validation_context.trusted_ca.filename = settings.ca_certificates
+        context.common_tls_context.validation_context.trusted_ca.filename = settings.ca_certificates
         context.require_client_certificate.value = True
     return context
 

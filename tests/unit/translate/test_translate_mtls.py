@@ -9,6 +9,7 @@ import pytest
 from conftest import http_port, mesh_service, meta, view_of
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3.route_components_pb2 import VirtualHost
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -17,17 +18,29 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from pilotfish.model.identity import ROOT_CA_SECRET, SDS_CLUSTER_NAME, WORKLOAD_CERT_SECRET
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
+    Destination,
     DestinationRule,
+    Gateway,
+    GatewayServer,
+    HTTPRoute,
     MeshConfig,
     MeshSettings,
+    RouteDestination,
     Subset,
     TrafficPolicy,
+    VirtualService,
 )
-from pilotfish.model.security import ClientTLSSettings, MtlsMode, PeerAuthentication
+from pilotfish.model.security import (
+    ClientTLSSettings,
+    MtlsMode,
+    PeerAuthentication,
+    ServerTLSSettings,
+)
 from pilotfish.model.services import Endpoint, MeshView
 from pilotfish.translate.clusters import build_outbound_clusters
 from pilotfish.translate.endpoints import build_load_assignments
-from pilotfish.translate.listeners import build_inbound_listener
+from pilotfish.translate.listeners import build_gateway_listeners, build_inbound_listener
+from pilotfish.translate.routes import build_gateway_route_configs
 from pilotfish.translate.tls_contexts import SYSTEM_CA_BUNDLE, TLS_SOCKET
 
 BACKEND = "backend.default.svc.cluster.local"
@@ -309,3 +322,55 @@ def test_port_level_tls_for_another_port_leaves_the_rule_setting() -> None:
     built = cluster(view(rules=(rule,)))
     assert not built.HasField("transport_socket")
     assert not built.transport_socket_matches
+
+
+# --- gateway ----------------------------------------------------------------------------------
+
+GATEWAY_NODE = ProxyNode(id="ingress-0", kind="gateway")
+
+
+def gateway_view(*servers: GatewayServer) -> MeshView:
+    config = MeshConfig(
+        gateways=(Gateway(meta("Gateway", "web"), {}, servers),),
+        virtual_services=(
+            VirtualService(
+                meta("VirtualService", "site"),
+                hosts=("*",),
+                gateways=("web",),
+                http=(HTTPRoute(route=(RouteDestination(Destination("backend")),)),),
+            ),
+        ),
+    )
+    return view_of(config, mesh_service("backend", http_port(8080)))
+
+
+def test_https_servers_sharing_a_port_get_one_chain_each_by_sni() -> None:
+    a = ServerTLSSettings("SIMPLE", "/c/a.pem", "/c/a-key.pem")
+    b = ServerTLSSettings("MUTUAL", "/c/b.pem", "/c/b-key.pem", "/c/ca.pem")
+    (listener,) = build_gateway_listeners(
+        gateway_view(
+            GatewayServer(443, "a", "HTTP", ("a.example.com",), tls=a),
+            GatewayServer(443, "b", "HTTP", ("ns/b.example.com", "a.example.com"), tls=b),
+        ),
+        GATEWAY_NODE,
+    )
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    first, second = listener.filter_chains
+    assert list(first.filter_chain_match.server_names) == ["a.example.com"]
+    assert list(second.filter_chain_match.server_names) == ["b.example.com"]
+    simple, mutual = downstream(first), downstream(second)
+    assert simple.common_tls_context.tls_certificates[0].certificate_chain.filename == "/c/a.pem"
+    assert not simple.require_client_certificate.value
+    assert mutual.require_client_certificate.value
+    assert mutual.common_tls_context.validation_context.trusted_ca.filename == "/c/ca.pem"
+
+
+def test_https_redirect_requires_tls_on_the_servers_virtual_hosts() -> None:
+    plain = gateway_view(GatewayServer(80, "http", "HTTP", ("*",)))
+    redirect = gateway_view(GatewayServer(80, "http", "HTTP", ("*",), https_redirect=True))
+    (route,) = build_gateway_route_configs(plain, GATEWAY_NODE)
+    assert route.virtual_hosts[0].require_tls == VirtualHost.NONE
+    (route,) = build_gateway_route_configs(redirect, GATEWAY_NODE)
+    assert route.virtual_hosts[0].require_tls == VirtualHost.ALL
+    (listener,) = build_gateway_listeners(redirect, GATEWAY_NODE)
+    assert not listener.filter_chains[0].HasField("transport_socket")
