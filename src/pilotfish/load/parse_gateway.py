@@ -8,7 +8,7 @@ from typing import cast
 from pilotfish.load import parse_tls
 from pilotfish.load.fields import FieldReader, Fields
 from pilotfish.load.parse_protocols import is_carried, read_port_protocol
-from pilotfish.load.yaml_source import join_path
+from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
 SPEC_FIELDS = ("selector", "servers")
@@ -28,10 +28,24 @@ def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta, directory: str)
     """``directory``: the file's folder, which certificate file names are relative to."""
     selector = reader.string_map(spec, "selector", "spec")
     servers: list[GatewayServer] = []
+    # (port, SNI name) -> the HTTPS server that terminates it; a later one never sees it.
+    terminated: dict[tuple[int, str], str] = {}
     for item, path in reader.items(spec, "servers", "spec", required=True):
         server = _server(reader, item, path, directory)
-        if server is not None:
-            servers.append(server)
+        if server is None:
+            continue
+        servers.append(server)
+        if server.tls is None:
+            continue
+        for index, host in enumerate(server.hosts):
+            name = host.split("/", 1)[-1]
+            first = terminated.setdefault((server.port, name), path)
+            if first != path:
+                reader.warning(
+                    index_path(join_path(path, "hosts"), index),
+                    f"{name} on port {server.port} is already served by {first}: TLS "
+                    "connections for it get that server's certificate",
+                )
     return Gateway(meta=meta, selector=selector, servers=tuple(servers))
 
 

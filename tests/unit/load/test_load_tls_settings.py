@@ -240,3 +240,21 @@ def test_https_redirect_on_an_http_server() -> None:
     assert result.diagnostics == ()
     assert result.config is not None
     assert result.config.gateways[0].servers[0].https_redirect
+
+
+def test_a_host_two_https_servers_share_on_a_port_warns(tmp_path: Path) -> None:
+    certificates(tmp_path, "c.pem", "k.pem")
+    server = (
+        '  - port: {number: 443, name: NAME, protocol: HTTPS}\n    hosts: ["a.example.com", HOST]\n'
+        "    tls: {mode: SIMPLE, serverCertificate: c.pem, privateKey: k.pem}\n"
+    )
+    text = (
+        GATEWAY.split("  - port")[0]
+        + server.replace("NAME", "one").replace("HOST", '"b.example.com"')
+        + server.replace("NAME", "two").replace("HOST", '"c.example.com"')
+    )
+    result = load_text(text, str(tmp_path / "gw.yaml"))
+    (warning,) = result.warnings
+    assert warning.field == "spec.servers[1].hosts[0]"
+    assert "a.example.com on port 443 is already served by spec.servers[0]" in warning.message
+    assert result.config is not None
