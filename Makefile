@@ -37,6 +37,7 @@ test: lint typecheck
 bench: install
 	$(BIN)/python benchmarks/control_plane.py
 	$(BIN)/python benchmarks/data_plane.py
+	$(BIN)/python benchmarks/ca.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

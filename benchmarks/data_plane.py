@@ -4,12 +4,16 @@ Configurations, measured interleaved in one run, 3 repetitions, medians:
   direct    wrk -> nginx
   sidecars  wrk -> client sidecar (outbound, Host: backend:8080) -> backend sidecar -> nginx
   gateway   wrk -> ingress gateway -> backend sidecar -> nginx
+  static      wrk -> static client Envoy -> static server Envoy -> nginx (no xDS; static_pair.py)
+  static-tls  the same pair with mutual TLS between the two Envoys
 
 The mesh is a real ``pilotfish up`` on a generated folder whose Workloads are nginx itself and
-an idle "client" whose sidecar we borrow. Envoys (and the pilotfish process) are pinned to
-CPU 0; nginx and the load generators to CPU 1.
+an idle "client" whose sidecar we borrow; the static pairs send to the same nginx. Envoys (and
+the pilotfish process) are pinned to CPU 0; nginx and the load generators to CPU 1. Each
+table row names what its hop between two Envoys was (plaintext, TLS or mTLS, and the TLS
+version), read from the Envoys' own counters after the run.
 
-Run: ``.venv/bin/python benchmarks/data_plane.py`` (about 4 minutes), ``--quick`` (about 1.5).
+Run: ``.venv/bin/python benchmarks/data_plane.py`` (about 7 minutes), ``--quick`` (about 2).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +34,7 @@ import tempfile
 import textwrap
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +56,7 @@ from bench_report import (
     terminate_on_sigterm,
     write_results,
 )
+from static_pair import StaticPair
 
 from pilotfish.agent.ports import free_port
 
@@ -215,6 +223,10 @@ def http_status(url: str, host_header: str | None) -> int | None:
         return None
 
 
+def serves(target: Target) -> bool:
+    return http_status(target.url, target.host_header) == 200
+
+
 class Mesh:
     """A ``pilotfish up`` child process on a generated folder, and what runs below it."""
 
@@ -305,6 +317,64 @@ class Mesh:
         killed = kill_leftovers(self.seen)
         if killed:
             print(f"killed {len(killed)} leftover process(es): {killed}")
+
+
+def admin_address(pid: int) -> str | None:
+    """host:port of an Envoy's admin API, from the file its ``--admin-address-path`` names."""
+    argv = command_line(pid)
+    if "--admin-address-path" not in argv[:-1]:
+        return None
+    path = Path(argv[argv.index("--admin-address-path") + 1])
+    with contextlib.suppress(OSError):
+        return path.read_text().strip() or None
+    return None
+
+
+def tls_stats(pid: int) -> dict[str, int] | None:
+    """An Envoy's TLS counters (none at all for a plaintext one); None without an admin API."""
+    address = admin_address(pid)
+    if address is None:
+        return None
+    url = f"http://{address}/stats?filter=" + urllib.parse.quote(r"\.ssl\.")
+    with _direct.open(url, timeout=5) as response:
+        text = response.read().decode()
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(": ")
+        if value.isdigit():
+            stats[name] = int(value)
+    return stats
+
+
+def hop_security(client_pid: int, server_pid: int) -> str:
+    """What the hop from ``client_pid``'s upstream to ``server_pid``'s listener was: plaintext,
+    TLS, or mTLS (the server saw a client certificate on every handshake), with the versions;
+    "unknown" when an admin API cannot be read (never worth losing the measurements for)."""
+    try:
+        client = tls_stats(client_pid)
+        server = tls_stats(server_pid)
+    except OSError:
+        return "unknown"
+    if client is None or server is None:
+        return "unknown"
+    handshakes = sum(
+        v for k, v in client.items() if re.fullmatch(r"cluster\..*\.ssl\.handshake", k)
+    )
+    if handshakes == 0:
+        return "plaintext"
+    versions = sorted(
+        {
+            k.rsplit(".ssl.versions.", 1)[1]
+            for k, v in client.items()
+            if k.startswith("cluster.") and ".ssl.versions." in k and v
+        }
+    )
+    accepted = sum(v for k, v in server.items() if re.fullmatch(r"listener\..*\.ssl\.handshake", k))
+    anonymous = sum(
+        v for k, v in server.items() if re.fullmatch(r"listener\..*\.ssl\.no_certificate", k)
+    )
+    mutual = accepted > 0 and anonymous == 0
+    return f"{'mTLS' if mutual else 'TLS'} {'/'.join(versions)}".strip()
 
 
 # --- load generators ----------------------------------------------------------------------
@@ -549,13 +619,28 @@ class Results:
         return [m for m in self.measurements if m.target == target and m.tool == tool]
 
 
+def start_static_pairs(backend_port: int, work: Path, pairs: list[StaticPair]) -> dict[str, Target]:
+    """The two baselines, in front of the mesh's own nginx; appended to ``pairs`` as they start,
+    so that the caller stops whatever did start."""
+    targets: dict[str, Target] = {}
+    for name, tls in (("static", False), ("static-tls", True)):
+        pair = StaticPair(name, backend_port, work, tls=tls)
+        pairs.append(pair)
+        target = Target(name, pair.port, None, (pair.client.name, pair.server.name))
+        pair.wait_ready(functools.partial(serves, target))
+        targets[name] = target
+    return targets
+
+
 def run_all(settings: Settings, work: Path) -> tuple[Results, dict[str, Any]]:
     mesh = Mesh(work)
+    pairs: list[StaticPair] = []
     results = Results()
     info: dict[str, Any] = {}
     try:
         targets = mesh.wait_ready()
-        envoys = mesh.envoy_pids()
+        targets |= start_static_pairs(targets["direct"].port, work, pairs)
+        envoys = mesh.envoy_pids() | {n: p for pair in pairs for n, p in pair.pids.items()}
         missing = {n for t in targets.values() for n in t.envoys} - set(envoys)
         if missing:
             raise RuntimeError(f"cannot find the Envoy of {sorted(missing)}")
@@ -593,7 +678,15 @@ def run_all(settings: Settings, work: Path) -> tuple[Results, dict[str, Any]]:
                         flush=True,
                     )
         mesh.remember_processes()
+        info["hops"] = {
+            name: hop_security(envoys[t.envoys[0]], envoys[t.envoys[1]])
+            for name, t in targets.items()
+            if len(t.envoys) == 2
+        }
+        print(f"hops: {info['hops']}", flush=True)
     finally:
+        for pair in pairs:
+            pair.stop()
         mesh.stop()
     return results, info
 
@@ -602,53 +695,111 @@ def med(values: Sequence[float]) -> float:
     return median([v for v in values])
 
 
-def tables(results: Results, targets: Sequence[str]) -> str:
+TARGETS = ("direct", "sidecars", "gateway", "static", "static-tls")
+# (numerator, denominator): the issue's target is the mTLS sidecar pair at most 1.1x static-tls.
+RATIOS = (("sidecars", "static-tls"), ("sidecars", "static"))
+RATIO_TARGET = 1.1
+
+
+def label(name: str, hops: dict[str, str]) -> str:
+    return f"{name} ({hops[name]})" if name in hops else name
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One configuration's medians over the repetitions (us; p50/p99 fixed-rate ones)."""
+
+    wrk_rps: float
+    wrk_p50: float
+    wrk_p99: float
+    wrk_cpu: float
+    wrk_errors: int
+    fixed_rps: float
+    fixed_p50: float
+    fixed_p99: float
+    fixed_cpu: float
+    h2load_mean: float
+    h2load_max: float
+    fixed_errors: int
+
+
+def summarize(results: Results, name: str) -> Summary:
+    wrk_runs = results.of(name, "wrk")
+    fixed = results.of(name, "python")
+    h2 = results.of(name, "h2load")
+    return Summary(
+        wrk_rps=med([m.rps for m in wrk_runs]),
+        wrk_p50=med([m.p50_us for m in wrk_runs]),
+        wrk_p99=med([m.p99_us for m in wrk_runs]),
+        wrk_cpu=med([m.cpu_us_per_request for m in wrk_runs]),
+        wrk_errors=sum(m.errors for m in wrk_runs),
+        fixed_rps=med([m.rps for m in fixed]),
+        fixed_p50=med([m.p50_us for m in fixed]),
+        fixed_p99=med([m.p99_us for m in fixed]),
+        fixed_cpu=med([m.cpu_us_per_request for m in fixed]),
+        h2load_mean=med([m.mean_us for m in h2]),
+        h2load_max=med([m.max_us for m in h2]),
+        fixed_errors=sum(m.errors for m in fixed) + sum(m.errors for m in h2),
+    )
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    if math.isnan(numerator) or math.isnan(denominator) or denominator <= 0:
+        return "n/a"
+    return f"{numerator / denominator:.2f}"
+
+
+def tables(results: Results, targets: Sequence[str], hops: dict[str, str]) -> str:
+    summaries = {name: summarize(results, name) for name in targets}
+    direct = summaries["direct"]
     closed_rows: list[list[object]] = []
     fixed_rows: list[list[object]] = []
-    direct_wrk = results.of("direct", "wrk")
-    direct_rps = med([m.rps for m in direct_wrk])
-    direct_p99 = med([m.p99_us for m in direct_wrk])
-    direct_fixed = results.of("direct", "python")
-    direct_fixed_p50 = med([m.p50_us for m in direct_fixed])
-    direct_fixed_p99 = med([m.p99_us for m in direct_fixed])
-    for name in targets:
-        wrk_runs = results.of(name, "wrk")
-        rps = med([m.rps for m in wrk_runs])
-        p99 = med([m.p99_us for m in wrk_runs])
+    for name, summary in summaries.items():
+        envoy = name != "direct"
         closed_rows.append(
             [
-                name,
-                rps,
-                med([m.p50_us for m in wrk_runs]),
-                p99,
-                f"{rps / direct_rps:.2f}",
-                f"{p99 / direct_p99:.2f}",
-                med([m.cpu_us_per_request for m in wrk_runs]) if name != "direct" else "-",
-                sum(m.errors for m in wrk_runs),
+                label(name, hops),
+                summary.wrk_rps,
+                summary.wrk_p50,
+                summary.wrk_p99,
+                ratio(summary.wrk_rps, direct.wrk_rps),
+                ratio(summary.wrk_p99, direct.wrk_p99),
+                summary.wrk_cpu if envoy else "-",
+                summary.wrk_errors,
             ]
         )
-        fixed = results.of(name, "python")
-        h2 = results.of(name, "h2load")
-        p50 = med([m.p50_us for m in fixed])
-        fixed_p99 = med([m.p99_us for m in fixed])
         fixed_rows.append(
             [
-                name,
-                med([m.rps for m in fixed]),
-                p50,
-                fixed_p99,
-                f"{fixed_p99 / direct_fixed_p99:.2f}",
-                f"{(p50 - direct_fixed_p50) / 1000:+.3f}",
-                f"{(fixed_p99 - direct_fixed_p99) / 1000:+.3f}",
-                med([m.mean_us for m in h2]),
-                med([m.max_us for m in h2]),
-                med([m.cpu_us_per_request for m in fixed]) if name != "direct" else "-",
-                sum(m.errors for m in fixed) + sum(m.errors for m in h2),
+                label(name, hops),
+                summary.fixed_rps,
+                summary.fixed_p50,
+                summary.fixed_p99,
+                ratio(summary.fixed_p99, direct.fixed_p99),
+                f"{(summary.fixed_p50 - direct.fixed_p50) / 1000:+.3f}",
+                f"{(summary.fixed_p99 - direct.fixed_p99) / 1000:+.3f}",
+                summary.h2load_mean,
+                summary.h2load_max,
+                summary.fixed_cpu if envoy else "-",
+                summary.fixed_errors,
+            ]
+        )
+    ratio_rows: list[list[object]] = []
+    for top, bottom in RATIOS:
+        if top not in summaries or bottom not in summaries:
+            continue
+        a, b = summaries[top], summaries[bottom]
+        ratio_rows.append(
+            [
+                f"{label(top, hops)} / {label(bottom, hops)}",
+                ratio(a.wrk_cpu, b.wrk_cpu),
+                ratio(a.fixed_cpu, b.fixed_cpu),
+                ratio(a.fixed_p50 - direct.fixed_p50, b.fixed_p50 - direct.fixed_p50),
+                ratio(a.fixed_p99 - direct.fixed_p99, b.fixed_p99 - direct.fixed_p99),
             ]
         )
     closed = format_table(
         [
-            "config",
+            "config (hop)",
             "req/s",
             "p50 us",
             "p99 us",
@@ -661,7 +812,7 @@ def tables(results: Results, targets: Sequence[str]) -> str:
     )
     fixed_table = format_table(
         [
-            "config",
+            "config (hop)",
             "req/s",
             "p50 us",
             "p99 us",
@@ -675,14 +826,28 @@ def tables(results: Results, targets: Sequence[str]) -> str:
         ],
         fixed_rows,
     )
+    ratio_table = format_table(
+        [
+            "ratio",
+            "CPU/req closed loop",
+            f"CPU/req {FIXED_RATE_TOTAL} req/s",
+            "+p50",
+            "+p99",
+        ],
+        ratio_rows,
+    )
     return (
         "Closed loop (wrk -t1 -c16, --latency percentiles), medians of the repetitions\n"
         f"{closed}\n\n"
         f"Fixed rate {FIXED_RATE_TOTAL} req/s over {FIXED_RATE_CONNECTIONS} connections: "
         "p50/p99 from our Python open-loop client (perf_counter_ns per request); "
-        "mean/max from h2load --rps (it prints no percentiles). "
-        "Target: sidecar pair adds <= 0.25 ms at p99 (DESIGN.md, with mTLS; this mesh has no "
-        f"mTLS yet)\n{fixed_table}"
+        "mean/max from h2load --rps (it prints no percentiles); +p50/+p99 over direct. "
+        "DESIGN.md: a sidecar pair with mTLS adds <= 0.25 ms at p99 (Istio's published figure "
+        f"on dedicated cores)\n{fixed_table}\n\n"
+        "The mesh's pair against the static pairs (envoy CPU per request; added latency at "
+        f"{FIXED_RATE_TOTAL} req/s). Target: the mTLS sidecar pair <= {RATIO_TARGET}x static-tls "
+        "(a sidecars row marked plaintext is not yet that comparison)\n"
+        f"{ratio_table}"
     )
 
 
@@ -720,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table = tables(results, ["direct", "sidecars", "gateway"])
+    table = tables(results, TARGETS, info.get("hops", {}))
     print()
     print(table)
     data = {

@@ -38,6 +38,11 @@ def _cell(types: Mapping[str, object], short: str) -> str:
     return f"{status} ({str(version)[:8]})" if version else status
 
 
+def _expiry(not_after: object) -> str:
+    # ISO 8601 to the minute: enough to see which proxy rotates next, short enough to fit.
+    return str(not_after)[:16] + "Z" if isinstance(not_after, str) else "-"
+
+
 def type_columns(proxies: Sequence[Mapping[str, object]]) -> tuple[str, ...]:
     """The usual four, plus every other type some proxy asked for, in push order."""
     seen = set(USUAL_COLUMNS)
@@ -51,7 +56,7 @@ def type_columns(proxies: Sequence[Mapping[str, object]]) -> tuple[str, ...]:
 
 def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, object]) -> str:
     columns = type_columns(proxies)
-    header = ("NAME", "KIND", "STREAM", *columns)
+    header = ("NAME", "KIND", "STREAM", "IDENTITY", "CERT EXPIRES", *columns)
     rows: list[tuple[str, ...]] = [header]
     nacks: list[str] = []
     for proxy in sorted(proxies, key=lambda p: str(p.get("node_id"))):
@@ -62,6 +67,8 @@ def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, 
                 str(proxy.get("node_id")),
                 str(proxy.get("kind")),
                 str(proxy.get("stream")),
+                str(proxy.get("identity") or "-"),
+                _expiry(proxy.get("cert_not_after")),
                 *(_cell(types, short) for short in columns),
             )
         )

@@ -4,6 +4,9 @@ GET /healthz          200 once a config is applied
 GET /api/proxies      every connected proxy, its versions per type, SYNCED/STALE/NACKED
 GET /api/config       the config status: when applied or rejected, and every diagnostic
 GET /api/services     the registry: services and their live endpoints
+GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expiry warnings,
+                      certificates signed recently
+POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import socket
 from aiohttp import web
 
 from pilotfish.controller.control_plane import ControlPlane
+from pilotfish.errors import PilotfishError
 
 
 def build_admin_app(control_plane: ControlPlane) -> web.Application:
@@ -23,7 +27,28 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "no config\n")
 
     async def proxies(_: web.Request) -> web.Response:
-        return web.json_response({"proxies": control_plane.board.to_json()})
+        listing = control_plane.board.to_json()
+        certificates = control_plane.certificates
+        for entry in listing:
+            node_id = str(entry["node_id"])
+            record = certificates.latest_for_node(node_id) if certificates else None
+            entry["identity"] = record.identity if record else None
+            entry["cert_not_after"] = record.not_after.isoformat() if record else None
+        return web.json_response({"proxies": listing})
+
+    async def ca(_: web.Request) -> web.Response:
+        if control_plane.certificates is None:
+            return web.json_response({"error": "the control plane is starting"}, status=503)
+        return web.json_response(control_plane.certificates.status_json())
+
+    async def ca_rotate(_: web.Request) -> web.Response:
+        if control_plane.certificates is None:
+            return web.json_response({"error": "the control plane is starting"}, status=503)
+        try:
+            state = control_plane.certificates.rotate()
+        except PilotfishError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        return web.json_response({"rotation": state.to_json()})
 
     async def config(_: web.Request) -> web.Response:
         body = {"generation": controller.generation, **controller.status.to_json()}
@@ -63,6 +88,8 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     app.router.add_get("/api/config", config)
     app.router.add_get("/api/services", services)
     app.router.add_get("/api/cache", cache)
+    app.router.add_get("/api/ca", ca)
+    app.router.add_post("/api/ca/rotate", ca_rotate)
     return app
 
 

@@ -1,4 +1,4 @@
-"""`pilotfish`: validate, up, control-plane, agent, proxy-status.
+"""`pilotfish`: validate, up, control-plane, agent, proxy-status, ca.
 
 Settings are read here, once, and passed down as frozen dataclasses.
 """
@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 
 from pilotfish import __version__
+from pilotfish.ca.store import CaStoreError
 from pilotfish.model.diagnostics import ConfigError
 
 STATE_DIR = ".pilotfish"
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         print(f"{len(exc.diagnostics)} problem(s); nothing was started", file=sys.stderr)
+        return 1
+    except CaStoreError as exc:
+        print(f"the CA cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -90,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--admin", help="admin API URL (default: read from DIR/.pilotfish)")
     status.set_defaults(handler=run_proxy_status)
+
+    ca = commands.add_parser("ca", help="the mesh's certificate authority")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True)
+    ca_status = ca_commands.add_parser(
+        "status", help="roots, expiry warnings, rotation and recent certificates"
+    )
+    ca_rotate = ca_commands.add_parser(
+        "rotate", help="rotate the root: trust both, re-issue every certificate, drop the old"
+    )
+    for sub, handler in ((ca_status, run_ca_status), (ca_rotate, run_ca_rotate)):
+        sub.add_argument(
+            "directory", type=Path, nargs="?", default=Path("."), help="the folder `up` runs"
+        )
+        sub.add_argument("--admin", help="admin API URL (default: read from DIR/.pilotfish)")
+        sub.set_defaults(handler=handler)
     return parser
 
 
@@ -215,22 +234,95 @@ def run_control_plane(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+def _admin_url(args: argparse.Namespace) -> str | None:
+    if args.admin:
+        return str(args.admin)
+    path = args.directory / STATE_DIR / ADMIN_URL_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
 def run_proxy_status(args: argparse.Namespace) -> int:
     from pilotfish.admin.proxy_status import fetch_status, format_status
 
-    url = args.admin
+    url = _admin_url(args)
     if url is None:
         path = args.directory / STATE_DIR / ADMIN_URL_FILE
-        if not path.exists():
-            print(f"no running mesh found ({path} is missing); pass --admin URL", file=sys.stderr)
-            return 2
-        url = path.read_text().strip()
+        print(f"no running mesh found ({path} is missing); pass --admin URL", file=sys.stderr)
+        return 2
     try:
         proxies, config = fetch_status(url)
     except OSError as exc:
         print(f"cannot reach the admin API at {url}: {exc}", file=sys.stderr)
         return 2
     print(format_status(proxies, config))
+    return 0
+
+
+def run_ca_status(args: argparse.Namespace) -> int:
+    from pilotfish.admin.ca_status import fetch_ca_status, format_ca_status
+
+    url = _admin_url(args)
+    if url is not None:
+        try:
+            print(format_ca_status(fetch_ca_status(url)))
+            return 0
+        except OSError as exc:
+            if args.admin:
+                print(f"cannot reach the admin API at {url}: {exc}", file=sys.stderr)
+                return 2
+            # A stale admin.url from a mesh that did not stop cleanly: the files still tell.
+    return _ca_status_from_files(args.directory)
+
+
+def _ca_status_from_files(directory: Path) -> int:
+    from pilotfish.admin.ca_status import format_ca_status
+    from pilotfish.ca.store import ca_directory, read_ca
+    from pilotfish.controller.certificates import ca_status_json
+    from pilotfish.load import load_directory
+    from pilotfish.model.resources import MeshSettings
+
+    config = load_directory(directory).config
+    mesh = config.mesh if config is not None else MeshSettings()
+    try:
+        stored = read_ca(ca_directory(directory), mesh.certificates)
+    except CaStoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    if stored is None:
+        print(f"no CA in {ca_directory(directory)} yet: `pilotfish up {directory}` makes one")
+        return 1
+    print(f"(no running mesh: read from {ca_directory(directory)})")
+    print(format_ca_status(ca_status_json(stored, mesh)))
+    return 0
+
+
+def run_ca_rotate(args: argparse.Namespace) -> int:
+    from pilotfish.admin.ca_status import request_rotation
+
+    url = _admin_url(args)
+    if url is None:
+        print(
+            f"no running mesh found in {args.directory}: a root rotation re-issues every "
+            "workload certificate, so it is done by the running control plane "
+            "(start it with `pilotfish up`, or pass --admin URL)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        started, body = request_rotation(url)
+    except OSError as exc:
+        print(f"cannot reach the control plane at {url}: {exc}", file=sys.stderr)
+        return 2
+    if not started:
+        print(f"not rotated: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    rotation = body.get("rotation")
+    rotation = rotation if isinstance(rotation, dict) else {}
+    print(
+        f"root rotation started: issuer epoch {rotation.get('issuer_epoch')}; both roots are "
+        f"trusted until every agent re-issued (at the latest {rotation.get('drop_after')}); "
+        "`pilotfish ca status` follows it"
+    )
     return 0
 
 

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import grpc
 
+from pilotfish.ca.store import ca_directory, load_or_create_ca
+from pilotfish.controller.ca_service import ca_method_handlers
+from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic
+from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
@@ -34,6 +38,8 @@ class ControlPlaneSettings:
     watch_interval_seconds: float = 0.2
     keepalive: XdsKeepalive = field(default_factory=XdsKeepalive)
     """Must match the proxies' bootstraps (the agent's default is the same)."""
+    ca_tick_seconds: float = 60.0
+    """How often the CA looks at the clock: ends rotations, starts automatic ones, warns."""
 
 
 def load_and_check(
@@ -69,6 +75,9 @@ class ControlPlane:
         self.xds_port = 0
         self._server: grpc.aio.Server | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._ca_task: asyncio.Task[None] | None = None
+        self.certificates: MeshCertificateAuthority | None = None
+        """The mesh's CA, from ``start`` on."""
         self._fingerprint = ""
         self._parsed = ParseCache()  # this control plane's own: reloads re-parse changed files
 
@@ -85,18 +94,46 @@ class ControlPlane:
         self.controller.publish_now()
         return result
 
+    def ca_credential(self, identity: Identity) -> str:
+        """The bearer token an agent presents to get certificates for ``identity`` only."""
+        if self.certificates is None:
+            raise RuntimeError("the control plane has not started: it has no CA yet")
+        return self.certificates.credential(identity)
+
     async def start(self) -> None:
         if self.controller.config is None:
             await self.load_initial_config()
+        assert self.controller.config is not None
+        # The settings of the folder as loaded at start; a later edit of them needs a restart.
+        mesh = self.controller.config.mesh
+        stored = await asyncio.to_thread(
+            load_or_create_ca,
+            ca_directory(self.config_dir),
+            mesh.certificates,
+            mesh.trust_domain,
+            utc_now(),
+        )
+        self.certificates = MeshCertificateAuthority(stored, mesh)
+        self.certificates.tick()  # warns at once of a root close to expiry
         self._server, self.xds_port = await start_xds_server(
             self.controller,
             [self.board],
             host=self.settings.host,
             port=self.settings.xds_port,
             keepalive=self.settings.keepalive,
+            extra_handlers=ca_method_handlers(self.certificates),
         )
-        log.info("xDS server listening on %s:%d", self.settings.host, self.xds_port)
+        log.info("xDS server listening on %s:%d (the CA too)", self.settings.host, self.xds_port)
         self._watch_task = asyncio.create_task(self._watch_config())
+        self._ca_task = asyncio.create_task(self._tick_ca(self.certificates))
+
+    async def _tick_ca(self, certificates: MeshCertificateAuthority) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ca_tick_seconds)
+            try:
+                certificates.tick()
+            except Exception:  # a failed rotation must not stop the next look at the clock
+                log.exception("the CA's periodic check failed")
 
     async def _watch_config(self) -> None:
         changes = watch_config_dir(
@@ -131,10 +168,14 @@ class ControlPlane:
         )
 
     async def stop(self, grace_seconds: float = 1.0) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._watch_task, self._ca_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop(grace_seconds)
+        if self.certificates is not None:
+            # Nothing is signed any more: the next start can trust these records whole.
+            await asyncio.to_thread(self.certificates.save, True)
         self.controller.close()

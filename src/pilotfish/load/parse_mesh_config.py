@@ -10,6 +10,7 @@ At most one per folder. Field names follow Istio's MeshConfig where it has them:
       certificates:
         workloadTTL: 24h                # at least 1m; the agent rotates at half of it
         rootTTL: 87600h                 # the self-signed root made on first start
+        rootRenewGracePeriodPercentage: 20  # rotate the root when less than 20% of it is left
         pluggedCA:                      # sign with your own CA instead (Istio's "cacerts")
           certChain: ca/cert-chain.pem
           privateKey: ca/ca-key.pem
@@ -24,6 +25,7 @@ import re
 from pilotfish.load.fields import FieldReader, Fields
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
+    DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE,
     DEFAULT_ROOT_TTL_SECONDS,
     DEFAULT_WORKLOAD_TTL_SECONDS,
     MIN_WORKLOAD_TTL_SECONDS,
@@ -35,7 +37,7 @@ from pilotfish.model.resources import (
 
 # Later issues add their mesh-wide settings here (access logs, tracing, interception...).
 SPEC_FIELDS = ("trustDomain", "certificates")
-CERTIFICATE_FIELDS = ("workloadTTL", "rootTTL", "pluggedCA")
+CERTIFICATE_FIELDS = ("workloadTTL", "rootTTL", "rootRenewGracePeriodPercentage", "pluggedCA")
 PLUGGED_CA_FIELDS = ("certChain", "privateKey", "rootCert")
 # A trust domain is the host part of a SPIFFE id: lower-case letters, digits, ".", "-", "_".
 TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
@@ -77,6 +79,7 @@ def _certificates(reader: FieldReader, fields: Fields, directory: str) -> Certif
         reader.error(
             join_path(path, "workloadTTL"), "must be shorter than rootTTL (the root signs it)"
         )
+    grace = reader.number(fields, "rootRenewGracePeriodPercentage", path, minimum=1, maximum=90)
     plugged_fields = reader.child_mapping(fields, "pluggedCA", path, PLUGGED_CA_FIELDS)
     plugged = None
     if plugged_fields is not None:
@@ -84,6 +87,7 @@ def _certificates(reader: FieldReader, fields: Fields, directory: str) -> Certif
     return CertificateSettings(
         workload_ttl=workload_ttl or DEFAULT_WORKLOAD_TTL_SECONDS,
         root_ttl=root_ttl or DEFAULT_ROOT_TTL_SECONDS,
+        root_renew_grace_percentage=grace or DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE,
         plugged=plugged,
     )
 

@@ -25,6 +25,7 @@ ISTIO_DEFAULT_RETRY_ATTEMPTS = 2
 DEFAULT_WORKLOAD_TTL_SECONDS = 24 * 3600.0
 MIN_WORKLOAD_TTL_SECONDS = 60.0
 DEFAULT_ROOT_TTL_SECONDS = 10 * 365 * 24 * 3600.0
+DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE = 20.0
 
 MatchKind = Literal["exact", "prefix", "regex"]
 Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP"]
@@ -379,6 +380,9 @@ class CertificateSettings:
     """Lifetime of workload certificates; the agent rotates at half of it."""
     root_ttl: float = DEFAULT_ROOT_TTL_SECONDS
     """Lifetime of the self-signed root the CA makes on first start."""
+    root_renew_grace_percentage: float = DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE
+    """The self-signed root rotates by itself once less than this much of its lifetime is
+    left (Istio's CITADEL_SELF_SIGNED_CA_RENEW_GRACE_PERIOD_PERCENTAGE)."""
     plugged: PluggedCertificateAuthority | None = None
 
 

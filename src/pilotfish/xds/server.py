@@ -434,16 +434,18 @@ async def start_xds_server(
     host: str = "127.0.0.1",
     port: int = 0,
     keepalive: XdsKeepalive | None = None,
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS; returns the server (stop it with ``await server.stop(grace)``) and
     the port it is bound to (the OS picks one when ``port`` is 0).
 
     ``subscribers`` are told about every stream (the status board is one); ``keepalive``
-    must be the policy the proxies' bootstraps were written with.
+    must be the policy the proxies' bootstraps were written with. ``extra_handlers`` serve
+    other services on the same port (the CA), as istiod serves its CA next to xDS.
     """
     server = grpc.aio.server(options=server_keepalive_options(keepalive or XdsKeepalive()))
     server.add_generic_rpc_handlers(
-        (ads_method_handlers(AggregatedDiscoveryServicer(source, subscribers)),)
+        (ads_method_handlers(AggregatedDiscoveryServicer(source, subscribers)), *extra_handlers)
     )
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:

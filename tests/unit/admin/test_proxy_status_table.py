@@ -30,8 +30,10 @@ def test_each_proxy_is_a_row_and_each_nack_is_spelled_out() -> None:
     ]
     table = format_status(proxies, {"generation": 7, "diagnostics": []})
     lines = table.splitlines()
-    assert lines[0].split() == ["NAME", "KIND", "STREAM", "CDS", "EDS", "LDS", "RDS"]
-    assert lines[1].split()[:4] == ["api-0", "sidecar", "sotw", "NACKED"]  # sorted by name
+    assert lines[0].split() == [
+        *("NAME", "KIND", "STREAM", "IDENTITY", "CERT", "EXPIRES", "CDS", "EDS", "LDS", "RDS")
+    ]
+    assert lines[1].split()[:6] == ["api-0", "sidecar", "sotw", "-", "-", "NACKED"]  # by name
     assert "NOT SENT" in lines[1]  # api-0 was never sent EDS
     assert lines[2].startswith("web-0") and lines[2].count("SYNCED (a1b2c3d4)") == 4
     assert "  api-0 CDS: LB policy ROUND_ROBIN is not valid" in table
@@ -94,4 +96,19 @@ def test_a_type_beyond_the_usual_four_gets_its_column_in_push_order() -> None:
         }
     ]
     header = format_status(proxies, {"generation": 1}).splitlines()[0].split()
-    assert header == ["NAME", "KIND", "STREAM", "CDS", "EDS", "SDS", "LDS", "RDS"]
+    assert header[6:] == ["CDS", "EDS", "SDS", "LDS", "RDS"]
+
+
+def test_a_proxy_with_a_certificate_shows_its_identity_and_when_the_cert_expires() -> None:
+    proxies = [
+        {
+            "node_id": "web-0",
+            "kind": "sidecar",
+            "stream": "delta",
+            "identity": "spiffe://cluster.local/ns/default/sa/web",
+            "cert_not_after": "2026-12-02T10:15:42+00:00",
+            "types": {"CDS": SYNCED},
+        }
+    ]
+    row = format_status(proxies, {"generation": 1}).splitlines()[1].split()
+    assert row[3:5] == ["spiffe://cluster.local/ns/default/sa/web", "2026-12-02T10:15Z"]
