@@ -6,6 +6,7 @@ headers it received."""
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -54,10 +55,18 @@ class _EchoHeaders(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a refused handshake is what some tests want: no traceback for it
+
+
 @contextmanager
-def echo_app() -> Iterator[int]:
-    """An HTTP app on a free port that answers every GET with the request's headers as JSON."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHeaders)
+def echo_app(tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """An HTTP app on a free port that answers every GET with the request's headers as JSON
+    (over TLS with ``tls``, a server-side context)."""
+    server = _QuietServer(("127.0.0.1", 0), _EchoHeaders)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
