@@ -74,7 +74,9 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
     # Istio requires a port name; it only labels stats, so we derive one when absent.
     port_name = name or f"{protocol.lower()}-{number}"
     tls_path = join_path(path, "tls")
-    if protocol == HTTPS and tls is not None:
+    if protocol == HTTPS:
+        if tls is None:
+            return None  # reported above
         fields = reader.mapping(
             tls, tls_path, parse_tls.SERVER_FIELDS, parse_tls.SERVER_NOT_IMPLEMENTED
         )

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import struct_pb2
 
 from pilotfish.model.identity import Identity
 from pilotfish.model.proxy import ProxyNode
@@ -22,9 +21,8 @@ from pilotfish.translate.proto_values import (
     pack,
 )
 from pilotfish.translate.tls_contexts import (
-    TLS_MODE_ISTIO,
-    TLS_MODE_LABEL,
     file_upstream_context,
+    istio_tls_mode,
     mesh_upstream_context,
     raw_buffer_socket,
     tls_socket,
@@ -148,12 +146,10 @@ def _with_transport_security(
         if not identities:
             return
         mesh = mesh_upstream_context(identities, sni, alpn)
-        match = struct_pb2.Struct()
-        match.update({TLS_MODE_LABEL: TLS_MODE_ISTIO})
         cluster.transport_socket_matches.extend(
             [
                 cluster_pb2.Cluster.TransportSocketMatch(
-                    name="tlsMode-istio", match=match, transport_socket=tls_socket(mesh)
+                    name="tlsMode-istio", match=istio_tls_mode(), transport_socket=tls_socket(mesh)
                 ),
                 cluster_pb2.Cluster.TransportSocketMatch(
                     name="tlsMode-disabled", transport_socket=raw_buffer_socket()
@@ -168,6 +164,7 @@ def _with_transport_security(
         # The service's own name is the SNI an external server expects unless told otherwise.
         context = file_upstream_context(settings, service.hostname, alpn)
         cluster.transport_socket.CopyFrom(tls_socket(context))
+    # DISABLE: no transport socket, plain text to every endpoint.
 
 
 def build_service_clusters(

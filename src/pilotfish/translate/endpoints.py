@@ -6,17 +6,13 @@ from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from google.protobuf import struct_pb2, wrappers_pb2
+from google.protobuf import wrappers_pb2
 
 from pilotfish.model.resources import selector_matches
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.naming import outbound_cluster_name
-from pilotfish.translate.tls_contexts import (
-    TLS_MODE_ISTIO,
-    TLS_MODE_LABEL,
-    TRANSPORT_SOCKET_MATCH_KEY,
-)
+from pilotfish.translate.tls_contexts import TRANSPORT_SOCKET_MATCH_KEY, istio_tls_mode
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
@@ -34,9 +30,7 @@ def _lb_endpoint(endpoint: Endpoint, service_port: int) -> endpoint_components_p
     )
     if endpoint.service_account is not None:
         # A sidecar serves it: the cluster's auto-mTLS transport socket match picks mTLS.
-        match = struct_pb2.Struct()
-        match.update({TLS_MODE_LABEL: TLS_MODE_ISTIO})
-        lb_endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY].CopyFrom(match)
+        lb_endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY].CopyFrom(istio_tls_mode())
     return lb_endpoint
 
 

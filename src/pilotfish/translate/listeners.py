@@ -183,24 +183,30 @@ def _chain(
     )
 
 
+def _tls_inspector() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+    )
+
+
 def inbound_filter_chains(
     mode: EffectiveMtlsMode, app_port: int, filters: Sequence[hcm_pb2.HttpFilter]
 ) -> list[listener_components_pb2.FilterChain]:
     """STRICT: mTLS only, so a plaintext caller fails the handshake (counted in
     ``listener.inbound.ssl.connection_error``), never served in the clear. PERMISSIVE: both,
     by what the TLS inspector saw. DISABLE: plaintext only."""
-    mtls = _chain(INBOUND_MTLS_CHAIN, _inbound_manager(app_port, filters, mutual_tls=True))
-    mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
-    plaintext = _chain(
-        INBOUND_PLAINTEXT_CHAIN, _inbound_manager(app_port, filters, mutual_tls=False)
-    )
-    if mode == "STRICT":
-        return [mtls]
-    if mode == "DISABLE":
-        return [plaintext]
-    mtls.filter_chain_match.transport_protocol = "tls"
-    plaintext.filter_chain_match.transport_protocol = "raw_buffer"
-    return [mtls, plaintext]
+    chains = []
+    if mode != "DISABLE":
+        mtls = _chain(INBOUND_MTLS_CHAIN, _inbound_manager(app_port, filters, mutual_tls=True))
+        mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
+        chains.append(mtls)
+    if mode != "STRICT":
+        manager = _inbound_manager(app_port, filters, mutual_tls=False)
+        chains.append(_chain(INBOUND_PLAINTEXT_CHAIN, manager))
+    if mode == "PERMISSIVE":
+        chains[0].filter_chain_match.transport_protocol = "tls"
+        chains[1].filter_chain_match.transport_protocol = "raw_buffer"
+    return chains
 
 
 def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
@@ -218,11 +224,7 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
         filter_chains=inbound_filter_chains(mode, node.app_port, inbound_http_filters(view, node)),
     )
     if mode == "PERMISSIVE":
-        listener.listener_filters.append(
-            listener_components_pb2.ListenerFilter(
-                name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
-            )
-        )
+        listener.listener_filters.append(_tls_inspector())
     return listener
 
 
@@ -245,9 +247,7 @@ def _gateway_listener(
     chains: list[listener_components_pb2.FilterChain] = []
     taken: set[str] = set()
     for server, tls in tls_servers:
-        names = _server_names(server.hosts)
-        key_names = names or ["*"]
-        fresh = [n for n in key_names if n not in taken]
+        fresh = [n for n in _server_names(server.hosts) or ["*"] if n not in taken]
         if not fresh:
             continue
         taken.update(fresh)
@@ -263,11 +263,7 @@ def _gateway_listener(
     return listener_pb2.Listener(
         name=name,
         address=socket_address(node.bind_address, port),
-        listener_filters=[
-            listener_components_pb2.ListenerFilter(
-                name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
-            )
-        ],
+        listener_filters=[_tls_inspector()],
         filter_chains=chains,
     )
 

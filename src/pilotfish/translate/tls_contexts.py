@@ -13,7 +13,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from pilotfish.model.identity import ROOT_CA_SECRET, SDS_CLUSTER_NAME, WORKLOAD_CERT_SECRET
 from pilotfish.model.security import ClientTLSSettings, ServerTLSSettings
@@ -31,6 +31,13 @@ MESH_ALPN_SERVER = ("h2", "http/1.1")
 # DestinationRule without caCertificates verifies the server against them, as Istio does.
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 SPIFFE_PREFIX = "spiffe://"
+
+
+def istio_tls_mode() -> struct_pb2.Struct:
+    """What a sidecar-served endpoint carries, and what the cluster's mTLS match asks for."""
+    mode = struct_pb2.Struct()
+    mode.update({TLS_MODE_LABEL: TLS_MODE_ISTIO})
+    return mode
 
 
 def sds_secret(name: str) -> secret_pb2.SdsSecretConfig:
