@@ -150,10 +150,22 @@ def inbound_http_filters(view: MeshView, node: ProxyNode) -> list[hcm_pb2.HttpFi
     return []
 
 
+def workload_port(view: MeshView, node: ProxyNode) -> int | None:
+    """The port that ``portLevelMtls`` names for this sidecar: its Workload's ``port``.
+
+    ``pilotfish up`` starts the app on a free port of its own (``node.app_port``), so users
+    can only know the port they declared. A sidecar no Workload describes has its app port.
+    """
+    for workload in view.config.workloads:
+        if workload.meta.namespace == node.namespace and workload.service == node.service:
+            return workload.port
+    return node.app_port
+
+
 def inbound_mtls_mode(view: MeshView, node: ProxyNode) -> EffectiveMtlsMode:
-    """The PeerAuthentication mode of the node's app port (portLevelMtls names it)."""
+    """The PeerAuthentication mode of the node's workload port."""
     return effective_mtls_mode(
-        view.config.peer_authentications, node.namespace, node.labels, node.app_port
+        view.config.peer_authentications, node.namespace, node.labels, workload_port(view, node)
     )
 
 

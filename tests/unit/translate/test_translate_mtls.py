@@ -29,6 +29,7 @@ from pilotfish.model.resources import (
     Subset,
     TrafficPolicy,
     VirtualService,
+    Workload,
 )
 from pilotfish.model.security import (
     ClientTLSSettings,
@@ -374,3 +375,18 @@ def test_https_redirect_requires_tls_on_the_servers_virtual_hosts() -> None:
     assert route.virtual_hosts[0].require_tls == VirtualHost.ALL
     (listener,) = build_gateway_listeners(redirect, GATEWAY_NODE)
     assert not listener.filter_chains[0].HasField("transport_socket")
+
+
+def test_port_level_mtls_names_the_workloads_declared_port_not_the_apps_free_one() -> None:
+    workload = Workload(
+        meta("Workload", "backend"), "backend", 8080, ("app",), labels={"app": "backend"}
+    )
+    policy = replace(peer("STRICT", selector=True, ports={8080: "DISABLE"}), meta=meta("X", "w"))
+    mesh = view(policy)
+    mesh = replace(mesh, config=replace(mesh.config, workloads=(workload,)))
+    # The runner started the app on a port of its own choosing.
+    (chain,) = inbound(mesh, replace(SIDECAR, app_port=31234)).filter_chains
+    assert not chain.HasField("transport_socket")
+    other_service = replace(SIDECAR, app_port=31234, service="frontend")
+    (chain,) = inbound(mesh, other_service).filter_chains
+    assert chain.HasField("transport_socket")
