@@ -19,7 +19,7 @@ from typing import cast
 from pilotfish.load.fields import PORT_MAX, PORT_MIN, FieldReader, Fields, describe
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.diagnostics import Diagnostic
-from pilotfish.model.resources import Meta
+from pilotfish.model.resources import MeshConfig, Meta, Workload, selector_matches
 from pilotfish.model.security import ROOT_NAMESPACE, MtlsMode, PeerAuthentication
 
 SPEC_FIELDS = ("selector", "mtls", "portLevelMtls")
@@ -86,7 +86,42 @@ def _port_level_mtls(reader: FieldReader, spec: Fields) -> dict[int, MtlsMode] |
     return found
 
 
-def scope_conflicts(policies: Iterable[PeerAuthentication]) -> Iterator[Diagnostic]:
+def peer_authentication_problems(config: MeshConfig) -> Iterator[Diagnostic]:
+    """Checks that need the whole folder."""
+    yield from _scope_conflicts(config.peer_authentications)
+    yield from _ports_no_workload_declares(config.peer_authentications, config.workloads)
+
+
+def _ports_no_workload_declares(
+    policies: Iterable[PeerAuthentication], workloads: Iterable[Workload]
+) -> Iterator[Diagnostic]:
+    """A portLevelMtls port is the Workload's own ``port``; a service or sidecar port written
+    there instead silently applies to nothing."""
+    workloads = tuple(workloads)
+    for policy in policies:
+        if not policy.port_mtls:
+            continue
+        ports = sorted(
+            {
+                w.port
+                for w in workloads
+                if w.meta.namespace == policy.meta.namespace
+                and selector_matches(policy.selector, w.labels)
+            }
+        )
+        if not ports:
+            continue  # it selects no Workload of this folder: nothing to compare with
+        for port in policy.port_mtls:
+            if port not in ports:
+                yield policy.meta.source.diagnostic(
+                    f"spec.portLevelMtls.{port}",
+                    f"no Workload this policy selects declares port {port} (they declare "
+                    f"{', '.join(map(str, ports))}): this setting applies to nothing",
+                    "warning",
+                )
+
+
+def _scope_conflicts(policies: Iterable[PeerAuthentication]) -> Iterator[Diagnostic]:
     """A second mesh-wide or namespace-wide policy loses to the first (Istio: to the oldest),
     which istioctl analyze warns about; so do we, naming the one that counts."""
     first: dict[str, PeerAuthentication] = {}

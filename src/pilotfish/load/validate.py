@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
-from pilotfish.load.parse_peer_authentication import scope_conflicts
+from pilotfish.load.parse_peer_authentication import peer_authentication_problems
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.delegation import (
@@ -64,7 +64,7 @@ def validate_mesh(
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
-    found.extend(scope_conflicts(config.peer_authentications))
+    found.extend(peer_authentication_problems(config))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
     not_carried = _ports_not_carried(config)
     for service in config.virtual_services:

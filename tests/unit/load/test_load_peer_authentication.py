@@ -128,3 +128,21 @@ def test_duplicate_names_are_errors() -> None:
     selected = "selector: {matchLabels: {app: a}}"
     text, result = load(policy(selected, name="same"), policy(selected, name="same"))
     assert_at(result, text, "metadata.name", "name: same", "duplicate", occurrence=2)
+
+
+def test_a_port_no_selected_workload_declares_warns() -> None:
+    workload = (
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Workload\nmetadata: {name: backend}\n"
+        "spec: {service: backend, port: 8080, command: [app], labels: {app: backend}}\n"
+    )
+    text, result = load(
+        workload,
+        policy(
+            "selector: {matchLabels: {app: backend}}\nportLevelMtls:\n  8080: {mode: DISABLE}\n"
+            "  9080: {mode: DISABLE}"
+        ),
+    )
+    warning = assert_at(
+        result, text, "spec.portLevelMtls.9080", "9080", "declares port 9080", severity="warning"
+    )
+    assert "(they declare 8080): this setting applies to nothing" in warning.message
