@@ -359,7 +359,9 @@ def security_view(folder: Path, gateway_port: int) -> MeshView:
     mutual = ClientTLSSettings(
         "MUTUAL", **files, client_certificate=str(client_cert), private_key=str(client_key)
     )
-    simple = ServerTLSSettings("SIMPLE", str(server_cert), str(server_key))
+    simple = ServerTLSSettings(
+        "SIMPLE", str(server_cert), str(server_key), None, "TLSV1_2", "TLSV1_3"
+    )
     mutual_server = ServerTLSSettings("MUTUAL", str(server_cert), str(server_key), str(ca_file))
     config = MeshConfig(
         peer_authentications=(

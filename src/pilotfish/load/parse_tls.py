@@ -18,6 +18,7 @@ from pilotfish.model.security import (
     ClientTLSSettings,
     ServerTlsMode,
     ServerTLSSettings,
+    TlsVersion,
 )
 
 CLIENT_FIELDS = (
@@ -44,11 +45,13 @@ SERVER_FIELDS = (
     "privateKey",
     "caCertificates",
     "credentialName",
+    "caCertCredentialName",
     "httpsRedirect",
     "minProtocolVersion",
     "maxProtocolVersion",
 )
 SERVER_NOT_IMPLEMENTED = {
+    "insecureSkipVerify": "client certificates are verified all the same",
     "subjectAltNames": "client certificates are not checked for these names",
     "verifyCertificateSpki": "client certificates are not pinned",
     "verifyCertificateHash": "client certificates are not pinned",
@@ -64,7 +67,7 @@ SERVER_FILES = {
     "privateKey": "private_key",
     "caCertificates": "ca_certificates",
 }
-TLS_VERSIONS = ("TLS_AUTO", "TLSV1_2", "TLSV1_3")
+TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
 CREDENTIAL_NAME_MESSAGE = (
     "not supported yet: use {files} files (Pilotfish has no secret store to read it from)"
 )
@@ -85,9 +88,12 @@ def read_client_tls(
     tls_path = join_path(path, "tls")
     mode = reader.choice(tls, "mode", tls_path, CLIENT_MODES) or "DISABLE"
     if tls.get("credentialName") is not None:
-        reader.error(
+        # Istio reads it at gateways only; its sidecars use the file fields, as we do.
+        reader.warning(
             join_path(tls_path, "credentialName"),
-            CREDENTIAL_NAME_MESSAGE.format(files="clientCertificate/privateKey/caCertificates"),
+            f"{NOT_IMPLEMENTED_PREFIX}: the secret is not read (Pilotfish has no secret store); "
+            "the clientCertificate/privateKey/caCertificates files are used, as Istio's "
+            "sidecars do",
         )
     files = {key: _file(reader, tls, key, tls_path, directory) for key in CLIENT_FILES}
     if mode == "MUTUAL":
@@ -131,35 +137,45 @@ def read_server_tls(
         tls, "mode", tls_path, SERVER_MODES, not_supported=SERVER_MODES_NOT_SUPPORTED
     )
     if tls.get("mode") is None:
-        reader.error(join_path(tls_path, "mode"), "required for an HTTPS server (SIMPLE or MUTUAL)")
-    if tls.get("credentialName") is not None:
         reader.error(
-            join_path(tls_path, "credentialName"),
-            CREDENTIAL_NAME_MESSAGE.format(files="serverCertificate/privateKey"),
+            join_path(tls_path, "mode"),
+            "not set: Istio's default, PASSTHROUGH, is not supported yet (set SIMPLE or MUTUAL)",
         )
-    for key in ("minProtocolVersion", "maxProtocolVersion"):
-        if reader.choice(tls, key, tls_path, TLS_VERSIONS) is not None:
-            reader.warning(
-                join_path(tls_path, key),
-                f"{NOT_IMPLEMENTED_PREFIX}: TLS 1.2 and 1.3 are both accepted",
-            )
+    secrets = [key for key in ("credentialName", "caCertCredentialName") if tls.get(key)]
+    for key in secrets:
+        files_named = (
+            "caCertificates" if key == "caCertCredentialName" else "serverCertificate/privateKey"
+        )
+        reader.error(join_path(tls_path, key), CREDENTIAL_NAME_MESSAGE.format(files=files_named))
+    versions = {
+        key: version if version in TLS_VERSIONS[1:] else None
+        for key in ("minProtocolVersion", "maxProtocolVersion")
+        if (version := reader.choice(tls, key, tls_path, TLS_VERSIONS)) is not None
+    }
+    low, high = versions.get("minProtocolVersion"), versions.get("maxProtocolVersion")
+    if low is not None and high is not None and TLS_VERSIONS.index(low) > TLS_VERSIONS.index(high):
+        reader.error(join_path(tls_path, "minProtocolVersion"), "is above maxProtocolVersion")
     files = {key: _file(reader, tls, key, tls_path, directory) for key in SERVER_FILES}
     server_certificate, private_key = files["serverCertificate"], files["privateKey"]
+    if mode is None or secrets:
+        return None  # already reported; what the files would be for is unknown
     for key in ("serverCertificate", "privateKey"):
-        if files[key] is None and tls.get("credentialName") is None:
-            reader.error(join_path(tls_path, key), f"required for a {mode or 'TLS'} server")
+        if files[key] is None:
+            reader.error(join_path(tls_path, key), f"required for a {mode} server")
     if mode == "MUTUAL" and files["caCertificates"] is None:
         reader.error(
             join_path(tls_path, "caCertificates"),
             "required when mode is MUTUAL (the CA that signs the clients' certificates)",
         )
-    if mode is None or server_certificate is None or private_key is None:
+    if server_certificate is None or private_key is None:
         return None
     settings = ServerTLSSettings(
         mode=cast(ServerTlsMode, mode),
         server_certificate=server_certificate,
         private_key=private_key,
         ca_certificates=files["caCertificates"],
+        min_protocol_version=cast(TlsVersion | None, low),
+        max_protocol_version=cast(TlsVersion | None, high),
     )
     return reader.paths.remember(settings, tls_path)
 

@@ -21,6 +21,7 @@ DEFAULT_MTLS_MODE: EffectiveMtlsMode = "PERMISSIVE"
 
 ClientTlsMode = Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]
 ServerTlsMode = Literal["SIMPLE", "MUTUAL"]
+TlsVersion = Literal["TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,6 @@ class ServerTLSSettings:
     server_certificate: str
     private_key: str
     ca_certificates: str | None = None
+    # None: Istio's defaults for gateways (TLS 1.2 and up).
+    min_protocol_version: TlsVersion | None = None
+    max_protocol_version: TlsVersion | None = None

@@ -141,11 +141,28 @@ def file_upstream_context(
     return context
 
 
+_TLS_VERSIONS = {
+    "TLSV1_0": common_pb2.TlsParameters.TLSv1_0,
+    "TLSV1_1": common_pb2.TlsParameters.TLSv1_1,
+    "TLSV1_2": common_pb2.TlsParameters.TLSv1_2,
+    "TLSV1_3": common_pb2.TlsParameters.TLSv1_3,
+}
+
+
+def _server_tls_params(settings: ServerTLSSettings) -> common_pb2.TlsParameters:
+    params = _tls_params()
+    if settings.min_protocol_version is not None:
+        params.tls_minimum_protocol_version = _TLS_VERSIONS[settings.min_protocol_version]
+    if settings.max_protocol_version is not None:
+        params.tls_maximum_protocol_version = _TLS_VERSIONS[settings.max_protocol_version]
+    return params
+
+
 def gateway_downstream_context(settings: ServerTLSSettings) -> tls_pb2.DownstreamTlsContext:
     """A Gateway server's SIMPLE (server certificate only) or MUTUAL (clients must present a
     certificate that ``caCertificates`` signed) TLS."""
     common = tls_pb2.CommonTlsContext(
-        tls_params=_tls_params(),
+        tls_params=_server_tls_params(settings),
         alpn_protocols=list(MESH_ALPN_SERVER),
         tls_certificates=[
             common_pb2.TlsCertificate(

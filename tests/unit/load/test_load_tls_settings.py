@@ -103,11 +103,6 @@ def test_a_missing_certificate_file_is_an_error_naming_file_and_field(tmp_path: 
             "must not be set with ISTIO_MUTUAL",
         ),
         (
-            "mode: SIMPLE\ncredentialName: api-cert",
-            "spec.trafficPolicy.tls.credentialName",
-            "not supported yet: use clientCertificate/privateKey/caCertificates files",
-        ),
-        (
             "mode: SIMPLE\ninsecureSkipVerify: true\ncaCertificates: /etc/hostname",
             "spec.trafficPolicy.tls.insecureSkipVerify",
             "cannot be true together with",
@@ -120,6 +115,27 @@ def test_destination_rule_tls_problems(tls: str, field: str, message: str) -> No
     _text, result = load(with_tls(RULE, tls))
     assert message in find(result, field).message
     assert result.config is None
+
+
+def test_credential_name_of_a_rule_warns_that_the_files_are_used() -> None:
+    text, result = load(with_tls(RULE, "mode: SIMPLE\ncredentialName: api-cert"))
+    warning = assert_at(
+        result,
+        text,
+        "spec.trafficPolicy.tls.credentialName",
+        "credentialName",
+        "the secret is not read",
+        severity="warning",
+    )
+    assert "as Istio's sidecars do" in warning.message
+
+
+def test_credential_name_without_files_for_mutual_is_still_an_error() -> None:
+    _text, result = load(with_tls(RULE, "mode: MUTUAL\ncredentialName: api-cert"))
+    assert (
+        "required when mode is MUTUAL"
+        in find(result, "spec.trafficPolicy.tls.clientCertificate").message
+    )
 
 
 def test_ca_crl_warns_what_does_not_happen() -> None:
@@ -208,6 +224,11 @@ def test_https_server_missing_file(tmp_path: Path) -> None:
             "not supported yet: use serverCertificate/privateKey files",
         ),
         (
+            "mode: MUTUAL\ncredentialName: web-cert\ncaCertCredentialName: web-ca",
+            "spec.servers[0].tls.caCertCredentialName",
+            "not supported yet: use caCertificates files",
+        ),
+        (
             "mode: SIMPLE\nprivateKey: key.pem",
             "spec.servers[0].tls.serverCertificate",
             "required for a SIMPLE server",
@@ -221,7 +242,7 @@ def test_https_server_missing_file(tmp_path: Path) -> None:
         (
             "serverCertificate: c.pem\nprivateKey: k.pem",
             "spec.servers[0].tls.mode",
-            "required for an HTTPS server",
+            "Istio's default, PASSTHROUGH, is not supported yet",
         ),
     ],
 )
@@ -229,6 +250,48 @@ def test_https_server_problems(tls: str, field: str, message: str) -> None:
     _text, result = load(with_tls(GATEWAY, tls))
     assert message in find(result, field).message
     assert result.config is None
+
+
+def test_a_credential_name_is_the_only_error_of_its_server() -> None:
+    """Istio's generated MUTUAL servers name their CA by credentialName too: no second error
+    about the caCertificates they do not need there."""
+    _text, result = load(with_tls(GATEWAY, "mode: MUTUAL\ncredentialName: web-cert"))
+    assert [d.field for d in result.errors] == ["spec.servers[0].tls.credentialName"]
+
+
+def test_istio_server_fields_we_do_not_carry_warn() -> None:
+    text, result = load(
+        with_tls(
+            GATEWAY,
+            "mode: SIMPLE\nserverCertificate: /etc/hostname\nprivateKey: /etc/hostname\n"
+            "insecureSkipVerify: true\nminProtocolVersion: TLSV1_3\nmaxProtocolVersion: TLS_AUTO",
+        )
+    )
+    assert_at(
+        result,
+        text,
+        "spec.servers[0].tls.insecureSkipVerify",
+        "insecureSkipVerify",
+        "verified all the same",
+        severity="warning",
+    )
+    assert result.config is not None
+    settings = result.config.gateways[0].servers[0].tls
+    assert settings is not None
+    assert (settings.min_protocol_version, settings.max_protocol_version) == ("TLSV1_3", None)
+
+
+def test_min_above_max_protocol_version() -> None:
+    _text, result = load(
+        with_tls(
+            GATEWAY,
+            "mode: SIMPLE\nserverCertificate: c.pem\nprivateKey: k.pem\n"
+            "minProtocolVersion: TLSV1_3\nmaxProtocolVersion: TLSV1_2",
+        )
+    )
+    assert (
+        "above maxProtocolVersion" in find(result, "spec.servers[0].tls.minProtocolVersion").message
+    )
 
 
 def test_https_redirect_on_an_http_server() -> None:

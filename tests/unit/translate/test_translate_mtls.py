@@ -346,7 +346,7 @@ def gateway_view(*servers: GatewayServer) -> MeshView:
 
 
 def test_https_servers_sharing_a_port_get_one_chain_each_by_sni() -> None:
-    a = ServerTLSSettings("SIMPLE", "/c/a.pem", "/c/a-key.pem")
+    a = ServerTLSSettings("SIMPLE", "/c/a.pem", "/c/a-key.pem", min_protocol_version="TLSV1_3")
     b = ServerTLSSettings("MUTUAL", "/c/b.pem", "/c/b-key.pem", "/c/ca.pem")
     (listener,) = build_gateway_listeners(
         gateway_view(
@@ -362,6 +362,10 @@ def test_https_servers_sharing_a_port_get_one_chain_each_by_sni() -> None:
     simple, mutual = downstream(first), downstream(second)
     assert simple.common_tls_context.tls_certificates[0].certificate_chain.filename == "/c/a.pem"
     assert not simple.require_client_certificate.value
+    versions = simple.common_tls_context.tls_params
+    assert versions.tls_minimum_protocol_version == common_pb2.TlsParameters.TLSv1_3
+    params = mutual.common_tls_context.tls_params
+    assert params.tls_minimum_protocol_version == common_pb2.TlsParameters.TLSv1_2
     assert mutual.require_client_certificate.value
     assert mutual.common_tls_context.validation_context.trusted_ca.filename == "/c/ca.pem"
 
