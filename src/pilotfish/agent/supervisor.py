@@ -17,6 +17,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.child_process import LineSink, ProcessStartError, describe_exit
 from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyProcess
+from pilotfish.agent.sds_server import SdsServer, start_sds_server
+from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
 
@@ -237,6 +239,10 @@ class Sidecar:
 
     ``admin_port`` 0 lets Envoy pick one, which then changes on every restart; pass a fixed
     port (``free_port()``) when something outside must keep finding the admin API.
+
+    With ``certificates``, the sidecar holds the workload's identity: they are kept fresh
+    and served over SDS on ``sds_socket`` (in ``work_dir``) from before Envoy's first start
+    until shutdown, so a restarted Envoy reconnects to the same socket.
     """
 
     def __init__(
@@ -254,11 +260,19 @@ class Sidecar:
         name: str | None = None,
         process_factory: Callable[[], SupervisedEnvoy] | None = None,
         keepalive: XdsKeepalive | None = None,
+        certificates: WorkloadCertificates | None = None,
     ) -> None:
         self.node = node
         self.name = name or node.id
+        self.certificates = certificates
+        self.sds_socket = work_dir / "sds" / "socket" if certificates is not None else None
         self.bootstrap: dict[str, Any] = build_bootstrap(
-            node, xds_address=xds_address, admin_port=admin_port, delta=delta, keepalive=keepalive
+            node,
+            xds_address=xds_address,
+            admin_port=admin_port,
+            delta=delta,
+            keepalive=keepalive,
+            sds_socket=self.sds_socket,
         )
         options = options or EnvoyOptions()
         if log_level is not None:
@@ -273,6 +287,8 @@ class Sidecar:
             on_started=self._announce,
         )
         self.ready = self._supervisor.ready
+        self._sds: SdsServer | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     @property
     def restarts(self) -> int:
@@ -285,6 +301,11 @@ class Sidecar:
         return process.admin_url if process else None
 
     @property
+    def sds_server(self) -> SdsServer | None:
+        """The SDS server while the sidecar runs with ``certificates``."""
+        return self._sds
+
+    @property
     def pid(self) -> int | None:
         process = self._supervisor.process
         return process.pid if process and process.running else None
@@ -294,10 +315,19 @@ class Sidecar:
 
         Raises ``EnvoyStartError`` (and supervises nothing) if the first start fails.
         """
-        await self._supervisor.start()
+        await self._start_identity()
+        try:
+            await self._supervisor.start()
+        except BaseException:
+            await self._stop_identity()
+            raise
 
     async def run(self) -> None:
-        await self._supervisor.run()
+        await self._start_identity()
+        try:
+            await self._supervisor.run()
+        finally:
+            await self._stop_identity()
 
     async def shutdown(self, drain_seconds: float) -> None:
         """Drain Envoy's listeners for up to ``drain_seconds``, then stop it; ``run()`` returns."""
@@ -307,6 +337,25 @@ class Sidecar:
             code = await process.drain(drain_seconds)
             log.info("%s stopped (%s)", self.name, describe_exit(code))
         await self._supervisor.stop()
+        await self._stop_identity()
+
+    async def _start_identity(self) -> None:
+        if self.certificates is None or self._sds is not None:
+            return
+        assert self.sds_socket is not None
+        self._sds = await start_sds_server(self.certificates, self.sds_socket)
+        self._renewing = asyncio.create_task(
+            self.certificates.run(), name=f"certificates of {self.name}"
+        )
+
+    async def _stop_identity(self) -> None:
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+        sds, self._sds = self._sds, None
+        if sds is not None:
+            await sds.stop()
 
     def _new_envoy_process(self) -> SupervisedEnvoy:
         return EnvoyProcess(

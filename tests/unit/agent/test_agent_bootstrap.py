@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from pilotfish.agent.bootstrap import XDS_CLUSTER_NAME, build_bootstrap
+from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
 
@@ -94,6 +96,24 @@ def test_xds_cluster_speaks_http2_to_the_control_plane() -> None:
         "127.0.0.1",
         18000,
     )
+
+
+def test_sds_socket_adds_an_http2_cluster_to_that_unix_socket() -> None:
+    without = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    assert [c.name for c in without.static_resources.clusters] == [XDS_CLUSTER_NAME]
+    bootstrap = build_bootstrap(
+        SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0, sds_socket=Path("/run/a/sds.sock")
+    )
+    clusters = {c.name: c for c in parse(bootstrap).static_resources.clusters}
+    assert set(clusters) == {XDS_CLUSTER_NAME, SDS_CLUSTER_NAME}
+    sds = clusters[SDS_CLUSTER_NAME]
+    address = sds.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert address.pipe.path == "/run/a/sds.sock"
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    assert sds.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options")
 
 
 def test_an_ip_xds_address_is_static_and_a_name_is_resolved() -> None:

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from pilotfish.agent.cli import add_agent_arguments, node_from_arguments
+from pilotfish.agent.ca_client import GrpcCertificateSigner
+from pilotfish.agent.cli import (
+    AgentArgumentError,
+    add_agent_arguments,
+    certificates_from_arguments,
+    node_from_arguments,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -39,6 +46,65 @@ def test_defaults_are_delta_with_a_picked_admin_port_and_a_generated_id() -> Non
     node = node_from_arguments(args)
     assert node.kind == "gateway"
     assert node.id.startswith("gateway-")
+
+
+def test_the_service_account_names_the_node_identity() -> None:
+    assert node_from_arguments(parse("--xds", "h:1")).service_account == "default"
+    node = node_from_arguments(
+        parse("--xds", "h:1", "--namespace", "shop", "--service-account", "reviews")
+    )
+    assert node.identity("example.org").spiffe_id == "spiffe://example.org/ns/shop/sa/reviews"
+
+
+def test_without_a_token_file_there_are_no_certificates() -> None:
+    args = parse("--xds", "h:1")
+    assert certificates_from_arguments(args, node_from_arguments(args)) is None
+
+
+def test_a_token_file_asks_the_ca_on_the_xds_port_for_the_node_identity(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("pf1.abc.def\n")
+    args = parse(
+        "--xds", "10.0.0.1:15010", "--node-id", "web-0", "--namespace", "shop",
+        "--service-account", "web", "--trust-domain", "example.org",
+        "--ca-token-file", str(tmp_path / "token"), "--cert-ttl", "600",
+    )  # fmt: skip
+    certificates = certificates_from_arguments(args, node_from_arguments(args))
+    assert certificates is not None
+    assert certificates.identity.spiffe_id == "spiffe://example.org/ns/shop/sa/web"
+    assert certificates.ttl_seconds == 600
+    assert isinstance(certificates.signer, GrpcCertificateSigner)
+    assert certificates.signer.address == "10.0.0.1:15010"
+
+
+def test_the_ca_address_may_differ_from_the_xds_address(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("pf1.abc.def")
+    args = parse("--xds", "h:1", "--ca-token-file", str(tmp_path / "token"), "--ca-address", "ca:2")
+    certificates = certificates_from_arguments(args, node_from_arguments(args))
+    assert certificates is not None and isinstance(certificates.signer, GrpcCertificateSigner)
+    assert certificates.signer.address == "ca:2"
+    assert certificates.ttl_seconds == 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ca-address", "ca:1"], "--ca-address needs --ca-token-file"),
+        (["--ca-token-file", "{dir}/missing"], "No such file"),
+        (["--ca-token-file", "{dir}/empty"], "the file is empty"),
+        (
+            ["--ca-token-file", "{dir}/token", "--cert-ttl", "0"],
+            "--cert-ttl must be a positive number",
+        ),
+    ],
+)
+def test_identity_flags_that_do_not_fit_are_named(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "token").write_text("pf1.abc.def")
+    args = parse("--xds", "h:1", *(a.format(dir=tmp_path) for a in argv))
+    with pytest.raises(AgentArgumentError, match=message):
+        certificates_from_arguments(args, node_from_arguments(args))
 
 
 def test_an_equals_sign_may_appear_in_a_label_value() -> None:

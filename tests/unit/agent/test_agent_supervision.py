@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.in_process_ca import InProcessCA
 
 from pilotfish.agent.envoy_process import EnvoyStartError
 from pilotfish.agent.supervisor import RestartPolicy, Sidecar, SupervisedEnvoy, Supervisor
+from pilotfish.agent.workload_certificate import WorkloadCertificates
+from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.proxy import ProxyNode
 
 NODE = ProxyNode(id="web-0", service="web")
@@ -243,6 +246,21 @@ def test_sidecar_builds_its_bootstrap_from_the_node(tmp_path: Path) -> None:
     assert sidecar.bootstrap["node"]["id"] == "web-0"
     assert sidecar.bootstrap["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
     assert sidecar.name == "web-0"
+
+
+def test_a_sidecar_with_certificates_points_envoy_at_its_sds_socket(tmp_path: Path) -> None:
+    plain = Sidecar(NODE, xds_address=("127.0.0.1", 7000), work_dir=tmp_path)
+    assert plain.sds_socket is None
+    assert [c["name"] for c in plain.bootstrap["static_resources"]["clusters"]] == ["xds-grpc"]
+    certificates = WorkloadCertificates(NODE.identity("cluster.local"), InProcessCA(), 60)
+    sidecar = Sidecar(
+        NODE, xds_address=("127.0.0.1", 7000), work_dir=tmp_path, certificates=certificates
+    )
+    assert sidecar.sds_socket == tmp_path / "sds" / "socket"
+    sds = sidecar.bootstrap["static_resources"]["clusters"][1]
+    assert sds["name"] == SDS_CLUSTER_NAME
+    endpoint = sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["pipe"]["path"] == str(tmp_path / "sds" / "socket")
 
 
 @given(st.integers(min_value=0, max_value=100_000))
