@@ -16,9 +16,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.child_process import ChildProcess
 from pilotfish.agent.ports import free_port, wait_for_port
 from pilotfish.agent.supervisor import Sidecar, Supervisor
+from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
@@ -90,7 +92,7 @@ class LocalMesh:
             await self.gateway.start()
         elif not wanted and self.gateway is not None:
             gateway, self.gateway = self.gateway, None
-            await gateway.shutdown(self.settings.drain_seconds)
+            await _shut_down_proxy(gateway, self.settings.drain_seconds)
 
     def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
         return Sidecar(
@@ -103,7 +105,20 @@ class LocalMesh:
             on_line=prefixed_printer(f"{name} envoy"),
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
+            certificates=self._certificates(node),
         )
+
+    def _certificates(self, node: ProxyNode) -> WorkloadCertificates:
+        """The proxy's identity, signed by the control plane's CA over its gRPC API as a
+        separately started agent would ask for it, with the credential of that identity only."""
+        config = self.control_plane.controller.config
+        assert config is not None, "the control plane has started"
+        identity = node.identity(config.mesh.trust_domain)
+        host, port = self.xds_address
+        signer = GrpcCertificateSigner(
+            f"{host}:{port}", self.control_plane.ca_credential(identity), node_id=node.id
+        )
+        return WorkloadCertificates(identity, signer, config.mesh.certificates.workload_ttl)
 
     async def _reconcile_on_changes(self) -> None:
         controller = self.control_plane.controller
@@ -247,7 +262,7 @@ class LocalMesh:
     @staticmethod
     async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
         running.app.stop_restarting()  # and no registration while the sidecar drains
-        await running.sidecar.shutdown(drain_seconds)
+        await _shut_down_proxy(running.sidecar, drain_seconds)
         await running.app.stop()
 
     async def stop(self) -> None:
@@ -257,9 +272,17 @@ class LocalMesh:
                 await self._reconcile_task
         await asyncio.gather(*(self._stop_replica(name) for name in list(self.replicas)))
         if self.gateway is not None:
-            await self.gateway.shutdown(self.settings.drain_seconds)
+            await _shut_down_proxy(self.gateway, self.settings.drain_seconds)
         await self.control_plane.stop()
         shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files
+
+
+async def _shut_down_proxy(sidecar: Sidecar, drain_seconds: float) -> None:
+    await sidecar.shutdown(drain_seconds)
+    if sidecar.certificates is not None and isinstance(
+        sidecar.certificates.signer, GrpcCertificateSigner
+    ):
+        await sidecar.certificates.signer.close()
 
 
 async def _shielded(work: Coroutine[object, object, None]) -> None:
