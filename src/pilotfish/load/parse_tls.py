@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import cast
 
-from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields
+from pilotfish.load.fields import FieldReader, Fields
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.security import (
     ClientTlsMode,
@@ -87,16 +87,14 @@ def read_client_tls(
         return None
     tls_path = join_path(path, "tls")
     mode = reader.choice(tls, "mode", tls_path, CLIENT_MODES) or "DISABLE"
-    if tls.get("credentialName") is not None:
-        # Istio reads it at gateways only; its sidecars use the file fields, as we do.
-        reader.warning(
-            join_path(tls_path, "credentialName"),
-            f"{NOT_IMPLEMENTED_PREFIX}: the secret is not read (Pilotfish has no secret store); "
-            "the clientCertificate/privateKey/caCertificates files are used, as Istio's "
-            "sidecars do",
-        )
     files = {key: _file(reader, tls, key, tls_path, directory) for key in CLIENT_FILES}
-    if mode == "MUTUAL":
+    if tls.get("credentialName") is not None:
+        # Istio refuses files beside it: the secret holds them all, and we cannot read it.
+        reader.error(
+            join_path(tls_path, "credentialName"),
+            CREDENTIAL_NAME_MESSAGE.format(files="clientCertificate/privateKey/caCertificates"),
+        )
+    elif mode == "MUTUAL":
         for key in ("clientCertificate", "privateKey"):
             if files[key] is None:
                 reader.error(join_path(tls_path, key), "required when mode is MUTUAL")
@@ -109,11 +107,13 @@ def read_client_tls(
                     "must not be set with ISTIO_MUTUAL (the mesh's certificates are used)",
                 )
         files = dict.fromkeys(CLIENT_FILES)
+    names = tuple(n for n in reader.string_list(tls, "subjectAltNames", tls_path) if n)
     insecure = reader.boolean(tls, "insecureSkipVerify", tls_path) or False
-    if insecure and files["caCertificates"] is not None:
+    if insecure and (files["caCertificates"] is not None or names):
+        # As Istio: nothing would be verified against them.
         reader.error(
             join_path(tls_path, "insecureSkipVerify"),
-            "cannot be true together with caCertificates",
+            "cannot be true together with caCertificates or subjectAltNames",
         )
     settings = ClientTLSSettings(
         mode=cast(ClientTlsMode, mode),
@@ -121,9 +121,7 @@ def read_client_tls(
         client_certificate=files["clientCertificate"],
         private_key=files["privateKey"],
         sni=reader.string(tls, "sni", tls_path),
-        subject_alt_names=tuple(
-            n for n in reader.string_list(tls, "subjectAltNames", tls_path) if n
-        ),
+        subject_alt_names=names,
         insecure_skip_verify=insecure,
     )
     return reader.paths.remember(settings, tls_path)

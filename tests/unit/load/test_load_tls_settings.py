@@ -117,24 +117,24 @@ def test_destination_rule_tls_problems(tls: str, field: str, message: str) -> No
     assert result.config is None
 
 
-def test_credential_name_of_a_rule_warns_that_the_files_are_used() -> None:
-    text, result = load(with_tls(RULE, "mode: SIMPLE\ncredentialName: api-cert"))
-    warning = assert_at(
-        result,
-        text,
-        "spec.trafficPolicy.tls.credentialName",
-        "credentialName",
-        "the secret is not read",
-        severity="warning",
-    )
-    assert "as Istio's sidecars do" in warning.message
-
-
-def test_credential_name_without_files_for_mutual_is_still_an_error() -> None:
+def test_credential_name_of_a_rule_is_the_one_error() -> None:
+    """Istio refuses files beside it, so a MUTUAL rule with one has no client certificate to
+    complain about."""
     _text, result = load(with_tls(RULE, "mode: MUTUAL\ncredentialName: api-cert"))
+    (error,) = result.errors
+    assert error.field == "spec.trafficPolicy.tls.credentialName"
+    assert "not supported yet: use clientCertificate/privateKey/caCertificates files" in (
+        error.message
+    )
+
+
+def test_insecure_skip_verify_with_names_to_verify() -> None:
+    _text, result = load(
+        with_tls(RULE, "mode: SIMPLE\ninsecureSkipVerify: true\nsubjectAltNames: [a.b]")
+    )
     assert (
-        "required when mode is MUTUAL"
-        in find(result, "spec.trafficPolicy.tls.clientCertificate").message
+        "cannot be true together"
+        in find(result, "spec.trafficPolicy.tls.insecureSkipVerify").message
     )
 
 
