@@ -26,6 +26,7 @@ from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import GATEWAY_SERVICE_ACCOUNT
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import MeshSettings
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
 from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
@@ -70,6 +71,7 @@ class LocalMesh:
         self._work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-up-"))
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._signers: dict[str, GrpcCertificateSigner] = {}
 
     @property
     def xds_address(self) -> tuple[str, int]:
@@ -92,9 +94,19 @@ class LocalMesh:
             await self.gateway.start()
         elif not wanted and self.gateway is not None:
             gateway, self.gateway = self.gateway, None
-            await _shut_down_proxy(gateway, self.settings.drain_seconds)
+            await self._retire(gateway, self.settings.drain_seconds)
 
     def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
+        config = self.control_plane.controller.config
+        mesh = config.mesh if config is not None else MeshSettings()
+        identity = node.identity(mesh.trust_domain)
+        # Each proxy proves its own identity and no other: the credential is bound to it.
+        signer = GrpcCertificateSigner(
+            "{}:{}".format(*self.xds_address),
+            self.control_plane.ca_credential(identity),
+            node_id=node.id,
+        )
+        self._signers[node.id] = signer
         return Sidecar(
             node,
             xds_address=self.xds_address,
@@ -105,20 +117,15 @@ class LocalMesh:
             on_line=prefixed_printer(f"{name} envoy"),
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
-            certificates=self._certificates(node),
+            certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
         )
 
-    def _certificates(self, node: ProxyNode) -> WorkloadCertificates:
-        """The proxy's identity, signed by the control plane's CA over its gRPC API as a
-        separately started agent would ask for it, with the credential of that identity only."""
-        config = self.control_plane.controller.config
-        assert config is not None, "the control plane has started"
-        identity = node.identity(config.mesh.trust_domain)
-        host, port = self.xds_address
-        signer = GrpcCertificateSigner(
-            f"{host}:{port}", self.control_plane.ca_credential(identity), node_id=node.id
-        )
-        return WorkloadCertificates(identity, signer, config.mesh.certificates.workload_ttl)
+    async def _retire(self, sidecar: Sidecar, drain_seconds: float) -> None:
+        """Drain and stop a sidecar, then let go of its line to the CA."""
+        await sidecar.shutdown(drain_seconds)
+        signer = self._signers.pop(sidecar.name, None)
+        if signer is not None:
+            await signer.close()
 
     async def _reconcile_on_changes(self) -> None:
         controller = self.control_plane.controller
@@ -259,10 +266,9 @@ class LocalMesh:
         await self.control_plane.wait_until_pushed(timeout=2.0)
         await self._shut_down(running, self.settings.drain_seconds)
 
-    @staticmethod
-    async def _shut_down(running: _RunningReplica, drain_seconds: float) -> None:
+    async def _shut_down(self, running: _RunningReplica, drain_seconds: float) -> None:
         running.app.stop_restarting()  # and no registration while the sidecar drains
-        await _shut_down_proxy(running.sidecar, drain_seconds)
+        await self._retire(running.sidecar, drain_seconds)
         await running.app.stop()
 
     async def stop(self) -> None:
@@ -272,17 +278,9 @@ class LocalMesh:
                 await self._reconcile_task
         await asyncio.gather(*(self._stop_replica(name) for name in list(self.replicas)))
         if self.gateway is not None:
-            await _shut_down_proxy(self.gateway, self.settings.drain_seconds)
+            await self._retire(self.gateway, self.settings.drain_seconds)
         await self.control_plane.stop()
         shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files
-
-
-async def _shut_down_proxy(sidecar: Sidecar, drain_seconds: float) -> None:
-    await sidecar.shutdown(drain_seconds)
-    if sidecar.certificates is not None and isinstance(
-        sidecar.certificates.signer, GrpcCertificateSigner
-    ):
-        await sidecar.certificates.signer.close()
 
 
 async def _shielded(work: Coroutine[object, object, None]) -> None:
