@@ -6,11 +6,13 @@ headers it received."""
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent import futures
@@ -149,7 +151,8 @@ class RunningEnvoy:
     admin: str
 
     def stat(self, name: str) -> int:
-        with NO_PROXY.open(f"{self.admin}/stats?filter=^{name}$&format=json", timeout=5) as r:
+        pattern = urllib.parse.quote(f"^{re.escape(name)}$")
+        with NO_PROXY.open(f"{self.admin}/stats?filter={pattern}&format=json", timeout=5) as r:
             stats = json.loads(r.read())["stats"]
         return sum(int(s.get("value", 0)) for s in stats if s.get("name") == name)
 

@@ -192,7 +192,11 @@ def test_a_peer_with_a_certificate_from_another_ca_is_refused(
     ) as mesh:
         status, _headers = mesh.call()
         assert status == 503
-        assert mesh.server.stat("listener.inbound.ssl.fail_verify_error") >= 1
+        wait_until(
+            lambda: mesh.server.stat("listener.inbound.ssl.fail_verify_error") >= 1,
+            10,
+            "the server's verification failure counted",
+        )
 
 
 def test_the_client_refuses_a_server_with_the_wrong_identity(
@@ -208,7 +212,7 @@ def test_the_client_refuses_a_server_with_the_wrong_identity(
         status, _headers = mesh.call()
         assert status == 503
         cluster = f"cluster.outbound|8080||{BACKEND}.ssl.fail_verify_san"
-        assert mesh.client.stat(cluster) >= 1
+        wait_until(lambda: mesh.client.stat(cluster) >= 1, 10, "the SAN mismatch counted")
 
 
 def test_a_disable_server_needs_a_rule_that_says_disable(
