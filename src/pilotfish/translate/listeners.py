@@ -247,10 +247,12 @@ def _server_names(hosts: Sequence[str]) -> list[str]:
 
 
 def _gateway_listener(
-    node: ProxyNode, port: int, servers: Sequence[GatewayServer]
+    node: ProxyNode,
+    port: int,
+    servers: Sequence[GatewayServer],
+    manager: hcm_pb2.HttpConnectionManager,
 ) -> listener_pb2.Listener:
     name = gateway_listener_name(port)
-    manager = http_connection_manager(name, rds_name=gateway_route_config_name(port))
     tls_servers = [(server, server.tls) for server in servers if server.tls is not None]
     if not tls_servers:
         return http_listener(name, node.bind_address, port, manager)
@@ -284,6 +286,13 @@ def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_p
     """``gateway_<port>`` for each HTTP and HTTPS server port of the Gateways selecting this
     node; HTTPS servers terminate TLS (by SNI when several share the port)."""
     return tuple(
-        _gateway_listener(node, port, [server for _, server in servers])
+        _gateway_listener(
+            node,
+            port,
+            [server for _, server in servers],
+            http_connection_manager(
+                gateway_listener_name(port), rds_name=gateway_route_config_name(port)
+            ),
+        )
         for port, servers in http_servers_by_port(view, node).items()
     )
