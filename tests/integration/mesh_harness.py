@@ -41,8 +41,14 @@ class Reply:
     headers: Mapping[str, str]
 
 
-def http_get(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> Reply:
-    request = urllib.request.Request(url, headers=dict(headers or {}))
+def http_get(
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    *,
+    method: str = "GET",
+) -> Reply:
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method)
     try:
         with _direct.open(request, timeout=timeout) as response:
             raw = response.read()
@@ -137,8 +143,10 @@ class RunningMesh:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def get(self, path: str, headers: Mapping[str, str] | None = None, **kw: float) -> Reply:
-        return http_get(self.gateway_url + path, headers, **kw)
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+    ) -> Reply:
+        return http_get(self.gateway_url + path, headers, timeout)
 
     def admin(self, path: str) -> dict[str, object]:
         return http_get(self.admin_url + path).body

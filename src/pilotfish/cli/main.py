@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--admin", help="admin API URL (default: read from DIR/.pilotfish)")
         sub.set_defaults(handler=handler)
+    ca_token = ca_commands.add_parser(
+        "token",
+        help="the credential with which `pilotfish agent --ca-token-file` proves one identity",
+    )
+    ca_token.add_argument("directory", type=Path, help="the folder the control plane serves")
+    ca_token.add_argument("--namespace", default="default")
+    ca_token.add_argument("--service-account", default="default")
+    ca_token.set_defaults(handler=run_ca_token)
     return parser
 
 
@@ -293,6 +301,29 @@ def _ca_status_from_files(directory: Path) -> int:
         return 1
     print(f"(no running mesh: read from {ca_directory(directory)})")
     print(format_ca_status(ca_status_json(stored, mesh)))
+    return 0
+
+
+def run_ca_token(args: argparse.Namespace) -> int:
+    """Print the bearer token of one identity; whoever holds it can get certificates for it,
+    so it goes only to that workload's agent (a file it alone can read)."""
+    from pilotfish.ca.store import ca_directory, read_ca
+    from pilotfish.load import load_directory
+    from pilotfish.model.identity import Identity
+    from pilotfish.model.resources import MeshSettings
+
+    config = load_directory(args.directory).config
+    mesh = config.mesh if config is not None else MeshSettings()
+    stored = read_ca(ca_directory(args.directory), mesh.certificates)
+    if stored is None:
+        print(
+            f"no CA in {ca_directory(args.directory)} yet: start the control plane once "
+            f"(`pilotfish control-plane {args.directory}` or `pilotfish up`) to make it",
+            file=sys.stderr,
+        )
+        return 1
+    identity = Identity(mesh.trust_domain, args.namespace, args.service_account)
+    print(stored.credentials.token_for(identity))
     return 0
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
+from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT
 from pilotfish.model.resources import (
     MeshConfig,
     ServiceEntry,
@@ -83,6 +84,11 @@ def _entry_endpoint(entry: ServiceEntry, spec: WorkloadEntrySpec, name: str) -> 
         labels=dict(spec.labels),
         weight=spec.weight or 1,
         name=name,
+        # As in Istio, only an endpoint labelled as having a sidecar gets mTLS; its identity
+        # is the entry's service account, "default" when it names none.
+        service_account=(spec.service_account or DEFAULT_SERVICE_ACCOUNT)
+        if spec.has_sidecar
+        else None,
     )
 
 

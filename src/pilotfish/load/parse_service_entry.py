@@ -6,6 +6,7 @@ import ipaddress
 import re
 from typing import Literal, cast
 
+from pilotfish.load.dns_names import DNS_SUBDOMAIN
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.parse_protocols import (
     is_carried,
@@ -40,10 +41,9 @@ LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)
 
-WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight", "network")
+WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight", "network", "serviceAccount")
 WORKLOAD_ENTRY_NOT_IMPLEMENTED = {
     "locality": "the endpoint is picked regardless of its locality",
-    "serviceAccount": "the endpoint's identity is not checked",
 }
 
 # What Istio's schema allows as a WorkloadEntry port name.
@@ -196,6 +196,12 @@ def parse_workload_entry_spec(
     ports = _port_map(reader, fields, path)
     labels = reader.string_map(fields, "labels", path)
     weight = reader.integer(fields, "weight", path, minimum=0, maximum=2**32 - 1)
+    service_account = reader.string(fields, "serviceAccount", path)
+    if service_account is not None and DNS_SUBDOMAIN.fullmatch(service_account) is None:
+        reader.error(
+            join_path(path, "serviceAccount"),
+            f'"{service_account}" is not a service account name (lower-case DNS subdomain)',
+        )
     if network is not None:
         reader.warning(
             join_path(path, "network"),
@@ -215,7 +221,13 @@ def parse_workload_entry_spec(
                 "unix domain sockets are not supported yet: this endpoint gets no traffic",
             )
         return None
-    return WorkloadEntrySpec(address=address, ports=ports, labels=labels, weight=weight)
+    return WorkloadEntrySpec(
+        address=address,
+        ports=ports,
+        labels=labels,
+        weight=weight,
+        service_account=service_account,
+    )
 
 
 def _unix_address_problem(address: str, ports: dict[str, int]) -> str | None:

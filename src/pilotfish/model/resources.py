@@ -21,6 +21,9 @@ DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
 # Istio retries twice when a route sets no retry policy, or one without ``attempts``.
 ISTIO_DEFAULT_RETRY_ATTEMPTS = 2
+# The label Istio's injector puts on a workload that has a sidecar.
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+TLS_MODE_ISTIO = "istio"
 # istio-agent asks for 24 h workload certificates; istiod's self-signed root lives 10 years.
 DEFAULT_WORKLOAD_TTL_SECONDS = 24 * 3600.0
 MIN_WORKLOAD_TTL_SECONDS = 60.0
@@ -321,6 +324,12 @@ class WorkloadEntrySpec:
     ports: Mapping[str, int] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int | None = None
+    service_account: str | None = None
+
+    @property
+    def has_sidecar(self) -> bool:
+        """Istio's sign that a sidecar serves this endpoint, so callers speak mTLS to it."""
+        return self.labels.get(TLS_MODE_LABEL) == TLS_MODE_ISTIO
 
 
 @dataclass(frozen=True)

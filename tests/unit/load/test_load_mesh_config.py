@@ -7,6 +7,7 @@ import os
 import pytest
 from load_cases import assert_at, find, load
 
+from pilotfish.discovery import build_view
 from pilotfish.model.identity import Identity
 from pilotfish.model.resources import (
     DEFAULT_ROOT_TTL_SECONDS,
@@ -156,3 +157,54 @@ def test_identities_round_trip(spiffe_id: str) -> None:
 def test_what_is_not_an_identity(text: str) -> None:
     with pytest.raises(ValueError, match=r"SPIFFE|form"):
         Identity.parse(text)
+
+
+ENTRIES = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: legacy}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: with-sidecar}
+spec:
+  address: 127.0.0.2
+  labels: {app: legacy, security.istio.io/tlsMode: istio}
+  serviceAccount: legacy-sa
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: sidecar-default-account}
+spec:
+  address: 127.0.0.3
+  labels: {app: legacy, security.istio.io/tlsMode: istio}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: without-sidecar}
+spec:
+  address: 127.0.0.4
+  labels: {app: legacy}
+  serviceAccount: legacy-sa
+"""
+
+
+def test_workload_entries_with_a_sidecar_carry_their_identity_to_their_endpoints() -> None:
+    _text, result = load(ENTRIES)
+    assert result.diagnostics == ()
+    assert result.config is not None
+    view = build_view(result.config)
+    accounts = {e.address: e.service_account for e in view.endpoints_of("legacy.example.internal")}
+    # Istio's rule: only the tlsMode label says a sidecar is there (and so mTLS is spoken).
+    assert accounts == {"127.0.0.2": "legacy-sa", "127.0.0.3": "default", "127.0.0.4": None}
+
+
+def test_a_workload_entry_service_account_must_be_a_name() -> None:
+    text, result = load(ENTRIES.replace("serviceAccount: legacy-sa", "serviceAccount: Bad SA", 1))
+    assert_at(result, text, "spec.serviceAccount", "serviceAccount", "not a service account")
