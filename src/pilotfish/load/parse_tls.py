@@ -130,21 +130,19 @@ def read_client_tls(
 def read_server_tls(
     reader: FieldReader, tls: Fields, tls_path: str, directory: str
 ) -> ServerTLSSettings | None:
-    """An HTTPS server's ``tls`` (already a mapping); None after an error."""
-    mode = reader.choice(
-        tls, "mode", tls_path, SERVER_MODES, not_supported=SERVER_MODES_NOT_SUPPORTED
+    """An HTTPS server's ``tls`` (already a mapping); None after an error, or when the
+    server is valid for Istio but cannot be served here (a warning says why)."""
+    written = tls.get("mode")
+    not_served = _not_served_because(tls, written)
+    mode = (
+        None if not_served else reader.choice(tls, "mode", tls_path, SERVER_MODES, not_supported=())
     )
-    if tls.get("mode") is None:
-        reader.error(
-            join_path(tls_path, "mode"),
-            "not set: Istio's default, PASSTHROUGH, is not supported yet (set SIMPLE or MUTUAL)",
+    if not_served:
+        field, why = not_served
+        # Istio accepts this server: the rest of the Gateway (and of the folder) still applies.
+        reader.warning(
+            join_path(tls_path, field), f"{why}; this server is not served (the others are)"
         )
-    secrets = [key for key in ("credentialName", "caCertCredentialName") if tls.get(key)]
-    for key in secrets:
-        files_named = (
-            "caCertificates" if key == "caCertCredentialName" else "serverCertificate/privateKey"
-        )
-        reader.error(join_path(tls_path, key), CREDENTIAL_NAME_MESSAGE.format(files=files_named))
     versions = {
         key: version if version in TLS_VERSIONS[1:] else None
         for key in ("minProtocolVersion", "maxProtocolVersion")
@@ -155,7 +153,7 @@ def read_server_tls(
         reader.error(join_path(tls_path, "minProtocolVersion"), "is above maxProtocolVersion")
     files = {key: _file(reader, tls, key, tls_path, directory) for key in SERVER_FILES}
     server_certificate, private_key = files["serverCertificate"], files["privateKey"]
-    if mode is None or secrets:
+    if mode is None or not_served:
         return None  # already reported; what the files would be for is unknown
     for key in ("serverCertificate", "privateKey"):
         if files[key] is None:
@@ -176,6 +174,21 @@ def read_server_tls(
         max_protocol_version=cast(TlsVersion | None, high),
     )
     return reader.paths.remember(settings, tls_path)
+
+
+def _not_served_because(tls: Fields, mode: object) -> tuple[str, str] | None:
+    """``(field, reason)`` when Istio would serve this TLS server and Pilotfish cannot yet."""
+    for key, files in (
+        ("credentialName", "serverCertificate/privateKey"),
+        ("caCertCredentialName", "caCertificates"),
+    ):
+        if tls.get(key):
+            return key, CREDENTIAL_NAME_MESSAGE.format(files=files)
+    if mode is None:
+        return "mode", "not set: Istio's default, PASSTHROUGH, is not supported yet"
+    if mode in SERVER_MODES_NOT_SUPPORTED:
+        return "mode", f"{mode} is not supported yet (SIMPLE and MUTUAL are)"
+    return None
 
 
 def certificate_files(

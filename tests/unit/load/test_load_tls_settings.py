@@ -224,10 +224,33 @@ def test_https_server_missing_file(tmp_path: Path) -> None:
             "not supported yet: use serverCertificate/privateKey files",
         ),
         (
-            "mode: MUTUAL\ncredentialName: web-cert\ncaCertCredentialName: web-ca",
+            "mode: MUTUAL\ncaCertCredentialName: web-ca",
             "spec.servers[0].tls.caCertCredentialName",
             "not supported yet: use caCertificates files",
         ),
+        ("mode: PASSTHROUGH", "spec.servers[0].tls.mode", "PASSTHROUGH is not supported yet"),
+        (
+            "serverCertificate: c.pem\nprivateKey: k.pem",
+            "spec.servers[0].tls.mode",
+            "Istio's default, PASSTHROUGH, is not supported yet",
+        ),
+    ],
+)
+def test_https_servers_istio_accepts_but_pilotfish_cannot_serve_are_warnings(
+    tls: str, field: str, message: str
+) -> None:
+    _text, result = load(with_tls(GATEWAY, tls))
+    warning = find(result, field)
+    assert message in warning.message and "this server is not served" in warning.message
+    assert warning.severity == "warning"
+    assert result.config is not None
+    (gateway,) = result.config.gateways
+    assert gateway.servers == ()
+
+
+@pytest.mark.parametrize(
+    ("tls", "field", "message"),
+    [
         (
             "mode: SIMPLE\nprivateKey: key.pem",
             "spec.servers[0].tls.serverCertificate",
@@ -238,12 +261,6 @@ def test_https_server_missing_file(tmp_path: Path) -> None:
             "spec.servers[0].tls.caCertificates",
             "required when mode is MUTUAL",
         ),
-        ("mode: PASSTHROUGH", "spec.servers[0].tls.mode", "PASSTHROUGH is not supported yet"),
-        (
-            "serverCertificate: c.pem\nprivateKey: k.pem",
-            "spec.servers[0].tls.mode",
-            "Istio's default, PASSTHROUGH, is not supported yet",
-        ),
     ],
 )
 def test_https_server_problems(tls: str, field: str, message: str) -> None:
@@ -252,11 +269,12 @@ def test_https_server_problems(tls: str, field: str, message: str) -> None:
     assert result.config is None
 
 
-def test_a_credential_name_is_the_only_error_of_its_server() -> None:
-    """Istio's generated MUTUAL servers name their CA by credentialName too: no second error
-    about the caCertificates they do not need there."""
+def test_a_credential_name_is_the_only_word_on_its_server() -> None:
+    """Istio's generated MUTUAL servers name their CA by credentialName too: no error about
+    the caCertificates they do not need there."""
     _text, result = load(with_tls(GATEWAY, "mode: MUTUAL\ncredentialName: web-cert"))
-    assert [d.field for d in result.errors] == ["spec.servers[0].tls.credentialName"]
+    assert [d.field for d in result.diagnostics] == ["spec.servers[0].tls.credentialName"]
+    assert result.errors == ()
 
 
 def test_istio_server_fields_we_do_not_carry_warn() -> None:
