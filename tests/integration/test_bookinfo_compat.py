@@ -154,9 +154,9 @@ spec:
   servers:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: ["*"]
-  - port: {number: 443, name: https, protocol: HTTPS}
+  - port: {number: 443, name: tls, protocol: TLS}
     hosts: ["*"]
-    tls: {mode: SIMPLE, credentialName: edge-cert}
+    tls: {mode: PASSTHROUGH}
 """
 
 
@@ -174,7 +174,7 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
     assert warned == [
         "spec.http[1].route",  # 49 + 50: split in proportion
         "spec.ports[1]",  # HTTPS is not carried
-        "spec.servers[1].port",  # the HTTPS server is not served
+        "spec.servers[1].port",  # the TLS (passthrough) server is not served
         "spec.trafficPolicy.loadBalancer.localityLbSetting",
         "spec.trafficPolicy.outlierDetection",
     ]

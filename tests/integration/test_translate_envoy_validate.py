@@ -18,9 +18,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import json_format
+from tests.certificates import CertificateAuthority
 
 from pilotfish.agent.ports import free_port
 from pilotfish.model.diagnostics import SourceMap
+from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
     ConsistentHash,
@@ -53,6 +55,7 @@ from pilotfish.model.resources import (
     TrafficPolicy,
     VirtualService,
 )
+from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.snapshot import type_urls
 from pilotfish.translate import MeshTranslator, ProxyResources
@@ -343,3 +346,140 @@ def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
 
     assert result.returncode != 0
     assert "domain" in result.stdout
+
+
+def security_view(folder: Path, gateway_port: int) -> MeshView:
+    """Every mode of PeerAuthentication, DestinationRule tls and Gateway TLS at once."""
+    ca = CertificateAuthority("validate")
+    ca_file = folder / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    client_cert, client_key = ca.issue(dns="client.example.com").write(folder, "client")
+    server_cert, server_key = ca.issue(dns="www.example.com").write(folder, "server")
+    files = {"ca_certificates": str(ca_file)}
+    mutual = ClientTLSSettings(
+        "MUTUAL", **files, client_certificate=str(client_cert), private_key=str(client_key)
+    )
+    simple = ServerTLSSettings(
+        "SIMPLE", str(server_cert), str(server_key), None, "TLSV1_2", "TLSV1_3"
+    )
+    mutual_server = ServerTLSSettings("MUTUAL", str(server_cert), str(server_key), str(ca_file))
+    config = MeshConfig(
+        peer_authentications=(
+            PeerAuthentication(meta("PeerAuthentication", "ns"), "STRICT"),
+            PeerAuthentication(
+                meta("PeerAuthentication", "backend"),
+                "UNSET",
+                {"app": "backend"},
+                {8080: "PERMISSIVE"},
+            ),
+        ),
+        destination_rules=(
+            DestinationRule(
+                meta=meta("DestinationRule", "payments"),
+                host="payments.example.com",
+                traffic_policy=TrafficPolicy(
+                    tls=ClientTLSSettings("SIMPLE", **files, sni="payments.example.com"),
+                    port_tls={443: mutual},
+                ),
+                subsets=(
+                    Subset("plain", {}, TrafficPolicy(tls=ClientTLSSettings("DISABLE"))),
+                    Subset("mesh", {}, TrafficPolicy(tls=ClientTLSSettings("ISTIO_MUTUAL"))),
+                ),
+            ),
+        ),
+        gateways=(
+            Gateway(
+                meta=meta("Gateway", "web"),
+                selector={},
+                servers=(
+                    GatewayServer(gateway_port, "a", "HTTP", ("a.example.com",), tls=simple),
+                    GatewayServer(
+                        gateway_port, "b", "HTTP", ("*.b.example.com",), tls=mutual_server
+                    ),
+                    GatewayServer(free_port(), "http", "HTTP", ("*",), https_redirect=True),
+                ),
+            ),
+        ),
+        virtual_services=(
+            VirtualService(
+                meta=meta("VirtualService", "site"),
+                hosts=("*",),
+                gateways=("web",),
+                http=(HTTPRoute(route=(to("backend"),)),),
+            ),
+        ),
+    )
+    services = (
+        Service(
+            "backend.default.svc.cluster.local", (ServicePort(8080, "http"),), short_name="backend"
+        ),
+        Service(
+            "payments.example.com",
+            (ServicePort(443, "https", "HTTP"),),
+            resolution="DNS",
+            external=True,
+        ),
+    )
+    backend_endpoints = (
+        Endpoint("127.0.0.1", {8080: free_port()}, service_account="backend"),
+        Endpoint("127.0.0.1", {8080: free_port()}),
+    )
+    return MeshView(
+        config=config,
+        services={s.hostname: s for s in services},
+        endpoints={"backend.default.svc.cluster.local": backend_endpoints},
+    )
+
+
+@pytest.mark.parametrize("kind", ["strict-sidecar", "permissive-sidecar", "gateway"])
+def test_envoy_accepts_generated_security(kind: str, tmp_path: Path) -> None:
+    view = security_view(tmp_path, free_port())
+    if kind == "gateway":
+        node = ProxyNode(id="ingress-0", kind="gateway")
+    else:
+        node = ProxyNode(
+            id="backend-0",
+            service="backend",
+            labels={"app": "backend"} if kind == "permissive-sidecar" else {},
+            outbound_port=free_port(),
+            inbound_port=free_port(),
+            app_port=8080,
+        )
+    resources = MeshTranslator(view).resources_for(node)
+    emitted = str(resources.listeners) + str(resources.clusters)
+    assert "UpstreamTlsContext" in emitted
+    assert "DownstreamTlsContext" in emitted
+
+    config = static_bootstrap(resources)
+    static = config["static_resources"]
+    assert isinstance(static, dict)
+    # The agent's SDS cluster, which the bootstrap of every sidecar carries.
+    static["clusters"].append(
+        {
+            "name": SDS_CLUSTER_NAME,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "http2_protocol_options": {},
+            "load_assignment": {
+                "cluster_name": SDS_CLUSTER_NAME,
+                "endpoints": [
+                    {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/sds"}}}}]}
+                ],
+            },
+        }
+    )
+    result = envoy_validate(config, tmp_path)
+
+    assert result.returncode == 0, result.stdout
+
+
+def test_envoy_rejects_a_tls_context_with_a_missing_file(tmp_path: Path) -> None:
+    """The check above can fail: a certificate file that is not there is refused."""
+    view = security_view(tmp_path, free_port())
+    (tmp_path / "server.pem").unlink()
+    resources = MeshTranslator(view).resources_for(ProxyNode(id="ingress-0", kind="gateway"))
+
+    result = envoy_validate(static_bootstrap(resources), tmp_path)
+
+    assert result.returncode != 0
+    assert "server.pem" in result.stdout

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_document import Resource, parse_document
+from pilotfish.load.parse_tls import certificate_files
 from pilotfish.load.validate import validate_mesh
-from pilotfish.load.yaml_source import ParsedYaml, parse_yaml
+from pilotfish.load.yaml_source import ParsedYaml, join_path, parse_yaml
 from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic, has_errors
 from pilotfish.model.resources import (
@@ -23,11 +24,14 @@ from pilotfish.model.resources import (
     Gateway,
     MeshConfig,
     MeshSettings,
+    Meta,
     ServiceEntry,
+    TrafficPolicy,
     VirtualService,
     Workload,
     WorkloadEntry,
 )
+from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 from pilotfish.model.services import Service
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -113,6 +117,7 @@ class _Collector:
     def result(self, known_services: Mapping[str, Service] | None = None) -> LoadResult:
         config = _mesh_config(self.resources)
         self.diagnostics.extend(_extra_mesh_configs(self.resources))
+        self.diagnostics.extend(_missing_certificate_files(config, self.paths))
         try:
             self.diagnostics.extend(
                 validate_mesh(config, self.paths, known_services, complete=self.complete)
@@ -218,6 +223,7 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
         workloads=tuple(r for r in resources if isinstance(r, Workload)),
+        peer_authentications=tuple(r for r in resources if isinstance(r, PeerAuthentication)),
         # More than one is an error (see validate); the first one counts meanwhile.
         mesh=next((r for r in resources if isinstance(r, MeshSettings)), MeshSettings()),
         authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
@@ -235,6 +241,40 @@ def _extra_mesh_configs(resources: Iterable[Resource]) -> Iterable[Diagnostic]:
             f"a folder has at most one MeshConfig; {found[0].name!r} is already at "
             f"{found[0].source.file}:{line}:{col}",
         )
+
+
+def _tls_settings(
+    config: MeshConfig,
+) -> Iterator[tuple[Meta, ClientTLSSettings | ServerTLSSettings]]:
+    def of_policy(
+        meta: Meta, policy: TrafficPolicy | None
+    ) -> Iterator[tuple[Meta, ClientTLSSettings]]:
+        if policy is None:
+            return
+        if policy.tls is not None:
+            yield meta, policy.tls
+        for settings in policy.port_tls.values():
+            yield meta, settings
+
+    for rule in config.destination_rules:
+        yield from of_policy(rule.meta, rule.traffic_policy)
+        for subset in rule.subsets:
+            yield from of_policy(rule.meta, subset.traffic_policy)
+    for gateway in config.gateways:
+        for server in gateway.servers:
+            if server.tls is not None:
+                yield gateway.meta, server.tls
+
+
+def _missing_certificate_files(config: MeshConfig, paths: ObjectPaths) -> Iterator[Diagnostic]:
+    """Envoy would refuse the whole resource for one missing file: say which, where."""
+    for meta, settings in _tls_settings(config):
+        tls_path = paths.path_of(settings) or ""
+        for key, filename in certificate_files(settings):
+            if not Path(filename).is_file():
+                yield meta.source.diagnostic(
+                    join_path(tls_path, key), f"no such certificate file: {filename}"
+                )
 
 
 def format_diagnostics(diagnostics: Iterable[Diagnostic]) -> str:

@@ -6,6 +6,7 @@ from typing import cast
 
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
+from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
     ConsistentHash,
@@ -17,6 +18,7 @@ from pilotfish.model.resources import (
     Subset,
     TrafficPolicy,
 )
+from pilotfish.model.security import ClientTLSSettings
 
 SPEC_FIELDS = ("host", "trafficPolicy", "subsets")
 SPEC_NOT_IMPLEMENTED = {
@@ -24,7 +26,7 @@ SPEC_NOT_IMPLEMENTED = {
     "workloadSelector": "the rule applies to every workload, not only the selected ones",
 }
 
-POLICY_FIELDS = ("loadBalancer",)
+POLICY_FIELDS = ("loadBalancer", "tls", "portLevelSettings")
 # Not carried yet, but their values are still checked: an out-of-range value is a mistake
 # today and would silently change behaviour once the field is implemented.
 POLICY_CHECKED_NOT_IMPLEMENTED = {
@@ -32,8 +34,6 @@ POLICY_CHECKED_NOT_IMPLEMENTED = {
     "outlierDetection": "no endpoint is ejected after errors",
 }
 POLICY_NOT_IMPLEMENTED = {
-    "tls": "connections to this service are not wrapped in TLS by the sidecar",
-    "portLevelSettings": "no per-port policy is applied",
     "tunnel": "traffic is not tunnelled",
     "proxyProtocol": "no PROXY protocol header is sent",
     "retryBudget": "retries are limited only by each route's attempts",
@@ -101,15 +101,23 @@ HTTP_POOL_FIELDS = (
 )
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 INT32_MAX = 2**31 - 1
+PORT_SETTINGS_FIELDS = ("port", "tls")
+PORT_SETTINGS_NOT_IMPLEMENTED = {
+    key: "only tls is applied per port; the rule's own settings apply to this port"
+    for key in ("loadBalancer", "connectionPool", "outlierDetection")
+}
 
 
-def parse_destination_rule(reader: FieldReader, spec: Fields, meta: Meta) -> DestinationRule:
+def parse_destination_rule(
+    reader: FieldReader, spec: Fields, meta: Meta, directory: str
+) -> DestinationRule:
+    """``directory``: the file's folder, which certificate file names are relative to."""
     host = reader.string(spec, "host", "spec", required=True)
-    policy = _traffic_policy(reader, spec, "spec")
+    policy = _traffic_policy(reader, spec, "spec", directory)
     subsets: list[Subset] = []
     first_seen: set[str] = set()
     for item, path in reader.items(spec, "subsets", "spec"):
-        subset = _subset(reader, item, path)
+        subset = _subset(reader, item, path, directory)
         if subset is None:
             continue
         if subset.name in first_seen:
@@ -122,20 +130,22 @@ def parse_destination_rule(reader: FieldReader, spec: Fields, meta: Meta) -> Des
     )
 
 
-def _subset(reader: FieldReader, value: object, path: str) -> Subset | None:
+def _subset(reader: FieldReader, value: object, path: str, directory: str) -> Subset | None:
     fields = reader.mapping(value, path, ("name", "labels", "trafficPolicy"))
     if fields is None:
         return None
     name = reader.string(fields, "name", path, required=True)
     # Istio allows a subset without labels: it selects every endpoint of the host.
     labels = reader.string_map(fields, "labels", path)
-    policy = _traffic_policy(reader, fields, path)
+    policy = _traffic_policy(reader, fields, path, directory)
     if name is None:
         return None
     return Subset(name=name, labels=labels, traffic_policy=policy)
 
 
-def _traffic_policy(reader: FieldReader, fields: Fields, path: str) -> TrafficPolicy | None:
+def _traffic_policy(
+    reader: FieldReader, fields: Fields, path: str, directory: str
+) -> TrafficPolicy | None:
     policy = reader.child_mapping(
         fields,
         "trafficPolicy",
@@ -155,7 +165,38 @@ def _traffic_policy(reader: FieldReader, fields: Fields, path: str) -> TrafficPo
     for key, consequence in POLICY_CHECKED_NOT_IMPLEMENTED.items():
         if policy.get(key):  # an empty one is already an error
             reader.warning(join_path(policy_path, key), f"{NOT_IMPLEMENTED_PREFIX}: {consequence}")
-    return TrafficPolicy(load_balancer=_load_balancer(reader, policy, policy_path))
+    return TrafficPolicy(
+        load_balancer=_load_balancer(reader, policy, policy_path),
+        tls=read_client_tls(reader, policy, policy_path, directory),
+        port_tls=_port_level_tls(reader, policy, policy_path, directory),
+    )
+
+
+def _port_level_tls(
+    reader: FieldReader, policy: Fields, path: str, directory: str
+) -> dict[int, ClientTLSSettings]:
+    found: dict[int, ClientTLSSettings] = {}
+    for item, item_path in reader.items(policy, "portLevelSettings", path):
+        fields = reader.mapping(
+            item, item_path, PORT_SETTINGS_FIELDS, PORT_SETTINGS_NOT_IMPLEMENTED
+        )
+        if fields is None:
+            continue
+        port = reader.child_mapping(fields, "port", item_path, ("number",), required=True)
+        number = (
+            reader.port(port, "number", join_path(item_path, "port"), required=True)
+            if port is not None
+            else None
+        )
+        tls = read_client_tls(reader, fields, item_path, directory)
+        if number is None:
+            continue
+        if number in found:
+            reader.error(join_path(item_path, "port"), f"port {number} already has settings")
+            continue
+        if tls is not None:
+            found[number] = tls
+    return found
 
 
 def _check_outlier_detection(reader: FieldReader, fields: Fields, path: str) -> None:

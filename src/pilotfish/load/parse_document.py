@@ -10,6 +10,7 @@ from pilotfish.load import (
     parse_destination_rule,
     parse_gateway,
     parse_mesh_config,
+    parse_peer_authentication,
     parse_request_authentication,
     parse_service_entry,
     parse_virtual_service,
@@ -31,6 +32,7 @@ from pilotfish.model.resources import (
     Workload,
     WorkloadEntry,
 )
+from pilotfish.model.security import PeerAuthentication
 
 Resource = (
     VirtualService
@@ -42,6 +44,7 @@ Resource = (
     | MeshSettings
     | AuthorizationPolicy
     | RequestAuthentication
+    | PeerAuthentication
 )
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -54,7 +57,7 @@ ISTIO_SECURITY_VERSIONS = ("v1", "v1beta1")
 GROUPS_NOT_SUPPORTED_YET = ("gateway.networking.k8s.io",)
 ISTIO_NETWORKING_NOT_SUPPORTED_YET = ("Sidecar", "EnvoyFilter", "WorkloadGroup", "ProxyConfig")
 # Each leaves this list when its parser joins _SECURITY_KINDS.
-ISTIO_SECURITY_NOT_SUPPORTED_YET = ("PeerAuthentication",)
+ISTIO_SECURITY_NOT_SUPPORTED_YET: tuple[str, ...] = ()
 
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -90,12 +93,12 @@ _ISTIO_KINDS: dict[str, _Kind] = {
     "DestinationRule": _Kind(
         parse_destination_rule.SPEC_FIELDS,
         parse_destination_rule.SPEC_NOT_IMPLEMENTED,
-        lambda r, s, m, _d: parse_destination_rule.parse_destination_rule(r, s, m),
+        parse_destination_rule.parse_destination_rule,
     ),
     "Gateway": _Kind(
         parse_gateway.SPEC_FIELDS,
         (),
-        lambda r, s, m, _d: parse_gateway.parse_gateway(r, s, m),
+        parse_gateway.parse_gateway,
     ),
     "ServiceEntry": _Kind(
         parse_service_entry.SERVICE_ENTRY_FIELDS,
@@ -110,6 +113,11 @@ _ISTIO_KINDS: dict[str, _Kind] = {
 }
 # PeerAuthentication, AuthorizationPolicy, RequestAuthentication: one entry each.
 _SECURITY_KINDS: dict[str, _Kind] = {
+    "PeerAuthentication": _Kind(
+        parse_peer_authentication.SPEC_FIELDS,
+        (),
+        lambda r, s, m, _d: parse_peer_authentication.parse_peer_authentication(r, s, m),
+    ),
     "AuthorizationPolicy": _Kind(
         parse_authorization.SPEC_FIELDS,
         (),

@@ -1,12 +1,14 @@
-"""networking.istio.io Gateway -> ``model.Gateway`` (plain-text HTTP servers)."""
+"""networking.istio.io Gateway -> ``model.Gateway`` (HTTP servers, and HTTPS ones that terminate
+TLS with certificates from files)."""
 
 from __future__ import annotations
 
 from typing import cast
 
+from pilotfish.load import parse_tls
 from pilotfish.load.fields import FieldReader, Fields
 from pilotfish.load.parse_protocols import is_carried, read_port_protocol
-from pilotfish.load.yaml_source import join_path
+from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
 SPEC_FIELDS = ("selector", "servers")
@@ -19,19 +21,35 @@ SERVER_NOT_IMPLEMENTED = {
 PORT_FIELDS = ("number", "name", "protocol")
 PORT_NOT_IMPLEMENTED = {"targetPort": "the gateway listens on the port number itself"}
 TLS_PROTOCOLS = ("HTTPS", "TLS")
+HTTPS = "HTTPS"
 
 
-def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta) -> Gateway:
+def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta, directory: str) -> Gateway:
+    """``directory``: the file's folder, which certificate file names are relative to."""
     selector = reader.string_map(spec, "selector", "spec")
     servers: list[GatewayServer] = []
+    # (port, SNI name) -> the HTTPS server that terminates it; a later one never sees it.
+    terminated: dict[tuple[int, str], str] = {}
     for item, path in reader.items(spec, "servers", "spec", required=True):
-        server = _server(reader, item, path)
-        if server is not None:
-            servers.append(server)
+        server = _server(reader, item, path, directory)
+        if server is None:
+            continue
+        servers.append(server)
+        if server.tls is None:
+            continue
+        for index, host in enumerate(server.hosts):
+            name = host.split("/", 1)[-1]
+            first = terminated.setdefault((server.port, name), path)
+            if first != path:
+                reader.warning(
+                    index_path(join_path(path, "hosts"), index),
+                    f"{name} on port {server.port} is already served by {first}: TLS "
+                    "connections for it get that server's certificate",
+                )
     return Gateway(meta=meta, selector=selector, servers=tuple(servers))
 
 
-def _server(reader: FieldReader, value: object, path: str) -> GatewayServer | None:
+def _server(reader: FieldReader, value: object, path: str, directory: str) -> GatewayServer | None:
     fields = reader.mapping(value, path, SERVER_FIELDS, SERVER_NOT_IMPLEMENTED)
     if fields is None:
         return None
@@ -53,6 +71,26 @@ def _server(reader: FieldReader, value: object, path: str) -> GatewayServer | No
         reader.error(join_path(path, "tls"), f"required for a {protocol} server")
     if number is None or protocol is None or not hosts:
         return None
+    # Istio requires a port name; it only labels stats, so we derive one when absent.
+    port_name = name or f"{protocol.lower()}-{number}"
+    tls_path = join_path(path, "tls")
+    if protocol == HTTPS:
+        if tls is None:
+            return None  # reported above
+        fields = reader.mapping(
+            tls, tls_path, parse_tls.SERVER_FIELDS, parse_tls.SERVER_NOT_IMPLEMENTED
+        )
+        settings = (
+            parse_tls.read_server_tls(reader, fields, tls_path, directory) if fields else None
+        )
+        if fields is not None and fields.get("httpsRedirect"):
+            reader.warning(
+                join_path(tls_path, "httpsRedirect"),
+                "ignored on an HTTPS server: its requests already arrive over TLS",
+            )
+        if settings is None:
+            return None
+        return GatewayServer(number, port_name, "HTTP", hosts, tls=settings)
     if not is_carried(protocol):
         reader.warning(
             port_path,
@@ -60,21 +98,23 @@ def _server(reader: FieldReader, value: object, path: str) -> GatewayServer | No
             f"{protocol} yet (the other servers of this Gateway are)",
         )
         return None
+    https_redirect = False
     if tls is not None:
-        reader.warning(join_path(path, "tls"), _tls_on_http_server(tls))
+        fields = reader.mapping(
+            tls, tls_path, parse_tls.SERVER_FIELDS, parse_tls.SERVER_NOT_IMPLEMENTED
+        )
+        https_redirect = bool(fields and reader.boolean(fields, "httpsRedirect", tls_path))
+        others = sorted(k for k in (fields or {}) if k != "httpsRedirect")
+        if others:
+            reader.warning(
+                join_path(tls_path, others[0]),
+                f"ignored on a plain {protocol} server (only httpsRedirect applies): its "
+                "requests are served without TLS",
+            )
     return GatewayServer(
         port=number,
-        # Istio requires a port name; it only labels stats, so we derive one when absent.
-        port_name=name or f"{protocol.lower()}-{number}",
+        port_name=port_name,
         protocol=cast(Protocol, protocol),
         hosts=hosts,
+        https_redirect=https_redirect,
     )
-
-
-def _tls_on_http_server(tls: object) -> str:
-    if isinstance(tls, dict) and tls.get("httpsRedirect") is True:
-        return (
-            "httpsRedirect is not implemented: plain HTTP requests are served as they are, "
-            "not redirected to HTTPS"
-        )
-    return "not implemented on a plain HTTP server: requests are served without TLS"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
+from pilotfish.load.parse_peer_authentication import peer_authentication_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.yaml_source import index_path, join_path
@@ -64,6 +65,7 @@ def validate_mesh(
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
+    found.extend(peer_authentication_problems(config))
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
@@ -97,6 +99,7 @@ def _all_metas(config: MeshConfig) -> Iterable[Meta]:
         config.service_entries,
         config.workload_entries,
         config.workloads,
+        config.peer_authentications,
         config.authorization_policies,
         config.request_authentications,
     ):

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Literal
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 
-if TYPE_CHECKING:
-    # model.authorization builds on Meta from here; only the annotations below need it back.
+if TYPE_CHECKING:  # authorization.py and security.py build on Meta; only annotations here
+    # name their types
     from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
+    from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "svc.cluster.local"
@@ -252,6 +253,9 @@ class LoadBalancer:
 @dataclass(frozen=True)
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
+    tls: ClientTLSSettings | None = None
+    # portLevelSettings[].tls by port number (the other per-port fields are not carried).
+    port_tls: Mapping[int, ClientTLSSettings] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,9 @@ class GatewayServer:
     port_name: str
     protocol: Protocol
     hosts: tuple[str, ...]
+    # An HTTPS server terminates TLS (``protocol`` is then the HTTP carried inside it).
+    tls: ServerTLSSettings | None = None
+    https_redirect: bool = False
 
 
 @dataclass(frozen=True)
@@ -412,6 +419,7 @@ class MeshConfig:
     service_entries: tuple[ServiceEntry, ...] = ()
     workload_entries: tuple[WorkloadEntry, ...] = ()
     workloads: tuple[Workload, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
     mesh: MeshSettings = field(default_factory=MeshSettings)
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()

@@ -8,16 +8,24 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from pilotfish.model.identity import Identity
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import LoadBalancer, Protocol
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import load_assignment
-from pilotfish.translate.naming import inbound_cluster_name, outbound_cluster_name
+from pilotfish.translate.naming import inbound_cluster_name, outbound_cluster_name, outbound_sni
 from pilotfish.translate.proto_values import (
     ads_config_source,
     duration_from_seconds,
     pack,
+)
+from pilotfish.translate.tls_contexts import (
+    file_upstream_context,
+    istio_tls_mode,
+    mesh_upstream_context,
+    raw_buffer_socket,
+    tls_socket,
 )
 
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -97,7 +105,66 @@ def _service_cluster(
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     _with_upstream_protocol(cluster, protocol)
+    _with_transport_security(cluster, view, service, port, protocol, subset, index)
     return cluster
+
+
+def mesh_identities(view: MeshView, service: Service) -> tuple[str, ...]:
+    """The SPIFFE ids of the sidecars serving ``service``: what a caller accepts from it."""
+    trust_domain = view.config.mesh.trust_domain
+    accounts = {
+        endpoint.service_account
+        for endpoint in view.endpoints_of(service.hostname)
+        if endpoint.service_account is not None
+    }
+    return tuple(
+        Identity(trust_domain, service.namespace, account).spiffe_id for account in sorted(accounts)
+    )
+
+
+def _with_transport_security(
+    cluster: cluster_pb2.Cluster,
+    view: MeshView,
+    service: Service,
+    port: int,
+    protocol: Protocol,
+    subset: str | None,
+    index: DestinationIndex,
+) -> None:
+    """Auto mTLS unless a DestinationRule says otherwise (Istio turns auto mTLS off for a
+    destination whose rule sets ``tls``).
+
+    Auto mTLS is per endpoint: sidecar-served endpoints (metadata ``tlsMode: istio``, see
+    ``endpoints.load_assignment``) get mTLS, the others plaintext. Like Istio's, it does not
+    know the server's PeerAuthentication: towards a DISABLE server, a rule must say DISABLE.
+    """
+    settings = index.tls_for(service.hostname, subset, port)
+    alpn = "h2" if _speaks_http2(protocol) else "http/1.1"
+    sni = outbound_sni(port, service.hostname, subset)
+    if settings is None:
+        identities = mesh_identities(view, service)
+        if not identities:
+            return
+        mesh = mesh_upstream_context(identities, sni, alpn)
+        cluster.transport_socket_matches.extend(
+            [
+                cluster_pb2.Cluster.TransportSocketMatch(
+                    name="tlsMode-istio", match=istio_tls_mode(), transport_socket=tls_socket(mesh)
+                ),
+                cluster_pb2.Cluster.TransportSocketMatch(
+                    name="tlsMode-disabled", transport_socket=raw_buffer_socket()
+                ),
+            ]
+        )
+    elif settings.mode == "ISTIO_MUTUAL":
+        names = settings.subject_alt_names or mesh_identities(view, service)
+        context = mesh_upstream_context(names, settings.sni or sni, alpn)
+        cluster.transport_socket.CopyFrom(tls_socket(context))
+    elif settings.mode in ("SIMPLE", "MUTUAL"):
+        # The service's own name is the SNI an external server expects unless told otherwise.
+        context = file_upstream_context(settings, service.hostname, alpn)
+        cluster.transport_socket.CopyFrom(tls_socket(context))
+    # DISABLE: no transport socket, plain text to every endpoint.
 
 
 def build_service_clusters(

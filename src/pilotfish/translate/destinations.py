@@ -16,8 +16,10 @@ from pilotfish.model.resources import (
     DestinationRule,
     LoadBalancer,
     Subset,
+    TrafficPolicy,
     qualify_host,
 )
+from pilotfish.model.security import ClientTLSSettings
 from pilotfish.model.services import MeshView, Service
 from pilotfish.translate.naming import outbound_cluster_name
 
@@ -74,6 +76,24 @@ class DestinationIndex:
         if rule is None or rule.traffic_policy is None:
             return None
         return rule.traffic_policy.load_balancer
+
+    def tls_for(self, hostname: str, subset: str | None, port: int) -> ClientTLSSettings | None:
+        """The TLS a DestinationRule asks for on this cluster (None: auto mTLS).
+
+        The narrowest setting wins, as Istio merges them: the rule's, its port-level one for
+        ``port``, the subset's, the subset's port-level one.
+        """
+        rule = self._rules.get(hostname)
+        policies: list[TrafficPolicy | None] = [rule.traffic_policy if rule else None]
+        if subset is not None:
+            found = self.subset(hostname, subset)
+            policies.append(found.traffic_policy if found is not None else None)
+        chosen: ClientTLSSettings | None = None
+        for policy in policies:
+            if policy is None:
+                continue
+            chosen = policy.port_tls.get(port) or policy.tls or chosen
+        return chosen
 
     def resolve(
         self, destination: Destination, namespace: str, listener_port: int | None

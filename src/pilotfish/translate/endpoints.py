@@ -12,12 +12,26 @@ from pilotfish.model.resources import selector_matches
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.naming import outbound_cluster_name
+from pilotfish.translate.tls_contexts import TRANSPORT_SOCKET_MATCH_KEY, istio_tls_mode
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=address, port_value=port)
     )
+
+
+def _lb_endpoint(endpoint: Endpoint, service_port: int) -> endpoint_components_pb2.LbEndpoint:
+    lb_endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=socket_address(endpoint.address, endpoint.ports[service_port])
+        ),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
+    )
+    if endpoint.service_account is not None:
+        # A sidecar serves it: the cluster's auto-mTLS transport socket match picks mTLS.
+        lb_endpoint.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY].CopyFrom(istio_tls_mode())
+    return lb_endpoint
 
 
 def load_assignment(
@@ -33,12 +47,7 @@ def load_assignment(
     """
     selector = subset_labels or {}
     lb_endpoints = [
-        endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(
-                address=socket_address(endpoint.address, endpoint.ports[service_port])
-            ),
-            load_balancing_weight=wrappers_pb2.UInt32Value(value=max(endpoint.weight, 1)),
-        )
+        _lb_endpoint(endpoint, service_port)
         for endpoint in endpoints
         if service_port in endpoint.ports and selector_matches(selector, endpoint.labels)
     ]

@@ -31,7 +31,9 @@ class HttpSecurity:
 NO_SECURITY = HttpSecurity()
 
 
-def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
+def http_security(view: MeshView, node: ProxyNode, workload_port: int | None) -> HttpSecurity:
+    """``workload_port`` is the port a sidecar's policies name for its app (its Workload's
+    ``port``); None for a gateway, whose listeners are on the ports policies name."""
     config = view.config
     namespace = policy_namespace(node)
     policies = policies_for(config.authorization_policies, namespace, node.labels)
@@ -39,7 +41,7 @@ def http_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
         a for a in config.request_authentications if a.applies_to(namespace, node.labels)
     )
     jwt_filter = build_jwt_filter(authentications)
-    rbac = build_rbac_filters(policies, _listener_port(node))
+    rbac = build_rbac_filters(policies, _listener_port(node, workload_port))
     filters = ([jwt_filter] if jwt_filter is not None else []) + rbac
     jwt_mapper = jwt_failure_mapper(node.id, authentications)
     mappers = ([jwt_mapper] if jwt_mapper is not None else []) + denial_mappers(node.id, policies)
@@ -56,13 +58,13 @@ def policy_namespace(node: ProxyNode) -> str:
     return ROOT_NAMESPACE if node.kind == "gateway" else node.namespace
 
 
-def _listener_port(node: ProxyNode) -> PortMap:
-    """A sidecar's inbound listener receives only its app's port, on a port of its own."""
+def _listener_port(node: ProxyNode, workload_port: int | None) -> PortMap:
+    """A sidecar's inbound listener receives only its workload's port, on a port of its own."""
     if node.kind != "sidecar":
         return same_port
-    app_port, inbound_port = node.app_port, node.inbound_port
+    inbound_port = node.inbound_port
 
     def listener_port(port: int) -> int | None:
-        return inbound_port if port == app_port else None
+        return inbound_port if port == workload_port else None
 
     return listener_port

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import GatewayServer
+from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
 from pilotfish.translate.gateway_selection import http_servers_by_port
@@ -28,12 +33,24 @@ from pilotfish.translate.naming import (
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
 from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
+from pilotfish.translate.tls_contexts import (
+    gateway_downstream_context,
+    mesh_downstream_context,
+    tls_socket,
+)
 
 HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER_NAME = "envoy.filters.http.router"
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+# The inbound filter chains; PERMISSIVE has both, told apart by the TLS inspector.
+INBOUND_MTLS_CHAIN = "inbound-mtls"
+INBOUND_PLAINTEXT_CHAIN = "inbound-plaintext"
 
 
-def _http_filters(routing: bool, security: HttpSecurity) -> list[hcm_pb2.HttpFilter]:
+def _http_filters(
+    routing: bool, security: HttpSecurity, extra: Sequence[hcm_pb2.HttpFilter] = ()
+) -> list[hcm_pb2.HttpFilter]:
+    # Authentication and authorization first: nothing else acts on a request they refuse.
     filters = list(security.filters)
     if routing:
         # Always present on routing listeners although they only act on routes that configure
@@ -46,6 +63,7 @@ def _http_filters(routing: bool, security: HttpSecurity) -> list[hcm_pb2.HttpFil
         filters.append(
             hcm_pb2.HttpFilter(name=FAULT_FILTER_NAME, typed_config=pack(fault_pb2.HTTPFault()))
         )
+    filters.extend(extra)
     # Router last: filters after it never see the request.
     filters.append(
         hcm_pb2.HttpFilter(name=ROUTER_FILTER_NAME, typed_config=pack(router_pb2.Router()))
@@ -58,13 +76,18 @@ def http_connection_manager(
     *,
     rds_name: str | None = None,
     route_config: route_pb2.RouteConfiguration | None = None,
+    http_filters: Sequence[hcm_pb2.HttpFilter] = (),
     security: HttpSecurity = NO_SECURITY,
 ) -> hcm_pb2.HttpConnectionManager:
-    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline."""
+    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
+
+    ``http_filters`` go after the always-present ones and before the router; ``security``
+    (the policies' filters and the bodies of their refusals) goes first.
+    """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(rds_name is not None, security),
+        http_filters=_http_filters(rds_name is not None, security, http_filters),
         local_reply_config=security.local_reply,
     )
     if security.filters:
@@ -128,38 +151,157 @@ def build_outbound_listener(node: ProxyNode) -> listener_pb2.Listener | None:
     )
 
 
-def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
-    """A sidecar's ``inbound``: mesh traffic for its app (None without the ports).
+def inbound_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
+    """What the policies put on requests to the app (authentication, authorization). Every
+    inbound filter chain gets the same."""
+    return http_security(view, node, workload_port(view, node))
 
-    ``view`` is where the policies that apply to the app's side come from (mTLS,
-    authorization); the listener's generator depends on the config for that reason.
+
+def workload_port(view: MeshView, node: ProxyNode) -> int | None:
+    """The port that ``portLevelMtls`` names for this sidecar: its Workload's ``port``.
+
+    ``pilotfish up`` starts the app on a free port of its own (``node.app_port``), so users
+    can only know the port they declared. A sidecar no Workload describes has its app port.
     """
+    for workload in view.config.workloads:
+        if workload.meta.namespace == node.namespace and workload.service == node.service:
+            return workload.port
+    return node.app_port
+
+
+def inbound_mtls_mode(view: MeshView, node: ProxyNode) -> EffectiveMtlsMode:
+    """The PeerAuthentication mode of the node's workload port."""
+    return effective_mtls_mode(
+        view.config.peer_authentications, node.namespace, node.labels, workload_port(view, node)
+    )
+
+
+def _inbound_manager(
+    app_port: int, security: HttpSecurity, *, mutual_tls: bool
+) -> hcm_pb2.HttpConnectionManager:
+    manager = http_connection_manager(
+        INBOUND_LISTENER, route_config=inbound_route_config(app_port), security=security
+    )
+    # A caller's own x-forwarded-client-cert is never believed: over mTLS the header is
+    # replaced by the verified peer's identity (its SPIFFE URI), as Istio does; in plain
+    # text it is removed.
+    if mutual_tls:
+        manager.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
+    else:
+        manager.forward_client_cert_details = hcm_pb2.HttpConnectionManager.SANITIZE
+    return manager
+
+
+def _chain(
+    name: str, manager: hcm_pb2.HttpConnectionManager
+) -> listener_components_pb2.FilterChain:
+    return listener_components_pb2.FilterChain(
+        name=name,
+        filters=[listener_components_pb2.Filter(name=HCM_FILTER_NAME, typed_config=pack(manager))],
+    )
+
+
+def _tls_inspector() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+    )
+
+
+def inbound_filter_chains(
+    mode: EffectiveMtlsMode, app_port: int, security: HttpSecurity = NO_SECURITY
+) -> list[listener_components_pb2.FilterChain]:
+    """STRICT: mTLS only, so a plaintext caller fails the handshake (counted in
+    ``listener.inbound.ssl.connection_error``), never served in the clear. PERMISSIVE: both,
+    by what the TLS inspector saw. DISABLE: plaintext only."""
+    chains = []
+    if mode != "DISABLE":
+        mtls = _chain(INBOUND_MTLS_CHAIN, _inbound_manager(app_port, security, mutual_tls=True))
+        mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
+        chains.append(mtls)
+    if mode != "STRICT":
+        manager = _inbound_manager(app_port, security, mutual_tls=False)
+        chains.append(_chain(INBOUND_PLAINTEXT_CHAIN, manager))
+    if mode == "PERMISSIVE":
+        chains[0].filter_chain_match.transport_protocol = "tls"
+        chains[1].filter_chain_match.transport_protocol = "raw_buffer"
+    return chains
+
+
+def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
+    """A sidecar's ``inbound``: mesh traffic for its app (None without the ports), in mTLS,
+    plaintext or both as the PeerAuthentications for the app's port say."""
     if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
         return None
-    return http_listener(
-        INBOUND_LISTENER,
-        node.bind_address,
-        node.inbound_port,
-        http_connection_manager(
-            INBOUND_LISTENER,
-            route_config=inbound_route_config(node.app_port),
-            security=http_security(view, node),
-        ),
+    mode = inbound_mtls_mode(view, node)
+    listener = listener_pb2.Listener(
+        name=INBOUND_LISTENER,
+        # Stats as listener.inbound.* rather than under the address, so tests and users
+        # find the handshake failures of a STRICT port under one name.
+        stat_prefix=INBOUND_LISTENER,
+        address=socket_address(node.bind_address, node.inbound_port),
+        filter_chains=inbound_filter_chains(mode, node.app_port, inbound_security(view, node)),
+    )
+    if mode == "PERMISSIVE":
+        listener.listener_filters.append(_tls_inspector())
+    return listener
+
+
+def _server_names(hosts: Sequence[str]) -> list[str]:
+    """A server's hosts as SNI names; ``[]`` (any name) when one of them is ``*``."""
+    names = [host.split("/", 1)[1] if "/" in host else host for host in hosts]
+    return [] if "*" in names else names
+
+
+def _gateway_listener(
+    node: ProxyNode,
+    port: int,
+    servers: Sequence[GatewayServer],
+    manager: hcm_pb2.HttpConnectionManager,
+) -> listener_pb2.Listener:
+    name = gateway_listener_name(port)
+    tls_servers = [(server, server.tls) for server in servers if server.tls is not None]
+    if not tls_servers:
+        return http_listener(name, node.bind_address, port, manager)
+    # Servers sharing a port are told apart by SNI: one chain each, the first server to name
+    # a host keeps it (Envoy refuses two chains with the same match).
+    chains: list[listener_components_pb2.FilterChain] = []
+    taken: set[str] = set()
+    for server, tls in tls_servers:
+        fresh = [n for n in _server_names(server.hosts) or ["*"] if n not in taken]
+        if not fresh:
+            continue
+        taken.update(fresh)
+        chain = _chain(f"{name}-{server.port_name}", manager)
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.filter_chain_match.server_names.extend(n for n in fresh if n != "*")
+        chain.transport_socket.CopyFrom(tls_socket(gateway_downstream_context(tls)))
+        chains.append(chain)
+    if len(tls_servers) < len(servers):
+        plaintext = _chain(f"{name}-plaintext", manager)
+        plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+        chains.append(plaintext)
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(node.bind_address, port),
+        listener_filters=[_tls_inspector()],
+        filter_chains=chains,
     )
 
 
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
-    """``gateway_<port>`` for each HTTP server port of the Gateways selecting this node."""
+    """``gateway_<port>`` for each HTTP and HTTPS server port of the Gateways selecting this
+    node; HTTPS servers terminate TLS (by SNI when several share the port)."""
     return tuple(
-        http_listener(
-            gateway_listener_name(port),
-            node.bind_address,
+        _gateway_listener(
+            node,
             port,
+            [server for _, server in servers],
             http_connection_manager(
                 gateway_listener_name(port),
                 rds_name=gateway_route_config_name(port),
-                security=http_security(view, node),
+                security=http_security(view, node, None),
             ),
         )
-        for port in http_servers_by_port(view, node)
+        for port, servers in http_servers_by_port(view, node).items()
     )

@@ -25,3 +25,8 @@ def gateway_listener_name(port: int) -> str:
 
 def gateway_route_config_name(port: int) -> str:
     return f"http.{port}"
+
+
+def outbound_sni(port: int, hostname: str, subset: str | None = None) -> str:
+    """Istio's SNI for mesh mTLS: the server's sidecar can tell which cluster was meant."""
+    return f"outbound_.{port}_.{subset or ''}_.{hostname}"

@@ -645,13 +645,15 @@ def build_gateway_route_configs(
             domains: list[str] = []
             for host in hosts:
                 domains.extend([host] if host == "*" else [host, f"{host}:{port}"])
-            virtual_hosts.append(
-                rc.VirtualHost(
-                    name="+".join(f"{vs.meta.namespace}/{vs.meta.name}" for vs, _ in sources),
-                    domains=domains,
-                    routes=[r for _, built in sources for r in built],
-                )
+            virtual_host = rc.VirtualHost(
+                name="+".join(f"{vs.meta.namespace}/{vs.meta.name}" for vs, _ in sources),
+                domains=domains,
+                routes=[r for _, built in sources for r in built],
             )
+            # httpsRedirect: a plaintext request for the server's hosts gets a 301 to https.
+            if any(s.https_redirect and server_allows(s, hosts[0]) for _, s in servers):
+                virtual_host.require_tls = rc.VirtualHost.ALL
+            virtual_hosts.append(virtual_host)
         if "*" not in by_host:
             virtual_hosts.append(unknown_host_virtual_host())
         configs.append(

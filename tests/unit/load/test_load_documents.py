@@ -56,7 +56,6 @@ def test_istio_networking_versions_are_all_accepted(version: str) -> None:
             "kind",
             "networking.istio.io/v1 Sidecar is not supported yet",
         ),
-        ("security.istio.io/v1beta1", "PeerAuthentication", "kind", "not supported yet"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", "kind", "not supported yet"),
         ("networking.istio.io/v1", "VirtualServce", "kind", "unknown apiVersion/kind"),
         ("v1", "Service", "kind", "unknown apiVersion/kind v1/Service"),

@@ -388,8 +388,6 @@ def test_least_conn_is_istios_old_name_for_least_request() -> None:
     [
         ("connectionPool", "{tcp: {maxConnections: 10}}", "default connection and request limits"),
         ("outlierDetection", "{consecutive5xxErrors: 5}", "no endpoint is ejected"),
-        ("tls", "{mode: SIMPLE}", "not wrapped in TLS"),
-        ("portLevelSettings", "[]", "no per-port policy"),
         ("retryBudget", "{percent: {value: 10}}", "limited only by each route's attempts"),
     ],
 )
@@ -544,11 +542,11 @@ def test_gateway_values() -> None:
     )
 
 
-@pytest.mark.parametrize("protocol", ["HTTPS", "TLS", "TCP", "MONGO"])
+@pytest.mark.parametrize("protocol", ["TLS", "TCP", "MONGO"])
 def test_a_gateway_server_pilotfish_does_not_carry_is_a_warning_the_rest_applies(
     protocol: str,
 ) -> None:
-    tls = "    tls: {mode: SIMPLE, credentialName: cert}\n" if protocol in ("HTTPS", "TLS") else ""
+    tls = "    tls: {mode: PASSTHROUGH}\n" if protocol == "TLS" else ""
     text, result = load(
         GATEWAY.replace("PROTOCOL", protocol).replace("number: 80", "number: 443")
         + tls
@@ -580,11 +578,15 @@ def test_gateway_server_needs_number_protocol_and_hosts() -> None:
     assert_at(result, text, "spec.servers[0].hosts", "port: {name", "required")
 
 
-def test_gateway_server_tls_is_a_warning() -> None:
-    text, result = load(GATEWAY.replace("PROTOCOL", "HTTP") + "    tls: {httpsRedirect: true}\n")
-    assert_at(
-        result, text, "spec.servers[0].tls", "tls:", "not redirected to HTTPS", severity="warning"
+def test_tls_settings_other_than_https_redirect_on_an_http_server_warn() -> None:
+    text, result = load(
+        GATEWAY.replace("PROTOCOL", "HTTP") + "    tls: {httpsRedirect: true, mode: SIMPLE}\n"
     )
+    assert_at(
+        result, text, "spec.servers[0].tls.mode", "mode", "served without TLS", severity="warning"
+    )
+    assert result.config is not None
+    assert result.config.gateways[0].servers[0].https_redirect
 
 
 # --- ServiceEntry and WorkloadEntry ----------------------------------------------------------

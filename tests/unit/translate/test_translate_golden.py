@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import http_port, mesh_service, meta, quickstart_config, replica, view_of
 from google.protobuf import json_format
 
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resources import TrafficPolicy
+from pilotfish.model.security import ClientTLSSettings, PeerAuthentication
 from pilotfish.model.services import MeshView
 from pilotfish.translate import MeshTranslator, ProxyResources
 
@@ -24,7 +28,41 @@ SCENARIOS = [
     ("fault", "fault_view", "frontend_sidecar"),
     ("routing_features", "routing_features_view", "frontend_sidecar"),
     ("authorization", "authorization_view", "frontend_sidecar"),
+    ("mtls_sidecar", "mtls_view", "frontend_sidecar"),
 ]
+
+
+@pytest.fixture
+def mtls_view() -> MeshView:
+    """The quickstart with STRICT mTLS for the frontend, sidecars behind the backend's v1 and
+    v2 under their own accounts, and a DestinationRule that turns TLS off for the v2 subset."""
+    config = quickstart_config()
+    (rule,) = config.destination_rules
+    plain_v2 = replace(
+        rule.subsets[1], traffic_policy=TrafficPolicy(tls=ClientTLSSettings("DISABLE"))
+    )
+    policy = PeerAuthentication(meta("PeerAuthentication", "strict"), "STRICT")
+    config = replace(
+        config,
+        destination_rules=(replace(rule, subsets=(rule.subsets[0], plain_v2)),),
+        peer_authentications=(policy,),
+    )
+    return view_of(
+        config,
+        mesh_service("frontend", http_port(8080)),
+        mesh_service("backend", http_port(8080)),
+        frontend=(replace(replica(8080, 15006, {"app": "frontend"}), service_account="frontend"),),
+        backend=(
+            replace(
+                replica(8080, 16006, {"app": "backend", "version": "v1"}),
+                service_account="backend",
+            ),
+            replace(
+                replica(8080, 17006, {"app": "backend", "version": "v2"}),
+                service_account="backend-v2",
+            ),
+        ),
+    )
 
 
 def resources_to_json(resources: ProxyResources) -> str:

@@ -181,16 +181,40 @@ def test_outputs_nobody_uses_any_more_are_dropped() -> None:
 HOSTS = (WEB, API, "search.example.com")
 GATEWAY = ProxyNode(id="gw", kind="gateway")
 any_endpoint = st.builds(
-    lambda port, version, weight: Endpoint(
-        "127.0.0.1", {9090: port, 8080: port, 443: port}, {"version": version}, weight, str(port)
+    lambda port, version, weight, account: Endpoint(
+        "127.0.0.1",
+        {9090: port, 8080: port, 443: port},
+        {"version": version},
+        weight,
+        str(port),
+        account,
     ),
     st.integers(1000, 1003),
     st.sampled_from(["v1", "v2"]),
     st.integers(1, 2),
+    # Whether a sidecar serves it, and as whom: auto mTLS and the SANs clients expect.
+    st.sampled_from([None, "api", "other"]),
 )
 any_registry = st.fixed_dictionaries({h: st.lists(any_endpoint, max_size=2) for h in HOSTS})
 EDITED = MESH.replace(
     "subsets: [{name: v1", "subsets: [{name: v2, labels: {version: v2}}, {name: v1"
+)
+SECURED = (
+    EDITED.replace(
+        "spec: {host: api, subsets:",
+        "spec: {host: api, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}, subsets:",
+    )
+    + """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec: {trustDomain: example.org}
+"""
 )
 
 
@@ -205,7 +229,7 @@ def registry_with(services: int) -> InMemoryRegistry:
 
 # Policies for the sidecar and (mesh-wide) the gateway; keys from a host that is a mesh
 # service only while the registry declares it, so which clusters exist depends on services.
-SECURED = (
+AUTHORIZED = (
     MESH
     + """
 ---
@@ -231,7 +255,7 @@ spec:
     st.lists(
         st.tuples(
             any_registry,
-            st.sampled_from([MESH, EDITED, SECURED]),
+            st.sampled_from([MESH, EDITED, SECURED, AUTHORIZED]),
             st.integers(0, 2),
             st.booleans(),
         ),
@@ -242,7 +266,7 @@ spec:
 def test_a_chain_of_generations_says_what_a_fresh_translation_says(
     generations: list[tuple[dict[str, list[Endpoint]], str, int, bool]],
 ) -> None:
-    configs = {text: config_of(text) for text in (MESH, EDITED, SECURED)}
+    configs = {text: config_of(text) for text in (MESH, EDITED, SECURED, AUTHORIZED)}
     registries = [registry_with(count) for count in range(3)]
     cache = new_cache()
     view = None
