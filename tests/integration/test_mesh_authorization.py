@@ -52,6 +52,9 @@ spec:
   - match: [{uri: {prefix: /secure/}}]
     rewrite: {uri: /}
     route: [{destination: {host: secure}}]
+  - match: [{uri: {prefix: /identity/}}]
+    rewrite: {uri: /}
+    route: [{destination: {host: identity}}]
   - route: [{destination: {host: backend}}]
 """
 
@@ -82,6 +85,19 @@ spec:
   selector: {matchLabels: {app: backend}}
   action: DENY
   rules: [{to: [{operation: {paths: ["/public/trial*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: identity-callers}
+spec:
+  selector: {matchLabels: {app: identity}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/pilotfish-ingressgateway"]}}]
+    to: [{operation: {paths: ["/gateway-only/*"]}}]
+  - from: [{source: {namespaces: [prod]}}]
+    to: [{operation: {paths: ["/prod-only/*"]}}]
+  - from: [{source: {serviceAccounts: [default]}}]
+    to: [{operation: {paths: ["/sidecars-only/*"], ports: ["8080"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -246,6 +262,7 @@ def mesh(
         + echo_workload("backend", "backend", 8080)
         + echo_workload("locked", "locked", 8080)
         + echo_workload("secure", "secure", 8080)
+        + echo_workload("identity", "identity", 8080)
         + jwks_workload(keys.remote.jwks())
         + EDGE
         + "---\n"
@@ -253,7 +270,7 @@ def mesh(
     )
     with running_mesh(directory, gateway_port) as running:
         running.wait_serving("/public/ready")
-        for service in ("backend", "locked", "secure", "keys"):
+        for service in ("backend", "locked", "secure", "keys", "identity"):
             running.wait_endpoints(f"{service}.default.svc.cluster.local", 1)
         running.wait_synced()
         yield running
@@ -321,6 +338,30 @@ def test_a_deny_rule_wins_and_is_named(
 
 def test_a_dry_run_deny_policy_denies_nothing(mesh: RunningMesh) -> None:
     assert call(mesh, "/backend/public/trial").status == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        # The gateway's own SPIFFE identity, proved over the mesh's mTLS.
+        ("/identity/gateway-only/x", 200),
+        ("/identity/prod-only/x", 403),
+        # The gateway's account is not "default": only sidecars running as it get in.
+        ("/identity/sidecars-only/x", 403),
+        # backend-0 (service account default) calls identity from its own sidecar.
+        ("/backend/call?url=http://identity:8080/sidecars-only/x", 200),
+        ("/backend/call?url=http://identity:8080/gateway-only/x", 403),
+    ],
+)
+def test_rules_on_the_callers_identity_over_the_meshs_mtls(
+    mesh: RunningMesh, path: str, status: int
+) -> None:
+    # alice passes backend's own ALLOW policy, so /call reaches its app.
+    answer = call(mesh, path, {"x-user": "alice"})
+
+    assert answer.status == status, answer.text
+    if path.startswith("/backend/"):
+        assert answer.json()["via"] == "backend-0"
 
 
 def test_an_allow_policy_without_rules_denies_everything(mesh: RunningMesh) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from load_cases import assert_at, find, load
+from load_cases import assert_at, load
 
 from pilotfish.discovery import build_view
 from pilotfish.model.identity import Identity
@@ -133,14 +133,6 @@ def test_workload_service_account() -> None:
 def test_workload_service_account_must_be_a_name() -> None:
     text, result = load(WORKLOAD + "  serviceAccount: Web_SA\n")
     assert_at(result, text, "spec.serviceAccount", "serviceAccount", "not a service account name")
-
-
-def test_security_kinds_not_built_yet_say_so() -> None:
-    _text, result = load(
-        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
-        "metadata: {name: jwt}\nspec: {}\n"
-    )
-    assert "is not supported yet" in find(result, "kind").message
 
 
 @pytest.mark.parametrize(
