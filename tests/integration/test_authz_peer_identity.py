@@ -1,7 +1,7 @@
 """Rules on the caller's identity (principals, namespaces, service accounts, trust domains)
-judged by a real Envoy over real mutual TLS: the generated inbound listener, given a TLS
-transport socket with certificates made here (the mesh's own mTLS is built elsewhere), and
-clients presenting certificates with SPIFFE URI SANs."""
+judged by a real Envoy over real mutual TLS: the generated inbound listener, its chains given
+a TLS socket with certificates made here so that callers from any trust domain can be tried
+(the mesh's own CA signs only its own), and clients presenting SPIFFE URI SANs."""
 
 from __future__ import annotations
 
