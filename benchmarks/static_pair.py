@@ -219,6 +219,11 @@ def _common_tls_context(peer: PeerFiles, alpn: list[str], verify_san: str | None
         ],
         "validation_context": validation,
         "alpn_protocols": alpn,
+        # As the mesh (and Istio) set it: an Envoy client offers at most TLS 1.2 otherwise.
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_2",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        },
     }
 
 

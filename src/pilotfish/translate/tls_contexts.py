@@ -62,7 +62,11 @@ def sds_secret(name: str) -> secret_pb2.SdsSecretConfig:
 
 
 def _tls_params() -> common_pb2.TlsParameters:
-    return common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2)
+    # Istio's range. Envoy's own default maximum for a client is TLS 1.2.
+    return common_pb2.TlsParameters(
+        tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2,
+        tls_maximum_protocol_version=common_pb2.TlsParameters.TLSv1_3,
+    )
 
 
 def _san_matchers(names: Iterable[str]) -> list[common_pb2.SubjectAltNameMatcher]:
