@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Gateway, GatewayServer, VirtualService, selector_matches
+from pilotfish.model.security import ServerTLSSettings
 from pilotfish.model.services import MeshView
+from pilotfish.translate.naming import gateway_route_config_name, gateway_tls_route_config_name
 
 _HTTP_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 
@@ -30,6 +33,59 @@ def http_servers_by_port(
             if server.protocol in _HTTP_PROTOCOLS:
                 grouped.setdefault(server.port, []).append((gateway, server))
     return {port: tuple(grouped[port]) for port in sorted(grouped)}
+
+
+@dataclass(frozen=True)
+class GatewayChain:
+    """One filter chain of a gateway port: the servers it serves and the route config that
+    holds their hosts, and only theirs."""
+
+    route_config: str
+    servers: tuple[tuple[Gateway, GatewayServer], ...]
+    # For a TLS chain: the server's TLS and the SNI names it answers (() for any name).
+    tls: ServerTLSSettings | None = None
+    server_names: tuple[str, ...] = ()
+
+
+def server_names(hosts: Sequence[str]) -> list[str]:
+    """A server's hosts as SNI names; ``[]`` (any name) when one of them is ``*``."""
+    names = [host.split("/", 1)[1] if "/" in host else host for host in hosts]
+    return [] if "*" in names else names
+
+
+def gateway_chains(
+    port: int, servers: Sequence[tuple[Gateway, GatewayServer]]
+) -> list[GatewayChain]:
+    """The chains of ``port``: one per TLS server, told apart by SNI, then one for all its
+    plaintext servers.
+
+    Each TLS server gets a route config of its own: with a shared one, a client that passed
+    one server's handshake (say, without the client certificate another server requires)
+    could ask for that other server's hosts in its Host header. For the same reason the
+    plaintext chain never sees the TLS servers' hosts. The first TLS server to name an SNI
+    name keeps it (Envoy refuses two chains with the same match); one left with none has no
+    chain.
+    """
+    chains: list[GatewayChain] = []
+    taken: set[str] = set()
+    for gateway, server in servers:
+        if server.tls is None:
+            continue
+        fresh = [n for n in server_names(server.hosts) or ["*"] if n not in taken]
+        if not fresh:
+            continue
+        taken.update(fresh)
+        index = next(i for i, s in enumerate(gateway.servers) if s is server)
+        name = gateway_tls_route_config_name(port, gateway.meta.namespace, gateway.meta.name, index)
+        chains.append(
+            GatewayChain(
+                name, ((gateway, server),), server.tls, tuple(n for n in fresh if n != "*")
+            )
+        )
+    plaintext = tuple((g, s) for g, s in servers if s.tls is None)
+    if plaintext:
+        chains.append(GatewayChain(gateway_route_config_name(port), plaintext))
+    return chains
 
 
 def binds_to(service: VirtualService, gateway: Gateway) -> bool:

@@ -16,18 +16,17 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import GatewayServer
+from pilotfish.model.resources import Gateway, GatewayServer
 from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
-from pilotfish.translate.gateway_selection import http_servers_by_port
+from pilotfish.translate.gateway_selection import gateway_chains, http_servers_by_port
 from pilotfish.translate.http_security import NO_SECURITY, HttpSecurity, http_security
 from pilotfish.translate.naming import (
     INBOUND_LISTENER,
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE_CONFIG,
     gateway_listener_name,
-    gateway_route_config_name,
     inbound_cluster_name,
     inbound_route_config_name,
 )
@@ -247,61 +246,59 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
     return listener
 
 
-def _server_names(hosts: Sequence[str]) -> list[str]:
-    """A server's hosts as SNI names; ``[]`` (any name) when one of them is ``*``."""
-    names = [host.split("/", 1)[1] if "/" in host else host for host in hosts]
-    return [] if "*" in names else names
+def gateway_connection_manager(
+    view: MeshView, node: ProxyNode, port: int, route_config: str
+) -> hcm_pb2.HttpConnectionManager:
+    manager = http_connection_manager(
+        gateway_listener_name(port),
+        rds_name=route_config,
+        security=http_security(view, node, None),
+    )
+    # The gateway is the edge: the client is the peer of the connection, never what its
+    # X-Forwarded-For says, or anyone could claim an address that remoteIpBlocks allows.
+    # Istio's gateways do the same, trusting numTrustedProxies hops in front (its default,
+    # 0, is xff_num_trusted_hops' own). Sidecars leave it off: their caller is the mesh's
+    # previous hop.
+    manager.use_remote_address.value = True
+    return manager
 
 
 def _gateway_listener(
-    node: ProxyNode,
-    port: int,
-    servers: Sequence[GatewayServer],
-    manager: hcm_pb2.HttpConnectionManager,
+    view: MeshView, node: ProxyNode, port: int, servers: Sequence[tuple[Gateway, GatewayServer]]
 ) -> listener_pb2.Listener:
     name = gateway_listener_name(port)
-    tls_servers = [(server, server.tls) for server in servers if server.tls is not None]
-    if not tls_servers:
+    chains = gateway_chains(port, servers)
+    if all(chain.tls is None for chain in chains):
+        (plaintext,) = chains
+        manager = gateway_connection_manager(view, node, port, plaintext.route_config)
         return http_listener(name, node.bind_address, port, manager)
-    # Servers sharing a port are told apart by SNI: one chain each, the first server to name
-    # a host keeps it (Envoy refuses two chains with the same match).
-    chains: list[listener_components_pb2.FilterChain] = []
-    taken: set[str] = set()
-    for server, tls in tls_servers:
-        fresh = [n for n in _server_names(server.hosts) or ["*"] if n not in taken]
-        if not fresh:
+    filter_chains: list[listener_components_pb2.FilterChain] = []
+    for chain in chains:
+        manager = gateway_connection_manager(view, node, port, chain.route_config)
+        if chain.tls is None:
+            plaintext_chain = _chain(f"{name}-plaintext", manager)
+            plaintext_chain.filter_chain_match.transport_protocol = "raw_buffer"
+            filter_chains.append(plaintext_chain)
             continue
-        taken.update(fresh)
-        chain = _chain(f"{name}-{server.port_name}", manager)
-        chain.filter_chain_match.transport_protocol = "tls"
-        chain.filter_chain_match.server_names.extend(n for n in fresh if n != "*")
-        chain.transport_socket.CopyFrom(tls_socket(gateway_downstream_context(tls)))
-        chains.append(chain)
-    if len(tls_servers) < len(servers):
-        plaintext = _chain(f"{name}-plaintext", manager)
-        plaintext.filter_chain_match.transport_protocol = "raw_buffer"
-        chains.append(plaintext)
+        _, server = chain.servers[0]
+        tls_chain = _chain(f"{name}-{server.port_name}", manager)
+        tls_chain.filter_chain_match.transport_protocol = "tls"
+        tls_chain.filter_chain_match.server_names.extend(chain.server_names)
+        tls_chain.transport_socket.CopyFrom(tls_socket(gateway_downstream_context(chain.tls)))
+        filter_chains.append(tls_chain)
     return listener_pb2.Listener(
         name=name,
         address=socket_address(node.bind_address, port),
         listener_filters=[_tls_inspector()],
-        filter_chains=chains,
+        filter_chains=filter_chains,
     )
 
 
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
     """``gateway_<port>`` for each HTTP and HTTPS server port of the Gateways selecting this
-    node; HTTPS servers terminate TLS (by SNI when several share the port)."""
+    node; HTTPS servers terminate TLS (by SNI when several share the port), each chain with
+    a route config of its own servers' hosts."""
     return tuple(
-        _gateway_listener(
-            node,
-            port,
-            [server for _, server in servers],
-            http_connection_manager(
-                gateway_listener_name(port),
-                rds_name=gateway_route_config_name(port),
-                security=http_security(view, node, None),
-            ),
-        )
+        _gateway_listener(view, node, port, servers)
         for port, servers in http_servers_by_port(view, node).items()
     )

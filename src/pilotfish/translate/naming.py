@@ -27,6 +27,11 @@ def gateway_route_config_name(port: int) -> str:
     return f"http.{port}"
 
 
+def gateway_tls_route_config_name(port: int, namespace: str, gateway: str, index: int) -> str:
+    """The route config of one TLS server: ``index`` is its place in the Gateway's servers."""
+    return f"https.{port}.{namespace}/{gateway}.{index}"
+
+
 def outbound_sni(port: int, hostname: str, subset: str | None = None) -> str:
     """Istio's SNI for mesh mTLS: the server's sidecar can tell which cluster was meant."""
     return f"outbound_.{port}_.{subset or ''}_.{hostname}"

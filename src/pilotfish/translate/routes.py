@@ -1,4 +1,5 @@
-"""RouteConfigurations: the shared ``outbound`` one for sidecars and ``http.<port>`` for gateways.
+"""RouteConfigurations: the shared ``outbound`` one for sidecars; for gateways ``http.<port>``
+(plaintext servers) and one per TLS server.
 
 Istio's HTTP routing rules become Envoy routes here; the same code serves sidecars and
 gateways so both behave alike.
@@ -32,6 +33,8 @@ from pilotfish.model.resources import (
     CorsPolicy,
     Destination,
     Fault,
+    Gateway,
+    GatewayServer,
     HeaderOperations,
     Headers,
     HTTPMatchRequest,
@@ -49,10 +52,11 @@ from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Un
 from pilotfish.translate.gateway_selection import (
     binds_to,
     gateway_binding,
+    gateway_chains,
     http_servers_by_port,
     server_allows,
 )
-from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG, gateway_route_config_name
+from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG
 from pilotfish.translate.proto_values import duration_from_seconds, pack, percent_to_fraction
 
 FAULT_FILTER_NAME = "envoy.filters.http.fault"
@@ -606,7 +610,8 @@ def build_gateway_route_configs(
     destinations: DestinationIndex | None = None,
     routes: VirtualServiceRoutes | None = None,
 ) -> tuple[route_pb2.RouteConfiguration, ...]:
-    """``http.<port>`` per gateway server port: one virtual host per host.
+    """One per filter chain of each gateway port (see ``gateway_chains``): ``http.<port>``
+    for its plaintext servers, one of its own for each TLS server.
 
     Several VirtualServices naming one host on a gateway are merged as Istio merges them:
     one virtual host whose routes are those of each VirtualService, in config order.
@@ -614,52 +619,61 @@ def build_gateway_route_configs(
     index = destinations or DestinationIndex(view)
     table = routes or VirtualServiceRoutes(view)
     source = proxy_source_filter(node)
-    configs: list[route_pb2.RouteConfiguration] = []
-    for port, servers in http_servers_by_port(view, node).items():
-        # host -> the VirtualServices routing it here, in config order, with their routes
-        by_host: dict[str, list[tuple[VirtualService, list[rc.Route]]]] = {}
-        for virtual_service in view.config.virtual_services:
-            bound = [(g, s) for g, s in servers if binds_to(virtual_service, g)]
-            http = table.http_of(virtual_service)
-            if not bound or not http:
-                continue
-            hosts = [
-                host
-                for host in virtual_service.hosts
-                if any(server_allows(server, host) for _, server in bound)
-            ]
-            if not hosts:
-                continue
-            scope = RouteScope(port, frozenset(gateway_binding(g) for g, _ in bound), source)
-            builder = RouteBuilder(index, virtual_service.meta.namespace, scope)
-            built = [r for route in http for r in builder.build(route)]
-            for host in hosts:
-                by_host.setdefault(host.lower(), []).append((virtual_service, built))
-        # Hosts routed by the same VirtualServices share one virtual host (and its routes).
-        grouped: dict[tuple[int, ...], list[str]] = {}
-        for host, sources in by_host.items():
-            grouped.setdefault(tuple(id(vs) for vs, _ in sources), []).append(host)
-        virtual_hosts: list[rc.VirtualHost] = []
-        for hosts in grouped.values():
-            sources = by_host[hosts[0]]
-            domains: list[str] = []
-            for host in hosts:
-                domains.extend([host] if host == "*" else [host, f"{host}:{port}"])
-            virtual_host = rc.VirtualHost(
-                name="+".join(f"{vs.meta.namespace}/{vs.meta.name}" for vs, _ in sources),
-                domains=domains,
-                routes=[r for _, built in sources for r in built],
-            )
-            # httpsRedirect: a plaintext request for the server's hosts gets a 301 to https.
-            if any(s.https_redirect and server_allows(s, hosts[0]) for _, s in servers):
-                virtual_host.require_tls = rc.VirtualHost.ALL
-            virtual_hosts.append(virtual_host)
-        if "*" not in by_host:
-            virtual_hosts.append(unknown_host_virtual_host())
-        configs.append(
-            route_pb2.RouteConfiguration(
-                name=gateway_route_config_name(port),
-                virtual_hosts=virtual_hosts,
-            )
+    return tuple(
+        _gateway_route_config(view, index, table, source, port, chain.route_config, chain.servers)
+        for port, servers in http_servers_by_port(view, node).items()
+        for chain in gateway_chains(port, servers)
+    )
+
+
+def _gateway_route_config(
+    view: MeshView,
+    index: DestinationIndex,
+    table: VirtualServiceRoutes,
+    source: SourceFilter,
+    port: int,
+    name: str,
+    servers: Sequence[tuple[Gateway, GatewayServer]],
+) -> route_pb2.RouteConfiguration:
+    """The virtual hosts of ``servers`` (of one chain), and of no other server."""
+    # host -> the VirtualServices routing it here, in config order, with their routes
+    by_host: dict[str, list[tuple[VirtualService, list[rc.Route]]]] = {}
+    for virtual_service in view.config.virtual_services:
+        bound = [(g, s) for g, s in servers if binds_to(virtual_service, g)]
+        http = table.http_of(virtual_service)
+        if not bound or not http:
+            continue
+        hosts = [
+            host
+            for host in virtual_service.hosts
+            if any(server_allows(server, host) for _, server in bound)
+        ]
+        if not hosts:
+            continue
+        scope = RouteScope(port, frozenset(gateway_binding(g) for g, _ in bound), source)
+        builder = RouteBuilder(index, virtual_service.meta.namespace, scope)
+        built = [r for route in http for r in builder.build(route)]
+        for host in hosts:
+            by_host.setdefault(host.lower(), []).append((virtual_service, built))
+    # Hosts routed by the same VirtualServices share one virtual host (and its routes).
+    grouped: dict[tuple[int, ...], list[str]] = {}
+    for host, sources in by_host.items():
+        grouped.setdefault(tuple(id(vs) for vs, _ in sources), []).append(host)
+    virtual_hosts: list[rc.VirtualHost] = []
+    for hosts in grouped.values():
+        sources = by_host[hosts[0]]
+        domains: list[str] = []
+        for host in hosts:
+            domains.extend([host] if host == "*" else [host, f"{host}:{port}"])
+        virtual_host = rc.VirtualHost(
+            name="+".join(f"{vs.meta.namespace}/{vs.meta.name}" for vs, _ in sources),
+            domains=domains,
+            routes=[r for _, built in sources for r in built],
         )
-    return tuple(configs)
+        # httpsRedirect: a plaintext request for the server's hosts gets a 301 to https.
+        if any(s.https_redirect and server_allows(s, hosts[0]) for _, s in servers):
+            virtual_host.require_tls = rc.VirtualHost.ALL
+        virtual_hosts.append(virtual_host)
+    if "*" not in by_host:
+        virtual_hosts.append(unknown_host_virtual_host())
+    return route_pb2.RouteConfiguration(name=name, virtual_hosts=virtual_hosts)

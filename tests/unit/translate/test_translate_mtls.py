@@ -14,6 +14,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from route_simulation import SimulatedRequest, simulate_request
 
 from pilotfish.model.identity import ROOT_CA_SECRET, SDS_CLUSTER_NAME, WORKLOAD_CERT_SECRET
 from pilotfish.model.proxy import ProxyNode
@@ -379,6 +380,102 @@ def test_https_redirect_requires_tls_on_the_servers_virtual_hosts() -> None:
     assert route.virtual_hosts[0].require_tls == VirtualHost.ALL
     (listener,) = build_gateway_listeners(redirect, GATEWAY_NODE)
     assert not listener.filter_chains[0].HasField("transport_socket")
+
+
+SIMPLE = ServerTLSSettings("SIMPLE", "/c/www.pem", "/c/www-key.pem")
+MUTUAL = ServerTLSSettings("MUTUAL", "/c/secure.pem", "/c/secure-key.pem", "/c/clients.pem")
+
+
+def shared_port_view() -> MeshView:
+    """Port 443: a MUTUAL server, a SIMPLE one and a plaintext one, each with its own host."""
+    hosts = ("secure.example.com", "www.example.com", "plain.example.com")
+    config = MeshConfig(
+        gateways=(
+            Gateway(
+                meta("Gateway", "web"),
+                {},
+                (
+                    GatewayServer(443, "secure", "HTTP", (hosts[0],), tls=MUTUAL),
+                    GatewayServer(443, "www", "HTTP", (hosts[1],), tls=SIMPLE),
+                    GatewayServer(443, "plain", "HTTP", (hosts[2],)),
+                ),
+            ),
+        ),
+        virtual_services=tuple(
+            VirtualService(
+                meta("VirtualService", host.split(".")[0]),
+                hosts=(host,),
+                gateways=("web",),
+                http=(HTTPRoute(route=(RouteDestination(Destination(host.split(".")[0])),)),),
+            )
+            for host in hosts
+        ),
+    )
+    services = (mesh_service(name, http_port(8080)) for name in ("secure", "www", "plain"))
+    return view_of(config, *services)
+
+
+def test_each_gateway_chain_reads_a_route_config_with_only_its_servers_hosts() -> None:
+    edge = shared_port_view()
+    (listener,) = build_gateway_listeners(edge, GATEWAY_NODE)
+    chains = {
+        chain.name: manager_of(chain).rds.route_config_name for chain in listener.filter_chains
+    }
+    assert chains == {
+        "gateway_443-secure": "https.443.default/web.0",
+        "gateway_443-www": "https.443.default/web.1",
+        "gateway_443-plaintext": "http.443",
+    }
+    configs = {c.name: c for c in build_gateway_route_configs(edge, GATEWAY_NODE)}
+    assert set(configs) == set(chains.values())
+
+    def reaches(route_config: str, host: str) -> tuple[str, ...] | int | None:
+        outcome = simulate_request(configs[route_config], SimulatedRequest(host))
+        return outcome.cluster_names or outcome.status
+
+    secure = ("outbound|8080||secure.default.svc.cluster.local",)
+    www = ("outbound|8080||www.default.svc.cluster.local",)
+    assert reaches("https.443.default/web.0", "secure.example.com") == secure
+    assert reaches("https.443.default/web.1", "www.example.com") == www
+    # A client without a certificate passed the SIMPLE server's handshake (SNI www) and
+    # asks for the MUTUAL server's host: no route. Plaintext never reaches TLS hosts.
+    assert reaches("https.443.default/web.1", "secure.example.com") == 404
+    assert reaches("http.443", "secure.example.com") == 404
+    assert reaches("http.443", "www.example.com") == 404
+    assert reaches("https.443.default/web.0", "plain.example.com") == 404
+
+
+def test_a_tls_server_left_without_sni_names_gets_no_chain_and_no_route_config() -> None:
+    edge = gateway_view(
+        GatewayServer(443, "a", "HTTP", ("a.example.com",), tls=SIMPLE),
+        GatewayServer(443, "b", "HTTP", ("a.example.com",), tls=MUTUAL),
+    )
+    (listener,) = build_gateway_listeners(edge, GATEWAY_NODE)
+    assert [manager_of(c).rds.route_config_name for c in listener.filter_chains] == [
+        "https.443.default/web.0"
+    ]
+    names = [c.name for c in build_gateway_route_configs(edge, GATEWAY_NODE)]
+    assert names == ["https.443.default/web.0"]
+
+
+def test_the_gateway_takes_the_client_address_from_the_connection_not_x_forwarded_for() -> None:
+    edge = gateway_view(
+        GatewayServer(443, "a", "HTTP", ("a.example.com",), tls=SIMPLE),
+        GatewayServer(443, "plain", "HTTP", ("*",)),
+        GatewayServer(80, "http", "HTTP", ("*",)),
+    )
+    managers = [
+        manager_of(chain)
+        for listener in build_gateway_listeners(edge, GATEWAY_NODE)
+        for chain in listener.filter_chains
+    ]
+    assert len(managers) == 3
+    for manager in managers:
+        assert manager.use_remote_address.value
+        assert manager.xff_num_trusted_hops == 0
+    # Sidecars keep Istio's default: their caller is the mesh's previous hop.
+    for chain in inbound(view(peer("PERMISSIVE"))).filter_chains:
+        assert not manager_of(chain).HasField("use_remote_address")
 
 
 def test_port_level_mtls_names_the_workloads_declared_port_not_the_apps_free_one() -> None:
