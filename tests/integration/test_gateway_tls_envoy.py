@@ -1,6 +1,7 @@
 """A real gateway Envoy running our Gateway TLS: HTTPS servers told apart by SNI (SIMPLE and
-MUTUAL, certificates from files), httpsRedirect, and mesh mTLS from the gateway to a STRICT
-service behind its own sidecar (see ``sds_envoys``)."""
+MUTUAL, certificates from files) and a plaintext one on the same port, each serving only its
+own hosts; httpsRedirect, and mesh mTLS from the gateway to a STRICT service behind its own
+sidecar (see ``sds_envoys``)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                         ("b.example.com",),
                         tls=ServerTLSSettings("MUTUAL", str(b_cert), str(b_key), str(clients_ca)),
                     ),
+                    GatewayServer(https_port, "plain", "HTTP", ("plain.example.com",)),
                     GatewayServer(http_port, "http", "HTTP", ("*",), https_redirect=True),
                 ),
             ),
@@ -94,7 +96,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         virtual_services=(
             VirtualService(
                 meta("VirtualService", "site"),
-                hosts=("a.example.com", "b.example.com"),
+                hosts=("a.example.com", "b.example.com", "plain.example.com"),
                 gateways=("web",),
                 http=(HTTPRoute(route=(RouteDestination(Destination("backend")),)),),
             ),
@@ -131,11 +133,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
 
 def request(
-    port: int, host: str, context: ssl.SSLContext | None = None
+    port: int, host: str, context: ssl.SSLContext | None = None, *, sni: str | None = None
 ) -> tuple[str, dict[str, str], bytes]:
-    """One HTTP/1.1 GET (over TLS with SNI ``host`` when a context is given)."""
+    """One HTTP/1.1 GET (over TLS with SNI ``sni`` or ``host`` when a context is given)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with context.wrap_socket(raw, server_hostname=host) if context is not None else raw as conn:
+    wrapped = context.wrap_socket(raw, server_hostname=sni or host) if context else raw
+    with wrapped as conn:
         conn.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(65536):
@@ -183,3 +186,21 @@ def test_https_redirect_answers_plain_http_with_301(edge: Edge) -> None:
     status, headers, _body = request(edge.http_port, "a.example.com")
     assert status == "HTTP/1.1 301 Moved Permanently"
     assert headers["location"] == "https://a.example.com/x"
+
+
+def test_a_tls_server_serves_only_its_own_hosts(edge: Edge) -> None:
+    """No certificate, so the SIMPLE server's handshake (SNI a.example.com); then a Host that
+    only the MUTUAL server serves: no route, never the MUTUAL server's backend."""
+    context = client_context(edge, with_certificate=False)
+    status, _headers, _body = request(
+        edge.https_port, "b.example.com", context, sni="a.example.com"
+    )
+    assert status == "HTTP/1.1 404 Not Found"
+    status, _headers, _body = request(edge.https_port, "a.example.com", context)
+    assert status == "HTTP/1.1 200 OK"
+
+
+def test_plaintext_on_a_tls_port_serves_only_the_plaintext_servers_hosts(edge: Edge) -> None:
+    assert request(edge.https_port, "plain.example.com")[0] == "HTTP/1.1 200 OK"
+    for host in ("a.example.com", "b.example.com"):
+        assert request(edge.https_port, host)[0] == "HTTP/1.1 404 Not Found"

@@ -3,6 +3,7 @@ change can have touched, and says what a fresh translation says."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -11,7 +12,17 @@ from hypothesis import strategies as st
 from pilotfish.discovery import InMemoryRegistry, build_view
 from pilotfish.load import load_text
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import MeshConfig, ServicePort
+from pilotfish.model.resources import (
+    Destination,
+    Gateway,
+    GatewayServer,
+    HTTPRoute,
+    MeshConfig,
+    RouteDestination,
+    ServicePort,
+    VirtualService,
+)
+from pilotfish.model.security import ServerTLSSettings
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.snapshot import Snapshot, SnapshotCache, make_snapshot, type_urls
 from pilotfish.translate import GENERATORS, MeshTranslator, TranslationContext
@@ -250,12 +261,37 @@ spec:
 )
 
 
+# An edge whose port 443 has two TLS servers and a plaintext one (a route config each), on top
+# of MESH; built from the model, since the loader would look for the certificate files.
+EDGE = "edge"
+
+
+def edge_config() -> MeshConfig:
+    config = config_of(MESH)
+    meta = replace(config.workloads[0].meta, kind="Gateway", name="edge")
+    simple = ServerTLSSettings("SIMPLE", "/c/web.pem", "/c/web-key.pem")
+    mutual = ServerTLSSettings("MUTUAL", "/c/api.pem", "/c/api-key.pem", "/c/clients.pem")
+    servers = (
+        GatewayServer(443, "web", "HTTP", ("web.example.com",), tls=simple),
+        GatewayServer(443, "api", "HTTP", ("api.example.com",), tls=mutual),
+        GatewayServer(443, "plain", "HTTP", ("plain.example.com",)),
+        GatewayServer(80, "http", "HTTP", ("*",), https_redirect=True),
+    )
+    route = VirtualService(
+        replace(meta, kind="VirtualService"),
+        hosts=("web.example.com", "api.example.com", "plain.example.com", "*"),
+        gateways=("edge",),
+        http=(HTTPRoute(route=(RouteDestination(Destination("api")),)),),
+    )
+    return replace(config, gateways=(Gateway(meta, {}, servers),), virtual_services=(route,))
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(
             any_registry,
-            st.sampled_from([MESH, EDITED, SECURED, AUTHORIZED]),
+            st.sampled_from([MESH, EDITED, SECURED, AUTHORIZED, EDGE]),
             st.integers(0, 2),
             st.booleans(),
         ),
@@ -267,6 +303,7 @@ def test_a_chain_of_generations_says_what_a_fresh_translation_says(
     generations: list[tuple[dict[str, list[Endpoint]], str, int, bool]],
 ) -> None:
     configs = {text: config_of(text) for text in (MESH, EDITED, SECURED, AUTHORIZED)}
+    configs[EDGE] = edge_config()
     registries = [registry_with(count) for count in range(3)]
     cache = new_cache()
     view = None
@@ -278,6 +315,18 @@ def test_a_chain_of_generations_says_what_a_fresh_translation_says(
                 assert versions(cache.snapshot_for(node)) == fresh(view, node)
     assert view is not None
     assert versions(cache.snapshot_for(SIDECAR)) == fresh(view, SIDECAR)
+
+
+def test_the_edge_config_gives_the_gateway_a_route_config_per_chain() -> None:
+    """So the property above covers a gateway with TLS servers sharing a port."""
+    view = build_view(edge_config(), {}, [])
+    routes = fresh(view, GATEWAY)[type_urls.ROUTE]
+    assert sorted(routes) == [
+        "http.443",
+        "http.80",
+        "https.443.default/edge.0",
+        "https.443.default/edge.1",
+    ]
 
 
 SOURCE_ROUTES = """
