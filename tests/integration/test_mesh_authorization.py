@@ -120,6 +120,18 @@ spec:
     to: [{operation: {paths: ["/only-from-loopback"]}}]
 ---
 apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: edge-allow, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules:
+  - from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]
+    to: [{operation: {paths: ["/backend/public/partners/*"]}}]
+  - from: [{source: {remoteIpBlocks: ["127.0.0.0/8"]}}]
+    to: [{operation: {paths: ["/backend/public/loopback/*"]}}]
+  - to: [{operation: {notPaths: ["/backend/public/partners/*", "/backend/public/loopback/*"]}}]
+---
+apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {name: secure-jwt}
 spec:
@@ -403,6 +415,22 @@ def test_not_ip_blocks_spare_the_addresses_they_name(mesh: RunningMesh) -> None:
     # Requests come from 127.0.0.1: rule 3 denies everyone else; backend's ALLOW has the say.
     assert call(mesh, "/only-from-loopback", {"x-user": "alice"}).status == 200
     assert call(mesh, "/public/page", {"host": "www.example"}).status == 200
+
+
+def test_a_forged_x_forwarded_for_is_not_the_client_address_at_the_gateway(
+    mesh: RunningMesh,
+) -> None:
+    """The gateway is the edge: remoteIpBlocks judge the connection's peer (127.0.0.1 here),
+    whatever address the client writes into X-Forwarded-For."""
+    forged = {"x-forwarded-for": "203.0.113.7"}
+
+    answer = call(mesh, "/backend/public/partners/x", forged)
+    assert answer.status == 403
+    assert answer.text.startswith("RBAC: access denied by ingressgateway: no ALLOW policy matched")
+    assert "istio-system/edge-allow" in answer.text
+    answer = call(mesh, "/backend/public/loopback/x", forged)
+    assert answer.status == 200, answer.text
+    assert answer.json()["replica"] == "backend-0"
 
 
 # --- RequestAuthentication -------------------------------------------------------------------
