@@ -247,12 +247,10 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
 
 
 def gateway_connection_manager(
-    view: MeshView, node: ProxyNode, port: int, route_config: str
+    port: int, route_config: str, security: HttpSecurity
 ) -> hcm_pb2.HttpConnectionManager:
     manager = http_connection_manager(
-        gateway_listener_name(port),
-        rds_name=route_config,
-        security=http_security(view, node, None),
+        gateway_listener_name(port), rds_name=route_config, security=security
     )
     # The gateway is the edge: the client is the peer of the connection, never what its
     # X-Forwarded-For says, or anyone could claim an address that remoteIpBlocks allows.
@@ -267,14 +265,15 @@ def _gateway_listener(
     view: MeshView, node: ProxyNode, port: int, servers: Sequence[tuple[Gateway, GatewayServer]]
 ) -> listener_pb2.Listener:
     name = gateway_listener_name(port)
+    security = http_security(view, node, None)
     chains = gateway_chains(port, servers)
     if all(chain.tls is None for chain in chains):
         (plaintext,) = chains
-        manager = gateway_connection_manager(view, node, port, plaintext.route_config)
+        manager = gateway_connection_manager(port, plaintext.route_config, security)
         return http_listener(name, node.bind_address, port, manager)
     filter_chains: list[listener_components_pb2.FilterChain] = []
     for chain in chains:
-        manager = gateway_connection_manager(view, node, port, chain.route_config)
+        manager = gateway_connection_manager(port, chain.route_config, security)
         if chain.tls is None:
             plaintext_chain = _chain(f"{name}-plaintext", manager)
             plaintext_chain.filter_chain_match.transport_protocol = "raw_buffer"
