@@ -129,17 +129,20 @@ def file_upstream_context(
                 private_key=base_pb2.DataSource(filename=settings.private_key),
             )
         )
+    sni = settings.sni or default_sni
     if not settings.insecure_skip_verify:
+        # Without subjectAltNames the server must still prove the name it was asked for
+        # (Istio's auto SAN validation): any certificate the CAs signed is not enough.
+        names = settings.subject_alt_names or ((sni,) if sni else ())
         common.validation_context.CopyFrom(
             common_pb2.CertificateValidationContext(
                 trusted_ca=base_pb2.DataSource(
                     filename=settings.ca_certificates or SYSTEM_CA_BUNDLE
                 ),
-                match_typed_subject_alt_names=_san_matchers(settings.subject_alt_names),
+                match_typed_subject_alt_names=_san_matchers(names),
             )
         )
     context = tls_pb2.UpstreamTlsContext(common_tls_context=common)
-    sni = settings.sni or default_sni
     if sni:
         context.sni = sni
     return context

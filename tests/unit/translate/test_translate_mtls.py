@@ -294,6 +294,12 @@ def test_simple_and_mutual_use_files() -> None:
     assert not context.common_tls_context.tls_certificates
     assert context.common_tls_context.validation_context.trusted_ca.filename == SYSTEM_CA_BUNDLE
     assert context.sni == "api.example.com"
+    # No subjectAltNames: the server must still hold a certificate for the name asked for.
+    (san,) = context.common_tls_context.validation_context.match_typed_subject_alt_names
+    assert (san.san_type, san.matcher.exact) == (
+        common_pb2.SubjectAltNameMatcher.DNS,
+        "api.example.com",
+    )
 
     skip = ClientTLSSettings("SIMPLE", insecure_skip_verify=True)
     context = upstream(cluster(view(rules=(rule_with(skip),))).transport_socket)
