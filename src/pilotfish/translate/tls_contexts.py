@@ -15,7 +15,12 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from pilotfish.model.identity import ROOT_CA_SECRET, SDS_CLUSTER_NAME, WORKLOAD_CERT_SECRET
+from pilotfish.model.identity import (
+    ROOT_CA_SECRET,
+    SDS_CLUSTER_NAME,
+    SPIFFE_SCHEME,
+    WORKLOAD_CERT_SECRET,
+)
 from pilotfish.model.security import ClientTLSSettings, ServerTLSSettings
 from pilotfish.translate.proto_values import pack
 
@@ -30,7 +35,6 @@ MESH_ALPN_SERVER = ("h2", "http/1.1")
 # Where Debian (and Istio's proxy image) keep the system's trusted roots: a SIMPLE or MUTUAL
 # DestinationRule without caCertificates verifies the server against them, as Istio does.
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-SPIFFE_PREFIX = "spiffe://"
 
 
 def istio_tls_mode() -> struct_pb2.Struct:
@@ -74,7 +78,7 @@ def _san_matchers(names: Iterable[str]) -> list[common_pb2.SubjectAltNameMatcher
     return [
         common_pb2.SubjectAltNameMatcher(
             san_type=common_pb2.SubjectAltNameMatcher.URI
-            if name.startswith(SPIFFE_PREFIX)
+            if name.startswith(SPIFFE_SCHEME)
             else common_pb2.SubjectAltNameMatcher.DNS,
             matcher=string_pb2.StringMatcher(exact=name),
         )
