@@ -161,7 +161,7 @@ async def test_the_bundle_stream_pushes_both_roots_on_rotation_then_drops_the_ol
                 async with http.get(f"http://127.0.0.1:{admin_port}/api/ca") as response:
                     status = await response.json()
                 assert status["rotation"]["phase"] == "overlap"
-                assert status["rotation"]["waiting_for"] == ["web-0"]
+                assert status["rotation"]["waiting_for"] == [f"web-0 ({WEB})"]
             reissued = await signer.sign(new_key_and_csr(WEB)[1], 3600)
             assert reissued.issuer_epoch == 2
             after = await asyncio.wait_for(anext(bundles), 10)

@@ -29,9 +29,9 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     async def proxies(_: web.Request) -> web.Response:
         listing = control_plane.board.to_json()
         certificates = control_plane.certificates
+        latest = certificates.latest_by_node() if certificates else {}
         for entry in listing:
-            node_id = str(entry["node_id"])
-            record = certificates.latest_for_node(node_id) if certificates else None
+            record = latest.get(str(entry["node_id"]))
             entry["identity"] = record.identity if record else None
             entry["cert_not_after"] = record.not_after.isoformat() if record else None
         return web.json_response({"proxies": listing})
