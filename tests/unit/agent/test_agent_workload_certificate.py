@@ -72,6 +72,21 @@ def test_a_certificate_that_ends_before_it_starts_is_refused() -> None:
         next_rotation(START, START, 0.0)
 
 
+def test_the_lifetime_counts_from_receipt_when_not_before_was_backdated() -> None:
+    # A 60 s certificate backdated by 20 s: half of what is left after receipt, not of 80 s.
+    backdated, received, end = START, START + timedelta(seconds=20), START + timedelta(seconds=80)
+    assert next_rotation(backdated, end, 0.0, received_at=received) == received + timedelta(
+        seconds=30
+    )
+    # Received before its not_before (our clock lags): its own dates decide.
+    assert next_rotation(received, end, 0.0, received_at=backdated) == received + timedelta(
+        seconds=30
+    )
+    # Received after it expired: renew at once.
+    late = end + timedelta(seconds=5)
+    assert next_rotation(backdated, end, 0.0, received_at=late) == end
+
+
 def test_retry_delay_doubles_from_one_second_up_to_the_cap() -> None:
     delays = [retry_delay(n, 1.0, 60.0) for n in range(0, 10)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
@@ -193,6 +208,16 @@ async def test_first_certificate_is_held_with_its_key_and_renewed_at_half_its_li
     assert second.key_pem != first.key_pem  # a new key for every certificate
     assert certificates.issued == 2
     assert first.serial_hex in changes and second.serial_hex in changes
+
+
+async def test_a_backdated_certificate_is_renewed_at_half_of_the_time_since_it_arrived(
+    running: Running, fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    ca.backdate = timedelta(seconds=20)
+    certificates = running.start()
+    assert await fake_time.next_sleep() == 50.0
+    assert certificates.certificate is not None
+    assert certificates.certificate.not_before == START - timedelta(seconds=20)
 
 
 async def test_failures_back_off_exponentially_and_the_old_certificate_keeps_serving(
