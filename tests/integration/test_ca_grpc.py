@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from pilotfish.agent.ports import free_port
 from pilotfish.ca import wire
 from pilotfish.ca.api import CertificateRefused
 from pilotfish.ca.csr import new_key_and_csr
+from pilotfish.ca.issuer import certificate_pem, new_self_signed_root
 from pilotfish.cli.main import main
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.model.identity import Identity
@@ -180,6 +183,44 @@ async def test_a_restarted_control_plane_keeps_its_root(folder: Path, tmp_path: 
         assert after == before
         openssl_verify(tmp_path, after.roots_pem, signed.chain_pem)
         assert (await signer.sign(new_key_and_csr(WEB)[1], 60)).issuer_epoch == 1
+
+
+async def test_a_ca_that_sends_no_epoch_gives_certificates_of_unknown_epoch() -> None:
+    """istiod's CreateCertificate has no epoch trailer: unknown, not epoch 0."""
+    authority = new_self_signed_root("example.org", 3600, dt.datetime.now(dt.UTC))
+
+    async def create(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        signed = authority.sign(request.csr, WEB, 600, dt.datetime.now(dt.UTC))
+        return wire.IstioCertificateResponse(
+            cert_chain=[*signed.chain_pem, certificate_pem(authority.root)]
+        )
+
+    service, method = wire.CREATE_CERTIFICATE_METHOD.strip("/").split("/")
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service,
+                {
+                    method: grpc.unary_unary_rpc_method_handler(
+                        create,
+                        request_deserializer=wire.IstioCertificateRequest.FromString,
+                        response_serializer=wire.IstioCertificateResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    signer = GrpcCertificateSigner(f"127.0.0.1:{port}", "any-token")
+    try:
+        signed = await signer.sign(new_key_and_csr(WEB)[1], 600)
+        assert len(signed.chain_pem) == 1
+        assert signed.issuer_epoch is None
+    finally:
+        await signer.close()
+        await server.stop(0)
 
 
 async def test_an_unreachable_ca_is_a_connection_error() -> None:

@@ -95,9 +95,11 @@ def retry_delay(failures: int, first: float, cap: float) -> float:
     return min(cap, first * 2.0 ** min(failures - 1, 64))
 
 
-def needs_reissue(certificate_epoch: int, bundle: TrustBundle) -> bool:
-    """A certificate signed before the CA's latest key change must be replaced soon."""
-    return bundle.issuer_epoch > certificate_epoch
+def needs_reissue(certificate_epoch: int | None, bundle: TrustBundle) -> bool:
+    """A certificate signed before the CA's latest key change must be replaced soon; one
+    whose epoch the CA did not say (None) is never re-issued on that account: asking again
+    would get another one without an epoch, in a loop."""
+    return certificate_epoch is not None and bundle.issuer_epoch > certificate_epoch
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class WorkloadCertificate:
     serial: int
     not_before: datetime
     not_after: datetime
-    issuer_epoch: int
+    issuer_epoch: int | None
+    """None when the CA did not say (see ``SignedCertificate.issuer_epoch``)."""
 
     @property
     def serial_hex(self) -> str:

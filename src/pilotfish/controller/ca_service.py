@@ -37,7 +37,8 @@ def ca_method_handlers(ca: MeshCertificateAuthority) -> Sequence[grpc.GenericRpc
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except CertificateRefused as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        context.set_trailing_metadata(((wire.ISSUER_EPOCH_TRAILER, str(signed.issuer_epoch)),))
+        if signed.issuer_epoch is not None:
+            context.set_trailing_metadata(((wire.ISSUER_EPOCH_TRAILER, str(signed.issuer_epoch)),))
         return wire.IstioCertificateResponse(cert_chain=[*signed.chain_pem, root])
 
     async def watch_trust_bundle(

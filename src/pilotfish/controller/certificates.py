@@ -198,7 +198,8 @@ class MeshCertificateAuthority:
             node_id=node_id,
             serial=serial,
             not_after=signed.not_after,
-            issuer_epoch=signed.issuer_epoch,
+            # The key that signed it a moment ago, in the same step: no rotation in between.
+            issuer_epoch=self.authority.issuer_epoch,
             signed_at=now,
         )
         self._recent.append(record)

@@ -300,6 +300,50 @@ async def test_a_newer_ca_key_re_issues_at_once_not_at_half_life(
     assert fake_time.now - START <= timedelta(seconds=NO_JITTER.epoch_jitter)
 
 
+class NoEpochSigner:
+    """Answers as istiod does: a certificate, and no issuer epoch."""
+
+    def __init__(self, ca: InProcessCA) -> None:
+        self.ca = ca
+
+    async def sign(self, csr_pem: str, ttl_seconds: float) -> SignedCertificate:
+        signed = await self.ca.sign(csr_pem, ttl_seconds)
+        return dataclasses.replace(signed, issuer_epoch=None)
+
+    def watch_trust_bundle(self) -> AsyncIterator[TrustBundle]:
+        return self.ca.watch_trust_bundle()
+
+
+def test_a_certificate_of_unknown_epoch_never_needs_reissue_on_that_account() -> None:
+    assert not needs_reissue(None, TrustBundle(("root",), 7))
+
+
+async def test_a_certificate_without_an_epoch_is_renewed_at_half_life_only(
+    fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    certificates = WorkloadCertificates(
+        IDENTITY,
+        NoEpochSigner(ca),
+        100,
+        policy=NO_JITTER,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+    )
+    task = asyncio.create_task(certificates.run())
+    try:
+        assert await fake_time.next_sleep() == 50.0
+        assert certificates.trust_bundle is not None
+        await ca.rotate_root()  # a newer epoch: nothing to compare ours with
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert certificates.trust_bundle.issuer_epoch == 2
+        assert fake_time.requested == [50.0]
+        assert ca.attempts == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_the_same_epoch_in_a_new_bundle_does_not_re_issue(
     running: Running, fake_time: FakeTime, ca: InProcessCA
 ) -> None:
