@@ -223,6 +223,26 @@ async def test_a_ca_that_sends_no_epoch_gives_certificates_of_unknown_epoch() ->
         await server.stop(0)
 
 
+async def test_an_unexpected_failure_to_sign_is_internal_and_logged_with_its_traceback(
+    folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the signing key is on vacation")
+
+    async with running(folder) as plane, signer_for(plane, WEB) as signer:
+        monkeypatch.setattr(plane.certificates, "sign", broken)
+        with (
+            caplog.at_level(logging.ERROR, "pilotfish.ca"),
+            pytest.raises(
+                CertificateAuthorityUnavailable,
+                match=r"^INTERNAL: the CA failed to sign \(RuntimeError: the signing key is on",
+            ),
+        ):
+            await signer.sign(new_key_and_csr(WEB)[1], 60)
+        assert "could not sign a certificate for peer ipv4:127.0.0.1:" in caplog.text
+        assert "Traceback" in caplog.text and "on vacation" in caplog.text
+
+
 async def test_an_unreachable_ca_is_a_connection_error() -> None:
     signer = GrpcCertificateSigner(f"127.0.0.1:{free_port()}", "pf1.a.b", timeout=2)
     with pytest.raises(CertificateAuthorityUnavailable) as caught:
