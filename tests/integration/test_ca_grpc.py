@@ -153,10 +153,29 @@ async def test_the_bundle_stream_pushes_both_roots_on_rotation_then_drops_the_ol
             bundles = signer.watch_trust_bundle()
             first = await asyncio.wait_for(anext(bundles), 10)
             assert first.issuer_epoch == 1 and len(first.roots_pem) == 1
-            async with ClientSession() as http:
-                async with http.post(f"http://127.0.0.1:{admin_port}/api/ca/rotate") as response:
+            rotate = f"http://127.0.0.1:{admin_port}/api/ca/rotate"
+            async with ClientSession(headers={"X-Pilotfish-Admin": "1"}) as http:
+                # What a cross-site form can send: no custom header, a simple content type.
+                async with ClientSession() as browser:
+                    async with browser.post(
+                        rotate, data="x=1", headers={"Content-Type": "text/plain"}
+                    ) as response:
+                        assert response.status == 403
+                        assert "X-Pilotfish-Admin: 1" in (await response.json())["error"]
+                    async with browser.options(
+                        rotate,
+                        headers={
+                            "Origin": "http://evil.example",
+                            "Access-Control-Request-Method": "POST",
+                            "Access-Control-Request-Headers": "x-pilotfish-admin",
+                        },
+                    ) as response:
+                        assert "Access-Control-Allow-Origin" not in response.headers
+                assert plane.certificates is not None
+                assert plane.certificates.rotation.issuer_epoch == 1
+                async with http.post(rotate) as response:
                     assert response.status == 200
-                async with http.post(f"http://127.0.0.1:{admin_port}/api/ca/rotate") as response:
+                async with http.post(rotate) as response:
                     assert response.status == 409  # one rotation at a time
                 during = await asyncio.wait_for(anext(bundles), 10)
                 assert during.issuer_epoch == 2

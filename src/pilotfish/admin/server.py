@@ -6,7 +6,9 @@ GET /api/config       the config status: when applied or rejected, and every dia
 GET /api/services     the registry: services and their live endpoints
 GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expiry warnings,
                       certificates signed recently
-POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in)
+POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in);
+                      only with the header X-Pilotfish-Admin: 1 (403 otherwise), which no
+                      cross-site form or fetch from a browser page can send
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 
 from aiohttp import web
 
+from pilotfish.admin.ca_status import ADMIN_HEADER, ADMIN_HEADER_VALUE
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.errors import PilotfishError
 
@@ -41,7 +44,16 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
             return web.json_response({"error": "the control plane is starting"}, status=503)
         return web.json_response(control_plane.certificates.status_json())
 
-    async def ca_rotate(_: web.Request) -> web.Response:
+    async def ca_rotate(request: web.Request) -> web.Response:
+        if request.headers.get(ADMIN_HEADER) != ADMIN_HEADER_VALUE:
+            return web.json_response(
+                {
+                    "error": f"a rotation must be asked for with the header "
+                    f"{ADMIN_HEADER}: {ADMIN_HEADER_VALUE} (as `pilotfish ca rotate` does), so "
+                    "that no web page can start one from a browser"
+                },
+                status=403,
+            )
         if control_plane.certificates is None:
             return web.json_response({"error": "the control plane is starting"}, status=503)
         try:
