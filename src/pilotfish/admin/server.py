@@ -57,7 +57,7 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
         if control_plane.certificates is None:
             return web.json_response({"error": "the control plane is starting"}, status=503)
         try:
-            state = control_plane.certificates.rotate()
+            state = await control_plane.certificates.rotate_in_worker()
         except PilotfishError as exc:
             return web.json_response({"error": str(exc)}, status=409)
         return web.json_response({"rotation": state.to_json()})

@@ -23,6 +23,7 @@ from pilotfish.ca.rotation import (
     HolderKey,
     IssuedLog,
     IssuedRecord,
+    RotationError,
     RotationPhase,
     RotationState,
     holder_key,
@@ -112,6 +113,7 @@ class MeshCertificateAuthority:
         self._refused = 0
         self._bundle_changed = asyncio.Event()
         self._last_warned: dt.datetime | None = None
+        self._rotation_starting: asyncio.Future[RotationState] | None = None
 
     @property
     def authority(self) -> CertificateAuthority:
@@ -228,17 +230,47 @@ class MeshCertificateAuthority:
 
     def rotate(self) -> RotationState:
         """Start a root rotation now (``RotationError`` when one runs or the CA is plugged)."""
-        now = self._clock()
-        self._stored = begin_root_rotation(
-            self._stored,
+        self._refuse_while_starting()
+        self._begun(self._begin(self._stored, self._clock()))
+        return self.rotation
+
+    async def rotate_in_worker(self) -> RotationState:
+        """``rotate``, with the key generation and the fsynced writes in a worker thread, so
+        that the event loop keeps serving xDS meanwhile. Until the new root is in place the
+        CA signs with the current key, and no other rotation can start. A cancelled caller
+        does not stop it half way."""
+        self._refuse_while_starting()
+        starting = asyncio.ensure_future(self._rotate_in_worker())
+        self._rotation_starting = starting
+        return await asyncio.shield(starting)
+
+    async def _rotate_in_worker(self) -> RotationState:
+        try:
+            # The store as it is now: an OVERLAP one is refused before any file is written, and
+            # a STEADY one only a rotation replaces, which cannot start until we are done.
+            stored = self._stored
+            self._begun(await asyncio.to_thread(self._begin, stored, self._clock()))
+            return self.rotation
+        finally:
+            self._rotation_starting = None
+
+    def _refuse_while_starting(self) -> None:
+        if self._rotation_starting is not None:
+            raise RotationError("a root rotation is being started")
+
+    def _begin(self, stored: StoredCa, now: dt.datetime) -> StoredCa:
+        return begin_root_rotation(
+            stored,
             self._mesh.trust_domain,
             self._mesh.certificates.root_ttl,
             self._mesh.certificates.workload_ttl,
             now,
         )
+
+    def _begun(self, stored: StoredCa) -> None:
+        self._stored = stored
         self._bundle_has_changed()
-        self._maybe_finish_rotation(now)
-        return self.rotation
+        self._maybe_finish_rotation(self._clock())
 
     def old_epoch_holders(self) -> list[str]:
         """Who the running rotation waits for (empty when none runs)."""
@@ -279,6 +311,7 @@ class MeshCertificateAuthority:
         root = self.authority.root
         if (
             not self._stored.plugged
+            and self._rotation_starting is None
             and self.rotation.phase is RotationPhase.STEADY
             and rotation_due(
                 root.not_valid_before_utc,

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
+from tests.waiting import eventually
 
 from pilotfish.ca.api import CertificateRefused
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.csr import new_key_and_csr
-from pilotfish.ca.rotation import RotationPhase
+from pilotfish.ca.rotation import RotationError, RotationPhase
 from pilotfish.ca.store import load_or_create_ca
 from pilotfish.controller import certificates
 from pilotfish.controller.certificates import MeshCertificateAuthority, expiry_warnings
@@ -269,3 +272,35 @@ def test_an_overlong_node_id_is_refused(tmp_path: Path) -> None:
     ca, _ = make_ca(tmp_path)
     with pytest.raises(CertificateRefused, match="node id has 257 characters"):
         ca.sign(new_key_and_csr(WEB)[1], ca.credential(WEB), 3600, "x" * 257)
+
+
+async def test_a_rotation_in_a_worker_leaves_the_loop_serving_and_finishes_if_its_caller_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, _ = make_ca(tmp_path)
+    web = ca.credential(WEB)
+    ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-0")
+    threads: list[threading.Thread] = []
+    release = threading.Event()
+    begin = certificates.begin_root_rotation
+
+    def slow_begin(*args: object) -> object:
+        threads.append(threading.current_thread())
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10), "the test never let the rotation go on"
+        return begin(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certificates, "begin_root_rotation", slow_begin)
+    caller = asyncio.create_task(ca.rotate_in_worker())
+    await eventually(lambda: threads, "the key to be made")
+    assert threads[0] is not threading.main_thread()
+    # Meanwhile the loop serves: signing goes on with the current key, a second rotation waits.
+    assert ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-1").issuer_epoch == 1
+    with pytest.raises(RotationError, match="being started"):
+        ca.rotate()
+    caller.cancel()
+    release.set()
+    await eventually(lambda: ca.rotation.issuer_epoch == 2, "the rotation to begin anyway")
+    assert ca.rotation.phase is RotationPhase.OVERLAP
+    assert len(ca.trust_bundle().roots_pem) == 2
+    assert ca.old_epoch_holders() == [f"web-0 ({WEB})", f"web-1 ({WEB})"]
