@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/control_plane.py
 	$(BIN)/python benchmarks/data_plane.py
 	$(BIN)/python benchmarks/ca.py
+	$(BIN)/python benchmarks/identity_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -37,6 +37,8 @@ class InProcessCA:
         self.sign_failures: list[Exception] = []
         """Raised by the next calls of ``sign``, one each, first first."""
         self.clock = clock
+        self.backdate = timedelta(0)
+        """How far before now ``not_before`` is set (as a CA allowing for clock skew does)."""
         self.signed: list[x509.Certificate] = []
         self.attempts = 0
         self.watches = 0
@@ -112,7 +114,7 @@ class InProcessCA:
             .issuer_name(self.root.subject)
             .public_key(csr.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
+            .not_valid_before(now - self.backdate)
             .not_valid_after(not_after)
             .add_extension(san, critical=True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -125,7 +127,7 @@ class InProcessCA:
             .sign(self.key, hashes.SHA256())
         )
         self.signed.append(leaf)
-        return SignedCertificate((_pem(leaf),), now, not_after, self.epoch)
+        return SignedCertificate((_pem(leaf),), now - self.backdate, not_after, self.epoch)
 
     async def watch_trust_bundle(self) -> AsyncIterator[TrustBundle]:
         self.watches += 1

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from pilotfish.agent.ports import free_port
 from pilotfish.ca import wire
 from pilotfish.ca.api import CertificateRefused
 from pilotfish.ca.csr import new_key_and_csr
+from pilotfish.ca.issuer import certificate_pem, new_self_signed_root
 from pilotfish.cli.main import main
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.model.identity import Identity
@@ -150,10 +153,29 @@ async def test_the_bundle_stream_pushes_both_roots_on_rotation_then_drops_the_ol
             bundles = signer.watch_trust_bundle()
             first = await asyncio.wait_for(anext(bundles), 10)
             assert first.issuer_epoch == 1 and len(first.roots_pem) == 1
-            async with ClientSession() as http:
-                async with http.post(f"http://127.0.0.1:{admin_port}/api/ca/rotate") as response:
+            rotate = f"http://127.0.0.1:{admin_port}/api/ca/rotate"
+            async with ClientSession(headers={"X-Pilotfish-Admin": "1"}) as http:
+                # What a cross-site form can send: no custom header, a simple content type.
+                async with ClientSession() as browser:
+                    async with browser.post(
+                        rotate, data="x=1", headers={"Content-Type": "text/plain"}
+                    ) as response:
+                        assert response.status == 403
+                        assert "X-Pilotfish-Admin: 1" in (await response.json())["error"]
+                    async with browser.options(
+                        rotate,
+                        headers={
+                            "Origin": "http://evil.example",
+                            "Access-Control-Request-Method": "POST",
+                            "Access-Control-Request-Headers": "x-pilotfish-admin",
+                        },
+                    ) as response:
+                        assert "Access-Control-Allow-Origin" not in response.headers
+                assert plane.certificates is not None
+                assert plane.certificates.rotation.issuer_epoch == 1
+                async with http.post(rotate) as response:
                     assert response.status == 200
-                async with http.post(f"http://127.0.0.1:{admin_port}/api/ca/rotate") as response:
+                async with http.post(rotate) as response:
                     assert response.status == 409  # one rotation at a time
                 during = await asyncio.wait_for(anext(bundles), 10)
                 assert during.issuer_epoch == 2
@@ -161,7 +183,7 @@ async def test_the_bundle_stream_pushes_both_roots_on_rotation_then_drops_the_ol
                 async with http.get(f"http://127.0.0.1:{admin_port}/api/ca") as response:
                     status = await response.json()
                 assert status["rotation"]["phase"] == "overlap"
-                assert status["rotation"]["waiting_for"] == ["web-0"]
+                assert status["rotation"]["waiting_for"] == [f"web-0 ({WEB})"]
             reissued = await signer.sign(new_key_and_csr(WEB)[1], 3600)
             assert reissued.issuer_epoch == 2
             after = await asyncio.wait_for(anext(bundles), 10)
@@ -180,6 +202,64 @@ async def test_a_restarted_control_plane_keeps_its_root(folder: Path, tmp_path: 
         assert after == before
         openssl_verify(tmp_path, after.roots_pem, signed.chain_pem)
         assert (await signer.sign(new_key_and_csr(WEB)[1], 60)).issuer_epoch == 1
+
+
+async def test_a_ca_that_sends_no_epoch_gives_certificates_of_unknown_epoch() -> None:
+    """istiod's CreateCertificate has no epoch trailer: unknown, not epoch 0."""
+    authority = new_self_signed_root("example.org", 3600, dt.datetime.now(dt.UTC))
+
+    async def create(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        signed = authority.sign(request.csr, WEB, 600, dt.datetime.now(dt.UTC))
+        return wire.IstioCertificateResponse(
+            cert_chain=[*signed.chain_pem, certificate_pem(authority.root)]
+        )
+
+    service, method = wire.CREATE_CERTIFICATE_METHOD.strip("/").split("/")
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service,
+                {
+                    method: grpc.unary_unary_rpc_method_handler(
+                        create,
+                        request_deserializer=wire.IstioCertificateRequest.FromString,
+                        response_serializer=wire.IstioCertificateResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    signer = GrpcCertificateSigner(f"127.0.0.1:{port}", "any-token")
+    try:
+        signed = await signer.sign(new_key_and_csr(WEB)[1], 600)
+        assert len(signed.chain_pem) == 1
+        assert signed.issuer_epoch is None
+    finally:
+        await signer.close()
+        await server.stop(0)
+
+
+async def test_an_unexpected_failure_to_sign_is_internal_and_logged_with_its_traceback(
+    folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the signing key is on vacation")
+
+    async with running(folder) as plane, signer_for(plane, WEB) as signer:
+        monkeypatch.setattr(plane.certificates, "sign", broken)
+        with (
+            caplog.at_level(logging.ERROR, "pilotfish.ca"),
+            pytest.raises(
+                CertificateAuthorityUnavailable,
+                match=r"^INTERNAL: the CA failed to sign \(RuntimeError: the signing key is on",
+            ),
+        ):
+            await signer.sign(new_key_and_csr(WEB)[1], 60)
+        assert "could not sign a certificate for peer ipv4:127.0.0.1:" in caplog.text
+        assert "Traceback" in caplog.text and "on vacation" in caplog.text
 
 
 async def test_an_unreachable_ca_is_a_connection_error() -> None:

@@ -150,7 +150,9 @@ def test_a_root_rotation_under_traffic_fails_no_request(mesh: RunningMesh) -> No
     traffic.start()
     try:
         time.sleep(2)
-        started = http_get(mesh.admin_url + "/api/ca/rotate", method="POST")
+        started = http_get(
+            mesh.admin_url + "/api/ca/rotate", {"X-Pilotfish-Admin": "1"}, method="POST"
+        )
         assert started.status == 200, started
         overlap = mesh.admin("/api/ca")
         assert len(overlap["roots"]) == 2, overlap  # type: ignore[arg-type]

@@ -9,6 +9,11 @@ from collections.abc import Mapping
 
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+# What a POST that changes state must carry. A page in a browser cannot send it to
+# 127.0.0.1 without a CORS preflight, which the admin API never allows: no cross-site POST.
+ADMIN_HEADER = "X-Pilotfish-Admin"
+ADMIN_HEADER_VALUE = "1"
+
 
 def fetch_ca_status(admin_url: str, timeout: float = 5.0) -> dict[str, object]:
     with _direct.open(admin_url.rstrip("/") + "/api/ca", timeout=timeout) as response:
@@ -19,7 +24,11 @@ def fetch_ca_status(admin_url: str, timeout: float = 5.0) -> dict[str, object]:
 
 def request_rotation(admin_url: str, timeout: float = 10.0) -> tuple[bool, dict[str, object]]:
     """(started, body): the control plane's answer to POST /api/ca/rotate."""
-    request = urllib.request.Request(admin_url.rstrip("/") + "/api/ca/rotate", method="POST")
+    request = urllib.request.Request(
+        admin_url.rstrip("/") + "/api/ca/rotate",
+        method="POST",
+        headers={ADMIN_HEADER: ADMIN_HEADER_VALUE},
+    )
     try:
         with _direct.open(request, timeout=timeout) as response:
             return True, json.load(response)

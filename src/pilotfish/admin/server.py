@@ -6,7 +6,9 @@ GET /api/config       the config status: when applied or rejected, and every dia
 GET /api/services     the registry: services and their live endpoints
 GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expiry warnings,
                       certificates signed recently
-POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in)
+POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in);
+                      only with the header X-Pilotfish-Admin: 1 (403 otherwise), which no
+                      cross-site form or fetch from a browser page can send
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 
 from aiohttp import web
 
+from pilotfish.admin.ca_status import ADMIN_HEADER, ADMIN_HEADER_VALUE
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.errors import PilotfishError
 
@@ -29,9 +32,9 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     async def proxies(_: web.Request) -> web.Response:
         listing = control_plane.board.to_json()
         certificates = control_plane.certificates
+        latest = certificates.latest_by_node() if certificates else {}
         for entry in listing:
-            node_id = str(entry["node_id"])
-            record = certificates.latest_for_node(node_id) if certificates else None
+            record = latest.get(str(entry["node_id"]))
             entry["identity"] = record.identity if record else None
             entry["cert_not_after"] = record.not_after.isoformat() if record else None
         return web.json_response({"proxies": listing})
@@ -41,11 +44,20 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
             return web.json_response({"error": "the control plane is starting"}, status=503)
         return web.json_response(control_plane.certificates.status_json())
 
-    async def ca_rotate(_: web.Request) -> web.Response:
+    async def ca_rotate(request: web.Request) -> web.Response:
+        if request.headers.get(ADMIN_HEADER) != ADMIN_HEADER_VALUE:
+            return web.json_response(
+                {
+                    "error": f"a rotation must be asked for with the header "
+                    f"{ADMIN_HEADER}: {ADMIN_HEADER_VALUE} (as `pilotfish ca rotate` does), so "
+                    "that no web page can start one from a browser"
+                },
+                status=403,
+            )
         if control_plane.certificates is None:
             return web.json_response({"error": "the control plane is starting"}, status=503)
         try:
-            state = control_plane.certificates.rotate()
+            state = await control_plane.certificates.rotate_in_worker()
         except PilotfishError as exc:
             return web.json_response({"error": str(exc)}, status=409)
         return web.json_response({"rotation": state.to_json()})

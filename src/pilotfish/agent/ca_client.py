@@ -75,7 +75,9 @@ class GrpcCertificateSigner:
             )
         try:
             leaf = x509.load_pem_x509_certificate(chain[0].encode())
-            epoch = int(trailers.get(wire.ISSUER_EPOCH_TRAILER, 0))
+            sent_epoch = trailers.get(wire.ISSUER_EPOCH_TRAILER)
+            # A CA without our trailer (istiod) has no epoch to compare: unknown, not 0.
+            epoch = None if sent_epoch is None else int(sent_epoch)
         except ValueError as exc:
             raise CertificateRefused(f"the CA at {self.address} answered nonsense: {exc}") from exc
         return SignedCertificate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -132,6 +133,13 @@ def certificates_from_arguments(
             f"--cert-ttl must be a positive number of seconds, not {args.cert_ttl:g}"
         )
     host, port = args.ca_address or args.xds
+    if not _is_loopback(host):
+        flag = "--ca-address" if args.ca_address else "--xds (where the CA is by default)"
+        raise AgentArgumentError(
+            f"{flag} {host}:{port}: the CA must be on this machine (127.0.0.1, ::1 or "
+            "localhost): the agent reaches it in plaintext, with its bearer token, and TLS "
+            "to the CA is not implemented yet"
+        )
     signer = GrpcCertificateSigner(f"{host}:{port}", token, node_id=node.id)
     return WorkloadCertificates(node.identity(args.trust_domain), signer, args.cert_ttl)
 
@@ -207,6 +215,15 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve anywhere
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -66,15 +66,25 @@ class RenewalPolicy:
     that backdates ``not_before`` would otherwise make a short-lived one renew in a loop)."""
 
 
-def next_rotation(not_before: datetime, not_after: datetime, jitter: float) -> datetime:
+def next_rotation(
+    not_before: datetime,
+    not_after: datetime,
+    jitter: float,
+    received_at: datetime | None = None,
+) -> datetime:
     """When to renew a certificate valid from ``not_before`` to ``not_after``: at half its
-    lifetime, moved by ``jitter`` (a fraction of that half, between -1 and 1)."""
+    lifetime, moved by ``jitter`` (a fraction of that half, between -1 and 1).
+
+    The lifetime counts from ``received_at`` when that is later: a CA backdates
+    ``not_before`` for peers whose clocks lag (ours by 20 s), and counting that slack would
+    renew a one-minute certificate after 20 s instead of 30 s."""
     if not -1.0 < jitter < 1.0:
         raise ValueError(f"jitter must be between -1 and 1 (exclusive), got {jitter}")
     if not_after <= not_before:
         raise ValueError(f"not_after {not_after} is not after not_before {not_before}")
-    half = (not_after - not_before) / 2
-    return not_before + half * (1.0 + jitter)
+    start = not_before if received_at is None else min(max(not_before, received_at), not_after)
+    half = (not_after - start) / 2
+    return start + half * (1.0 + jitter)
 
 
 def retry_delay(failures: int, first: float, cap: float) -> float:
@@ -85,9 +95,11 @@ def retry_delay(failures: int, first: float, cap: float) -> float:
     return min(cap, first * 2.0 ** min(failures - 1, 64))
 
 
-def needs_reissue(certificate_epoch: int, bundle: TrustBundle) -> bool:
-    """A certificate signed before the CA's latest key change must be replaced soon."""
-    return bundle.issuer_epoch > certificate_epoch
+def needs_reissue(certificate_epoch: int | None, bundle: TrustBundle) -> bool:
+    """A certificate signed before the CA's latest key change must be replaced soon; one
+    whose epoch the CA did not say (None) is never re-issued on that account: asking again
+    would get another one without an epoch, in a loop."""
+    return certificate_epoch is not None and bundle.issuer_epoch > certificate_epoch
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,8 @@ class WorkloadCertificate:
     serial: int
     not_before: datetime
     not_after: datetime
-    issuer_epoch: int
+    issuer_epoch: int | None
+    """None when the CA did not say (see ``SignedCertificate.issuer_epoch``)."""
 
     @property
     def serial_hex(self) -> str:
@@ -263,9 +276,11 @@ class WorkloadCertificates:
                 await self._sleep(self._rng.uniform(0.0, self._policy.epoch_jitter))
 
     def _renewal_delay(self, certificate: WorkloadCertificate) -> float:
+        # Called as the certificate arrives: now is when we received it.
+        now = self._clock()
         jitter = self._rng.uniform(-self._policy.rotation_jitter, self._policy.rotation_jitter)
-        at = next_rotation(certificate.not_before, certificate.not_after, jitter)
-        return max(self._policy.min_delay, (at - self._clock()).total_seconds())
+        at = next_rotation(certificate.not_before, certificate.not_after, jitter, received_at=now)
+        return max(self._policy.min_delay, (at - now).total_seconds())
 
     def _transient_retry_delay(self) -> float:
         delay = retry_delay(self.failures, self._policy.first_retry, self._policy.max_retry)

@@ -21,8 +21,10 @@ class SignedCertificate:
     """The workload certificate first, then each intermediate; never the root."""
     not_before: datetime
     not_after: datetime
-    issuer_epoch: int
-    """The CA's ``TrustBundle.issuer_epoch`` when it signed this (see there)."""
+    issuer_epoch: int | None
+    """The CA's ``TrustBundle.issuer_epoch`` when it signed this (see there); None when the
+    CA did not say (istiod sends no epoch): such a certificate is never re-issued because of
+    an epoch, only at half its lifetime."""
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,6 @@ class CertificateAuthority:
             raise CertificateRefused(
                 f"the CA's signing certificate expired at {self.not_after.isoformat()}"
             )
-        issuer_ski = self.certificate.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        ).value
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
@@ -117,10 +114,7 @@ class CertificateAuthority:
                 ),
                 critical=False,
             )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
-                critical=False,
-            )
+            .add_extension(self._authority_key_identifier(), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         signed = SignedCertificate(
@@ -130,6 +124,15 @@ class CertificateAuthority:
             issuer_epoch=self.issuer_epoch,
         )
         return signed, leaf.serial_number
+
+    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            # A plugged-in CA certificate may have none: derive the id from the key, as RFC
+            # 5280 suggests for a subject key identifier.
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
 
 
 def new_self_signed_root(

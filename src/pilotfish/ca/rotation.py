@@ -167,15 +167,30 @@ class IssuedLog:
         return cls(tuple(IssuedRecord.from_json(r) for r in records), complete)
 
 
-def old_epoch_holders(records: Iterable[IssuedRecord], epoch: int, now: dt.datetime) -> list[str]:
-    """Agents that still hold a valid certificate older than ``epoch`` and none of it.
+HolderKey = tuple[str, str]
+"""An agent as the CA knows it: (the identity its credential proved, its node id)."""
 
-    An agent is its node id when it sent one; without one each certificate counts on its
-    own (and keeps the old root until it expires or ``drop_after``).
-    """
-    latest: dict[str, IssuedRecord] = {}
+
+def holder_key(record: IssuedRecord) -> HolderKey:
+    """Who holds ``record``. The node id is only what the caller says and the identity is
+    what its credential proves, so the same node id under another identity is another
+    holder: it can never stand in for the real one. Without a node id each certificate
+    counts on its own."""
+    return (record.identity, record.node_id or f"serial {record.serial:x}")
+
+
+def holder_name(key: HolderKey) -> str:
+    identity, agent = key
+    return f"{agent} ({identity})"
+
+
+def old_epoch_holders(records: Iterable[IssuedRecord], epoch: int, now: dt.datetime) -> list[str]:
+    """Agents (``holder_key``) that still hold a valid certificate older than ``epoch`` and
+    none of it, by ``holder_name``. A certificate without a node id keeps the old root until
+    it expires or ``drop_after``."""
+    latest: dict[HolderKey, IssuedRecord] = {}
     for record in records:
-        holder = record.node_id or f"serial {record.serial:x}"
+        holder = holder_key(record)
         known = latest.get(holder)
         if known is None or (record.issuer_epoch, record.signed_at) >= (
             known.issuer_epoch,
@@ -183,7 +198,7 @@ def old_epoch_holders(records: Iterable[IssuedRecord], epoch: int, now: dt.datet
         ):
             latest[holder] = record
     return sorted(
-        holder
+        holder_name(holder)
         for holder, record in latest.items()
         if record.issuer_epoch < epoch and record.not_after > now
     )

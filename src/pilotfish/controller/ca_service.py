@@ -8,6 +8,7 @@ issuer epoch now, then again on every change.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from pilotfish.ca.api import CertificateRefused
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.issuer import certificate_pem
 from pilotfish.controller.certificates import MeshCertificateAuthority
+
+log = logging.getLogger("pilotfish.ca")
 
 
 def ca_method_handlers(ca: MeshCertificateAuthority) -> Sequence[grpc.GenericRpcHandler]:
@@ -37,7 +40,16 @@ def ca_method_handlers(ca: MeshCertificateAuthority) -> Sequence[grpc.GenericRpc
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except CertificateRefused as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        context.set_trailing_metadata(((wire.ISSUER_EPOCH_TRAILER, str(signed.issuer_epoch)),))
+        except Exception as exc:
+            # A bug or a CA certificate we cannot sign with: the agent retries with backoff,
+            # and the traceback is here, where the operator can act on it.
+            log.exception("could not sign a certificate for peer %s", context.peer())
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"the CA failed to sign ({type(exc).__name__}: {exc}); see the control plane's log",
+            )
+        if signed.issuer_epoch is not None:
+            context.set_trailing_metadata(((wire.ISSUER_EPOCH_TRAILER, str(signed.issuer_epoch)),))
         return wire.IstioCertificateResponse(cert_chain=[*signed.chain_pem, root])
 
     async def watch_trust_bundle(

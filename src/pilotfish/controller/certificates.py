@@ -20,10 +20,14 @@ from pilotfish.ca.api import CertificateRefused, SignedCertificate, TrustBundle
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.issuer import CertificateAuthority
 from pilotfish.ca.rotation import (
+    HolderKey,
     IssuedLog,
     IssuedRecord,
+    RotationError,
     RotationPhase,
     RotationState,
+    holder_key,
+    holder_name,
     old_epoch_holders,
     remaining_fraction,
     rotation_due,
@@ -46,6 +50,10 @@ WARN_FRACTION = 0.2
 WARN_EVERY = dt.timedelta(days=1)
 RECENT_SIGNED = 50
 FORGET_AFTER = dt.timedelta(days=1)
+# Any credential holder may send node ids of its choosing: the records (memory, issued.json)
+# stay bounded whatever they send.
+MAX_RECORDS = 10_000
+MAX_NODE_ID_LENGTH = 256
 
 
 def utc_now() -> dt.datetime:
@@ -87,22 +95,25 @@ class MeshCertificateAuthority:
         self._mesh = mesh
         self._clock = clock
         self._auto_rotate_fraction = mesh.certificates.root_renew_grace_percentage / 100
-        # Per agent (node id, else serial): its latest certificate, for rotation and status.
-        self._holders: dict[str, IssuedRecord] = {}
-        for record in sorted(stored.issued.records, key=lambda r: r.signed_at):
-            self._holders[_holder(record)] = record
-        self._dirty = False
-        # Certificates the previous control plane may have signed without a record: until
-        # they have all expired, nobody can say that every agent re-issued.
+        # Certificates signed without a record kept (by a previous control plane that did not
+        # stop cleanly, or dropped past MAX_RECORDS): until they have all expired, nobody can
+        # say that every agent re-issued.
         self._unknown_until = (
             None
             if stored.issued.complete
             else clock() + dt.timedelta(seconds=mesh.certificates.workload_ttl)
         )
+        # Per agent (``holder_key``): its latest certificate, for rotation and status; in the
+        # order they were signed, oldest first.
+        self._holders: dict[HolderKey, IssuedRecord] = {}
+        for record in sorted(stored.issued.records, key=lambda r: r.signed_at):
+            self._keep(record)
+        self._dirty = False
         self._recent: deque[IssuedRecord] = deque(maxlen=RECENT_SIGNED)
         self._refused = 0
         self._bundle_changed = asyncio.Event()
         self._last_warned: dt.datetime | None = None
+        self._rotation_starting: asyncio.Future[RotationState] | None = None
 
     @property
     def authority(self) -> CertificateAuthority:
@@ -127,7 +138,12 @@ class MeshCertificateAuthority:
             await changed.wait()
 
     def latest_for_node(self, node_id: str) -> IssuedRecord | None:
-        return self._holders.get(node_id)
+        """The certificate signed last for ``node_id`` (under whichever identity)."""
+        return self.latest_by_node().get(node_id)
+
+    def latest_by_node(self) -> dict[str, IssuedRecord]:
+        """Per node id, the certificate signed last for it (under whichever identity)."""
+        return {r.node_id: r for r in self._holders.values() if r.node_id is not None}
 
     # --- signing ------------------------------------------------------------------------
 
@@ -140,7 +156,11 @@ class MeshCertificateAuthority:
         peer: str = "?",
     ) -> SignedCertificate:
         """Sign for the identity ``token`` proves; refusals are logged with who asked."""
-        caller = f"peer {peer}" + (f" node {node_id!r}" if node_id else "")
+        caller = f"peer {peer}" + (f" node {node_id[:MAX_NODE_ID_LENGTH]!r}" if node_id else "")
+        if node_id is not None and len(node_id) > MAX_NODE_ID_LENGTH:
+            self._refuse(
+                caller, f"its node id has {len(node_id)} characters, more than {MAX_NODE_ID_LENGTH}"
+            )
         if token is None:
             self._refuse(
                 caller, "it sent no credential (authorization: Bearer <token>)", InvalidCredential
@@ -180,28 +200,77 @@ class MeshCertificateAuthority:
             node_id=node_id,
             serial=serial,
             not_after=signed.not_after,
-            issuer_epoch=signed.issuer_epoch,
+            # The key that signed it a moment ago, in the same step: no rotation in between.
+            issuer_epoch=self.authority.issuer_epoch,
             signed_at=now,
         )
         self._recent.append(record)
-        self._holders[_holder(record)] = record
+        self._keep(record)
         self._dirty = True
+
+    def _keep(self, record: IssuedRecord) -> None:
+        key = holder_key(record)
+        self._holders.pop(key, None)  # to the end: the order stays oldest first
+        self._holders[key] = record
+        while len(self._holders) > MAX_RECORDS:
+            oldest = next(iter(self._holders))
+            dropped = self._holders.pop(oldest)
+            if self._unknown_until is None or self._unknown_until < dropped.not_after:
+                self._unknown_until = dropped.not_after
+            log.warning(
+                "CA: more than %d agents hold certificates: forgetting %s (signed %s); a root "
+                "rotation keeps the old root until its certificate expires at %s",
+                MAX_RECORDS,
+                holder_name(oldest),
+                dropped.signed_at.isoformat(timespec="seconds"),
+                dropped.not_after.isoformat(timespec="seconds"),
+            )
 
     # --- rotation -----------------------------------------------------------------------
 
     def rotate(self) -> RotationState:
         """Start a root rotation now (``RotationError`` when one runs or the CA is plugged)."""
-        now = self._clock()
-        self._stored = begin_root_rotation(
-            self._stored,
+        self._refuse_while_starting()
+        self._begun(self._begin(self._stored, self._clock()))
+        return self.rotation
+
+    async def rotate_in_worker(self) -> RotationState:
+        """``rotate``, with the key generation and the fsynced writes in a worker thread, so
+        that the event loop keeps serving xDS meanwhile. Until the new root is in place the
+        CA signs with the current key, and no other rotation can start. A cancelled caller
+        does not stop it half way."""
+        self._refuse_while_starting()
+        starting = asyncio.ensure_future(self._rotate_in_worker())
+        self._rotation_starting = starting
+        return await asyncio.shield(starting)
+
+    async def _rotate_in_worker(self) -> RotationState:
+        try:
+            # The store as it is now: an OVERLAP one is refused before any file is written, and
+            # a STEADY one only a rotation replaces, which cannot start until we are done.
+            stored = self._stored
+            self._begun(await asyncio.to_thread(self._begin, stored, self._clock()))
+            return self.rotation
+        finally:
+            self._rotation_starting = None
+
+    def _refuse_while_starting(self) -> None:
+        if self._rotation_starting is not None:
+            raise RotationError("a root rotation is being started")
+
+    def _begin(self, stored: StoredCa, now: dt.datetime) -> StoredCa:
+        return begin_root_rotation(
+            stored,
             self._mesh.trust_domain,
             self._mesh.certificates.root_ttl,
             self._mesh.certificates.workload_ttl,
             now,
         )
+
+    def _begun(self, stored: StoredCa) -> None:
+        self._stored = stored
         self._bundle_has_changed()
-        self._maybe_finish_rotation(now)
-        return self.rotation
+        self._maybe_finish_rotation(self._clock())
 
     def old_epoch_holders(self) -> list[str]:
         """Who the running rotation waits for (empty when none runs)."""
@@ -213,8 +282,9 @@ class MeshCertificateAuthority:
         holders = old_epoch_holders(self._holders.values(), self.rotation.issuer_epoch, now)
         if self._unknown_until is not None and now < self._unknown_until:
             holders.append(
-                "certificates the previous control plane signed without a record "
-                f"(expired by {self._unknown_until.isoformat(timespec='seconds')})"
+                "certificates without a record (signed by a previous control plane, or past "
+                f"the {MAX_RECORDS} records kept), expired by "
+                f"{self._unknown_until.isoformat(timespec='seconds')}"
             )
         return holders
 
@@ -223,7 +293,10 @@ class MeshCertificateAuthority:
         follows (the control plane stops), so the next one can trust them to be complete."""
         if self._dirty or final:
             records = tuple(self._holders.values())
-            save_issued_log(self._stored.directory, IssuedLog(records, complete=final))
+            unknown = self._unknown_until is not None and self._clock() < self._unknown_until
+            save_issued_log(
+                self._stored.directory, IssuedLog(records, complete=final and not unknown)
+            )
             self._dirty = False
 
     def tick(self) -> None:
@@ -238,6 +311,7 @@ class MeshCertificateAuthority:
         root = self.authority.root
         if (
             not self._stored.plugged
+            and self._rotation_starting is None
             and self.rotation.phase is RotationPhase.STEADY
             and rotation_due(
                 root.not_valid_before_utc,
@@ -303,10 +377,6 @@ def ca_status_json(stored: StoredCa, mesh: MeshSettings) -> dict[str, object]:
     status = MeshCertificateAuthority(stored, mesh).status_json()
     del status["recently_signed"], status["refused"]
     return status
-
-
-def _holder(record: IssuedRecord) -> str:
-    return record.node_id or f"serial {record.serial:x}"
 
 
 def _certificate_json(certificate: x509.Certificate, signing: bool) -> dict[str, object]:

@@ -82,7 +82,12 @@ def _jwt_rule(reader: FieldReader, value: object, path: str) -> JwtRule | None:
     if jwks is not None:
         _check_jwks(reader, jwks, join_path(path, "jwks"))
         if uri_text:
-            reader.error(join_path(path, "jwksUri"), "set jwks or jwksUri, not both")
+            # Istio accepts both and uses the inline keys.
+            reader.warning(
+                join_path(path, "jwksUri"),
+                "jwks is set too: the inline keys are used and this URI is never fetched",
+            )
+            jwks_uri = None
     elif not uri_text:
         reader.error(
             path,

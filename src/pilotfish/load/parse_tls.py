@@ -89,10 +89,12 @@ def read_client_tls(
     mode = reader.choice(tls, "mode", tls_path, CLIENT_MODES) or "DISABLE"
     files = {key: _file(reader, tls, key, tls_path, directory) for key in CLIENT_FILES}
     if tls.get("credentialName") is not None:
-        # Istio refuses files beside it: the secret holds them all, and we cannot read it.
-        reader.error(
+        # Istio reads it at gateways only; its sidecars keep to the file fields, as ours do.
+        reader.warning(
             join_path(tls_path, "credentialName"),
-            CREDENTIAL_NAME_MESSAGE.format(files="clientCertificate/privateKey/caCertificates"),
+            "used by Istio at gateways only, and Pilotfish has no secret store: this "
+            "sidecar's TLS uses the file fields"
+            + (" (none are set, so it sends no client certificate)" if mode == "MUTUAL" else ""),
         )
     elif mode == "MUTUAL":
         for key in ("clientCertificate", "privateKey"):

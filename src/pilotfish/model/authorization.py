@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pilotfish.model.resources import Meta, selector_matches
+from pilotfish.model.security import ROOT_NAMESPACE
 
 # Istio's default root namespace: a policy there without a selector applies to the whole mesh.
-ROOT_NAMESPACE = "istio-system"
 
 Action = Literal["ALLOW", "DENY", "AUDIT"]
 ACTIONS: tuple[Action, ...] = ("ALLOW", "DENY", "AUDIT")

@@ -215,7 +215,9 @@ class LocalMesh:
                 raise failures[0]
 
     async def _register_when_serving(self, running: _RunningReplica) -> None:
-        """Add the replica to its service once its app listens and its sidecar is ready.
+        """Add the replica to its service once its app listens and its sidecar is ready and
+        holds its certificate (Envoy reports ready without one once SDS's initial fetch times
+        out, and its inbound listener could complete no handshake).
 
         Runs after every start of the app; its endpoint is withdrawn when the app exits.
         """
@@ -233,6 +235,18 @@ class LocalMesh:
         await asyncio.wait({running.sidecar_started})
         if running.sidecar_started.cancelled() or running.sidecar_started.exception():
             return  # the replica is being taken down
+        certificates = running.sidecar.certificates
+        if certificates is not None:
+            try:
+                await asyncio.wait_for(certificates.ready.wait(), self.settings.app_start_timeout)
+            except TimeoutError:
+                log.error(
+                    "%s's sidecar got no certificate for %s within %.0fs; it gets no traffic",
+                    spec.name,
+                    certificates.identity,
+                    self.settings.app_start_timeout,
+                )
+                return
         app = running.app.process
         if app is None or not app.running:
             return  # it died while we waited; its supervisor restarts it

@@ -11,6 +11,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from pilotfish.model.identity import Identity
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import LoadBalancer, Protocol
+from pilotfish.model.security import effective_mtls_mode
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import load_assignment
@@ -135,14 +136,19 @@ def _with_transport_security(
     destination whose rule sets ``tls``).
 
     Auto mTLS is per endpoint: sidecar-served endpoints (metadata ``tlsMode: istio``, see
-    ``endpoints.load_assignment``) get mTLS, the others plaintext. Like Istio's, it does not
-    know the server's PeerAuthentication: towards a DISABLE server, a rule must say DISABLE.
+    ``endpoints.load_assignment``) get mTLS, the others plaintext. Like Istio, it infers
+    the server's mode from the mesh- and namespace-wide PeerAuthentications only: plain text
+    when they say DISABLE; a DISABLE policy of one workload needs a DestinationRule too.
     """
     settings = index.tls_for(service.hostname, subset, port)
     alpn = "h2" if _speaks_http2(protocol) else "http/1.1"
     sni = outbound_sni(port, service.hostname, subset)
     if settings is None:
-        identities = mesh_identities(view, service)
+        # No labels: only policies without a selector (the mesh's, the namespace's) apply.
+        namespace_mode = effective_mtls_mode(
+            view.config.peer_authentications, service.namespace, {}, None
+        )
+        identities = mesh_identities(view, service) if namespace_mode != "DISABLE" else ()
         if not identities:
             return
         mesh = mesh_upstream_context(identities, sni, alpn)

@@ -10,8 +10,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from pilotfish.model.authorization import ROOT_NAMESPACE, policies_for
+from pilotfish.model.authorization import policies_for
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.security import ROOT_NAMESPACE
 from pilotfish.model.services import MeshView
 from pilotfish.translate.authorization import (
     PortMap,

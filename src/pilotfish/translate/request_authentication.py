@@ -36,14 +36,13 @@ from pilotfish.translate.clusters import CONNECT_TIMEOUT_SECONDS
 from pilotfish.translate.endpoints import load_assignment
 from pilotfish.translate.naming import outbound_cluster_name
 from pilotfish.translate.proto_values import duration_from_seconds, pack
+from pilotfish.translate.tls_contexts import SYSTEM_CA_BUNDLE, TLS_SOCKET
 
 # Istio's default for fetching remote keys, and how long Envoy keeps them.
 DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
 JWKS_CACHE_SECONDS = 300.0
 JWT_DENIED_DETAILS = "jwt_authn_access_denied"
 # Debian's bundle of the public CAs: what an https jwksUri outside the mesh is checked against.
-SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
-TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 
 def provider_name(policy: RequestAuthentication, index: int) -> str:
@@ -164,7 +163,7 @@ def _jwks_cluster(name: str, uri: JwksUri) -> cluster_pb2.Cluster:
             sni=uri.host,
             common_tls_context=tls_pb2.CommonTlsContext(
                 validation_context=common_pb2.CertificateValidationContext(
-                    trusted_ca=base_pb2.DataSource(filename=SYSTEM_TRUST_STORE),
+                    trusted_ca=base_pb2.DataSource(filename=SYSTEM_CA_BUNDLE),
                     match_typed_subject_alt_names=[
                         common_pb2.SubjectAltNameMatcher(
                             san_type=common_pb2.SubjectAltNameMatcher.DNS,
@@ -175,6 +174,6 @@ def _jwks_cluster(name: str, uri: JwksUri) -> cluster_pb2.Cluster:
             ),
         )
         cluster.transport_socket.CopyFrom(
-            base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+            base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
         )
     return cluster

@@ -15,7 +15,12 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from pilotfish.model.identity import ROOT_CA_SECRET, SDS_CLUSTER_NAME, WORKLOAD_CERT_SECRET
+from pilotfish.model.identity import (
+    ROOT_CA_SECRET,
+    SDS_CLUSTER_NAME,
+    SPIFFE_SCHEME,
+    WORKLOAD_CERT_SECRET,
+)
 from pilotfish.model.security import ClientTLSSettings, ServerTLSSettings
 from pilotfish.translate.proto_values import pack
 
@@ -30,7 +35,6 @@ MESH_ALPN_SERVER = ("h2", "http/1.1")
 # Where Debian (and Istio's proxy image) keep the system's trusted roots: a SIMPLE or MUTUAL
 # DestinationRule without caCertificates verifies the server against them, as Istio does.
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-SPIFFE_PREFIX = "spiffe://"
 
 
 def istio_tls_mode() -> struct_pb2.Struct:
@@ -74,7 +78,7 @@ def _san_matchers(names: Iterable[str]) -> list[common_pb2.SubjectAltNameMatcher
     return [
         common_pb2.SubjectAltNameMatcher(
             san_type=common_pb2.SubjectAltNameMatcher.URI
-            if name.startswith(SPIFFE_PREFIX)
+            if name.startswith(SPIFFE_SCHEME)
             else common_pb2.SubjectAltNameMatcher.DNS,
             matcher=string_pb2.StringMatcher(exact=name),
         )
@@ -129,17 +133,20 @@ def file_upstream_context(
                 private_key=base_pb2.DataSource(filename=settings.private_key),
             )
         )
+    sni = settings.sni or default_sni
     if not settings.insecure_skip_verify:
+        # Without subjectAltNames the server must still prove the name it was asked for
+        # (Istio's auto SAN validation): any certificate the CAs signed is not enough.
+        names = settings.subject_alt_names or ((sni,) if sni else ())
         common.validation_context.CopyFrom(
             common_pb2.CertificateValidationContext(
                 trusted_ca=base_pb2.DataSource(
                     filename=settings.ca_certificates or SYSTEM_CA_BUNDLE
                 ),
-                match_typed_subject_alt_names=_san_matchers(settings.subject_alt_names),
+                match_typed_subject_alt_names=_san_matchers(names),
             )
         )
     context = tls_pb2.UpstreamTlsContext(common_tls_context=common)
-    sni = settings.sni or default_sni
     if sni:
         context.sni = sni
     return context

@@ -64,7 +64,7 @@ def test_without_a_token_file_there_are_no_certificates() -> None:
 def test_a_token_file_asks_the_ca_on_the_xds_port_for_the_node_identity(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("pf1.abc.def\n")
     args = parse(
-        "--xds", "10.0.0.1:15010", "--node-id", "web-0", "--namespace", "shop",
+        "--xds", "127.0.0.1:15010", "--node-id", "web-0", "--namespace", "shop",
         "--service-account", "web", "--trust-domain", "example.org",
         "--ca-token-file", str(tmp_path / "token"), "--cert-ttl", "600",
     )  # fmt: skip
@@ -73,15 +73,18 @@ def test_a_token_file_asks_the_ca_on_the_xds_port_for_the_node_identity(tmp_path
     assert certificates.identity.spiffe_id == "spiffe://example.org/ns/shop/sa/web"
     assert certificates.ttl_seconds == 600
     assert isinstance(certificates.signer, GrpcCertificateSigner)
-    assert certificates.signer.address == "10.0.0.1:15010"
+    assert certificates.signer.address == "127.0.0.1:15010"
 
 
 def test_the_ca_address_may_differ_from_the_xds_address(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("pf1.abc.def")
-    args = parse("--xds", "h:1", "--ca-token-file", str(tmp_path / "token"), "--ca-address", "ca:2")
+    args = parse(
+        "--xds", "10.0.0.1:1", "--ca-token-file", str(tmp_path / "token"),
+        "--ca-address", "localhost:2",
+    )  # fmt: skip
     certificates = certificates_from_arguments(args, node_from_arguments(args))
     assert certificates is not None and isinstance(certificates.signer, GrpcCertificateSigner)
-    assert certificates.signer.address == "ca:2"
+    assert certificates.signer.address == "localhost:2"
     assert certificates.ttl_seconds == 24 * 3600
 
 
@@ -95,6 +98,15 @@ def test_the_ca_address_may_differ_from_the_xds_address(tmp_path: Path) -> None:
             ["--ca-token-file", "{dir}/token", "--cert-ttl", "0"],
             "--cert-ttl must be a positive number",
         ),
+        (
+            ["--ca-token-file", "{dir}/token", "--ca-address", "ca.example:2"],
+            "--ca-address ca.example:2: the CA must be on this machine .* TLS to the CA is "
+            "not implemented yet",
+        ),
+        (
+            ["--ca-token-file", "{dir}/token", "--ca-address", "10.1.2.3:2"],
+            "--ca-address 10.1.2.3:2: the CA must be on this machine",
+        ),
     ],
 )
 def test_identity_flags_that_do_not_fit_are_named(
@@ -102,9 +114,18 @@ def test_identity_flags_that_do_not_fit_are_named(
 ) -> None:
     (tmp_path / "empty").write_text("\n")
     (tmp_path / "token").write_text("pf1.abc.def")
-    args = parse("--xds", "h:1", *(a.format(dir=tmp_path) for a in argv))
+    args = parse("--xds", "127.0.0.1:1", *(a.format(dir=tmp_path) for a in argv))
     with pytest.raises(AgentArgumentError, match=message):
         certificates_from_arguments(args, node_from_arguments(args))
+
+
+def test_the_xds_address_names_the_ca_when_no_ca_address_is_given(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("pf1.abc.def")
+    args = parse("--xds", "cp.example:15010", "--ca-token-file", str(tmp_path / "token"))
+    with pytest.raises(AgentArgumentError, match=r"--xds \(where the CA is by default\)"):
+        certificates_from_arguments(args, node_from_arguments(args))
+    ipv6 = parse("--xds", "[::1]:15010", "--ca-token-file", str(tmp_path / "token"))
+    assert certificates_from_arguments(ipv6, node_from_arguments(ipv6)) is not None
 
 
 def test_an_equals_sign_may_appear_in_a_label_value() -> None:

@@ -72,6 +72,21 @@ def test_a_certificate_that_ends_before_it_starts_is_refused() -> None:
         next_rotation(START, START, 0.0)
 
 
+def test_the_lifetime_counts_from_receipt_when_not_before_was_backdated() -> None:
+    # A 60 s certificate backdated by 20 s: half of what is left after receipt, not of 80 s.
+    backdated, received, end = START, START + timedelta(seconds=20), START + timedelta(seconds=80)
+    assert next_rotation(backdated, end, 0.0, received_at=received) == received + timedelta(
+        seconds=30
+    )
+    # Received before its not_before (our clock lags): its own dates decide.
+    assert next_rotation(received, end, 0.0, received_at=backdated) == received + timedelta(
+        seconds=30
+    )
+    # Received after it expired: renew at once.
+    late = end + timedelta(seconds=5)
+    assert next_rotation(backdated, end, 0.0, received_at=late) == end
+
+
 def test_retry_delay_doubles_from_one_second_up_to_the_cap() -> None:
     delays = [retry_delay(n, 1.0, 60.0) for n in range(0, 10)]
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
@@ -195,6 +210,16 @@ async def test_first_certificate_is_held_with_its_key_and_renewed_at_half_its_li
     assert first.serial_hex in changes and second.serial_hex in changes
 
 
+async def test_a_backdated_certificate_is_renewed_at_half_of_the_time_since_it_arrived(
+    running: Running, fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    ca.backdate = timedelta(seconds=20)
+    certificates = running.start()
+    assert await fake_time.next_sleep() == 50.0
+    assert certificates.certificate is not None
+    assert certificates.certificate.not_before == START - timedelta(seconds=20)
+
+
 async def test_failures_back_off_exponentially_and_the_old_certificate_keeps_serving(
     running: Running, fake_time: FakeTime, ca: InProcessCA
 ) -> None:
@@ -273,6 +298,50 @@ async def test_a_newer_ca_key_re_issues_at_once_not_at_half_life(
     second = certificates.certificate
     assert second is not None and second.issuer_epoch == 2
     assert fake_time.now - START <= timedelta(seconds=NO_JITTER.epoch_jitter)
+
+
+class NoEpochSigner:
+    """Answers as istiod does: a certificate, and no issuer epoch."""
+
+    def __init__(self, ca: InProcessCA) -> None:
+        self.ca = ca
+
+    async def sign(self, csr_pem: str, ttl_seconds: float) -> SignedCertificate:
+        signed = await self.ca.sign(csr_pem, ttl_seconds)
+        return dataclasses.replace(signed, issuer_epoch=None)
+
+    def watch_trust_bundle(self) -> AsyncIterator[TrustBundle]:
+        return self.ca.watch_trust_bundle()
+
+
+def test_a_certificate_of_unknown_epoch_never_needs_reissue_on_that_account() -> None:
+    assert not needs_reissue(None, TrustBundle(("root",), 7))
+
+
+async def test_a_certificate_without_an_epoch_is_renewed_at_half_life_only(
+    fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    certificates = WorkloadCertificates(
+        IDENTITY,
+        NoEpochSigner(ca),
+        100,
+        policy=NO_JITTER,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+    )
+    task = asyncio.create_task(certificates.run())
+    try:
+        assert await fake_time.next_sleep() == 50.0
+        assert certificates.trust_bundle is not None
+        await ca.rotate_root()  # a newer epoch: nothing to compare ours with
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert certificates.trust_bundle.issuer_epoch == 2
+        assert fake_time.requested == [50.0]
+        assert ca.attempts == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_the_same_epoch_in_a_new_bundle_does_not_re_issue(

@@ -92,6 +92,28 @@ def test_no_leaf_outlives_its_signer() -> None:
     assert signed.not_after == short.root.not_valid_after_utc
 
 
+def test_a_ca_certificate_without_a_subject_key_identifier_still_signs() -> None:
+    # A plugged-in CA certificate may come without one (the extension is optional).
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plugged")])
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    authority = CertificateAuthority(key, root, (), root, (root,))
+    leaf = leaf_of(authority.sign(new_key_and_csr(WEB)[1], WEB, 3600, NOW).chain_pem[0])
+    leaf.verify_directly_issued_by(root)
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
+
+
 def test_serials_are_random(ca: CertificateAuthority) -> None:
     _, csr = new_key_and_csr(WEB)
     serials = {leaf_of(ca.sign(csr, WEB, 60, NOW).chain_pem[0]).serial_number for _ in range(5)}

@@ -20,9 +20,14 @@ NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 
 
-def record(node: str | None, epoch: int, serial: int, at: dt.datetime = NOW) -> IssuedRecord:
+WEB = "spiffe://cluster.local/ns/default/sa/web"
+
+
+def record(
+    node: str | None, epoch: int, serial: int, at: dt.datetime = NOW, identity: str = WEB
+) -> IssuedRecord:
     return IssuedRecord(
-        identity="spiffe://cluster.local/ns/default/sa/web",
+        identity=identity,
         node_id=node,
         serial=serial,
         not_after=at + 24 * HOUR,
@@ -60,8 +65,19 @@ def test_holders_are_agents_whose_latest_valid_certificate_is_older() -> None:
         record(None, 1, 0xAB),  # no node id: the certificate counts on its own
         record("gone-0", 1, 4, NOW - 30 * HOUR),  # expired: holds no trust
     ]
-    assert old_epoch_holders(records, 2, later) == ["api-0", "serial ab"]
+    assert old_epoch_holders(records, 2, later) == [f"api-0 ({WEB})", f"serial ab ({WEB})"]
     assert old_epoch_holders(records, 1, later) == []
+
+
+def test_a_node_id_under_another_identity_never_stands_in_for_the_real_holder() -> None:
+    gateway = "spiffe://cluster.local/ns/default/sa/pilotfish-ingressgateway"
+    later = NOW + HOUR
+    records = [
+        record("ingressgateway", 1, 1, identity=gateway),
+        # Any token holder may name itself "ingressgateway": it is another holder.
+        record("ingressgateway", 2, 2, later),
+    ]
+    assert old_epoch_holders(records, 2, later) == [f"ingressgateway ({gateway})"]
 
 
 def test_rotation_is_due_with_less_than_a_fifth_of_the_lifetime_left() -> None:

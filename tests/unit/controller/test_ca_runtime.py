@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
+from tests.waiting import eventually
 
 from pilotfish.ca.api import CertificateRefused
 from pilotfish.ca.credentials import InvalidCredential
 from pilotfish.ca.csr import new_key_and_csr
-from pilotfish.ca.rotation import RotationPhase
+from pilotfish.ca.rotation import RotationError, RotationPhase
 from pilotfish.ca.store import load_or_create_ca
+from pilotfish.controller import certificates
 from pilotfish.controller.certificates import MeshCertificateAuthority, expiry_warnings
 from pilotfish.model.identity import Identity
 from pilotfish.model.resources import CertificateSettings, MeshSettings
@@ -82,7 +87,7 @@ def test_the_old_root_goes_once_every_agent_re_issued(tmp_path: Path) -> None:
     ca.rotate()
     assert ca.rotation.phase is RotationPhase.OVERLAP
     assert len(ca.trust_bundle().roots_pem) == 2 and ca.trust_bundle().issuer_epoch == 2
-    assert ca.old_epoch_holders() == ["api-0", "web-0"]
+    assert ca.old_epoch_holders() == [f"api-0 ({API})", f"web-0 ({WEB})"]
     clock.now += dt.timedelta(minutes=1)
     assert ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-0").issuer_epoch == 2
     assert ca.rotation.phase is RotationPhase.OVERLAP
@@ -188,7 +193,7 @@ def test_a_clean_restart_mid_rotation_still_waits_for_the_agents_it_knew(tmp_pat
     ca.save(final=True)  # what ControlPlane.stop does
     again = restart(tmp_path, ca, clock)
     assert again.rotation.phase is RotationPhase.OVERLAP
-    assert again.old_epoch_holders() == ["api-0"]
+    assert again.old_epoch_holders() == [f"api-0 ({API})"]
     again.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
     assert again.rotation.phase is RotationPhase.STEADY
 
@@ -203,7 +208,7 @@ def test_after_a_crash_the_unrecorded_certificates_keep_the_old_root_until_they_
     ca.tick()  # saves the records, but more could be signed before the crash
     again = restart(tmp_path, ca, clock)
     waiting = again.old_epoch_holders()
-    assert waiting[0] == "api-0" and "without a record" in waiting[1]
+    assert waiting[0] == f"api-0 ({API})" and "without a record" in waiting[1]
     again.sign(new_key_and_csr(API)[1], api, 3600, "api-0")
     assert again.rotation.phase is RotationPhase.OVERLAP
     clock.now += dt.timedelta(hours=23)
@@ -212,3 +217,90 @@ def test_after_a_crash_the_unrecorded_certificates_keep_the_old_root_until_they_
     clock.now += dt.timedelta(hours=1)
     again.tick()
     assert again.rotation.phase is RotationPhase.STEADY
+
+
+GATEWAY = Identity("cluster.local", "default", "pilotfish-ingressgateway")
+
+
+def test_a_node_id_sent_with_another_credential_does_not_end_the_rotation(
+    tmp_path: Path,
+) -> None:
+    ca, clock = make_ca(tmp_path)
+    gateway, web = ca.credential(GATEWAY), ca.credential(WEB)
+    ca.sign(new_key_and_csr(GATEWAY)[1], gateway, 3600, "ingressgateway")
+    ca.rotate()
+    clock.now += dt.timedelta(minutes=1)
+    # The web workload's token, the gateway's node id: the gateway still holds an old one.
+    ca.sign(new_key_and_csr(WEB)[1], web, 3600, "ingressgateway")
+    assert ca.rotation.phase is RotationPhase.OVERLAP
+    assert ca.old_epoch_holders() == [f"ingressgateway ({GATEWAY})"]
+    ca.sign(new_key_and_csr(GATEWAY)[1], gateway, 3600, "ingressgateway")
+    assert ca.rotation.phase is RotationPhase.STEADY
+
+
+def test_records_are_capped_and_a_forgotten_one_keeps_the_old_root_until_it_expires(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(certificates, "MAX_RECORDS", 3)
+    ca, clock = make_ca(tmp_path)
+    web = ca.credential(WEB)
+    ca.sign(new_key_and_csr(API)[1], ca.credential(API), 3600, "api-0")
+    with caplog.at_level(logging.WARNING, "pilotfish.ca"):
+        for n in range(3):
+            clock.now += dt.timedelta(seconds=1)
+            ca.sign(new_key_and_csr(WEB)[1], web, 3600, f"random-{n}")
+    assert f"more than 3 agents hold certificates: forgetting api-0 ({API})" in caplog.text
+    assert ca.latest_for_node("api-0") is None
+    assert ca.latest_for_node("random-2") is not None
+    ca.save(final=True)
+    saved = json.loads((tmp_path / "issued.json").read_text())
+    assert len(saved["records"]) == 3
+    # The next control plane must not take the log for complete: api-0 is not in it.
+    assert saved["complete"] is False
+    ca.rotate()
+    for n in range(3):
+        ca.sign(new_key_and_csr(WEB)[1], web, 3600, f"random-{n}")
+    assert ca.rotation.phase is RotationPhase.OVERLAP
+    (waiting,) = ca.old_epoch_holders()
+    assert "without a record" in waiting
+    clock.now = START + dt.timedelta(seconds=3601)
+    ca.tick()
+    assert ca.rotation.phase is RotationPhase.STEADY
+
+
+def test_an_overlong_node_id_is_refused(tmp_path: Path) -> None:
+    ca, _ = make_ca(tmp_path)
+    with pytest.raises(CertificateRefused, match="node id has 257 characters"):
+        ca.sign(new_key_and_csr(WEB)[1], ca.credential(WEB), 3600, "x" * 257)
+
+
+async def test_a_rotation_in_a_worker_leaves_the_loop_serving_and_finishes_if_its_caller_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, _ = make_ca(tmp_path)
+    web = ca.credential(WEB)
+    ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-0")
+    threads: list[threading.Thread] = []
+    release = threading.Event()
+    begin = certificates.begin_root_rotation
+
+    def slow_begin(*args: object) -> object:
+        threads.append(threading.current_thread())
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10), "the test never let the rotation go on"
+        return begin(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(certificates, "begin_root_rotation", slow_begin)
+    caller = asyncio.create_task(ca.rotate_in_worker())
+    await eventually(lambda: threads, "the key to be made")
+    assert threads[0] is not threading.main_thread()
+    # Meanwhile the loop serves: signing goes on with the current key, a second rotation waits.
+    assert ca.sign(new_key_and_csr(WEB)[1], web, 3600, "web-1").issuer_epoch == 1
+    with pytest.raises(RotationError, match="being started"):
+        ca.rotate()
+    caller.cancel()
+    release.set()
+    await eventually(lambda: ca.rotation.issuer_epoch == 2, "the rotation to begin anyway")
+    assert ca.rotation.phase is RotationPhase.OVERLAP
+    assert len(ca.trust_bundle().roots_pem) == 2
+    assert ca.old_epoch_holders() == [f"web-0 ({WEB})", f"web-1 ({WEB})"]

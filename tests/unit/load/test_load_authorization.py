@@ -362,6 +362,26 @@ def test_request_authentication_values() -> None:
     assert second.jwks_uri is not None and second.jwks_uri.path == "/etc/jwks.json"
 
 
+def test_inline_keys_win_over_a_jwks_uri_as_in_istio() -> None:
+    text, result = load(
+        policy(
+            f"jwtRules: [{{issuer: a, jwks: '{JWKS}', jwksUri: 'https://a/keys'}}]\n",
+            kind="RequestAuthentication",
+        )
+    )
+    assert_at(
+        result,
+        text,
+        "spec.jwtRules[0].jwksUri",
+        "jwksUri",
+        "inline keys are used",
+        severity="warning",
+    )
+    assert result.config is not None
+    (rule,) = result.config.request_authentications[0].jwt_rules
+    assert rule.jwks == JWKS and rule.jwks_uri is None
+
+
 INVALID_JWT_RULES = [
     ("empty jwt rule", "jwtRules: [{}]\n", "spec.jwtRules[0].issuer", "{}", "set issuer"),
     (

@@ -117,15 +117,15 @@ def test_destination_rule_tls_problems(tls: str, field: str, message: str) -> No
     assert result.config is None
 
 
-def test_credential_name_of_a_rule_is_the_one_error() -> None:
-    """Istio refuses files beside it, so a MUTUAL rule with one has no client certificate to
-    complain about."""
+def test_credential_name_of_a_rule_is_a_warning_as_istio_reads_it_at_gateways_only() -> None:
+    """Istio accepts it (and its sidecars keep to the file fields): a MUTUAL rule with only a
+    credentialName is accepted, and the warning says no client certificate is sent."""
     _text, result = load(with_tls(RULE, "mode: MUTUAL\ncredentialName: api-cert"))
-    (error,) = result.errors
-    assert error.field == "spec.trafficPolicy.tls.credentialName"
-    assert "not supported yet: use clientCertificate/privateKey/caCertificates files" in (
-        error.message
-    )
+    (warning,) = result.diagnostics
+    assert warning.field == "spec.trafficPolicy.tls.credentialName"
+    assert warning.severity == "warning"
+    assert "gateways only" in warning.message and "no client certificate" in warning.message
+    assert result.config is not None
 
 
 def test_insecure_skip_verify_with_names_to_verify() -> None:

@@ -295,6 +295,12 @@ def test_simple_and_mutual_use_files() -> None:
     assert not context.common_tls_context.tls_certificates
     assert context.common_tls_context.validation_context.trusted_ca.filename == SYSTEM_CA_BUNDLE
     assert context.sni == "api.example.com"
+    # No subjectAltNames: the server must still hold a certificate for the name asked for.
+    (san,) = context.common_tls_context.validation_context.match_typed_subject_alt_names
+    assert (san.san_type, san.matcher.exact) == (
+        common_pb2.SubjectAltNameMatcher.DNS,
+        "api.example.com",
+    )
 
     skip = ClientTLSSettings("SIMPLE", insecure_skip_verify=True)
     context = upstream(cluster(view(rules=(rule_with(skip),))).transport_socket)
@@ -491,3 +497,28 @@ def test_port_level_mtls_names_the_workloads_declared_port_not_the_apps_free_one
     other_service = replace(SIDECAR, app_port=31234, service="frontend")
     (chain,) = inbound(mesh, other_service).filter_chains
     assert chain.HasField("transport_socket")
+
+
+def mesh_wide(mode: MtlsMode) -> PeerAuthentication:
+    return PeerAuthentication(meta("PeerAuthentication", "mesh", "istio-system"), mode, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("policies", "mtls"),
+    [
+        ((peer("DISABLE"),), False),  # the namespace's
+        ((mesh_wide("DISABLE"),), False),
+        ((mesh_wide("STRICT"), peer("DISABLE")), False),  # the namespace's wins
+        ((mesh_wide("DISABLE"), peer("PERMISSIVE")), True),
+        ((mesh_wide("DISABLE"), peer("UNSET")), False),  # inherits the mesh's
+        # Istio infers from the policies without a selector only: a workload's DISABLE
+        # needs a DestinationRule as well.
+        ((peer("DISABLE", selector=True),), True),
+    ],
+)
+def test_auto_mtls_infers_the_servers_mode_from_mesh_and_namespace_policies(
+    policies: tuple[PeerAuthentication, ...], mtls: bool
+) -> None:
+    built = cluster(view(*policies))
+    assert bool(built.transport_socket_matches) is mtls
+    assert not built.HasField("transport_socket")
