@@ -62,9 +62,16 @@ def meta(kind: str, name: str) -> Meta:
 
 
 def mesh_view(
-    mode: MtlsMode | None, inbound_port: int, rule_tls: ClientTLSSettings | None = None
+    mode: MtlsMode | None,
+    inbound_port: int,
+    rule_tls: ClientTLSSettings | None = None,
+    selector: dict[str, str] | None = None,
 ) -> MeshView:
-    policies = () if mode is None else (PeerAuthentication(meta("PeerAuthentication", "p"), mode),)
+    policies = (
+        ()
+        if mode is None
+        else (PeerAuthentication(meta("PeerAuthentication", "p"), mode, selector or {}),)
+    )
     rules = ()
     if rule_tls is not None:
         rules = (
@@ -116,9 +123,10 @@ def pair(
     client_credentials: Credentials,
     server_credentials: Credentials,
     rule_tls: ClientTLSSettings | None = None,
+    selector: dict[str, str] | None = None,
 ) -> Iterator[Pair]:
     outbound_port, inbound_port = free_port(), free_port()
-    view = mesh_view(mode, inbound_port, rule_tls)
+    view = mesh_view(mode, inbound_port, rule_tls, selector)
     client_node = ProxyNode(id="frontend-0", service="frontend", outbound_port=outbound_port)
     server_node = ProxyNode(
         id="backend-0",
@@ -215,15 +223,23 @@ def test_the_client_refuses_a_server_with_the_wrong_identity(
         wait_until(lambda: mesh.client.stat(cluster) >= 1, 10, "the SAN mismatch counted")
 
 
-def test_a_disable_server_needs_a_rule_that_says_disable(
+def test_a_workload_disable_server_needs_a_rule_that_says_disable(
     app_port: int, mesh_ca: CertificateAuthority
 ) -> None:
     client = credentials(mesh_ca, CLIENT_ID, mesh_ca)
     server = credentials(mesh_ca, SERVER_ID, mesh_ca)
-    # As in Istio, auto mTLS does not know the server's mode: it speaks mTLS to a sidecar.
-    with pair(app_port, "DISABLE", client, server) as mesh:
+    one_workload = {"app": "backend"}
+    # As in Istio, auto mTLS reads only the namespace's and the mesh's policies: towards a
+    # workload's own DISABLE it still speaks mTLS to the sidecar.
+    with pair(app_port, "DISABLE", client, server, selector=one_workload) as mesh:
         assert mesh.call()[0] == 503
-    with pair(app_port, "DISABLE", client, server, ClientTLSSettings("DISABLE")) as mesh:
+    # A namespace-wide DISABLE is inferred: callers speak plain text.
+    with pair(app_port, "DISABLE", client, server) as mesh:
+        status, headers = mesh.call()
+        assert status == 200
+        assert "x-forwarded-client-cert" not in headers
+    rule = ClientTLSSettings("DISABLE")
+    with pair(app_port, "DISABLE", client, server, rule, selector=one_workload) as mesh:
         status, headers = mesh.call()
         assert status == 200
         assert "x-forwarded-client-cert" not in headers
