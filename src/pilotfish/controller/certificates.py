@@ -120,6 +120,11 @@ class MeshCertificateAuthority:
         return self._stored.authority
 
     @property
+    def mesh(self) -> MeshSettings:
+        """The mesh settings the CA started with (an edit of them needs a restart)."""
+        return self._mesh
+
+    @property
     def rotation(self) -> RotationState:
         return self._stored.rotation
 

@@ -19,9 +19,10 @@ from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, ParseCache, load_directory
-from pilotfish.model.diagnostics import ConfigError, Diagnostic
+from pilotfish.model.diagnostics import ConfigError, Diagnostic, Severity
 from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
+from pilotfish.model.resources import MeshSettings
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -56,6 +57,47 @@ def load_and_check(
     if problems:
         return LoadResult(config=None, diagnostics=result.diagnostics + problems)
     return result
+
+
+def mesh_settings_changes(
+    running: MeshSettings, loaded: LoadResult, config_dir: Path
+) -> LoadResult:
+    """``loaded`` with what the CA cannot take while it runs: another trust domain is an
+    error (every certificate in the mesh names the running one, so the edit would cut every
+    mTLS call); other certificate settings are a warning (they apply after a restart)."""
+    if loaded.config is None:
+        return loaded
+    wanted = loaded.config.mesh
+
+    def located(path: str, message: str, severity: Severity) -> Diagnostic:
+        if wanted.meta is not None:
+            return wanted.meta.source.diagnostic(path, message, severity)
+        return Diagnostic(str(config_dir), 1, 1, "", f"MeshConfig removed: {message}", severity)
+
+    found: list[Diagnostic] = []
+    if wanted.trust_domain != running.trust_domain:
+        found.append(
+            located(
+                "spec.trustDomain",
+                f'the mesh runs with trust domain "{running.trust_domain}" and every workload '
+                f'certificate names it: restart the mesh to use "{wanted.trust_domain}"',
+                "error",
+            )
+        )
+    elif wanted.certificates != running.certificates:
+        found.append(
+            located(
+                "spec.certificates",
+                "the CA keeps the certificate settings it started with: these apply after a "
+                "restart of the control plane",
+                "warning",
+            )
+        )
+    if not found:
+        return loaded
+    diagnostics = loaded.diagnostics + tuple(found)
+    failed = any(d.severity == "error" for d in found)
+    return LoadResult(None if failed else loaded.config, diagnostics)
 
 
 class ControlPlane:
@@ -148,6 +190,8 @@ class ControlPlane:
                 log.exception("could not load %s", self.config_dir)
                 message = f"internal error while loading: {exc!r}; please report it"
                 result = LoadResult(None, (Diagnostic(str(self.config_dir), 1, 1, "", message),))
+            if self.certificates is not None:
+                result = mesh_settings_changes(self.certificates.mesh, result, self.config_dir)
             if self.controller.apply_config(result.config, result.diagnostics):
                 log.info("config change in %s applied", self.config_dir)
 
