@@ -57,6 +57,10 @@ class RenewalPolicy:
     max_retry: float = 60.0
     """Capped exponential backoff between failed attempts (CA unreachable, stream ended);
     never more than half the time the current certificate has left."""
+    max_bundle_retry: float = 5.0
+    """The trust-bundle watch backs off to this at most, lower than renewals: a bundle learnt
+    late (after a control-plane restart) is a window in which a newly rotated root's peers
+    are not trusted, while one stream attempt every few seconds costs the CA nothing."""
     refused_retry: float = 60.0
     """Between attempts the CA refused: only a configuration change can help."""
     sign_timeout: float = 30.0
@@ -333,7 +337,7 @@ class WorkloadCertificates:
             except Exception as exc:
                 reason = str(exc) or type(exc).__name__
             failures += 1
-            delay = retry_delay(failures, self._policy.first_retry, self._policy.max_retry)
+            delay = retry_delay(failures, self._policy.first_retry, self._policy.max_bundle_retry)
             log.warning(
                 "%s: trust bundle watch stopped (%s); watching again in %.1fs",
                 self.identity,

@@ -490,3 +490,17 @@ async def test_the_bundle_watch_is_resumed_with_backoff_when_it_ends(
         await asyncio.sleep(0)
     assert certificates.trust_bundle == ca.bundle
     assert len(running.changes) > heard
+
+
+async def test_the_bundle_watch_backs_off_to_a_few_seconds_only(
+    running: Running, fake_time: FakeTime, ca: InProcessCA
+) -> None:
+    running.start()
+    assert await fake_time.next_sleep() == 50.0  # the renewal loop
+    await ca.set_down(True)
+    delays = []
+    for _ in range(5):
+        delays.append(await fake_time.next_sleep())
+        await fake_time.wake_next()
+    # Renewals back off to a minute; a late bundle would leave a rotated root untrusted.
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0]
