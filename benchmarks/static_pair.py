@@ -21,9 +21,7 @@ Both Envoys are run exactly as the agent runs a sidecar (same binary, same flags
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
-import os
 import signal
 import subprocess
 import time
@@ -60,114 +58,21 @@ class PairCertificates:
 
 
 def make_certificates(directory: Path) -> PairCertificates:
-    """A throwaway CA and one leaf each for client and server, both carrying ``SPIFFE_ID``."""
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    except ImportError as exc:
-        raise SystemExit(
-            "the static-tls baseline makes its certificates with the 'cryptography' package: "
-            f".venv/bin/pip install cryptography ({exc})"
-        ) from exc
+    """A throwaway CA and one leaf each for client and server, both carrying ``SPIFFE_ID``
+    (the tests' certificate maker: EC P-256, an hour's lifetime, longer than any run)."""
+    from tests.certificates import CertificateAuthority
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+    ca = CertificateAuthority("pilotfish benchmark CA")
+    root = directory / "root.pem"
+    root.write_bytes(ca.cert_pem)
 
-    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(pem)
-        return path
+    def peer(name: str) -> PeerFiles:
+        certificate, key = ca.issue(uri=SPIFFE_ID).write(directory, name)
+        key.chmod(0o600)
+        return PeerFiles(certificate, key, root)
 
-    def write_certificate(certificate: x509.Certificate, path: Path) -> Path:
-        path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pilotfish benchmark CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0])
-        .not_valid_after(validity[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    root = write_certificate(ca, directory / "root.pem")
-
-    def leaf(name: str) -> PeerFiles:
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(validity[0])
-            .not_valid_after(validity[1])
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SPIFFE_ID)]),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        return PeerFiles(
-            write_certificate(certificate, directory / f"{name}.pem"),
-            write_key(key, directory / f"{name}-key.pem"),
-            root,
-        )
-
-    return PairCertificates(client=leaf("client"), server=leaf("server"))
+    return PairCertificates(client=peer("client"), server=peer("server"))
 
 
 # --- bootstraps ---------------------------------------------------------------------------
