@@ -37,10 +37,6 @@ class PeerAuthentication:
     port_mtls: Mapping[int, MtlsMode] = field(default_factory=dict)
 
     @property
-    def is_workload_policy(self) -> bool:
-        return bool(self.selector)
-
-    @property
     def is_mesh_policy(self) -> bool:
         return not self.selector and self.meta.namespace == ROOT_NAMESPACE
 
