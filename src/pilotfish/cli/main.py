@@ -14,10 +14,15 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilotfish import __version__
 from pilotfish.ca.store import CaStoreError
 from pilotfish.model.diagnostics import ConfigError
+
+if TYPE_CHECKING:
+    from pilotfish.ca.store import StoredCa
+    from pilotfish.model.resources import MeshSettings
 
 STATE_DIR = ".pilotfish"
 ADMIN_URL_FILE = "admin.url"
@@ -282,17 +287,24 @@ def run_ca_status(args: argparse.Namespace) -> int:
     return _ca_status_from_files(args.directory)
 
 
-def _ca_status_from_files(directory: Path) -> int:
-    from pilotfish.admin.ca_status import format_ca_status
+def _stored_ca(directory: Path) -> tuple[MeshSettings, StoredCa | None]:
+    """The folder's mesh settings and its CA's files as the last control plane left them."""
     from pilotfish.ca.store import ca_directory, read_ca
-    from pilotfish.controller.certificates import ca_status_json
     from pilotfish.load import load_directory
     from pilotfish.model.resources import MeshSettings
 
     config = load_directory(directory).config
     mesh = config.mesh if config is not None else MeshSettings()
+    return mesh, read_ca(ca_directory(directory), mesh.certificates)
+
+
+def _ca_status_from_files(directory: Path) -> int:
+    from pilotfish.admin.ca_status import format_ca_status
+    from pilotfish.ca.store import ca_directory
+    from pilotfish.controller.certificates import ca_status_json
+
     try:
-        stored = read_ca(ca_directory(directory), mesh.certificates)
+        mesh, stored = _stored_ca(directory)
     except CaStoreError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -307,14 +319,10 @@ def _ca_status_from_files(directory: Path) -> int:
 def run_ca_token(args: argparse.Namespace) -> int:
     """Print the bearer token of one identity; whoever holds it can get certificates for it,
     so it goes only to that workload's agent (a file it alone can read)."""
-    from pilotfish.ca.store import ca_directory, read_ca
-    from pilotfish.load import load_directory
+    from pilotfish.ca.store import ca_directory
     from pilotfish.model.identity import Identity
-    from pilotfish.model.resources import MeshSettings
 
-    config = load_directory(args.directory).config
-    mesh = config.mesh if config is not None else MeshSettings()
-    stored = read_ca(ca_directory(args.directory), mesh.certificates)
+    mesh, stored = _stored_ca(args.directory)
     if stored is None:
         print(
             f"no CA in {ca_directory(args.directory)} yet: start the control plane once "
