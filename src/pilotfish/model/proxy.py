@@ -37,6 +37,33 @@ class ProxyNode:
     app_protocol: Protocol = "HTTP"
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     """With ``namespace`` and the mesh's trust domain, the proxy's SPIFFE identity."""
+    workload: str | None = None
+    """The Workload (Istio: the Deployment) the proxy's app is a replica of; metrics name it."""
+    telemetry: bool = False
+    """The bootstrap has the ``TELEMETRY_CLUSTER`` (the control plane's admin port), so the
+    proxy can send spans there."""
+
+    @property
+    def workload_name(self) -> str:
+        """``source_workload`` / ``destination_workload`` of Istio's metrics."""
+        return self.workload or self.service or self.id
+
+    @property
+    def canonical_service(self) -> str:
+        """Istio's canonical service: its label, else the ``app`` label, else the workload."""
+        return (
+            self.labels.get("service.istio.io/canonical-name")
+            or self.labels.get("app")
+            or self.workload_name
+        )
+
+    @property
+    def canonical_revision(self) -> str:
+        return (
+            self.labels.get("service.istio.io/canonical-revision")
+            or self.labels.get("version")
+            or "latest"
+        )
 
     def identity(self, trust_domain: str) -> Identity:
         return Identity(trust_domain, self.namespace, self.service_account)
@@ -50,12 +77,14 @@ class ProxyNode:
             "BIND_ADDRESS": self.bind_address,
             "APP_PROTOCOL": self.app_protocol,
             "SERVICE_ACCOUNT": self.service_account,
+            "TELEMETRY": self.telemetry,
         }
         optional: dict[str, object | None] = {
             "SERVICE": self.service,
             "OUTBOUND_PORT": self.outbound_port,
             "INBOUND_PORT": self.inbound_port,
             "APP_PORT": self.app_port,
+            "WORKLOAD": self.workload,
         }
         data.update({k: v for k, v in optional.items() if v is not None})
         return {_METADATA_PREFIX + k: v for k, v in data.items()}
@@ -79,6 +108,8 @@ class ProxyNode:
             app_port=reader.port("APP_PORT"),
             app_protocol=reader.choice("APP_PROTOCOL", PROTOCOLS, "HTTP"),
             service_account=reader.string("SERVICE_ACCOUNT") or DEFAULT_SERVICE_ACCOUNT,
+            workload=reader.string("WORKLOAD"),
+            telemetry=reader.flag("TELEMETRY"),
         )
 
 
@@ -127,6 +158,14 @@ class _MetadataReader:
             if value == option:
                 return option
         raise self._error(key, value, "one of " + ", ".join(map(repr, allowed)))
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self._error(key, value, "true or false")
+        return value
 
     def port(self, key: str) -> int | None:
         value = self._get(key)

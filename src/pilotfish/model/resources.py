@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
+from pilotfish.model.telemetry import TelemetrySettings
 
 if TYPE_CHECKING:  # authorization.py and security.py build on Meta; only annotations here
     # name their types
@@ -407,6 +408,8 @@ class MeshSettings:
     meta: Meta | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     certificates: CertificateSettings = field(default_factory=CertificateSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    """Access logs and tracing (``accessLogFile``, ``defaultConfig.tracing``...)."""
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class LocalMesh:
                 kind="gateway",
                 labels=GATEWAY_LABELS,
                 service_account=GATEWAY_SERVICE_ACCOUNT,
+                workload=GATEWAY_LABELS["app"],
             )
             self.gateway = self._sidecar(node, "ingressgateway")
             await self.gateway.start()
@@ -173,6 +174,7 @@ class LocalMesh:
             app_port=ports.app,
             app_protocol=spec.protocol,
             service_account=spec.service_account,
+            workload=spec.workload,
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)

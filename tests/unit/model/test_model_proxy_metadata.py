@@ -16,13 +16,18 @@ SIDECAR = ProxyNode(
     inbound_port=15006,
     app_port=9080,
     app_protocol="GRPC",
+    workload="reviews-v1",
+    telemetry=True,
 )
 GATEWAY = ProxyNode(id="gateway-0", kind="gateway", labels={"istio": "ingressgateway"})
 
 
 def as_struct(metadata: dict[str, object]) -> dict[str, object]:
-    """What a protobuf Struct gives back: every number a float."""
-    return {k: float(v) if isinstance(v, int) else v for k, v in metadata.items()}
+    """What a protobuf Struct gives back: every number a float (a bool stays a bool)."""
+    return {
+        k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in metadata.items()
+    }
 
 
 @pytest.mark.parametrize("node", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])
