@@ -18,6 +18,9 @@ import socket
 from aiohttp import web
 
 from pilotfish.admin.ca_status import ADMIN_HEADER, ADMIN_HEADER_VALUE
+from pilotfish.admin.dashboard import add_dashboard_routes
+from pilotfish.admin.telemetry_api import add_telemetry_routes
+from pilotfish.admin.traces_api import add_trace_routes
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.errors import PilotfishError
 
@@ -102,6 +105,9 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     app.router.add_get("/api/cache", cache)
     app.router.add_get("/api/ca", ca)
     app.router.add_post("/api/ca/rotate", ca_rotate)
+    add_telemetry_routes(app, control_plane)
+    add_trace_routes(app, control_plane)
+    add_dashboard_routes(app, control_plane)
     return app
 
 

@@ -23,6 +23,7 @@ from pilotfish.model.diagnostics import ConfigError, Diagnostic, Severity
 from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
+from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -122,6 +123,9 @@ class ControlPlane:
         """The mesh's CA, from ``start`` on."""
         self._fingerprint = ""
         self._parsed = ParseCache()  # this control plane's own: reloads re-parse changed files
+        self.telemetry = TelemetryHub()
+        """Every proxy's request records arrive here (the access-log service) and go to the
+        views registered as its sinks."""
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
