@@ -12,6 +12,11 @@ from pathlib import Path
 import grpc
 
 from pilotfish.ca.store import ca_directory, load_or_create_ca
+from pilotfish.controller.access_log_service import (
+    AccessLogService,
+    NodeDirectoryFeed,
+    access_log_method_handlers,
+)
 from pilotfish.controller.ca_service import ca_method_handlers
 from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
@@ -24,6 +29,8 @@ from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.istio_metrics import IstioMetrics
+from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -126,6 +133,12 @@ class ControlPlane:
         self.telemetry = TelemetryHub()
         """Every proxy's request records arrive here (the access-log service) and go to the
         views registered as its sinks."""
+        self.nodes = NodeDirectory()
+        """Every proxy seen on an xDS stream (and those gone a few minutes ago), by node id
+        and inbound address."""
+        self.istio_metrics = IstioMetrics()
+        self.telemetry.add_sink(self.istio_metrics)
+        self.access_logs = AccessLogService(self.telemetry, self.nodes)
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
@@ -163,13 +176,20 @@ class ControlPlane:
         self.certificates.tick()  # warns at once of a root close to expiry
         self._server, self.xds_port = await start_xds_server(
             self.controller,
-            [self.board],
+            [self.board, NodeDirectoryFeed(self.nodes)],
             host=self.settings.host,
             port=self.settings.xds_port,
             keepalive=self.settings.keepalive,
-            extra_handlers=ca_method_handlers(self.certificates),
+            extra_handlers=(
+                *ca_method_handlers(self.certificates),
+                *access_log_method_handlers(self.access_logs),
+            ),
         )
-        log.info("xDS server listening on %s:%d (the CA too)", self.settings.host, self.xds_port)
+        log.info(
+            "xDS server listening on %s:%d (the CA and the access-log service too)",
+            self.settings.host,
+            self.xds_port,
+        )
         self._watch_task = asyncio.create_task(self._watch_config())
         self._ca_task = asyncio.create_task(self._tick_ca(self.certificates))
 
