@@ -20,6 +20,7 @@ from pilotfish.controller.access_log_service import (
 from pilotfish.controller.ca_service import ca_method_handlers
 from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
+from pilotfish.controller.control_plane_metrics import XdsMetrics, control_plane_families
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import Registry, registry_services
@@ -31,6 +32,7 @@ from pilotfish.model.resources import MeshSettings
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.istio_metrics import IstioMetrics
 from pilotfish.telemetry.nodes import NodeDirectory
+from pilotfish.telemetry.prometheus import MetricFamily
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -139,6 +141,7 @@ class ControlPlane:
         self.istio_metrics = IstioMetrics()
         self.telemetry.add_sink(self.istio_metrics)
         self.access_logs = AccessLogService(self.telemetry, self.nodes)
+        self.xds_metrics = XdsMetrics(self.controller.published_at)
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
@@ -176,7 +179,7 @@ class ControlPlane:
         self.certificates.tick()  # warns at once of a root close to expiry
         self._server, self.xds_port = await start_xds_server(
             self.controller,
-            [self.board, NodeDirectoryFeed(self.nodes)],
+            [self.board, NodeDirectoryFeed(self.nodes), self.xds_metrics],
             host=self.settings.host,
             port=self.settings.xds_port,
             keepalive=self.settings.keepalive,
@@ -192,6 +195,16 @@ class ControlPlane:
         )
         self._watch_task = asyncio.create_task(self._watch_config())
         self._ca_task = asyncio.create_task(self._tick_ca(self.certificates))
+
+    def metric_families(self) -> list[MetricFamily]:
+        """Everything ``/metrics`` shows: the control plane's own metrics, then Istio's."""
+        return [
+            *self.xds_metrics.families(),
+            *control_plane_families(
+                self.controller, self.certificates, self.telemetry, self.access_logs
+            ),
+            *self.istio_metrics.families(),
+        ]
 
     async def _tick_ca(self, certificates: MeshCertificateAuthority) -> None:
         while True:
