@@ -19,7 +19,7 @@ from envoy.service.accesslog.v3 import als_pb2
 
 from pilotfish.model.proxy import ProxyMetadataError, ProxyNode
 from pilotfish.model.telemetry import ALS_LOG_NAMES
-from pilotfish.telemetry.als_decode import decode_entry
+from pilotfish.telemetry.als_decode import PeerCache, decode_entry
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.records import Reporter, RequestRecord
@@ -50,6 +50,7 @@ class AccessLogService:
     def __init__(self, hub: TelemetryHub, nodes: NodeDirectory) -> None:
         self._hub = hub
         self._nodes = nodes
+        self._peers = PeerCache()
         self.streams_open = 0
         self.entries_rejected = 0
         """Entries not turned into records: an unknown log name, or one we failed to read."""
@@ -109,7 +110,7 @@ class AccessLogService:
         records: list[RequestRecord] = []
         for entry in entries:
             try:
-                records.append(decode_entry(entry, reporter, node, self._nodes))
+                records.append(decode_entry(entry, reporter, node, self._nodes, self._peers))
             except Exception:  # one odd entry must not lose the rest of the batch
                 if self.entries_rejected == 0:
                     log.exception("could not read an access-log entry of %s", node.id)

@@ -18,6 +18,7 @@ other end:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
@@ -28,8 +29,8 @@ from pilotfish.model.telemetry import PEER_METADATA_KEY, PEER_METADATA_NAMESPACE
 from pilotfish.telemetry.records import UNKNOWN, Peer, Reporter, RequestRecord
 
 # Envoy's short codes for the fields of envoy.data.accesslog.v3.ResponseFlags, in the order
-# Envoy writes %RESPONSE_FLAGS% (source/common/stream_info/utility.h); ``unauthorized_details``
-# is a message, handled on its own.
+# Envoy writes %RESPONSE_FLAGS% (source/common/stream_info/utility.h), which is also the
+# fields' number order; ``unauthorized_details`` is a message, handled on its own.
 RESPONSE_FLAG_FIELDS: tuple[tuple[str, str], ...] = (
     ("failed_local_healthcheck", "LH"),
     ("no_healthy_upstream", "UH"),
@@ -61,6 +62,12 @@ RESPONSE_FLAG_FIELDS: tuple[tuple[str, str], ...] = (
     ("downstream_remote_reset", "DR"),
 )
 _UNAUTHORIZED_EXTERNAL_SERVICE = 1  # ResponseFlags.Unauthorized.Reason.EXTERNAL_SERVICE
+_FLAG_CODES: Mapping[str, str] = MappingProxyType(dict(RESPONSE_FLAG_FIELDS))
+_METHODS: Mapping[int, str] = MappingProxyType(
+    {number: name for name, number in base_pb2.RequestMethod.items() if number}
+)
+# Peer labels kept per node; past this many the cache starts over (churn of node ids).
+_MAX_CACHED_PEERS = 10_000
 
 
 class NodeLookup(Protocol):
@@ -84,17 +91,37 @@ def peer_of(node: ProxyNode, principal: str = UNKNOWN) -> Peer:
     )
 
 
+class PeerCache:
+    """``peer_of`` once per node and principal: most entries name the same few proxies."""
+
+    def __init__(self) -> None:
+        self._peers: dict[tuple[str, str], tuple[ProxyNode, Peer]] = {}
+
+    def peer(self, node: ProxyNode, principal: str = UNKNOWN) -> Peer:
+        key = (node.id, principal)
+        cached = self._peers.get(key)
+        # The same id may come back as another node (a reconnect with new labels).
+        if cached is not None and cached[0] is node:
+            return cached[1]
+        if len(self._peers) >= _MAX_CACHED_PEERS:
+            self._peers.clear()
+        peer = peer_of(node, principal)
+        self._peers[key] = (node, peer)
+        return peer
+
+
 def response_flags(flags: Any) -> tuple[str, ...]:
     """An ``envoy.data.accesslog.v3.ResponseFlags`` -> Envoy's short codes, in Envoy's order."""
     codes: list[str] = []
-    for field_name, code in RESPONSE_FLAG_FIELDS:
-        if field_name == "unauthorized_details":
-            if (
-                flags.HasField("unauthorized_details")
-                and flags.unauthorized_details.reason == _UNAUTHORIZED_EXTERNAL_SERVICE
-            ):
-                codes.append(code)
-        elif getattr(flags, field_name):
+    # Only the fields set (usually none), in field number order: Envoy's order.
+    for descriptor, value in flags.ListFields():
+        if (
+            descriptor.name == "unauthorized_details"
+            and value.reason != _UNAUTHORIZED_EXTERNAL_SERVICE
+        ):
+            continue
+        code = _FLAG_CODES.get(descriptor.name)
+        if code is not None:
             codes.append(code)
     return tuple(codes)
 
@@ -127,9 +154,15 @@ def service_name_and_namespace(hostname: str) -> tuple[str, str]:
 
 
 def decode_entry(
-    entry: Any, reporter: Reporter, proxy: ProxyNode, nodes: NodeLookup
+    entry: Any,
+    reporter: Reporter,
+    proxy: ProxyNode,
+    nodes: NodeLookup,
+    peers: PeerCache | None = None,
 ) -> RequestRecord:
-    """One ``envoy.data.accesslog.v3.HTTPAccessLogEntry`` reported by ``proxy``."""
+    """One ``envoy.data.accesslog.v3.HTTPAccessLogEntry`` reported by ``proxy``; pass one
+    ``peers`` for every entry of a stream, or of the control plane, to make labels once."""
+    peers = peers or PeerCache()
     common = entry.common_properties
     request = entry.request
     response = entry.response
@@ -146,12 +179,14 @@ def decode_entry(
     upstream_host = f"{upstream.address}:{upstream.port_value}" if upstream.address else ""
 
     if reporter == "destination":
-        source, destination, security = _inbound_peers(common, proxy, nodes)
+        source, destination, security = _inbound_peers(common, proxy, nodes, peers)
         hostname = qualify_host(proxy.service, proxy.namespace) if proxy.service else UNKNOWN
     else:
-        source = peer_of(proxy)
+        source = peers.peer(proxy)
         security = UNKNOWN
-        hostname, destination = _outbound_destination(common.upstream_cluster, upstream, nodes)
+        hostname, destination = _outbound_destination(
+            common.upstream_cluster, upstream, nodes, peers
+        )
     if hostname == UNKNOWN:
         service_name, service_namespace = UNKNOWN, UNKNOWN
     else:
@@ -174,7 +209,9 @@ def decode_entry(
         request_protocol="grpc" if content_type.startswith("application/grpc") else "http",
         response_code=response.response_code.value,
         grpc_status=grpc_status,
-        response_flags=response_flags(common.response_flags),
+        response_flags=(
+            response_flags(common.response_flags) if common.HasField("response_flags") else ()
+        ),
         response_code_details=response.response_code_details,
         upstream_failure=common.upstream_transport_failure_reason,
         duration_ms=duration_ms,
@@ -189,7 +226,9 @@ def decode_entry(
     )
 
 
-def _inbound_peers(common: Any, proxy: ProxyNode, nodes: NodeLookup) -> tuple[Peer, Peer, str]:
+def _inbound_peers(
+    common: Any, proxy: ProxyNode, nodes: NodeLookup, peers: PeerCache
+) -> tuple[Peer, Peer, str]:
     tls = common.tls_properties
     peer_principal = _uri_san(tls.peer_certificate_properties)
     local_principal = _uri_san(tls.local_certificate_properties)
@@ -204,19 +243,21 @@ def _inbound_peers(common: Any, proxy: ProxyNode, nodes: NodeLookup) -> tuple[Pe
     if caller is not None and peer_principal and not _holds(caller, peer_principal):
         caller = None
     if caller is not None:
-        source = peer_of(caller, peer_principal or UNKNOWN)
+        source = peers.peer(caller, peer_principal or UNKNOWN)
     elif peer_principal:
         source = Peer(principal=peer_principal, namespace=_principal_namespace(peer_principal))
     else:
         source = Peer()
-    return source, peer_of(proxy, local_principal or UNKNOWN), security
+    return source, peers.peer(proxy, local_principal or UNKNOWN), security
 
 
-def _outbound_destination(cluster: str, upstream: Any, nodes: NodeLookup) -> tuple[str, Peer]:
+def _outbound_destination(
+    cluster: str, upstream: Any, nodes: NodeLookup, peers: PeerCache
+) -> tuple[str, Peer]:
     parts = split_outbound_cluster(cluster)
     hostname = parts[2] if parts is not None else UNKNOWN
     callee = nodes.by_inbound_address(upstream.address, upstream.port_value)
-    return hostname, peer_of(callee) if callee is not None else Peer()
+    return hostname, peers.peer(callee) if callee is not None else Peer()
 
 
 def _uri_san(certificate: Any) -> str:
@@ -239,6 +280,4 @@ def _principal_namespace(principal: str) -> str:
 
 
 def _method(value: int) -> str:
-    if value == base_pb2.METHOD_UNSPECIFIED:
-        return ""
-    return str(base_pb2.RequestMethod.Name(value))
+    return _METHODS.get(value, "")

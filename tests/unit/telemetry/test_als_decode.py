@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
 
@@ -9,6 +11,7 @@ from als_entries import http_entry
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.telemetry.als_decode import (
     RESPONSE_FLAG_FIELDS,
+    PeerCache,
     decode_entry,
     response_flags,
     service_name_and_namespace,
@@ -202,12 +205,24 @@ def test_response_flags_in_envoys_order() -> None:
 
 def test_every_response_flag_field_is_mapped() -> None:
     """A field added to the proto (as Envoy adds flags) must get its short code here."""
-    fields = {f.name for f in accesslog_pb2.ResponseFlags.DESCRIPTOR.fields}
-    assert fields == {name for name, _ in RESPONSE_FLAG_FIELDS}
+    by_number = sorted(accesslog_pb2.ResponseFlags.DESCRIPTOR.fields, key=lambda f: f.number)
+    # Decoding relies on the field numbers being in Envoy's order.
+    assert [f.name for f in by_number] == [name for name, _ in RESPONSE_FLAG_FIELDS]
+    fields = {f.name for f in by_number}
     every = accesslog_pb2.ResponseFlags(
         **{name: True for name in fields if name != "unauthorized_details"}
     )
     assert len(response_flags(every)) == len(fields) - 1
+
+
+def test_a_node_back_with_other_labels_gets_new_peer_labels(nodes: NodeDirectory) -> None:
+    peers = PeerCache()
+    entry = http_entry(peer_id=FRONTEND.id)
+    first = decode_entry(entry, "destination", BACKEND, nodes, peers)
+    assert decode_entry(entry, "destination", BACKEND, nodes, peers).source is first.source
+    nodes.connected(replace(FRONTEND, labels={"app": "frontend", "version": "v9"}))
+    again = decode_entry(entry, "destination", BACKEND, nodes, peers)
+    assert again.source.version == "v9"
 
 
 def test_cluster_and_host_names() -> None:
