@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from als_entries import first_message, http_entry, later_message
 from grpc_fakes import FakeRequests
-from pilotfish.controller.access_log_service import AccessLogService
+from pilotfish.controller.access_log_service import CHUNK_ENTRIES, AccessLogService
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import ALS_LOG_INBOUND, ALS_LOG_OUTBOUND
 from pilotfish.telemetry.hub import TelemetryHub
@@ -99,3 +100,19 @@ async def test_an_unknown_log_name_is_warned_about_and_not_counted(
     assert als.entries_rejected == 2
     assert "log_name 'mine'" in caplog.text
     assert "not counted" in caplog.text
+
+
+async def test_a_large_batch_is_decoded_in_chunks_between_which_the_loop_runs() -> None:
+    als, _, sink = service()
+    seen: set[int] = set()
+
+    async def other_work() -> None:
+        while True:
+            seen.add(len(sink.batches))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await run(als, [first_message(NODE, ALS_LOG_INBOUND, [http_entry()] * (CHUNK_ENTRIES * 2 + 7))])
+    other.cancel()
+    assert [len(batch) for batch in sink.batches] == [CHUNK_ENTRIES, CHUNK_ENTRIES, 7]
+    assert {1, 2} <= seen  # the loop ran other work between the chunks

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from pilotfish.controller.control_plane_metrics import PUSH_TIME, XDS_TIME_BUCKETS, XdsMetrics
+from pathlib import Path
+
+import pytest
+from test_ca_runtime import API, WEB, make_ca
+from test_mesh_controller import config
+
+from als_entries import http_entry
+from pilotfish.ca.api import CertificateRefused
+from pilotfish.ca.csr import new_key_and_csr
+from pilotfish.controller.access_log_service import AccessLogService
+from pilotfish.controller.control_plane_metrics import (
+    PUSH_TIME,
+    XDS_TIME_BUCKETS,
+    XdsMetrics,
+    control_plane_families,
+)
+from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.snapshot import type_urls
+from pilotfish.telemetry.als_decode import decode_entry
+from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.prometheus import HistogramSample, MetricFamily, Sample, render
 from pilotfish.xds import NackReceived, RequestReceived, SendResponse, StreamInfo
 
@@ -131,3 +151,40 @@ def test_exposition() -> None:
     text = render(metrics.families())
     assert 'pilotfish_xds_connected_proxies{kind="sidecar",stream="sotw"} 1\n' in text
     assert "# TYPE pilotfish_xds_convergence_time_seconds histogram\n" in text
+
+
+def value(families: list[MetricFamily], name: str) -> float:
+    (sample,) = next(f for f in families if f.name == name).samples
+    assert isinstance(sample, Sample)
+    return sample.value
+
+
+async def test_config_rejections_csrs_and_records_in_the_control_planes_families(
+    tmp_path: Path,
+) -> None:
+    controller = MeshController()
+    controller.apply_config(config(), ())
+    controller.publish_now()
+    assert controller.published_at(controller.generation) is not None
+    rejection = Diagnostic("mesh.yaml", 3, 1, "spec", "no")
+    controller.apply_config(None, (rejection,))
+    ca, _ = make_ca(tmp_path)
+    ca.sign(new_key_and_csr(WEB)[1], ca.credential(WEB), 3600, "web-0")
+    with pytest.raises(CertificateRefused):
+        ca.sign(new_key_and_csr(API)[1], ca.credential(WEB), 3600, "web-0")
+    hub = TelemetryHub()
+    record = decode_entry(http_entry(), "source", ProxyNode(id="web-0"), NodeDirectory())
+    hub.ingest([record, record])
+    access_logs = AccessLogService(hub, NodeDirectory())
+    families = control_plane_families(controller, ca, hub, access_logs)
+    assert value(families, "pilotfish_config_rejections_total") == 1
+    assert value(families, "pilotfish_config_rejected") == 1
+    assert value(families, "pilotfish_config_generation") == controller.generation
+    assert value(families, "pilotfish_ca_certificates_signed_total") == 1
+    assert value(families, "pilotfish_ca_certificates_refused_total") == 1
+    assert value(families, "pilotfish_telemetry_records_total") == 2
+    assert value(families, "pilotfish_als_streams_open") == 0
+    controller.apply_config(config(), ())
+    families = control_plane_families(controller, None, hub, access_logs)
+    assert value(families, "pilotfish_config_rejected") == 0
+    assert value(families, "pilotfish_config_rejections_total") == 1
