@@ -353,6 +353,10 @@ async def test_requests_through_real_envoys_become_istio_metrics_prometheus_can_
                 timeout=15,
             )
             assert plane.access_logs.streams_open == 2
+            connected = plane.xds_metrics.families()[0].samples
+            assert [(dict(c.labels), c.value) for c in connected] == [  # type: ignore[union-attr]
+                ({"kind": "sidecar", "stream": "sotw"}, 2)
+            ]
 
         source = {"reporter": "source", "source_workload": "frontend"}
         destination = {"reporter": "destination", "destination_workload": "backend-v2"}
@@ -391,6 +395,9 @@ async def test_requests_through_real_envoys_become_istio_metrics_prometheus_can_
         assert status == 200
         assert 'istio_requests_total{reporter="destination",source_workload="frontend",' in text
         assert 'pilotfish_xds_pushes_total{type="CDS"}' in text
+        # Both ADS streams were open when the requests were made; none is by now.
+        assert "pilotfish_xds_connected_proxies{" not in text
+        assert f"pilotfish_telemetry_records_total {plane.telemetry.records_ingested}\n" in text
 
         if not PROMETHEUS.exists() and shutil.which("prometheus") is None:
             pytest.skip(
