@@ -129,7 +129,8 @@ class MeshController:
         return self.generation
 
     def published_at(self, generation: int) -> float | None:
-        """When ``generation`` was published (``time.monotonic``); None for one too old."""
+        """When the publish of ``generation`` began (``time.monotonic``); None for one too
+        old."""
         return self._published_at.get(generation)
 
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
@@ -156,8 +157,10 @@ class MeshController:
         self._publish_task = None
         if self._config is None:
             return
+        # From the start: push and convergence times include building the view.
+        started = time.monotonic()
         number = self._cache.publish(build_view(self._config, registries=self._registries))
-        self._published_at[number] = time.monotonic()
+        self._published_at[number] = started
         while len(self._published_at) > _PUBLISH_TIMES_KEPT:
             self._published_at.popitem(last=False)
         self.status = replace(self.status, snapshot_problems=())
