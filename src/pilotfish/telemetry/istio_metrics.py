@@ -35,6 +35,7 @@ REQUEST_DURATION = "istio_request_duration_milliseconds"
 REQUEST_BYTES = "istio_request_bytes"
 RESPONSE_BYTES = "istio_response_bytes"
 SERIES_DROPPED = "pilotfish_telemetry_series_dropped_total"
+SERIES = "pilotfish_telemetry_series"
 
 ISTIO_LABELS: tuple[str, ...] = (
     "reporter",
@@ -141,6 +142,12 @@ class IstioMetrics:
                 f"new series beyond the cap of {self.max_series}.",
                 "counter",
                 [Sample((), self.dropped)],
+            ),
+            MetricFamily(
+                SERIES,
+                f"Label sets in each istio_* metric (at most {self.max_series}).",
+                "gauge",
+                [Sample((), len(self._series))],
             ),
         ]
 

@@ -168,6 +168,8 @@ def test_the_series_cap_drops_new_label_sets_counts_them_and_warns_once(
     assert metrics.dropped == 4
     (dropped,) = family(metrics, "pilotfish_telemetry_series_dropped_total").samples
     assert isinstance(dropped, Sample) and dropped.value == 4
+    (series,) = family(metrics, "pilotfish_telemetry_series").samples
+    assert isinstance(series, Sample) and series.value == 2
     warnings = [r for r in caplog.records if "cap" in r.getMessage()]
     assert len(warnings) == 1
     assert "not counted" in warnings[0].getMessage()
