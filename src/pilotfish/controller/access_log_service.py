@@ -117,6 +117,10 @@ class AccessLogService:
     def _decode(self, entries: Any, reporter: Reporter, node: ProxyNode) -> list[RequestRecord]:
         records: list[RequestRecord] = []
         for entry in entries:
+            # A long stream's periodic entry (HCM access_log_flush_interval): the request is
+            # counted once, by its final entry.
+            if entry.common_properties.intermediate_log_entry:
+                continue
             try:
                 records.append(decode_entry(entry, reporter, node, self._nodes, self._peers))
             except Exception:  # one odd entry must not lose the rest of the batch

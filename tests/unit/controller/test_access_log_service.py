@@ -116,3 +116,11 @@ async def test_a_large_batch_is_decoded_in_chunks_between_which_the_loop_runs() 
     other.cancel()
     assert [len(batch) for batch in sink.batches] == [CHUNK_ENTRIES, CHUNK_ENTRIES, 7]
     assert {1, 2} <= seen  # the loop ran other work between the chunks
+
+
+async def test_intermediate_entries_of_a_long_stream_are_not_counted() -> None:
+    als, _, sink = service()
+    periodic = http_entry(code=None)
+    periodic.common_properties.intermediate_log_entry = True
+    await run(als, [first_message(NODE, ALS_LOG_INBOUND, [periodic, http_entry()])])
+    assert [[r.response_code for r in batch] for batch in sink.batches] == [[200]]
