@@ -31,6 +31,8 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import (
+    ALS_BUFFER_BYTES,
+    ALS_FLUSH_SECONDS,
     ALS_LOG_GATEWAY,
     ALS_LOG_INBOUND,
     ALS_LOG_OUTBOUND,
@@ -58,9 +60,6 @@ FILE_ACCESS_LOGGER = "envoy.access_loggers.file"
 ZIPKIN_TRACER = "envoy.tracers.zipkin"
 HEADER_MUTATION_FILTER_NAME = "envoy.filters.http.header_mutation"
 HEADER_TO_METADATA_FILTER_NAME = "envoy.filters.http.header_to_metadata"
-
-# Envoy buffers log entries per worker; once a second keeps the live views about 1 s late.
-ALS_FLUSH_SECONDS = 1.0
 
 # Istio's default access log fields (pilot/pkg/model/telemetry_logging.go), in its order.
 ISTIO_TEXT_FORMAT = (
@@ -176,7 +175,10 @@ def grpc_access_log(log_name: str) -> accesslog_pb2.AccessLog:
                 envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER_NAME)
             ),
             transport_api_version=config_source_pb2.V3,
+            # Flushed once a second, so the live views are about 1 s late; a big buffer
+            # keeps the flushes to those (model.telemetry says what it saves).
             buffer_flush_interval=duration_from_seconds(ALS_FLUSH_SECONDS),
+            buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
         ),
         additional_request_headers_to_log=LOGGED_REQUEST_HEADERS,
         additional_response_headers_to_log=LOGGED_RESPONSE_HEADERS,

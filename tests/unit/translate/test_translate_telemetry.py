@@ -80,6 +80,7 @@ def test_every_manager_streams_its_log_to_the_control_plane_as_its_reporter(
         assert common.grpc_service.envoy_grpc.cluster_name == "xds-grpc"
         assert common.transport_api_version == config_source_pb2.V3
         assert common.buffer_flush_interval.ToTimedelta().total_seconds() == 1.0
+        assert common.buffer_size_bytes.value == 256 * 1024
         assert list(config.additional_request_headers_to_log) == [
             "traceparent",
             "x-b3-traceid",
