@@ -38,7 +38,17 @@ _TYPES = "type.googleapis.com/envoy.extensions"
 # als: Envoy's default 16 KiB buffer (a flush every ~40 entries under load); als-bare: the
 # same without the additional headers; als-big: the mesh's ALS_BUFFER_BYTES (a flush per
 # second under load, whatever the rate).
-VARIANTS = ("none", "als", "als-bare", "als-big", "stats")
+# trace: the Zipkin tracer on every request, spans posted to nginx; all: als-big, trace and a
+# file access log (to /dev/null) together, as the mesh runs with accessLogFile set.
+# trace-batched: the same with the mesh's ZIPKIN_BATCHING runtime (Envoy's default posts
+# every 5 spans).
+# trace-proto: spans posted as Zipkin's protobuf (HTTP_PROTO) instead of JSON, as the mesh
+# does; all uses it too.
+VARIANTS = (
+    "none", "als", "als-bare", "als-big", "stats", "trace", "trace-batched", "trace-proto",
+    "trace-otel", "all",
+)  # fmt: skip
+ZIPKIN_BATCHING = {"tracing.zipkin.min_flush_spans": 100, "tracing.zipkin.flush_interval_ms": 1000}
 # The labels Istio's metrics carry that an Envoy alone can know; the stats logger makes one
 # counter series per distinct combination, as istio.stats does.
 _STAT_TAGS = [
@@ -66,6 +76,11 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     location / {{ default_type text/plain; return 200 "hello from nginx\\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{zipkin_port};
+    client_max_body_size 64m;
+    location /api/v2/spans {{ return 202; }}
   }}
 }}
 """
@@ -181,10 +196,90 @@ def _als_cluster(port: int) -> dict[str, Any]:
     }
 
 
+def _tracing(encoding: str = "HTTP_JSON") -> dict[str, Any]:
+    return {
+        "random_sampling": {"value": 100},
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin",
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": encoding,
+                "trace_id_128bit": True,
+                "trace_context_option": "USE_B3_WITH_W3C_PROPAGATION",
+            },
+        },
+    }
+
+
+def _file_logger() -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": f"{_TYPES}.access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/null",
+            "log_format": {
+                "text_format_source": {
+                    "inline_string": (
+                        '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% '
+                        '%PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% '
+                        "%CONNECTION_TERMINATION_DETAILS% "
+                        '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% '
+                        '%DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" '
+                        '"%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
+                        '"%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% '
+                        "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+                        "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+                    )
+                }
+            },
+        },
+    }
+
+
+def _static_cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+    cluster = _als_cluster(port)
+    cluster["name"] = name
+    cluster["load_assignment"]["cluster_name"] = name
+    if not http2:
+        del cluster["typed_extension_protocol_options"]
+    return cluster
+
+
 def with_logger(
-    bootstrap: dict[str, Any], variant: str, role: str, als_port: int
+    bootstrap: dict[str, Any], variant: str, role: str, als_port: int, zipkin_port: int
 ) -> dict[str, Any]:
-    if variant.startswith("als"):
+    if variant == "trace-otel":
+        _manager(bootstrap)["tracing"] = {
+            "random_sampling": {"value": 100},
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "als"}},
+                    "service_name": role,
+                },
+            },
+        }
+        bootstrap["static_resources"]["clusters"].append(_als_cluster(als_port))
+    if variant in ("trace", "trace-batched", "trace-proto", "all"):
+        encoding = "HTTP_JSON" if variant in ("trace", "trace-batched") else "HTTP_PROTO"
+        _manager(bootstrap)["tracing"] = _tracing(encoding)
+        if variant == "trace-batched":
+            bootstrap["layered_runtime"] = {
+                "layers": [{"name": "zipkin", "static_layer": ZIPKIN_BATCHING}]
+            }
+        bootstrap["static_resources"]["clusters"].append(
+            _static_cluster("zipkin", zipkin_port, http2=False)
+        )
+    if variant == "all":
+        _manager(bootstrap)["access_log"] = [
+            _als_logger(f"pilotfish.{role}", big_buffer=ALS_BUFFER_BYTES),
+            _file_logger(),
+        ]
+        bootstrap["static_resources"]["clusters"].append(_als_cluster(als_port))
+    elif variant.startswith("als"):
         logger = _als_logger(
             f"pilotfish.{role}",
             bare="bare" in variant,
@@ -216,12 +311,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="pilotfish-telemetry-candidates-"))
-    backend_port = free_port()
+    backend_port, zipkin_port = free_port(), free_port()
     (work / "nginx").mkdir()
-    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work / "nginx", port=backend_port))
+    (work / "nginx.conf").write_text(
+        NGINX_CONF.format(work=work / "nginx", port=backend_port, zipkin_port=zipkin_port)
+    )
     processes: list[subprocess.Popen[bytes]] = []
     envoys: list[StaticEnvoy] = []
     try:
@@ -241,21 +339,29 @@ def main() -> None:
         wait_for_port_sync(backend_port)
         wait_for_port_sync(als_port)
         pairs: dict[str, tuple[int, list[int]]] = {}
-        for variant in VARIANTS:
+        for variant in ["none", *(v for v in args.variants if v != "none")]:
             directory = work / variant
             directory.mkdir()
             port, server_port = free_port(), free_port()
             server = StaticEnvoy(
                 f"{variant}-server",
                 with_logger(
-                    server_bootstrap(server_port, backend_port, None), variant, "inbound", als_port
+                    server_bootstrap(server_port, backend_port, None),
+                    variant,
+                    "inbound",
+                    als_port,
+                    backend_port,
                 ),
                 directory,
             )
             client = StaticEnvoy(
                 f"{variant}-client",
                 with_logger(
-                    client_bootstrap(port, server_port, None), variant, "outbound", als_port
+                    client_bootstrap(port, server_port, None),
+                    variant,
+                    "outbound",
+                    als_port,
+                    backend_port,
                 ),
                 directory,
             )
@@ -266,7 +372,10 @@ def main() -> None:
         rows: dict[str, list[tuple[float, float, float]]] = {v: [] for v in pairs}
         for _ in range(args.repetitions):
             for variant, (port, pids) in pairs.items():
-                rows[variant].append(measure(port, pids, args.seconds))
+                try:
+                    rows[variant].append(measure(port, pids, args.seconds))
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{variant}: {exc}") from None
         base = statistics.median(r[0] for r in rows["none"])
         print(
             f"Envoy CPU per request, client + server Envoy, wrk -c16, {args.seconds}s x "
