@@ -1,11 +1,10 @@
 """`pilotfish up` (in process) with a Zipkin collector of the test's own as the telemetry
 address: a request through gateway -> sidecar -> app leaves a client span of the gateway
-and a server span of the sidecar, of one trace, POSTed as Zipkin v2 JSON."""
+and a server span of the sidecar, of one trace, POSTed as Zipkin's protobuf spans."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from tests.integration.mesh_harness import echo_workload, free_port, gateway, ht
 from tests.waiting import eventually
 
 from pilotfish.runner.local_mesh import LocalMesh, LocalMeshSettings
+from pilotfish.telemetry.zipkin_proto import spans_from_protobuf
 
 ROUTE = """
 apiVersion: networking.istio.io/v1
@@ -31,7 +31,8 @@ async def test_proxies_post_spans_of_one_trace_to_the_telemetry_address(tmp_path
 
     async def collect(request: web.Request) -> web.Response:
         assert request.path == "/api/v2/spans"
-        spans.extend(json.loads(await request.read()))
+        assert request.content_type == "application/x-protobuf"
+        spans.extend(spans_from_protobuf(await request.read()))
         return web.Response(status=202)
 
     app = web.Application()

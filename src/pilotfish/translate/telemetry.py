@@ -44,6 +44,7 @@ from pilotfish.model.telemetry import (
     PEER_METADATA_NAMESPACE,
     RESPONSE_FLAG_WORDS,
     TELEMETRY_CLUSTER,
+    ZIPKIN_ENCODING,
     ZIPKIN_SPANS_PATH,
     TelemetrySettings,
 )
@@ -259,7 +260,10 @@ def tracing(settings: TelemetrySettings) -> hcm_pb2.HttpConnectionManager.Tracin
     zipkin = zipkin_pb2.ZipkinConfig(
         collector_cluster=TELEMETRY_CLUSTER,
         collector_endpoint=ZIPKIN_SPANS_PATH,
-        collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
+        # Protobuf costs Envoy far less than JSON (model.telemetry says how much).
+        collector_endpoint_version=zipkin_pb2.ZipkinConfig.CollectorEndpointVersion.Value(
+            ZIPKIN_ENCODING
+        ),
         trace_id_128bit=True,
         # Client and server spans of one hop get ids of their own, as Istio's do.
         shared_span_context=wrappers_pb2.BoolValue(value=False),

@@ -180,7 +180,7 @@ def test_tracing_only_when_the_node_can_reach_the_telemetry_cluster(
             assert tracing.provider.typed_config.Unpack(zipkin)
             assert zipkin.collector_cluster == "pilotfish-telemetry"
             assert zipkin.collector_endpoint == "/api/v2/spans"
-            assert zipkin.collector_endpoint_version == zipkin_pb2.ZipkinConfig.HTTP_JSON
+            assert zipkin.collector_endpoint_version == zipkin_pb2.ZipkinConfig.HTTP_PROTO
             assert zipkin.trace_id_128bit
             assert (
                 zipkin.trace_context_option == zipkin_pb2.ZipkinConfig.USE_B3_WITH_W3C_PROPAGATION
