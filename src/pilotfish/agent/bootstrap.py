@@ -17,8 +17,6 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import TELEMETRY_CLUSTER
 from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
 
-__all__ = ["ADMIN_HOST", "XDS_CLUSTER_NAME", "ZIPKIN_RUNTIME", "build_bootstrap"]
-
 ADMIN_HOST = "127.0.0.1"
 # Envoy's Zipkin reporter posts its buffered spans every 5 s by default, or as soon as 5 wait
 # (``tracing.zipkin.min_flush_spans``): flushing every second shows a trace within about a
@@ -158,7 +156,7 @@ def _xds_cluster(host: str, port: int, keepalive: XdsKeepalive) -> dict[str, Any
 
 
 def _telemetry_cluster(host: str, port: int) -> dict[str, Any]:
-    # Plain HTTP/1.1 to the admin server (Zipkin's JSON API), Envoy's default protocol.
+    # Plain HTTP/1.1 to the admin server (its Zipkin API), Envoy's default protocol.
     return {
         "name": TELEMETRY_CLUSTER,
         "type": "STATIC" if _is_ip_literal(host) else "STRICT_DNS",

@@ -47,10 +47,10 @@ class EnvoyOptions:
     concurrency: int = 1
     log_level: str = "warn"
     drain_time_s: int = 5
+    """Envoy's own window for a graceful listener drain (``--drain-time-s``)."""
     file_flush_interval_ms: int = 1000
     """How often access-log files are written out (Envoy's default is 10 s; Istio's 1 s):
     a request shows in ``accessLogFile`` about a second later."""
-    """Envoy's own window for a graceful listener drain (``--drain-time-s``)."""
     ready_timeout: float = 30.0
     """Longer than Envoy's 15 s initial xDS fetch timeout, after which it turns LIVE anyway."""
     stop_timeout: float = 5.0

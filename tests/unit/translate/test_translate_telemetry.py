@@ -255,3 +255,17 @@ def test_a_change_of_telemetry_settings_reaches_the_outbound_listener(
 
 def test_the_defaults_are_a_mesh_settings_default() -> None:
     assert MeshSettings().telemetry == TelemetrySettings()
+
+
+def test_a_percent_sign_in_a_node_id_stays_itself_in_headers_and_bodies(
+    quickstart_view: MeshView, frontend_sidecar: ProxyNode
+) -> None:
+    node = replace(frontend_sidecar, id="web%0")
+    (outbound,) = managers(quickstart_view, node)["outbound"]
+    mutation = header_mutation_pb2.HeaderMutation()
+    assert outbound.http_filters[0].typed_config.Unpack(mutation)
+    # Envoy reads these values as format strings, where "%%" is one "%".
+    assert mutation.mutations.request_mutations[0].append.header.value == "web%%0"
+    mapper = outbound.local_reply_config.mappers[0]
+    assert mapper.headers_to_add[0].header.value == "web%%0"
+    assert bodies(outbound)[0].startswith("pilotfish: web%%0 answered %RESPONSE_CODE%")
