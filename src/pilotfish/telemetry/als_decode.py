@@ -9,10 +9,10 @@ other end:
   ``mutual_tls``, else ``none``). When both exist and disagree, the certificate wins: a
   header can be forged by whoever reaches the inbound port, a certificate cannot.
 - source reporter (a sidecar's outbound, the gateway): the service from the upstream cluster
-  name (``outbound|port|subset|host``), the workload from the endpoint the proxy picked (a
-  sidecar's inbound address). The source side cannot see the upstream connection's
-  certificates in an access-log entry, so its principals and security policy stay
-  ``unknown``.
+  name (``outbound|port|subset|host``), else (no host was picked) the Host header; the
+  workload from the endpoint the proxy picked (a sidecar's inbound address). The source
+  side cannot see the upstream connection's certificates in an access-log entry, so its
+  principals and security policy stay ``unknown``.
 """
 
 from __future__ import annotations
@@ -187,6 +187,8 @@ def decode_entry(
         hostname, destination = _outbound_destination(
             common.upstream_cluster, upstream, nodes, peers
         )
+        if hostname == UNKNOWN and request.authority:
+            hostname = _authority_service(request.authority, proxy)
     if hostname == UNKNOWN:
         service_name, service_namespace = UNKNOWN, UNKNOWN
     else:
@@ -258,6 +260,16 @@ def _outbound_destination(
     hostname = parts[2] if parts is not None else UNKNOWN
     callee = nodes.by_inbound_address(upstream.address, upstream.port_value)
     return hostname, peers.peer(callee) if callee is not None else Peer()
+
+
+def _authority_service(authority: str, proxy: ProxyNode) -> str:
+    """The service a request was for when no cluster took it (Envoy names the cluster only
+    once it picked a host: not for UH, UO, NR...): as Istio does, the Host header's host; a
+    sidecar's short name is qualified in its namespace, as its app meant it."""
+    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    if proxy.kind != "sidecar":
+        return host
+    return qualify_host(host, proxy.namespace)
 
 
 def _uri_san(certificate: Any) -> str:

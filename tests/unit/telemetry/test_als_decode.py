@@ -130,13 +130,22 @@ def test_source_side_to_an_outside_host(nodes: NodeDirectory) -> None:
     assert record.destination.workload == "unknown"
 
 
-def test_no_route_means_an_unknown_destination(nodes: NodeDirectory) -> None:
-    entry = http_entry(code=404, flags=["no_route_found"])
+def test_without_a_cluster_the_service_is_the_host_header(nodes: NodeDirectory) -> None:
+    """Envoy names no cluster when it picked no host (UH, NR...)."""
+    entry = http_entry(code=503, flags=["no_healthy_upstream"])
+    entry.request.authority = "backend:8080"
     record = decode_entry(entry, "source", FRONTEND, nodes)
-    assert record.destination_service == "unknown"
-    assert record.destination_service_name == "unknown"
-    assert record.response_flags == ("NR",)
-    assert record.response_flags_label == "NR"
+    assert record.destination_service == BACKEND_HOST  # the caller's namespace, as its app meant
+    assert record.destination_service_name == "backend"
+    assert record.destination_service_namespace == "shop"
+    assert record.destination.workload == "unknown"
+    assert record.response_flags == ("UH",)
+    assert record.response_flags_label == "UH"
+    entry.request.authority = "127.0.0.1:8443"
+    gateway = ProxyNode(id="gw", kind="gateway", workload="pilotfish-ingressgateway")
+    assert decode_entry(entry, "source", gateway, nodes).destination_service == "127.0.0.1"
+    entry.request.authority = ""
+    assert decode_entry(entry, "source", FRONTEND, nodes).destination_service == "unknown"
 
 
 def test_request_fields(nodes: NodeDirectory) -> None:
