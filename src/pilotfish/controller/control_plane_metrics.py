@@ -6,7 +6,8 @@ hub and the access-log service count themselves.
 
 Push time is from the publish of a generation to each response a stream sent for it;
 convergence time from that publish to the stream's ACK of the last of those responses (a
-stream whose snapshot did not change, or that NACKed, has no sample for it). A stream tells
+stream whose snapshot did not change, that NACKed, or that connected after the publish has
+no sample for it). A stream tells
 which generation it took only after sending its responses: the responses sent since the
 stream's previous event are that generation's, those sent before the publish excepted.
 """
@@ -55,6 +56,7 @@ ALS_REJECTED = "pilotfish_als_entries_rejected_total"
 
 @dataclass
 class _Stream:
+    opened: float
     generation: int | None = None
     # Responses since the stream's last other event: (type url, nonce, when sent).
     batch: list[tuple[str, str, float]] = field(default_factory=list)
@@ -83,7 +85,7 @@ class XdsMetrics(XdsCallbacks):
     # --- callbacks -----------------------------------------------------------------------
 
     def stream_opened(self, stream: StreamInfo) -> None:
-        self._streams[stream] = _Stream()
+        self._streams[stream] = _Stream(self._clock())
 
     def stream_closed(self, stream: StreamInfo) -> None:
         self._streams.pop(stream, None)
@@ -111,7 +113,8 @@ class XdsMetrics(XdsCallbacks):
             return
         state.generation = generation
         published = self._published_at(generation)
-        if published is None:
+        # A stream opened after the publish was not pushed to: it came and asked.
+        if published is None or published < state.opened:
             return
         pushed = [(t, nonce, sent) for t, nonce, sent in batch if sent >= published]
         if not pushed:

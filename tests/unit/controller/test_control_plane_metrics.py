@@ -110,6 +110,20 @@ def test_push_and_convergence_time_from_the_publish_of_a_generation() -> None:
     ]
 
 
+def test_a_stream_that_connects_after_the_publish_was_not_pushed_to() -> None:
+    clock = Clock()
+    published = {1: 50.0}
+    metrics = XdsMetrics(published.get, clock)
+    s = stream(1)
+    metrics.stream_opened(s)  # at 100
+    metrics.request_received(s, RequestReceived(CDS))
+    metrics.response_sent(s, sent(CDS, "1"))
+    metrics.snapshot_applied(s, 1)
+    metrics.ack_received(s, sent(CDS, "1"))
+    assert family(metrics, PUSH_TIME).samples == []
+    assert sum(histogram(metrics, "pilotfish_xds_convergence_time_seconds").counts) == 0
+
+
 def test_replies_to_requests_before_the_publish_are_no_push() -> None:
     clock = Clock()
     published = {3: 200.0}
