@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from pilotfish.controller.control_plane import ControlPlane
@@ -17,7 +19,9 @@ def add_metrics_route(app: web.Application, control_plane: ControlPlane) -> None
     text format."""
 
     async def metrics(_: web.Request) -> web.Response:
-        text = render(control_plane.metric_families())
+        # The families are immutable copies: the text (megabytes for a big mesh) is written
+        # off the event loop, which keeps serving xDS meanwhile.
+        text = await asyncio.to_thread(render, control_plane.metric_families())
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     app.router.add_get("/metrics", metrics)

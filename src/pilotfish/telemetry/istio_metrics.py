@@ -11,6 +11,10 @@ counted in any of the four; ``pilotfish_telemetry_series_dropped_total`` counts 
 and the first one logs a warning. Series already in the table keep counting. The labels
 themselves are bounded by the mesh (workloads, services, response codes, flags): paths,
 authorities and ids never become labels.
+
+Each label set costs ~47 lines (~40 KB) of exposition (a counter and three histograms with
+Istio's 25 labels): at the default cap, /metrics is ~40 MB and ~0.5 s of CPU to render. A
+local mesh has tens to hundreds of label sets.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pilotfish.telemetry.records import Peer, RequestRecord
 
 log = logging.getLogger("pilotfish.telemetry")
 
-DEFAULT_MAX_SERIES = 2000
+DEFAULT_MAX_SERIES = 1000
 DEFAULT_CLUSTER_ID = "Kubernetes"
 """Istio's default CLUSTER_ID, for ``source_cluster`` / ``destination_cluster``: queries and
 dashboards written for a default Istio install match as they are."""
