@@ -81,10 +81,11 @@ class TraceExport:
         self._clock = clock
         self._lanes: dict[TraceExporter, _Lane] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stopped = False
 
     def offer(self, spans: Sequence[Span]) -> None:
         """Queue ``spans`` for every configured exporter; returns at once (no I/O here)."""
-        if not spans:
+        if not spans or self._stopped:  # the admin API may outlive the control plane a moment
             return
         lanes = self._current_lanes()
         for lane in lanes:
@@ -162,6 +163,7 @@ class TraceExport:
         return [lane.to_json() for lane in self._lanes.values()]
 
     async def stop(self) -> None:
+        self._stopped = True
         lanes, self._lanes = list(self._lanes.values()), {}
         for lane in lanes:
             if lane.task is not None:
