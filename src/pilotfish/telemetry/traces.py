@@ -2,8 +2,9 @@
 
 Spans arrive as Zipkin v2 JSON (what Envoy's Zipkin tracer posts). Each one is checked on its
 own: a bad span is refused with the reason, the others of its batch are kept. The store is
-bounded three ways (traces, spans per trace, age); the oldest trace goes first and every drop is
-counted, so a busy mesh costs a fixed amount of memory and says what it forgot.
+bounded four ways (traces, spans in all, spans per trace, age); the oldest trace goes first
+and every drop is counted, so a busy mesh costs a fixed amount of memory and says what it
+forgot.
 
 Zipkin's rules kept here: names and service names are lower case; a 16-hex trace id and a
 32-hex one with the same low half are the same trace (Zipkin's ``STRICT_TRACE_ID=false``, which
@@ -363,6 +364,8 @@ def trace_matches(spans: Sequence[Span], query: TraceQuery) -> bool:
 @dataclass(frozen=True)
 class TraceLimits:
     max_traces: int = 2000
+    max_spans: int = 50_000
+    """In all traces together: about 2 KB each as Envoy writes them, so ~100 MB at most."""
     max_spans_per_trace: int = 500
     max_age_seconds: float = 3600.0
 
@@ -400,6 +403,7 @@ class TraceStore:
         self.limits = limits or TraceLimits()
         self._clock = clock or time.monotonic
         self._traces: OrderedDict[str, _Trace] = OrderedDict()
+        self._span_count = 0
         self.counts = TraceStoreCounts()
 
     def __len__(self) -> int:
@@ -414,17 +418,26 @@ class TraceStore:
             trace = self._traces.get(key)
             if trace is None:
                 while len(self._traces) >= self.limits.max_traces:
-                    self._traces.popitem(last=False)
-                    self.counts.traces_evicted += 1
+                    self._evict_oldest()
                 trace = self._traces[key] = _Trace(now)
             # The same span reported twice (a retried POST) replaces itself; a client and a
             # server sharing an id (B3's shared span) are two spans.
             span_key = (span.id, span.shared, span.kind, span.service)
-            if span_key not in trace.spans and len(trace.spans) >= self.limits.max_spans_per_trace:
-                self.counts.spans_dropped += 1
-                continue
+            if span_key not in trace.spans:
+                if len(trace.spans) >= self.limits.max_spans_per_trace:
+                    self.counts.spans_dropped += 1
+                    continue
+                while self._span_count >= self.limits.max_spans and len(self._traces) > 1:
+                    self._evict_oldest(keep=key)
+                self._span_count += 1
             trace.spans[span_key] = span
             self.counts.spans_accepted += 1
+
+    def _evict_oldest(self, keep: str | None = None) -> None:
+        """Drop the trace received first (but not ``keep``, the one being added to)."""
+        oldest = next(k for k in self._traces if k != keep)
+        self._span_count -= len(self._traces.pop(oldest).spans)
+        self.counts.traces_evicted += 1
 
     def refused(self, count: int) -> None:
         self.counts.spans_refused += count
@@ -435,7 +448,7 @@ class TraceStore:
             first = next(iter(self._traces.values()))
             if first.received_at >= oldest_kept:
                 break
-            self._traces.popitem(last=False)
+            self._span_count -= len(self._traces.popitem(last=False)[1].spans)
             self.counts.traces_expired += 1
 
     def _all(self) -> list[list[Span]]:

@@ -120,6 +120,22 @@ def test_the_oldest_trace_goes_first_when_the_store_is_full_and_each_drop_is_cou
     assert store.counts.spans_dropped == 2
 
 
+def test_the_spans_of_all_traces_together_are_bounded_by_dropping_the_oldest_traces() -> None:
+    store = TraceStore(TraceLimits(max_spans=5), Clock())
+    for n in range(3):
+        store.add(spans(*(span(traceId=f"{n:016x}", id=f"{k + 1:016x}") for k in range(2))))
+    assert store.trace(f"{0:016x}") is None
+    assert store.counts.traces_evicted == 1
+    # the trace being added to is never the one dropped: it is bounded by spans per trace
+    store.add(spans(*(span(traceId="9" * 16, id=f"{k + 1:016x}") for k in range(7))))
+    assert len(store) == 1
+    assert len(store.trace("9" * 16) or []) == 7
+    store.add(spans(span(traceId="8" * 16)))
+    assert store.trace("9" * 16) is None
+    assert len(store.trace("8" * 16) or []) == 1
+    assert store.counts.traces_evicted == 4
+
+
 def test_a_trace_older_than_the_age_limit_is_forgotten_and_counted() -> None:
     clock = Clock()
     store = TraceStore(TraceLimits(max_age_seconds=60), clock)
@@ -131,6 +147,16 @@ def test_a_trace_older_than_the_age_limit_is_forgotten_and_counted() -> None:
     assert store.trace(TRACE) is None
     assert len(store) == 1
     assert store.counts.traces_expired == 1
+
+
+def test_an_expired_trace_gives_its_room_back() -> None:
+    clock = Clock()
+    store = TraceStore(TraceLimits(max_age_seconds=60, max_spans=2), clock)
+    store.add(spans(span()))
+    clock.now += 61
+    store.add(spans(span(traceId="1" * 16), span(traceId="2" * 16)))
+    assert len(store) == 2
+    assert store.counts.traces_evicted == 0
 
 
 def test_the_same_span_posted_twice_is_kept_once_and_a_shared_server_span_beside_it() -> None:
