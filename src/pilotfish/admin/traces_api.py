@@ -99,8 +99,10 @@ def add_trace_routes(app: web.Application, control_plane: ControlPlane) -> None:
         return web.json_response(
             {
                 "traces": len(store),
+                "spans": store.span_count,
                 "limits": {
                     "max_traces": store.limits.max_traces,
+                    "max_spans": store.limits.max_spans,
                     "max_spans_per_trace": store.limits.max_spans_per_trace,
                     "max_age_seconds": store.limits.max_age_seconds,
                 },

@@ -439,6 +439,11 @@ class TraceStore:
         self._span_count -= len(self._traces.pop(oldest).spans)
         self.counts.traces_evicted += 1
 
+    @property
+    def span_count(self) -> int:
+        self._expire()
+        return self._span_count
+
     def refused(self, count: int) -> None:
         self.counts.spans_refused += count
 

@@ -85,6 +85,7 @@ async def test_a_bad_span_is_named_in_a_400_and_the_rest_of_its_batch_is_kept(
     stats = await (await client.get("/api/traces/stats")).json()
     assert stats["counts"]["spans_refused"] == 2
     assert stats["counts"]["spans_accepted"] == 1
+    assert (stats["traces"], stats["spans"]) == (1, 1)
     assert (await client.post("/api/v2/spans", data=b"{")).status == 400
     assert (await client.post("/api/v2/spans", json={"traceId": TRACE})).status == 400
     protobuf = await client.post(
