@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from test_translate_envoy_validate import ENVOY
 from tests.waiting import wait_until
 
@@ -63,7 +64,9 @@ def static_cluster(name: str, port: int) -> dict[str, object]:
     }  # fmt: skip
 
 
-def listener(name: str, port: int, direction: str, route: dict[str, object]) -> dict[str, object]:
+def listener(
+    name: str, port: int, direction: str, route: dict[str, object], encoding: str
+) -> dict[str, object]:
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
         ".v3.HttpConnectionManager",
@@ -76,7 +79,7 @@ def listener(name: str, port: int, direction: str, route: dict[str, object]) -> 
                     "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
                     "collector_cluster": TELEMETRY_CLUSTER,
                     "collector_endpoint": ZIPKIN_SPANS_PATH,
-                    "collector_endpoint_version": "HTTP_JSON",
+                    "collector_endpoint_version": encoding,
                     "trace_id_128bit": True,
                 },
             }
@@ -105,7 +108,7 @@ def listener(name: str, port: int, direction: str, route: dict[str, object]) -> 
 
 
 @contextlib.contextmanager
-def tracing_envoy(directory: Path, admin_port: int) -> Iterator[int]:
+def tracing_envoy(directory: Path, admin_port: int, encoding: str) -> Iterator[int]:
     outbound, inbound = free_port(), free_port()
     bootstrap = {
         "node": {"id": "probe-0", "cluster": "probe"},
@@ -116,10 +119,11 @@ def tracing_envoy(directory: Path, admin_port: int) -> Iterator[int]:
             ],
             "listeners": [
                 listener("outbound", outbound, "OUTBOUND",
-                         {"match": {"prefix": "/"}, "route": {"cluster": "inbound"}}),
+                         {"match": {"prefix": "/"}, "route": {"cluster": "inbound"}}, encoding),
                 listener("inbound", inbound, "INBOUND",
                          {"match": {"prefix": "/"},
-                          "direct_response": {"status": 503, "body": {"inline_string": "no"}}}),
+                          "direct_response": {"status": 503, "body": {"inline_string": "no"}}},
+                         encoding),
             ],
         },
         # Send every span at once rather than 5 at a time or every 5 s.
@@ -150,8 +154,9 @@ def get(url: str) -> tuple[int, object]:
         return exc.code, None
 
 
-def test_envoys_zipkin_spans_are_stored_and_drawn(tmp_path: Path) -> None:
-    with admin_api(tmp_path) as admin_port, tracing_envoy(tmp_path, admin_port) as port:
+@pytest.mark.parametrize("encoding", ["HTTP_JSON", "HTTP_PROTO"])
+def test_envoys_zipkin_spans_are_stored_and_drawn(tmp_path: Path, encoding: str) -> None:
+    with admin_api(tmp_path) as admin_port, tracing_envoy(tmp_path, admin_port, encoding) as port:
         admin = f"http://127.0.0.1:{admin_port}"
 
         def answered() -> bool:
@@ -168,6 +173,9 @@ def test_envoys_zipkin_spans_are_stored_and_drawn(tmp_path: Path) -> None:
         spans = traces[0]
         trace_id = str(spans[0]["traceId"])
         assert len(trace_id) == 32
+        # the server shares the client's span id (B3), whatever the byte order on the wire
+        assert spans[0]["id"] == spans[1]["id"]
+        assert trace_id.endswith(str(spans[0]["id"]))
         assert sorted(str(s["kind"]) for s in spans) == ["CLIENT", "SERVER"]
         assert {s["tags"]["http.status_code"] for s in spans} == {"503"}  # type: ignore[index]
         status, by_id = get(f"{admin}/api/v2/trace/{trace_id}")

@@ -1,8 +1,9 @@
 """Admin routes for traces: Zipkin's v2 API, so the Zipkin UI or Grafana's Zipkin data source
 can read the control plane's recent traces, and the proxies can post their spans.
 
-POST /api/v2/spans                    a JSON list of Zipkin v2 spans (gzip too); 202, or 400
-                                      naming the first bad span (the good ones are kept)
+POST /api/v2/spans                    Zipkin v2 spans, a JSON list or protobuf ListOfSpans
+                                      (gzip too); 202, or 400 naming the first bad span (the
+                                      good ones are kept)
 GET  /api/v2/services                 local service names
 GET  /api/v2/spans?serviceName=       span names of a service
 GET  /api/v2/remoteServices?serviceName=
@@ -22,6 +23,11 @@ from aiohttp import web
 
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.telemetry.traces import SpanError, parse_spans, parse_trace_query, spans_to_json
+from pilotfish.telemetry.zipkin_proto import (
+    PROTOBUF_CONTENT_TYPES,
+    ZipkinProtoError,
+    spans_from_protobuf,
+)
 
 
 def _bad_request(message: str) -> web.Response:
@@ -33,16 +39,22 @@ def add_trace_routes(app: web.Application, control_plane: ControlPlane) -> None:
     store = control_plane.traces
 
     async def post_spans(request: web.Request) -> web.Response:
-        if "protobuf" in request.content_type or "thrift" in request.content_type:
+        if "thrift" in request.content_type:
             return web.Response(
                 status=415,
-                text=f"{request.content_type}: only Zipkin v2 JSON (application/json) is read "
-                "here; set the tracer to send JSON\n",
+                text=f"{request.content_type}: Zipkin v2 spans are read here as JSON or "
+                "protobuf, not Thrift (Zipkin v1)\n",
             )
         # aiohttp has already undone a Content-Encoding: gzip.
         raw = await request.read()
+        data: object
         try:
-            data = json.loads(raw)
+            if request.content_type in PROTOBUF_CONTENT_TYPES:
+                data = spans_from_protobuf(raw)
+            else:
+                data = json.loads(raw)
+        except ZipkinProtoError as exc:
+            return _bad_request(str(exc))
         except ValueError as exc:
             return _bad_request(f"the body is not JSON: {exc}")
         try:

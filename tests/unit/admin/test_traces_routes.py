@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from pilotfish.admin.server import build_admin_app
 from pilotfish.controller.control_plane import ControlPlane
+from pilotfish.telemetry.zipkin_proto import ListOfSpans
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
 
@@ -89,9 +90,49 @@ async def test_a_bad_span_is_named_in_a_400_and_the_rest_of_its_batch_is_kept(
     assert (await client.post("/api/v2/spans", data=b"{")).status == 400
     assert (await client.post("/api/v2/spans", json={"traceId": TRACE})).status == 400
     protobuf = await client.post(
-        "/api/v2/spans", data=b"\x0a", headers={"content-type": "application/x-protobuf"}
+        "/api/v2/spans", data=b"\xff\xff", headers={"content-type": "application/x-protobuf"}
     )
-    assert protobuf.status == 415
+    assert protobuf.status == 400
+    assert "ListOfSpans" in await protobuf.text()
+    thrift = await client.post(
+        "/api/v2/spans", data=b"\x0c", headers={"content-type": "application/x-thrift"}
+    )
+    assert thrift.status == 415
+
+
+async def test_protobuf_spans_as_envoy_posts_them_are_read(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    message = ListOfSpans()
+    span = message.spans.add(
+        trace_id=bytes.fromhex(TRACE),
+        id=bytes.fromhex("00f067aa0ba902b7")[::-1],  # Envoy's byte order for span ids
+        kind=2,
+        name="inbound",
+        timestamp=int(time.time() * 1_000_000),
+        duration=1_500,
+        shared=True,
+    )
+    span.local_endpoint.service_name = "backend.default"
+    response = await client.post(
+        "/api/v2/spans",
+        data=message.SerializeToString(),
+        headers={"content-type": "application/x-protobuf"},
+    )
+    assert response.status == 202
+    spans = await (await client.get(f"/api/v2/trace/{TRACE}")).json()
+    assert spans == [
+        {
+            "traceId": TRACE,
+            "id": "00f067aa0ba902b7",
+            "name": "inbound",
+            "kind": "SERVER",
+            "timestamp": spans[0]["timestamp"],
+            "duration": 1500,
+            "localEndpoint": {"serviceName": "backend.default"},
+            "shared": True,
+        }
+    ]
 
 
 async def test_services_span_names_remote_services_and_trace_queries(
