@@ -23,16 +23,19 @@ from pilotfish.controller.config_watch import config_fingerprint, watch_config_d
 from pilotfish.controller.control_plane_metrics import XdsMetrics, control_plane_families
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
+from pilotfish.controller.trace_export import TraceExport
 from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic, Severity
 from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
+from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.istio_metrics import IstioMetrics
 from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.prometheus import MetricFamily
+from pilotfish.telemetry.traces import TraceStore
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -142,6 +145,14 @@ class ControlPlane:
         self.telemetry.add_sink(self.istio_metrics)
         self.access_logs = AccessLogService(self.telemetry, self.nodes)
         self.xds_metrics = XdsMetrics(self.controller.published_at)
+        self.traces = TraceStore()
+        """Recent traces, from the spans the proxies post to the admin API."""
+        self.trace_export = TraceExport(self._trace_exporters)
+        """Those spans, forwarded to the collectors the running MeshConfig names."""
+
+    def _trace_exporters(self) -> tuple[TraceExporter, ...]:
+        config = self.controller.config
+        return config.mesh.telemetry.trace_exporters if config is not None else ()
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
@@ -256,6 +267,7 @@ class ControlPlane:
                     await task
         if self._server is not None:
             await self._server.stop(grace_seconds)
+        await self.trace_export.stop()
         if self.certificates is not None:
             # Nothing is signed any more: the next start can trust these records whole.
             await asyncio.to_thread(self.certificates.save, True)
