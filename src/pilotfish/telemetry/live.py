@@ -281,6 +281,14 @@ class LiveWindows:
         families = (self._services, self._workloads, self._edges, self._series)
         return sum(f.dropped for f in families)
 
+    def key_count(self) -> dict[str, int]:
+        return {
+            "services": len(self._services.keys),
+            "workloads": len(self._workloads.keys),
+            "edges": len(self._edges.keys),
+            "series": len(self._series.keys),
+        }
+
     def add(self, records: Sequence[RequestRecord]) -> None:
         now = self.clock()
         self._maybe_prune(now)
