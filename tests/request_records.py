@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pilotfish.telemetry.records import Peer, RequestRecord, Reporter
+from pilotfish.telemetry.records import Peer, Reporter, RequestRecord
 
 T0 = 1_800_000_000.0  # a fixed "now" for clocks in tests, on a 10 s boundary
 

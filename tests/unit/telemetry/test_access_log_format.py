@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from request_records import T0, record
+from tests.request_records import T0, record
 
 from pilotfish.telemetry.access_log_format import (
     envoy_time,

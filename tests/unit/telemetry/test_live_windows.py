@@ -4,7 +4,7 @@ import math
 import random
 
 import pytest
-from request_records import T0, Clock, both_sides, record
+from tests.request_records import T0, Clock, both_sides, record
 
 from pilotfish.telemetry.live import (
     RELATIVE_ERROR,
@@ -160,10 +160,12 @@ def test_the_graph_has_an_edge_per_caller_and_service() -> None:
     graph = windows.graph(60)
     assert graph["window_seconds"] == 60
     assert graph["nodes"] == [
-        {"id": "service:api.example.com", "kind": "service", "name": OUTSIDE, "namespace": "unknown"},
+        {"id": f"service:{OUTSIDE}", "kind": "service", "name": OUTSIDE, "namespace": "unknown"},
         {"id": f"service:{BACKEND}", "kind": "service", "name": BACKEND, "namespace": "default"},
-        {"id": "workload:default/frontend", "kind": "workload", "name": "frontend", "namespace": "default"},
-        {"id": f"workload:default/{gateway}", "kind": "workload", "name": gateway, "namespace": "default"},
+        {"id": "workload:default/frontend", "kind": "workload", "name": "frontend",
+         "namespace": "default"},
+        {"id": f"workload:default/{gateway}", "kind": "workload", "name": gateway,
+         "namespace": "default"},
     ]  # fmt: skip
     edges = {(e["source"], e["target"]): e for e in graph["edges"]}  # type: ignore[union-attr]
     backend = edges[("workload:default/frontend", f"service:{BACKEND}")]
@@ -183,7 +185,8 @@ def test_series_has_a_point_per_ten_seconds_oldest_first() -> None:
     assert points[0] == {"t": T0, "requests": 2, "rps": 0.2, "success_rate": 1.0, "p99_ms": 5.0}
     assert points[1]["requests"] == 0 and points[1]["success_rate"] is None
     # The current step has lasted 5 s of its 10.
-    assert points[-1] == {"t": T0 + 890, "requests": 4, "rps": 0.8, "success_rate": 0.0, "p99_ms": 5.0}  # fmt: skip
+    last = {"t": T0 + 890, "requests": 4, "rps": 0.8, "success_rate": 0.0, "p99_ms": 5.0}
+    assert points[-1] == last
     assert len(windows.series(BACKEND, 1)) == 6
     assert all(p["requests"] == 0 for p in windows.series("nobody", 15))
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from request_records import T0, record
+from tests.request_records import T0, record
 
 from pilotfish.telemetry.tap import ProxyLogs, TapFeed, TapFilter, TapFull
 
