@@ -24,6 +24,8 @@ from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.live import LiveWindows
+from pilotfish.telemetry.tap import ProxyLogs, TapFeed
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -126,6 +128,11 @@ class ControlPlane:
         self.telemetry = TelemetryHub()
         """Every proxy's request records arrive here (the access-log service) and go to the
         views registered as its sinks."""
+        self.live = LiveWindows()
+        self.tap = TapFeed()
+        self.proxy_logs = ProxyLogs()
+        for sink in (self.live, self.proxy_logs, self.tap):
+            self.telemetry.add_sink(sink)
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
