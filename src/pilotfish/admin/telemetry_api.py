@@ -6,7 +6,9 @@ GET /api/series?service=HOST&minutes=15        one service's metrics in 10 s ste
 GET /api/tap?service=&path=&workload=&errors=1&limit=
                                                live requests, one RequestRecord JSON a line
 GET /api/logs?proxy=NAME&limit=100&follow=0|1&format=text|json
-                                               recent access-log lines of one proxy (or all)
+                                               recent access-log lines of one proxy (or all);
+                                               the format defaults to the MeshConfig's
+                                               accessLogEncoding
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ def _bad_request(exc: _BadQuery) -> web.Response:
     return web.json_response({"error": str(exc)}, status=400)
 
 
+def _mesh_log_format(control_plane: ControlPlane) -> str:
+    """The MeshConfig's ``accessLogEncoding`` as the logs' default format."""
+    config = control_plane.controller.config
+    encoding = config.mesh.telemetry.access_log_encoding if config is not None else "TEXT"
+    return "json" if encoding == "JSON" else "text"
+
+
 def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
     live = control_plane.live
 
@@ -119,7 +128,7 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
         try:
             limit = _int_query(request, "limit", 100, 0, control_plane.proxy_logs.per_proxy * 10)
             follow = _flag_query(request, "follow")
-            encoding = request.query.get("format", "text")
+            encoding = request.query.get("format") or _mesh_log_format(control_plane)
             if encoding not in ("text", "json"):
                 raise _BadQuery(f"format: {encoding!r} must be text or json")
         except _BadQuery as exc:

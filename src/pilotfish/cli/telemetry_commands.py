@@ -56,7 +56,11 @@ def add_telemetry_commands(commands: argparse._SubParsersAction[argparse.Argumen
     logs.add_argument("name", nargs="?", help="a proxy's name (its node id); all when left out")
     logs.add_argument("--admin", help="admin API URL (default: read from DIR/.pilotfish)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    logs.add_argument("--json", action="store_true", help="one JSON object a line")
+    logs.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object a line (the default when MeshConfig's accessLogEncoding is JSON)",
+    )
     logs.add_argument("--limit", type=int, default=100, help="recent lines to print first")
     logs.set_defaults(handler=run_logs)
 
@@ -241,7 +245,7 @@ def run_logs(args: argparse.Namespace) -> int:
         "proxy": args.name or "",
         "limit": max(0, args.limit),
         "follow": 1 if args.follow else 0,
-        "format": "json" if args.json else "text",
+        "format": "json" if args.json else "",  # else the MeshConfig's accessLogEncoding
     }
     try:
         for line in stream_lines(admin_url(args.directory, args.admin), "/api/logs", query):

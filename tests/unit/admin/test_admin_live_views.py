@@ -17,6 +17,8 @@ from tests.waiting import eventually
 
 from pilotfish.admin.server import build_admin_app
 from pilotfish.controller.control_plane import ControlPlane
+from pilotfish.model.resources import MeshConfig, MeshSettings
+from pilotfish.model.telemetry import TelemetrySettings
 
 BACKEND = "backend.default.svc.cluster.local"
 
@@ -188,3 +190,16 @@ async def test_logs_follow_sends_the_recent_lines_then_new_ones(
     control_plane.telemetry.ingest([elsewhere, later])
     assert '"GET /after -"' in (await read_line(response)).decode()
     response.close()
+
+
+async def test_logs_are_json_by_default_when_the_mesh_logs_json(
+    control_plane: ControlPlane, client: TestClient[object, object]
+) -> None:
+    json_logs = TelemetrySettings(access_log_encoding="JSON")
+    control_plane.controller.apply_config(MeshConfig(mesh=MeshSettings(telemetry=json_logs)), ())
+    control_plane.telemetry.ingest([record(proxy="frontend-0", path="/j")])
+    response = await client.get("/api/logs")
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    assert json.loads(await response.text())["path"] == "/j"
+    text = await client.get("/api/logs?format=text")
+    assert (await text.text()).startswith("[")
