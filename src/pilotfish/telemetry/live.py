@@ -143,7 +143,6 @@ class SlotRing:
         self.width = width
         self.retention = retention
         self.slots: dict[int, Slot] = {}
-        self.last_added = 0.0
 
     def start_of(self, when: float) -> int:
         return int(when // self.width) * self.width
@@ -154,7 +153,6 @@ class SlotRing:
         if slot is None:
             slot = self.slots[start] = Slot()
         slot.add(ok, duration_ms)
-        self.last_added = max(self.last_added, when)
 
     def prune(self, now: float) -> None:
         oldest = self.start_of(now) - self.retention + self.width
