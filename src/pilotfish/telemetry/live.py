@@ -394,6 +394,14 @@ class LiveWindows:
                     "p99_ms": _ms(summary.p99_ms),
                 }
             )
+        # Workloads that only serve (call nobody) are nodes too, so that a view can join each
+        # service to the workloads behind it.
+        for (workload, namespace), traffic in self._workloads.keys.items():
+            node_id = workload_node_id(workload, namespace)
+            if node_id not in nodes and self._window(traffic, seconds, now, None).requests:
+                nodes[node_id] = {
+                    "id": node_id, "kind": "workload", "name": workload, "namespace": namespace,
+                }  # fmt: skip
         edges.sort(key=lambda e: (str(e["source"]), str(e["target"])))
         return {
             "window_seconds": seconds,

@@ -111,6 +111,7 @@ async def test_graph_and_series(
     assert {n["id"] for n in graph["nodes"]} == {  # type: ignore[union-attr]
         "workload:default/frontend",
         f"service:{BACKEND}",
+        "workload:default/backend",
     }
     series = await get_json(client, f"/api/series?service={BACKEND}&minutes=15")
     assert (series["service"], series["step_seconds"]) == (BACKEND, 10)

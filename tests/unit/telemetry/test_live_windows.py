@@ -162,6 +162,8 @@ def test_the_graph_has_an_edge_per_caller_and_service() -> None:
     assert graph["nodes"] == [
         {"id": f"service:{OUTSIDE}", "kind": "service", "name": OUTSIDE, "namespace": "unknown"},
         {"id": f"service:{BACKEND}", "kind": "service", "name": BACKEND, "namespace": "default"},
+        {"id": "workload:default/backend", "kind": "workload", "name": "backend",
+         "namespace": "default"},
         {"id": "workload:default/frontend", "kind": "workload", "name": "frontend",
          "namespace": "default"},
         {"id": f"workload:default/{gateway}", "kind": "workload", "name": gateway,
