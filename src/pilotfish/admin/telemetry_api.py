@@ -8,7 +8,7 @@ GET /api/tap?service=&path=&workload=&errors=1&limit=
 GET /api/logs?proxy=NAME&limit=100&follow=0|1&format=text|json
                                                recent access-log lines of one proxy (or all);
                                                the format defaults to the MeshConfig's
-                                               accessLogEncoding
+                                               accessLogEncoding, text is its accessLogFormat
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from pilotfish.controller.control_plane import ControlPlane
+from pilotfish.model.telemetry import TelemetrySettings
 from pilotfish.telemetry.access_log_format import format_json_line, format_text_line
 from pilotfish.telemetry.live import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from pilotfish.telemetry.records import RequestRecord
@@ -68,9 +69,13 @@ def _bad_request(exc: _BadQuery) -> web.Response:
 
 def _mesh_log_format(control_plane: ControlPlane) -> str:
     """The MeshConfig's ``accessLogEncoding`` as the logs' default format."""
+    settings = _telemetry_settings(control_plane)
+    return "json" if settings.access_log_encoding == "JSON" else "text"
+
+
+def _telemetry_settings(control_plane: ControlPlane) -> TelemetrySettings:
     config = control_plane.controller.config
-    encoding = config.mesh.telemetry.access_log_encoding if config is not None else "TEXT"
-    return "json" if encoding == "JSON" else "text"
+    return config.mesh.telemetry if config is not None else TelemetrySettings()
 
 
 def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
@@ -140,7 +145,13 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
             return web.json_response(
                 {"error": f"no proxy {proxy!r}; the proxies are: {listing}"}, status=404
             )
-        formatter = format_json_line if encoding == "json" else format_text_line
+        text_format = _telemetry_settings(control_plane).access_log_format
+
+        def formatter(record: RequestRecord) -> str:
+            if encoding == "json":
+                return format_json_line(record)
+            return format_text_line(record, text_format)
+
         content_type = NDJSON if encoding == "json" else "text/plain"
         recent = control_plane.proxy_logs.recent(proxy, limit)
         if not follow:

@@ -1,20 +1,77 @@
-"""A record as an access-log line: Istio's default text format, or its JSON fields.
+"""A record as an access-log line: Envoy's command operators (Istio's default format, or the
+mesh's ``accessLogFormat``), or Istio's JSON fields.
 
-The text line has the fields of Istio's default ``accessLogFormat`` in its order (Envoy's
-``-`` for a value the record does not carry: the protocol version, user agent, forwarded-for
-and socket addresses are not in the access-log entries the proxies send us), then the
-response flags in words, which is what the line is most often read for.
+The record holds what the proxies' gRPC access-log entries carry, so an operator for
+something else (the protocol version, the user agent, forwarded-for, socket addresses) is
+Envoy's ``-``, as it is for a value Envoy does not have. The response flags are appended in
+words, which is what a line is most often read for.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from pilotfish.model.telemetry import flag_words
 from pilotfish.telemetry.records import RequestRecord
 
 _MISSING = "-"
+
+# Istio's default ``accessLogFormat`` (the same fields, in the same order, as Istio 1.9 on).
+DEFAULT_TEXT_FORMAT = " ".join(
+    (
+        "[%START_TIME%]",
+        '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"',
+        "%RESPONSE_CODE%",
+        "%RESPONSE_FLAGS%",
+        "%RESPONSE_CODE_DETAILS%",
+        "%CONNECTION_TERMINATION_DETAILS%",
+        '"%UPSTREAM_TRANSPORT_FAILURE_REASON%"',
+        "%BYTES_RECEIVED%",
+        "%BYTES_SENT%",
+        "%DURATION%",
+        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+        '"%REQ(X-FORWARDED-FOR)%"',
+        '"%REQ(USER-AGENT)%"',
+        '"%REQ(X-REQUEST-ID)%"',
+        '"%REQ(:AUTHORITY)%"',
+        '"%UPSTREAM_HOST%"',
+        "%UPSTREAM_CLUSTER_RAW%",
+        "%UPSTREAM_LOCAL_ADDRESS%",
+        "%DOWNSTREAM_LOCAL_ADDRESS%",
+        "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "%REQUESTED_SERVER_NAME%",
+        "%ROUTE_NAME%",
+    )
+)
+
+# %NAME%, %NAME(argument)%, %NAME(argument):max_length%, and %% for a percent sign.
+_OPERATOR = re.compile(r"%%|%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
+
+_PLAIN: Mapping[str, Callable[[RequestRecord], str | int]] = {
+    "RESPONSE_CODE": lambda r: r.response_code,
+    "RESPONSE_FLAGS": lambda r: r.response_flags_label,
+    "RESPONSE_CODE_DETAILS": lambda r: r.response_code_details,
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda r: r.upstream_failure,
+    "BYTES_RECEIVED": lambda r: r.request_bytes,
+    "BYTES_SENT": lambda r: r.response_bytes,
+    "DURATION": lambda r: round(r.duration_ms),
+    "UPSTREAM_HOST": lambda r: r.upstream_host,
+    "UPSTREAM_CLUSTER": lambda r: r.upstream_cluster,
+    "UPSTREAM_CLUSTER_RAW": lambda r: r.upstream_cluster,
+    "ROUTE_NAME": lambda r: r.route_name,
+    "GRPC_STATUS_NUMBER": lambda r: r.grpc_status,
+}
+_REQUEST_HEADERS: Mapping[str, Callable[[RequestRecord], str]] = {
+    ":method": lambda r: r.method,
+    ":path": lambda r: r.path,
+    "x-envoy-original-path": lambda r: r.path,
+    ":authority": lambda r: r.authority,
+    "host": lambda r: r.authority,
+    "x-request-id": lambda r: r.request_id,
+}
 
 
 def envoy_time(unix_seconds: float) -> str:
@@ -23,12 +80,39 @@ def envoy_time(unix_seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _value(text: str | int) -> str:
-    return str(text) if text != "" else _MISSING
+def _request_header(record: RequestRecord, argument: str) -> str:
+    # REQ(X?Y): header X, else header Y.
+    for name in argument.lower().split("?"):
+        read = _REQUEST_HEADERS.get(name.strip())
+        value = read(record) if read is not None else ""
+        if value:
+            return value
+    return ""
 
 
-def _quoted(text: str) -> str:
-    return f'"{_value(text)}"'
+def _operator_value(record: RequestRecord, name: str, argument: str) -> str:
+    if name == "START_TIME":
+        return envoy_time(record.start_time)
+    if name == "REQ":
+        return _request_header(record, argument)
+    if name in ("RESP", "TRAILER") and argument.lower() == "grpc-status":
+        return record.grpc_status
+    read = _PLAIN.get(name)
+    return str(read(record)) if read is not None else ""
+
+
+def render(log_format: str, record: RequestRecord) -> str:
+    """``log_format``'s command operators filled from ``record``; ``-`` where it has no value."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        text = _operator_value(record, match.group(1), match.group(2) or "")
+        if match.group(3):
+            text = text[: int(match.group(3))]
+        return text or _MISSING
+
+    return _OPERATOR.sub(value, log_format).rstrip("\n")
 
 
 def flags_in_words(record: RequestRecord) -> str:
@@ -39,32 +123,9 @@ def flags_in_words(record: RequestRecord) -> str:
     )
 
 
-def format_text_line(record: RequestRecord) -> str:
-    fields = [
-        f"[{envoy_time(record.start_time)}]",
-        f'"{_value(record.method)} {_value(record.path)} {_MISSING}"',  # %PROTOCOL% not sent
-        str(record.response_code),
-        record.response_flags_label,
-        _value(record.response_code_details),
-        _MISSING,  # %CONNECTION_TERMINATION_DETAILS%
-        _quoted(record.upstream_failure),
-        str(record.request_bytes),
-        str(record.response_bytes),
-        str(round(record.duration_ms)),
-        _MISSING,  # %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
-        _quoted(""),  # %REQ(X-FORWARDED-FOR)%
-        _quoted(""),  # %REQ(USER-AGENT)%
-        _quoted(record.request_id),
-        _quoted(record.authority),
-        _quoted(record.upstream_host),
-        _value(record.upstream_cluster),
-        _MISSING,  # %UPSTREAM_LOCAL_ADDRESS%
-        _MISSING,  # %DOWNSTREAM_LOCAL_ADDRESS%
-        _MISSING,  # %DOWNSTREAM_REMOTE_ADDRESS%
-        _MISSING,  # %REQUESTED_SERVER_NAME%
-        _value(record.route_name),
-    ]
-    line = " ".join(fields)
+def format_text_line(record: RequestRecord, log_format: str | None = None) -> str:
+    """The line in ``log_format`` (Istio's default when None), then the flags in words."""
+    line = render(log_format or DEFAULT_TEXT_FORMAT, record)
     words = flags_in_words(record)
     return f"{line} flags: {words}" if words else line
 

@@ -204,3 +204,13 @@ async def test_logs_are_json_by_default_when_the_mesh_logs_json(
     assert json.loads(await response.text())["path"] == "/j"
     text = await client.get("/api/logs?format=text")
     assert (await text.text()).startswith("[")
+
+
+async def test_text_logs_follow_the_meshs_access_log_format(
+    control_plane: ControlPlane, client: TestClient[object, object]
+) -> None:
+    own = TelemetrySettings(access_log_format="%REQ(:PATH)% -> %RESPONSE_CODE%\n")
+    control_plane.controller.apply_config(MeshConfig(mesh=MeshSettings(telemetry=own)), ())
+    control_plane.telemetry.ingest([record(proxy="frontend-0", path="/own", code=503)])
+    response = await client.get("/api/logs")
+    assert await response.text() == "/own -> 503\n"

@@ -41,3 +41,14 @@ def test_the_json_line_has_istios_field_names_and_the_words() -> None:
     assert entry["upstream_cluster"] == "outbound|8080||backend.default.svc.cluster.local"
     assert entry["proxy"] == "backend-0"
     assert entry["upstream_transport_failure_reason"] is None
+
+
+def test_a_format_of_the_users_own_is_filled_operator_by_operator() -> None:
+    log_format = (
+        "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% peer=%DYNAMIC_METADATA(pilotfish.peer:id)%"
+        " %REQ(:AUTHORITY):4% %REQ(X-MISSING?:METHOD)% %RESP(GRPC-STATUS)% 100%%\n"
+    )
+    line = format_text_line(record(path="/x", code=503, flags=("UO",)), log_format)
+    assert line == (
+        "/x 503 UO peer=- back GET - 100% flags: UO=upstream overflow (circuit breaker open)"
+    )
