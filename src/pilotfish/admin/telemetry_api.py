@@ -27,6 +27,7 @@ from pilotfish.telemetry.access_log_format import format_json_line, format_text_
 from pilotfish.telemetry.live import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from pilotfish.telemetry.records import RequestRecord
 from pilotfish.telemetry.tap import TapFilter, TapFull
+from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
 
 log = logging.getLogger("pilotfish.admin")
 
@@ -145,7 +146,8 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
             return web.json_response(
                 {"error": f"no proxy {proxy!r}; the proxies are: {listing}"}, status=404
             )
-        text_format = _telemetry_settings(control_plane).access_log_format
+        # The format the mesh's Envoys write to their own files.
+        text_format = _telemetry_settings(control_plane).access_log_format or ISTIO_TEXT_FORMAT
 
         def formatter(record: RequestRecord) -> str:
             if encoding == "json":

@@ -1,5 +1,5 @@
-"""A record as an access-log line: Envoy's command operators (Istio's default format, or the
-mesh's ``accessLogFormat``), or Istio's JSON fields.
+"""A record as an access-log line: a format of Envoy's command operators (the one the mesh's
+Envoys write: Istio's default or the mesh's ``accessLogFormat``), or Istio's JSON fields.
 
 The record holds what the proxies' gRPC access-log entries carry, so an operator for
 something else (the protocol version, the user agent, forwarded-for, socket addresses) is
@@ -18,34 +18,6 @@ from pilotfish.model.telemetry import flag_words
 from pilotfish.telemetry.records import RequestRecord
 
 _MISSING = "-"
-
-# Istio's default ``accessLogFormat`` (the same fields, in the same order, as Istio 1.9 on).
-DEFAULT_TEXT_FORMAT = " ".join(
-    (
-        "[%START_TIME%]",
-        '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"',
-        "%RESPONSE_CODE%",
-        "%RESPONSE_FLAGS%",
-        "%RESPONSE_CODE_DETAILS%",
-        "%CONNECTION_TERMINATION_DETAILS%",
-        '"%UPSTREAM_TRANSPORT_FAILURE_REASON%"',
-        "%BYTES_RECEIVED%",
-        "%BYTES_SENT%",
-        "%DURATION%",
-        "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-        '"%REQ(X-FORWARDED-FOR)%"',
-        '"%REQ(USER-AGENT)%"',
-        '"%REQ(X-REQUEST-ID)%"',
-        '"%REQ(:AUTHORITY)%"',
-        '"%UPSTREAM_HOST%"',
-        "%UPSTREAM_CLUSTER_RAW%",
-        "%UPSTREAM_LOCAL_ADDRESS%",
-        "%DOWNSTREAM_LOCAL_ADDRESS%",
-        "%DOWNSTREAM_REMOTE_ADDRESS%",
-        "%REQUESTED_SERVER_NAME%",
-        "%ROUTE_NAME%",
-    )
-)
 
 # %NAME%, %NAME(argument)%, %NAME(argument):max_length%, and %% for a percent sign.
 _OPERATOR = re.compile(r"%%|%([A-Z][A-Z0-9_]*)(?:\(([^)]*)\))?(?::([0-9]+))?%")
@@ -123,9 +95,9 @@ def flags_in_words(record: RequestRecord) -> str:
     )
 
 
-def format_text_line(record: RequestRecord, log_format: str | None = None) -> str:
-    """The line in ``log_format`` (Istio's default when None), then the flags in words."""
-    line = render(log_format or DEFAULT_TEXT_FORMAT, record)
+def format_text_line(record: RequestRecord, log_format: str) -> str:
+    """The line in ``log_format``, then the flags in words."""
+    line = render(log_format, record)
     words = flags_in_words(record)
     return f"{line} flags: {words}" if words else line
 

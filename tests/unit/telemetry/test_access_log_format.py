@@ -9,10 +9,11 @@ from pilotfish.telemetry.access_log_format import (
     format_json_line,
     format_text_line,
 )
+from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
 
 
 def test_a_good_request_is_istios_default_line_with_dashes_for_what_was_not_sent() -> None:
-    line = format_text_line(record(at=T0 + 0.0125, duration_ms=12.5))
+    line = format_text_line(record(at=T0 + 0.0125, duration_ms=12.5), ISTIO_TEXT_FORMAT)
     assert line == (
         '[2027-01-15T08:00:00.000Z] "GET / -" 200 - via_upstream - "-" 0 12 12 - "-" "-" '
         '"5d1c7a2e-0000-4000-8000-000000000001" "backend:8080" "127.0.0.1:40001" '
@@ -21,7 +22,9 @@ def test_a_good_request_is_istios_default_line_with_dashes_for_what_was_not_sent
 
 
 def test_a_failure_carries_its_flags_in_words() -> None:
-    line = format_text_line(record(reporter="source", code=503, flags=("UF", "URX")))
+    line = format_text_line(
+        record(reporter="source", code=503, flags=("UF", "URX")), ISTIO_TEXT_FORMAT
+    )
     assert " 503 UF,URX upstream_reset_before_response_started{connection_failure} " in line
     assert line.endswith(
         " flags: UF=upstream connection failure, URX=upstream retry limit exceeded"
