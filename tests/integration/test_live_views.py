@@ -21,9 +21,6 @@ from tests.waiting import wait_until
 
 from pilotfish.agent.ports import free_port
 
-# Until the access-log service is on this branch, no proxy's records reach the control plane.
-pytest.importorskip("pilotfish.controller.access_log_service")
-
 BACKEND = "backend.default.svc.cluster.local"
 CLOSED = "closed.example.internal"
 GATEWAY_ID = "ingressgateway"

@@ -1,5 +1,6 @@
 """Admin routes for traffic: ``/metrics`` and the live views.
 
+GET /metrics                                   Istio's metrics and the control plane's own
 GET /api/stat?by=service|workload&window=60   golden metrics per service or workload
 GET /api/graph?window=60                       workload -> service edges with their metrics
 GET /api/series?service=HOST&minutes=15        one service's metrics in 10 s steps
@@ -25,6 +26,7 @@ from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.model.telemetry import TelemetrySettings
 from pilotfish.telemetry.access_log_format import format_json_line, format_text_line
 from pilotfish.telemetry.live import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
+from pilotfish.telemetry.prometheus import CONTENT_TYPE, render
 from pilotfish.telemetry.records import RequestRecord
 from pilotfish.telemetry.tap import TapFilter, TapFull
 from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
@@ -37,6 +39,7 @@ _IDLE_CHECK_SECONDS = 1.0
 
 
 def add_telemetry_routes(app: web.Application, control_plane: ControlPlane) -> None:
+    add_metrics_route(app, control_plane)
     add_live_routes(app, control_plane)
 
 
@@ -218,3 +221,16 @@ async def _stream(
                 request.path_qs,
                 subscriber.dropped,
             )
+
+
+def add_metrics_route(app: web.Application, control_plane: ControlPlane) -> None:
+    """``GET /metrics``: Istio's standard metrics and the control plane's own, in Prometheus's
+    text format."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        # The families are immutable copies: the text (megabytes for a big mesh) is written
+        # off the event loop, which keeps serving xDS meanwhile.
+        text = await asyncio.to_thread(render, control_plane.metric_families())
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/metrics", metrics)
