@@ -3,6 +3,7 @@ access-log streams, tap while requests happen, and each proxy's log lines."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from tests.integration.mesh_harness import (
 from tests.waiting import wait_until
 
 from pilotfish.agent.ports import free_port
+from pilotfish.telemetry.live import NOT_REACHED_FLAGS
 
 BACKEND = "backend.default.svc.cluster.local"
 CLOSED = "closed.example.internal"
@@ -50,6 +52,18 @@ spec:
   - match: [{{uri: {{prefix: /closed}}}}]
     route: [{{destination: {{host: {CLOSED}}}}}]
   - route: [{{destination: {{host: frontend}}}}]
+---
+# Calls to /broken never reach backend: frontend's sidecar aborts them (FI).
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend}}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{{uri: {{prefix: /broken}}}}]
+    fault: {{abort: {{httpStatus: 500, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: backend}}}}]
+  - route: [{{destination: {{host: backend}}}}]
 ---
 """
         + gateway(gateway_port)
@@ -90,35 +104,62 @@ def call_backend(mesh: RunningMesh, path: str) -> int:
     return mesh.get(f"/call?url=http://backend:9001{path}").status
 
 
-def source_records_logged(mesh: RunningMesh, count: int) -> bool:
-    """Whether frontend's sidecar has reported ``count`` calls to backend: the caller's records
-    arrived too, so a double count would show now."""
-    url = f"{mesh.admin_url}/api/logs?proxy=frontend-0&format=json&limit=1000"
+def logged(mesh: RunningMesh, proxy: str) -> list[dict[str, object]]:
+    """Every record ``proxy`` reported, as /api/logs has them."""
+    url = f"{mesh.admin_url}/api/logs?proxy={proxy}&format=json&limit=10000"
     with _direct.open(url, timeout=10) as response:
-        lines = response.read().decode().splitlines()
-    return sum(f'"destination_service":"{BACKEND}"' in line for line in lines) >= count
+        return [json.loads(line) for line in response.read().decode().splitlines()]
+
+
+def backend_records(mesh: RunningMesh, path: str = "") -> tuple[int, int, int]:
+    """Requests to backend as its own sidecar reported them, as frontend's sidecar did, and
+    those of frontend's that never reached backend (its flags say so)."""
+    callee = [e for e in logged(mesh, "backend-0") if str(e["path"]).startswith(path)]
+    caller = [
+        e
+        for e in logged(mesh, "frontend-0")
+        if e["destination_service"] == BACKEND and str(e["path"]).startswith(path)
+    ]
+    not_reached = [
+        e for e in caller if set(str(e["response_flags"]).split(",")) & NOT_REACHED_FLAGS
+    ]
+    return len(callee), len(caller), len(not_reached)
+
+
+def failures(row: dict[str, object]) -> int:
+    requests, success_rate = row["requests"], row["success_rate"]
+    assert isinstance(requests, int) and isinstance(success_rate, float)
+    return round(requests * (1 - success_rate))
 
 
 def test_stat_counts_each_call_once_and_its_failures(mesh: RunningMesh) -> None:
+    mesh.wait_endpoints(BACKEND, 1)
+    wait_until(lambda: call_backend(mesh, "/warm-up") == 200, 30, "backend to answer")
     assert [call_backend(mesh, "/good") for _ in range(4)] == [200] * 4
-    wait_until(lambda: source_records_logged(mesh, 4), 15, "frontend's records of its calls")
-    wait_until(lambda: BACKEND in stat_rows(mesh), 15, f"{BACKEND} in stat")
+    # Both sidecars' records of the four calls have arrived: a double count would show now.
+    wait_until(lambda: backend_records(mesh, "/good")[:2] == (4, 4), 15, "the calls' records")
+    callee, caller, not_reached = backend_records(mesh)
     backend = stat_rows(mesh)[BACKEND]
-    assert (backend["requests"], backend["success_rate"]) == (4, 1.0)
+    # Each request once: the callee's record, or the caller's when the callee never got it.
+    assert backend["requests"] == callee + not_reached, (callee, caller, not_reached)
+    assert caller >= 4 and callee >= 4
+    failed_before = failures(backend)
 
-    statuses = sorted(call_backend(mesh, "/fail-every-other") for _ in range(4))
-    assert statuses == [200, 200, 503, 503]
-    wait_until(lambda: source_records_logged(mesh, 8), 15, "frontend's records of its calls")
-    wait_until(lambda: stat_rows(mesh)[BACKEND]["requests"] == 8, 15, "8 requests to backend")
+    assert [call_backend(mesh, "/broken") for _ in range(4)] == [500] * 4
+    wait_until(lambda: backend_records(mesh, "/broken") == (0, 4, 4), 15, "the records")
+    callee, _, not_reached = backend_records(mesh)
     backend = stat_rows(mesh)[BACKEND]
-    assert backend["success_rate"] == 0.75
+    assert backend["requests"] == callee + not_reached
+    assert failures(backend) == failed_before + 4
+    assert isinstance(backend["success_rate"], float) and backend["success_rate"] < 1.0
     assert isinstance(backend["p99_ms"], float) and backend["p99_ms"] > 0
-    assert stat_rows(mesh, "workload")["backend"]["requests"] == 8
+    assert stat_rows(mesh, "workload")["backend"]["requests"] == callee
 
     shown = pilotfish("stat", str(mesh.directory), "--window", "10m")
     assert shown.returncode == 0, shown.stderr
     row = next(line.split() for line in shown.stdout.splitlines() if line.startswith(BACKEND))
-    assert (row[2], row[-1]) == ("75.00%", "8")
+    assert row[-1] == str(backend["requests"])
+    assert row[2] == f"{float(backend['success_rate']) * 100:.2f}%"
 
 
 def test_a_refused_connection_is_a_failure_of_the_service_outside_the_mesh(
