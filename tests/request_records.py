@@ -56,6 +56,7 @@ def record(
         request_id="5d1c7a2e-0000-4000-8000-000000000001",
         trace_id="",
         connection_security_policy="mutual_tls" if reporter == "destination" else "unknown",
+        http_version="HTTP/1.1",
     )
 
 

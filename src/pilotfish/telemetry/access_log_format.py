@@ -35,6 +35,7 @@ _PLAIN: Mapping[str, Callable[[RequestRecord], str | int]] = {
     "UPSTREAM_CLUSTER_RAW": lambda r: r.upstream_cluster,
     "ROUTE_NAME": lambda r: r.route_name,
     "GRPC_STATUS_NUMBER": lambda r: r.grpc_status,
+    "PROTOCOL": lambda r: r.http_version,
 }
 _REQUEST_HEADERS: Mapping[str, Callable[[RequestRecord], str]] = {
     ":method": lambda r: r.method,

@@ -153,6 +153,12 @@ def service_name_and_namespace(hostname: str) -> tuple[str, str]:
     return hostname, UNKNOWN
 
 
+# HTTPAccessLogEntry.HTTPVersion -> what Envoy's %PROTOCOL% prints.
+_HTTP_VERSIONS: Mapping[int, str] = MappingProxyType(
+    {1: "HTTP/1.0", 2: "HTTP/1.1", 3: "HTTP/2", 4: "HTTP/3"}
+)
+
+
 def decode_entry(
     entry: Any,
     reporter: Reporter,
@@ -225,6 +231,7 @@ def decode_entry(
         request_id=request.request_id,
         trace_id=trace_id(request_headers),
         connection_security_policy=security,
+        http_version=_HTTP_VERSIONS.get(entry.protocol_version, ""),
     )
 
 

@@ -78,6 +78,8 @@ class RequestRecord:
     """The W3C / B3 trace id the request carried, or ``""`` when it was not traced."""
     connection_security_policy: str
     """``mutual_tls`` or ``none`` on the destination side; ``unknown`` on the source side."""
+    http_version: str = ""
+    """Envoy's ``%PROTOCOL%`` of the downstream request (``HTTP/1.1``, ``HTTP/2``), or ``""``."""
 
     @property
     def ok(self) -> bool:
@@ -121,5 +123,6 @@ class RequestRecord:
             "request_id": self.request_id,
             "trace_id": self.trace_id,
             "connection_security_policy": self.connection_security_policy,
+            "http_version": self.http_version,
             "ok": self.ok,
         }

@@ -161,7 +161,7 @@ async def test_logs_of_one_proxy_as_text_and_json(
     assert response.status == 200
     lines = (await response.text()).splitlines()
     assert len(lines) == 2
-    assert '"GET /good -" 200 -' in lines[0]
+    assert '"GET /good HTTP/1.1" 200 -' in lines[0]
     assert lines[1].endswith("flags: UH=no healthy upstream")
     response = await client.get("/api/logs?proxy=frontend-0&format=json&limit=1")
     entries = [json.loads(line) for line in (await response.text()).splitlines()]
@@ -189,7 +189,7 @@ async def test_logs_follow_sends_the_recent_lines_then_new_ones(
     later = record(proxy="frontend-0", path="/after")
     elsewhere = replace(later, proxy="backend-0", path="/elsewhere")
     control_plane.telemetry.ingest([elsewhere, later])
-    assert '"GET /after -"' in (await read_line(response)).decode()
+    assert '"GET /after HTTP/1.1"' in (await read_line(response)).decode()
     response.close()
 
 

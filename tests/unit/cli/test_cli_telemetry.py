@@ -179,7 +179,7 @@ def test_logs_print_a_proxys_lines_and_refuse_an_unknown_one(
     admin.ingest([record(proxy="backend-0", path="/one"), record(proxy="other-0")])
     assert main(["logs", str(tmp_path), "backend-0"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
-    assert '"GET /one -" 200 - via_upstream' in line
+    assert '"GET /one HTTP/1.1" 200 - via_upstream' in line
     assert main(["logs", str(tmp_path), "--json", "--limit", "1"]) == 0
     assert '"proxy":"other-0"' in capsys.readouterr().out
     assert main(["logs", str(tmp_path), "nobody"]) == 2

@@ -15,7 +15,7 @@ from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
 def test_a_good_request_is_istios_default_line_with_dashes_for_what_was_not_sent() -> None:
     line = format_text_line(record(at=T0 + 0.0125, duration_ms=12.5), ISTIO_TEXT_FORMAT)
     assert line == (
-        '[2027-01-15T08:00:00.000Z] "GET / -" 200 - via_upstream - "-" 0 12 12 - "-" "-" '
+        '[2027-01-15T08:00:00.000Z] "GET / HTTP/1.1" 200 - via_upstream - "-" 0 12 12 - "-" "-" '
         '"5d1c7a2e-0000-4000-8000-000000000001" "backend:8080" "127.0.0.1:40001" '
         "outbound|8080||backend.default.svc.cluster.local - - - - default"
     )

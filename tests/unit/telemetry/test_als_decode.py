@@ -244,3 +244,12 @@ def test_cluster_and_host_names() -> None:
     assert split_outbound_cluster("outbound|x||web") is None
     assert service_name_and_namespace("web.shop.svc.cluster.local") == ("web", "shop")
     assert service_name_and_namespace("httpbin.org") == ("httpbin.org", "unknown")
+
+
+def test_the_http_version_is_envoys_protocol_words(nodes: NodeDirectory) -> None:
+    entry = http_entry(cluster=f"outbound|8080||{BACKEND_HOST}")
+    assert decode_entry(entry, "source", FRONTEND, nodes).http_version == "HTTP/1.1"
+    entry.protocol_version = accesslog_pb2.HTTPAccessLogEntry.HTTP2
+    assert decode_entry(entry, "source", FRONTEND, nodes).http_version == "HTTP/2"
+    entry.protocol_version = accesslog_pb2.HTTPAccessLogEntry.PROTOCOL_UNSPECIFIED
+    assert decode_entry(entry, "source", FRONTEND, nodes).http_version == ""
