@@ -163,7 +163,8 @@ def test_config_page_shows_a_rejected_edit_and_its_recovery_live(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
     open_view(page, mesh, "config")
-    expect(page.page.locator(".notice.good")).to_have_text("No problems: the config applied cleanly.")
+    clean = "No problems: the config applied cleanly."
+    expect(page.page.locator(".notice.good")).to_have_text(clean)
     broken = mesh.directory / "broken.yaml"
     write_yaml(broken, BROKEN)
     try:
