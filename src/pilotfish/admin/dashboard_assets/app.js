@@ -57,10 +57,12 @@ function badge(text, tone) {
 const STATUS_TONES = { SYNCED: "good", STALE: "warn", NACKED: "bad", NOT_SENT: "none" };
 
 function tile(metric, label, value, tone) {
+  // "12.5 req/s": the number large, its unit small beside it.
+  const [number, ...unit] = value.split(" ");
   return el(
     "div",
     { class: ["tile", tone], "data-metric": metric },
-    el("span", { class: "tile-value" }, value),
+    el("span", { class: "tile-value" }, number, unit.length ? el("span", { class: "unit" }, ` ${unit.join(" ")}`) : null),
     el("span", { class: "tile-label" }, label),
   );
 }
@@ -154,12 +156,13 @@ function seriesCharts(series) {
   const pick = (key) => points.map((p) => ({ t: p.t, value: isNumber(p.requests) && p.requests === 0 && key !== "rps" ? null : p[key] }));
   const chart = (title, key, format, extra = {}) =>
     el("figure", { class: "chart-box", "data-chart": key }, el("figcaption", {}, title), lineChart(pick(key), { label: title, format, start, end, step, ...extra }));
+  // Axis labels are short: the caption names the unit where the label does not.
   return el(
     "div",
     { class: "charts" },
-    chart("Requests per second", "rps", formatRate),
-    chart("Success rate", "success_rate", formatPercent, { max: 1 }),
-    chart("Latency p99", "p99_ms", formatMs),
+    chart("Requests per second", "rps", (v) => String(Number(v.toFixed(2)))),
+    chart("Success rate", "success_rate", (v) => `${Math.round(v * 100)}%`, { max: 1 }),
+    chart("Latency p99", "p99_ms", (v) => (v === 0 ? "0" : formatMs(v))),
   );
 }
 

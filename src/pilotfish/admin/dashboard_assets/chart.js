@@ -2,9 +2,9 @@
 
 import { formatClock, isNumber, svg } from "./dom.js";
 
-const WIDTH = 560;
-const HEIGHT = 170;
-const PAD = { left: 64, right: 14, top: 12, bottom: 26 };
+const WIDTH = 400;
+const HEIGHT = 150;
+const PAD = { left: 48, right: 12, top: 10, bottom: 24 };
 
 /** A round upper bound for the y axis: 0.37 -> 0.4, 7 -> 8, 130 -> 200. */
 export function niceCeiling(value) {

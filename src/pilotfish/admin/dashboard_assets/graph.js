@@ -6,9 +6,12 @@
 
 import { formatMs, formatPercent, formatRate, shortHost, successClass, svg } from "./dom.js";
 
-const NODE_WIDTH = 168;
+const NODE_WIDTH = 156;
 const NODE_HEIGHT = 46;
-const COLUMN_GAP = 110;
+// Room for an edge's numbers between a caller and the service it calls; a "serves" link has
+// none, so its gap is narrow.
+const LABELLED_GAP = 150;
+const PLAIN_GAP = 40;
 const ROW_GAP = 42;
 const MARGIN = 24;
 
@@ -43,9 +46,10 @@ export function servingLinks(nodes, services) {
 
 /**
  * Columns by longest path from the callers that nobody calls, rows ordered by the rows of
- * their predecessors (fewer crossings). Returns Map id -> {x, y, column} and the size.
+ * their predecessors (fewer crossings). `labelled` are the links that carry numbers: the gaps
+ * they cross are wide. Returns Map id -> {x, y, column} and the size.
  */
-export function layoutGraph(nodes, links) {
+export function layoutGraph(nodes, links, labelled = links) {
   const ids = nodes.map((n) => n.id);
   const known = new Set(ids);
   const outgoing = new Map(ids.map((id) => [id, []]));
@@ -100,6 +104,15 @@ export function layoutGraph(nodes, links) {
     columns[c] = ordered;
   });
 
+  const left = [MARGIN];
+  for (let c = 0; c + 1 < columns.length; c++) {
+    const wide = labelled.some(([from, to]) => {
+      const a = column.get(from);
+      const b = column.get(to);
+      return a !== undefined && b !== undefined && Math.min(a, b) <= c && c < Math.max(a, b);
+    });
+    left.push(left[c] + NODE_WIDTH + (wide ? LABELLED_GAP : PLAIN_GAP));
+  }
   const tallest = Math.max(1, ...columns.map((m) => (m ? m.length : 0)));
   const height = MARGIN * 2 + tallest * NODE_HEIGHT + (tallest - 1) * ROW_GAP;
   const positions = new Map();
@@ -108,13 +121,13 @@ export function layoutGraph(nodes, links) {
     const top = (height - used) / 2;
     members.forEach((id, r) => {
       positions.set(id, {
-        x: MARGIN + c * (NODE_WIDTH + COLUMN_GAP),
+        x: left[c],
         y: top + r * (NODE_HEIGHT + ROW_GAP),
         column: c,
       });
     });
   });
-  const width = MARGIN * 2 + columns.length * NODE_WIDTH + Math.max(0, columns.length - 1) * COLUMN_GAP;
+  const width = left[left.length - 1] + NODE_WIDTH + MARGIN;
   return { positions, width, height };
 }
 
@@ -149,7 +162,7 @@ function nodeLabel(node) {
 export function renderGraph(nodes, edges, services) {
   const serving = servingLinks(nodes, services);
   const calls = edges.map((e) => [e.source, e.target]);
-  const { positions, width, height } = layoutGraph(nodes, [...calls, ...serving]);
+  const { positions, width, height } = layoutGraph(nodes, [...calls, ...serving], calls);
   const extra = edges.some((e) => {
     const a = positions.get(e.source);
     const b = positions.get(e.target);
@@ -190,10 +203,10 @@ export function renderGraph(nodes, edges, services) {
         "g",
         { class: ["edge", tone], "data-source": edge.source, "data-target": edge.target },
         svg("title", {}, `${edge.source} \u2192 ${edge.target}: ${edge.requests ?? 0} requests in the window`),
-        svg("text", { x: middle.x, y: middle.y - 6, class: "edge-rps", "text-anchor": "middle" }, formatRate(edge.rps)),
+        svg("text", { x: middle.x, y: middle.y - 7, class: "edge-rps", "text-anchor": "middle" }, formatRate(edge.rps)),
         svg(
           "text",
-          { x: middle.x, y: middle.y + 9, class: "edge-detail", "text-anchor": "middle" },
+          { x: middle.x, y: middle.y + 13, class: "edge-detail", "text-anchor": "middle" },
           svg("tspan", { class: ["edge-success", tone] }, formatPercent(edge.success_rate)),
           " \u00b7 p99 ",
           svg("tspan", { class: "edge-p99" }, formatMs(edge.p99_ms)),
@@ -210,7 +223,11 @@ export function renderGraph(nodes, edges, services) {
       { class: ["node", node.kind === "service" ? "service" : "workload"], "data-id": node.id, "data-name": label },
       svg("title", {}, `${node.kind} ${node.name} (namespace ${node.namespace})`),
       svg("rect", { x: p.x, y: p.y, width: NODE_WIDTH, height: NODE_HEIGHT, rx: node.kind === "service" ? 23 : 6 }),
-      svg("text", { x: p.x + NODE_WIDTH / 2, y: p.y + 20, class: "node-name", "text-anchor": "middle" }, clip(label, 20)),
+      svg(
+        "text",
+        { x: p.x + NODE_WIDTH / 2, y: p.y + 20, class: ["node-name", label.length > 17 ? "long" : null], "text-anchor": "middle" },
+        clip(label, 24),
+      ),
       svg(
         "text",
         { x: p.x + NODE_WIDTH / 2, y: p.y + 36, class: "node-kind", "text-anchor": "middle" },
