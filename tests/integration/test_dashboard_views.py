@@ -199,6 +199,32 @@ def test_a_string_from_the_api_is_shown_as_text_never_as_markup(
     page.assert_clean()
 
 
+HIDE = """hidden => {
+    Object.defineProperty(document, "visibilityState", {
+        configurable: true, get: () => (hidden ? "hidden" : "visible"),
+    });
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_polling_pauses_while_the_tab_is_hidden_and_resumes_when_shown(
+    mesh: RunningMesh, page: WatchedPage
+) -> None:
+    open_view(page, mesh, "proxies")
+    with page.page.expect_request(lambda r: "/api/proxies" in r.url):
+        pass  # polling: the next read comes by itself
+    page.page.evaluate(HIDE, True)
+    expect(page.page.locator("#status")).to_have_text("paused while the tab is hidden")
+    reads: list[str] = []
+    page.page.on("request", lambda r: reads.append(r.url))
+    page.page.wait_for_timeout(5000)  # more than two polling periods
+    assert reads == []
+    with page.page.expect_request(lambda r: "/api/proxies" in r.url):
+        page.page.evaluate(HIDE, False)
+    expect(page.page.locator("#status")).to_have_class(re.compile(r"\blive\b"))
+    page.assert_clean()
+
+
 def test_zz_the_page_says_so_when_the_control_plane_goes_away(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
