@@ -166,11 +166,35 @@ function seriesCharts(series) {
   );
 }
 
+function callersTable(graph, host) {
+  const nodes = new Map(listOf(graph, "nodes").map((n) => [n.id, n]));
+  const callers = listOf(graph, "edges").filter((e) => {
+    const target = nodes.get(e.target);
+    return target && target.kind === "service" && serviceHostname(target) === host;
+  });
+  if (!callers.length) return notice(`Nobody called this service in the last ${STAT_WINDOW} s.`, "info");
+  return table(
+    ["Caller", { label: "Requests/s", num: true }, { label: "Success", num: true }, { label: "p99", num: true }],
+    callers.map((e) =>
+      el(
+        "tr",
+        { "data-source": e.source },
+        el("td", {}, String(nodes.get(e.source)?.name ?? e.source)),
+        el("td", { class: "num" }, formatRate(e.rps)),
+        successCell(e.success_rate),
+        el("td", { class: "num" }, formatMs(e.p99_ms)),
+      ),
+    ),
+    { class: "callers" },
+  );
+}
+
 async function serviceView(reads, host) {
-  const [services, stat, series] = await Promise.all([
+  const [services, stat, series, graph] = await Promise.all([
     reads.get("/api/services"),
     reads.get(`/api/stat?by=service&window=${STAT_WINDOW}`),
     reads.get(`/api/series?service=${encodeURIComponent(host)}&minutes=${SERIES_MINUTES}`),
+    reads.get(`/api/graph?window=${STAT_WINDOW}`),
   ]);
   const parts = [heading(shortHost(host), host)];
 
@@ -194,6 +218,9 @@ async function serviceView(reads, host) {
 
   parts.push(el("h2", {}, `The last ${SERIES_MINUTES} minutes`));
   parts.push(series.ok ? seriesCharts(series.data) : notice(`Metrics over time are not available. ${series.message}`, "warn"));
+
+  parts.push(el("h2", {}, "Callers"));
+  parts.push(graph.ok ? callersTable(graph.data, host) : notice(`Callers are not available. ${graph.message}`, "warn"));
 
   parts.push(el("h2", {}, "Endpoints"));
   if (!services.ok) {
