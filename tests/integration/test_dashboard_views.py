@@ -67,10 +67,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         + ROUTES,
     )
     with running_mesh(directory, gateway_port) as running:
-        running.wait_serving("/")
+        # No request goes through the mesh in this module: the traffic views must be empty.
+        running.wait_endpoints(FRONTEND, 1)
         running.wait_endpoints(BACKEND, 2)
+        wait_until(lambda: len(proxies(running)) == 4, 30, "the gateway and 3 sidecars")
         running.wait_synced()
         yield running
+
+
+def proxies(mesh: RunningMesh) -> list[dict[str, object]]:
+    listed = mesh.admin("/api/proxies").get("proxies", [])
+    assert isinstance(listed, list)
+    return listed
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +134,7 @@ def test_assets_are_served_with_a_strict_content_security_policy(mesh: RunningMe
 def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
     mesh: RunningMesh, page: WatchedPage, artifacts: Path
 ) -> None:
-    listed = mesh.admin("/api/proxies")["proxies"]
-    assert isinstance(listed, list)
-    node_ids = sorted(str(p["node_id"]) for p in listed)
+    node_ids = sorted(str(p["node_id"]) for p in proxies(mesh))
     assert len(node_ids) == 4  # gateway, frontend, two backend replicas
     open_view(page, mesh, "proxies")
     rows = page.page.locator("table.proxies tr.proxy")
@@ -156,6 +162,20 @@ def test_services_page_lists_the_registry_and_links_to_each_service(
     expect(rows).to_have_count(2)
     expect(rows.first).to_contain_text("backend-v1-")
     expect(rows.first).to_contain_text("version=v1")
+    page.assert_clean()
+
+
+def test_traffic_views_say_there_is_no_traffic_yet(mesh: RunningMesh, page: WatchedPage) -> None:
+    open_view(page, mesh, "graph")
+    expect(page.page.locator("main .notice.info")).to_contain_text("No traffic in the last minute")
+    open_view(page, mesh, f"service/{BACKEND}")
+    expect(page.page.locator('.tile[data-metric="requests"] .tile-value')).to_have_text("0")
+    expect(page.page.locator('.tile[data-metric="p99_ms"] .tile-value')).to_have_text("\u2013")
+    expect(page.page.locator('[data-chart="rps"] .empty')).to_have_text(
+        "no requests in this period"
+    )
+    expect(page.page.locator(".callers")).to_have_count(0)
+    expect(page.page.locator("main")).to_contain_text("Nobody called this service")
     page.assert_clean()
 
 

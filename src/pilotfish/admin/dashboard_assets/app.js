@@ -154,8 +154,9 @@ function seriesCharts(series) {
   const end = Date.now() / 1000;
   const start = end - SERIES_MINUTES * 60;
   const pick = (key) => points.map((p) => ({ t: p.t, value: isNumber(p.requests) && p.requests === 0 && key !== "rps" ? null : p[key] }));
+  const empty = !points.some((p) => Number(p.requests) > 0);
   const chart = (title, key, format, extra = {}) =>
-    el("figure", { class: "chart-box", "data-chart": key }, el("figcaption", {}, title), lineChart(pick(key), { label: title, format, start, end, step, ...extra }));
+    el("figure", { class: "chart-box", "data-chart": key }, el("figcaption", {}, title), lineChart(pick(key), { label: title, format, start, end, step, empty, ...extra }));
   // Axis labels are short: the caption names the unit where the label does not.
   return el(
     "div",

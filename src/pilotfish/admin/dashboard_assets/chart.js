@@ -18,7 +18,8 @@ export function niceCeiling(value) {
 
 /**
  * points: [{t, value}] oldest first, value null where there is nothing to show (the line
- * breaks there). options: {label, format (value -> text), max (fixed top), start, end, step}.
+ * breaks there). options: {label, format (value -> text), max (fixed top), start, end, step,
+ * empty (say "no requests" over the axes)}.
  */
 export function lineChart(points, options) {
   const { label, format } = options;
@@ -68,6 +69,6 @@ export function lineChart(points, options) {
     { class: "chart", viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": label },
     grid,
     lines,
-    values.length ? null : svg("text", { class: "empty", x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle" }, "no requests in this period"),
+    values.length && !options.empty ? null : svg("text", { class: "empty", x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle" }, "no requests in this period"),
   );
 }
