@@ -3,7 +3,7 @@
 
 /**
  * GET a JSON document from the admin server that served this page.
- * Resolves to {ok: true, data} or {ok: false, message}.
+ * Resolves to {ok: true, data} or {ok: false, message, status (absent when nothing answered)}.
  */
 export async function getJson(path) {
   let response;
@@ -12,19 +12,22 @@ export async function getJson(path) {
   } catch {
     return { ok: false, down: true, message: `The control plane is not answering (${path}).` };
   }
+  const text = await response.text().catch(() => "");
   let data = null;
   try {
-    data = await response.json();
+    data = JSON.parse(text);
   } catch {
     data = null;
   }
   if (!response.ok) {
-    const detail = data && typeof data.error === "string" ? `: ${data.error}` : "";
+    // Our API explains an error as {"error": ...} or as a line of plain text.
+    const reason = data && typeof data.error === "string" ? data.error : data === null ? text.split("\n")[0].slice(0, 200) : "";
+    const detail = reason ? `: ${reason}` : "";
     const what =
       response.status === 404
         ? `This control plane does not serve ${path.split("?")[0]}`
         : `${path.split("?")[0]} answered ${response.status}${detail}`;
-    return { ok: false, message: what };
+    return { ok: false, status: response.status, message: what };
   }
   if (data === null || typeof data !== "object") {
     return { ok: false, message: `${path.split("?")[0]} did not answer JSON.` };
