@@ -422,8 +422,8 @@ async function traceView(reads, id) {
   const trace = await reads.get(`/api/v2/trace/${encodeURIComponent(id)}`);
   const head = heading("Trace", id);
   const back = el("p", {}, el("a", { href: "#/traces" }, "\u2190 all traces"));
-  if (!trace.ok && trace.status === 404 && !trace.message.startsWith("This control plane")) {
-    return [head, back, notice("The control plane keeps no trace with this id (recent traces only: it may have aged out).", "warn")];
+  if (!trace.ok && trace.status === 404) {
+    return [head, back, notice("The control plane keeps no trace with this id: it keeps recent traces only.", "warn")];
   }
   if (!trace.ok) return [head, back, notice(`This trace is not available. ${trace.message}`, "warn")];
   const spans = Array.isArray(trace.data) ? trace.data.filter((s) => s && typeof s === "object") : [];
