@@ -21,7 +21,12 @@ export async function getJson(path) {
   }
   if (!response.ok) {
     // Our API explains an error as {"error": ...} or as a line of plain text.
-    const reason = data && typeof data.error === "string" ? data.error : data === null ? text.split("\n")[0].slice(0, 200) : "";
+    const reason =
+      data && typeof data.error === "string"
+        ? data.error
+        : data === null
+          ? text.split("\n")[0].slice(0, 200)
+          : "";
     const detail = reason ? `: ${reason}` : "";
     const what =
       response.status === 404

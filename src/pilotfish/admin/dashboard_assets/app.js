@@ -43,7 +43,12 @@ class Reads {
 // --- pieces shared by the views ------------------------------------------------------------
 
 function heading(title, subtitle) {
-  return el("div", { class: "heading" }, el("h1", {}, title), subtitle ? el("p", { class: "subtitle" }, subtitle) : null);
+  return el(
+    "div",
+    { class: "heading" },
+    el("h1", {}, title),
+    subtitle ? el("p", { class: "subtitle" }, subtitle) : null,
+  );
 }
 
 function successCell(rate) {
@@ -62,7 +67,12 @@ function tile(metric, label, value, tone) {
   return el(
     "div",
     { class: ["tile", tone], "data-metric": metric },
-    el("span", { class: "tile-value" }, number, unit.length ? el("span", { class: "unit" }, ` ${unit.join(" ")}`) : null),
+    el(
+      "span",
+      { class: "tile-value" },
+      number,
+      unit.length ? el("span", { class: "unit" }, ` ${unit.join(" ")}`) : null,
+    ),
     el("span", { class: "tile-label" }, label),
   );
 }
@@ -78,15 +88,29 @@ async function graphView(reads) {
     reads.get(`/api/graph?window=${STAT_WINDOW}`),
     reads.get("/api/services"),
   ]);
-  const head = heading("Service graph", `Who calls whom over the last ${STAT_WINDOW} s; a dashed line joins a service to the workloads that serve it.`);
-  if (!graph.ok) return [head, notice(`The service graph is not available. ${graph.message}`, "warn")];
+  const head = heading(
+    "Service graph",
+    `Who calls whom over the last ${STAT_WINDOW} s; a dashed line joins a service to the workloads that serve it.`,
+  );
+  if (!graph.ok)
+    return [head, notice(`The service graph is not available. ${graph.message}`, "warn")];
   const nodes = listOf(graph.data, "nodes").filter((n) => n && n.id !== undefined);
   const ids = new Set(nodes.map((n) => n.id));
-  const edges = listOf(graph.data, "edges").filter((e) => e && ids.has(e.source) && ids.has(e.target));
+  const edges = listOf(graph.data, "edges").filter(
+    (e) => e && ids.has(e.source) && ids.has(e.target),
+  );
   if (!nodes.length) {
-    return [head, notice("No traffic in the last minute. Send requests through the gateway and the graph draws itself.", "info")];
+    return [
+      head,
+      notice(
+        "No traffic in the last minute. Send requests through the gateway and the graph draws itself.",
+        "info",
+      ),
+    ];
   }
-  const names = new Map(nodes.map((n) => [n.id, n.kind === "service" ? shortHost(serviceHostname(n)) : String(n.name)]));
+  const names = new Map(
+    nodes.map((n) => [n.id, n.kind === "service" ? shortHost(serviceHostname(n)) : String(n.name)]),
+  );
   const rows = [...edges]
     .sort((a, b) => (Number(b.rps) || 0) - (Number(a.rps) || 0))
     .map((e) =>
@@ -103,10 +127,21 @@ async function graphView(reads) {
     );
   return [
     head,
-    el("div", { class: "graph-frame" }, renderGraph(nodes, edges, services.ok ? listOf(services.data, "services") : [])),
+    el(
+      "div",
+      { class: "graph-frame" },
+      renderGraph(nodes, edges, services.ok ? listOf(services.data, "services") : []),
+    ),
     edges.length
       ? table(
-          ["From", "To", { label: "Requests/s", num: true }, { label: "Success", num: true }, { label: "p99", num: true }, { label: `Requests (${STAT_WINDOW} s)`, num: true }],
+          [
+            "From",
+            "To",
+            { label: "Requests/s", num: true },
+            { label: "Success", num: true },
+            { label: "p99", num: true },
+            { label: `Requests (${STAT_WINDOW} s)`, num: true },
+          ],
           rows,
           { class: "edges" },
         )
@@ -120,7 +155,8 @@ async function servicesView(reads) {
     reads.get(`/api/stat?by=service&window=${STAT_WINDOW}`),
   ]);
   const head = heading("Services", `The registry, with the traffic of the last ${STAT_WINDOW} s.`);
-  if (!services.ok) return [head, notice(`The service registry is not available. ${services.message}`, "warn")];
+  if (!services.ok)
+    return [head, notice(`The service registry is not available. ${services.message}`, "warn")];
   const list = listOf(services.data, "services");
   if (!list.length) return [head, notice("No services are registered yet.", "info")];
   const rows = stat.ok ? listOf(stat.data, "rows") : [];
@@ -128,14 +164,28 @@ async function servicesView(reads) {
     head,
     stat.ok ? null : notice(`Traffic numbers are not available. ${stat.message}`, "warn"),
     table(
-      ["Service", "Ports", { label: "Endpoints", num: true }, { label: "Requests/s", num: true }, { label: "Success", num: true }, { label: "p99", num: true }],
+      [
+        "Service",
+        "Ports",
+        { label: "Endpoints", num: true },
+        { label: "Requests/s", num: true },
+        { label: "Success", num: true },
+        { label: "p99", num: true },
+      ],
       list.map((s) => {
         const row = statRowFor(rows, s.hostname) || {};
-        const ports = listOf(s, "ports").map((p) => `${p.number}/${String(p.protocol ?? "").toLowerCase()}`);
+        const ports = listOf(s, "ports").map(
+          (p) => `${p.number}/${String(p.protocol ?? "").toLowerCase()}`,
+        );
         return el(
           "tr",
           { "data-service": s.hostname },
-          el("td", {}, el("a", { href: `#/service/${encodeURIComponent(s.hostname)}` }, shortHost(s.hostname)), el("span", { class: "muted host" }, String(s.hostname))),
+          el(
+            "td",
+            {},
+            el("a", { href: `#/service/${encodeURIComponent(s.hostname)}` }, shortHost(s.hostname)),
+            el("span", { class: "muted host" }, String(s.hostname)),
+          ),
           el("td", {}, ports.join(", ")),
           el("td", { class: "num" }, String(listOf(s, "endpoints").length)),
           el("td", { class: "num" }, formatRate(row.rps)),
@@ -153,10 +203,19 @@ function seriesCharts(series) {
   const step = isNumber(series.step_seconds) ? series.step_seconds : 10;
   const end = Date.now() / 1000;
   const start = end - SERIES_MINUTES * 60;
-  const pick = (key) => points.map((p) => ({ t: p.t, value: isNumber(p.requests) && p.requests === 0 && key !== "rps" ? null : p[key] }));
+  const pick = (key) =>
+    points.map((p) => ({
+      t: p.t,
+      value: isNumber(p.requests) && p.requests === 0 && key !== "rps" ? null : p[key],
+    }));
   const empty = !points.some((p) => Number(p.requests) > 0);
   const chart = (title, key, format, extra = {}) =>
-    el("figure", { class: "chart-box", "data-chart": key }, el("figcaption", {}, title), lineChart(pick(key), { label: title, format, start, end, step, empty, ...extra }));
+    el(
+      "figure",
+      { class: "chart-box", "data-chart": key },
+      el("figcaption", {}, title),
+      lineChart(pick(key), { label: title, format, start, end, step, empty, ...extra }),
+    );
   // Axis labels are short: the caption names the unit where the label does not.
   return el(
     "div",
@@ -173,9 +232,15 @@ function callersTable(graph, host) {
     const target = nodes.get(e.target);
     return target && target.kind === "service" && serviceHostname(target) === host;
   });
-  if (!callers.length) return notice(`Nobody called this service in the last ${STAT_WINDOW} s.`, "info");
+  if (!callers.length)
+    return notice(`Nobody called this service in the last ${STAT_WINDOW} s.`, "info");
   return table(
-    ["Caller", { label: "Requests/s", num: true }, { label: "Success", num: true }, { label: "p99", num: true }],
+    [
+      "Caller",
+      { label: "Requests/s", num: true },
+      { label: "Success", num: true },
+      { label: "p99", num: true },
+    ],
     callers.map((e) =>
       el(
         "tr",
@@ -206,7 +271,12 @@ async function serviceView(reads, host) {
         "div",
         { class: "tiles", "data-window": STAT_WINDOW },
         tile("rps", "requests/s", formatRate(row.rps)),
-        tile("success_rate", "success rate", formatPercent(row.success_rate), successClass(row.success_rate)),
+        tile(
+          "success_rate",
+          "success rate",
+          formatPercent(row.success_rate),
+          successClass(row.success_rate),
+        ),
         tile("p50_ms", "p50 latency", formatMs(row.p50_ms)),
         tile("p95_ms", "p95 latency", formatMs(row.p95_ms)),
         tile("p99_ms", "p99 latency", formatMs(row.p99_ms)),
@@ -218,10 +288,18 @@ async function serviceView(reads, host) {
   }
 
   parts.push(el("h2", {}, `The last ${SERIES_MINUTES} minutes`));
-  parts.push(series.ok ? seriesCharts(series.data) : notice(`Metrics over time are not available. ${series.message}`, "warn"));
+  parts.push(
+    series.ok
+      ? seriesCharts(series.data)
+      : notice(`Metrics over time are not available. ${series.message}`, "warn"),
+  );
 
   parts.push(el("h2", {}, "Callers"));
-  parts.push(graph.ok ? callersTable(graph.data, host) : notice(`Callers are not available. ${graph.message}`, "warn"));
+  parts.push(
+    graph.ok
+      ? callersTable(graph.data, host)
+      : notice(`Callers are not available. ${graph.message}`, "warn"),
+  );
 
   parts.push(el("h2", {}, "Endpoints"));
   if (!services.ok) {
@@ -241,8 +319,20 @@ async function serviceView(reads, host) {
               {},
               el("td", {}, String(e.name ?? "")),
               el("td", { class: "mono" }, String(e.address ?? "")),
-              el("td", { class: "mono" }, Object.entries(e.ports || {}).map(([k, v]) => `${k}\u2192${v}`).join(", ")),
-              el("td", {}, Object.entries(e.labels || {}).map(([k, v]) => el("span", { class: "label" }, `${k}=${v}`))),
+              el(
+                "td",
+                { class: "mono" },
+                Object.entries(e.ports || {})
+                  .map(([k, v]) => `${k}\u2192${v}`)
+                  .join(", "),
+              ),
+              el(
+                "td",
+                {},
+                Object.entries(e.labels || {}).map(([k, v]) =>
+                  el("span", { class: "label" }, `${k}=${v}`),
+                ),
+              ),
             ),
           ),
           { class: "endpoints" },
@@ -265,8 +355,12 @@ function expiryCell(notAfter) {
 
 async function proxiesView(reads) {
   const proxies = await reads.get("/api/proxies");
-  const head = heading("Proxies", "Every connected proxy, how far it has got with the config, and its workload certificate.");
-  if (!proxies.ok) return [head, notice(`The proxy list is not available. ${proxies.message}`, "warn")];
+  const head = heading(
+    "Proxies",
+    "Every connected proxy, how far it has got with the config, and its workload certificate.",
+  );
+  if (!proxies.ok)
+    return [head, notice(`The proxy list is not available. ${proxies.message}`, "warn")];
   const list = listOf(proxies.data, "proxies");
   if (!list.length) return [head, notice("No proxy is connected to this control plane.", "info")];
   const counts = {};
@@ -288,35 +382,79 @@ async function proxiesView(reads) {
         el("td", { class: "mono" }, String(p.node_id ?? "")),
         el("td", {}, String(p.kind ?? "")),
         el("td", {}, p.service ? shortHost(p.service) : el("span", { class: "muted" }, "\u2013")),
-        el("td", { class: "sync" }, badge(String(p.status ?? "unknown"), STATUS_TONES[p.status] || "none")),
+        el(
+          "td",
+          { class: "sync" },
+          badge(String(p.status ?? "unknown"), STATUS_TONES[p.status] || "none"),
+        ),
         el(
           "td",
           { class: "types" },
-          types.map(([name, t]) => el("span", { class: ["type", STATUS_TONES[t.status] || "none"], title: `${name}: ${t.status}, acked ${t.acked_version ?? "nothing"}` }, name)),
+          types.map(([name, t]) =>
+            el(
+              "span",
+              {
+                class: ["type", STATUS_TONES[t.status] || "none"],
+                title: `${name}: ${t.status}, acked ${t.acked_version ?? "nothing"}`,
+              },
+              name,
+            ),
+          ),
         ),
-        el("td", { class: "mono identity" }, p.identity ? String(p.identity) : el("span", { class: "muted" }, "\u2013")),
+        el(
+          "td",
+          { class: "mono identity" },
+          p.identity ? String(p.identity) : el("span", { class: "muted" }, "\u2013"),
+        ),
         expiryCell(p.cert_not_after),
-        el("td", { class: "num", title: formatDateTime(p.connected_since) }, isNumber(p.connected_since) ? `${formatSpan(Date.now() / 1000 - p.connected_since)} ago` : "\u2013"),
+        el(
+          "td",
+          { class: "num", title: formatDateTime(p.connected_since) },
+          isNumber(p.connected_since)
+            ? `${formatSpan(Date.now() / 1000 - p.connected_since)} ago`
+            : "\u2013",
+        ),
       ),
     );
     for (const [name, t] of types) {
-      if (t.nack) rows.push(el("tr", { class: "nack" }, el("td", { colspan: 8 }, `${name} rejected: ${t.nack}`)));
+      if (t.nack)
+        rows.push(
+          el("tr", { class: "nack" }, el("td", { colspan: 8 }, `${name} rejected: ${t.nack}`)),
+        );
     }
   }
   return [
     head,
     summary,
-    table(["Proxy", "Kind", "Service", "Sync", "Types", "Identity", "Certificate expires", { label: "Connected", num: true }], rows, { class: "proxies" }),
+    table(
+      [
+        "Proxy",
+        "Kind",
+        "Service",
+        "Sync",
+        "Types",
+        "Identity",
+        "Certificate expires",
+        { label: "Connected", num: true },
+      ],
+      rows,
+      { class: "proxies" },
+    ),
   ];
 }
 
 async function configView(reads) {
   const config = await reads.get("/api/config");
-  const head = heading("Config", "The mesh's YAML as the control plane last read it, and every problem found in it.");
-  if (!config.ok) return [head, notice(`The config status is not available. ${config.message}`, "warn")];
+  const head = heading(
+    "Config",
+    "The mesh's YAML as the control plane last read it, and every problem found in it.",
+  );
+  if (!config.ok)
+    return [head, notice(`The config status is not available. ${config.message}`, "warn")];
   const c = config.data;
   const parts = [head];
-  const rejectedLast = isNumber(c.rejected_at) && (!isNumber(c.applied_at) || c.rejected_at > c.applied_at);
+  const rejectedLast =
+    isNumber(c.rejected_at) && (!isNumber(c.applied_at) || c.rejected_at > c.applied_at);
   if (rejectedLast) {
     parts.push(
       notice(
@@ -354,7 +492,11 @@ async function configView(reads) {
           el(
             "tr",
             { class: ["diagnostic", d.severity] },
-            el("td", {}, badge(String(d.severity ?? "error"), d.severity === "warning" ? "warn" : "bad")),
+            el(
+              "td",
+              {},
+              badge(String(d.severity ?? "error"), d.severity === "warning" ? "warn" : "bad"),
+            ),
             el("td", { class: "mono" }, `${d.file}:${d.line}:${d.col}`),
             el("td", { class: "mono" }, String(d.field ?? "")),
             el("td", {}, String(d.message ?? "")),
@@ -366,17 +508,33 @@ async function configView(reads) {
   }
   if (problems.length) {
     parts.push(el("h2", {}, "Snapshot problems"));
-    parts.push(el("ul", { class: "problems" }, problems.map((p) => el("li", {}, String(p)))));
+    parts.push(
+      el(
+        "ul",
+        { class: "problems" },
+        problems.map((p) => el("li", {}, String(p))),
+      ),
+    );
   }
   return parts;
 }
 
 async function tracesView(reads, params) {
   const service = params.get("service") || "";
-  const query = new URLSearchParams({ limit: "30", lookback: String(TRACE_LOOKBACK_MS), endTs: String(Date.now()) });
+  const query = new URLSearchParams({
+    limit: "30",
+    lookback: String(TRACE_LOOKBACK_MS),
+    endTs: String(Date.now()),
+  });
   if (service) query.set("serviceName", service);
-  const [services, traces] = await Promise.all([reads.get("/api/v2/services"), reads.get(`/api/v2/traces?${query}`)]);
-  const head = heading("Traces", "Recent traces kept by the control plane (Zipkin's v2 API on this port).");
+  const [services, traces] = await Promise.all([
+    reads.get("/api/v2/services"),
+    reads.get(`/api/v2/traces?${query}`),
+  ]);
+  const head = heading(
+    "Traces",
+    "Recent traces kept by the control plane (Zipkin's v2 API on this port).",
+  );
   if (!traces.ok) return [head, notice(`Traces are not available. ${traces.message}`, "warn")];
   const names = services.ok && Array.isArray(services.data) ? services.data.map(String) : [];
   const filter = el(
@@ -384,19 +542,42 @@ async function tracesView(reads, params) {
     { class: "filter" },
     "Service: ",
     [["", "all"], ...names.map((n) => [n, n])].map(([value, label]) =>
-      el("a", { href: value ? `#/traces?service=${encodeURIComponent(value)}` : "#/traces", class: value === service ? "active" : null }, label),
+      el(
+        "a",
+        {
+          href: value ? `#/traces?service=${encodeURIComponent(value)}` : "#/traces",
+          class: value === service ? "active" : null,
+        },
+        label,
+      ),
     ),
   );
-  const list = Array.isArray(traces.data) ? traces.data.filter((t) => Array.isArray(t) && t.length) : [];
+  const list = Array.isArray(traces.data)
+    ? traces.data.filter((t) => Array.isArray(t) && t.length)
+    : [];
   if (!list.length) {
-    return [head, filter, notice(`No traces in the last ${SERIES_MINUTES} minutes${service ? ` for ${service}` : ""}. Requests through the mesh are traced as they happen.`, "info")];
+    return [
+      head,
+      filter,
+      notice(
+        `No traces in the last ${SERIES_MINUTES} minutes${service ? ` for ${service}` : ""}. Requests through the mesh are traced as they happen.`,
+        "info",
+      ),
+    ];
   }
   const summaries = list.map(traceSummary).sort((a, b) => b.start - a.start);
   return [
     head,
     filter,
     table(
-      ["Started", "Root span", { label: "Duration", num: true }, { label: "Spans", num: true }, "Services", ""],
+      [
+        "Started",
+        "Root span",
+        { label: "Duration", num: true },
+        { label: "Spans", num: true },
+        "Services",
+        "",
+      ],
       summaries.map((s) =>
         el(
           "tr",
@@ -405,7 +586,13 @@ async function tracesView(reads, params) {
           el(
             "td",
             {},
-            el("a", { href: `#/trace/${encodeURIComponent(s.traceId)}` }, s.root ? `${s.root.localEndpoint?.serviceName ?? "?"}: ${s.root.name ?? ""}` : s.traceId),
+            el(
+              "a",
+              { href: `#/trace/${encodeURIComponent(s.traceId)}` },
+              s.root
+                ? `${s.root.localEndpoint?.serviceName ?? "?"}: ${s.root.name ?? ""}`
+                : s.traceId,
+            ),
           ),
           el("td", { class: "num" }, formatMicros(s.duration)),
           el("td", { class: "num" }, String(s.count)),
@@ -423,10 +610,17 @@ async function traceView(reads, id) {
   const head = heading("Trace", id);
   const back = el("p", {}, el("a", { href: "#/traces" }, "\u2190 all traces"));
   if (!trace.ok && trace.status === 404) {
-    return [head, back, notice("The control plane keeps no trace with this id: it keeps recent traces only.", "warn")];
+    return [
+      head,
+      back,
+      notice("The control plane keeps no trace with this id: it keeps recent traces only.", "warn"),
+    ];
   }
-  if (!trace.ok) return [head, back, notice(`This trace is not available. ${trace.message}`, "warn")];
-  const spans = Array.isArray(trace.data) ? trace.data.filter((s) => s && typeof s === "object") : [];
+  if (!trace.ok)
+    return [head, back, notice(`This trace is not available. ${trace.message}`, "warn")];
+  const spans = Array.isArray(trace.data)
+    ? trace.data.filter((s) => s && typeof s === "object")
+    : [];
   if (!spans.length) return [head, back, notice("This trace has no spans.", "info")];
   return [head, back, renderWaterfall(spans)];
 }
@@ -444,10 +638,18 @@ function parseRoute() {
 const VIEWS = {
   graph: { nav: "graph", title: "Graph", draw: (reads) => graphView(reads) },
   services: { nav: "services", title: "Services", draw: (reads) => servicesView(reads) },
-  service: { nav: "services", title: "Service", draw: (reads, route) => serviceView(reads, route.arg) },
+  service: {
+    nav: "services",
+    title: "Service",
+    draw: (reads, route) => serviceView(reads, route.arg),
+  },
   proxies: { nav: "proxies", title: "Proxies", draw: (reads) => proxiesView(reads) },
   config: { nav: "config", title: "Config", draw: (reads) => configView(reads) },
-  traces: { nav: "traces", title: "Traces", draw: (reads, route) => tracesView(reads, route.params) },
+  traces: {
+    nav: "traces",
+    title: "Traces",
+    draw: (reads, route) => tracesView(reads, route.params),
+  },
   trace: { nav: "traces", title: "Trace", draw: (reads, route) => traceView(reads, route.arg) },
 };
 
@@ -495,7 +697,9 @@ class Dashboard {
       content = await view.draw(reads, route);
     }
     if (ticket !== this.drawing) return; // a newer redraw (another route) took over
-    const open = new Set([...this.root.querySelectorAll("details[open][data-span-id]")].map((d) => d.dataset.spanId));
+    const open = new Set(
+      [...this.root.querySelectorAll("details[open][data-span-id]")].map((d) => d.dataset.spanId),
+    );
     const fragment = el("div", { class: "page", "data-view": route.name }, content);
     for (const details of fragment.querySelectorAll("details[data-span-id]")) {
       if (open.has(details.dataset.spanId)) details.open = true;
@@ -511,4 +715,8 @@ class Dashboard {
   }
 }
 
-new Dashboard(document.getElementById("view"), document.getElementById("status"), document.getElementById("nav")).start();
+new Dashboard(
+  document.getElementById("view"),
+  document.getElementById("status"),
+  document.getElementById("nav"),
+).start();

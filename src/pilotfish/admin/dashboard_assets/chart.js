@@ -36,13 +36,23 @@ export function lineChart(points, options) {
   const grid = [];
   for (const fraction of [0, 0.5, 1]) {
     const v = bottom + (top - bottom) * fraction;
-    grid.push(svg("line", { class: "grid", x1: PAD.left, x2: WIDTH - PAD.right, y1: y(v), y2: y(v) }));
-    grid.push(svg("text", { class: "axis", x: PAD.left - 8, y: y(v) + 4, "text-anchor": "end" }, format(v)));
+    grid.push(
+      svg("line", { class: "grid", x1: PAD.left, x2: WIDTH - PAD.right, y1: y(v), y2: y(v) }),
+    );
+    grid.push(
+      svg("text", { class: "axis", x: PAD.left - 8, y: y(v) + 4, "text-anchor": "end" }, format(v)),
+    );
   }
   for (const fraction of [0, 0.5, 1]) {
     const t = start + (end - start) * fraction;
     const anchor = fraction === 0 ? "start" : fraction === 1 ? "end" : "middle";
-    grid.push(svg("text", { class: "axis", x: x(t), y: HEIGHT - 8, "text-anchor": anchor }, formatClock(t, false)));
+    grid.push(
+      svg(
+        "text",
+        { class: "axis", x: x(t), y: HEIGHT - 8, "text-anchor": anchor },
+        formatClock(t, false),
+      ),
+    );
   }
 
   // A point stands for its bucket; it is drawn at the bucket's middle.
@@ -61,7 +71,10 @@ export function lineChart(points, options) {
   const lines = runs.map((r) =>
     r.length === 1
       ? svg("circle", { class: "dot", cx: r[0][0], cy: r[0][1], r: 2.5 })
-      : svg("polyline", { class: "line", points: r.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" ") }),
+      : svg("polyline", {
+          class: "line",
+          points: r.map(([px, py]) => `${px.toFixed(1)},${py.toFixed(1)}`).join(" "),
+        }),
   );
 
   return svg(
@@ -69,6 +82,12 @@ export function lineChart(points, options) {
     { class: "chart", viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": label },
     grid,
     lines,
-    values.length && !options.empty ? null : svg("text", { class: "empty", x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle" }, "no requests in this period"),
+    values.length && !options.empty
+      ? null
+      : svg(
+          "text",
+          { class: "empty", x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle" },
+          "no requests in this period",
+        ),
   );
 }

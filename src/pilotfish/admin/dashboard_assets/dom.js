@@ -6,7 +6,8 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 function fill(node, attrs, children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
-    if (key === "class") node.setAttribute("class", Array.isArray(value) ? value.filter(Boolean).join(" ") : value);
+    if (key === "class")
+      node.setAttribute("class", Array.isArray(value) ? value.filter(Boolean).join(" ") : value);
     else if (key === "text") node.textContent = String(value);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, String(value));
@@ -37,7 +38,15 @@ export function table(headers, rows, attrs = {}) {
   return el(
     "table",
     attrs,
-    el("thead", {}, el("tr", {}, headers.map((h) => el("th", { class: h.num ? "num" : null }, h.label ?? h)))),
+    el(
+      "thead",
+      {},
+      el(
+        "tr",
+        {},
+        headers.map((h) => el("th", { class: h.num ? "num" : null }, h.label ?? h)),
+      ),
+    ),
     el("tbody", {}, rows),
   );
 }

@@ -26,7 +26,9 @@ export function serviceHostname(node) {
 export function servingLinks(nodes, services) {
   const endpointsByHost = new Map();
   for (const service of services) {
-    const names = Array.isArray(service.endpoints) ? service.endpoints.map((e) => String(e.name ?? "")) : [];
+    const names = Array.isArray(service.endpoints)
+      ? service.endpoints.map((e) => String(e.name ?? ""))
+      : [];
     endpointsByHost.set(String(service.hostname), names);
   }
   const workloads = nodes.filter((n) => n.kind === "workload");
@@ -37,7 +39,9 @@ export function servingLinks(nodes, services) {
     for (const workload of workloads) {
       const name = String(workload.name ?? "");
       // Replicas of Workload "backend-v1" are endpoints "backend-v1-0", "backend-v1-1"...
-      const serves = endpoints.some((e) => e === name || (e.startsWith(`${name}-`) && /^\d+$/.test(e.slice(name.length + 1))));
+      const serves = endpoints.some(
+        (e) => e === name || (e.startsWith(`${name}-`) && /^\d+$/.test(e.slice(name.length + 1))),
+      );
       if (serves) links.push([node.id, workload.id]);
     }
   }
@@ -71,7 +75,8 @@ export function layoutGraph(nodes, links, labelled = links) {
     state.set(id, "done");
   };
   const hasIncoming = new Set(links.map(([, to]) => to));
-  for (const node of byName.filter((n) => !hasIncoming.has(n.id))) if (!state.has(node.id)) visit(node.id);
+  for (const node of byName.filter((n) => !hasIncoming.has(n.id)))
+    if (!state.has(node.id)) visit(node.id);
   for (const node of byName) if (!state.has(node.id)) visit(node.id);
 
   const column = new Map(ids.map((id) => [id, 0]));
@@ -96,7 +101,10 @@ export function layoutGraph(nodes, links, labelled = links) {
   const row = new Map();
   columns.forEach((members = [], c) => {
     const weight = (id) => {
-      const rows = predecessors.get(id).map((p) => row.get(p)).filter((r) => r !== undefined);
+      const rows = predecessors
+        .get(id)
+        .map((p) => row.get(p))
+        .filter((r) => r !== undefined);
       return rows.length ? rows.reduce((a, b) => a + b, 0) / rows.length : Infinity;
     };
     const ordered = c === 0 ? members : [...members].sort((a, b) => weight(a) - weight(b));
@@ -175,7 +183,15 @@ export function renderGraph(nodes, edges, services) {
     {},
     svg(
       "marker",
-      { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+      {
+        id: "arrow",
+        viewBox: "0 0 10 10",
+        refX: 9,
+        refY: 5,
+        markerWidth: 7,
+        markerHeight: 7,
+        orient: "auto-start-reverse",
+      },
       svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead" }),
     ),
   );
@@ -196,14 +212,27 @@ export function renderGraph(nodes, edges, services) {
     const tone = successClass(edge.success_rate);
     const thickness = 1.5 + Math.min(4, Math.log10(1 + (Number(edge.rps) || 0)) * 2);
     edgeLayer.push(
-      svg("path", { class: ["call", tone], d, "stroke-width": thickness.toFixed(1), "marker-end": "url(#arrow)" }),
+      svg("path", {
+        class: ["call", tone],
+        d,
+        "stroke-width": thickness.toFixed(1),
+        "marker-end": "url(#arrow)",
+      }),
     );
     labelLayer.push(
       svg(
         "g",
         { class: ["edge", tone], "data-source": edge.source, "data-target": edge.target },
-        svg("title", {}, `${edge.source} \u2192 ${edge.target}: ${edge.requests ?? 0} requests in the window`),
-        svg("text", { x: middle.x, y: middle.y - 7, class: "edge-rps", "text-anchor": "middle" }, formatRate(edge.rps)),
+        svg(
+          "title",
+          {},
+          `${edge.source} \u2192 ${edge.target}: ${edge.requests ?? 0} requests in the window`,
+        ),
+        svg(
+          "text",
+          { x: middle.x, y: middle.y - 7, class: "edge-rps", "text-anchor": "middle" },
+          formatRate(edge.rps),
+        ),
         svg(
           "text",
           { x: middle.x, y: middle.y + 13, class: "edge-detail", "text-anchor": "middle" },
@@ -220,12 +249,27 @@ export function renderGraph(nodes, edges, services) {
     const label = nodeLabel(node);
     const box = svg(
       "g",
-      { class: ["node", node.kind === "service" ? "service" : "workload"], "data-id": node.id, "data-name": label },
+      {
+        class: ["node", node.kind === "service" ? "service" : "workload"],
+        "data-id": node.id,
+        "data-name": label,
+      },
       svg("title", {}, `${node.kind} ${node.name} (namespace ${node.namespace})`),
-      svg("rect", { x: p.x, y: p.y, width: NODE_WIDTH, height: NODE_HEIGHT, rx: node.kind === "service" ? 23 : 6 }),
+      svg("rect", {
+        x: p.x,
+        y: p.y,
+        width: NODE_WIDTH,
+        height: NODE_HEIGHT,
+        rx: node.kind === "service" ? 23 : 6,
+      }),
       svg(
         "text",
-        { x: p.x + NODE_WIDTH / 2, y: p.y + 20, class: ["node-name", label.length > 17 ? "long" : null], "text-anchor": "middle" },
+        {
+          x: p.x + NODE_WIDTH / 2,
+          y: p.y + 20,
+          class: ["node-name", label.length > 17 ? "long" : null],
+          "text-anchor": "middle",
+        },
         clip(label, 24),
       ),
       svg(

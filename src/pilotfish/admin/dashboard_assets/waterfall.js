@@ -56,7 +56,9 @@ export function orderSpans(spans) {
 
 export function traceSummary(spans) {
   const starts = spans.map((s) => s.timestamp).filter(isNumber);
-  const ends = spans.filter((s) => isNumber(s.timestamp)).map((s) => s.timestamp + (isNumber(s.duration) ? s.duration : 0));
+  const ends = spans
+    .filter((s) => isNumber(s.timestamp))
+    .map((s) => s.timestamp + (isNumber(s.duration) ? s.duration : 0));
   const start = starts.length ? Math.min(...starts) : 0;
   const end = ends.length ? Math.max(...ends) : start;
   const ordered = orderSpans(spans);
@@ -87,7 +89,10 @@ export function renderWaterfall(spans) {
     const tags = Object.entries(span.tags || {}).sort(([a], [b]) => a.localeCompare(b));
     return el(
       "details",
-      { class: ["span-row", failed ? "bad" : null], "data-span-id": `${span.id}-${span.kind ?? ""}` },
+      {
+        class: ["span-row", failed ? "bad" : null],
+        "data-span-id": `${span.id}-${span.kind ?? ""}`,
+      },
       el(
         "summary",
         {},
@@ -104,8 +109,19 @@ export function renderWaterfall(spans) {
           { class: "span-track" },
           svg(
             "svg",
-            { viewBox: "0 0 1000 10", preserveAspectRatio: "none", class: "span-bar", "aria-hidden": "true" },
-            svg("rect", { x: Math.min(left, 998).toFixed(1), y: 0, width: width.toFixed(1), height: 10, rx: 2 }),
+            {
+              viewBox: "0 0 1000 10",
+              preserveAspectRatio: "none",
+              class: "span-bar",
+              "aria-hidden": "true",
+            },
+            svg("rect", {
+              x: Math.min(left, 998).toFixed(1),
+              y: 0,
+              width: width.toFixed(1),
+              height: 10,
+              rx: 2,
+            }),
           ),
         ),
         el("span", { class: "span-duration num" }, formatMicros(duration)),
@@ -116,7 +132,9 @@ export function renderWaterfall(spans) {
         el("dt", {}, "span id"),
         el("dd", {}, String(span.id ?? "")),
         span.parentId ? [el("dt", {}, "parent"), el("dd", {}, String(span.parentId))] : null,
-        span.remoteEndpoint ? [el("dt", {}, "remote"), el("dd", {}, endpointText(span.remoteEndpoint))] : null,
+        span.remoteEndpoint
+          ? [el("dt", {}, "remote"), el("dd", {}, endpointText(span.remoteEndpoint))]
+          : null,
         tags.map(([key, value]) => [el("dt", {}, key), el("dd", {}, String(value))]),
       ),
     );
@@ -136,7 +154,13 @@ export function renderWaterfall(spans) {
       el("dt", {}, "services"),
       el("dd", {}, summary.services.join(", ")),
     ),
-    el("div", { class: "span-axis" }, el("span", {}), el("span", { class: "ticks" }, ticks), el("span", {})),
+    el(
+      "div",
+      { class: "span-axis" },
+      el("span", {}),
+      el("span", { class: "ticks" }, ticks),
+      el("span", {}),
+    ),
     el("div", { class: "span-rows" }, rows),
   );
 }
