@@ -34,11 +34,21 @@ PEER_METADATA_KEY = "id"
 LOGGED_REQUEST_HEADERS = ("traceparent", "x-b3-traceid", "content-type")
 LOGGED_RESPONSE_HEADERS = ("grpc-status",)
 LOGGED_RESPONSE_TRAILERS = ("grpc-status",)
+# The gRPC access logger's buffer (Envoy's default is 16 KiB, a flush every ~40 entries under
+# load). Measured (benchmarks/telemetry_candidates.py, static pair, wrk -c16): the logger adds
+# 17% Envoy CPU per request with 16 KiB and 7% with 256 KiB, where a flush is once a second;
+# Envoy's stats access logger adds 4%, but keeps no record of a request to tap or log.
+ALS_BUFFER_BYTES = 256 * 1024
+ALS_FLUSH_SECONDS = 1.0
 
 # The static cluster the agent's bootstrap has when it knows the admin address (node metadata
 # PILOTFISH_TELEMETRY is then true): Zipkin spans go there, to ``ZIPKIN_SPANS_PATH``.
 TELEMETRY_CLUSTER = "pilotfish-telemetry"
 ZIPKIN_SPANS_PATH = "/api/v2/spans"
+# Envoy's Zipkin tracer posts protobuf (``HTTP_PROTO``): with every request traced it adds 45%
+# Envoy CPU per request, JSON 120% (benchmarks/telemetry_candidates.py). Posting bigger
+# batches (runtime ``tracing.zipkin.min_flush_spans``) made it worse, not better.
+ZIPKIN_ENCODING = "HTTP_PROTO"
 
 # Istio's buckets (istio.stats): request duration in ms, sizes in bytes.
 DURATION_BUCKETS_MS: tuple[float, ...] = (
