@@ -35,6 +35,17 @@ def artifacts_folder() -> Path:
     return folder
 
 
+def take_screenshot(
+    page: WatchedPage, folder: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> Path:
+    """The whole page as a PNG test artefact; its path is printed past pytest's capture."""
+    path = folder / f"dashboard-{name}.png"
+    page.page.screenshot(path=str(path), full_page=True)
+    with capsys.disabled():
+        print(f"\nscreenshot written: {path}")
+    return path
+
+
 @dataclass
 class WatchedPage:
     """A page and everything that went wrong on it: console errors and warnings, uncaught

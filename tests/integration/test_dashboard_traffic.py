@@ -15,6 +15,7 @@ from tests.integration.dashboard_browser import (
     WatchedPage,
     artifacts_folder,
     launch_browser,
+    take_screenshot,
     watched_page,
 )
 from tests.integration.mesh_harness import (
@@ -76,9 +77,7 @@ def page(browser: Browser) -> Iterator[WatchedPage]:
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    folder = artifacts_folder()
-    print(f"dashboard screenshots in {folder}")
-    return folder
+    return artifacts_folder()
 
 
 def send(mesh: RunningMesh, count: int) -> None:
@@ -111,15 +110,8 @@ def open_view(page: WatchedPage, mesh: RunningMesh, route: str) -> None:
     expect(page.page.locator("#status")).to_have_class(re.compile(r"\blive\b"))
 
 
-def screenshot(page: WatchedPage, folder: Path, name: str) -> Path:
-    path = folder / f"dashboard-{name}.png"
-    page.page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
-    return path
-
-
 def test_graph_shows_the_services_and_its_numbers_move_with_traffic(
-    mesh: RunningMesh, page: WatchedPage, artifacts: Path
+    mesh: RunningMesh, page: WatchedPage, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     send(mesh, 10)
     open_view(page, mesh, "graph")
@@ -143,12 +135,12 @@ def test_graph_shows_the_services_and_its_numbers_move_with_traffic(
     first = number(requests)
     send(mesh, 15)
     grows(requests, first + 14, "the frontend -> backend requests after 15 more")
-    screenshot(page, artifacts, "graph")
+    take_screenshot(page, artifacts, "graph", capsys)
     page.assert_clean()
 
 
 def test_service_page_golden_numbers_and_charts_move_with_traffic(
-    mesh: RunningMesh, page: WatchedPage, artifacts: Path
+    mesh: RunningMesh, page: WatchedPage, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     send(mesh, 5)
     open_view(page, mesh, f"service/{BACKEND}")
@@ -176,7 +168,7 @@ def test_service_page_golden_numbers_and_charts_move_with_traffic(
     expect(page.page.locator(".callers tr[data-source]")).to_have_count(1)
     expect(page.page.locator(".callers")).to_contain_text("frontend")
     expect(page.page.locator("table.endpoints tbody tr")).to_have_count(2)
-    screenshot(page, artifacts, "service")
+    take_screenshot(page, artifacts, "service", capsys)
     page.assert_clean()
 
 
@@ -190,7 +182,7 @@ def test_services_page_shows_each_services_traffic(mesh: RunningMesh, page: Watc
 
 
 def test_a_trace_opens_as_a_waterfall(
-    mesh: RunningMesh, page: WatchedPage, artifacts: Path
+    mesh: RunningMesh, page: WatchedPage, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     send(mesh, 3)
     open_view(page, mesh, "traces")
@@ -207,5 +199,5 @@ def test_a_trace_opens_as_a_waterfall(
     assert float(bar.get_attribute("width") or 0) > 0
     rows.first.locator("summary").click()
     expect(rows.first.locator(".tags")).to_be_visible()
-    screenshot(page, artifacts, "trace")
+    take_screenshot(page, artifacts, "trace", capsys)
     page.assert_clean()

@@ -16,6 +16,7 @@ from tests.integration.dashboard_browser import (
     WatchedPage,
     artifacts_folder,
     launch_browser,
+    take_screenshot,
     watched_page,
 )
 from tests.integration.mesh_harness import (
@@ -93,21 +94,12 @@ def page(browser: Browser) -> Iterator[WatchedPage]:
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    folder = artifacts_folder()
-    print(f"dashboard screenshots in {folder}")
-    return folder
+    return artifacts_folder()
 
 
 def open_view(page: WatchedPage, mesh: RunningMesh, route: str) -> None:
     page.page.goto(f"{mesh.admin_url}/#/{route}")
     expect(page.page.locator("#status")).to_have_class(re.compile(r"\blive\b"))
-
-
-def screenshot(page: WatchedPage, folder: Path, name: str) -> Path:
-    path = folder / f"dashboard-{name}.png"
-    page.page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot: {path}")
-    return path
 
 
 def test_assets_are_served_with_a_strict_content_security_policy(mesh: RunningMesh) -> None:
@@ -132,7 +124,7 @@ def test_assets_are_served_with_a_strict_content_security_policy(mesh: RunningMe
 
 
 def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
-    mesh: RunningMesh, page: WatchedPage, artifacts: Path
+    mesh: RunningMesh, page: WatchedPage, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     node_ids = sorted(str(p["node_id"]) for p in proxies(mesh))
     assert len(node_ids) == 4  # gateway, frontend, two backend replicas
@@ -145,7 +137,7 @@ def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
         expect(row.locator("td.sync")).to_have_text("SYNCED")
         expect(row.locator("td.identity")).to_contain_text("spiffe://cluster.local/ns/default/sa/")
         expect(row.locator("td.expiry")).to_have_text(re.compile(r"^in \d+ (h|min)$"))
-    screenshot(page, artifacts, "proxies")
+    take_screenshot(page, artifacts, "proxies", capsys)
     page.assert_clean()
 
 
