@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 from tests.certificates import CertificateAuthority
 
+from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.ports import free_port
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import SDS_CLUSTER_NAME
@@ -57,6 +59,7 @@ from pilotfish.model.resources import (
 )
 from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.model.telemetry import TelemetrySettings
 from pilotfish.snapshot import type_urls
 from pilotfish.translate import MeshTranslator, ProxyResources
 
@@ -483,3 +486,78 @@ def test_envoy_rejects_a_tls_context_with_a_missing_file(tmp_path: Path) -> None
 
     assert result.returncode != 0
     assert "server.pem" in result.stdout
+
+
+TELEMETRY_VARIANTS = {
+    "no-file-no-tracing": (TelemetrySettings(), False),
+    "text-file-tracing": (TelemetrySettings(access_log_file="/dev/stdout"), True),
+    "custom-text-tracing": (
+        TelemetrySettings(
+            access_log_file="/dev/stdout",
+            access_log_format="%RESPONSE_CODE% %RESPONSE_FLAGS%",
+            tracing_sampling=1.0,
+            tags={"team": "shop"},
+        ),
+        True,
+    ),
+    "json-file-no-tracing": (
+        TelemetrySettings(access_log_file="/dev/stdout", access_log_encoding="JSON"),
+        False,
+    ),
+}
+
+
+def with_agent_clusters(config: dict[str, object], node: ProxyNode) -> dict[str, object]:
+    """The static clusters the agent's bootstrap gives this node (xDS, SDS, telemetry)."""
+    agent = build_bootstrap(
+        node,
+        xds_address=("127.0.0.1", free_port()),
+        admin_port=0,
+        sds_socket=Path("/tmp/sds"),
+        telemetry_address=("127.0.0.1", free_port()) if node.telemetry else None,
+    )
+    static = config["static_resources"]
+    assert isinstance(static, dict)
+    static["clusters"].extend(agent["static_resources"]["clusters"])
+    return {**config, "layered_runtime": agent["layered_runtime"]}
+
+
+@pytest.mark.parametrize("variant", sorted(TELEMETRY_VARIANTS))
+@pytest.mark.parametrize("kind", ["sidecar", "gateway"])
+def test_envoy_accepts_generated_telemetry(kind: str, variant: str, tmp_path: Path) -> None:
+    settings, traced = TELEMETRY_VARIANTS[variant]
+    view = every_feature_view(free_port())
+    view = replace(
+        view, config=replace(view.config, mesh=replace(view.config.mesh, telemetry=settings))
+    )
+    if kind == "sidecar":
+        node = ProxyNode(
+            id="backend-0",
+            service="backend",
+            outbound_port=free_port(),
+            inbound_port=free_port(),
+            app_port=free_port(),
+            telemetry=traced,
+        )
+    else:
+        node = ProxyNode(id="ingress-0", kind="gateway", telemetry=traced)
+    resources = MeshTranslator(view).resources_for(node)
+    emitted = str(resources.listeners)
+    assert ("envoy.tracers.zipkin" in emitted) == traced
+    assert ("envoy.access_loggers.file" in emitted) == (settings.access_log_file is not None)
+
+    result = envoy_validate(with_agent_clusters(static_bootstrap(resources), node), tmp_path)
+
+    assert result.returncode == 0, result.stdout
+
+
+def test_envoy_rejects_tracing_without_the_telemetry_cluster(tmp_path: Path) -> None:
+    """The check above can fail: spans need the cluster that the agent adds."""
+    node = ProxyNode(id="ingress-0", kind="gateway", telemetry=True)
+    resources = MeshTranslator(every_feature_view(free_port())).resources_for(node)
+    config = with_agent_clusters(static_bootstrap(resources), replace(node, telemetry=False))
+
+    result = envoy_validate(config, tmp_path)
+
+    assert result.returncode != 0
+    assert "pilotfish-telemetry" in result.stdout

@@ -6,6 +6,7 @@ to a file, diffed in tests and checked against the Bootstrap proto without touch
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,15 @@ from typing import Any
 from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.keepalive import XdsKeepalive, milliseconds
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.telemetry import TELEMETRY_CLUSTER
+from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
 
-XDS_CLUSTER_NAME = "xds-grpc"
 ADMIN_HOST = "127.0.0.1"
+# Envoy's Zipkin reporter posts its buffered spans every 5 s by default, or as soon as 5 wait
+# (``tracing.zipkin.min_flush_spans``): flushing every second shows a trace within about a
+# second. The batch size stays Envoy's: bigger batches cost Envoy more CPU, not less
+# (benchmarks/telemetry_candidates.py).
+ZIPKIN_RUNTIME = {"tracing.zipkin.flush_interval_ms": 1000}
 
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
@@ -43,6 +50,7 @@ def build_bootstrap(
     delta: bool = True,
     keepalive: XdsKeepalive | None = None,
     sds_socket: Path | None = None,
+    telemetry_address: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap for ``node``, fetching everything over ADS from ``xds_address``.
 
@@ -50,15 +58,21 @@ def build_bootstrap(
     ``--admin-address-path`` (``EnvoyProcess`` does this). ``keepalive`` must be the policy
     the xDS server was started with (both default to ``XdsKeepalive()``). With
     ``sds_socket``, the static cluster ``SDS_CLUSTER_NAME`` reaches the agent's SDS server
-    there, for the TLS contexts that name their secrets.
+    there, for the TLS contexts that name their secrets. With ``telemetry_address`` (the
+    control plane's admin port), the static cluster ``TELEMETRY_CLUSTER`` reaches it and
+    the node says so in its metadata, so its listeners get tracing.
     """
     clusters = [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]
     if sds_socket is not None:
         clusters.append(_sds_cluster(sds_socket))
+    if telemetry_address is not None:
+        clusters.append(_telemetry_cluster(*telemetry_address))
+    node = dataclasses.replace(node, telemetry=telemetry_address is not None)
     return {
         "node": {
             "id": node.id,
-            "cluster": node.service or "gateway",
+            # As Istio's "<canonical service>.<namespace>": Zipkin names spans' service so.
+            "cluster": f"{node.canonical_service}.{node.namespace}",
             "metadata": node.to_metadata(),
         },
         "admin": {"address": _socket_address(ADMIN_HOST, admin_port)},
@@ -86,11 +100,11 @@ def build_bootstrap(
         },
         "static_resources": {"clusters": clusters},
         "overload_manager": _connection_limit(),
-        # An empty static layer plus an admin layer: runtime can be inspected and changed
+        # A static layer plus an admin layer: runtime can be inspected and changed
         # through /runtime_modify while debugging, and nothing is read from disk.
         "layered_runtime": {
             "layers": [
-                {"name": "static", "static_layer": {}},
+                {"name": "static", "static_layer": dict(ZIPKIN_RUNTIME)},
                 {"name": "admin", "admin_layer": {}},
             ]
         },
@@ -138,6 +152,21 @@ def _xds_cluster(host: str, port: int, keepalive: XdsKeepalive) -> dict[str, Any
             }
         ),
         "upstream_connection_options": {"tcp_keepalive": dict(_XDS_KEEPALIVE)},
+    }
+
+
+def _telemetry_cluster(host: str, port: int) -> dict[str, Any]:
+    # Plain HTTP/1.1 to the admin server (its Zipkin API), Envoy's default protocol.
+    return {
+        "name": TELEMETRY_CLUSTER,
+        "type": "STATIC" if _is_ip_literal(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": TELEMETRY_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
+            ],
+        },
     }
 
 

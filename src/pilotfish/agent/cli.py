@@ -60,6 +60,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sotw", action="store_true", help="state-of-the-world xDS, not Delta")
     parser.add_argument(
+        "--telemetry-address",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the control plane's admin port: Envoy traces requests and sends the spans there",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="where the bootstrap is written (default: a temp dir)"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
@@ -144,19 +150,14 @@ def certificates_from_arguments(
     return WorkloadCertificates(node.identity(args.trust_domain), signer, args.cert_ttl)
 
 
-async def run_agent(args: argparse.Namespace) -> int:
-    """Run Envoy until SIGTERM/SIGINT, then drain it and return 0; 1 if it cannot start."""
-    node = node_from_arguments(args)
-    try:
-        certificates = certificates_from_arguments(args, node)
-    except AgentArgumentError as exc:
-        print(f"pilotfish agent: {exc}", file=sys.stderr)
-        return 2
-    # Fixed for the agent's lifetime, so the admin API stays put across Envoy restarts.
-    admin_port = args.admin_port or free_port()
-    owns_work_dir = args.work_dir is None
-    work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-agent-")) if owns_work_dir else args.work_dir
-    sidecar = Sidecar(
+def sidecar_from_arguments(
+    args: argparse.Namespace,
+    node: ProxyNode,
+    certificates: WorkloadCertificates | None,
+    work_dir: Path,
+    admin_port: int,
+) -> Sidecar:
+    return Sidecar(
         node,
         xds_address=args.xds,
         work_dir=work_dir,
@@ -169,7 +170,23 @@ async def run_agent(args: argparse.Namespace) -> int:
             log_level=args.envoy_log_level,
         ),
         certificates=certificates,
+        telemetry_address=args.telemetry_address,
     )
+
+
+async def run_agent(args: argparse.Namespace) -> int:
+    """Run Envoy until SIGTERM/SIGINT, then drain it and return 0; 1 if it cannot start."""
+    node = node_from_arguments(args)
+    try:
+        certificates = certificates_from_arguments(args, node)
+    except AgentArgumentError as exc:
+        print(f"pilotfish agent: {exc}", file=sys.stderr)
+        return 2
+    # Fixed for the agent's lifetime, so the admin API stays put across Envoy restarts.
+    admin_port = args.admin_port or free_port()
+    owns_work_dir = args.work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="pilotfish-agent-")) if owns_work_dir else args.work_dir
+    sidecar = sidecar_from_arguments(args, node, certificates, work_dir, admin_port)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

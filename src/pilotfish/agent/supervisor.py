@@ -243,6 +243,8 @@ class Sidecar:
     With ``certificates``, the sidecar holds the workload's identity: they are kept fresh
     and served over SDS on ``sds_socket`` (in ``work_dir``) from before Envoy's first start
     until shutdown, so a restarted Envoy reconnects to the same socket.
+
+    With ``telemetry_address`` (the control plane's admin port), Envoy sends its spans there.
     """
 
     def __init__(
@@ -261,6 +263,7 @@ class Sidecar:
         process_factory: Callable[[], SupervisedEnvoy] | None = None,
         keepalive: XdsKeepalive | None = None,
         certificates: WorkloadCertificates | None = None,
+        telemetry_address: tuple[str, int] | None = None,
     ) -> None:
         self.node = node
         self.name = name or node.id
@@ -273,6 +276,7 @@ class Sidecar:
             delta=delta,
             keepalive=keepalive,
             sds_socket=self.sds_socket,
+            telemetry_address=telemetry_address,
         )
         options = options or EnvoyOptions()
         if log_level is not None:

@@ -184,6 +184,8 @@ def _write_admin_url(directory: Path, port: int) -> Path:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from pilotfish.admin.server import start_admin_server
     from pilotfish.runner.local_mesh import LocalMesh, LocalMeshSettings
 
@@ -196,6 +198,8 @@ def run_up(args: argparse.Namespace) -> int:
         )
         stop = _stop_on_signals()
         admin, admin_port = await start_admin_server(mesh.control_plane, port=args.admin_port)
+        # Bound before any proxy starts, so that each one's bootstrap has it for its spans.
+        mesh.settings = dataclasses.replace(mesh.settings, telemetry_port=admin_port)
         url_file = _write_admin_url(mesh.config_dir, admin_port)
         try:
             if await _unless_stopped(mesh.start(), stop):

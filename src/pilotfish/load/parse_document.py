@@ -131,7 +131,11 @@ _SECURITY_KINDS: dict[str, _Kind] = {
 }
 _PILOTFISH_KINDS: dict[str, _Kind] = {
     "Workload": _Kind(parse_workload.SPEC_FIELDS, (), parse_workload.parse_workload),
-    "MeshConfig": _Kind(parse_mesh_config.SPEC_FIELDS, (), parse_mesh_config.parse_mesh_config),
+    "MeshConfig": _Kind(
+        parse_mesh_config.SPEC_FIELDS,
+        parse_mesh_config.SPEC_NOT_IMPLEMENTED,
+        parse_mesh_config.parse_mesh_config,
+    ),
 }
 
 

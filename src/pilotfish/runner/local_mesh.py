@@ -43,6 +43,9 @@ class LocalMeshSettings:
     app_start_timeout: float = 30.0
     drain_seconds: float = 1.0
     envoy_log_level: str = "warning"
+    telemetry_port: int | None = None
+    """The admin server's port on 127.0.0.1: every proxy sends its spans there. None: the
+    proxies trace nothing (their access logs still stream to the control plane)."""
 
 
 @dataclass
@@ -76,6 +79,11 @@ class LocalMesh:
     @property
     def xds_address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.control_plane.xds_port)
+
+    @property
+    def telemetry_address(self) -> tuple[str, int] | None:
+        port = self.settings.telemetry_port
+        return ("127.0.0.1", port) if port is not None else None
 
     async def start(self) -> None:
         await self.control_plane.start()
@@ -119,6 +127,7 @@ class LocalMesh:
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
             certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
+            telemetry_address=self.telemetry_address,
         )
 
     async def _retire(self, sidecar: Sidecar, drain_seconds: float) -> None:

@@ -117,8 +117,8 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     NodeGenerator(
         "outbound-listener",
         type_urls.LISTENER,
-        frozenset(),  # the node alone (its ports); no config is read
-        lambda _context, node: _present(build_outbound_listener(node)),
+        _CONFIG,  # the node's ports and the mesh's telemetry settings
+        lambda context, node: _present(build_outbound_listener(context.view, node)),
         SIDECAR,
     ),
     NodeGenerator(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -32,6 +33,7 @@ from pilotfish.translate.naming import (
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
 from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
+from pilotfish.translate.telemetry import NO_TELEMETRY, HttpTelemetry, http_telemetry
 from pilotfish.translate.tls_contexts import (
     gateway_downstream_context,
     mesh_downstream_context,
@@ -47,10 +49,14 @@ INBOUND_PLAINTEXT_CHAIN = "inbound-plaintext"
 
 
 def _http_filters(
-    routing: bool, security: HttpSecurity, extra: Sequence[hcm_pb2.HttpFilter] = ()
+    routing: bool,
+    security: HttpSecurity,
+    telemetry: HttpTelemetry,
+    extra: Sequence[hcm_pb2.HttpFilter] = (),
 ) -> list[hcm_pb2.HttpFilter]:
-    # Authentication and authorization first: nothing else acts on a request they refuse.
-    filters = list(security.filters)
+    # The peer header first: even a request the policies refuse is logged with its caller.
+    # Then authentication and authorization: nothing else acts on a request they refuse.
+    filters = [*telemetry.filters, *security.filters]
     if routing:
         # Always present on routing listeners although they only act on routes that configure
         # CORS or a fault: adding or removing one then changes only RDS, never the listener,
@@ -77,18 +83,27 @@ def http_connection_manager(
     route_config: route_pb2.RouteConfiguration | None = None,
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
     security: HttpSecurity = NO_SECURITY,
+    telemetry: HttpTelemetry = NO_TELEMETRY,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
 
-    ``http_filters`` go after the always-present ones and before the router; ``security``
-    (the policies' filters and the bodies of their refusals) goes first.
+    ``http_filters`` go after the always-present ones and before the router; ``telemetry``'s
+    (the peer header) and ``security``'s (the policies' filters) go first. The refusals of
+    the policies keep their own bodies, before telemetry's for every other local reply.
     """
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(rds_name is not None, security, http_filters),
-        local_reply_config=security.local_reply,
+        http_filters=_http_filters(rds_name is not None, security, telemetry, http_filters),
+        access_log=telemetry.access_logs,
     )
+    security_mappers = security.local_reply.mappers if security.local_reply else ()
+    for mapper in (*security_mappers, *telemetry.reply_mappers):
+        added = manager.local_reply_config.mappers.add()
+        added.CopyFrom(mapper)
+        added.headers_to_add.extend(telemetry.reply_headers)
+    if telemetry.tracing is not None:
+        manager.tracing.CopyFrom(telemetry.tracing)
     if security.filters:
         # As Istio's default (BASE): policies judge "/a/../admin" as the "/admin" it is.
         manager.normalize_path.value = True
@@ -101,11 +116,17 @@ def http_connection_manager(
 
 
 def http_listener(
-    name: str, address: str, port: int, manager: hcm_pb2.HttpConnectionManager
+    name: str,
+    address: str,
+    port: int,
+    manager: hcm_pb2.HttpConnectionManager,
+    direction: base_pb2.TrafficDirection.ValueType = base_pb2.OUTBOUND,
 ) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),
+        # Tells the tracer which spans are a client's (outbound, gateway) or a server's.
+        traffic_direction=direction,
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
@@ -138,15 +159,18 @@ def inbound_route_config(app_port: int) -> route_pb2.RouteConfiguration:
     )
 
 
-def build_outbound_listener(node: ProxyNode) -> listener_pb2.Listener | None:
+def build_outbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
     """A sidecar's ``outbound``: the HTTP proxy its app sends to (None without the port)."""
     if node.kind != "sidecar" or node.outbound_port is None:
         return None
+    telemetry = http_telemetry(node, view.config.mesh.telemetry, "outbound")
     return http_listener(
         OUTBOUND_LISTENER,
         node.bind_address,
         node.outbound_port,
-        http_connection_manager(OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG),
+        http_connection_manager(
+            OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry
+        ),
     )
 
 
@@ -176,10 +200,13 @@ def inbound_mtls_mode(view: MeshView, node: ProxyNode) -> EffectiveMtlsMode:
 
 
 def _inbound_manager(
-    app_port: int, security: HttpSecurity, *, mutual_tls: bool
+    app_port: int, security: HttpSecurity, telemetry: HttpTelemetry, *, mutual_tls: bool
 ) -> hcm_pb2.HttpConnectionManager:
     manager = http_connection_manager(
-        INBOUND_LISTENER, route_config=inbound_route_config(app_port), security=security
+        INBOUND_LISTENER,
+        route_config=inbound_route_config(app_port),
+        security=security,
+        telemetry=telemetry,
     )
     # A caller's own x-forwarded-client-cert is never believed: over mTLS the header is
     # replaced by the verified peer's identity (its SPIFFE URI), as Istio does; in plain
@@ -208,18 +235,22 @@ def _tls_inspector() -> listener_components_pb2.ListenerFilter:
 
 
 def inbound_filter_chains(
-    mode: EffectiveMtlsMode, app_port: int, security: HttpSecurity = NO_SECURITY
+    mode: EffectiveMtlsMode,
+    app_port: int,
+    security: HttpSecurity = NO_SECURITY,
+    telemetry: HttpTelemetry = NO_TELEMETRY,
 ) -> list[listener_components_pb2.FilterChain]:
     """STRICT: mTLS only, so a plaintext caller fails the handshake (counted in
     ``listener.inbound.ssl.connection_error``), never served in the clear. PERMISSIVE: both,
     by what the TLS inspector saw. DISABLE: plaintext only."""
     chains = []
     if mode != "DISABLE":
-        mtls = _chain(INBOUND_MTLS_CHAIN, _inbound_manager(app_port, security, mutual_tls=True))
+        manager = _inbound_manager(app_port, security, telemetry, mutual_tls=True)
+        mtls = _chain(INBOUND_MTLS_CHAIN, manager)
         mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
         chains.append(mtls)
     if mode != "STRICT":
-        manager = _inbound_manager(app_port, security, mutual_tls=False)
+        manager = _inbound_manager(app_port, security, telemetry, mutual_tls=False)
         chains.append(_chain(INBOUND_PLAINTEXT_CHAIN, manager))
     if mode == "PERMISSIVE":
         chains[0].filter_chain_match.transport_protocol = "tls"
@@ -233,13 +264,17 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
     if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
         return None
     mode = inbound_mtls_mode(view, node)
+    telemetry = http_telemetry(node, view.config.mesh.telemetry, "inbound")
     listener = listener_pb2.Listener(
         name=INBOUND_LISTENER,
         # Stats as listener.inbound.* rather than under the address, so tests and users
         # find the handshake failures of a STRICT port under one name.
         stat_prefix=INBOUND_LISTENER,
         address=socket_address(node.bind_address, node.inbound_port),
-        filter_chains=inbound_filter_chains(mode, node.app_port, inbound_security(view, node)),
+        traffic_direction=base_pb2.INBOUND,
+        filter_chains=inbound_filter_chains(
+            mode, node.app_port, inbound_security(view, node), telemetry
+        ),
     )
     if mode == "PERMISSIVE":
         listener.listener_filters.append(_tls_inspector())
@@ -247,10 +282,10 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
 
 
 def gateway_connection_manager(
-    port: int, route_config: str, security: HttpSecurity
+    port: int, route_config: str, security: HttpSecurity, telemetry: HttpTelemetry = NO_TELEMETRY
 ) -> hcm_pb2.HttpConnectionManager:
     manager = http_connection_manager(
-        gateway_listener_name(port), rds_name=route_config, security=security
+        gateway_listener_name(port), rds_name=route_config, security=security, telemetry=telemetry
     )
     # The gateway is the edge: the client is the peer of the connection, never what its
     # X-Forwarded-For says, or anyone could claim an address that remoteIpBlocks allows.
@@ -266,14 +301,15 @@ def _gateway_listener(
 ) -> listener_pb2.Listener:
     name = gateway_listener_name(port)
     security = http_security(view, node, None)
+    telemetry = http_telemetry(node, view.config.mesh.telemetry, "gateway")
     chains = gateway_chains(port, servers)
     if all(chain.tls is None for chain in chains):
         (plaintext,) = chains
-        manager = gateway_connection_manager(port, plaintext.route_config, security)
+        manager = gateway_connection_manager(port, plaintext.route_config, security, telemetry)
         return http_listener(name, node.bind_address, port, manager)
     filter_chains: list[listener_components_pb2.FilterChain] = []
     for chain in chains:
-        manager = gateway_connection_manager(port, chain.route_config, security)
+        manager = gateway_connection_manager(port, chain.route_config, security, telemetry)
         if chain.tls is None:
             plaintext_chain = _chain(f"{name}-plaintext", manager)
             plaintext_chain.filter_chain_match.transport_protocol = "raw_buffer"
@@ -288,6 +324,7 @@ def _gateway_listener(
     return listener_pb2.Listener(
         name=name,
         address=socket_address(node.bind_address, port),
+        traffic_direction=base_pb2.OUTBOUND,
         listener_filters=[_tls_inspector()],
         filter_chains=filter_chains,
     )

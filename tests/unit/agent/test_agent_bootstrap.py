@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 
 # Imported for their side effect: they register the descriptors that the bootstrap's typed
@@ -20,6 +22,7 @@ from pilotfish.agent.bootstrap import XDS_CLUSTER_NAME, build_bootstrap
 from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.telemetry import TELEMETRY_CLUSTER
 
 SIDECAR = ProxyNode(
     id="sidecar~reviews-v1-0",
@@ -123,15 +126,49 @@ def test_an_ip_xds_address_is_static_and_a_name_is_resolved() -> None:
     assert by_name["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
 
 
-def test_node_cluster_is_the_service_or_gateway() -> None:
+def test_node_cluster_is_the_canonical_service_and_namespace_as_istios() -> None:
+    # Zipkin names the spans' service after it.
     assert (
         parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0)).node.cluster
-        == "reviews"
+        == "reviews.shop"
     )
+    gateway = replace(GATEWAY, labels={"app": "pilotfish-ingressgateway"})
     assert (
-        parse(build_bootstrap(GATEWAY, xds_address=("127.0.0.1", 1), admin_port=0)).node.cluster
-        == "gateway"
+        parse(build_bootstrap(gateway, xds_address=("127.0.0.1", 1), admin_port=0)).node.cluster
+        == "pilotfish-ingressgateway.default"
     )
+
+
+def test_a_telemetry_address_adds_an_http1_cluster_there_and_says_so_in_the_metadata() -> None:
+    without = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    assert TELEMETRY_CLUSTER not in {c.name for c in without.static_resources.clusters}
+    assert not ProxyNode.from_metadata(
+        "n", json_format.MessageToDict(without.node.metadata)
+    ).telemetry
+
+    bootstrap = build_bootstrap(
+        SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0, telemetry_address=("127.0.0.1", 9411)
+    )
+    message = parse(bootstrap)
+    clusters = {c.name: c for c in message.static_resources.clusters}
+    telemetry = clusters[TELEMETRY_CLUSTER]
+    assert telemetry.type == cluster_pb2.Cluster.STATIC
+    address = telemetry.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (address.socket_address.address, address.socket_address.port_value) == (
+        "127.0.0.1",
+        9411,
+    )
+    # Envoy's default protocol, HTTP/1.1: the admin server speaks nothing else.
+    assert not telemetry.typed_extension_protocol_options
+    node = ProxyNode.from_metadata("n", json_format.MessageToDict(message.node.metadata))
+    assert node.telemetry
+
+
+def test_zipkin_spans_are_flushed_every_second() -> None:
+    message = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    (static, _admin) = message.layered_runtime.layers
+    layer = json_format.MessageToDict(static.static_layer)
+    assert layer["tracing.zipkin.flush_interval_ms"] == 1000
 
 
 @pytest.mark.parametrize("node", [SIDECAR, GATEWAY], ids=["sidecar", "gateway"])

@@ -11,7 +11,9 @@ from pilotfish.agent.cli import (
     add_agent_arguments,
     certificates_from_arguments,
     node_from_arguments,
+    sidecar_from_arguments,
 )
+from pilotfish.model.telemetry import TELEMETRY_CLUSTER
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -46,6 +48,17 @@ def test_defaults_are_delta_with_a_picked_admin_port_and_a_generated_id() -> Non
     node = node_from_arguments(args)
     assert node.kind == "gateway"
     assert node.id.startswith("gateway-")
+
+
+def test_a_telemetry_address_gives_envoy_the_telemetry_cluster(tmp_path: Path) -> None:
+    def clusters(*argv: str) -> set[str]:
+        args = parse("--xds", "127.0.0.1:1", *argv)
+        sidecar = sidecar_from_arguments(args, node_from_arguments(args), None, tmp_path, 2)
+        return {c["name"] for c in sidecar.bootstrap["static_resources"]["clusters"]}
+
+    assert TELEMETRY_CLUSTER not in clusters()
+    assert TELEMETRY_CLUSTER in clusters("--telemetry-address", "127.0.0.1:9411")
+    assert parse("--xds", "h:1", "--telemetry-address", "h:9411").telemetry_address == ("h", 9411)
 
 
 def test_the_service_account_names_the_node_identity() -> None:

@@ -50,6 +50,8 @@ def test_argv_runs_without_hot_restart_and_reports_the_admin_address(tmp_path: P
     assert pairs["--concurrency"] == "2"
     assert pairs["--log-level"] == "debug"
     assert pairs["--drain-time-s"] == "7"
+    # Access-log files (accessLogFile) are written out every second, as Istio's are.
+    assert pairs["--file-flush-interval-msec"] == "1000"
     assert pairs["--admin-address-path"] == str(tmp_path / "admin")
     assert argv[-1] == "-x"
 

@@ -394,7 +394,9 @@ def test_jwt_then_rbac_first_in_the_sidecar_inbound_manager(
 ) -> None:
     manager = _manager_of(authorization_view, frontend_sidecar)
 
+    # After the peer header's filter (telemetry's, first on every HTTP connection manager).
     assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.header_to_metadata",
         "envoy.filters.http.jwt_authn",
         "envoy.filters.http.rbac",
         "envoy.filters.http.rbac",
@@ -402,9 +404,11 @@ def test_jwt_then_rbac_first_in_the_sidecar_inbound_manager(
         "envoy.filters.http.router",
     ]
     assert manager.normalize_path.value
+    # The policies' bodies first; then telemetry's for every other reply (they start so).
     bodies = [
         m.body_format_override.text_format_source.inline_string
         for m in manager.local_reply_config.mappers
+        if not m.body_format_override.text_format_source.inline_string.startswith("pilotfish:")
     ]
     assert bodies[0].startswith("JWT rejected by frontend-0")
     assert (
@@ -434,14 +438,20 @@ def test_the_gateway_takes_root_namespace_policies_only(
 
     manager = _manager_of(view, ingress_gateway)
 
-    # Only the mesh-wide AUDIT policy of istio-system, first; then CORS, fault, router.
+    # Only the mesh-wide AUDIT policy of istio-system, after the peer header's filter; then
+    # CORS, fault, router.
     assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.rbac",
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
         "envoy.filters.http.router",
     ]
-    assert not manager.local_reply_config.mappers
+    assert not [
+        m
+        for m in manager.local_reply_config.mappers
+        if not m.body_format_override.text_format_source.inline_string.startswith("pilotfish:")
+    ]
 
 
 def test_no_policy_no_filters_and_paths_as_they_were(
@@ -449,9 +459,11 @@ def test_no_policy_no_filters_and_paths_as_they_were(
 ) -> None:
     manager = _manager_of(quickstart_view, frontend_sidecar)
 
-    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.header_to_metadata",
+        "envoy.filters.http.router",
+    ]
     assert not manager.HasField("normalize_path")
-    assert not manager.HasField("local_reply_config")
 
 
 @pytest.mark.parametrize(

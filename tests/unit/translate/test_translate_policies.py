@@ -130,14 +130,14 @@ def test_gateways_get_no_sidecar_listeners_and_sidecars_no_gateway_ones(
     gateway = ProxyNode("gw", kind="gateway", labels={"istio": "ingressgateway"})
     sidecar = ProxyNode("s", outbound_port=1, inbound_port=2, app_port=3)
 
-    assert build_outbound_listener(gateway) is None
+    assert build_outbound_listener(gateway_view, gateway) is None
     assert build_inbound_listener(gateway_view, gateway) is None
     assert build_gateway_listeners(gateway_view, sidecar) == ()
     assert [listener.name for listener in build_gateway_listeners(gateway_view, gateway)] == [
         "gateway_8000",
         "gateway_8001",
     ]
-    outbound = build_outbound_listener(sidecar)
+    outbound = build_outbound_listener(gateway_view, sidecar)
     inbound = build_inbound_listener(gateway_view, sidecar)
     assert outbound is not None and outbound.name == "outbound"
     assert inbound is not None and inbound.name == "inbound"

@@ -145,6 +145,7 @@ def test_cors_filter_runs_before_fault_and_router_on_routing_listeners() -> None
         listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
         names[listener.name] = [f.name for f in manager.http_filters]
     assert names["outbound"] == [
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.cors",
         "envoy.filters.http.fault",
         "envoy.filters.http.router",
