@@ -66,10 +66,11 @@ SPEC_FIELDS = (
     "defaultConfig",
     "extensionProviders",
     "defaultProviders",
+    "enableTracing",
+    "enableRequestTelemetry",
 )
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
-    "enableTracing": "tracing follows defaultConfig.tracing.sampling; this switch changes nothing",
     "enableEnvoyAccessLogService": "proxies stream their access logs to the control plane "
     "only; no other access-log service is called",
     "disableEnvoyListenerLog": "there are no listener-level access logs to disable",
@@ -221,6 +222,8 @@ def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:
             if zipkin is not None:
                 exporters.append(zipkin)
     exporters.extend(_default_tracing_providers(reader, spec))
+    enable_tracing = reader.boolean(spec, "enableTracing", "spec")
+    request_telemetry = reader.boolean(spec, "enableRequestTelemetry", "spec")
     return TelemetrySettings(
         access_log_file=log_file or None,
         access_log_encoding="JSON" if encoding == "JSON" else "TEXT",
@@ -228,6 +231,10 @@ def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:
         tracing_sampling=sampling,
         trace_exporters=tuple(exporters),
         tags=tags,
+        enable_tracing=defaults.enable_tracing if enable_tracing is None else enable_tracing,
+        request_telemetry=(
+            defaults.request_telemetry if request_telemetry is None else request_telemetry
+        ),
     )
 
 

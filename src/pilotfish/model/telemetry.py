@@ -129,3 +129,8 @@ class TelemetrySettings:
     decide. Istio's default is 1; a local mesh traces everything."""
     trace_exporters: tuple[TraceExporter, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    enable_tracing: bool = True
+    """Istio's ``enableTracing``: false, and no proxy makes spans (nor pays for them)."""
+    request_telemetry: bool = True
+    """``enableRequestTelemetry`` (ours): false, and no proxy streams its requests to the
+    control plane: no istio_* metrics, stat, tap, logs or traffic on the dashboard."""

@@ -151,7 +151,7 @@ def http_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole)
     return HttpTelemetry(
         access_logs=tuple(access_logs(role, settings)),
         filters=(peer_filter,),
-        tracing=tracing(settings) if node.telemetry else None,
+        tracing=tracing(settings) if node.telemetry and settings.enable_tracing else None,
         reply_mappers=tuple(local_reply_mappers(node.id)),
         reply_headers=(_overwrite(PROXY_HEADER, node.id.replace("%", "%%")),),
     )
@@ -161,8 +161,9 @@ def http_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole)
 
 
 def access_logs(role: HttpRole, settings: TelemetrySettings) -> list[accesslog_pb2.AccessLog]:
-    """The control plane's gRPC log (always), and the mesh's ``accessLogFile`` when set."""
-    logs = [grpc_access_log(_LOG_NAMES[role])]
+    """The control plane's gRPC log (unless ``enableRequestTelemetry`` is false), and the
+    mesh's ``accessLogFile`` when set."""
+    logs = [grpc_access_log(_LOG_NAMES[role])] if settings.request_telemetry else []
     if settings.access_log_file is not None:
         logs.append(file_access_log(settings))
     return logs

@@ -42,6 +42,19 @@ def test_access_log_fields() -> None:
     assert telemetry_of("  accessLogEncoding: JSON\n").access_log_encoding == "JSON"
 
 
+def test_tracing_and_request_records_have_switches_on_by_default() -> None:
+    assert TelemetrySettings().enable_tracing and TelemetrySettings().request_telemetry
+    telemetry = telemetry_of("  enableTracing: false\n  enableRequestTelemetry: false\n")
+    assert not telemetry.enable_tracing
+    assert not telemetry.request_telemetry
+    assert telemetry_of("  enableTracing: true\n").enable_tracing
+
+
+def test_a_switch_that_is_not_a_boolean_is_an_error_at_its_line() -> None:
+    text, result = load(MESH + "  enableRequestTelemetry: sometimes\n")
+    assert_at(result, text, "spec.enableRequestTelemetry", "enableRequestTelemetry", "")
+
+
 def test_a_format_with_json_encoding_warns_that_it_is_not_used() -> None:
     text, result = load(
         MESH + "  accessLogEncoding: JSON\n" + '  accessLogFormat: "%RESPONSE_CODE%"\n'
@@ -153,7 +166,6 @@ def test_telemetry_problems(spec: str, field: str, needle: str, message: str) ->
 @pytest.mark.parametrize(
     ("spec", "field", "needle", "message"),
     [
-        ("  enableTracing: true\n", "spec.enableTracing", "enableTracing", "changes nothing"),
         (
             "  defaultConfig: {concurrency: 2}\n",
             "spec.defaultConfig.concurrency",

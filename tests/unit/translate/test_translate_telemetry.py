@@ -189,6 +189,25 @@ def test_tracing_only_when_the_node_can_reach_the_telemetry_cluster(
             assert (tag.tag, tag.literal.value) == ("team", "shop")
 
 
+def test_tracing_and_request_records_can_each_be_switched_off(
+    quickstart_view: MeshView, frontend_sidecar: ProxyNode
+) -> None:
+    node = replace(frontend_sidecar, telemetry=True)
+    untraced = with_telemetry(quickstart_view, enable_tracing=False, access_log_file="/dev/stdout")
+    for items in managers(untraced, node).values():
+        for manager in items:
+            assert not manager.HasField("tracing")
+            assert [log.name for log in manager.access_log] == [
+                "envoy.access_loggers.http_grpc",
+                "envoy.access_loggers.file",
+            ]
+    unrecorded = with_telemetry(quickstart_view, request_telemetry=False)
+    for items in managers(unrecorded, node).values():
+        for manager in items:
+            assert manager.HasField("tracing")
+            assert list(manager.access_log) == []
+
+
 def test_listeners_say_their_direction_so_spans_are_client_or_server_ones(
     quickstart_view: MeshView, frontend_sidecar: ProxyNode, gateway_view: MeshView
 ) -> None:
