@@ -186,10 +186,22 @@ def test_a_trace_opens_as_a_waterfall(
 ) -> None:
     send(mesh, 3)
     open_view(page, mesh, "traces")
-    traces = page.page.locator("table.traces tr.trace")
-    expect(traces.first).to_be_visible(timeout=15_000)
-    traces.first.get_by_role("link").click()
+    # A trace through the gateway into the frontend, once both proxies have posted their spans
+    # (each flushes every second). The list redraws every 2 s: rows are found again by id.
+    found: list[str] = []
+
+    def traced_into_frontend() -> bool:
+        for row in page.page.locator("table.traces tr.trace").all():
+            cells = row.locator("td")
+            if number(cells.nth(3)) >= 2 and "frontend" in (cells.nth(4).text_content() or ""):
+                found.append(str(row.get_attribute("data-trace")))
+                return True
+        return False
+
+    wait_until(traced_into_frontend, 20, "a trace of the gateway and the frontend in the list")
+    page.page.locator(f'tr.trace[data-trace="{found[0]}"] a').click()
     expect(page.page.locator(".heading h1")).to_have_text("Trace")
+    expect(page.page.locator(".heading .subtitle")).to_have_text(found[0])
     rows = page.page.locator(".waterfall .span-row")
     expect(rows.first).to_be_visible()
     assert rows.count() >= 2
