@@ -2,7 +2,9 @@
 
 It calls ``http://backend:8080/`` like any plain HTTP client; ``HTTP_PROXY`` (set by
 ``pilotfish up``) sends the call through this replica's sidecar. It forwards the ``x-canary``
-header so routing by header works end to end (apps propagate headers, as in Istio's Bookinfo).
+header so routing by header works end to end, and the trace headers so that its call to the
+backend is part of the trace of the request it serves: a sidecar cannot tell which outgoing
+call belongs to which incoming request, so apps propagate them (as Istio requires).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BACKEND_URL = os.environ.get("BACKEND_URL", "http://backend:8080/")
-FORWARDED_HEADERS = ("x-canary", "x-request-id")
+TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+FORWARDED_HEADERS = ("x-canary", *TRACE_HEADERS)
 
 
 class Handler(BaseHTTPRequestHandler):

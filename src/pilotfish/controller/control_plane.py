@@ -17,13 +17,16 @@ from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
+from pilotfish.controller.trace_export import TraceExport
 from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic, Severity
 from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
+from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.traces import TraceStore
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
 
@@ -126,6 +129,14 @@ class ControlPlane:
         self.telemetry = TelemetryHub()
         """Every proxy's request records arrive here (the access-log service) and go to the
         views registered as its sinks."""
+        self.traces = TraceStore()
+        """Recent traces, from the spans the proxies post to the admin API."""
+        self.trace_export = TraceExport(self._trace_exporters)
+        """Those spans, forwarded to the collectors the running MeshConfig names."""
+
+    def _trace_exporters(self) -> tuple[TraceExporter, ...]:
+        config = self.controller.config
+        return config.mesh.telemetry.trace_exporters if config is not None else ()
 
     async def load_initial_config(self) -> LoadResult:
         """Load the folder once; refuse to start on errors rather than serve a partial mesh."""
@@ -223,6 +234,7 @@ class ControlPlane:
                     await task
         if self._server is not None:
             await self._server.stop(grace_seconds)
+        await self.trace_export.stop()
         if self.certificates is not None:
             # Nothing is signed any more: the next start can trust these records whole.
             await asyncio.to_thread(self.certificates.save, True)
