@@ -26,6 +26,12 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
 )
 
+NO_CHROMIUM = (
+    f"{CHROMIUM} is absent: install Debian's chromium (.ci/run does) to test the dashboard"
+)
+# Skips before the test's mesh starts, rather than after.
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
+
 
 def artifacts_folder() -> Path:
     """Where screenshots go: $PILOTFISH_TEST_ARTIFACTS, or a fresh temporary folder."""
@@ -60,9 +66,7 @@ class WatchedPage:
 
 def launch_browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} is absent: install Debian's chromium (.ci/run does) to test the dashboard"
-        )
+        pytest.skip(NO_CHROMIUM)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_FLAGS)

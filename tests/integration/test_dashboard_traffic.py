@@ -15,6 +15,7 @@ from tests.integration.dashboard_browser import (
     WatchedPage,
     artifacts_folder,
     launch_browser,
+    needs_chromium,
     take_screenshot,
     watched_page,
 )
@@ -27,6 +28,8 @@ from tests.integration.mesh_harness import (
     write_yaml,
 )
 from tests.waiting import wait_until
+
+pytestmark = needs_chromium
 
 FRONTEND = "frontend.default.svc.cluster.local"
 BACKEND = "backend.default.svc.cluster.local"

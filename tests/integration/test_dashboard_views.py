@@ -16,6 +16,7 @@ from tests.integration.dashboard_browser import (
     WatchedPage,
     artifacts_folder,
     launch_browser,
+    needs_chromium,
     take_screenshot,
     watched_page,
 )
@@ -123,6 +124,7 @@ def test_assets_are_served_with_a_strict_content_security_policy(mesh: RunningMe
         assert http_get(mesh.admin_url + missing).status == 404, missing
 
 
+@needs_chromium
 def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
     mesh: RunningMesh, page: WatchedPage, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,6 +143,7 @@ def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
     page.assert_clean()
 
 
+@needs_chromium
 def test_services_page_lists_the_registry_and_links_to_each_service(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
@@ -157,6 +160,7 @@ def test_services_page_lists_the_registry_and_links_to_each_service(
     page.assert_clean()
 
 
+@needs_chromium
 def test_traffic_views_say_there_is_no_traffic_yet(mesh: RunningMesh, page: WatchedPage) -> None:
     open_view(page, mesh, "graph")
     expect(page.page.locator("main .notice.info")).to_contain_text("No traffic in the last minute")
@@ -171,6 +175,7 @@ def test_traffic_views_say_there_is_no_traffic_yet(mesh: RunningMesh, page: Watc
     page.assert_clean()
 
 
+@needs_chromium
 def test_config_page_shows_a_rejected_edit_and_its_recovery_live(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
@@ -193,6 +198,7 @@ def test_config_page_shows_a_rejected_edit_and_its_recovery_live(
     page.assert_clean()
 
 
+@needs_chromium
 def test_a_string_from_the_api_is_shown_as_text_never_as_markup(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
@@ -219,6 +225,7 @@ HIDE = """hidden => {
 }"""
 
 
+@needs_chromium
 def test_polling_pauses_while_the_tab_is_hidden_and_resumes_when_shown(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
@@ -237,6 +244,7 @@ def test_polling_pauses_while_the_tab_is_hidden_and_resumes_when_shown(
     page.assert_clean()
 
 
+@needs_chromium
 def test_zz_the_page_says_so_when_the_control_plane_goes_away(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
