@@ -111,6 +111,7 @@ class MeshCertificateAuthority:
         self._dirty = False
         self._recent: deque[IssuedRecord] = deque(maxlen=RECENT_SIGNED)
         self._refused = 0
+        self._signed = 0
         self._bundle_changed = asyncio.Event()
         self._last_warned: dt.datetime | None = None
         self._rotation_starting: asyncio.Future[RotationState] | None = None
@@ -127,6 +128,16 @@ class MeshCertificateAuthority:
     @property
     def rotation(self) -> RotationState:
         return self._stored.rotation
+
+    @property
+    def signed_total(self) -> int:
+        """Certificates signed since this control plane started."""
+        return self._signed
+
+    @property
+    def refused_total(self) -> int:
+        """Certificate requests refused since this control plane started."""
+        return self._refused
 
     def credential(self, identity: Identity) -> str:
         """The bearer token that lets an agent get certificates for ``identity`` only."""
@@ -209,6 +220,7 @@ class MeshCertificateAuthority:
             issuer_epoch=self.authority.issuer_epoch,
             signed_at=now,
         )
+        self._signed += 1
         self._recent.append(record)
         self._keep(record)
         self._dirty = True

@@ -12,9 +12,15 @@ from pathlib import Path
 import grpc
 
 from pilotfish.ca.store import ca_directory, load_or_create_ca
+from pilotfish.controller.access_log_service import (
+    AccessLogService,
+    NodeDirectoryFeed,
+    access_log_method_handlers,
+)
 from pilotfish.controller.ca_service import ca_method_handlers
 from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
+from pilotfish.controller.control_plane_metrics import XdsMetrics, control_plane_families
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.controller.trace_export import TraceExport
@@ -26,6 +32,9 @@ from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshSettings
 from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.istio_metrics import IstioMetrics
+from pilotfish.telemetry.nodes import NodeDirectory
+from pilotfish.telemetry.prometheus import MetricFamily
 from pilotfish.telemetry.traces import TraceStore
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
@@ -129,6 +138,13 @@ class ControlPlane:
         self.telemetry = TelemetryHub()
         """Every proxy's request records arrive here (the access-log service) and go to the
         views registered as its sinks."""
+        self.nodes = NodeDirectory()
+        """Every proxy seen on an xDS stream (and those gone a few minutes ago), by node id
+        and inbound address."""
+        self.istio_metrics = IstioMetrics()
+        self.telemetry.add_sink(self.istio_metrics)
+        self.access_logs = AccessLogService(self.telemetry, self.nodes)
+        self.xds_metrics = XdsMetrics(self.controller.published_at)
         self.traces = TraceStore()
         """Recent traces, from the spans the proxies post to the admin API."""
         self.trace_export = TraceExport(self._trace_exporters)
@@ -174,15 +190,32 @@ class ControlPlane:
         self.certificates.tick()  # warns at once of a root close to expiry
         self._server, self.xds_port = await start_xds_server(
             self.controller,
-            [self.board],
+            [self.board, NodeDirectoryFeed(self.nodes), self.xds_metrics],
             host=self.settings.host,
             port=self.settings.xds_port,
             keepalive=self.settings.keepalive,
-            extra_handlers=ca_method_handlers(self.certificates),
+            extra_handlers=(
+                *ca_method_handlers(self.certificates),
+                *access_log_method_handlers(self.access_logs),
+            ),
         )
-        log.info("xDS server listening on %s:%d (the CA too)", self.settings.host, self.xds_port)
+        log.info(
+            "xDS server listening on %s:%d (the CA and the access-log service too)",
+            self.settings.host,
+            self.xds_port,
+        )
         self._watch_task = asyncio.create_task(self._watch_config())
         self._ca_task = asyncio.create_task(self._tick_ca(self.certificates))
+
+    def metric_families(self) -> list[MetricFamily]:
+        """Everything ``/metrics`` shows: the control plane's own metrics, then Istio's."""
+        return [
+            *self.xds_metrics.families(),
+            *control_plane_families(
+                self.controller, self.certificates, self.telemetry, self.access_logs
+            ),
+            *self.istio_metrics.families(),
+        ]
 
     async def _tick_ca(self, certificates: MeshCertificateAuthority) -> None:
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,10 @@ from pilotfish.snapshot import CacheStats, Snapshot, SnapshotCache
 from pilotfish.translate import GENERATORS, TranslationContext
 
 log = logging.getLogger("pilotfish.controller")
+
+# Generations whose publish time is kept: a stream far enough behind to take an older one
+# only makes its push-time sample missing, not wrong.
+_PUBLISH_TIMES_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class MeshController:
         self._publish_task: asyncio.Task[None] | None = None
         self._problems_seen: object = None
         self.status = ConfigStatus()
+        self.rejections = 0
+        """Config loads rejected (the last good config kept serving), since start."""
+        self._published_at: OrderedDict[int, float] = OrderedDict()
         self._unsubscribe = [r.subscribe(self._schedule_publish) for r in self._registries]
 
     # --- inputs -----------------------------------------------------------------------------
@@ -76,6 +84,7 @@ class MeshController:
         diagnostics = tuple(diagnostics)
         now = time.time()
         if config is None:
+            self.rejections += 1
             self.status = replace(self.status, rejected_at=now, diagnostics=diagnostics)
             for diagnostic in diagnostics:
                 if diagnostic.severity == "error":
@@ -119,6 +128,11 @@ class MeshController:
             await self._changed.wait()
         return self.generation
 
+    def published_at(self, generation: int) -> float | None:
+        """When the publish of ``generation`` began (``time.monotonic``); None for one too
+        old."""
+        return self._published_at.get(generation)
+
     def snapshot_for(self, node: ProxyNode) -> Snapshot | None:
         """This generation's snapshot for ``node``; its last good one if this one is broken."""
         snapshot = self._cache.snapshot_for(node)
@@ -143,7 +157,12 @@ class MeshController:
         self._publish_task = None
         if self._config is None:
             return
+        # From the start: push and convergence times include building the view.
+        started = time.monotonic()
         number = self._cache.publish(build_view(self._config, registries=self._registries))
+        self._published_at[number] = started
+        while len(self._published_at) > _PUBLISH_TIMES_KEPT:
+            self._published_at.popitem(last=False)
         self.status = replace(self.status, snapshot_problems=())
         log.info("published generation %d", number)
         changed, self._changed = self._changed, asyncio.Event()
