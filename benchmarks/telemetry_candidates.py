@@ -43,10 +43,11 @@ _TYPES = "type.googleapis.com/envoy.extensions"
 # trace-batched: the same with the mesh's ZIPKIN_BATCHING runtime (Envoy's default posts
 # every 5 spans).
 # trace-proto: spans posted as Zipkin's protobuf (HTTP_PROTO) instead of JSON, as the mesh
-# does; all uses it too.
+# does; all uses it too. trace-otel: Envoy's OpenTelemetry tracer over gRPC instead.
+# trace-1pct: trace-proto with Istio's default sampling, 1% of requests.
 VARIANTS = (
     "none", "als", "als-bare", "als-big", "stats", "trace", "trace-batched", "trace-proto",
-    "trace-otel", "all",
+    "trace-otel", "trace-1pct", "all",
 )  # fmt: skip
 ZIPKIN_BATCHING = {"tracing.zipkin.min_flush_spans": 100, "tracing.zipkin.flush_interval_ms": 1000}
 # The labels Istio's metrics carry that an Envoy alone can know; the stats logger makes one
@@ -196,9 +197,9 @@ def _als_cluster(port: int) -> dict[str, Any]:
     }
 
 
-def _tracing(encoding: str = "HTTP_JSON") -> dict[str, Any]:
+def _tracing(encoding: str = "HTTP_JSON", sampling: float = 100) -> dict[str, Any]:
     return {
-        "random_sampling": {"value": 100},
+        "random_sampling": {"value": sampling},
         "provider": {
             "name": "envoy.tracers.zipkin",
             "typed_config": {
@@ -263,9 +264,10 @@ def with_logger(
             },
         }
         bootstrap["static_resources"]["clusters"].append(_als_cluster(als_port))
-    if variant in ("trace", "trace-batched", "trace-proto", "all"):
+    if variant in ("trace", "trace-batched", "trace-proto", "trace-1pct", "all"):
         encoding = "HTTP_JSON" if variant in ("trace", "trace-batched") else "HTTP_PROTO"
-        _manager(bootstrap)["tracing"] = _tracing(encoding)
+        sampling = 1 if variant == "trace-1pct" else 100
+        _manager(bootstrap)["tracing"] = _tracing(encoding, sampling)
         if variant == "trace-batched":
             bootstrap["layered_runtime"] = {
                 "layers": [{"name": "zipkin", "static_layer": ZIPKIN_BATCHING}]
