@@ -33,8 +33,10 @@ from pilotfish.model.resources import MeshSettings
 from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.istio_metrics import IstioMetrics
+from pilotfish.telemetry.live import LiveWindows
 from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.prometheus import MetricFamily
+from pilotfish.telemetry.tap import ProxyLogs, TapFeed
 from pilotfish.telemetry.traces import TraceStore
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.status_board import ProxyStatusBoard
@@ -145,6 +147,11 @@ class ControlPlane:
         self.telemetry.add_sink(self.istio_metrics)
         self.access_logs = AccessLogService(self.telemetry, self.nodes)
         self.xds_metrics = XdsMetrics(self.controller.published_at)
+        self.live = LiveWindows()
+        self.tap = TapFeed()
+        self.proxy_logs = ProxyLogs()
+        for sink in (self.live, self.proxy_logs, self.tap):
+            self.telemetry.add_sink(sink)
         self.traces = TraceStore()
         """Recent traces, from the spans the proxies post to the admin API."""
         self.trace_export = TraceExport(self._trace_exporters)

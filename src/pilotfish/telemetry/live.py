@@ -1,0 +1,453 @@
+"""Rolling windows of traffic for the live views: ``stat``, the dashboard's graph and series.
+
+Each request is counted once. A request between two sidecars is reported twice (by the
+caller's sidecar as ``source`` and by the callee's as ``destination``); as ``linkerd viz stat``
+counts inbound traffic, the destination's record is the one that counts. A source record
+counts too when the request never reached the callee (its flags say so: no route, no healthy
+upstream, connection failure...), since no destination record exists for it, and for a
+service that no destination reporter speaks for at all (a call out of the mesh). That last
+choice is made when the views are read, not when a record arrives: the callee's record comes
+a flush (about a second) after the caller's, so a decision on arrival would count both.
+
+Memory is bounded: keys per family are capped (records of keys beyond the cap are counted as
+dropped), slots older than their retention are pruned, and a slot's latencies are a sparse
+histogram of log-spaced buckets (1% relative error), so a slot costs what its distinct
+latencies cost, never what its requests cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from pilotfish.telemetry.records import UNKNOWN, RequestRecord
+
+# A source record with one of these never reached the callee's sidecar (Envoy answered it
+# itself, before or instead of an upstream request), so it is the only record of its request.
+NOT_REACHED_FLAGS = frozenset(
+    {"UH", "UF", "UO", "NR", "NC", "DO", "UDO", "DF", "RL", "RLSE", "UAEX", "FI"}
+)
+
+DEFAULT_WINDOW_SECONDS = 60
+MAX_WINDOW_SECONDS = 600
+SERIES_STEP_SECONDS = 10
+SERIES_MAX_MINUTES = 15
+RELATIVE_ERROR = 0.01
+_GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
+_LOG_GAMMA = math.log(_GAMMA)
+_SMALLEST_MS = 1e-3  # below a microsecond a latency is noise: it goes to the zero bucket
+
+
+@dataclass
+class LatencyHistogram:
+    """Latencies in log-spaced buckets: bucket ``i`` holds ``(g^(i-1), g^i]`` ms, and its
+    middle ``2 g^i / (g + 1)`` is within ``RELATIVE_ERROR`` of every value in it."""
+
+    buckets: dict[int, int] = field(default_factory=dict)
+    zeros: int = 0
+    count: int = 0
+    smallest: float = math.inf
+    largest: float = 0.0
+
+    def add(self, ms: float) -> None:
+        ms = max(ms, 0.0)
+        self.count += 1
+        self.smallest = min(self.smallest, ms)
+        self.largest = max(self.largest, ms)
+        if ms < _SMALLEST_MS:
+            self.zeros += 1
+            return
+        index = math.ceil(math.log(ms) / _LOG_GAMMA)
+        self.buckets[index] = self.buckets.get(index, 0) + 1
+
+    def merge(self, other: LatencyHistogram) -> None:
+        for index, n in other.buckets.items():
+            self.buckets[index] = self.buckets.get(index, 0) + n
+        self.zeros += other.zeros
+        self.count += other.count
+        self.smallest = min(self.smallest, other.smallest)
+        self.largest = max(self.largest, other.largest)
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank ``q`` quantile (the ``ceil(q n)``-th smallest), within 1%."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        if rank <= self.zeros:
+            return self.smallest
+        seen = self.zeros
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                middle = 2 * _GAMMA**index / (_GAMMA + 1)
+                # The exact ends are known: a quantile never lies outside them.
+                return min(max(middle, self.smallest), self.largest)
+        return self.largest
+
+
+@dataclass
+class Slot:
+    requests: int = 0
+    failures: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def add(self, ok: bool, duration_ms: float) -> None:
+        self.requests += 1
+        self.failures += 0 if ok else 1
+        self.latency.add(duration_ms)
+
+    def merge(self, other: Slot) -> None:
+        self.requests += other.requests
+        self.failures += other.failures
+        self.latency.merge(other.latency)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Golden metrics of some requests over ``seconds``."""
+
+    requests: int
+    failures: int
+    seconds: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        return (self.requests - self.failures) / self.requests if self.requests else None
+
+    @classmethod
+    def of(cls, slot: Slot, seconds: float) -> Summary:
+        latency = slot.latency
+        return cls(
+            slot.requests,
+            slot.failures,
+            seconds,
+            latency.quantile(0.50),
+            latency.quantile(0.95),
+            latency.quantile(0.99),
+        )
+
+
+class SlotRing:
+    """Slots of ``width`` seconds (keyed by their start) kept for ``retention`` seconds."""
+
+    def __init__(self, width: int, retention: int) -> None:
+        self.width = width
+        self.retention = retention
+        self.slots: dict[int, Slot] = {}
+
+    def start_of(self, when: float) -> int:
+        return int(when // self.width) * self.width
+
+    def add(self, when: float, ok: bool, duration_ms: float) -> None:
+        start = self.start_of(when)
+        slot = self.slots.get(start)
+        if slot is None:
+            slot = self.slots[start] = Slot()
+        slot.add(ok, duration_ms)
+
+    def prune(self, now: float) -> None:
+        oldest = self.start_of(now) - self.retention + self.width
+        for start in [s for s in self.slots if s < oldest]:
+            del self.slots[start]
+
+    def merged(self, first: int, last: int, into: Slot | None = None) -> Slot:
+        """Every slot whose start is in ``[first, last]``, added up."""
+        total = into if into is not None else Slot()
+        for start, slot in self.slots.items():
+            if first <= start <= last:
+                total.merge(slot)
+        return total
+
+
+@dataclass
+class _Traffic:
+    """One key's requests: ``counted`` always counts; ``source_only`` (source records that
+    may have a destination record too) counts only while no destination reporter speaks for
+    the service."""
+
+    namespace: str
+    counted: SlotRing
+    source_only: SlotRing
+
+    def rings(self, with_source_only: bool) -> tuple[SlotRing, ...]:
+        return (self.counted, self.source_only) if with_source_only else (self.counted,)
+
+    def empty(self) -> bool:
+        return not self.counted.slots and not self.source_only.slots
+
+
+class _Family:
+    """Traffic per key (a service, a workload, an edge), at most ``max_keys`` keys."""
+
+    def __init__(self, width: int, retention: int, max_keys: int) -> None:
+        self.width = width
+        self.retention = retention
+        self.max_keys = max_keys
+        self.keys: dict[tuple[str, ...], _Traffic] = {}
+        self.dropped = 0
+
+    def add(
+        self,
+        key: tuple[str, ...],
+        namespace: str,
+        counted: bool,
+        when: float,
+        record: RequestRecord,
+    ) -> None:
+        traffic = self.keys.get(key)
+        if traffic is None:
+            if len(self.keys) >= self.max_keys:
+                self.dropped += 1
+                return
+            traffic = self.keys[key] = _Traffic(
+                namespace,
+                SlotRing(self.width, self.retention),
+                SlotRing(self.width, self.retention),
+            )
+        ring = traffic.counted if counted else traffic.source_only
+        ring.add(when, record.ok, record.duration_ms)
+
+    def prune(self, now: float) -> None:
+        for key in list(self.keys):
+            traffic = self.keys[key]
+            traffic.counted.prune(now)
+            traffic.source_only.prune(now)
+            if traffic.empty():
+                del self.keys[key]
+
+
+@dataclass(frozen=True)
+class StatRow:
+    name: str
+    namespace: str
+    summary: Summary
+
+    def to_json(self) -> dict[str, object]:
+        s = self.summary
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "requests": s.requests,
+            "rps": round(s.rps, 3),
+            "success_rate": s.success_rate,
+            "p50_ms": _ms(s.p50_ms),
+            "p95_ms": _ms(s.p95_ms),
+            "p99_ms": _ms(s.p99_ms),
+        }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+class LiveWindows:
+    """The record sink behind ``/api/stat``, ``/api/graph`` and ``/api/series``.
+
+    ``clock`` (unix seconds) is read on every add and query, so tests can move time.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        max_keys: int = 1000,
+        prune_every_seconds: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self._services = _Family(1, MAX_WINDOW_SECONDS, max_keys)
+        self._workloads = _Family(1, MAX_WINDOW_SECONDS, max_keys)
+        self._edges = _Family(1, MAX_WINDOW_SECONDS, max_keys)
+        self._series = _Family(SERIES_STEP_SECONDS, SERIES_MAX_MINUTES * 60, max_keys)
+        self._reported_by_destination: dict[str, float] = {}
+        """Service -> when a destination reporter last spoke for it."""
+        self._max_keys = max_keys
+        self._prune_every = prune_every_seconds
+        self._pruned_at = 0.0
+        self.records_too_old = 0
+
+    @property
+    def dropped_records(self) -> int:
+        """Records of keys beyond the cap, in any family."""
+        families = (self._services, self._workloads, self._edges, self._series)
+        return sum(f.dropped for f in families)
+
+    def key_count(self) -> dict[str, int]:
+        return {
+            "services": len(self._services.keys),
+            "workloads": len(self._workloads.keys),
+            "edges": len(self._edges.keys),
+            "series": len(self._series.keys),
+        }
+
+    def add(self, records: Sequence[RequestRecord]) -> None:
+        now = self.clock()
+        self._maybe_prune(now)
+        for record in records:
+            # A request counts when it ended, as a scraped counter would count it.
+            when = min(record.start_time + record.duration_ms / 1000, now)
+            if when <= now - SERIES_MAX_MINUTES * 60:
+                self.records_too_old += 1
+                continue
+            self._add(record, when)
+
+    def _add(self, record: RequestRecord, when: float) -> None:
+        service = record.destination_service
+        if record.reporter == "destination":
+            counted = True
+            if len(self._reported_by_destination) < self._max_keys:
+                seen = self._reported_by_destination.get(service, 0.0)
+                self._reported_by_destination[service] = max(seen, when)
+        else:
+            counted = not NOT_REACHED_FLAGS.isdisjoint(record.response_flags)
+        namespace = record.destination_service_namespace
+        self._services.add((service,), namespace, counted, when, record)
+        self._series.add((service,), namespace, counted, when, record)
+        source = record.source
+        edge = (source.workload, source.namespace, service)
+        self._edges.add(edge, source.namespace, counted, when, record)
+        destination = record.destination
+        if counted and destination.workload != UNKNOWN:
+            key = (destination.workload, destination.namespace)
+            self._workloads.add(key, destination.namespace, True, when, record)
+
+    def _maybe_prune(self, now: float) -> None:
+        if now - self._pruned_at < self._prune_every:
+            return
+        self._pruned_at = now
+        for family in (self._services, self._workloads, self._edges, self._series):
+            family.prune(now)
+        horizon = now - SERIES_MAX_MINUTES * 60
+        for service in [s for s, t in self._reported_by_destination.items() if t < horizon]:
+            del self._reported_by_destination[service]
+
+    def _with_source_only(self, service: str) -> bool:
+        return service not in self._reported_by_destination
+
+    def _window(self, traffic: _Traffic, seconds: int, now: float, service: str | None) -> Slot:
+        """The last ``seconds`` of one key; ``service`` decides whether its source-only
+        records count (None: they never do)."""
+        last = traffic.counted.start_of(now)
+        first = last - seconds + traffic.counted.width
+        total = Slot()
+        with_source_only = service is not None and self._with_source_only(service)
+        for ring in traffic.rings(with_source_only):
+            ring.merged(first, last, total)
+        return total
+
+    # --- the views -------------------------------------------------------------------------
+
+    def stat(
+        self, by: str = "service", window_seconds: int = DEFAULT_WINDOW_SECONDS
+    ) -> list[StatRow]:
+        """Rows by service (hostname) or by workload (what it served), busiest first."""
+        seconds = clamp_window(window_seconds)
+        now = self.clock()
+        self._maybe_prune(now)
+        family = self._services if by == "service" else self._workloads
+        rows = []
+        for key, traffic in family.keys.items():
+            total = self._window(traffic, seconds, now, key[0] if by == "service" else None)
+            if total.requests:
+                rows.append(StatRow(key[0], traffic.namespace, Summary.of(total, seconds)))
+        rows.sort(key=lambda r: (-r.summary.requests, r.name))
+        return rows
+
+    def graph(self, window_seconds: int = DEFAULT_WINDOW_SECONDS) -> dict[str, object]:
+        seconds = clamp_window(window_seconds)
+        now = self.clock()
+        self._maybe_prune(now)
+        nodes: dict[str, dict[str, object]] = {}
+        edges = []
+        for key, traffic in self._edges.keys.items():
+            workload, namespace, service = key
+            total = self._window(traffic, seconds, now, service)
+            if not total.requests:
+                continue
+            source_id = workload_node_id(workload, namespace)
+            target_id = service_node_id(service)
+            nodes[source_id] = {
+                "id": source_id, "kind": "workload", "name": workload, "namespace": namespace,
+            }  # fmt: skip
+            service_namespace = self._services.keys.get((service,))
+            nodes[target_id] = {
+                "id": target_id,
+                "kind": "service",
+                "name": service,
+                "namespace": service_namespace.namespace if service_namespace else UNKNOWN,
+            }
+            summary = Summary.of(total, seconds)
+            edges.append(
+                {
+                    "source": source_id,
+                    "target": target_id,
+                    "requests": summary.requests,
+                    "rps": round(summary.rps, 3),
+                    "success_rate": summary.success_rate,
+                    "p99_ms": _ms(summary.p99_ms),
+                }
+            )
+        # Workloads that only serve (call nobody) are nodes too, so that a view can join each
+        # service to the workloads behind it.
+        for (workload, namespace), traffic in self._workloads.keys.items():
+            node_id = workload_node_id(workload, namespace)
+            if node_id not in nodes and self._window(traffic, seconds, now, None).requests:
+                nodes[node_id] = {
+                    "id": node_id, "kind": "workload", "name": workload, "namespace": namespace,
+                }  # fmt: skip
+        edges.sort(key=lambda e: (str(e["source"]), str(e["target"])))
+        return {
+            "window_seconds": seconds,
+            "nodes": sorted(nodes.values(), key=lambda n: str(n["id"])),
+            "edges": edges,
+        }
+
+    def series(self, service: str, minutes: int = SERIES_MAX_MINUTES) -> list[dict[str, object]]:
+        """One point per 10 s step over the last ``minutes``, oldest first, empty steps too."""
+        minutes = max(1, min(minutes, SERIES_MAX_MINUTES))
+        now = self.clock()
+        self._maybe_prune(now)
+        step = SERIES_STEP_SECONDS
+        current = int(now // step) * step
+        starts = range(current - (minutes * 60 // step - 1) * step, current + step, step)
+        traffic = self._series.keys.get((service,))
+        rings = traffic.rings(self._with_source_only(service)) if traffic else ()
+        points: list[dict[str, object]] = []
+        for start in starts:
+            total = Slot()
+            for ring in rings:
+                slot = ring.slots.get(start)
+                if slot is not None:
+                    total.merge(slot)
+            # The current step has lasted only since its start.
+            seconds = step if start < current else max(1.0, now - start)
+            summary = Summary.of(total, seconds)
+            points.append(
+                {
+                    "t": start,
+                    "requests": summary.requests,
+                    "rps": round(summary.rps, 3),
+                    "success_rate": summary.success_rate,
+                    "p99_ms": _ms(summary.p99_ms),
+                }
+            )
+        return points
+
+
+def clamp_window(seconds: int) -> int:
+    return max(1, min(int(seconds), MAX_WINDOW_SECONDS))
+
+
+def workload_node_id(workload: str, namespace: str) -> str:
+    return f"workload:{namespace}/{workload}"
+
+
+def service_node_id(hostname: str) -> str:
+    return f"service:{hostname}"

@@ -1,0 +1,149 @@
+"""Live requests for ``tap`` and ``logs -f``, and the recent ones of each proxy for ``logs``.
+
+A tap subscriber gets the records its filter lets through in a bounded queue. The feed is a
+sink of the hub and runs on the event loop, so it must never wait for a slow reader: when a
+subscriber's queue is full, new records are dropped and counted for that subscriber, and its
+reader can say how many it missed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+from pilotfish.telemetry.records import RequestRecord
+
+
+@dataclass(frozen=True)
+class TapFilter:
+    """Which records a subscriber wants; an empty field matches everything."""
+
+    service: str = ""
+    """The destination service's hostname, or its short name (``backend``)."""
+    path_prefix: str = ""
+    workload: str = ""
+    """The source or the destination workload."""
+    proxy: str = ""
+    """The reporting proxy's node id."""
+    errors_only: bool = False
+
+    def matches(self, record: RequestRecord) -> bool:
+        if self.service and self.service not in (
+            record.destination_service,
+            record.destination_service_name,
+        ):
+            return False
+        if self.path_prefix and not record.path.startswith(self.path_prefix):
+            return False
+        if self.workload and self.workload not in (
+            record.source.workload,
+            record.destination.workload,
+        ):
+            return False
+        if self.proxy and record.proxy != self.proxy:
+            return False
+        return not (self.errors_only and record.ok)
+
+
+class TapSubscriber:
+    def __init__(
+        self, record_filter: TapFilter, max_queued: int, wake: Callable[[], None] | None
+    ) -> None:
+        self.filter = record_filter
+        self.max_queued = max_queued
+        self.wake = wake
+        """Called after records were queued (the admin route sets an asyncio.Event)."""
+        self._queue: deque[RequestRecord] = deque()
+        self.dropped = 0
+
+    def offer(self, records: Sequence[RequestRecord]) -> None:
+        queued = False
+        for record in records:
+            if not self.filter.matches(record):
+                continue
+            if len(self._queue) >= self.max_queued:
+                self.dropped += 1
+                continue
+            self._queue.append(record)
+            queued = True
+        if queued and self.wake is not None:
+            self.wake()
+
+    def take(self) -> list[RequestRecord]:
+        """Everything queued, oldest first."""
+        taken = list(self._queue)
+        self._queue.clear()
+        return taken
+
+
+class TapFeed:
+    """The hub's sink that hands records to the subscribers of the moment."""
+
+    def __init__(self, max_subscribers: int = 64, max_queued: int = 1000) -> None:
+        self.max_subscribers = max_subscribers
+        self.max_queued = max_queued
+        self._subscribers: list[TapSubscriber] = []
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(
+        self, record_filter: TapFilter, wake: Callable[[], None] | None = None
+    ) -> TapSubscriber:
+        if len(self._subscribers) >= self.max_subscribers:
+            raise TapFull(self.max_subscribers)
+        subscriber = TapSubscriber(record_filter, self.max_queued, wake)
+        self._subscribers.append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: TapSubscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+
+    def add(self, records: Sequence[RequestRecord]) -> None:
+        for subscriber in self._subscribers:
+            subscriber.offer(records)
+
+
+class TapFull(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} taps are open already: close one first")
+
+
+class ProxyLogs:
+    """The last ``per_proxy`` records of each of at most ``max_proxies`` proxies."""
+
+    def __init__(self, per_proxy: int = 1000, max_proxies: int = 1000) -> None:
+        self.per_proxy = per_proxy
+        self.max_proxies = max_proxies
+        self._rings: dict[str, deque[RequestRecord]] = {}
+        self.dropped = 0
+
+    def add(self, records: Sequence[RequestRecord]) -> None:
+        for record in records:
+            ring = self._rings.get(record.proxy)
+            if ring is None:
+                if len(self._rings) >= self.max_proxies:
+                    self._forget_quietest()
+                ring = self._rings[record.proxy] = deque(maxlen=self.per_proxy)
+            ring.append(record)
+
+    def _forget_quietest(self) -> None:
+        # The proxy whose last record is the oldest is most likely gone.
+        quietest = min(self._rings, key=lambda p: self._rings[p][-1].start_time)
+        self.dropped += len(self._rings.pop(quietest))
+
+    @property
+    def proxies(self) -> list[str]:
+        return sorted(self._rings)
+
+    def recent(self, proxy: str | None = None, limit: int = 100) -> list[RequestRecord]:
+        """The last ``limit`` records of ``proxy`` (of every proxy when None), oldest first."""
+        if proxy is not None:
+            ring = self._rings.get(proxy, deque())
+            return list(ring)[-limit:] if limit > 0 else []
+        merged = sorted(chain.from_iterable(self._rings.values()), key=lambda r: r.start_time)
+        return merged[-limit:] if limit > 0 else []
