@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
-from tests.integration.mesh_harness import RunningMesh, http_get
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -32,18 +31,6 @@ NO_CHROMIUM = (
 )
 # Skips before the test's mesh starts, rather than after.
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
-
-
-LIVE_VIEWS = ("/api/stat?by=service", "/api/graph", "/api/series?service=x")
-
-
-def require_routes(mesh: RunningMesh, paths: tuple[str, ...]) -> None:
-    """Skip while the admin server does not serve these routes at all: the live views are
-    built on another branch of the same issue, and the dashboard's tests of them wait for it.
-    Once it has landed this never skips (a route that goes away later fails other tests)."""
-    missing = [p for p in paths if http_get(mesh.admin_url + p).status == 404]
-    if missing:
-        pytest.skip(f"the admin server does not serve {', '.join(missing)} yet")
 
 
 def artifacts_folder() -> Path:

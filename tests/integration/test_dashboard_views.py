@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 from tests.integration.dashboard_browser import (
-    LIVE_VIEWS,
     WatchedPage,
     artifacts_folder,
     launch_browser,
     needs_chromium,
-    require_routes,
     take_screenshot,
     watched_page,
 )
@@ -149,7 +147,6 @@ def test_proxies_page_lists_every_sidecar_synced_with_its_identity(
 def test_services_page_lists_the_registry_and_links_to_each_service(
     mesh: RunningMesh, page: WatchedPage
 ) -> None:
-    require_routes(mesh, LIVE_VIEWS)
     open_view(page, mesh, "services")
     backend = page.page.locator(f'table.services tr[data-service="{BACKEND}"]')
     expect(backend.locator("td").nth(2)).to_have_text("2")
@@ -165,7 +162,6 @@ def test_services_page_lists_the_registry_and_links_to_each_service(
 
 @needs_chromium
 def test_traffic_views_say_there_is_no_traffic_yet(mesh: RunningMesh, page: WatchedPage) -> None:
-    require_routes(mesh, LIVE_VIEWS)
     open_view(page, mesh, "graph")
     expect(page.page.locator("main .notice.info")).to_contain_text("No traffic in the last minute")
     open_view(page, mesh, f"service/{BACKEND}")
