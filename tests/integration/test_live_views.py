@@ -217,7 +217,9 @@ def test_logs_show_a_line_with_the_flags_in_words(mesh: RunningMesh) -> None:
     def logged() -> str | None:
         shown = pilotfish("logs", str(mesh.directory), GATEWAY_ID)
         assert shown.returncode == 0, shown.stderr
-        lines = [line for line in shown.stdout.splitlines() if '"GET /closed/logged HTTP/1.1"' in line]
+        lines = [
+            line for line in shown.stdout.splitlines() if '"GET /closed/logged HTTP/1.1"' in line
+        ]
         return lines[0] if lines else None
 
     line = wait_until(logged, 15, "the gateway's log line")
