@@ -220,7 +220,10 @@ def _announce_up(mesh: object, admin_port: int) -> None:
 
     assert isinstance(mesh, LocalMesh)
     config = mesh.control_plane.controller.config
-    lines = [f"pilotfish is up: admin API http://127.0.0.1:{admin_port}/api/proxies"]
+    admin = f"http://127.0.0.1:{admin_port}"
+    lines = [
+        f"pilotfish is up: dashboard {admin}/ (metrics {admin}/metrics, Zipkin API {admin}/api/v2)"
+    ]
     for gateway in config.gateways if config else ():
         for server in gateway.servers:
             lines.append(f"  gateway {gateway.meta.name}: http://127.0.0.1:{server.port}/")
