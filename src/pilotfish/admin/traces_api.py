@@ -118,11 +118,13 @@ def add_trace_routes(app: web.Application, control_plane: ControlPlane) -> None:
             {
                 "traces": len(store),
                 "spans": store.span_count,
+                "bytes": store.bytes,
                 "limits": {
                     "max_traces": store.limits.max_traces,
                     "max_spans": store.limits.max_spans,
                     "max_spans_per_trace": store.limits.max_spans_per_trace,
                     "max_age_seconds": store.limits.max_age_seconds,
+                    "max_bytes": store.limits.max_bytes,
                 },
                 "counts": store.counts.to_json(),
                 "exporters": control_plane.trace_export.status_json(),
