@@ -23,6 +23,7 @@ from tests.certificates import CertificateAuthority
 
 from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.ports import free_port
+from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.proxy import ProxyNode
@@ -62,6 +63,7 @@ from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.model.telemetry import TelemetrySettings
 from pilotfish.snapshot import type_urls
 from pilotfish.translate import MeshTranslator, ProxyResources
+from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
 
 ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 
@@ -561,3 +563,40 @@ def test_envoy_rejects_tracing_without_the_telemetry_cluster(tmp_path: Path) -> 
 
     assert result.returncode != 0
     assert "pilotfish-telemetry" in result.stdout
+
+
+# Istio's default, Envoy's default, and formats of the kind Istio's docs show; then formats
+# with the mistakes the loader refuses.
+ACCESS_LOG_FORMATS = [
+    ISTIO_TEXT_FORMAT,
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n',
+    "%START_TIME(%s.%3f)% %REQ(:PATH):64% %UPSTREAM_PEER_URI_SAN% %DOWNSTREAM_PEER_URI_SAN% "
+    "%DYNAMIC_METADATA(istio.peer:workload)% %RESPONSE_FLAGS_LONG% 100%% %TRACE_ID%\n",
+    "%FOO%\n",
+    "done 100% %DURATION%\n",
+    "%REQ%\n",
+    "%DURATION(ms)%\n",
+    "%START_TIME\n",
+]
+
+
+@pytest.mark.parametrize("log_format", ACCESS_LOG_FORMATS)
+def test_envoy_takes_exactly_the_access_log_formats_the_loader_takes(
+    log_format: str, tmp_path: Path
+) -> None:
+    settings = TelemetrySettings(access_log_file="/dev/null", access_log_format=log_format)
+    view = every_feature_view(free_port())
+    view = replace(
+        view, config=replace(view.config, mesh=replace(view.config.mesh, telemetry=settings))
+    )
+    node = ProxyNode(id="ingress-0", kind="gateway")
+    bootstrap = static_bootstrap(MeshTranslator(view).resources_for(node))
+    assert json.dumps(log_format)[1:-1] in json.dumps(bootstrap)  # the format is checked
+
+    result = envoy_validate(with_agent_clusters(bootstrap, node), tmp_path)
+
+    loader_takes_it = access_log_format_problems(log_format) == []
+    assert (result.returncode == 0) == loader_takes_it, result.stdout[-2000:]

@@ -9,6 +9,9 @@ GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expi
 POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in);
                       only with the header X-Pilotfish-Admin: 1 (403 otherwise), which no
                       cross-site form or fetch from a browser page can send
+
+Every request must name the admin address in its Host header (403 otherwise): a web page
+whose own name an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own name there.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import socket
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from pilotfish.admin.ca_status import ADMIN_HEADER, ADMIN_HEADER_VALUE
 from pilotfish.admin.dashboard import add_dashboard_routes
@@ -23,6 +27,39 @@ from pilotfish.admin.telemetry_api import add_telemetry_routes
 from pilotfish.admin.traces_api import add_trace_routes
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.errors import PilotfishError
+from pilotfish.model.telemetry import TELEMETRY_CLUSTER
+
+# Streams (tap, logs -f) end on shutdown by themselves; this bounds any other slow handler
+# so that Ctrl-C on `pilotfish up` never waits aiohttp's default minute.
+SHUTDOWN_TIMEOUT_SECONDS = 2.0
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host headers a request to the admin address at ``host``:``port`` may carry.
+    Envoy posts its spans with the collector's cluster name as Host, a name no public DNS
+    resolves."""
+    loopback = {"127.0.0.1", "localhost", "[::1]"}
+    bracketed = f"[{host}]" if ":" in host else host
+    names = loopback | {bracketed}
+    return frozenset({f"{name}:{port}" for name in names} | {TELEMETRY_CLUSTER})
+
+
+@web.middleware
+async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if sockname is None:  # not on a socket of ours: nothing to compare with
+        return await handler(request)
+    allowed = allowed_hosts(str(sockname[0]), int(sockname[1]))
+    if request.host.lower() not in allowed:
+        return web.json_response(
+            {
+                "error": f"Host {request.host!r} is not this admin server's address; it "
+                f"answers only to {', '.join(sorted(allowed))}, so that a web page whose "
+                "name was re-pointed at this machine (DNS rebinding) cannot read it"
+            },
+            status=403,
+        )
+    return await handler(request)
 
 
 def build_admin_app(control_plane: ControlPlane) -> web.Application:
@@ -97,7 +134,7 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
         ]
         return web.json_response({"services": listing})
 
-    app = web.Application()
+    app = web.Application(middlewares=[_check_host])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/proxies", proxies)
     app.router.add_get("/api/config", config)
@@ -118,7 +155,11 @@ async def start_admin_server(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    runner = web.AppRunner(build_admin_app(control_plane), access_log=None)
+    runner = web.AppRunner(
+        build_admin_app(control_plane),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+    )
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner, int(sock.getsockname()[1])

@@ -15,7 +15,6 @@ GET /api/logs?proxy=NAME&limit=100&follow=0|1&format=text|json
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -38,9 +37,18 @@ NDJSON = "application/x-ndjson"
 _IDLE_CHECK_SECONDS = 1.0
 
 
+# Set when the app shuts down: a stream ends then, or aiohttp would wait its whole
+# shutdown_timeout for it and `pilotfish up` would hang on Ctrl-C while a tap is open.
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+
+
 def add_telemetry_routes(app: web.Application, control_plane: ControlPlane) -> None:
     add_metrics_route(app, control_plane)
     add_live_routes(app, control_plane)
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[SHUTTING_DOWN].set()
 
 
 class _BadQuery(Exception):
@@ -83,6 +91,8 @@ def _telemetry_settings(control_plane: ControlPlane) -> TelemetrySettings:
 
 
 def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
+    app[SHUTTING_DOWN] = asyncio.Event()
+    app.on_shutdown.append(_end_streams)
     live = control_plane.live
 
     async def stat(request: web.Request) -> web.Response:
@@ -183,7 +193,9 @@ async def _stream(
     first: list[RequestRecord],
 ) -> web.StreamResponse:
     """Write ``first``, then every record ``record_filter`` lets through as it arrives, one
-    line each, until ``limit`` lines (0: no limit) or the client goes away."""
+    line each, until ``limit`` lines (0: no limit), the client goes away or the server
+    shuts down."""
+    shutting_down = request.app[SHUTTING_DOWN]
     arrived = asyncio.Event()
     try:
         subscriber = control_plane.tap.subscribe(record_filter, wake=arrived.set)
@@ -203,13 +215,12 @@ async def _stream(
                 if limit and written >= limit:
                     return response
             transport = request.transport
-            if transport is None or transport.is_closing():
+            if transport is None or transport.is_closing() or shutting_down.is_set():
                 return response
             pending = subscriber.take()
             if not pending:
                 arrived.clear()  # no await since the take: nothing can have arrived between
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), _IDLE_CHECK_SECONDS)
+                await _wait_first(arrived, shutting_down, _IDLE_CHECK_SECONDS)
                 pending = subscriber.take()
     except ConnectionResetError:  # the client went away while we wrote
         return response
@@ -221,6 +232,15 @@ async def _stream(
                 request.path_qs,
                 subscriber.dropped,
             )
+
+
+async def _wait_first(one: asyncio.Event, other: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.ensure_future(one.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def add_metrics_route(app: web.Application, control_plane: ControlPlane) -> None:

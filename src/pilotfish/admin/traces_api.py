@@ -3,7 +3,7 @@ can read the control plane's recent traces, and the proxies can post their spans
 
 POST /api/v2/spans                    Zipkin v2 spans, a JSON list or protobuf ListOfSpans
                                       (gzip too); 202, or 400 naming the first bad span (the
-                                      good ones are kept)
+                                      good ones are kept); 415 for any other content type
 GET  /api/v2/services                 local service names
 GET  /api/v2/spans?serviceName=       span names of a service
 GET  /api/v2/remoteServices?serviceName=
@@ -29,6 +29,9 @@ from pilotfish.telemetry.zipkin_proto import (
     spans_from_protobuf,
 )
 
+JSON_CONTENT_TYPE = "application/json"
+SPAN_CONTENT_TYPES = (JSON_CONTENT_TYPE, *PROTOBUF_CONTENT_TYPES)
+
 
 def _bad_request(message: str) -> web.Response:
     # Zipkin answers its errors in plain text.
@@ -39,11 +42,14 @@ def add_trace_routes(app: web.Application, control_plane: ControlPlane) -> None:
     store = control_plane.traces
 
     async def post_spans(request: web.Request) -> web.Response:
-        if "thrift" in request.content_type:
+        # A page in a browser may post text/plain (or a form) anywhere without asking
+        # first; only these types need a CORS preflight, which this server never answers.
+        if request.content_type not in SPAN_CONTENT_TYPES:
             return web.Response(
                 status=415,
-                text=f"{request.content_type}: Zipkin v2 spans are read here as JSON or "
-                "protobuf, not Thrift (Zipkin v1)\n",
+                text=f"{request.content_type}: Zipkin v2 spans are read here as "
+                f"{' or '.join(SPAN_CONTENT_TYPES)} (optionally with Content-Encoding: "
+                "gzip), not Thrift (Zipkin v1) or anything else\n",
             )
         # aiohttp has already undone a Content-Encoding: gzip.
         raw = await request.read()
@@ -112,11 +118,13 @@ def add_trace_routes(app: web.Application, control_plane: ControlPlane) -> None:
             {
                 "traces": len(store),
                 "spans": store.span_count,
+                "bytes": store.bytes,
                 "limits": {
                     "max_traces": store.limits.max_traces,
                     "max_spans": store.limits.max_spans,
                     "max_spans_per_trace": store.limits.max_spans_per_trace,
                     "max_age_seconds": store.limits.max_age_seconds,
+                    "max_bytes": store.limits.max_bytes,
                 },
                 "counts": store.counts.to_json(),
                 "exporters": control_plane.trace_export.status_json(),

@@ -195,6 +195,7 @@ class ControlPlane:
         )
         self.certificates = MeshCertificateAuthority(stored, mesh)
         self.certificates.tick()  # warns at once of a root close to expiry
+        self.trace_export.start()
         self._server, self.xds_port = await start_xds_server(
             self.controller,
             [self.board, NodeDirectoryFeed(self.nodes), self.xds_metrics],
@@ -272,9 +273,11 @@ class ControlPlane:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._server is not None:
-            await self._server.stop(grace_seconds)
-        await self.trace_export.stop()
+        try:
+            if self._server is not None:
+                await self._server.stop(grace_seconds)
+        finally:
+            await self.trace_export.stop()  # its HTTP session must not outlive us
         if self.certificates is not None:
             # Nothing is signed any more: the next start can trust these records whole.
             await asyncio.to_thread(self.certificates.save, True)

@@ -161,6 +161,10 @@ class TraceExport:
             interval,
         )
 
+    def start(self) -> None:
+        """Take spans again after a ``stop`` (a control plane started anew)."""
+        self._stopped = False
+
     def status_json(self) -> list[dict[str, object]]:
         return [lane.to_json() for lane in self._lanes.values()]
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 
+from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, PORT_MAX, FieldReader, Fields
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import (
@@ -204,6 +205,12 @@ def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:
             "Istio's default keys and this format is not used",
         )
         log_format = None
+    problems = access_log_format_problems(log_format) if log_format else []
+    if problems:
+        # Envoy would refuse every listener with this format: every proxy would NACK.
+        reader.error(
+            "spec.accessLogFormat", "Envoy would refuse this format: " + "; ".join(problems)
+        )
     sampling, tags, exporters = defaults.tracing_sampling, dict(defaults.tags), []
     default_config = reader.child_mapping(
         spec, "defaultConfig", "spec", DEFAULT_CONFIG_FIELDS, DEFAULT_CONFIG_NOT_IMPLEMENTED

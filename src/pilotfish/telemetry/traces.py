@@ -2,9 +2,10 @@
 
 Spans arrive as Zipkin v2 JSON (what Envoy's Zipkin tracer posts). Each one is checked on its
 own: a bad span is refused with the reason, the others of its batch are kept. The store is
-bounded four ways (traces, spans in all, spans per trace, age); the oldest trace goes first
-and every drop is counted, so a busy mesh costs a fixed amount of memory and says what it
-forgot.
+bounded five ways (traces, spans in all, spans per trace, bytes in all, age) and each span
+is cut to a bounded size (tags, annotations, text lengths); the oldest trace goes first and
+every drop or cut is counted, so a busy mesh costs a fixed amount of memory and says what
+it forgot.
 
 Zipkin's rules kept here: names and service names are lower case; a 16-hex trace id and a
 32-hex one with the same low half are the same trace (Zipkin's ``STRICT_TRACE_ID=false``, which
@@ -18,7 +19,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 SpanKind = Literal["CLIENT", "SERVER", "PRODUCER", "CONSUMER"]
@@ -368,12 +369,72 @@ class TraceLimits:
     """In all traces together: about 2 KB each as Envoy writes them, so ~100 MB at most."""
     max_spans_per_trace: int = 500
     max_age_seconds: float = 3600.0
+    max_bytes: int = 100_000_000
+    """In all traces together, as ``span_bytes`` estimates them: what holds the ~100 MB when
+    spans are far bigger than Envoy's."""
+    max_tags_per_span: int = 64
+    max_annotations_per_span: int = 64
+    max_text_bytes: int = 1024
+    """Per tag key, tag value, annotation value and name; longer ones are cut (UTF-8)."""
+
+
+# What a span costs beyond its text, and each tag or annotation beyond its text: Python's
+# objects, roughly (a span as Envoy writes it comes to ~2 KB).
+_SPAN_OVERHEAD_BYTES = 1000
+_ITEM_OVERHEAD_BYTES = 150
+
+
+def span_bytes(span: Span) -> int:
+    """About what ``span`` costs in memory; the store's byte bound counts this."""
+    text = sum(len(k) + len(v) + _ITEM_OVERHEAD_BYTES for k, v in span.tags.items())
+    text += sum(len(a.value) + _ITEM_OVERHEAD_BYTES for a in span.annotations)
+    text += len(span.name or "")
+    for endpoint in (span.local, span.remote):
+        if endpoint is not None:
+            text += len(endpoint.service_name or "") + len(endpoint.ipv4 or "")
+            text += len(endpoint.ipv6 or "")
+    return _SPAN_OVERHEAD_BYTES + text
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) * 4 <= limit:  # no UTF-8 text of this length can be too long
+        return text
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def bounded_span(span: Span, limits: TraceLimits) -> Span:
+    """``span`` with at most the limits' tags and annotations (the first ones), each text cut
+    to ``max_text_bytes``; ``span`` itself when it is within them."""
+    size = limits.max_text_bytes
+    tags = {
+        _cut(k, size): _cut(v, size) for k, v in list(span.tags.items())[: limits.max_tags_per_span]
+    }
+    annotations = tuple(
+        a if _cut(a.value, size) == a.value else Annotation(a.timestamp, _cut(a.value, size))
+        for a in span.annotations[: limits.max_annotations_per_span]
+    )
+    name = _cut(span.name, size) if span.name else span.name
+    local, remote = (_bounded_endpoint(e, size) for e in (span.local, span.remote))
+    cut = replace(span, tags=tags, annotations=annotations, name=name, local=local, remote=remote)
+    return span if cut == span else cut
+
+
+def _bounded_endpoint(endpoint: Endpoint | None, size: int) -> Endpoint | None:
+    if endpoint is None:
+        return None
+    return replace(
+        endpoint,
+        service_name=_cut(endpoint.service_name, size) if endpoint.service_name else None,
+        ipv4=_cut(endpoint.ipv4, size) if endpoint.ipv4 else None,
+        ipv6=_cut(endpoint.ipv6, size) if endpoint.ipv6 else None,
+    )
 
 
 @dataclass
 class _Trace:
     received_at: float
     spans: dict[tuple[str, bool, str | None, str | None], Span] = field(default_factory=dict)
+    bytes: int = 0
 
 
 @dataclass
@@ -383,6 +444,8 @@ class TraceStoreCounts:
     """Invalid spans (the batch's other spans were kept)."""
     spans_dropped: int = 0
     """Valid spans not kept: their trace already had ``max_spans_per_trace``."""
+    spans_cut: int = 0
+    """Spans kept with fewer tags or annotations, or shorter texts, than they came with."""
     traces_evicted: int = 0
     """Traces dropped to make room for newer ones."""
     traces_expired: int = 0
@@ -404,6 +467,7 @@ class TraceStore:
         self._clock = clock or time.monotonic
         self._traces: OrderedDict[str, _Trace] = OrderedDict()
         self._span_count = 0
+        self._bytes = 0
         self.counts = TraceStoreCounts()
 
     def __len__(self) -> int:
@@ -413,7 +477,11 @@ class TraceStore:
     def add(self, spans: Iterable[Span]) -> None:
         self._expire()
         now = self._clock()
-        for span in spans:
+        for received in spans:
+            span = bounded_span(received, self.limits)
+            if span is not received:
+                self.counts.spans_cut += 1
+            size = span_bytes(span)
             key = trace_key(span.trace_id)
             trace = self._traces.get(key)
             if trace is None:
@@ -423,26 +491,44 @@ class TraceStore:
             # The same span reported twice (a retried POST) replaces itself; a client and a
             # server sharing an id (B3's shared span) are two spans.
             span_key = (span.id, span.shared, span.kind, span.service)
-            if span_key not in trace.spans:
+            old = trace.spans.get(span_key)
+            if old is None:
                 if len(trace.spans) >= self.limits.max_spans_per_trace:
                     self.counts.spans_dropped += 1
                     continue
                 while self._span_count >= self.limits.max_spans and len(self._traces) > 1:
                     self._evict_oldest(keep=key)
                 self._span_count += 1
+            else:
+                trace.bytes -= span_bytes(old)
+                self._bytes -= span_bytes(old)
+            while self._bytes + size > self.limits.max_bytes and len(self._traces) > 1:
+                self._evict_oldest(keep=key)
             trace.spans[span_key] = span
+            trace.bytes += size
+            self._bytes += size
             self.counts.spans_accepted += 1
 
     def _evict_oldest(self, keep: str | None = None) -> None:
         """Drop the trace received first (but not ``keep``, the one being added to)."""
         oldest = next(k for k in self._traces if k != keep)
-        self._span_count -= len(self._traces.pop(oldest).spans)
+        self._forget(self._traces.pop(oldest))
         self.counts.traces_evicted += 1
+
+    def _forget(self, trace: _Trace) -> None:
+        self._span_count -= len(trace.spans)
+        self._bytes -= trace.bytes
 
     @property
     def span_count(self) -> int:
         self._expire()
         return self._span_count
+
+    @property
+    def bytes(self) -> int:
+        """The kept spans' ``span_bytes`` together."""
+        self._expire()
+        return self._bytes
 
     def refused(self, count: int) -> None:
         self.counts.spans_refused += count
@@ -453,7 +539,7 @@ class TraceStore:
             first = next(iter(self._traces.values()))
             if first.received_at >= oldest_kept:
                 break
-            self._span_count -= len(self._traces.popitem(last=False)[1].spans)
+            self._forget(self._traces.popitem(last=False)[1])
             self.counts.traces_expired += 1
 
     def _all(self) -> list[list[Span]]:

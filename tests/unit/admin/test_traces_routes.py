@@ -87,7 +87,9 @@ async def test_a_bad_span_is_named_in_a_400_and_the_rest_of_its_batch_is_kept(
     assert stats["counts"]["spans_refused"] == 2
     assert stats["counts"]["spans_accepted"] == 1
     assert (stats["traces"], stats["spans"]) == (1, 1)
-    assert (await client.post("/api/v2/spans", data=b"{")).status == 400
+    assert (
+        await client.post("/api/v2/spans", data=b"{", headers={"content-type": "application/json"})
+    ).status == 400
     assert (await client.post("/api/v2/spans", json={"traceId": TRACE})).status == 400
     protobuf = await client.post(
         "/api/v2/spans", data=b"\xff\xff", headers={"content-type": "application/x-protobuf"}
@@ -98,6 +100,21 @@ async def test_a_bad_span_is_named_in_a_400_and_the_rest_of_its_batch_is_kept(
         "/api/v2/spans", data=b"\x0c", headers={"content-type": "application/x-thrift"}
     )
     assert thrift.status == 415
+
+
+async def test_spans_of_any_other_content_type_are_refused_naming_the_accepted_ones(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    # text/plain is what a cross-site page can post without a CORS preflight
+    body = json.dumps([span("c" * 16, "intruder")]).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        headers = {"content-type": content_type} if content_type else {}
+        response = await client.post("/api/v2/spans", data=body, headers=headers)
+        assert response.status == 415, content_type
+        assert "application/json or application/x-protobuf" in await response.text()
+    assert await (await client.get("/api/v2/services")).json() == []
+    utf8 = {"content-type": "application/json; charset=utf-8"}
+    assert (await client.post("/api/v2/spans", data=body, headers=utf8)).status == 202
 
 
 async def test_protobuf_spans_as_envoy_posts_them_are_read(

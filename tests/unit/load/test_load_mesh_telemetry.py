@@ -42,6 +42,51 @@ def test_access_log_fields() -> None:
     assert telemetry_of("  accessLogEncoding: JSON\n").access_log_encoding == "JSON"
 
 
+# Istio's documented default format (its proxyconfig's accessLogFormat), and the kind of
+# formats Istio's docs show users writing.
+ISTIO_FORMATS = [
+    '[%START_TIME%] \\"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\\" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+    '%CONNECTION_TERMINATION_DETAILS% \\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\\" '
+    "%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '\\"%REQ(X-FORWARDED-FOR)%\\" \\"%REQ(USER-AGENT)%\\" \\"%REQ(X-REQUEST-ID)%\\" '
+    '\\"%REQ(:AUTHORITY)%\\" \\"%UPSTREAM_HOST%\\" %UPSTREAM_CLUSTER_RAW% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\\n",
+    "%START_TIME(%s.%3f)% %REQ(:PATH):64% 100%% %DYNAMIC_METADATA(istio.mixer:status)%",
+]
+
+
+@pytest.mark.parametrize("log_format", ISTIO_FORMATS)
+def test_istio_access_log_formats_are_taken(log_format: str) -> None:
+    telemetry = telemetry_of(f'  accessLogFormat: "{log_format}"\n')
+    assert telemetry.access_log_format is not None
+    assert "%RE" in telemetry.access_log_format
+
+
+@pytest.mark.parametrize(
+    ("log_format", "message"),
+    [
+        ("%FOO%", "FOO is not one of Envoy's access-log command operators"),
+        ("%RESPONSE_CODDE%", "did you mean RESPONSE_CODE?"),
+        ("%START_TIME", "the '%' at character 1 starts no %OPERATOR%"),
+        ("done 100% %DURATION%", "the '%' at character 9 starts no %OPERATOR%"),
+        ("%REQ%", "REQ needs an argument"),
+        ("%DURATION(ms)%", "DURATION takes no (argument)"),
+        ("%BYTES_SENT:4%", "BYTES_SENT takes no (argument) and no :length"),
+        ("%req(:path)%", "starts no %OPERATOR% (an operator is upper case"),
+    ],
+)
+def test_an_access_log_format_envoy_would_refuse_is_an_error_at_its_line(
+    log_format: str, message: str
+) -> None:
+    text, result = load(
+        MESH + "  accessLogEncoding: TEXT\n" + f"  accessLogFormat: '{log_format}'\n"
+    )
+    diagnostic = assert_at(result, text, "spec.accessLogFormat", "accessLogFormat", message)
+    assert diagnostic.message.startswith("Envoy would refuse this format")
+
+
 def test_tracing_and_request_records_have_switches_on_by_default() -> None:
     assert TelemetrySettings().enable_tracing and TelemetrySettings().request_telemetry
     telemetry = telemetry_of("  enableTracing: false\n  enableRequestTelemetry: false\n")

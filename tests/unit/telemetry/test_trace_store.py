@@ -12,6 +12,7 @@ from pilotfish.telemetry.traces import (
     parse_span,
     parse_spans,
     parse_trace_query,
+    span_bytes,
 )
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
@@ -134,6 +135,38 @@ def test_the_spans_of_all_traces_together_are_bounded_by_dropping_the_oldest_tra
     assert store.trace("9" * 16) is None
     assert len(store.trace("8" * 16) or []) == 1
     assert store.counts.traces_evicted == 4
+
+
+def test_a_huge_span_is_cut_to_the_tag_annotation_and_text_limits() -> None:
+    store = TraceStore(clock=Clock())
+    tags = {f"key{n}": "v" * 5000 for n in range(1000)}
+    notes = [{"timestamp": NOW_MS * 1000, "value": "é" * 5000} for _ in range(1000)]
+    store.add(spans(span(tags=tags, annotations=notes, name="n" * 5000)))
+    (kept,) = store.trace(TRACE) or []
+    limits = store.limits
+    assert len(kept.tags) == limits.max_tags_per_span
+    assert all(len(v) == limits.max_text_bytes for v in kept.tags.values())
+    assert len(kept.annotations) == limits.max_annotations_per_span
+    # cut on a character boundary: 512 two-byte characters
+    assert {a.value for a in kept.annotations} == {"é" * 512}
+    assert kept.name == "n" * limits.max_text_bytes
+    assert store.counts.spans_cut == 1
+    assert span_bytes(kept) < 200_000
+    store.add(spans(span(traceId="1" * 16)))
+    assert store.counts.spans_cut == 1  # a span within the limits is kept as it came
+
+
+def test_the_bytes_of_all_traces_together_are_bounded_by_dropping_the_oldest_traces() -> None:
+    one = span_bytes(parse_span(span()))
+    store = TraceStore(TraceLimits(max_bytes=one * 3), Clock())
+    for n in range(3):
+        store.add(spans(span(traceId=f"{n:016x}")))
+    assert (len(store), store.bytes, store.counts.traces_evicted) == (3, one * 3, 0)
+    store.add(spans(span(traceId=f"{3:016x}")))
+    assert store.trace(f"{0:016x}") is None
+    assert (len(store), store.bytes, store.counts.traces_evicted) == (3, one * 3, 1)
+    store.add(spans(span(traceId=f"{3:016x}")))  # the same span again costs nothing more
+    assert (len(store), store.bytes) == (3, one * 3)
 
 
 def test_a_trace_older_than_the_age_limit_is_forgotten_and_counted() -> None:
