@@ -8,10 +8,11 @@ reader can say how many it missed.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 
 from pilotfish.telemetry.records import RequestRecord
 
@@ -145,5 +146,12 @@ class ProxyLogs:
         if proxy is not None:
             ring = self._rings.get(proxy, deque())
             return list(ring)[-limit:] if limit > 0 else []
-        merged = sorted(chain.from_iterable(self._rings.values()), key=lambda r: r.start_time)
-        return merged[-limit:] if limit > 0 else []
+        if limit <= 0:
+            return []
+        # Only the last ``limit`` of each ring can be among the last ``limit`` of all.
+        tails = chain.from_iterable(islice(reversed(r), limit) for r in self._rings.values())
+        return heapq.nlargest(limit, tails, key=_start_time)[::-1]
+
+
+def _start_time(record: RequestRecord) -> float:
+    return record.start_time
