@@ -359,7 +359,7 @@ class LiveWindows:
         self._series = _Family(SERIES_STEP_SECONDS, SERIES_MAX_MINUTES * 60, max_keys)
         self._reported_by_destination: dict[str, float] = {}
         """Service -> when a destination reporter last spoke for it."""
-        self._max_keys = max_keys
+        self.max_keys = max_keys
         self._prune_every = prune_every_seconds
         self._pruned_at = 0.0
         self.records_too_old = 0
@@ -393,7 +393,7 @@ class LiveWindows:
         service = record.destination_service
         if record.reporter == "destination":
             counted = True
-            if len(self._reported_by_destination) < self._max_keys:
+            if len(self._reported_by_destination) < self.max_keys:
                 seen = self._reported_by_destination.get(service, 0.0)
                 self._reported_by_destination[service] = max(seen, when)
         else:

@@ -86,6 +86,12 @@ class TapFeed:
         self.max_subscribers = max_subscribers
         self.max_queued = max_queued
         self._subscribers: list[TapSubscriber] = []
+        self._dropped_by_closed = 0
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped for full queues, by every subscriber there was."""
+        return self._dropped_by_closed + sum(s.dropped for s in self._subscribers)
 
     @property
     def subscribers(self) -> int:
@@ -103,6 +109,7 @@ class TapFeed:
     def unsubscribe(self, subscriber: TapSubscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
+            self._dropped_by_closed += subscriber.dropped
 
     def add(self, records: Sequence[RequestRecord]) -> None:
         for subscriber in self._subscribers:
