@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from pilotfish.telemetry.records import UNKNOWN, RequestRecord
 
@@ -91,21 +93,24 @@ class LatencyHistogram:
         return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
-        """``quantile`` of each of ``qs`` (ascending), with one walk of the buckets."""
+        """``quantile`` of each of ``qs``, with one sort of the buckets."""
         if self.count == 0:
             return [None] * len(qs)
-        ranks = [max(1, math.ceil(q * self.count)) for q in qs]
+        indexes = sorted(self.buckets)
+        below = list(accumulate(map(self.buckets.__getitem__, indexes)))
         answers: list[float | None] = []
-        seen = self.zeros
-        while len(answers) < len(ranks) and ranks[len(answers)] <= self.zeros:
-            answers.append(self.smallest)
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            while len(answers) < len(ranks) and seen >= ranks[len(answers)]:
-                middle = 2 * _GAMMA**index / (_GAMMA + 1)
-                # The exact ends are known: a quantile never lies outside them.
-                answers.append(min(max(middle, self.smallest), self.largest))
-        answers.extend([self.largest] * (len(ranks) - len(answers)))
+        for q in qs:
+            rank = max(1, math.ceil(q * self.count))
+            if rank <= self.zeros:
+                answers.append(self.smallest)
+                continue
+            position = bisect_left(below, rank - self.zeros)
+            if position == len(below):
+                answers.append(self.largest)
+                continue
+            middle = 2 * _GAMMA ** indexes[position] / (_GAMMA + 1)
+            # The exact ends are known: a quantile never lies outside them.
+            answers.append(min(max(middle, self.smallest), self.largest))
         return answers
 
 
