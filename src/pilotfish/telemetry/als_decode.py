@@ -9,10 +9,11 @@ other end:
   ``mutual_tls``, else ``none``). When both exist and disagree, the certificate wins: a
   header can be forged by whoever reaches the inbound port, a certificate cannot.
 - source reporter (a sidecar's outbound, the gateway): the service from the upstream cluster
-  name (``outbound|port|subset|host``), else (no host was picked) the Host header; the
-  workload from the endpoint the proxy picked (a sidecar's inbound address). The source
-  side cannot see the upstream connection's certificates in an access-log entry, so its
-  principals and security policy stay ``unknown``.
+  name (``outbound|port|subset|host``), else (no host was picked) the Host header when a
+  proxy of the mesh serves that service, else ``unknown``; the workload from the endpoint
+  the proxy picked (a sidecar's inbound address). The source side cannot see the upstream
+  connection's certificates in an access-log entry, so its principals and security policy
+  stay ``unknown``.
 """
 
 from __future__ import annotations
