@@ -155,8 +155,11 @@ class ProxyLogs:
             return list(ring)[-limit:] if limit > 0 else []
         if limit <= 0:
             return []
-        # Only the last ``limit`` of each ring can be among the last ``limit`` of all.
-        tails = chain.from_iterable(islice(reversed(r), limit) for r in self._rings.values())
+        # Only the last ``limit`` of each ring can be among the last ``limit`` of all. Read
+        # newest first, so that among equal start times the later arrival stays the later
+        # (nlargest keeps the first read of equals first).
+        rings = reversed(self._rings.values())
+        tails = chain.from_iterable(islice(reversed(r), limit) for r in rings)
         return heapq.nlargest(limit, tails, key=_start_time)[::-1]
 
 

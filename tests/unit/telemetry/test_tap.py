@@ -100,3 +100,11 @@ def test_the_last_records_of_all_proxies_interleave() -> None:
     ]
     assert len(logs.recent(None, limit=100)) == 30
     assert logs.recent(None, limit=0) == []
+
+
+def test_records_of_equal_start_stay_in_arrival_order() -> None:
+    logs = ProxyLogs()
+    logs.add([record(proxy="a", path="/a1"), record(proxy="b", path="/b1")])
+    logs.add([record(proxy="a", path="/a2")])
+    assert [r.path for r in logs.recent(None)] == ["/a1", "/a2", "/b1"]
+    assert [r.path for r in logs.recent(None, limit=1)] == ["/b1"]
