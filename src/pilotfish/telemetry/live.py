@@ -13,6 +13,10 @@ Memory is bounded: keys per family are capped (records of keys beyond the cap ar
 dropped), slots older than their retention are pruned, and a slot's latencies are a sparse
 histogram of log-spaced buckets (1% relative error), so a slot costs what its distinct
 latencies cost, never what its requests cost.
+
+A poll costs per key what changed since the last poll, not what the window holds: each ring
+keeps a running total for each of the last few window lengths read (``SlotRing.window``).
+The first read of a window length still adds up its slots.
 """
 
 from __future__ import annotations
