@@ -20,7 +20,11 @@ from pilotfish.controller.access_log_service import (
 from pilotfish.controller.ca_service import ca_method_handlers
 from pilotfish.controller.certificates import MeshCertificateAuthority, utc_now
 from pilotfish.controller.config_watch import config_fingerprint, watch_config_dir
-from pilotfish.controller.control_plane_metrics import XdsMetrics, control_plane_families
+from pilotfish.controller.control_plane_metrics import (
+    XdsMetrics,
+    control_plane_families,
+    live_view_families,
+)
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
 from pilotfish.controller.trace_export import TraceExport
@@ -222,6 +226,7 @@ class ControlPlane:
             *control_plane_families(
                 self.controller, self.certificates, self.telemetry, self.access_logs
             ),
+            *live_view_families(self.live, self.tap, self.proxy_logs),
             *self.istio_metrics.families(),
         ]
 

@@ -25,7 +25,9 @@ from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.model.proxy import ProxyKind
 from pilotfish.snapshot import type_urls
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.live import LiveWindows
 from pilotfish.telemetry.prometheus import Histogram, MetricFamily, Sample
+from pilotfish.telemetry.tap import ProxyLogs, TapFeed
 from pilotfish.xds.callbacks import StreamInfo, StreamKind, XdsCallbacks
 from pilotfish.xds.protocol import (
     DeltaRequestReceived,
@@ -52,6 +54,10 @@ CERTIFICATES_REFUSED = "pilotfish_ca_certificates_refused_total"
 RECORDS_INGESTED = "pilotfish_telemetry_records_total"
 ALS_STREAMS = "pilotfish_als_streams_open"
 ALS_REJECTED = "pilotfish_als_entries_rejected_total"
+LIVE_DROPPED = "pilotfish_live_records_dropped_total"
+LIVE_KEYS = "pilotfish_live_keys"
+LOGS_DROPPED = "pilotfish_logs_records_dropped_total"
+TAP_DROPPED = "pilotfish_tap_records_dropped_total"
 
 
 @dataclass
@@ -245,5 +251,38 @@ def control_plane_families(
             "Access-log entries not turned into records (unknown log name, unreadable entry).",
             "counter",
             [Sample((), access_logs.entries_rejected)],
+        ),
+    ]
+
+
+def live_view_families(live: LiveWindows, tap: TapFeed, logs: ProxyLogs) -> list[MetricFamily]:
+    """What the live views (stat, graph, series, tap, logs) left out because of their caps."""
+    return [
+        MetricFamily(
+            LIVE_DROPPED,
+            f"Records left out of stat, graph and series: their service, workload or edge "
+            f"would have been a new key beyond the cap of {live.max_keys} (counted once per "
+            f"view family that left it out).",
+            "counter",
+            [Sample((), live.dropped_records)],
+        ),
+        MetricFamily(
+            LIVE_KEYS,
+            "Keys (services, workloads, edges, series) the live views hold, by family.",
+            "gauge",
+            [Sample((("family", name),), n) for name, n in live.key_count().items()],
+        ),
+        MetricFamily(
+            LOGS_DROPPED,
+            f"Access-log records forgotten with their proxy, to keep at most "
+            f"{logs.max_proxies} proxies' logs.",
+            "counter",
+            [Sample((), logs.dropped)],
+        ),
+        MetricFamily(
+            TAP_DROPPED,
+            "Records a tap's filter matched but not sent: its queue was full.",
+            "counter",
+            [Sample((), tap.dropped)],
         ),
     ]

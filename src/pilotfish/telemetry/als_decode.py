@@ -9,10 +9,11 @@ other end:
   ``mutual_tls``, else ``none``). When both exist and disagree, the certificate wins: a
   header can be forged by whoever reaches the inbound port, a certificate cannot.
 - source reporter (a sidecar's outbound, the gateway): the service from the upstream cluster
-  name (``outbound|port|subset|host``), else (no host was picked) the Host header; the
-  workload from the endpoint the proxy picked (a sidecar's inbound address). The source
-  side cannot see the upstream connection's certificates in an access-log entry, so its
-  principals and security policy stay ``unknown``.
+  name (``outbound|port|subset|host``), else (no host was picked) the Host header when a
+  proxy of the mesh serves that service, else ``unknown``; the workload from the endpoint
+  the proxy picked (a sidecar's inbound address). The source side cannot see the upstream
+  connection's certificates in an access-log entry, so its principals and security policy
+  stay ``unknown``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ _FLAG_CODES: Mapping[str, str] = MappingProxyType(dict(RESPONSE_FLAG_FIELDS))
 _METHODS: Mapping[int, str] = MappingProxyType(
     {number: name for name, number in base_pb2.RequestMethod.items() if number}
 )
+# Strings a client chooses are cut to this many characters, so that the records kept per
+# proxy cost a bounded amount whatever the requests carry.
+MAX_FIELD_CHARS = 1024
+_CUT_MARKER = "..."
 # Peer labels kept per node; past this many the cache starts over (churn of node ids).
 _MAX_CACHED_PEERS = 10_000
 
@@ -76,6 +81,8 @@ class NodeLookup(Protocol):
     def get(self, node_id: str) -> ProxyNode | None: ...
 
     def by_inbound_address(self, host: str, port: int) -> ProxyNode | None: ...
+
+    def connected_nodes(self) -> list[ProxyNode]: ...
 
 
 def peer_of(node: ProxyNode, principal: str = UNKNOWN) -> Peer:
@@ -177,10 +184,13 @@ def decode_entry(
         duration_ms = common.time_to_last_downstream_tx_byte.ToNanoseconds() / 1e6
     else:
         duration_ms = common.duration.ToNanoseconds() / 1e6
-    grpc_status = response.response_trailers.get("grpc-status") or response.response_headers.get(
-        "grpc-status", ""
-    )
     content_type = request_headers.get("content-type", "")
+    protocol = "grpc" if content_type.startswith("application/grpc") else "http"
+    grpc_status = ""
+    if protocol == "grpc":  # as Istio: an HTTP answer's grpc-status header is not a gRPC status
+        grpc_status = response.response_trailers.get(
+            "grpc-status"
+        ) or response.response_headers.get("grpc-status", "")
     upstream = common.upstream_remote_address.socket_address
     upstream_host = f"{upstream.address}:{upstream.port_value}" if upstream.address else ""
 
@@ -194,7 +204,7 @@ def decode_entry(
             common.upstream_cluster, upstream, nodes, peers
         )
         if hostname == UNKNOWN and request.authority:
-            hostname = _authority_service(request.authority, proxy)
+            hostname = _authority_service(request.authority, proxy, nodes)
     if hostname == UNKNOWN:
         service_name, service_namespace = UNKNOWN, UNKNOWN
     else:
@@ -212,23 +222,23 @@ def decode_entry(
         destination_service_name=service_name,
         destination_service_namespace=service_namespace,
         method=_method(request.request_method),
-        path=request.path,
-        authority=request.authority,
-        request_protocol="grpc" if content_type.startswith("application/grpc") else "http",
+        path=cut(request.path),
+        authority=cut(request.authority),
+        request_protocol=protocol,
         response_code=response.response_code.value,
         grpc_status=grpc_status,
         response_flags=(
             response_flags(common.response_flags) if common.HasField("response_flags") else ()
         ),
-        response_code_details=response.response_code_details,
-        upstream_failure=common.upstream_transport_failure_reason,
+        response_code_details=cut(response.response_code_details),
+        upstream_failure=cut(common.upstream_transport_failure_reason),
         duration_ms=duration_ms,
         request_bytes=request.request_headers_bytes + request.request_body_bytes,
         response_bytes=response.response_headers_bytes + response.response_body_bytes,
         upstream_cluster=common.upstream_cluster,
         upstream_host=upstream_host,
         route_name=common.route_name,
-        request_id=request.request_id,
+        request_id=cut(request.request_id),
         trace_id=trace_id(request_headers),
         connection_security_policy=security,
         http_version=_HTTP_VERSIONS.get(entry.protocol_version, ""),
@@ -269,14 +279,26 @@ def _outbound_destination(
     return hostname, peers.peer(callee) if callee is not None else Peer()
 
 
-def _authority_service(authority: str, proxy: ProxyNode) -> str:
+def _authority_service(authority: str, proxy: ProxyNode, nodes: NodeLookup) -> str:
     """The service a request was for when no cluster took it (Envoy names the cluster only
-    once it picked a host: not for UH, UO, NR...): as Istio does, the Host header's host; a
-    sidecar's short name is qualified in its namespace, as its app meant it."""
+    once it picked a host: not for UH, UO, NR...): as Istio does, the Host header's host (a
+    sidecar's short name qualified in its namespace, as its app meant it), but only when a
+    proxy of the mesh serves that service. Any other Host is ``unknown``: a client choosing
+    Hosts at random must not make a new service (a new series) per request."""
     host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-    if proxy.kind != "sidecar":
-        return host
-    return qualify_host(host, proxy.namespace)
+    if proxy.kind == "sidecar":
+        host = qualify_host(host, proxy.namespace)
+    for node in nodes.connected_nodes():
+        if node.service and qualify_host(node.service, node.namespace) == host:
+            return host
+    return UNKNOWN
+
+
+def cut(value: str) -> str:
+    """``value``, or its first ``MAX_FIELD_CHARS`` characters with a marker when longer."""
+    if len(value) <= MAX_FIELD_CHARS:
+        return value
+    return value[: MAX_FIELD_CHARS - len(_CUT_MARKER)] + _CUT_MARKER
 
 
 def _uri_san(certificate: Any) -> str:

@@ -6,9 +6,11 @@ with Istio's labels (``ISTIO_LABELS``), one series per label set and reporter.
 
 Cardinality is bounded: all four metrics have the same label set for a record, so they share
 one table of series, and it holds at most ``max_series`` label sets (so each metric has at
-most that many series). A record whose label set is new once the table is full is not
-counted in any of the four; ``pilotfish_telemetry_series_dropped_total`` counts such records,
-and the first one logs a warning. Series already in the table keep counting. The labels
+most that many series). When a record's label set is new and the table is full, the series
+idle for ``IDLE_SECONDS`` are evicted (Prometheus reads a series that comes back as a counter
+reset); if none is, the record is not counted in any of the four:
+``pilotfish_telemetry_series_dropped_total`` counts such records, and the first one logs a
+warning. Series already in the table keep counting. The labels
 themselves are bounded by the mesh (workloads, services, response codes, flags): paths,
 authorities and ids never become labels.
 
@@ -20,7 +22,9 @@ local mesh has tens to hundreds of label sets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pilotfish.model.telemetry import DURATION_BUCKETS_MS, SIZE_BUCKETS_BYTES
@@ -30,6 +34,7 @@ from pilotfish.telemetry.records import Peer, RequestRecord
 log = logging.getLogger("pilotfish.telemetry")
 
 DEFAULT_MAX_SERIES = 1000
+IDLE_SECONDS = 600.0
 DEFAULT_CLUSTER_ID = "Kubernetes"
 """Istio's default CLUSTER_ID, for ``source_cluster`` / ``destination_cluster``: queries and
 dashboards written for a default Istio install match as they are."""
@@ -72,6 +77,7 @@ ISTIO_LABELS: tuple[str, ...] = (
 
 @dataclass(slots=True)
 class _Series:
+    last_seen: float
     requests: int
     duration: Histogram
     request_bytes: Histogram
@@ -80,28 +86,39 @@ class _Series:
 
 class IstioMetrics:
     def __init__(
-        self, max_series: int = DEFAULT_MAX_SERIES, cluster_id: str = DEFAULT_CLUSTER_ID
+        self,
+        max_series: int = DEFAULT_MAX_SERIES,
+        cluster_id: str = DEFAULT_CLUSTER_ID,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_series = max_series
         self._cluster = cluster_id
-        self._series: dict[tuple[str, ...], _Series] = {}
+        self._clock = clock
+        self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
+        """Least recently counted first."""
         self.dropped = 0
+        self.evicted = 0
 
     def add(self, records: Sequence[RequestRecord]) -> None:
+        now = self._clock()
         for record in records:
             key = self._label_values(record)
             series = self._series.get(key)
-            if series is None:
-                if len(self._series) >= self.max_series:
+            if series is not None:
+                self._series.move_to_end(key)
+            else:
+                if len(self._series) >= self.max_series and not self._evict_idle(now):
                     self._drop(record)
                     continue
                 series = _Series(
+                    now,
                     0,
                     Histogram(DURATION_BUCKETS_MS),
                     Histogram(SIZE_BUCKETS_BYTES),
                     Histogram(SIZE_BUCKETS_BYTES),
                 )
                 self._series[key] = series
+            series.last_seen = now
             series.requests += 1
             series.duration.observe(record.duration_ms)
             series.request_bytes.observe(record.request_bytes)
@@ -143,7 +160,8 @@ class IstioMetrics:
             MetricFamily(
                 SERIES_DROPPED,
                 f"Requests left out of the istio_* metrics: their label set would have been a "
-                f"new series beyond the cap of {self.max_series}.",
+                f"new series beyond the cap of {self.max_series}, with none idle for "
+                f"{IDLE_SECONDS:.0f} s.",
                 "counter",
                 [Sample((), self.dropped)],
             ),
@@ -169,13 +187,26 @@ class IstioMetrics:
             record.connection_security_policy,
         )
 
+    def _evict_idle(self, now: float) -> bool:
+        """Evict the series idle for ``IDLE_SECONDS``; whether any was."""
+        evicted = False
+        while self._series:
+            key, oldest = next(iter(self._series.items()))
+            if now - oldest.last_seen < IDLE_SECONDS:
+                break
+            del self._series[key]
+            self.evicted += 1
+            evicted = True
+        return evicted
+
     def _drop(self, record: RequestRecord) -> None:
         if self.dropped == 0:
             log.warning(
-                "istio metrics hold %d label sets, their cap: requests with a new label set "
-                "(this one: %s -> %s, code %d) are not counted in istio_* from now on; %s "
-                "counts them",
+                "istio metrics hold %d label sets, their cap, none idle for %d s: requests "
+                "with a new label set (this one: %s -> %s, code %d) are not counted in "
+                "istio_* until a series is idle that long; %s counts them",
                 self.max_series,
+                IDLE_SECONDS,
                 record.source.workload,
                 record.destination_service,
                 record.response_code,

@@ -13,14 +13,20 @@ Memory is bounded: keys per family are capped (records of keys beyond the cap ar
 dropped), slots older than their retention are pruned, and a slot's latencies are a sparse
 histogram of log-spaced buckets (1% relative error), so a slot costs what its distinct
 latencies cost, never what its requests cost.
+
+A poll costs per key what changed since the last poll, not what the window holds: each ring
+keeps a running total for each of the last few window lengths read (``SlotRing.window``).
+The first read of a window length still adds up its slots.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from pilotfish.telemetry.records import UNKNOWN, RequestRecord
 
@@ -70,21 +76,46 @@ class LatencyHistogram:
         self.smallest = min(self.smallest, other.smallest)
         self.largest = max(self.largest, other.largest)
 
+    def subtract(self, other: LatencyHistogram) -> None:
+        """Take out ``other``'s latencies, which were merged in; the ends stay as they were
+        (they cannot be taken back), so they only bound the quantiles more loosely."""
+        for index, n in other.buckets.items():
+            left = self.buckets.get(index, 0) - n
+            if left > 0:
+                self.buckets[index] = left
+            else:
+                self.buckets.pop(index, None)
+        self.zeros -= other.zeros
+        self.count -= other.count
+        if self.count <= 0:
+            self.buckets.clear()
+            self.zeros = self.count = 0
+            self.smallest, self.largest = math.inf, 0.0
+
     def quantile(self, q: float) -> float | None:
         """The nearest-rank ``q`` quantile (the ``ceil(q n)``-th smallest), within 1%."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float | None]:
+        """``quantile`` of each of ``qs``, with one sort of the buckets."""
         if self.count == 0:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        if rank <= self.zeros:
-            return self.smallest
-        seen = self.zeros
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
-                middle = 2 * _GAMMA**index / (_GAMMA + 1)
-                # The exact ends are known: a quantile never lies outside them.
-                return min(max(middle, self.smallest), self.largest)
-        return self.largest
+            return [None] * len(qs)
+        indexes = sorted(self.buckets)
+        below = list(accumulate(map(self.buckets.__getitem__, indexes)))
+        answers: list[float | None] = []
+        for q in qs:
+            rank = max(1, math.ceil(q * self.count))
+            if rank <= self.zeros:
+                answers.append(self.smallest)
+                continue
+            position = bisect_left(below, rank - self.zeros)
+            if position == len(below):
+                answers.append(self.largest)
+                continue
+            middle = 2 * _GAMMA ** indexes[position] / (_GAMMA + 1)
+            # The exact ends are known: a quantile never lies outside them.
+            answers.append(min(max(middle, self.smallest), self.largest))
+        return answers
 
 
 @dataclass
@@ -102,6 +133,11 @@ class Slot:
         self.requests += other.requests
         self.failures += other.failures
         self.latency.merge(other.latency)
+
+    def subtract(self, other: Slot) -> None:
+        self.requests -= other.requests
+        self.failures -= other.failures
+        self.latency.subtract(other.latency)
 
 
 @dataclass(frozen=True)
@@ -125,24 +161,38 @@ class Summary:
 
     @classmethod
     def of(cls, slot: Slot, seconds: float) -> Summary:
-        latency = slot.latency
-        return cls(
-            slot.requests,
-            slot.failures,
-            seconds,
-            latency.quantile(0.50),
-            latency.quantile(0.95),
-            latency.quantile(0.99),
-        )
+        p50, p95, p99 = slot.latency.quantiles((0.50, 0.95, 0.99))
+        return cls(slot.requests, slot.failures, seconds, p50, p95, p99)
+
+
+@dataclass
+class _Running:
+    """The total of a ring's slots whose start is in ``[first, last]``, kept up to date."""
+
+    first: int
+    last: int
+    total: Slot
 
 
 class SlotRing:
-    """Slots of ``width`` seconds (keyed by their start) kept for ``retention`` seconds."""
+    """Slots of ``width`` seconds (keyed by their start) kept for ``retention`` seconds.
 
-    def __init__(self, width: int, retention: int) -> None:
+    Reading a window must not walk every slot of every key at each poll of a view, nor may
+    pruning: slots expire by position (from the oldest kept start up), and each window
+    length that was read keeps a running total that the next read only moves forward (add
+    the new slots, take out the ones that left), which a late record or a pruned slot also
+    updates.
+    """
+
+    def __init__(self, width: int, retention: int, max_windows: int = 4) -> None:
         self.width = width
         self.retention = retention
         self.slots: dict[int, Slot] = {}
+        self._floor: int | None = None
+        """No slot starts before this."""
+        self._max_windows = max_windows
+        self._running: dict[int, _Running] = {}
+        """Window length (in seconds) -> its running total."""
 
     def start_of(self, when: float) -> int:
         return int(when // self.width) * self.width
@@ -152,20 +202,70 @@ class SlotRing:
         slot = self.slots.get(start)
         if slot is None:
             slot = self.slots[start] = Slot()
+            if self._floor is None or start < self._floor:
+                self._floor = start
         slot.add(ok, duration_ms)
+        for running in self._running.values():
+            if running.first <= start <= running.last:
+                running.total.add(ok, duration_ms)
 
     def prune(self, now: float) -> None:
         oldest = self.start_of(now) - self.retention + self.width
-        for start in [s for s in self.slots if s < oldest]:
-            del self.slots[start]
+        if self._floor is None or self._floor >= oldest:
+            return
+        if (oldest - self._floor) // self.width <= len(self.slots):
+            expired = [s for s in range(self._floor, oldest, self.width) if s in self.slots]
+        else:  # idle for long: fewer slots are left than positions passed
+            expired = [s for s in self.slots if s < oldest]
+        for start in expired:
+            slot = self.slots.pop(start)
+            for running in self._running.values():
+                if running.first <= start <= running.last:
+                    running.total.subtract(slot)
+        for running in self._running.values():
+            running.first = max(running.first, oldest)
+        self._floor = oldest if self.slots else None
 
     def merged(self, first: int, last: int, into: Slot | None = None) -> Slot:
         """Every slot whose start is in ``[first, last]``, added up."""
         total = into if into is not None else Slot()
-        for start, slot in self.slots.items():
-            if first <= start <= last:
-                total.merge(slot)
+        total.merge(self.window(first, last))
         return total
+
+    def window(self, first: int, last: int) -> Slot:
+        """Like ``merged`` but the ring's own running total: read it, do not change it."""
+        length = last - first
+        running = self._running.get(length)
+        if running is None or last < running.last or last - running.last > length:
+            running = self._fresh(first, last)
+            self._running.pop(length, None)
+            if len(self._running) >= self._max_windows:
+                del self._running[next(iter(self._running))]
+            self._running[length] = running
+            return running.total
+        for start in range(running.last + self.width, last + 1, self.width):
+            slot = self.slots.get(start)
+            if slot is not None:
+                running.total.merge(slot)
+        for start in range(running.first, min(first, running.last + self.width), self.width):
+            slot = self.slots.get(start)
+            if slot is not None:
+                running.total.subtract(slot)
+        running.first, running.last = first, last
+        return running.total
+
+    def _fresh(self, first: int, last: int) -> _Running:
+        total = Slot()
+        if (last - first) // self.width < len(self.slots):
+            for start in range(first, last + 1, self.width):
+                slot = self.slots.get(start)
+                if slot is not None:
+                    total.merge(slot)
+        else:
+            for start, slot in self.slots.items():
+                if first <= start <= last:
+                    total.merge(slot)
+        return _Running(first, last, total)
 
 
 @dataclass
@@ -268,7 +368,7 @@ class LiveWindows:
         self._series = _Family(SERIES_STEP_SECONDS, SERIES_MAX_MINUTES * 60, max_keys)
         self._reported_by_destination: dict[str, float] = {}
         """Service -> when a destination reporter last spoke for it."""
-        self._max_keys = max_keys
+        self.max_keys = max_keys
         self._prune_every = prune_every_seconds
         self._pruned_at = 0.0
         self.records_too_old = 0
@@ -302,7 +402,7 @@ class LiveWindows:
         service = record.destination_service
         if record.reporter == "destination":
             counted = True
-            if len(self._reported_by_destination) < self._max_keys:
+            if len(self._reported_by_destination) < self.max_keys:
                 seen = self._reported_by_destination.get(service, 0.0)
                 self._reported_by_destination[service] = max(seen, when)
         else:
@@ -332,12 +432,14 @@ class LiveWindows:
         return service not in self._reported_by_destination
 
     def _window(self, traffic: _Traffic, seconds: int, now: float, service: str | None) -> Slot:
-        """The last ``seconds`` of one key; ``service`` decides whether its source-only
-        records count (None: they never do)."""
+        """The last ``seconds`` of one key (read it, do not change it); ``service`` decides
+        whether its source-only records count (None: they never do)."""
         last = traffic.counted.start_of(now)
         first = last - seconds + traffic.counted.width
-        total = Slot()
         with_source_only = service is not None and self._with_source_only(service)
+        if not with_source_only or not traffic.source_only.slots:
+            return traffic.counted.window(first, last)
+        total = Slot()
         for ring in traffic.rings(with_source_only):
             ring.merged(first, last, total)
         return total

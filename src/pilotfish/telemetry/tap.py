@@ -8,10 +8,11 @@ reader can say how many it missed.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 
 from pilotfish.telemetry.records import RequestRecord
 
@@ -85,6 +86,12 @@ class TapFeed:
         self.max_subscribers = max_subscribers
         self.max_queued = max_queued
         self._subscribers: list[TapSubscriber] = []
+        self._dropped_by_closed = 0
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped for full queues, by every subscriber there was."""
+        return self._dropped_by_closed + sum(s.dropped for s in self._subscribers)
 
     @property
     def subscribers(self) -> int:
@@ -102,6 +109,7 @@ class TapFeed:
     def unsubscribe(self, subscriber: TapSubscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
+            self._dropped_by_closed += subscriber.dropped
 
     def add(self, records: Sequence[RequestRecord]) -> None:
         for subscriber in self._subscribers:
@@ -145,5 +153,15 @@ class ProxyLogs:
         if proxy is not None:
             ring = self._rings.get(proxy, deque())
             return list(ring)[-limit:] if limit > 0 else []
-        merged = sorted(chain.from_iterable(self._rings.values()), key=lambda r: r.start_time)
-        return merged[-limit:] if limit > 0 else []
+        if limit <= 0:
+            return []
+        # Only the last ``limit`` of each ring can be among the last ``limit`` of all. Read
+        # newest first, so that among equal start times the later arrival stays the later
+        # (nlargest keeps the first read of equals first).
+        rings = reversed(self._rings.values())
+        tails = chain.from_iterable(islice(reversed(r), limit) for r in rings)
+        return heapq.nlargest(limit, tails, key=_start_time)[::-1]
+
+
+def _start_time(record: RequestRecord) -> float:
+    return record.start_time

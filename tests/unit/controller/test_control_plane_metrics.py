@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from pilotfish.controller.control_plane_metrics import (
     XDS_TIME_BUCKETS,
     XdsMetrics,
     control_plane_families,
+    live_view_families,
 )
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.model.diagnostics import Diagnostic
@@ -24,8 +26,10 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.snapshot import type_urls
 from pilotfish.telemetry.als_decode import decode_entry
 from pilotfish.telemetry.hub import TelemetryHub
+from pilotfish.telemetry.live import LiveWindows
 from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.prometheus import HistogramSample, MetricFamily, Sample, render
+from pilotfish.telemetry.tap import ProxyLogs, TapFeed, TapFilter
 from pilotfish.xds import NackReceived, RequestReceived, SendResponse, StreamInfo
 
 CDS = type_urls.CLUSTER
@@ -202,3 +206,33 @@ async def test_config_rejections_csrs_and_records_in_the_control_planes_families
     families = control_plane_families(controller, None, hub, access_logs)
     assert value(families, "pilotfish_config_rejected") == 0
     assert value(families, "pilotfish_config_rejections_total") == 1
+
+
+def test_what_the_live_views_left_out_is_on_metrics() -> None:
+    record = decode_entry(http_entry(), "source", ProxyNode(id="web-0"), NodeDirectory())
+    live = LiveWindows(clock=lambda: record.start_time, max_keys=1)
+    other = replace(record, destination_service="other.default.svc.cluster.local")
+    live.add([record, other])
+    tap = TapFeed(max_queued=1)
+    closed = tap.subscribe(TapFilter())
+    tap.add([record, record, record])
+    tap.unsubscribe(closed)
+    tap.add([record])  # nobody listens: nothing dropped
+    open_tap = tap.subscribe(TapFilter())
+    tap.add([record, record])
+    logs = ProxyLogs(max_proxies=1)
+    logs.add([record, replace(record, proxy="web-1")])
+    families = live_view_families(live, tap, logs)
+    assert value(families, "pilotfish_live_records_dropped_total") == live.dropped_records > 0
+    keys = next(f for f in families if f.name == "pilotfish_live_keys").samples
+    assert {dict(s.labels)["family"]: s.value for s in keys if isinstance(s, Sample)} == {
+        "services": 1,
+        "workloads": 0,
+        "edges": 1,
+        "series": 1,
+    }
+    assert value(families, "pilotfish_tap_records_dropped_total") == 2 + 1
+    assert open_tap.dropped == 1
+    assert value(families, "pilotfish_logs_records_dropped_total") == 1
+    text = render(families)
+    assert "# TYPE pilotfish_live_keys gauge" in text

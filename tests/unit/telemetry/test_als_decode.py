@@ -10,6 +10,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from als_entries import http_entry
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.telemetry.als_decode import (
+    MAX_FIELD_CHARS,
     RESPONSE_FLAG_FIELDS,
     PeerCache,
     decode_entry,
@@ -141,11 +142,49 @@ def test_without_a_cluster_the_service_is_the_host_header(nodes: NodeDirectory) 
     assert record.destination.workload == "unknown"
     assert record.response_flags == ("UH",)
     assert record.response_flags_label == "UH"
-    entry.request.authority = "127.0.0.1:8443"
     gateway = ProxyNode(id="gw", kind="gateway", workload="pilotfish-ingressgateway")
-    assert decode_entry(entry, "source", gateway, nodes).destination_service == "127.0.0.1"
+    entry.request.authority = f"{BACKEND_HOST}:8080"
+    assert decode_entry(entry, "source", gateway, nodes).destination_service == BACKEND_HOST
     entry.request.authority = ""
     assert decode_entry(entry, "source", FRONTEND, nodes).destination_service == "unknown"
+
+
+def test_a_host_no_proxy_serves_is_unknown(nodes: NodeDirectory) -> None:
+    """Else an outside client sending random Hosts to the gateway makes a service each."""
+    entry = http_entry(code=404, flags=["no_route_found"])
+    gateway = ProxyNode(id="gw", kind="gateway", workload="pilotfish-ingressgateway")
+    for host in ("127.0.0.1:8443", "x1.example.com", "backend"):
+        entry.request.authority = host
+        record = decode_entry(entry, "source", gateway, nodes)
+        assert record.destination_service == "unknown"
+        assert record.destination_service_name == "unknown"
+        assert record.authority == host
+    entry.request.authority = "nothere:8080"
+    assert decode_entry(entry, "source", FRONTEND, nodes).destination_service == "unknown"
+
+
+def test_long_strings_are_cut(nodes: NodeDirectory) -> None:
+    entry = http_entry(code=503, flags=["upstream_connection_failure"])
+    long = "a" * 5000
+    entry.request.path = "/" + long
+    entry.request.authority = long
+    entry.request.request_id = long
+    entry.response.response_code_details = long
+    entry.common_properties.upstream_transport_failure_reason = long
+    record = decode_entry(entry, "source", FRONTEND, nodes)
+    cut_fields = (
+        record.path,
+        record.authority,
+        record.request_id,
+        record.response_code_details,
+        record.upstream_failure,
+    )
+    for value in cut_fields:
+        assert len(value) == MAX_FIELD_CHARS
+        assert value.endswith("...")
+    assert record.path.startswith("/aaa")
+    entry.request.path = "/" + "b" * (MAX_FIELD_CHARS - 1)
+    assert decode_entry(entry, "source", FRONTEND, nodes).path == entry.request.path
 
 
 def test_request_fields(nodes: NodeDirectory) -> None:
@@ -186,6 +225,17 @@ def test_grpc_status_from_trailers_else_headers(nodes: NodeDirectory) -> None:
     assert not record.ok
     trailers_only = http_entry(request_headers=grpc_request, response_headers={"grpc-status": "5"})
     assert decode_entry(trailers_only, "source", FRONTEND, nodes).grpc_status == "5"
+
+
+def test_grpc_status_only_for_grpc_requests(nodes: NodeDirectory) -> None:
+    """As Istio: an HTTP request's grpc-status header says nothing of the request."""
+    entry = http_entry(
+        response_headers={"grpc-status": "14"}, response_trailers={"grpc-status": "2"}
+    )
+    record = decode_entry(entry, "source", FRONTEND, nodes)
+    assert record.request_protocol == "http"
+    assert record.grpc_status == ""
+    assert record.ok
 
 
 def test_duration_falls_back_to_the_stream_duration(nodes: NodeDirectory) -> None:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import replace
 
 import pytest
+from tests.request_records import Clock
 
 from pilotfish.model.telemetry import DURATION_BUCKETS_MS, SIZE_BUCKETS_BYTES
 from pilotfish.telemetry.istio_metrics import ISTIO_LABELS, IstioMetrics
@@ -173,6 +174,29 @@ def test_the_series_cap_drops_new_label_sets_counts_them_and_warns_once(
     warnings = [r for r in caplog.records if "cap" in r.getMessage()]
     assert len(warnings) == 1
     assert "not counted" in warnings[0].getMessage()
+
+
+def test_at_the_cap_series_idle_for_ten_minutes_make_room() -> None:
+    clock = Clock(0.0)
+    metrics = IstioMetrics(max_series=2, clock=clock)
+    codes = [replace(RECORD, response_code=code) for code in (200, 201, 202, 203)]
+    metrics.add(codes[:2])
+    clock.now = 300.0
+    metrics.add([codes[0]])  # 200 is busy, 201 idle since 0
+    clock.now = 599.0
+    metrics.add([codes[2]])
+    assert metrics.dropped == 1  # nothing idle long enough yet
+    clock.now = 600.0
+    metrics.add([codes[2]])
+    assert metrics.dropped == 1
+    assert metrics.evicted == 1
+    assert metrics.series_count == 2
+    counts = {
+        dict(s.labels)["response_code"]: s for s in family(metrics, "istio_requests_total").samples
+    }
+    assert set(counts) == {"200", "202"}
+    metrics.add([codes[3]])  # 200 was counted at 300: not idle for 10 minutes
+    assert metrics.dropped == 2
 
 
 def test_exposition_of_a_request() -> None:

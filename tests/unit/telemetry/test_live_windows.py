@@ -11,6 +11,7 @@ from pilotfish.telemetry.live import (
     SERIES_STEP_SECONDS,
     LatencyHistogram,
     LiveWindows,
+    SlotRing,
     StatRow,
 )
 
@@ -209,3 +210,34 @@ def test_keys_beyond_the_cap_are_dropped_and_counted() -> None:
     windows.add([record(at=T0, service=f"s{i}.default.svc.cluster.local") for i in range(3)])
     assert len(windows.stat()) == 2
     assert windows.dropped_records == 3  # once per family that had no room: services, series, edges
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_running_windows_match_a_sum_of_the_slots(seed: int) -> None:
+    """The ring keeps a running total per window length; late records, pruning and jumps
+    of the clock must leave it equal to the sum of the slots it covers."""
+    chance = random.Random(seed)
+    ring = SlotRing(1, 30)
+    added: list[tuple[int, bool, float]] = []
+    now = 1000
+    for _ in range(400):
+        now += chance.choice((0, 0, 1, 1, 2, 7, 40))
+        for _ in range(chance.randint(0, 3)):
+            at = now - chance.choice((0, 0, 0, 1, 3, 20, 35))
+            ok, ms = chance.random() < 0.8, chance.uniform(1, 100)
+            ring.add(at, ok, ms)
+            added.append((at, ok, ms))
+        if chance.random() < 0.3:
+            ring.prune(now)
+        length = chance.choice((1, 5, 10, 30))
+        last = ring.start_of(now)
+        first = last - length + 1
+        got = ring.window(first, last)
+        kept = [a for a in added if first <= a[0] <= last and a[0] in ring.slots]
+        assert got.requests == len(kept)
+        assert got.failures == sum(1 for a in kept if not a[1])
+        assert got.latency.count == len(kept)
+        expected = LatencyHistogram()
+        for a in kept:
+            expected.add(a[2])
+        assert got.latency.buckets == expected.buckets

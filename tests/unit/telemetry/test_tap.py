@@ -84,3 +84,27 @@ def test_the_quietest_proxy_is_forgotten_beyond_the_cap() -> None:
     logs.add([record(proxy="newest", at=T0 + 6)])
     assert logs.proxies == ["new", "newest"]
     assert logs.dropped == 1
+
+
+def test_the_last_records_of_all_proxies_interleave() -> None:
+    logs = ProxyLogs(per_proxy=10)
+    for i in range(10):
+        for proxy in "abc":
+            logs.add([record(proxy=proxy, at=T0 + i + "abc".index(proxy) / 10, path=f"/{i}")])
+    recent = logs.recent(None, limit=4)
+    assert [(r.proxy, r.path) for r in recent] == [
+        ("c", "/8"),
+        ("a", "/9"),
+        ("b", "/9"),
+        ("c", "/9"),
+    ]
+    assert len(logs.recent(None, limit=100)) == 30
+    assert logs.recent(None, limit=0) == []
+
+
+def test_records_of_equal_start_stay_in_arrival_order() -> None:
+    logs = ProxyLogs()
+    logs.add([record(proxy="a", path="/a1"), record(proxy="b", path="/b1")])
+    logs.add([record(proxy="a", path="/a2")])
+    assert [r.path for r in logs.recent(None)] == ["/a1", "/a2", "/b1"]
+    assert [r.path for r in logs.recent(None, limit=1)] == ["/b1"]
