@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 from http.client import HTTPResponse
 from pathlib import Path
 
-from pilotfish.cli.main import ADMIN_URL_FILE, STATE_DIR
+from pilotfish.cli.admin_api import DIRECT, NoMesh, admin_url
 from pilotfish.load.durations import DurationError, parse_duration
 
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 STAT_COLUMNS = (
     "NAME", "NAMESPACE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "REQUESTS",
 )  # fmt: skip
@@ -155,27 +154,11 @@ def parse_window(text: str) -> int:
 # --- talking to the admin API ------------------------------------------------------------------
 
 
-class NoMesh(Exception):
-    """No running mesh to ask, with what to do about it."""
-
-
-def admin_url(directory: Path, admin: str | None) -> str:
-    if admin:
-        return admin.rstrip("/")
-    path = directory / STATE_DIR / ADMIN_URL_FILE
-    if not path.exists():
-        raise NoMesh(
-            f"no running mesh found in {directory} ({path} is missing): start it with "
-            f"`pilotfish up {directory}`, or pass --admin URL"
-        )
-    return path.read_text().strip().rstrip("/")
-
-
 def _open(url: str, path: str, query: Mapping[str, object], timeout: float | None) -> HTTPResponse:
     wanted = {k: str(v) for k, v in query.items() if v != ""}
     address = f"{url}{path}?{urllib.parse.urlencode(wanted)}" if wanted else f"{url}{path}"
     try:
-        response: HTTPResponse = _direct.open(address, timeout=timeout)
+        response: HTTPResponse = DIRECT.open(address, timeout=timeout)
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)

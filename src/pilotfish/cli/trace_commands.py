@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pilotfish.cli.admin_api import DIRECT, NoMesh, admin_url
 from pilotfish.telemetry.traces import Span, SpanError, parse_span, trace_start
 
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MIN_BAR = 10
 
 
@@ -243,20 +243,16 @@ def format_trace_list(traces: Sequence[Sequence[Span]]) -> str:
 
 def _get(admin_url: str, path: str, params: Mapping[str, str] | None = None) -> object:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with _direct.open(admin_url.rstrip("/") + path + query, timeout=10) as response:
+    with DIRECT.open(admin_url.rstrip("/") + path + query, timeout=10) as response:
         return json.load(response)
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from pilotfish.cli.main import ADMIN_URL_FILE, STATE_DIR
-
-    url = args.admin
-    if not url:
-        path = args.directory / STATE_DIR / ADMIN_URL_FILE
-        if not path.exists():
-            print(f"no running mesh found ({path} is missing); pass --admin URL", file=sys.stderr)
-            return 2
-        url = path.read_text().strip()
+    try:
+        url = admin_url(args.directory, args.admin)
+    except NoMesh as exc:
+        print(exc, file=sys.stderr)
+        return 2
     width = shutil.get_terminal_size((100, 24)).columns
     try:
         if args.trace_id:
