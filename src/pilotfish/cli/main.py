@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `pilotfish logs DIR | head`: the reader left, which is no error of ours. Point stdout
+        # at /dev/null so that the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE, which is what shells expect of `| head`
     return code
 
 

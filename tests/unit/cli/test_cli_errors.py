@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,26 @@ def test_proxy_status_without_a_running_mesh_says_how_to_find_one(
 ) -> None:
     assert main(["proxy-status", str(tmp_path)]) == 2
     assert "pass --admin URL" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:
+    """`pilotfish validate DIR | head -0`: stdout's reader is gone before the first line."""
+    (tmp_path / "mesh.yaml").write_text(
+        "apiVersion: pilotfish.io/v1alpha1\nkind: Workload\nmetadata: {name: web}\n"
+        "spec: {service: web, port: 8080, command: [web], colour: blue}\n"
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pilotfish.cli.main", "validate", str(tmp_path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 141
