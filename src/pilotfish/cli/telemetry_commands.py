@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
 import time
@@ -214,13 +215,20 @@ def run_tap(args: argparse.Namespace) -> int:
         "errors": 1 if args.errors else "",
         "limit": max(0, args.max),
     }
+    shown = 0
     try:
         for line in stream_lines(admin_url(args.directory, args.admin), "/api/tap", query):
             if line:
                 print(format_tap_line(json.loads(line)), flush=True)
+                shown += 1
     except NoMesh as exc:
         return _failed(exc)
-    return 0
+    except (OSError, http.client.HTTPException):
+        pass  # the connection broke off: said below
+    if args.max > 0 and shown >= args.max:
+        return 0
+    print("the tap ended: the admin API closed it (has the mesh stopped?)", file=sys.stderr)
+    return 1
 
 
 def run_logs(args: argparse.Namespace) -> int:

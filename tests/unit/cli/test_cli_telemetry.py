@@ -173,6 +173,23 @@ def test_tap_prints_requests_as_they_come_until_its_max(
     assert " GET /x/1 503 5.0ms NR=no route configured" in line
 
 
+def test_a_tap_the_mesh_ends_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    admin = AdminInThread(tmp_path)
+    result: list[int] = []
+    tapping = threading.Thread(target=lambda: result.append(main(["tap", str(tmp_path)])))
+    tapping.start()
+    try:
+        wait_until(lambda: admin.control_plane.tap.subscribers, 10, "the tap to subscribe")
+        admin.ingest([record(path="/seen")])
+    finally:
+        admin.close()  # the mesh stops while the tap runs
+    tapping.join(timeout=20)
+    assert result == [1]
+    captured = capsys.readouterr()
+    assert " GET /seen 200 " in captured.out
+    assert "the tap ended: the admin API closed it (has the mesh stopped?)" in captured.err
+
+
 def test_logs_print_a_proxys_lines_and_refuse_an_unknown_one(
     admin: AdminInThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
