@@ -241,9 +241,9 @@ def format_trace_list(traces: Sequence[Sequence[Span]]) -> str:
 # --- the command ----------------------------------------------------------------------------
 
 
-def _get(admin_url: str, path: str, params: Mapping[str, str] | None = None) -> object:
+def _get(url: str, path: str, params: Mapping[str, str] | None = None) -> object:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with DIRECT.open(admin_url.rstrip("/") + path + query, timeout=10) as response:
+    with DIRECT.open(url.rstrip("/") + path + query, timeout=10) as response:
         return json.load(response)
 
 
