@@ -10,14 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Locator, expect
+from playwright.sync_api import Locator, expect
 from tests.integration.dashboard_browser import (
     WatchedPage,
-    artifacts_folder,
-    launch_browser,
     needs_chromium,
     take_screenshot,
-    watched_page,
 )
 from tests.integration.mesh_harness import (
     RunningMesh,
@@ -66,21 +63,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         running.wait_endpoints(BACKEND, 2)
         running.wait_synced()
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from launch_browser()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[WatchedPage]:
-    yield from watched_page(browser)
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    return artifacts_folder()
 
 
 def send(mesh: RunningMesh, count: int) -> None:

@@ -11,14 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import expect
 from tests.integration.dashboard_browser import (
     WatchedPage,
-    artifacts_folder,
-    launch_browser,
     needs_chromium,
     take_screenshot,
-    watched_page,
 )
 from tests.integration.mesh_harness import (
     RunningMesh,
@@ -81,21 +78,6 @@ def proxies(mesh: RunningMesh) -> list[dict[str, object]]:
     listed = mesh.admin("/api/proxies").get("proxies", [])
     assert isinstance(listed, list)
     return listed
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    yield from launch_browser()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[WatchedPage]:
-    yield from watched_page(browser)
-
-
-@pytest.fixture(scope="module")
-def artifacts() -> Path:
-    return artifacts_folder()
 
 
 def open_view(page: WatchedPage, mesh: RunningMesh, route: str) -> None:
