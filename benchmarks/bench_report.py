@@ -190,3 +190,29 @@ def pin_to_cpu(pid: int, cpu: int) -> bool:
         ["taskset", "-a", "-cp", str(cpu), str(pid)], capture_output=True, check=False
     )
     return result.returncode == 0
+
+
+def start_control_plane(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`pilotfish control-plane FOLDER`, a child that dies with us, and its xDS port."""
+    ports_file = folder / "ports.json"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pilotfish.cli.main",
+            "--log-level",
+            "error",
+            "control-plane",
+            str(folder),
+            "--ports-file",
+            str(ports_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    deadline = time.monotonic() + 60
+    while not ports_file.exists() or not ports_file.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the control plane did not start")
+        time.sleep(0.05)
+    return child, int(json.loads(ports_file.read_text())["xds"])

@@ -20,9 +20,7 @@ import argparse
 import asyncio
 import datetime as dt
 import itertools
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +30,11 @@ from pathlib import Path
 from bench_report import (
     REPO,
     cpu_seconds,
-    die_with_parent,
     format_table,
     machine_facts,
     median,
     pin_to_cpu,
+    start_control_plane,
     terminate_on_sigterm,
     write_results,
 )
@@ -124,31 +122,6 @@ async def cold_agents(address: str, credentials: CredentialAuthority, agents: in
     start = time.perf_counter()
     await asyncio.gather(*(agent(i) for i in range(agents)))
     return time.perf_counter() - start
-
-
-def start_control_plane(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    ports_file = folder / "ports.json"
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish.cli.main",
-            "--log-level",
-            "error",
-            "control-plane",
-            str(folder),
-            "--ports-file",
-            str(ports_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
-    )
-    deadline = time.monotonic() + 60
-    while not ports_file.exists():
-        if child.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the control plane did not start")
-        time.sleep(0.05)
-    return child, int(json.loads(ports_file.read_text())["xds"])
 
 
 def main() -> int:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +31,11 @@ import grpc
 from bench_report import (
     REPO,
     cpu_seconds,
-    die_with_parent,
     format_table,
     machine_facts,
     median,
     pin_to_cpu,
+    start_control_plane,
     terminate_on_sigterm,
     write_results,
 )
@@ -227,31 +225,6 @@ def in_process_breakdown(
     count = time.process_time() - start
     total = records_per_round * rounds / 1000
     return {"parse": parse / total, "decode": decode / total, "istio metrics": count / total}
-
-
-def start_control_plane(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    ports_file = folder / "ports.json"
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pilotfish.cli.main",
-            "--log-level",
-            "error",
-            "control-plane",
-            str(folder),
-            "--ports-file",
-            str(ports_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
-    )
-    deadline = time.monotonic() + 60
-    while not ports_file.exists() or not ports_file.read_text():
-        if child.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the control plane did not start")
-        time.sleep(0.05)
-    return child, int(json.loads(ports_file.read_text())["xds"])
 
 
 def main() -> int:
