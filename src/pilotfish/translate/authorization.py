@@ -42,7 +42,7 @@ from pilotfish.model.authorization import (
     Values,
 )
 from pilotfish.model.identity import SPIFFE_SCHEME
-from pilotfish.translate.proto_values import pack
+from pilotfish.translate.proto_values import format_literal, pack
 
 RBAC_FILTER_NAME = "envoy.filters.http.rbac"
 JWT_FILTER_NAME = "envoy.filters.http.jwt_authn"
@@ -482,6 +482,6 @@ def text_body(
     ``operators``, Envoy's format string, as it is."""
     return substitution_format_string_pb2.SubstitutionFormatString(
         text_format_source=base_pb2.DataSource(
-            inline_string=text.replace("%", "%%") + operators + "\n"
+            inline_string=format_literal(text) + operators + "\n"
         )
     )

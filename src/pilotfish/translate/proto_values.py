@@ -36,3 +36,9 @@ def pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+def format_literal(text: str) -> str:
+    """``text`` for an Envoy format string (headers, bodies, logs): a ``%`` of ours must not
+    read as the start of a command operator."""
+    return text.replace("%", "%%")

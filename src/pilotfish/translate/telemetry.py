@@ -49,7 +49,7 @@ from pilotfish.model.telemetry import (
     TelemetrySettings,
 )
 from pilotfish.translate.authorization import text_body
-from pilotfish.translate.proto_values import duration_from_seconds, pack
+from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
 
 # The agent's bootstrap names the control plane's gRPC cluster so; access logs stream there.
 XDS_CLUSTER_NAME = "xds-grpc"
@@ -153,7 +153,7 @@ def http_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole)
         filters=(peer_filter,),
         tracing=tracing(settings) if node.telemetry and settings.enable_tracing else None,
         reply_mappers=tuple(local_reply_mappers(node.id)),
-        reply_headers=(_overwrite(PROXY_HEADER, node.id.replace("%", "%%")),),
+        reply_headers=(_overwrite(PROXY_HEADER, format_literal(node.id)),),
     )
 
 
@@ -226,7 +226,7 @@ def peer_header_filter(node_id: str) -> hcm_pb2.HttpFilter:
             request_mutations=[
                 mutation_rules_pb2.HeaderMutation(
                     # The value is a format string: a "%" of the id must stay itself.
-                    append=_overwrite(PEER_HEADER, node_id.replace("%", "%%"))
+                    append=_overwrite(PEER_HEADER, format_literal(node_id))
                 )
             ]
         )
@@ -305,13 +305,9 @@ def _flag_mapper(node_id: str, flags: Sequence[str], words: str) -> hcm_pb2.Resp
             response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
         ),
         body_format_override=text_body(
-            text, f"%RESPONSE_CODE%: {_escaped(words)}{LOCAL_REPLY_WHERE}"
+            text, f"%RESPONSE_CODE%: {format_literal(words)}{LOCAL_REPLY_WHERE}"
         ),
     )
-
-
-def _escaped(text: str) -> str:
-    return text.replace("%", "%%")
 
 
 def _overwrite(key: str, value: str) -> base_pb2.HeaderValueOption:
