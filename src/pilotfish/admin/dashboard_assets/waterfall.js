@@ -14,9 +14,10 @@ function serviceOf(span) {
 }
 
 /**
- * The spans in display order with their depth. Envoy reports a call twice under one span id
- * (the caller's CLIENT and the callee's SERVER half, Zipkin's "shared" span): the SERVER half
- * goes under the CLIENT half, and a child goes under the SERVER half of its parent.
+ * The spans in display order with their depth. The mesh's Envoys give the callee's SERVER span
+ * its own id, its parent the caller's CLIENT span; a tracer with Zipkin's "shared" spans (as
+ * Envoy's default) reports both halves of a call under one id: then the SERVER half goes under
+ * the CLIENT half, and a child goes under the SERVER half of its parent.
  */
 export function orderSpans(spans) {
   const entries = spans.map((span, index) => ({ span, index, children: [] }));
