@@ -42,6 +42,15 @@ class ProxyNode:
     telemetry: bool = False
     """The bootstrap has the ``TELEMETRY_CLUSTER`` (the control plane's admin port), so the
     proxy can send spans there."""
+    locality: str | None = None
+    """``region/zone/subzone`` of the replica (metadata LOCALITY; the agent also writes it
+    into the bootstrap's Node.locality): which endpoints are near for locality failover."""
+    admin_address: str | None = None
+    """``host:port`` of the Envoy's admin interface (metadata ADMIN_ADDRESS), where the
+    control plane reads what this proxy sees of its endpoints (health, ejections, requests)."""
+    outlier_log: str | None = None
+    """Path of the Envoy's outlier-detection event log (metadata OUTLIER_LOG; the bootstrap's
+    ``cluster_manager.outlier_detection.event_log_path``): when and why it ejected a host."""
 
     @property
     def workload_name(self) -> str:
@@ -85,6 +94,9 @@ class ProxyNode:
             "INBOUND_PORT": self.inbound_port,
             "APP_PORT": self.app_port,
             "WORKLOAD": self.workload,
+            "LOCALITY": self.locality,
+            "ADMIN_ADDRESS": self.admin_address,
+            "OUTLIER_LOG": self.outlier_log,
         }
         data.update({k: v for k, v in optional.items() if v is not None})
         return {_METADATA_PREFIX + k: v for k, v in data.items()}
@@ -110,6 +122,9 @@ class ProxyNode:
             service_account=reader.string("SERVICE_ACCOUNT") or DEFAULT_SERVICE_ACCOUNT,
             workload=reader.string("WORKLOAD"),
             telemetry=reader.flag("TELEMETRY"),
+            locality=reader.string("LOCALITY"),
+            admin_address=reader.string("ADMIN_ADDRESS"),
+            outlier_log=reader.string("OUTLIER_LOG"),
         )
 
 

@@ -13,11 +13,19 @@ from typing import TYPE_CHECKING, Literal
 
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
+from pilotfish.model.rate_limits import RateLimitSettings
+from pilotfish.model.resilience import (
+    ConnectionPool,
+    LocalityLbSetting,
+    OutlierDetection,
+    RetryBudget,
+)
 from pilotfish.model.telemetry import TelemetrySettings
 
 if TYPE_CHECKING:  # authorization.py and security.py build on Meta; only annotations here
     # name their types
     from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
+    from pilotfish.model.rate_limits import RateLimitPolicy
     from pilotfish.model.security import ClientTLSSettings, PeerAuthentication, ServerTLSSettings
 
 DEFAULT_NAMESPACE = "default"
@@ -249,14 +257,28 @@ class ConsistentHash:
 class LoadBalancer:
     simple: SimpleLB | None = None
     consistent_hash: ConsistentHash | None = None
+    locality_lb_setting: LocalityLbSetting | None = None
 
 
 @dataclass(frozen=True)
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     tls: ClientTLSSettings | None = None
-    # portLevelSettings[].tls by port number (the other per-port fields are not carried).
+    # portLevelSettings[].tls by port number.
     port_tls: Mapping[int, ClientTLSSettings] = field(default_factory=dict)
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    retry_budget: RetryBudget | None = None
+    port_settings: Mapping[int, PortTrafficPolicy] = field(default_factory=dict)
+    """portLevelSettings[] by port number: what they set overrides the policy's own for
+    that port's clusters (tls is in ``port_tls``)."""
+
+
+@dataclass(frozen=True)
+class PortTrafficPolicy:
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +350,8 @@ class WorkloadEntrySpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     weight: int | None = None
     service_account: str | None = None
+    locality: str | None = None
+    """``region/zone/subzone`` (Istio: WorkloadEntry ``locality``)."""
 
     @property
     def has_sidecar(self) -> bool:
@@ -371,6 +395,8 @@ class Workload:
     env: Mapping[str, str] = field(default_factory=dict)
     directory: str = "."
     service_account: str = DEFAULT_SERVICE_ACCOUNT
+    locality: str | None = None
+    """``region/zone/subzone`` of every replica (Kubernetes: the node's topology labels)."""
 
 
 # --- pilotfish.io/v1alpha1 MeshConfig -------------------------------------------------------
@@ -410,6 +436,9 @@ class MeshSettings:
     certificates: CertificateSettings = field(default_factory=CertificateSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     """Access logs and tracing (``accessLogFile``, ``defaultConfig.tracing``...)."""
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    locality_lb_setting: LocalityLbSetting | None = None
+    """Istio's mesh-wide ``localityLbSetting``; a DestinationRule's own replaces it."""
 
 
 @dataclass(frozen=True)
@@ -426,6 +455,7 @@ class MeshConfig:
     mesh: MeshSettings = field(default_factory=MeshSettings)
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()
+    rate_limit_policies: tuple[RateLimitPolicy, ...] = ()
 
 
 def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:

@@ -48,6 +48,8 @@ class Endpoint:
     """Set when a sidecar serves this endpoint (the ``pilotfish up`` replicas): callers then
     speak mTLS to it and expect this account's identity. None: plaintext, as to a
     ServiceEntry host or a WorkloadEntry without a sidecar."""
+    locality: str | None = None
+    """``region/zone/subzone``; None: no locality (Envoy's empty one)."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pilotfish.model.destination_rules import DestinationRuleLookup
+from pilotfish.model.resilience import ConnectionPool, OutlierDetection, RetryBudget
 from pilotfish.model.resources import (
     ConsistentHash,
     Destination,
@@ -30,6 +31,40 @@ class ClusterTarget:
 
     cluster: str
     consistent_hash: ConsistentHash | None = None
+
+
+@dataclass(frozen=True)
+class EffectivePolicy:
+    """What governs one cluster (a service port, maybe a subset) once Istio's merge is done."""
+
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    retry_budget: RetryBudget | None = None
+
+
+def _merged(base: EffectivePolicy, policy: TrafficPolicy | None, port: int) -> EffectivePolicy:
+    """``policy`` over ``base`` as Istio merges a subset's policy over its rule's: each field
+    the policy sets replaces the whole field; then a portLevelSettings entry for ``port``
+    replaces load balancer, connection pool and outlier detection together, even those it
+    leaves unset (Istio: port-level settings do not inherit)."""
+    if policy is None:
+        return base
+    merged = EffectivePolicy(
+        load_balancer=policy.load_balancer or base.load_balancer,
+        connection_pool=policy.connection_pool or base.connection_pool,
+        outlier_detection=policy.outlier_detection or base.outlier_detection,
+        retry_budget=policy.retry_budget or base.retry_budget,
+    )
+    port_level = policy.port_settings.get(port)
+    if port_level is None:
+        return merged
+    return EffectivePolicy(
+        load_balancer=port_level.load_balancer,
+        connection_pool=port_level.connection_pool,
+        outlier_detection=port_level.outlier_detection,
+        retry_budget=merged.retry_budget,
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,16 @@ class DestinationIndex:
         if rule is None or rule.traffic_policy is None:
             return None
         return rule.traffic_policy.load_balancer
+
+    def effective_policy(self, hostname: str, subset: str | None, port: int) -> EffectivePolicy:
+        """The rule's policy (with its port-level settings for ``port``), then the subset's
+        (with its own), merged as Istio does."""
+        rule = self._rules.get(hostname)
+        effective = _merged(EffectivePolicy(), rule.traffic_policy if rule else None, port)
+        if subset is not None:
+            found = self.subset(hostname, subset)
+            effective = _merged(effective, found.traffic_policy if found else None, port)
+        return effective
 
     def tls_for(self, hostname: str, subset: str | None, port: int) -> ClientTLSSettings | None:
         """The TLS a DestinationRule asks for on this cluster (None: auto mTLS).
