@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pilotfish.agent.cli import add_agent_arguments
+    from pilotfish.cli.endpoint_commands import add_endpoint_commands
     from pilotfish.cli.telemetry_commands import add_telemetry_commands
     from pilotfish.cli.trace_commands import add_trace_commands
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_token.add_argument("--namespace", default="default")
     ca_token.add_argument("--service-account", default="default")
     ca_token.set_defaults(handler=run_ca_token)
+    add_endpoint_commands(commands)
     add_telemetry_commands(commands)
     add_trace_commands(commands)
     return parser
