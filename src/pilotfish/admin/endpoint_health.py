@@ -162,15 +162,18 @@ def parse_outbound_cluster(name: str) -> tuple[int, str | None, str] | None:
     return int(parts[1]), parts[2] or None, parts[3]
 
 
-def service_clusters(clusters_json: Mapping[str, object], hostname: str) -> list[ClusterHosts]:
-    """The outbound clusters of ``hostname`` in an Envoy's ``/clusters?format=json``, by name."""
+def service_clusters(
+    clusters_json: Mapping[str, object], hostname: str | None
+) -> list[ClusterHosts]:
+    """The outbound clusters of ``hostname`` (None: of every service) in an Envoy's
+    ``/clusters?format=json``, by name."""
     found: list[ClusterHosts] = []
     statuses = clusters_json.get("cluster_statuses")
     for status in statuses if isinstance(statuses, list) else []:
         if not isinstance(status, Mapping):
             continue
         parsed = parse_outbound_cluster(str(status.get("name", "")))
-        if parsed is None or parsed[2] != hostname:
+        if parsed is None or hostname not in (None, parsed[2]):
             continue
         hosts = status.get("host_statuses")
         found.append(
@@ -178,13 +181,13 @@ def service_clusters(clusters_json: Mapping[str, object], hostname: str) -> list
                 name=str(status["name"]),
                 port=parsed[0],
                 subset=parsed[1],
-                hostname=hostname,
+                hostname=parsed[2],
                 hosts=tuple(
                     _host(h) for h in (hosts if isinstance(hosts, list) else []) if _is_map(h)
                 ),
             )
         )
-    return sorted(found, key=lambda c: (c.port, c.subset or ""))
+    return sorted(found, key=lambda c: (c.hostname, c.port, c.subset or ""))
 
 
 def _is_map(value: object) -> bool:
@@ -333,19 +336,10 @@ def _ejection_json(ejection: Ejection) -> dict[str, object]:
     return entry
 
 
-def ejected_count(proxy: Mapping[str, object]) -> int | None:
-    """How many hosts one proxy entry of ``GET /api/endpoints`` has ejected; None when its
-    Envoy could not be asked."""
-    if proxy.get("error"):
-        return None
-    count = 0
-    clusters = proxy.get("clusters")
-    for cluster in clusters if isinstance(clusters, list) else []:
-        endpoints = cluster.get("endpoints") if isinstance(cluster, Mapping) else None
-        for endpoint in endpoints if isinstance(endpoints, list) else []:
-            if isinstance(endpoint, Mapping) and endpoint.get("health") == "EJECTED":
-                count += 1
-    return count
+def ejected_count(clusters: Iterable[ClusterHosts]) -> int:
+    """How many hosts of ``clusters`` are ejected (a host in two subsets counts twice: each
+    subset is a cluster of its own, with its own outlier detection)."""
+    return sum(1 for cluster in clusters for host in cluster.hosts if host.health == "EJECTED")
 
 
 def seconds_between(earlier: str, later: datetime) -> float | None:

@@ -1,5 +1,7 @@
 """``GET /api/endpoints?service=HOST[&proxy=NODE]``: each endpoint of a service as each proxy
 sees it (healthy, ejected since when and why, its requests), asked of the proxies' own Envoys.
+``GET /api/ejections``: per proxy, how many endpoints (of every service) it has ejected, for
+``pilotfish proxy-status``.
 
 Every connected proxy whose metadata names its Envoy's admin (ADMIN_ADDRESS) is asked at
 once, with a short timeout, for ``/clusters?format=json``; one that has clusters of the
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from pilotfish.admin.endpoint_health import (
     OutlierEvent,
+    ejected_count,
     latest_ejections,
     match_services,
     parse_outlier_log,
@@ -78,7 +81,25 @@ def add_endpoint_routes(app: web.Application, control_plane: ControlPlane) -> No
         proxies = await endpoints_seen_by(nodes, hostname, names, every=wanted is not None)
         return web.json_response({"service": hostname, "proxies": proxies})
 
+    async def ejections(_: web.Request) -> web.Response:
+        nodes = sorted(control_plane.nodes.connected_nodes(), key=lambda n: n.id)
+        asked = await asyncio.gather(*(_ask(node) for node in nodes))
+        counts = [
+            {
+                "proxy": one.node.id,
+                "ejected": (
+                    ejected_count(service_clusters(one.clusters, None))
+                    if one.clusters is not None
+                    else None
+                ),
+                "error": one.error,
+            }
+            for one in asked
+        ]
+        return web.json_response({"proxies": counts})
+
     app.router.add_get("/api/endpoints", endpoints)
+    app.router.add_get("/api/ejections", ejections)
 
 
 async def endpoints_seen_by(

@@ -7,6 +7,7 @@ GET /api/services     the registry: services and their live endpoints
 GET /api/endpoints?service=HOST[&proxy=NODE]
                       each endpoint of a service as each proxy's Envoy sees it: health,
                       ejected since when and why, active requests (endpoints_api.py)
+GET /api/ejections    per proxy, how many endpoints its Envoy has ejected
 GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expiry warnings,
                       certificates signed recently
 POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in);

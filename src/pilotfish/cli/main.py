@@ -274,7 +274,7 @@ def _admin_url(args: argparse.Namespace) -> str | None:
 
 
 def run_proxy_status(args: argparse.Namespace) -> int:
-    from pilotfish.admin.proxy_status import fetch_status, format_status
+    from pilotfish.admin.proxy_status import fetch_ejections, fetch_status, format_status
 
     url = _admin_url(args)
     if url is None:
@@ -286,7 +286,7 @@ def run_proxy_status(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot reach the admin API at {url}: {exc}", file=sys.stderr)
         return 2
-    print(format_status(proxies, config))
+    print(format_status(proxies, config, fetch_ejections(url)))
     return 0
 
 

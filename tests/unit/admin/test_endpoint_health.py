@@ -190,10 +190,11 @@ def test_when_the_log_says_nothing_the_ejection_is_unknown_not_absent() -> None:
         assert ejected["ejection"]["unknown"].startswith(unknown)
 
 
-def test_ejected_count_per_proxy_entry() -> None:
-    clusters = proxy_endpoints_json(service_clusters(CLUSTERS, HOST), {}, {})
-    assert ejected_count({"error": None, "clusters": clusters}) == 1
-    assert ejected_count({"error": "its Envoy admin did not answer", "clusters": []}) is None
+def test_every_outbound_cluster_counts_for_the_ejected_count() -> None:
+    every = service_clusters(CLUSTERS, None)
+    assert [c.hostname for c in every] == [HOST, HOST, "other.default.svc.cluster.local"]
+    assert ejected_count(every) == 1
+    assert ejected_count(service_clusters(CLUSTERS, "other.default.svc.cluster.local")) == 0
 
 
 def test_a_service_is_named_by_its_hostname_or_its_first_labels() -> None:
