@@ -7,9 +7,10 @@ Every connected proxy whose metadata names its Envoy's admin (ADMIN_ADDRESS) is 
 once, with a short timeout, for ``/clusters?format=json``; one that has clusters of the
 service is listed with them, and the tail of its outlier event log (OUTLIER_LOG) says when
 and why a host was ejected. A proxy that cannot be asked is listed with the reason, never
-left out: it may be the one that sees the service differently. The log is read from this
-machine's file system, which is where ``pilotfish up`` runs every proxy; for a proxy
-elsewhere the answer says that when and why are unknown.
+left out: it may be the one that sees the service differently. Only Envoys on loopback are
+asked, and the log is read from this machine's file system: that is where ``pilotfish up``
+runs every proxy. A proxy elsewhere names its own loopback, which the node id check of
+``/server_info`` tells apart; a log that cannot be read leaves since and why null, saying why.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ async def endpoints_seen_by(
     """The entry of each of ``nodes`` that sees ``hostname`` (with ``every``: of each one),
     and of each one that could not be asked; their Envoys are asked all at once."""
     asked = await asyncio.gather(*(_ask(node) for node in nodes))
-    entries = [await _proxy_json(one, hostname, names, every=every) for one in asked]
+    entries = await asyncio.gather(
+        *(_proxy_json(one, hostname, names, every=every) for one in asked)
+    )
     return [entry for entry in entries if entry is not None]
 
 
@@ -141,8 +144,10 @@ async def _ask(node: ProxyNode) -> _Asked:
             return _Asked(node, None, f"its Envoy admin answered HTTP {status}")
         answered_for = json.loads(info.body).get("node", {}).get("id")
         body = json.loads(clusters.body)
+        if not isinstance(body, dict):
+            raise ValueError(f"/clusters is a {type(body).__name__}, not an object")
     except (ValueError, AttributeError) as exc:
-        return _Asked(node, None, f"its Envoy admin answered no JSON: {exc}")
+        return _Asked(node, None, f"its Envoy admin answered no JSON object: {exc}")
     if answered_for != node.id:
         # A port reused by another Envoy, or a proxy on another machine naming its own
         # loopback: either way this is not its view.
@@ -193,8 +198,7 @@ def read_outlier_log(path: str | None) -> tuple[list[OutlierEvent] | None, str |
             tail = log_file.read()
     except OSError as exc:
         return None, (
-            f"{path}: {exc.strerror or exc} (the control plane reads it from its own file "
-            "system: a proxy on another machine has its log there)"
+            f"{path}: {exc.strerror or exc} (read from the control plane's own file system)"
         )
     return parse_outlier_log(tail.decode("utf-8", "replace")), None
 

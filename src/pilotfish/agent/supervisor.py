@@ -249,8 +249,9 @@ class Sidecar:
 
     With ``telemetry_address`` (the control plane's admin port), Envoy sends its spans there.
 
-    Envoy logs each outlier ejection to ``outlier_log_path`` (in ``work_dir``), kept across
-    restarts; the node's metadata names it, so the control plane can say when and why.
+    Envoy appends each outlier ejection to ``OUTLIER_LOG_NAME`` in ``work_dir`` (unless the
+    node names another file), kept across restarts; the node's metadata names it, so the
+    control plane can say when and why an endpoint was ejected.
     """
 
     def __init__(
