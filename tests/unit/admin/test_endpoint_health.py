@@ -214,3 +214,25 @@ def test_seconds_since_an_envoy_timestamp() -> None:
 def test_the_api_entry_is_plain_json() -> None:
     clusters = proxy_endpoints_json(service_clusters(CLUSTERS, HOST), None, {})
     assert json.loads(json.dumps(clusters)) == clusters
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@given(st.lists(_json | st.text(), max_size=5))
+def test_no_line_makes_the_reader_fail(lines: list[object]) -> None:
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    events = parse_outlier_log(text)
+    latest_ejections(events)
+    assert all(isinstance(e.ejections, int) for e in events)
+
+
+@given(_json)
+def test_no_clusters_answer_makes_the_reader_fail(answer: object) -> None:
+    document = {"cluster_statuses": [{"name": CLUSTER, "host_statuses": [answer]}, answer]}
+    for clusters in (service_clusters(document, HOST), service_clusters(document, None)):
+        proxy_endpoints_json(clusters, {}, {})
