@@ -21,7 +21,11 @@ from pilotfish.translate.proto_values import (
     duration_from_seconds,
     pack,
 )
-from pilotfish.translate.resilience import apply_resilience, upstream_alpn
+from pilotfish.translate.resilience import (
+    apply_inbound_resilience,
+    apply_resilience,
+    upstream_alpn,
+)
 from pilotfish.translate.tls_contexts import (
     file_upstream_context,
     istio_tls_mode,
@@ -200,8 +204,11 @@ def build_outbound_clusters(
     )
 
 
-def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:
-    """The sidecar's own app on loopback; None for proxies without an app (gateways)."""
+def build_inbound_cluster(
+    node: ProxyNode, policy: EffectivePolicy | None = None
+) -> cluster_pb2.Cluster | None:
+    """The sidecar's own app on loopback; None for proxies without an app (gateways).
+    ``policy``: the DestinationRule's for the node's service and port (its connection pool)."""
     if node.kind != "sidecar" or node.app_port is None:
         return None
     name = inbound_cluster_name(node.app_port)
@@ -214,5 +221,5 @@ def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:
         load_assignment=load_assignment(name, (app,), node.app_port),
     )
     _with_upstream_protocol(cluster, node.app_protocol)
-    apply_resilience(cluster, EffectivePolicy())  # Istio's unlimited thresholds, inbound too
+    apply_inbound_resilience(cluster, policy or EffectivePolicy())
     return cluster

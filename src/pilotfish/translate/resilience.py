@@ -47,9 +47,7 @@ _NOT_ENFORCED = 0
 def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> None:
     """Everything of ``policy`` but the load balancer onto an outbound ``cluster``; run it
     after the cluster's upstream protocol options are set, which it merges into."""
-    pool = policy.connection_pool
-    cluster.circuit_breakers.CopyFrom(circuit_breakers(pool, policy.retry_budget))
-    set_limits_metadata(cluster, pool)
+    _apply_pool(cluster, policy, outbound=True)
     if policy.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection_to_proto(policy.outlier_detection))
         # Istio always sets the panic threshold with outlier detection, 0 when unset: with a
@@ -57,6 +55,19 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
             percent_pb2.Percent(value=float(policy.outlier_detection.min_health_percent or 0))
         )
+
+
+def apply_inbound_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> None:
+    """The server's side (a sidecar's cluster to its app): Istio gives it the rule's
+    connection pool and retry budget too, so the server has the capacity its callers are
+    allowed, but neither outlier detection nor an HTTP/2 upgrade (the app may not speak it)."""
+    _apply_pool(cluster, policy, outbound=False)
+
+
+def _apply_pool(cluster: cluster_pb2.Cluster, policy: EffectivePolicy, *, outbound: bool) -> None:
+    pool = policy.connection_pool
+    cluster.circuit_breakers.CopyFrom(circuit_breakers(pool, policy.retry_budget))
+    set_limits_metadata(cluster, pool)
     if pool is None:
         return
     if pool.tcp is not None:
@@ -66,7 +77,7 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
             cluster.upstream_connection_options.tcp_keepalive.CopyFrom(
                 tcp_keepalive_to_proto(pool.tcp.tcp_keepalive)
             )
-    _apply_http_options(cluster, pool)
+    _apply_http_options(cluster, pool, upgrade=outbound)
 
 
 def circuit_breakers(
@@ -179,7 +190,9 @@ def tcp_keepalive_to_proto(keepalive: TcpKeepalive) -> address_pb2.TcpKeepalive:
     return out
 
 
-def _apply_http_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> None:
+def _apply_http_options(
+    cluster: cluster_pb2.Cluster, pool: ConnectionPool, *, upgrade: bool
+) -> None:
     """Merges into the cluster's HttpProtocolOptions, which may already choose HTTP/2."""
     http = pool.http
     tcp = pool.tcp
@@ -202,7 +215,7 @@ def _apply_http_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> N
     if common != protocol_pb2.HttpProtocolOptions():
         options.common_http_protocol_options.CopyFrom(common)
     if http is not None:
-        _choose_protocol(options, http)
+        _choose_protocol(options, http, upgrade=upgrade)
         http2 = _http2_options(options)
         if http2 is not None and http.max_concurrent_streams:
             http2.max_concurrent_streams.value = http.max_concurrent_streams
@@ -226,17 +239,20 @@ def _apply_http_options(cluster: cluster_pb2.Cluster, pool: ConnectionPool) -> N
 
 
 def _choose_protocol(
-    options: http_protocol_options_pb2.HttpProtocolOptions, http: HttpPoolSettings
+    options: http_protocol_options_pb2.HttpProtocolOptions, http: HttpPoolSettings, *, upgrade: bool
 ) -> None:
-    """useClientProtocol: speak what the caller spoke; h2UpgradePolicy UPGRADE: HTTP/2 to
-    an HTTP/1.1 port (Istio's mesh-wide default is DO_NOT_UPGRADE, so DEFAULT keeps it)."""
+    """useClientProtocol: speak what the caller spoke; h2UpgradePolicy UPGRADE (``upgrade``:
+    outbound only): HTTP/2 to an HTTP/1.1 port (Istio's mesh-wide default is DO_NOT_UPGRADE,
+    so DEFAULT keeps the port's protocol)."""
     if http.use_client_protocol:
         config = _HTTP_OPTIONS.UseDownstreamHttpConfig()
         config.http_protocol_options.SetInParent()
         config.http2_protocol_options.CopyFrom(options.explicit_http_config.http2_protocol_options)
         options.use_downstream_protocol_config.CopyFrom(config)
-    elif http.h2_upgrade_policy == "UPGRADE" and not options.explicit_http_config.HasField(
-        "http2_protocol_options"
+    elif (
+        upgrade
+        and http.h2_upgrade_policy == "UPGRADE"
+        and not options.explicit_http_config.HasField("http2_protocol_options")
     ):
         options.explicit_http_config.http2_protocol_options.SetInParent()
 

@@ -13,7 +13,9 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resilience import UNLIMITED_THRESHOLD
 from pilotfish.model.resources import MeshConfig
 from pilotfish.model.services import Endpoint, MeshView, Service
+from pilotfish.translate import MeshTranslator
 from pilotfish.translate.clusters import build_inbound_cluster, build_outbound_clusters
+from pilotfish.translate.naming import inbound_cluster_name
 from pilotfish.translate.resilience import (
     CIRCUIT_BREAKER_KEY,
     HTTP_PROTOCOL_OPTIONS_KEY,
@@ -286,3 +288,26 @@ def test_mesh_tls_offers_the_protocol_the_cluster_speaks(http: str, alpn: list[s
     view = view_of(loaded.config, *SERVICES, backend=(served,))
     clusters = {c.name: c for c in build_outbound_clusters(view)}
     assert mesh_tls_alpn(clusters[PLAIN]) == alpn
+
+
+def test_the_servers_inbound_cluster_gets_the_rules_pool_but_no_upgrade_or_subsets() -> None:
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: backend}\nspec:\n  host: backend\n"
+        "  trafficPolicy:\n"
+        "    connectionPool: {http: {http2MaxRequests: 7, h2UpgradePolicy: UPGRADE}}\n"
+        "    outlierDetection: {consecutive5xxErrors: 1}\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy: {connectionPool: {http: {http2MaxRequests: 1}}}\n"
+    )
+    loaded = load_texts([("rule.yaml", text)], known_services={s.hostname: s for s in SERVICES})
+    assert loaded.config is not None
+    view = view_of(loaded.config, *SERVICES)
+    node = ProxyNode(id="backend-0", service="backend", app_port=8080, inbound_port=15006)
+    resources = MeshTranslator(view).resources_for(node)
+    (inbound,) = [c for c in resources.clusters if c.name == inbound_cluster_name(8080)]
+    (thresholds,) = inbound.circuit_breakers.thresholds
+    assert thresholds.max_requests.value == 7
+    assert limits_named(inbound) == "http2MaxRequests=7"
+    assert HTTP_PROTOCOL_OPTIONS_KEY not in inbound.typed_extension_protocol_options
+    assert not inbound.HasField("outlier_detection")
