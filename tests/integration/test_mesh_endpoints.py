@@ -22,10 +22,6 @@ from tests.integration.mesh_harness import (
 )
 from tests.waiting import wait_until
 
-# Until outlierDetection is translated (the pools work, due on main at 17:00 UTC) nothing is
-# ejected; this marker goes once it is merged.
-pytestmark = pytest.mark.skip(reason="outlierDetection is not translated to Envoy yet")
-
 BACKEND = "backend.default.svc.cluster.local"
 THROUGH_FRONTEND = "/call?url=http://backend:9000/"
 
