@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from tests.integration.mesh_harness import (
-    APPS,
     RunningMesh,
     echo_workload,
     free_port,
@@ -25,19 +24,10 @@ from tests.waiting import wait_until
 BACKEND = "backend.default.svc.cluster.local"
 THROUGH_FRONTEND = "/call?url=http://backend:9000/"
 
-MESH = f"""
-apiVersion: pilotfish.io/v1alpha1
-kind: Workload
-metadata: {{name: broken}}
-spec:
-  service: backend
-  port: 9000
-  labels: {{app: backend, version: v1}}
-  command: [{sys.executable}, {APPS / "always_503.py"}]
----
+MESH = """
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: backend}}
+metadata: {name: backend}
 spec:
   host: backend
   trafficPolicy:
@@ -49,12 +39,12 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: edge}}
+metadata: {name: edge}
 spec:
   hosts: ["*"]
   gateways: [gw]
   http:
-  - route: [{{destination: {{host: frontend}}}}]
+  - route: [{destination: {host: frontend}}]
 ---
 """
 
@@ -68,6 +58,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         gateway(gateway_port)
         + echo_workload("frontend", "frontend", 8080)
         + echo_workload("healthy", "backend", 9000)
+        + echo_workload("broken", "backend", 9000, env={"ALWAYS_FAIL": "1"})
         + MESH,
     )
     with running_mesh(directory, gateway_port) as running:
