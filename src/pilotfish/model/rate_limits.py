@@ -37,7 +37,8 @@ RATE_LIMIT_DOMAIN = "pilotfish"
 RULE_DESCRIPTOR_KEY = "pilotfish_rule"
 HEADER_DESCRIPTOR_PREFIX = "header:"
 HEADER_MATCH_DESCRIPTOR_KEY = "header_match"
-SOURCE_DESCRIPTOR_KEY = "source"
+# Envoy fixes this key for the masked caller address (its action has no descriptor_key).
+SOURCE_DESCRIPTOR_KEY = "masked_remote_address"
 PATH_DESCRIPTOR_KEY = "path"
 # The header every 429 the mesh makes names its policy and rule in (the body says it too).
 RATE_LIMIT_RULE_HEADER = "x-pilotfish-ratelimit"
