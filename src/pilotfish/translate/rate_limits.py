@@ -35,6 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.type.matcher.v3 import regex_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import wrappers_pb2
 
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.rate_limits import (
@@ -241,7 +242,7 @@ def _token_bucket(rule: RateLimitRule) -> token_bucket_pb2.TokenBucket:
     continuously, so a burst of the whole limit is allowed, then the steady rate)."""
     return token_bucket_pb2.TokenBucket(
         max_tokens=rule.limit.requests,
-        tokens_per_fill=rule.limit.requests,
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=rule.limit.requests),
         fill_interval=duration_from_seconds(rule.limit.window_seconds),
     )
 
