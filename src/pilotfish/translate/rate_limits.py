@@ -255,6 +255,9 @@ def local_rate_limit_filter(identity: str, rule: RateLimitRule) -> hcm_pb2.HttpF
         filter_enforced=_all_requests(),
         enable_x_ratelimit_headers=ratelimit_pb2.DRAFT_VERSION_03,
         response_headers_to_add=[_rule_header(identity)],
+        # gRPC's own code for "slow down" rather than Envoy's default UNAVAILABLE, which
+        # gRPC clients may retry at once.
+        rate_limited_as_resource_exhausted=True,
     )
     if not rule.client_selectors:
         config.token_bucket.CopyFrom(_token_bucket(rule))
@@ -287,6 +290,7 @@ def global_rate_limit_filter(
         domain=RATE_LIMIT_DOMAIN,
         timeout=duration_from_seconds(settings.timeout),
         failure_mode_deny=settings.failure_mode == "deny",
+        rate_limited_as_resource_exhausted=True,
         enable_x_ratelimit_headers=rate_limit_pb2.RateLimit.DRAFT_VERSION_03,
         rate_limit_service=rls_pb2.RateLimitServiceConfig(
             grpc_service=grpc_service_pb2.GrpcService(

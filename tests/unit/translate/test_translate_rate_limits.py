@@ -131,6 +131,7 @@ def test_a_rule_without_selectors_is_a_bucket_for_every_request_on_each_inbound_
         assert config.filter_enabled.default_value.numerator == 100
         assert config.filter_enforced.default_value.numerator == 100
         assert config.enable_x_ratelimit_headers == ratelimit_pb2.DRAFT_VERSION_03
+        assert config.rate_limited_as_resource_exhausted  # gRPC callers: RESOURCE_EXHAUSTED
         (header,) = config.response_headers_to_add
         assert (header.header.key, header.header.value) == (
             "x-pilotfish-ratelimit",
