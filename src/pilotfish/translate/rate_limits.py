@@ -61,16 +61,12 @@ from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
 
 LOCAL_RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
 RATE_LIMIT_FILTER_NAME = "envoy.filters.http.ratelimit"
-# Envoy's response code details for the replies of each filter.
-LOCAL_RATE_LIMITED_DETAILS = "local_rate_limited"
+# Envoy's response code details for the global filter's replies.
 GLOBAL_RATE_LIMITED_DETAILS = "request_rate_limited"
 SERVICE_ERROR_DETAILS = "rate_limiter_error"
 # Distinct values a local rule keeps a bucket for, per replica; past it Envoy forgets the
 # least recently seen value (which then starts over with a full bucket).
 MAX_DYNAMIC_DESCRIPTORS = 10_000
-_FULL = percent_pb2.FractionalPercent(
-    numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED
-)
 _STAT_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
