@@ -107,10 +107,11 @@ def http_app() -> Iterator[int]:
 @dataclass
 class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """Records each call's domain and descriptors; says OVER_LIMIT for a descriptor with one
-    of ``over`` among its entries (naming its rule as the real service does), and answers
-    too late for one with an entry of ``slow``."""
+    of ``over`` among its entries (naming its rule as the real service does) or of
+    ``over_unnamed`` (naming none), and answers too late for one with an entry of ``slow``."""
 
     over: frozenset[tuple[str, str]] = frozenset()
+    over_unnamed: frozenset[tuple[str, str]] = frozenset()
     slow: frozenset[tuple[str, str]] = frozenset()
     calls: list[tuple[str, list[list[tuple[str, str]]]]] = field(default_factory=list)
 
@@ -124,9 +125,10 @@ class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
         for entries in descriptors:
             status = response.statuses.add(code=rls_pb2.RateLimitResponse.OK)
-            if set(entries) & self.over:
+            if set(entries) & (self.over | self.over_unnamed):
                 status.code = rls_pb2.RateLimitResponse.OVER_LIMIT
                 response.overall_code = rls_pb2.RateLimitResponse.OVER_LIMIT
+            if set(entries) & self.over:
                 response.response_headers_to_add.add(
                     key="x-pilotfish-ratelimit", value=entries[0][1]
                 )
@@ -321,6 +323,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
 ) -> None:
     servicer = RecordingRateLimitService(
         over=frozenset({("header:x-user", "mallory")}),
+        over_unnamed=frozenset({("header:x-user", "anon")}),
         slow=frozenset({("header:x-user", "sloth")}),
     )
     settings = RateLimitSettings(failure_mode="deny", timeout=0.05)
@@ -333,6 +336,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
         plain = get(proxy.port, "/other")
         alice = get(proxy.port, "/api/v1", {"x-user": "alice", "x-plan": "free"})
         mallory = get(proxy.port, "/api", {"x-user": "mallory"})
+        anon = get(proxy.port, "/api", {"x-user": "anon"})
         sloth = get(proxy.port, "/api", {"x-user": "sloth"})
         calls = list(servicer.calls)
 
@@ -362,6 +366,10 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
     assert mallory.body == (
         "pilotfish: backend-0 answered 429: rate limit default/limits global/0 "
         "(10 per Minute) [RL]\n"
+    )
+    assert anon.status == 429
+    assert anon.body == (
+        "pilotfish: backend-0 answered 429: the mesh's rate limit service said over limit [RL]\n"
     )
     # failureMode deny: a service that does not answer within the timeout refuses.
     assert sloth.status == 500
