@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tests.waiting import eventually, wait_until
 
-from pilotfish.admin.endpoints_api import endpoints_seen_by
+from pilotfish.admin.endpoints_api import LOG_NOT_READABLE, endpoints_seen_by
 from pilotfish.agent.bootstrap import build_bootstrap
 from pilotfish.agent.envoy_process import find_envoy_binary
 from pilotfish.agent.ports import free_port
@@ -271,7 +271,7 @@ async def test_what_cannot_be_seen_is_said(ejected: StaticEnvoy, tmp_path: Path)
     assert "ADMIN_ADDRESS" in str(entries["old-agent-0"]["error"])
     unreadable = entries["caller-0"]
     assert unreadable["error"] is None
-    assert "not-here.log: No such file" in str(unreadable["outlier_log_error"])
+    assert unreadable["outlier_log_error"] == f"{tmp_path}/not-here.log: {LOG_NOT_READABLE}"
     bad = _by_address(unreadable)[ejected.bad]
     assert bad["health"] == "EJECTED"  # still seen, only when and why are unknown
     assert bad["ejection"] == {

@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ ADMIN_TIMEOUT_SECONDS = 1.0
 # Each line is ~300 bytes: the last few hundred ejections of a proxy are more than enough to
 # find each host's latest one.
 LOG_TAIL_BYTES = 256 * 1024
+# One text for every way the read fails (see read_outlier_log).
+LOG_NOT_READABLE = "log not readable from the control plane"
 
 
 @dataclass(frozen=True)
@@ -186,21 +189,34 @@ async def _proxy_json(
 
 
 def read_outlier_log(path: str | None) -> tuple[list[OutlierEvent] | None, str | None]:
-    """The events at the end of a proxy's outlier event log, or why it cannot be read."""
+    """The events at the end of a proxy's outlier event log, or why it cannot be read.
+
+    The path is the proxy's word (its metadata), so only a regular file, not through a link,
+    is read, at most its last ``LOG_TAIL_BYTES``, and every failure reads the same: a FIFO
+    would block the thread, a device never ends, and a distinct error per cause would let a
+    proxy probe this machine's file system.
+    """
     if path is None:
         return None, "the proxy names no outlier event log (OUTLIER_LOG)"
     if not os.path.isabs(path):
         return None, f"{path}: not an absolute path"
     try:
-        with open(path, "rb") as log_file:
-            size = log_file.seek(0, os.SEEK_END)
-            log_file.seek(max(0, size - LOG_TAIL_BYTES))
-            tail = log_file.read()
-    except OSError as exc:
-        return None, (
-            f"{path}: {exc.strerror or exc} (read from the control plane's own file system)"
-        )
+        tail = _read_tail(path, LOG_TAIL_BYTES)
+    except OSError:
+        return None, f"{path}: {LOG_NOT_READABLE}"
     return parse_outlier_log(tail.decode("utf-8", "replace")), None
+
+
+def _read_tail(path: str, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        # pread never reads past ``limit``, even when Envoy appends meanwhile.
+        return os.pread(fd, limit, max(0, status.st_size - limit))
+    finally:
+        os.close(fd)
 
 
 def _host_port(address: str, port: int) -> str:
