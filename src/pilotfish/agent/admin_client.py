@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from pilotfish.errors import PilotfishError
 
+# Far above any config dump of a mesh run on one machine; only a peer that is no Envoy (or a
+# broken one) sends more, and reading it all would exhaust memory.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
 
 class AdminError(PilotfishError):
     """Envoy's admin endpoint could not be reached or answered nonsense."""
@@ -27,6 +31,7 @@ class EnvoyAdmin:
     host: str
     port: int
     timeout: float = 2.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def url(self) -> str:
@@ -60,7 +65,7 @@ class EnvoyAdmin:
             )
             writer.write(head.encode("ascii"))
             await writer.drain()
-            raw = await reader.read()
+            raw = await _read_at_most(reader, self.max_response_bytes)
         finally:
             writer.close()
             await writer.wait_closed()
@@ -70,6 +75,19 @@ class EnvoyAdmin:
         if b"transfer-encoding: chunked" in header_block.lower():
             body = _dechunk(body)
         return AdminResponse(status, body.decode("utf-8", "replace"))
+
+
+async def _read_at_most(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """All the peer sends until it closes, headers included, or ``ValueError`` as soon as
+    that passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await reader.read(64 * 1024):
+        total += len(chunk)
+        if total > limit:
+            raise ValueError(f"the answer is more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _dechunk(data: bytes) -> bytes:
