@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,12 @@ from pilotfish.agent.admin_client import AdminError, EnvoyAdmin
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.model.proxy import ProxyNode
 
+log = logging.getLogger("pilotfish.admin")
+
 ADMIN_TIMEOUT_SECONDS = 1.0
+# /clusters?format=json is ~1 KiB a host: room for thousands of endpoints. An ADMIN_ADDRESS
+# is the proxy's word, so whatever listens there must not make us read more.
+ADMIN_RESPONSE_BYTES = 8 * 1024 * 1024
 # Each line is ~300 bytes: the last few hundred ejections of a proxy are more than enough to
 # find each host's latest one.
 LOG_TAIL_BYTES = 256 * 1024
@@ -134,33 +140,45 @@ async def _ask(node: ProxyNode) -> _Asked:
             f"not asked: its Envoy admin {node.admin_address} is not a loopback address, and "
             "the control plane asks only Envoys on its own machine",
         )
-    admin = EnvoyAdmin(host, int(port), timeout=ADMIN_TIMEOUT_SECONDS)
+    admin = EnvoyAdmin(
+        host, int(port), timeout=ADMIN_TIMEOUT_SECONDS, max_response_bytes=ADMIN_RESPONSE_BYTES
+    )
     try:
-        info, clusters = await asyncio.gather(
-            admin.get("/server_info"), admin.get("/clusters?format=json")
-        )
+        clusters = await _clusters_of(admin, node.id)
     except AdminError as exc:
-        return _Asked(node, None, f"its Envoy admin did not answer: {exc}")
+        # The proxy hears one text whatever listens there (else the control plane would be
+        # its port scanner); the cause goes to our own log.
+        log.info("endpoints: proxy %s: %s", node.id, exc)
+        return _Asked(
+            node,
+            None,
+            f"its Envoy admin {node.admin_address} did not answer as this proxy's Envoy "
+            "(nothing listens there, it is no Envoy, or the Envoy of another node: is the "
+            "proxy on another machine?)",
+        )
+    return _Asked(node, clusters, None)
+
+
+async def _clusters_of(admin: EnvoyAdmin, node_id: str) -> Mapping[str, object]:
+    """``/clusters`` of the Envoy behind ``admin``, if it is the Envoy of ``node_id``."""
+    info, clusters = await asyncio.gather(
+        admin.get("/server_info"), admin.get("/clusters?format=json")
+    )
+    if info.status != 200 or clusters.status != 200:
+        status = clusters.status if info.status == 200 else info.status
+        raise AdminError(f"{admin.url} answered HTTP {status}")
     try:
-        if info.status != 200 or clusters.status != 200:
-            status = clusters.status if info.status == 200 else info.status
-            return _Asked(node, None, f"its Envoy admin answered HTTP {status}")
         answered_for = json.loads(info.body).get("node", {}).get("id")
         body = json.loads(clusters.body)
         if not isinstance(body, dict):
             raise ValueError(f"/clusters is a {type(body).__name__}, not an object")
     except (ValueError, AttributeError) as exc:
-        return _Asked(node, None, f"its Envoy admin answered no JSON object: {exc}")
-    if answered_for != node.id:
+        raise AdminError(f"{admin.url} answered no JSON object: {exc}") from exc
+    if answered_for != node_id:
         # A port reused by another Envoy, or a proxy on another machine naming its own
         # loopback: either way this is not its view.
-        return _Asked(
-            node,
-            None,
-            f"the Envoy at {node.admin_address} is node {answered_for!r}, not this proxy "
-            "(is the proxy on another machine?)",
-        )
-    return _Asked(node, body, None)
+        raise AdminError(f"{admin.url} is the Envoy of node {answered_for!r}")
+    return body
 
 
 async def _proxy_json(
