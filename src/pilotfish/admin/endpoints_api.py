@@ -16,7 +16,6 @@ runs every proxy. A proxy elsewhere names its own loopback, which the node id ch
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from pilotfish.admin.endpoint_health import (
 )
 from pilotfish.agent.admin_client import AdminError, EnvoyAdmin
 from pilotfish.controller.control_plane import ControlPlane
+from pilotfish.model.addresses import is_loopback
 from pilotfish.model.proxy import ProxyNode
 
 log = logging.getLogger("pilotfish.admin")
@@ -133,7 +133,7 @@ async def _ask(node: ProxyNode) -> _Asked:
         return _Asked(node, None, "its node metadata names no Envoy admin (ADMIN_ADDRESS)")
     host, _, port = node.admin_address.rpartition(":")
     host = host.strip("[]")
-    if not _is_loopback(host) or not port.isdigit():
+    if not is_loopback(host) or not port.isdigit():
         return _Asked(
             node,
             None,
@@ -239,12 +239,3 @@ def _read_tail(path: str, limit: int) -> bytes:
 
 def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyStartError
 from pilotfish.agent.ports import free_port
 from pilotfish.agent.supervisor import Sidecar
 from pilotfish.agent.workload_certificate import WorkloadCertificates
+from pilotfish.model.addresses import is_loopback
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Protocol
@@ -139,7 +139,7 @@ def certificates_from_arguments(
             f"--cert-ttl must be a positive number of seconds, not {args.cert_ttl:g}"
         )
     host, port = args.ca_address or args.xds
-    if not _is_loopback(host):
+    if not is_loopback(host):
         flag = "--ca-address" if args.ca_address else "--xds (where the CA is by default)"
         raise AgentArgumentError(
             f"{flag} {host}:{port}: the CA must be on this machine (127.0.0.1, ::1 or "
@@ -232,15 +232,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # another host name: it may resolve anywhere
 
 
 def _label(text: str) -> tuple[str, str]:
