@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.services import MeshView
+
 OUTBOUND = "outbound"
 
 Health = Literal[
@@ -261,6 +264,60 @@ def match_services(query: str, hostnames: Iterable[str]) -> list[str]:
     if query in known:
         return [query]
     return [h for h in known if h.startswith(query + ".")]
+
+
+@dataclass(frozen=True)
+class EndpointsQuery:
+    """What ``GET /api/endpoints`` asks: one service, of which proxies, with which names."""
+
+    hostname: str
+    nodes: tuple[ProxyNode, ...]
+    """Sorted by id: every connected proxy, or the one the query names."""
+    names: Mapping[str, str]
+    """The registry's endpoint name per ``host:port``."""
+    every: bool
+    """A named proxy is listed even when it does not see the service."""
+
+
+@dataclass(frozen=True)
+class QueryProblem:
+    status: int
+    message: str
+
+
+def resolve_endpoints_query(
+    service: str, proxy: str | None, view: MeshView | None, connected: Iterable[ProxyNode]
+) -> EndpointsQuery | QueryProblem:
+    """The query ``service`` (a name or hostname, see ``match_services``) and ``proxy`` (a
+    node id, or None for every one) make of the mesh ``view`` and the ``connected`` proxies,
+    or why they make none, with the HTTP status to answer."""
+    if not service:
+        return QueryProblem(400, "service: the name or hostname of a service is required")
+    hostnames = list(view.services) if view is not None else []
+    matches = match_services(service, hostnames)
+    if not matches:
+        known = ", ".join(sorted(hostnames)) or "none yet"
+        return QueryProblem(404, f"service: no service {service!r}; the services are: {known}")
+    if len(matches) > 1:
+        return QueryProblem(400, f"service: {service!r} names {', '.join(matches)}: say which")
+    hostname = matches[0]
+    nodes = sorted(connected, key=lambda n: n.id)
+    if proxy is not None:
+        listing = ", ".join(n.id for n in nodes) or "none"
+        nodes = [n for n in nodes if n.id == proxy]
+        if not nodes:
+            return QueryProblem(404, f"proxy: no connected proxy {proxy!r}; they are: {listing}")
+    names = {
+        _host_port(e.address, port): e.name
+        for e in (view.endpoints_of(hostname) if view is not None else ())
+        for port in e.ports.values()
+        if e.name
+    }
+    return EndpointsQuery(hostname, tuple(nodes), names, every=proxy is not None)
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def proxy_endpoints_json(

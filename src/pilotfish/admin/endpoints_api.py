@@ -27,11 +27,12 @@ from aiohttp import web
 
 from pilotfish.admin.endpoint_health import (
     OutlierEvent,
+    QueryProblem,
     ejected_count,
     latest_ejections,
-    match_services,
     parse_outlier_log,
     proxy_endpoints_json,
+    resolve_endpoints_query,
     service_clusters,
 )
 from pilotfish.agent.admin_client import AdminError, EnvoyAdmin
@@ -63,33 +64,18 @@ class _Asked:
 
 def add_endpoint_routes(app: web.Application, control_plane: ControlPlane) -> None:
     async def endpoints(request: web.Request) -> web.Response:
-        view = control_plane.controller.view
-        query = request.query.get("service", "")
-        if not query:
-            return _error(400, "service: the name or hostname of a service is required")
-        hostnames = list(view.services) if view is not None else []
-        matches = match_services(query, hostnames)
-        if not matches:
-            known = ", ".join(sorted(hostnames)) or "none yet"
-            return _error(404, f"service: no service {query!r}; the services are: {known}")
-        if len(matches) > 1:
-            return _error(400, f"service: {query!r} names {', '.join(matches)}: say which")
-        hostname = matches[0]
-        nodes = sorted(control_plane.nodes.connected_nodes(), key=lambda n: n.id)
-        wanted = request.query.get("proxy") or None
-        if wanted is not None:
-            nodes = [n for n in nodes if n.id == wanted]
-            if not nodes:
-                listing = ", ".join(n.id for n in control_plane.nodes.connected_nodes())
-                return _error(404, f"proxy: no connected proxy {wanted!r}; they are: {listing}")
-        names = {
-            _host_port(e.address, port): e.name
-            for e in (view.endpoints_of(hostname) if view is not None else ())
-            for port in e.ports.values()
-            if e.name
-        }
-        proxies = await endpoints_seen_by(nodes, hostname, names, every=wanted is not None)
-        return web.json_response({"service": hostname, "proxies": proxies})
+        query = resolve_endpoints_query(
+            request.query.get("service", ""),
+            request.query.get("proxy") or None,
+            control_plane.controller.view,
+            control_plane.nodes.connected_nodes(),
+        )
+        if isinstance(query, QueryProblem):
+            return _error(query.status, query.message)
+        proxies = await endpoints_seen_by(
+            query.nodes, query.hostname, query.names, every=query.every
+        )
+        return web.json_response({"service": query.hostname, "proxies": proxies})
 
     async def ejections(_: web.Request) -> web.Response:
         nodes = sorted(control_plane.nodes.connected_nodes(), key=lambda n: n.id)
@@ -235,7 +221,3 @@ def _read_tail(path: str, limit: int) -> bytes:
         return os.pread(fd, limit, max(0, status.st_size - limit))
     finally:
         os.close(fd)
-
-
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
