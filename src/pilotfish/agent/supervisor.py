@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,8 +251,8 @@ class Sidecar:
     With ``telemetry_address`` (the control plane's admin port), Envoy sends its spans there.
 
     Envoy appends each outlier ejection to ``OUTLIER_LOG_NAME`` in ``work_dir`` (unless the
-    node names another file), kept across restarts; the node's metadata names it, so the
-    control plane can say when and why an endpoint was ejected.
+    node names another file), emptied before each Envoy starts; the node's metadata names it,
+    so the control plane can say when and why an endpoint was ejected.
     """
 
     def __init__(
@@ -293,10 +294,11 @@ class Sidecar:
             options = dataclasses.replace(options, log_level=log_level)
         self._options = options
         self._work_dir = work_dir
+        self._make_process = process_factory or self._new_envoy_process
         self._on_output = on_line
         self._supervisor: Supervisor[SupervisedEnvoy] = Supervisor(
             self.name,
-            process_factory or self._new_envoy_process,
+            self._next_process,
             policy=restart_policy,
             on_started=self._announce,
         )
@@ -371,6 +373,12 @@ class Sidecar:
         if sds is not None:
             await sds.stop()
 
+    def _next_process(self) -> SupervisedEnvoy:
+        # A new Envoy holds no ejections: the last one's events would describe hosts it no
+        # longer sees that way, and kept across restarts the log would grow without bound.
+        _empty(self.node.outlier_log)
+        return self._make_process()
+
     def _new_envoy_process(self) -> SupervisedEnvoy:
         return EnvoyProcess(
             self.bootstrap,
@@ -382,3 +390,14 @@ class Sidecar:
 
     async def _announce(self, process: SupervisedEnvoy) -> None:
         log.info("%s ready (pid %s, admin %s)", self.name, process.pid, process.admin_url)
+
+
+def _empty(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        os.truncate(path, 0)
+    except FileNotFoundError:
+        pass  # Envoy creates it at its first ejection
+    except OSError as exc:
+        log.warning("outlier event log %s not emptied (%s): it keeps growing", path, exc.strerror)

@@ -288,3 +288,20 @@ def test_a_long_enough_run_resets_the_failure_count(failures: int, uptime: float
     policy = RestartPolicy(stable_after=30.0)
     after = policy.failures_after_exit(failures, uptime)
     assert after == (1 if uptime >= 30.0 else failures + 1)
+
+
+async def test_each_envoy_starts_with_an_empty_outlier_log(tmp_path: Path) -> None:
+    # The events of an Envoy that is gone describe ejections it no longer holds, and kept
+    # across restarts the file would grow without bound.
+    log = tmp_path / OUTLIER_LOG_NAME
+    log.write_text('{"action":"EJECT"}\n' * 100)
+    fleet = Fleet()
+    sidecar = make_sidecar(fleet, tmp_path)
+    await sidecar.start()
+    first = await fleet.started.get()
+    assert log.read_bytes() == b""
+    log.write_text('{"action":"EJECT"}\n')
+    first.crash(-9)
+    await asyncio.wait_for(fleet.started.get(), 5)
+    assert log.read_bytes() == b""
+    await sidecar.shutdown(drain_seconds=1)
