@@ -10,7 +10,10 @@ and why a host was ejected. A proxy that cannot be asked is listed with the reas
 left out: it may be the one that sees the service differently. Only Envoys on loopback are
 asked, and the log is read from this machine's file system: that is where ``pilotfish up``
 runs every proxy. A proxy elsewhere names its own loopback, which the node id check of
-``/server_info`` tells apart; a log that cannot be read leaves since and why null, saying why.
+``/server_info`` tells apart; a log that cannot be read leaves since and why null, saying so.
+Both the admin address and the log path are the proxy's word: answers are read up to a cap,
+only a regular file is read, and each kind of failure has one text whatever its cause, so
+that a proxy cannot use the control plane to probe this machine's ports or files.
 """
 
 from __future__ import annotations
