@@ -6,6 +6,7 @@ from typing import cast
 
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
+from pilotfish.load.parse_locality import read_locality_lb_setting
 from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
@@ -41,7 +42,6 @@ POLICY_NOT_IMPLEMENTED = {
 
 LB_FIELDS = ("simple", "consistentHash")
 LB_NOT_IMPLEMENTED = {
-    "localityLbSetting": "endpoints are picked regardless of their locality",
     "zoneAwareLbSetting": "endpoints are picked regardless of their zone",
     "warmupDurationSecs": "new endpoints get their full share of traffic at once",
     "warmup": "new endpoints get their full share of traffic at once",
@@ -255,7 +255,9 @@ def _check_connection_pool(reader: FieldReader, fields: Fields, path: str) -> No
 
 
 def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalancer | None:
-    balancer = reader.child_mapping(fields, "loadBalancer", path, LB_FIELDS, LB_NOT_IMPLEMENTED)
+    balancer = reader.child_mapping(
+        fields, "loadBalancer", path, (*LB_FIELDS, "localityLbSetting"), LB_NOT_IMPLEMENTED
+    )
     if balancer is None:
         return None
     balancer_path = join_path(path, "loadBalancer")
@@ -274,6 +276,12 @@ def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalanc
     return LoadBalancer(
         simple=cast(SimpleLB, simple) if simple is not None else None,
         consistent_hash=_consistent_hash(reader, balancer, balancer_path),
+        locality_lb_setting=read_locality_lb_setting(
+            reader,
+            balancer,
+            balancer_path,
+            outlier_detection=fields.get("outlierDetection") is not None,
+        ),
     )
 
 

@@ -467,7 +467,6 @@ def test_values_of_warned_about_policies_are_still_checked(
 @pytest.mark.parametrize(
     ("balancer", "consequence"),
     [
-        ("{localityLbSetting: {enabled: true}}", "regardless of their locality"),
         ("{warmup: {duration: 60s}}", "full share of traffic at once"),
         ("{simple: RANDOM, zoneAwareLbSetting: {enabled: true}}", "regardless of their zone"),
     ],

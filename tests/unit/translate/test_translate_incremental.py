@@ -103,8 +103,13 @@ def test_an_endpoint_change_rebuilds_only_that_services_outputs() -> None:
     cache.publish(view)
     second = cache.snapshot_for(SIDECAR)
 
-    # api's clusters and assignments; routes, listeners and other services are kept.
-    assert built_since(cache, before) == {"outbound-clusters": 1, "load-assignments": 1}
+    # api's clusters and assignments; routes, listeners and other services are kept. The
+    # locality-aware assignments (none here) follow every endpoint change.
+    assert built_since(cache, before) == {
+        "outbound-clusters": 1,
+        "load-assignments": 1,
+        "locality-load-assignments": 1,
+    }
     assert first is not None and second is not None
     assert second.of_type(type_urls.ROUTE) is first.of_type(type_urls.ROUTE)
     assert second.of_type(type_urls.LISTENER) is first.of_type(type_urls.LISTENER)
@@ -129,6 +134,7 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         "outbound-clusters": 3,
         "jwks-clusters": 1,
         "load-assignments": 3,
+        "locality-load-assignments": 1,
         "outbound-routes": 1,
         # The outbound listener reads the mesh's telemetry settings; rebuilt, it packs to
         # the same bytes and version when they did not change, so nothing is sent.
