@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from conftest import BACKEND, http_port, meta, mesh_service, view_of
+from conftest import BACKEND, http_port, mesh_service, meta, view_of
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from pilotfish.model.proxy import ProxyNode
