@@ -8,6 +8,8 @@ from dataclasses import replace
 from conftest import BACKEND, http_port, mesh_service, meta, view_of
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from pilotfish.discovery import build_view
+from pilotfish.load import load_text
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resilience import (
     LocalityDistribution,
@@ -334,3 +336,35 @@ def test_callers_in_one_locality_share_one_assignment_and_the_rest_share_theirs(
     assert len({id(found[n]) for n in ("a-0", "b-0", "x-0")}) == 3
     stats = cache.stats().generators["locality-load-assignments"]
     assert stats.misses == 3  # one build per locality (and one for none)
+
+
+def test_service_entry_and_workload_entry_endpoints_carry_their_locality() -> None:
+    result = load_text(
+        """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [ext.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.2, locality: eu-west/b}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms}
+spec:
+  hosts: [vms.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: vm}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1}
+spec: {address: 10.0.0.3, labels: {app: vm}, locality: us-east/a/1}
+""",
+        "entries.yaml",
+    )
+    assert result.config is not None, result.diagnostics
+    view = build_view(result.config)
+    assert [e.locality for e in view.endpoints_of("ext.example.com")] == ["eu-west/b"]
+    assert [e.locality for e in view.endpoints_of("vms.example.com")] == ["us-east/a/1"]
