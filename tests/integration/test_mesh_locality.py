@@ -125,9 +125,6 @@ def test_traffic_stays_in_the_callers_zone_while_it_is_healthy(mesh: RunningMesh
     assert batch(mesh) == Counter({"backend-a-0": BATCH})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="outlier detection is not translated to Envoy yet (the pools branch)"
-)
 def test_traffic_moves_to_the_other_zone_when_the_zone_fails_and_comes_back(
     mesh: RunningMesh, failing: Path
 ) -> None:
