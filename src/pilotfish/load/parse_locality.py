@@ -55,7 +55,6 @@ def read_locality_lb_setting(
     if setting.get("distribute") and setting.get("failover"):
         reader.error(setting_path, "set distribute or failover, not both (Istio refuses both)")
     if failover:
-        # The topology labels say what failover already says.
         for index, label in enumerate(priority):
             if label in TOPOLOGY_LABELS:
                 reader.error(
@@ -65,9 +64,10 @@ def read_locality_lb_setting(
     if (setting.get("failover") or setting.get("failoverPriority")) and not outlier_detection:
         reader.warning(
             setting_path,
-            "failover has no effect without outlierDetection in this trafficPolicy: as in "
-            "Istio, only ejected endpoints make traffic leave the caller's locality, so "
-            "until one is set the endpoints of every locality share the traffic",
+            "failover needs outlierDetection and this trafficPolicy sets none: as in Istio, "
+            "only ejected endpoints make traffic leave the caller's locality, so unless it "
+            "inherits one (a subset from its rule) the endpoints of every locality share "
+            "the traffic",
         )
     return LocalityLbSetting(
         distribute=tuple(distribute),

@@ -153,7 +153,9 @@ def test_distribute_and_failover_together_are_refused() -> None:
 
 def test_failover_without_outlier_detection_warns_what_happens() -> None:
     text, result = load_setting("failover: [{from: a, to: b}]", outlier=False)
-    warning = assert_at(result, text, SETTING, "localityLbSetting", "no effect", severity="warning")
+    warning = assert_at(
+        result, text, SETTING, "localityLbSetting", "needs outlierDetection", severity="warning"
+    )
     assert "every locality share the traffic" in warning.message
     assert result.config is not None  # a warning, as in Istio
 
