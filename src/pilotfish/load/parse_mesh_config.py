@@ -29,6 +29,10 @@ At most one per folder. Field names follow Istio's MeshConfig where it has them:
       - name: zipkin
         zipkin: {service: 127.0.0.1, port: 9411}
       defaultProviders: {tracing: [otel]}
+      rateLimit:                        # global rate limits (parse_rate_limit_settings)
+        redis: {address: 127.0.0.1:6379}  # counters in Redis; default the control plane's memory
+        failureMode: allow              # or deny: when the service or its Redis fails
+        timeout: 20ms                   # how long a proxy waits for a decision
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import re
 
 from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, PORT_MAX, FieldReader, Fields
+from pilotfish.load.parse_rate_limit_settings import parse_rate_limit_settings
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import (
     DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE,
@@ -69,6 +74,7 @@ SPEC_FIELDS = (
     "defaultProviders",
     "enableTracing",
     "enableRequestTelemetry",
+    "rateLimit",
 )
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
@@ -190,6 +196,7 @@ def parse_mesh_config(
         if certificates is not None
         else CertificateSettings(),
         telemetry=_telemetry(reader, spec),
+        rate_limit=parse_rate_limit_settings(reader, spec),
     )
 
 
