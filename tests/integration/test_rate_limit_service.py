@@ -288,7 +288,9 @@ async def test_a_hung_redis_is_answered_unavailable_then_counted_again(
 
 
 async def test_the_control_plane_serves_it_on_the_xds_port(
-    tmp_path: Path, clients: Callable[[int], rls_pb2_grpc.RateLimitServiceStub]
+    tmp_path: Path,
+    clients: Callable[[int], rls_pb2_grpc.RateLimitServiceStub],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     (tmp_path / "mesh.yaml").write_text(
         "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\n"
@@ -298,10 +300,14 @@ async def test_the_control_plane_serves_it_on_the_xds_port(
     await control_plane.start()
     try:
         stub = clients(control_plane.xds_port)
-        # The folder has no RateLimitPolicy: a proxy asking about a rule is let through.
-        response = await stub.ShouldRateLimit(ask("alice"))
-        assert response.overall_code == OK
-        assert not response.statuses[0].HasField("current_limit")
+        # The folder has no RateLimitPolicy: a proxy asking about a rule is let through,
+        # and that is logged once.
+        for user in ("alice", "bob"):
+            response = await stub.ShouldRateLimit(ask(user))
+            assert response.overall_code == OK
+            assert not response.statuses[0].HasField("current_limit")
+        unknown = [r for r in caplog.records if "served config does not have" in r.getMessage()]
+        assert len(unknown) == 1 and RULE in unknown[0].getMessage()
         metrics = render(control_plane.metric_families())
         assert 'pilotfish_ratelimit_failure_mode{mode="deny"} 1' in metrics
         assert 'pilotfish_ratelimit_failure_mode{mode="allow"} 0' in metrics
