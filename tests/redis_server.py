@@ -23,6 +23,10 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 

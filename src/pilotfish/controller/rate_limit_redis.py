@@ -1,11 +1,14 @@
 """The global rate limit counters in Redis (``MeshConfig.spec.rateLimit.redis``), so that
 several control planes share them.
 
-Per request one pipeline, not a transaction: for each counter an INCRBY of its hits and an
-EXPIRE of the window's length, as envoyproxy/ratelimit does (the counter outlives its
-window by at most a window, and a key never lingers without a TTL). redis-py reconnects by
-itself on the next call after Redis comes back; its own retries are off, since a retried
-INCRBY may count a request twice, and the whole call has the proxies' deadline.
+For each counter an INCRBY of its hits and an EXPIRE of the window's length, pipelined, not
+a transaction, as envoyproxy/ratelimit does (the counter outlives its window by at most a
+window, and a key never lingers without a TTL). The calls that arrive in one turn of the
+event loop share one pipeline, as envoyproxy/ratelimit's write buffering makes its calls
+share a write: a round trip and redis-py's cost per pipeline are paid once per turn, not per
+request. redis-py reconnects by itself on the next call after Redis comes back; its own
+retries are off, since a retried INCRBY may count a request twice, and each pipeline has
+the proxies' deadline.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class RedisCounters:
         host, _, port = address.rpartition(":")
         self.address = address
         self.timeout = timeout
+        self._pending: list[tuple[Sequence[Increment], asyncio.Future[list[int]]]] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
         self._client = Redis(
             host=host.strip("[]"),
             port=int(port),
@@ -47,6 +53,38 @@ class RedisCounters:
     async def increment(self, increments: Sequence[Increment]) -> list[int]:
         if not increments:
             return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._pending.append((increments, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(
+        self, batch: Sequence[tuple[Sequence[Increment], asyncio.Future[list[int]]]]
+    ) -> None:
+        try:
+            counts = await self._send([item for increments, _ in batch for item in increments])
+        except CounterStoreError as exc:
+            for _, future in batch:
+                if not future.done():  # a caller that gave up cancelled its own
+                    future.set_exception(CounterStoreError(str(exc)))
+            return
+        start = 0
+        for increments, future in batch:
+            if not future.done():
+                future.set_result(counts[start : start + len(increments)])
+            start += len(increments)
+
+    async def _send(self, increments: Sequence[Increment]) -> list[int]:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -71,4 +109,5 @@ class RedisCounters:
             await self._client.connection_pool.disconnect()
 
     async def close(self) -> None:
+        await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._client.aclose()

@@ -70,6 +70,8 @@ _UNITS: dict[RateLimitUnit, int] = {
     "Hour": rls_pb2.RateLimitResponse.RateLimit.HOUR,
     "Day": rls_pb2.RateLimitResponse.RateLimit.DAY,
 }
+# The protocol's counts are uint32; a larger limit is shown (not enforced) as the largest.
+_UINT32_MAX = 2**32 - 1
 _FAILURE_WORDS = {
     "allow": "the proxies let the requests the global limits cover through (failureMode allow)",
     "deny": "the proxies refuse the requests the global limits cover (failureMode deny)",
@@ -264,10 +266,10 @@ def decision_to_proto(decision: Decision) -> rls_pb2.RateLimitResponse:
         planned = item.planned
         if isinstance(planned, Counted):
             limit = planned.rule.rule.limit
-            status.current_limit.requests_per_unit = limit.requests
+            status.current_limit.requests_per_unit = min(limit.requests, _UINT32_MAX)
             status.current_limit.unit = _UNITS[limit.unit]  # type: ignore[assignment]
             status.current_limit.name = planned.rule.id
-            status.limit_remaining = item.limit_remaining
+            status.limit_remaining = min(item.limit_remaining, _UINT32_MAX)
             status.duration_until_reset.seconds = planned.reset_seconds
     if decision.code == "OVER_LIMIT":
         header = response.response_headers_to_add.add()

@@ -1,0 +1,250 @@
+"""Global rate limit decisions per second of the built-in service, in memory and with Redis.
+
+The real servicer (``RateLimitService`` on a grpc.aio server, as the control plane serves it
+on its xDS port) runs in a subprocess pinned to CPU 0, with one global rule (a Distinct
+header) whose limit is never reached, so every call is a full decision: plan, count, decide,
+answer. ``h2load`` (nghttp2-client), pinned to CPU 1, sends the same serialized
+``ShouldRateLimit`` call as gRPC over h2c from several connections with several streams
+each, as the mesh's Envoys do over their one xDS connection each. With Redis, a
+``redis-server`` (``--save ''``) runs on CPU 1 too, next to the load. The two stores run
+interleaved, ``--repetitions`` times each, each run with a fresh service process; medians are
+reported, and the service's own count of decisions and of store errors checks that every
+call was decided (h2load sees an HTTP 200 for a gRPC error too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from bench_report import (
+    REPO,
+    cpu_seconds,
+    die_with_parent,
+    format_table,
+    machine_facts,
+    median,
+    pin_to_cpu,
+    terminate_on_sigterm,
+    write_results,
+)
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+
+sys.path.insert(0, str(REPO / "tests"))
+from pilotfish.controller.rate_limit_service import RateLimitService, rate_limit_method_handlers
+from pilotfish.model.rate_limits import RateLimitSettings
+from pilotfish.model.resources import MeshConfig, MeshSettings
+from rate_limit_policies import global_policy, mesh_with, rule
+from redis_server import RedisServer
+
+METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+RULE = "default/bench/global/0"
+NEVER_REACHED = 10**9
+STORES = ("memory", "redis")
+
+
+def request_body() -> bytes:
+    """One ShouldRateLimit call as gRPC frames it: no compression, length, message."""
+    entries = [("pilotfish_rule", RULE), ("header:x-user", "alice")]
+    descriptor = ratelimit_pb2.RateLimitDescriptor(
+        entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries]
+    )
+    message = rls_pb2.RateLimitRequest(domain="pilotfish", descriptors=[descriptor])
+    payload: bytes = message.SerializeToString()
+    return struct.pack(">BI", 0, len(payload)) + payload
+
+
+def bench_config(redis_address: str | None, timeout: float) -> MeshConfig:
+    config = mesh_with(
+        global_policy("bench", rule(NEVER_REACHED, "Hour", distinct_header="x-user"))
+    )
+    if redis_address is None:
+        return config
+    settings = RateLimitSettings(redis_address=redis_address, timeout=timeout)
+    return replace(config, mesh=MeshSettings(rate_limit=settings))
+
+
+# --- the service's process -------------------------------------------------------------------
+
+
+async def serve(
+    redis_address: str | None, timeout: float, port_file: Path, stats_file: Path
+) -> None:
+    config = bench_config(redis_address, timeout)
+    service = RateLimitService(lambda: config)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(rate_limit_method_handlers(service))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    port_file.write_text(str(port))
+    await stop.wait()
+    await server.stop(0)
+    await service.close()
+    stats_file.write_text(
+        json.dumps({"decisions": sum(service.decisions.values()), "errors": service.store_errors})
+    )
+
+
+def start_service(
+    folder: Path, redis_address: str | None, timeout: float
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port_file, stats_file = folder / "port", folder / "stats.json"
+    for stale in (port_file, stats_file):
+        stale.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--serve", str(folder), "--timeout", str(timeout)]
+    if redis_address is not None:
+        command += ["--redis", redis_address]
+    child = subprocess.Popen(command, preexec_fn=die_with_parent)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the rate limit service did not start")
+        time.sleep(0.05)
+    pin_to_cpu(child.pid, 0)
+    return child, int(port_file.read_text()), stats_file
+
+
+def stop_service(child: subprocess.Popen[bytes], stats_file: Path) -> dict[str, int]:
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=30)
+    stats: dict[str, int] = json.loads(stats_file.read_text())
+    return stats
+
+
+# --- the load ----------------------------------------------------------------------------------
+
+
+def h2load(port: int, body: Path, args: argparse.Namespace) -> dict[str, float]:
+    command = [
+        "taskset", "-c", "1", "h2load",
+        "-c", str(args.connections), "-m", str(args.streams),
+        "--warm-up-time", "1", "-D", str(args.seconds),
+        "-d", str(body),
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"http://127.0.0.1:{port}{METHOD}",
+    ]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    rate = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if rate is None or done is None or mean is None:
+        raise RuntimeError(f"unexpected h2load output:\n{out}")
+    return {
+        "per_second": float(rate[1]),
+        "done": float(done[1]),
+        "succeeded": float(done[2]),
+        "mean_ms": _milliseconds(mean[1]),
+    }
+
+
+def _milliseconds(text: str) -> float:
+    for suffix, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    raise RuntimeError(f"not a duration: {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per run")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=8, help="concurrent calls per connection")
+    parser.add_argument("--timeout", type=float, default=0.02, help="the Redis deadline (s)")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        asyncio.run(serve(args.redis, args.timeout, args.serve / "port", args.serve / "stats.json"))
+        return
+    facts = machine_facts()
+    runs: dict[str, list[dict[str, float]]] = {store: [] for store in STORES}
+    with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-rl-") as temp:
+        folder = Path(temp)
+        body = folder / "request.bin"
+        body.write_bytes(request_body())
+        redis_server = RedisServer(folder)
+        redis_server.start()
+        try:
+            assert redis_server.pid is not None
+            pin_to_cpu(redis_server.pid, 1)
+            for repetition in range(args.repetitions):
+                for store in STORES:
+                    address = redis_server.address if store == "redis" else None
+                    child, port, stats_file = start_service(folder, address, args.timeout)
+                    try:
+                        cpu_before = cpu_seconds(child.pid)
+                        load = h2load(port, body, args)
+                        cpu = cpu_seconds(child.pid) - cpu_before
+                    finally:
+                        stats = stop_service(child, stats_file)
+                    load.update(
+                        decisions=stats["decisions"],
+                        errors=stats["errors"],
+                        cpu_us=cpu / max(1, stats["decisions"] + stats["errors"]) * 1e6,
+                    )
+                    runs[store].append(load)
+                    print(
+                        f"run {repetition + 1} {store}: {load['per_second']:.0f} decisions/s, "
+                        f"mean {load['mean_ms']:.2f} ms, {load['cpu_us']:.0f} us of service CPU "
+                        f"per call, {stats['errors']} store errors",
+                        flush=True,
+                    )
+        finally:
+            redis_server.stop()
+    memory = median([r["per_second"] for r in runs["memory"]])
+    rows = []
+    for store in STORES:
+        rate = median([r["per_second"] for r in runs[store]])
+        rows.append(
+            (
+                store,
+                f"{rate:.0f}",
+                f"{rate / memory:.2f}x",
+                f"{median([r['mean_ms'] for r in runs[store]]):.2f}",
+                f"{median([r['cpu_us'] for r in runs[store]]):.0f}",
+                f"{1e6 / median([r['cpu_us'] for r in runs[store]]):.0f}",
+                f"{sum(r['errors'] for r in runs[store]):.0f}",
+            )
+        )
+    concurrency = args.connections * args.streams
+    table = (
+        f"ShouldRateLimit, {args.connections} connections x {args.streams} streams "
+        f"({concurrency} calls in flight), {args.seconds} s per run, medians of "
+        f"{args.repetitions}; service on CPU 0, h2load and Redis on CPU 1\n"
+        + format_table(
+            (
+                "store",
+                "decisions/s",
+                "vs memory",
+                "mean ms/call",
+                "service CPU us/call",
+                "calls per CPU-s",
+                "store errors",
+            ),
+            rows,
+        )
+    )
+    print(table)
+    path = write_results(
+        "rate_limit", facts, {"args": vars(args) | {"serve": None}, "runs": runs}, table
+    )
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
