@@ -41,7 +41,7 @@ from pilotfish.ratelimit.decisions import (
     increments,
     plan_request,
     refusal_body,
-    refusing_rules,
+    refusing_rule,
 )
 from pilotfish.ratelimit.outage import StoreOutage
 from pilotfish.ratelimit.rules import RuleIndex
@@ -271,10 +271,11 @@ def decision_to_proto(decision: Decision) -> rls_pb2.RateLimitResponse:
             status.current_limit.name = planned.rule.id
             status.limit_remaining = min(item.limit_remaining, _UINT32_MAX)
             status.duration_until_reset.seconds = planned.reset_seconds
-    if decision.code == "OVER_LIMIT":
+    refusing = refusing_rule(decision)
+    if refusing is not None:
         header = response.response_headers_to_add.add()
         header.key = RATE_LIMIT_RULE_HEADER
-        header.value = ", ".join(refusing_rules(decision))
+        header.value = refusing
         response.raw_body = refusal_body(decision).encode()
     return response
 

@@ -172,10 +172,10 @@ def refusal_body(decision: Decision) -> str:
     return "pilotfish: " + "; ".join(clauses) + " [RL]"
 
 
-def refusing_rules(decision: Decision) -> list[str]:
-    """The ids of the rules over their limit, each once, in order."""
-    ids: list[str] = []
+def refusing_rule(decision: Decision) -> str | None:
+    """The id of the first rule over its limit: the proxies' 429 body mappers match the
+    rule header's value against one rule id each."""
     for item in decision.over_limit:
-        if item.rule is not None and item.rule.id not in ids:
-            ids.append(item.rule.id)
-    return ids
+        if item.rule is not None:
+            return item.rule.id
+    return None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfish.model.rate_limits import RateLimitPolicy
+from pilotfish.model.rate_limits import SOURCE_DESCRIPTOR_KEY, RateLimitPolicy
 from pilotfish.ratelimit.decisions import (
     Counted,
     Decision,
@@ -12,7 +12,7 @@ from pilotfish.ratelimit.decisions import (
     increments,
     plan_request,
     refusal_body,
-    refusing_rules,
+    refusing_rule,
 )
 from pilotfish.ratelimit.rules import RuleIndex
 from pilotfish.ratelimit.stores import MemoryCounters
@@ -122,7 +122,9 @@ def test_exact_source_cidr_counts_addresses_inside_it_together_and_others_not_at
     harness = Harness(policy)
 
     def source(address: str) -> RequestDescriptor:
-        return RequestDescriptor((rule_entry("default/office/global/0"), ("source", address)))
+        return RequestDescriptor(
+            (rule_entry("default/office/global/0"), (SOURCE_DESCRIPTOR_KEY, address))
+        )
 
     assert harness.ask(source("10.1.2.3")).code == "OK"
     assert harness.ask(source("10.1.9.9")).code == "OK"
@@ -138,7 +140,9 @@ def test_distinct_source_groups_addresses_by_the_prefix_length() -> None:
     harness = Harness(global_policy("per-net", rule(1, source=("Distinct", "0.0.0.0/24"))))
 
     def source(address: str) -> RequestDescriptor:
-        return RequestDescriptor((rule_entry("default/per-net/global/0"), ("source", address)))
+        return RequestDescriptor(
+            (rule_entry("default/per-net/global/0"), (SOURCE_DESCRIPTOR_KEY, address))
+        )
 
     assert harness.ask(source("10.0.0.1")).code == "OK"
     assert harness.ask(source("10.0.0.200")).code == "OVER_LIMIT"
@@ -168,7 +172,7 @@ def test_one_descriptor_over_its_limit_refuses_the_request() -> None:
     assert decision.code == "OVER_LIMIT"
     assert [d.code for d in decision.descriptors] == ["OVER_LIMIT", "OK"]
     assert decision.descriptors[1].limit_remaining == 3
-    assert refusing_rules(decision) == ["default/two/global/0"]
+    assert refusing_rule(decision) == "default/two/global/0"
 
 
 def test_the_refusal_body_names_the_policy_the_rule_its_limit_and_the_values() -> None:
