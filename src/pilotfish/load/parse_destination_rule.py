@@ -1,19 +1,31 @@
-"""networking.istio.io DestinationRule -> ``model.DestinationRule`` (subsets and load balancing)."""
+"""networking.istio.io DestinationRule -> ``model.DestinationRule``: subsets, load balancing,
+client TLS and the resilience settings (connection pools, outlier detection, retry budget)."""
 
 from __future__ import annotations
 
 from typing import cast
 
-from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
+from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
 from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
+from pilotfish.model.resilience import (
+    ConnectionPool,
+    H2UpgradePolicy,
+    Http2KeepAlive,
+    HttpPoolSettings,
+    OutlierDetection,
+    RetryBudget,
+    TcpKeepalive,
+    TcpPoolSettings,
+)
 from pilotfish.model.resources import (
     ConsistentHash,
     DestinationRule,
     HTTPCookie,
     LoadBalancer,
     Meta,
+    PortTrafficPolicy,
     SimpleLB,
     Subset,
     TrafficPolicy,
@@ -26,17 +38,17 @@ SPEC_NOT_IMPLEMENTED = {
     "workloadSelector": "the rule applies to every workload, not only the selected ones",
 }
 
-POLICY_FIELDS = ("loadBalancer", "tls", "portLevelSettings")
-# Not carried yet, but their values are still checked: an out-of-range value is a mistake
-# today and would silently change behaviour once the field is implemented.
-POLICY_CHECKED_NOT_IMPLEMENTED = {
-    "connectionPool": "Envoy's default connection and request limits apply instead",
-    "outlierDetection": "no endpoint is ejected after errors",
-}
+POLICY_FIELDS = (
+    "loadBalancer",
+    "tls",
+    "portLevelSettings",
+    "connectionPool",
+    "outlierDetection",
+    "retryBudget",
+)
 POLICY_NOT_IMPLEMENTED = {
     "tunnel": "traffic is not tunnelled",
     "proxyProtocol": "no PROXY protocol header is sent",
-    "retryBudget": "retries are limited only by each route's attempts",
 }
 
 LB_FIELDS = ("simple", "consistentHash")
@@ -76,7 +88,17 @@ OUTLIER_FIELDS = (
     *OUTLIER_DURATIONS,
     *OUTLIER_PERCENTS,
     "splitExternalLocalOriginErrors",
-    "outlierDetectionHttpErrorCodes",
+)
+# Checked, then warned about: Istio would make only these status codes count as errors.
+OUTLIER_ERROR_CODES = "outlierDetectionHttpErrorCodes"
+OUTLIER_ERROR_CODES_IGNORED = (
+    "every 5xx response (and only those) counts as an error, not only the listed status codes"
+)
+# Istio has ignored the deprecated field since 1.7 (it only warns), so a rule moved here from
+# Istio keeps behaving the same way.
+CONSECUTIVE_ERRORS_IGNORED = (
+    "deprecated and ignored, as Istio does: nothing is counted by it; "
+    "use consecutive5xxErrors or consecutiveGatewayErrors"
 )
 TCP_POOL_FIELDS = (
     "maxConnections",
@@ -99,13 +121,23 @@ HTTP_POOL_FIELDS = (
     "useClientProtocol",
     "http2KeepAlive",
 )
+# Istio cannot tell 0 from unset for these (proto3 ints), so 0 leaves its default in place.
+ZERO_IS_UNSET = (
+    "0 means unset to Istio: the limit stays at Istio's default (unlimited); "
+    "write the smallest limit you mean, such as 1"
+)
+ZERO_MEANS_DEFAULT = "0 means unset to Istio: Envoy's default applies"
 H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 INT32_MAX = 2**31 - 1
-PORT_SETTINGS_FIELDS = ("port", "tls")
-PORT_SETTINGS_NOT_IMPLEMENTED = {
-    key: "only tls is applied per port; the rule's own settings apply to this port"
-    for key in ("loadBalancer", "connectionPool", "outlierDetection")
+UINT32_MAX = 2**32 - 1
+RETRY_BUDGET_FIELDS = ("percent", "minRetryConcurrency")
+RETRY_BUDGET_NOT_IMPLEMENTED = {
+    # Envoy 1.40's RetryBudget has no interval: it always budgets against the requests
+    # active at that moment.
+    "budgetInterval": "retries are budgeted against the requests active at that moment only, "
+    "not against those of the interval",
 }
+PORT_SETTINGS_FIELDS = ("port", "tls", "loadBalancer", "connectionPool", "outlierDetection")
 
 
 def parse_destination_rule(
@@ -147,39 +179,36 @@ def _traffic_policy(
     reader: FieldReader, fields: Fields, path: str, directory: str
 ) -> TrafficPolicy | None:
     policy = reader.child_mapping(
-        fields,
-        "trafficPolicy",
-        path,
-        (*POLICY_FIELDS, *POLICY_CHECKED_NOT_IMPLEMENTED),
-        POLICY_NOT_IMPLEMENTED,
+        fields, "trafficPolicy", path, POLICY_FIELDS, POLICY_NOT_IMPLEMENTED
     )
     if policy is None:
         return None
     policy_path = join_path(path, "trafficPolicy")
     if fields.get("trafficPolicy") == {}:
         reader.error(policy_path, "must set at least one field (Istio refuses it empty)")
-    if policy.get("outlierDetection") is not None:
-        _check_outlier_detection(reader, policy, policy_path)
-    if policy.get("connectionPool") is not None:
-        _check_connection_pool(reader, policy, policy_path)
-    for key, consequence in POLICY_CHECKED_NOT_IMPLEMENTED.items():
-        if policy.get(key):  # an empty one is already an error
-            reader.warning(join_path(policy_path, key), f"{NOT_IMPLEMENTED_PREFIX}: {consequence}")
+    load_balancer = _load_balancer(reader, policy, policy_path)
+    tls = read_client_tls(reader, policy, policy_path, directory)
+    port_tls, port_settings = _port_level_settings(reader, policy, policy_path, directory)
     return TrafficPolicy(
-        load_balancer=_load_balancer(reader, policy, policy_path),
-        tls=read_client_tls(reader, policy, policy_path, directory),
-        port_tls=_port_level_tls(reader, policy, policy_path, directory),
+        load_balancer=load_balancer,
+        tls=tls,
+        port_tls=port_tls,
+        connection_pool=_connection_pool(reader, policy, policy_path),
+        outlier_detection=_outlier_detection(reader, policy, policy_path),
+        retry_budget=_retry_budget(reader, policy, policy_path),
+        port_settings=port_settings,
     )
 
 
-def _port_level_tls(
+def _port_level_settings(
     reader: FieldReader, policy: Fields, path: str, directory: str
-) -> dict[int, ClientTLSSettings]:
-    found: dict[int, ClientTLSSettings] = {}
+) -> tuple[dict[int, ClientTLSSettings], dict[int, PortTrafficPolicy]]:
+    """portLevelSettings[]: each port's tls, and each port's other settings."""
+    found_tls: dict[int, ClientTLSSettings] = {}
+    found: dict[int, PortTrafficPolicy] = {}
+    seen: set[int] = set()
     for item, item_path in reader.items(policy, "portLevelSettings", path):
-        fields = reader.mapping(
-            item, item_path, PORT_SETTINGS_FIELDS, PORT_SETTINGS_NOT_IMPLEMENTED
-        )
+        fields = reader.mapping(item, item_path, PORT_SETTINGS_FIELDS)
         if fields is None:
             continue
         port = reader.child_mapping(fields, "port", item_path, ("number",), required=True)
@@ -188,70 +217,192 @@ def _port_level_tls(
             if port is not None
             else None
         )
+        if not any(fields.get(key) is not None for key in PORT_SETTINGS_FIELDS[1:]):
+            reader.error(
+                item_path,
+                "must set at least one of tls, loadBalancer, connectionPool, outlierDetection",
+            )
         tls = read_client_tls(reader, fields, item_path, directory)
+        settings = PortTrafficPolicy(
+            load_balancer=_load_balancer(reader, fields, item_path),
+            connection_pool=_connection_pool(reader, fields, item_path),
+            outlier_detection=_outlier_detection(reader, fields, item_path),
+        )
         if number is None:
             continue
-        if number in found:
+        if number in seen:
             reader.error(join_path(item_path, "port"), f"port {number} already has settings")
             continue
+        seen.add(number)
         if tls is not None:
-            found[number] = tls
-    return found
+            found_tls[number] = tls
+        if settings != PortTrafficPolicy():
+            found[number] = settings
+    return found_tls, found
 
 
-def _check_outlier_detection(reader: FieldReader, fields: Fields, path: str) -> None:
-    detection = reader.child_mapping(fields, "outlierDetection", path, OUTLIER_FIELDS)
+def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> OutlierDetection | None:
+    detection = reader.child_mapping(
+        fields,
+        "outlierDetection",
+        path,
+        OUTLIER_FIELDS,
+        {OUTLIER_ERROR_CODES: OUTLIER_ERROR_CODES_IGNORED},
+    )
     if detection is None:
-        return
+        return None
     detection_path = join_path(path, "outlierDetection")
-    for key in OUTLIER_COUNTS:
-        reader.integer(detection, key, detection_path, minimum=0, maximum=2**32 - 1)
-    for key in OUTLIER_DURATIONS:
-        reader.duration(detection, key, detection_path)
-    for key in OUTLIER_PERCENTS:
+    counts = {
+        key: reader.integer(detection, key, detection_path, minimum=0, maximum=UINT32_MAX)
+        for key in OUTLIER_COUNTS
+    }
+    if counts["consecutiveErrors"] is not None:
+        reader.warning(join_path(detection_path, "consecutiveErrors"), CONSECUTIVE_ERRORS_IGNORED)
+    interval, base_ejection_time = (
+        reader.duration(detection, key, detection_path) for key in OUTLIER_DURATIONS
+    )
+    max_ejection, min_health = (
         reader.integer(detection, key, detection_path, minimum=0, maximum=100)
-    reader.boolean(detection, "splitExternalLocalOriginErrors", detection_path)
-    for item, item_path in reader.items(
-        detection, "outlierDetectionHttpErrorCodes", detection_path
-    ):
+        for key in OUTLIER_PERCENTS
+    )
+    split = reader.boolean(detection, "splitExternalLocalOriginErrors", detection_path)
+    local_origin = counts["consecutiveLocalOriginFailures"]
+    if local_origin and not split:
+        reader.error(
+            join_path(detection_path, "consecutiveLocalOriginFailures"),
+            "needs splitExternalLocalOriginErrors: true (Istio refuses it without)",
+        )
+    _check_error_codes(reader, fields.get("outlierDetection"), detection_path)
+    return OutlierDetection(
+        consecutive_5xx_errors=counts["consecutive5xxErrors"],
+        consecutive_gateway_errors=counts["consecutiveGatewayErrors"],
+        consecutive_local_origin_failures=local_origin,
+        consecutive_errors=counts["consecutiveErrors"],
+        split_external_local_origin_errors=bool(split),
+        interval=interval,
+        base_ejection_time=base_ejection_time,
+        max_ejection_percent=max_ejection,
+        min_health_percent=min_health,
+    )
+
+
+def _check_error_codes(reader: FieldReader, detection: object, path: str) -> None:
+    """Warned about, not carried; the codes are still checked."""
+    if not isinstance(detection, dict) or detection.get(OUTLIER_ERROR_CODES) is None:
+        return
+    for item, item_path in reader.items(detection, OUTLIER_ERROR_CODES, path):
         if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
             reader.error(item_path, f"expected an HTTP status code, got {describe(item)}")
 
 
-def _check_connection_pool(reader: FieldReader, fields: Fields, path: str) -> None:
+def _connection_pool(reader: FieldReader, fields: Fields, path: str) -> ConnectionPool | None:
     pool = reader.child_mapping(fields, "connectionPool", path, ("tcp", "http"))
     if pool is None:
-        return
+        return None
     pool_path = join_path(path, "connectionPool")
     if fields.get("connectionPool") == {}:
         reader.error(pool_path, "must set tcp or http (Istio refuses it empty)")
-    tcp = reader.child_mapping(pool, "tcp", pool_path, TCP_POOL_FIELDS)
-    if tcp is not None:
-        tcp_path = join_path(pool_path, "tcp")
-        reader.integer(tcp, "maxConnections", tcp_path, minimum=0, maximum=INT32_MAX)
-        for key in ("connectTimeout", "maxConnectionDuration", "idleTimeout"):
-            reader.duration(tcp, key, tcp_path)
-        keepalive = reader.child_mapping(
-            tcp, "tcpKeepalive", tcp_path, ("probes", "time", "interval")
+    return ConnectionPool(
+        tcp=_tcp_pool(reader, pool, pool_path), http=_http_pool(reader, pool, pool_path)
+    )
+
+
+def _limit(reader: FieldReader, fields: Fields, key: str, path: str, if_zero: str) -> int | None:
+    value = reader.integer(fields, key, path, minimum=0, maximum=INT32_MAX)
+    if value == 0:
+        reader.warning(join_path(path, key), if_zero)
+        return None
+    return value
+
+
+def _tcp_pool(reader: FieldReader, pool: Fields, path: str) -> TcpPoolSettings | None:
+    tcp = reader.child_mapping(pool, "tcp", path, TCP_POOL_FIELDS)
+    if tcp is None:
+        return None
+    tcp_path = join_path(path, "tcp")
+    keepalive = None
+    keepalive_fields = reader.child_mapping(
+        tcp, "tcpKeepalive", tcp_path, ("probes", "time", "interval")
+    )
+    if keepalive_fields is not None:
+        keepalive_path = join_path(tcp_path, "tcpKeepalive")
+        keepalive = TcpKeepalive(
+            probes=reader.integer(
+                keepalive_fields, "probes", keepalive_path, minimum=0, maximum=UINT32_MAX
+            ),
+            time=reader.duration(keepalive_fields, "time", keepalive_path),
+            interval=reader.duration(keepalive_fields, "interval", keepalive_path),
         )
-        if keepalive is not None:
-            keepalive_path = join_path(tcp_path, "tcpKeepalive")
-            reader.integer(keepalive, "probes", keepalive_path, minimum=0, maximum=2**32 - 1)
-            reader.duration(keepalive, "time", keepalive_path)
-            reader.duration(keepalive, "interval", keepalive_path)
-    http = reader.child_mapping(pool, "http", pool_path, HTTP_POOL_FIELDS)
-    if http is not None:
-        http_path = join_path(pool_path, "http")
-        for key in HTTP_POOL_COUNTS:
-            reader.integer(http, key, http_path, minimum=0, maximum=INT32_MAX)
-        reader.duration(http, "idleTimeout", http_path)
-        reader.choice(http, "h2UpgradePolicy", http_path, H2_UPGRADE_POLICIES)
-        reader.boolean(http, "useClientProtocol", http_path)
-        keepalive = reader.child_mapping(http, "http2KeepAlive", http_path, ("interval", "timeout"))
-        if keepalive is not None:
-            keepalive_path = join_path(http_path, "http2KeepAlive")
-            reader.duration(keepalive, "interval", keepalive_path)
-            reader.duration(keepalive, "timeout", keepalive_path)
+    return TcpPoolSettings(
+        max_connections=_limit(reader, tcp, "maxConnections", tcp_path, ZERO_IS_UNSET),
+        connect_timeout=reader.duration(tcp, "connectTimeout", tcp_path),
+        tcp_keepalive=keepalive,
+        max_connection_duration=reader.duration(tcp, "maxConnectionDuration", tcp_path),
+        # Istio: 0s turns the idle timeout off.
+        idle_timeout=reader.duration(tcp, "idleTimeout", tcp_path, allow_zero=True),
+    )
+
+
+def _http_pool(reader: FieldReader, pool: Fields, path: str) -> HttpPoolSettings | None:
+    http = reader.child_mapping(pool, "http", path, HTTP_POOL_FIELDS)
+    if http is None:
+        return None
+    http_path = join_path(path, "http")
+    limits = {
+        key: _limit(reader, http, key, http_path, ZERO_IS_UNSET)
+        for key in ("http1MaxPendingRequests", "http2MaxRequests", "maxRetries")
+    }
+    per_connection = _limit(reader, http, "maxRequestsPerConnection", http_path, ZERO_MEANS_DEFAULT)
+    streams = _limit(reader, http, "maxConcurrentStreams", http_path, ZERO_MEANS_DEFAULT)
+    upgrade = reader.choice(http, "h2UpgradePolicy", http_path, H2_UPGRADE_POLICIES)
+    use_client_protocol = bool(reader.boolean(http, "useClientProtocol", http_path))
+    if upgrade == "UPGRADE" and use_client_protocol:
+        reader.error(
+            join_path(http_path, "useClientProtocol"),
+            "must not be true when h2UpgradePolicy is UPGRADE",
+        )
+    keepalive = None
+    keepalive_fields = reader.child_mapping(
+        http, "http2KeepAlive", http_path, ("interval", "timeout")
+    )
+    if keepalive_fields is not None:
+        keepalive_path = join_path(http_path, "http2KeepAlive")
+        keepalive = Http2KeepAlive(
+            interval=reader.duration(keepalive_fields, "interval", keepalive_path, required=True),
+            timeout=reader.duration(keepalive_fields, "timeout", keepalive_path, required=True),
+        )
+    return HttpPoolSettings(
+        http1_max_pending_requests=limits["http1MaxPendingRequests"],
+        http2_max_requests=limits["http2MaxRequests"],
+        max_requests_per_connection=per_connection,
+        max_retries=limits["maxRetries"],
+        idle_timeout=reader.duration(http, "idleTimeout", http_path),
+        max_concurrent_streams=streams,
+        h2_upgrade_policy=cast(H2UpgradePolicy, upgrade) if upgrade is not None else None,
+        use_client_protocol=use_client_protocol,
+        http2_keep_alive=keepalive,
+    )
+
+
+def _retry_budget(reader: FieldReader, fields: Fields, path: str) -> RetryBudget | None:
+    budget = reader.child_mapping(
+        fields, "retryBudget", path, RETRY_BUDGET_FIELDS, RETRY_BUDGET_NOT_IMPLEMENTED
+    )
+    if budget is None:
+        return None
+    budget_path = join_path(path, "retryBudget")
+    if isinstance(budget.get("percent"), dict):
+        # The protobuf DoubleValue is a plain number in YAML, as in Istio's own examples.
+        reader.error(join_path(budget_path, "percent"), "write the percent as a number, e.g. 20")
+        percent = None
+    else:
+        percent = reader.number(budget, "percent", budget_path, minimum=0, maximum=100)
+    return RetryBudget(
+        percent=percent,
+        min_retry_concurrency=reader.integer(
+            budget, "minRetryConcurrency", budget_path, minimum=0, maximum=UINT32_MAX
+        ),
+    )
 
 
 def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalancer | None:

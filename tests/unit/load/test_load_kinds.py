@@ -384,33 +384,6 @@ def test_least_conn_is_istios_old_name_for_least_request() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ignored", "value", "consequence"),
-    [
-        ("connectionPool", "{tcp: {maxConnections: 10}}", "default connection and request limits"),
-        ("outlierDetection", "{consecutive5xxErrors: 5}", "no endpoint is ejected"),
-        ("retryBudget", "{percent: {value: 10}}", "limited only by each route's attempts"),
-    ],
-)
-def test_unimplemented_traffic_policy_fields_warn_saying_what_does_not_happen(
-    ignored: str, value: str, consequence: str
-) -> None:
-    text, result = load(
-        RULE.replace("    loadBalancer:\n      POLICY\n", f"    {ignored}: {value}\n"),
-        *BOOKINFO_REGISTRY,
-    )
-    warning = assert_at(
-        result,
-        text,
-        f"spec.trafficPolicy.{ignored}",
-        f"{ignored}:",
-        "not implemented by Pilotfish: ",
-        severity="warning",
-    )
-    assert consequence in warning.message
-    assert result.config is not None
-
-
-@pytest.mark.parametrize(
     ("policy", "field", "needle", "message"),
     [
         ("{}", "spec.trafficPolicy", "trafficPolicy", "at least one field"),
@@ -452,7 +425,7 @@ def test_unimplemented_traffic_policy_fields_warn_saying_what_does_not_happen(
         ),
     ],
 )
-def test_values_of_warned_about_policies_are_still_checked(
+def test_values_of_resilience_policies_are_checked(
     policy: str, field: str, needle: str, message: str
 ) -> None:
     text, result = load(

@@ -168,12 +168,13 @@ spec:
 """
     )
     assert result.config is not None
-    (warning,) = result.warnings
-    assert warning.field == "spec.trafficPolicy.portLevelSettings[1].loadBalancer"
-    assert "only tls is applied per port" in warning.message
+    assert result.warnings == ()
     rule = result.config.destination_rules[0]
     assert rule.traffic_policy is not None
     assert {p: s.mode for p, s in rule.traffic_policy.port_tls.items()} == {8443: "SIMPLE"}
+    port_lb = rule.traffic_policy.port_settings[9000].load_balancer
+    assert port_lb is not None and port_lb.simple == "RANDOM"
+    assert set(rule.traffic_policy.port_settings) == {9000}
     subset_policy = rule.subsets[0].traffic_policy
     assert subset_policy is not None and subset_policy.tls is not None
     assert subset_policy.tls.mode == "DISABLE"
