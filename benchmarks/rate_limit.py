@@ -10,6 +10,13 @@ each, as the mesh's Envoys do over their one xDS connection each. With Redis, a
 interleaved, ``--repetitions`` times each, each run with a fresh service process; medians are
 reported, and the service's own count of decisions and of store errors checks that every
 call was decided (h2load sees an HTTP 200 for a gRPC error too).
+
+Then, unless ``--skip-envoys``, the latency a global rule adds per request in `pilotfish up`:
+a gateway in front of two one-replica services, ``plain`` (no policy) and ``limited`` (a
+RateLimitPolicy with one global rule never reached, counted in the control plane's memory),
+the mesh pinned to CPU 0 and h2load to CPU 1, at a fixed rate (``--rps`` per connection,
+each request's latency from h2load's ``--log-file``), the two targets interleaved. Each
+request to ``limited`` costs its sidecar one ShouldRateLimit call to the control plane.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import grpc
 from bench_report import (
     REPO,
     cpu_seconds,
+    descendant_pids,
     die_with_parent,
     format_table,
     machine_facts,
     median,
+    percentile,
     pin_to_cpu,
     terminate_on_sigterm,
     write_results,
@@ -43,6 +52,15 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 
 sys.path.insert(0, str(REPO / "tests"))
+from tests.integration.mesh_harness import (
+    RunningMesh,
+    echo_workload,
+    gateway,
+    http_get,
+    write_yaml,
+)
+
+from pilotfish.agent.ports import free_port
 from pilotfish.controller.rate_limit_service import (
     RATE_LIMIT_SERVICE,
     RateLimitService,
@@ -189,6 +207,114 @@ def _milliseconds(text: str) -> float:
     raise RuntimeError(f"not a duration: {text}")
 
 
+# --- the latency a global rule adds, through real Envoys ----------------------------------------
+
+LATENCY_MESH = f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /limited}}}}]
+    route: [{{destination: {{host: limited}}}}]
+  - route: [{{destination: {{host: plain}}}}]
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: limited}}
+spec:
+  targetRef: {{kind: Service, name: limited}}
+  global:
+    rules:
+    - limit: {{requests: {NEVER_REACHED}, unit: Day}}
+"""
+TARGETS = ("plain", "limited")
+
+
+def start_latency_mesh(folder: Path) -> tuple[RunningMesh, int]:
+    directory = folder / "mesh"
+    directory.mkdir()
+    port = free_port()
+    write_yaml(
+        directory / "mesh.yaml",
+        gateway(port)
+        + echo_workload("plain", "plain", 9000)
+        + echo_workload("limited", "limited", 9001)
+        + LATENCY_MESH,
+    )
+    mesh = RunningMesh(directory, port)
+    deadline = time.monotonic() + 120
+    while not all(
+        http_get(f"{mesh.gateway_url}/{target}", timeout=5).status == 200 for target in TARGETS
+    ):
+        if mesh.process.poll() is not None or time.monotonic() > deadline:
+            mesh.stop()
+            raise RuntimeError(f"the mesh did not serve both targets:\n{mesh.log()[-3000:]}")
+        time.sleep(0.5)
+    for pid in {mesh.process.pid, *descendant_pids(mesh.process.pid)}:
+        pin_to_cpu(pid, 0)
+    return mesh, port
+
+
+def fixed_rate(url: str, log: Path, args: argparse.Namespace) -> dict[str, float]:
+    log.unlink(missing_ok=True)
+    command = [
+        "taskset", "-c", "1", "h2load",
+        "-c", str(args.latency_connections), "--rps", str(args.rps),
+        "-D", str(args.latency_seconds), "--log-file", str(log), url,
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    latencies = [int(row[2]) / 1000 for row in rows if row[1] == "200"]
+    return {
+        "requests": float(len(rows)),
+        "failed": float(len(rows) - len(latencies)),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def envoy_latency(folder: Path, args: argparse.Namespace) -> tuple[str, object]:
+    mesh, port = start_latency_mesh(folder)
+    runs: dict[str, list[dict[str, float]]] = {target: [] for target in TARGETS}
+    try:
+        for repetition in range(args.repetitions):
+            for target in TARGETS:
+                found = fixed_rate(f"http://127.0.0.1:{port}/{target}", folder / "h2.log", args)
+                runs[target].append(found)
+                print(
+                    f"run {repetition + 1} {target}: p50 {found['p50_ms']:.2f} ms, "
+                    f"p99 {found['p99_ms']:.2f} ms, {found['failed']:.0f} failed",
+                    flush=True,
+                )
+    finally:
+        mesh.stop()
+    p50 = {t: median([r["p50_ms"] for r in runs[t]]) for t in TARGETS}
+    p99 = {t: median([r["p99_ms"] for r in runs[t]]) for t in TARGETS}
+    rows = [
+        (
+            target,
+            f"{p50[target]:.2f}",
+            f"{p50[target] / p50['plain']:.2f}x",
+            f"{p99[target]:.2f}",
+            f"{p99[target] / p99['plain']:.2f}x",
+            f"{sum(r['failed'] for r in runs[target]):.0f}",
+        )
+        for target in TARGETS
+    ]
+    rate = args.latency_connections * args.rps
+    table = (
+        f"\nThrough the mesh (gateway -> sidecar -> echo app), {rate} req/s fixed rate, "
+        f"{args.latency_seconds} s per run, medians of {args.repetitions}; mesh on CPU 0, "
+        f"h2load on CPU 1; added by the rule: p50 +{p50['limited'] - p50['plain']:.2f} ms, "
+        f"p99 +{p99['limited'] - p99['plain']:.2f} ms\n"
+        + format_table(("target", "p50 ms", "vs plain", "p99 ms", "vs plain", "failed"), rows)
+    )
+    return table, runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=3)
@@ -196,6 +322,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--streams", type=int, default=8, help="concurrent calls per connection")
     parser.add_argument("--timeout", type=float, default=0.02, help="the Redis deadline (s)")
+    parser.add_argument("--skip-envoys", action="store_true", help="decisions/s only")
+    parser.add_argument("--latency-seconds", type=int, default=5)
+    parser.add_argument("--latency-connections", type=int, default=4)
+    parser.add_argument("--rps", type=int, default=50, help="requests/s per connection")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--redis", help=argparse.SUPPRESS)
     parser.add_argument("--store", choices=STORES, help=argparse.SUPPRESS)
@@ -240,6 +370,9 @@ def main() -> None:
                     )
         finally:
             redis_server.stop()
+        latency_table, latency_runs = ("", None)
+        if not args.skip_envoys:
+            latency_table, latency_runs = envoy_latency(folder, args)
     floor = median([r["per_second"] for r in runs["floor"]])
     rows = []
     for store in STORES:
@@ -272,11 +405,11 @@ def main() -> None:
             ),
             rows,
         )
+        + latency_table
     )
     print(table)
-    path = write_results(
-        "rate_limit", facts, {"args": vars(args) | {"serve": None}, "runs": runs}, table
-    )
+    data = {"args": vars(args) | {"serve": None}, "runs": runs, "latency": latency_runs}
+    path = write_results("rate_limit", facts, data, table)
     print(f"results: {path}")
 
 
