@@ -29,6 +29,18 @@ def fetch_status(
     return proxies, get("/api/config")
 
 
+def fetch_ejections(admin_url: str, timeout: float = 5.0) -> list[dict[str, object]] | None:
+    """Per proxy, how many endpoints its Envoy has ejected; None if the API does not say
+    (a control plane from before ``/api/ejections``): the column is then left out."""
+    try:
+        with _direct.open(admin_url.rstrip("/") + "/api/ejections", timeout=timeout) as response:
+            data = json.load(response)
+    except (OSError, ValueError):
+        return None
+    counts = data.get("proxies") if isinstance(data, dict) else None
+    return counts if isinstance(counts, list) else None
+
+
 def _cell(types: Mapping[str, object], short: str) -> str:
     entry = types.get(short)
     if not isinstance(entry, Mapping):
@@ -36,6 +48,13 @@ def _cell(types: Mapping[str, object], short: str) -> str:
     status = str(entry.get("status", "?"))
     version = entry.get("acked_version") or entry.get("sent_version") or ""
     return f"{status} ({str(version)[:8]})" if version else status
+
+
+def _ejected_cell(entry: Mapping[str, object] | None) -> str:
+    if entry is None:
+        return "-"  # connected after the count was taken
+    count = entry.get("ejected")
+    return str(count) if isinstance(count, int) else "?"
 
 
 def _expiry(not_after: object) -> str:
@@ -54,11 +73,20 @@ def type_columns(proxies: Sequence[Mapping[str, object]]) -> tuple[str, ...]:
     return tuple(sorted(seen, key=lambda s: (order.index(s) if s in order else len(order), s)))
 
 
-def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, object]) -> str:
+def format_status(
+    proxies: Sequence[Mapping[str, object]],
+    config: Mapping[str, object],
+    ejections: Sequence[Mapping[str, object]] | None = None,
+) -> str:
+    """The table; with ``ejections`` (``/api/ejections``), an EJECTED column: how many
+    endpoints each proxy's Envoy has ejected, ``?`` when it could not be asked."""
     columns = type_columns(proxies)
-    header = ("NAME", "KIND", "STREAM", "IDENTITY", "CERT EXPIRES", *columns)
+    ejected = {str(e.get("proxy")): e for e in ejections or ()}
+    extra = ("EJECTED",) if ejections is not None else ()
+    header = ("NAME", "KIND", "STREAM", "IDENTITY", "CERT EXPIRES", *columns, *extra)
     rows: list[tuple[str, ...]] = [header]
     nacks: list[str] = []
+    unasked: list[str] = []
     for proxy in sorted(proxies, key=lambda p: str(p.get("node_id"))):
         types = proxy.get("types")
         types = types if isinstance(types, Mapping) else {}
@@ -70,8 +98,12 @@ def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, 
                 str(proxy.get("identity") or "-"),
                 _expiry(proxy.get("cert_not_after")),
                 *(_cell(types, short) for short in columns),
+                *(_ejected_cell(ejected.get(str(proxy.get("node_id")))) for _ in extra),
             )
         )
+        error = (ejected.get(str(proxy.get("node_id"))) or {}).get("error")
+        if error:
+            unasked.append(f"  {proxy.get('node_id')}: {error}")
         for short, entry in types.items():
             if isinstance(entry, Mapping) and entry.get("nack"):
                 nacks.append(f"  {proxy.get('node_id')} {short}: {entry['nack']}")
@@ -84,6 +116,8 @@ def format_status(proxies: Sequence[Mapping[str, object]], config: Mapping[str, 
         lines.append("(no proxy is connected)")
     if nacks:
         lines += ["", "NACKs (the proxy rejected this config and kept its previous one):", *nacks]
+    if unasked:
+        lines += ["", "EJECTED ? (its Envoy could not be asked):", *unasked]
     lines += ["", *_config_lines(config)]
     return "\n".join(lines)
 

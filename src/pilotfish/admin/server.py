@@ -4,6 +4,10 @@ GET /healthz          200 once a config is applied
 GET /api/proxies      every connected proxy, its versions per type, SYNCED/STALE/NACKED
 GET /api/config       the config status: when applied or rejected, and every diagnostic
 GET /api/services     the registry: services and their live endpoints
+GET /api/endpoints?service=HOST[&proxy=NODE]
+                      each endpoint of a service as each proxy's Envoy sees it: health,
+                      ejected since when and why, active requests (endpoints_api.py)
+GET /api/ejections    per proxy, how many endpoints its Envoy has ejected
 GET /api/ca           the CA: roots, intermediates, issuer epoch, rotation, expiry warnings,
                       certificates signed recently
 POST /api/ca/rotate   start a root rotation (409 when one runs or the CA is plugged in);
@@ -23,6 +27,7 @@ from aiohttp.typedefs import Handler
 
 from pilotfish.admin.ca_status import ADMIN_HEADER, ADMIN_HEADER_VALUE
 from pilotfish.admin.dashboard import add_dashboard_routes
+from pilotfish.admin.endpoints_api import add_endpoint_routes
 from pilotfish.admin.telemetry_api import add_telemetry_routes
 from pilotfish.admin.traces_api import add_trace_routes
 from pilotfish.controller.control_plane import ControlPlane
@@ -142,6 +147,7 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
     app.router.add_get("/api/cache", cache)
     app.router.add_get("/api/ca", ca)
     app.router.add_post("/api/ca/rotate", ca_rotate)
+    add_endpoint_routes(app, control_plane)
     add_telemetry_routes(app, control_plane)
     add_trace_routes(app, control_plane)
     add_dashboard_routes(app, control_plane)

@@ -61,6 +61,10 @@ def build_bootstrap(
     there, for the TLS contexts that name their secrets. With ``telemetry_address`` (the
     control plane's admin port), the static cluster ``TELEMETRY_CLUSTER`` reaches it and
     the node says so in its metadata, so its listeners get tracing.
+
+    A fixed ``admin_port`` goes into the node's metadata too (ADMIN_ADDRESS), and a node with
+    an ``outlier_log`` gets it as the event log of outlier detection: that is where the control
+    plane reads what this proxy sees of its endpoints, and when and why it ejected one.
     """
     clusters = [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]
     if sds_socket is not None:
@@ -68,7 +72,9 @@ def build_bootstrap(
     if telemetry_address is not None:
         clusters.append(_telemetry_cluster(*telemetry_address))
     node = dataclasses.replace(node, telemetry=telemetry_address is not None)
-    return {
+    if admin_port:
+        node = dataclasses.replace(node, admin_address=f"{ADMIN_HOST}:{admin_port}")
+    bootstrap: dict[str, Any] = {
         "node": {
             "id": node.id,
             # As Istio's "<canonical service>.<namespace>": Zipkin names spans' service so.
@@ -109,6 +115,9 @@ def build_bootstrap(
             ]
         },
     }
+    if node.outlier_log is not None:
+        bootstrap["cluster_manager"] = {"outlier_detection": {"event_log_path": node.outlier_log}}
+    return bootstrap
 
 
 def _connection_limit() -> dict[str, Any]:

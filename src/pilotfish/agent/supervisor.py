@@ -24,6 +24,9 @@ from pilotfish.model.proxy import ProxyNode
 
 log = logging.getLogger(__name__)
 
+# One JSON object a line (envoy.data.cluster.v3.OutlierDetectionEvent), appended by Envoy.
+OUTLIER_LOG_NAME = "outlier-events.log"
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -245,6 +248,10 @@ class Sidecar:
     until shutdown, so a restarted Envoy reconnects to the same socket.
 
     With ``telemetry_address`` (the control plane's admin port), Envoy sends its spans there.
+
+    Envoy appends each outlier ejection to ``OUTLIER_LOG_NAME`` in ``work_dir`` (unless the
+    node names another file), kept across restarts; the node's metadata names it, so the
+    control plane can say when and why an endpoint was ejected.
     """
 
     def __init__(
@@ -265,6 +272,9 @@ class Sidecar:
         certificates: WorkloadCertificates | None = None,
         telemetry_address: tuple[str, int] | None = None,
     ) -> None:
+        if node.outlier_log is None:
+            log_path = (work_dir / OUTLIER_LOG_NAME).resolve()
+            node = dataclasses.replace(node, outlier_log=str(log_path))
         self.node = node
         self.name = name or node.id
         self.certificates = certificates

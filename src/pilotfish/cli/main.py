@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pilotfish.agent.cli import add_agent_arguments
+    from pilotfish.cli.endpoint_commands import add_endpoint_commands
     from pilotfish.cli.telemetry_commands import add_telemetry_commands
     from pilotfish.cli.trace_commands import add_trace_commands
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_token.add_argument("--namespace", default="default")
     ca_token.add_argument("--service-account", default="default")
     ca_token.set_defaults(handler=run_ca_token)
+    add_endpoint_commands(commands)
     add_telemetry_commands(commands)
     add_trace_commands(commands)
     return parser
@@ -272,7 +274,7 @@ def _admin_url(args: argparse.Namespace) -> str | None:
 
 
 def run_proxy_status(args: argparse.Namespace) -> int:
-    from pilotfish.admin.proxy_status import fetch_status, format_status
+    from pilotfish.admin.proxy_status import fetch_ejections, fetch_status, format_status
 
     url = _admin_url(args)
     if url is None:
@@ -284,7 +286,7 @@ def run_proxy_status(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot reach the admin API at {url}: {exc}", file=sys.stderr)
         return 2
-    print(format_status(proxies, config))
+    print(format_status(proxies, config, fetch_ejections(url)))
     return 0
 
 

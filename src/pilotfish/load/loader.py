@@ -19,6 +19,7 @@ from pilotfish.load.validate import validate_mesh
 from pilotfish.load.yaml_source import ParsedYaml, join_path, parse_yaml
 from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic, has_errors
+from pilotfish.model.rate_limits import RateLimitPolicy
 from pilotfish.model.resources import (
     DestinationRule,
     Gateway,
@@ -228,6 +229,7 @@ def _mesh_config(resources: Iterable[Resource]) -> MeshConfig:
         mesh=next((r for r in resources if isinstance(r, MeshSettings)), MeshSettings()),
         authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
         request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),
+        rate_limit_policies=tuple(r for r in resources if isinstance(r, RateLimitPolicy)),
     )
 
 

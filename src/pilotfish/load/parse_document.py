@@ -11,6 +11,7 @@ from pilotfish.load import (
     parse_gateway,
     parse_mesh_config,
     parse_peer_authentication,
+    parse_rate_limit_policy,
     parse_request_authentication,
     parse_service_entry,
     parse_virtual_service,
@@ -21,6 +22,7 @@ from pilotfish.load.fields import FieldReader, Fields, ObjectPaths
 from pilotfish.load.yaml_source import YamlDocument
 from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic
+from pilotfish.model.rate_limits import RateLimitPolicy
 from pilotfish.model.resources import (
     DEFAULT_NAMESPACE,
     DestinationRule,
@@ -45,6 +47,7 @@ Resource = (
     | AuthorizationPolicy
     | RequestAuthentication
     | PeerAuthentication
+    | RateLimitPolicy
 )
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -135,6 +138,11 @@ _PILOTFISH_KINDS: dict[str, _Kind] = {
         parse_mesh_config.SPEC_FIELDS,
         parse_mesh_config.SPEC_NOT_IMPLEMENTED,
         parse_mesh_config.parse_mesh_config,
+    ),
+    "RateLimitPolicy": _Kind(
+        parse_rate_limit_policy.SPEC_FIELDS,
+        (),
+        lambda r, s, m, _d: parse_rate_limit_policy.parse_rate_limit_policy(r, s, m),
     ),
 }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_peer_authentication import peer_authentication_problems
+from pilotfish.load.parse_rate_limit_policy import rate_limit_policy_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.yaml_source import index_path, join_path
@@ -69,6 +70,7 @@ def validate_mesh(
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
+    found.extend(_rate_limit_problems(config, services, gateways, complete))
     not_carried = _ports_not_carried(config)
     for service in config.virtual_services:
         if complete:
@@ -80,6 +82,18 @@ def validate_mesh(
             found.extend(checker.check(route, route_path))
             found.extend(_match_gateway_references(service, route, route_path, gateways))
     return found
+
+
+def _rate_limit_problems(
+    config: MeshConfig,
+    services: Mapping[str, Service],
+    gateways: set[tuple[str, str]],
+    complete: bool,
+) -> Iterable[Diagnostic]:
+    with_sidecars = {qualify_host(w.service, w.meta.namespace) for w in config.workloads}
+    return rate_limit_policy_problems(
+        config.rate_limit_policies, services, gateways, with_sidecars, complete=complete
+    )
 
 
 def _at(meta: Meta, path: str, message: str, severity: Severity = "error") -> Diagnostic:
@@ -102,6 +116,7 @@ def _all_metas(config: MeshConfig) -> Iterable[Meta]:
         config.peer_authentications,
         config.authorization_policies,
         config.request_authentications,
+        config.rate_limit_policies,
     ):
         for resource in group:
             yield resource.meta

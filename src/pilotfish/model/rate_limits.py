@@ -6,15 +6,19 @@ The kind follows the shape of Envoy Gateway's BackendTrafficPolicy ``rateLimit``
 rules (counters shared by every replica, kept by the control plane's rate limit service).
 
 The wire (``envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit``): every global rule
-becomes one route ``rate_limits`` entry whose descriptor starts with the entry
+becomes one ``rate_limits`` entry (of the proxy's rate limit filter; all of a request's
+rules go in one call) whose descriptor starts with the entry
 ``(RULE_DESCRIPTOR_KEY, rule_id(policy, index))``; the entries after it are the rule's client
 selectors in order: ``(HEADER_DESCRIPTOR_PREFIX + header name, value)`` for a ``Distinct``
 header (one counter per value), ``(HEADER_MATCH_DESCRIPTOR_KEY, header name)`` for an
 ``Exact``/``RegularExpression`` one (the descriptor is only sent when it matches), and
 ``(SOURCE_DESCRIPTOR_KEY, masked address)`` for ``sourceCIDR`` (the service itself checks an
-``Exact`` CIDR, counting nothing for an address outside it), then ``(PATH_DESCRIPTOR_KEY,
-path)`` for a path match. The service finds the rule by its id in the config it serves, so
-limits never travel on the wire and every control-plane replica agrees on them.
+``Exact`` CIDR, counting nothing for an address outside it; Envoy fixes that key), then
+``(PATH_DESCRIPTOR_KEY, the selector's path value)`` when the path matches. The service finds
+the rule by its id in the config it serves, so limits never travel on the wire and every
+control-plane replica agrees on them. On OVER_LIMIT the service returns the header
+``RATE_LIMIT_RULE_HEADER: <rule id>`` (``response_headers_to_add``) of a rule that is over:
+the proxy's 429 body names that rule and its limit.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ RATE_LIMIT_DOMAIN = "pilotfish"
 RULE_DESCRIPTOR_KEY = "pilotfish_rule"
 HEADER_DESCRIPTOR_PREFIX = "header:"
 HEADER_MATCH_DESCRIPTOR_KEY = "header_match"
-SOURCE_DESCRIPTOR_KEY = "source"
+# Envoy fixes this key for the masked caller address (its action has no descriptor_key).
+SOURCE_DESCRIPTOR_KEY = "masked_remote_address"
 PATH_DESCRIPTOR_KEY = "path"
 # The header every 429 the mesh makes names its policy and rule in (the body says it too).
 RATE_LIMIT_RULE_HEADER = "x-pilotfish-ratelimit"
@@ -74,7 +79,8 @@ class PathSelector:
 class SourceSelector:
     type: SourceMatchType
     cidr: str
-    """``10.0.0.0/8``; for ``Distinct`` the prefix length says how addresses are grouped."""
+    """``10.0.0.0/8``; for ``Distinct`` only the prefix length counts (``0.0.0.0/24``: one
+    counter per /24 of callers), and the loader requires a zero address."""
 
 
 @dataclass(frozen=True)

@@ -456,17 +456,17 @@ def denial_mappers(
 
 
 def details_starting_with(prefix: str) -> accesslog_pb2.AccessLogFilter:
-    return _cel_filter(f"response.code_details.startsWith('{prefix}')")
+    return cel_filter(f"response.code_details.startsWith('{prefix}')")
 
 
 def _details_mapper(details: str, text: str) -> hcm_pb2.ResponseMapper:
     return hcm_pb2.ResponseMapper(
-        filter=_cel_filter(f"response.code_details == '{details}'"),
+        filter=cel_filter(f"response.code_details == '{details}'"),
         body_format_override=text_body(text),
     )
 
 
-def _cel_filter(expression: str) -> accesslog_pb2.AccessLogFilter:
+def cel_filter(expression: str) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(
         extension_filter=accesslog_pb2.ExtensionFilter(
             name=CEL_FILTER_NAME,

@@ -13,13 +13,18 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import LoadBalancer, Protocol
 from pilotfish.model.security import effective_mtls_mode
 from pilotfish.model.services import Endpoint, MeshView, Service
-from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import load_assignment
 from pilotfish.translate.naming import inbound_cluster_name, outbound_cluster_name, outbound_sni
 from pilotfish.translate.proto_values import (
     ads_config_source,
     duration_from_seconds,
     pack,
+)
+from pilotfish.translate.resilience import (
+    apply_inbound_resilience,
+    apply_resilience,
+    upstream_alpn,
 )
 from pilotfish.translate.tls_contexts import (
     file_upstream_context,
@@ -85,10 +90,11 @@ def _service_cluster(
     index: DestinationIndex,
 ) -> cluster_pb2.Cluster:
     name = outbound_cluster_name(port, service.hostname, subset)
+    policy = index.effective_policy(service.hostname, subset, port)
     cluster = cluster_pb2.Cluster(
         name=name,
         connect_timeout=duration_from_seconds(CONNECT_TIMEOUT_SECONDS),
-        lb_policy=lb_policy_for(index.load_balancer_for(service.hostname, subset)),
+        lb_policy=lb_policy_for(policy.load_balancer),
     )
     if service.resolution == "DNS":
         chosen = index.subset(service.hostname, subset) if subset is not None else None
@@ -106,6 +112,7 @@ def _service_cluster(
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
     _with_upstream_protocol(cluster, protocol)
+    apply_resilience(cluster, policy)
     _with_transport_security(cluster, view, service, port, protocol, subset, index)
     return cluster
 
@@ -141,7 +148,7 @@ def _with_transport_security(
     when they say DISABLE; a DISABLE policy of one workload needs a DestinationRule too.
     """
     settings = index.tls_for(service.hostname, subset, port)
-    alpn = "h2" if _speaks_http2(protocol) else "http/1.1"
+    alpn = upstream_alpn(cluster)
     sni = outbound_sni(port, service.hostname, subset)
     if settings is None:
         # No labels: only policies without a selector (the mesh's, the namespace's) apply.
@@ -197,8 +204,11 @@ def build_outbound_clusters(
     )
 
 
-def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:
-    """The sidecar's own app on loopback; None for proxies without an app (gateways)."""
+def build_inbound_cluster(
+    node: ProxyNode, policy: EffectivePolicy | None = None
+) -> cluster_pb2.Cluster | None:
+    """The sidecar's own app on loopback; None for proxies without an app (gateways).
+    ``policy``: the DestinationRule's for the node's service and port (its connection pool)."""
     if node.kind != "sidecar" or node.app_port is None:
         return None
     name = inbound_cluster_name(node.app_port)
@@ -211,4 +221,5 @@ def build_inbound_cluster(node: ProxyNode) -> cluster_pb2.Cluster | None:
         load_assignment=load_assignment(name, (app,), node.app_port),
     )
     _with_upstream_protocol(cluster, node.app_protocol)
+    apply_inbound_resilience(cluster, policy or EffectivePolicy())
     return cluster

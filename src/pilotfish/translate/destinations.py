@@ -161,7 +161,7 @@ class DestinationIndex:
             return Unroutable(
                 f"subset {destination.subset} of {hostname} is not defined by any DestinationRule"
             )
-        balancer = self.load_balancer_for(hostname, destination.subset)
+        balancer = self.effective_policy(hostname, destination.subset, port).load_balancer
         return ClusterTarget(
             cluster=outbound_cluster_name(port, hostname, destination.subset),
             consistent_hash=balancer.consistent_hash if balancer is not None else None,

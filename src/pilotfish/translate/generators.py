@@ -15,6 +15,7 @@ from functools import cached_property
 from google.protobuf.message import Message
 
 from pilotfish.model.proxy import ProxyKind, ProxyNode
+from pilotfish.model.resources import qualify_host
 from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot import (
     Generator,
@@ -25,12 +26,13 @@ from pilotfish.snapshot import (
     type_urls,
 )
 from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
-from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import build_service_load_assignments
 from pilotfish.translate.listeners import (
     build_gateway_listeners,
     build_inbound_listener,
     build_outbound_listener,
+    workload_port,
 )
 from pilotfish.translate.request_authentication import build_jwks_clusters
 from pilotfish.translate.routes import (
@@ -73,8 +75,18 @@ def _present(resource: Message | None) -> tuple[Message, ...]:
     return (resource,) if resource is not None else ()
 
 
-def _inbound_cluster(_context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
-    return _present(build_inbound_cluster(node))
+def _inbound_cluster(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
+    return _present(build_inbound_cluster(node, inbound_policy(context, node)))
+
+
+def inbound_policy(context: TranslationContext, node: ProxyNode) -> EffectivePolicy:
+    """As Istio does for the server's side: the rule of the node's service, with its
+    port-level settings for the Workload's port, and no subset's."""
+    port = workload_port(context.view, node)
+    if node.service is None or port is None:
+        return EffectivePolicy()
+    hostname = qualify_host(node.service, node.namespace)
+    return context.destinations.effective_policy(hostname, None, port)
 
 
 def _outbound_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
@@ -103,7 +115,10 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     ServiceGenerator(
         "outbound-clusters", type_urls.CLUSTER, _CONFIG_AND_ENDPOINTS, _outbound_clusters
     ),
-    NodeGenerator("inbound-cluster", type_urls.CLUSTER, frozenset(), _inbound_cluster, SIDECAR),
+    # The rule of the node's service (which the services decide) sets its connection pool.
+    NodeGenerator(
+        "inbound-cluster", type_urls.CLUSTER, _CONFIG_AND_SERVICES, _inbound_cluster, SIDECAR
+    ),
     # jwksUri hosts outside the mesh (which ones are outside depends on the services).
     MeshGenerator(
         "jwks-clusters",

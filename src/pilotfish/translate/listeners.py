@@ -21,7 +21,11 @@ from pilotfish.model.resources import Gateway, GatewayServer
 from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.endpoints import socket_address
-from pilotfish.translate.gateway_selection import gateway_chains, http_servers_by_port
+from pilotfish.translate.gateway_selection import (
+    GatewayChain,
+    gateway_chains,
+    http_servers_by_port,
+)
 from pilotfish.translate.http_security import NO_SECURITY, HttpSecurity, http_security
 from pilotfish.translate.naming import (
     INBOUND_LISTENER,
@@ -32,6 +36,12 @@ from pilotfish.translate.naming import (
     inbound_route_config_name,
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
+from pilotfish.translate.rate_limits import (
+    NO_RATE_LIMITS,
+    HttpRateLimits,
+    gateway_rate_limits,
+    sidecar_rate_limits,
+)
 from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
 from pilotfish.translate.telemetry import NO_TELEMETRY, HttpTelemetry, http_telemetry
 from pilotfish.translate.tls_contexts import (
@@ -53,10 +63,12 @@ def _http_filters(
     security: HttpSecurity,
     telemetry: HttpTelemetry,
     extra: Sequence[hcm_pb2.HttpFilter] = (),
+    rate_limits: HttpRateLimits = NO_RATE_LIMITS,
 ) -> list[hcm_pb2.HttpFilter]:
     # The peer header first: even a request the policies refuse is logged with its caller.
-    # Then authentication and authorization: nothing else acts on a request they refuse.
-    filters = [*telemetry.filters, *security.filters]
+    # Then authentication and authorization: nothing else acts on a request they refuse;
+    # then the rate limits, so a refused request costs no token.
+    filters = [*telemetry.filters, *security.filters, *rate_limits.filters]
     if routing:
         # Always present on routing listeners although they only act on routes that configure
         # CORS or a fault: adding or removing one then changes only RDS, never the listener,
@@ -84,6 +96,7 @@ def http_connection_manager(
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
     security: HttpSecurity = NO_SECURITY,
     telemetry: HttpTelemetry = NO_TELEMETRY,
+    rate_limits: HttpRateLimits = NO_RATE_LIMITS,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
 
@@ -94,11 +107,13 @@ def http_connection_manager(
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        http_filters=_http_filters(rds_name is not None, security, telemetry, http_filters),
+        http_filters=_http_filters(
+            rds_name is not None, security, telemetry, http_filters, rate_limits
+        ),
         access_log=telemetry.access_logs,
     )
     security_mappers = security.local_reply.mappers if security.local_reply else ()
-    for mapper in (*security_mappers, *telemetry.reply_mappers):
+    for mapper in (*security_mappers, *rate_limits.reply_mappers, *telemetry.reply_mappers):
         added = manager.local_reply_config.mappers.add()
         added.CopyFrom(mapper)
         added.headers_to_add.extend(telemetry.reply_headers)
@@ -200,13 +215,19 @@ def inbound_mtls_mode(view: MeshView, node: ProxyNode) -> EffectiveMtlsMode:
 
 
 def _inbound_manager(
-    app_port: int, security: HttpSecurity, telemetry: HttpTelemetry, *, mutual_tls: bool
+    app_port: int,
+    security: HttpSecurity,
+    telemetry: HttpTelemetry,
+    rate_limits: HttpRateLimits,
+    *,
+    mutual_tls: bool,
 ) -> hcm_pb2.HttpConnectionManager:
     manager = http_connection_manager(
         INBOUND_LISTENER,
         route_config=inbound_route_config(app_port),
         security=security,
         telemetry=telemetry,
+        rate_limits=rate_limits,
     )
     # A caller's own x-forwarded-client-cert is never believed: over mTLS the header is
     # replaced by the verified peer's identity (its SPIFFE URI), as Istio does; in plain
@@ -239,18 +260,20 @@ def inbound_filter_chains(
     app_port: int,
     security: HttpSecurity = NO_SECURITY,
     telemetry: HttpTelemetry = NO_TELEMETRY,
+    rate_limits: HttpRateLimits = NO_RATE_LIMITS,
 ) -> list[listener_components_pb2.FilterChain]:
     """STRICT: mTLS only, so a plaintext caller fails the handshake (counted in
     ``listener.inbound.ssl.connection_error``), never served in the clear. PERMISSIVE: both,
-    by what the TLS inspector saw. DISABLE: plaintext only."""
+    by what the TLS inspector saw. DISABLE: plaintext only. Each chain's connection manager
+    keeps its own local rate limit buckets."""
     chains = []
     if mode != "DISABLE":
-        manager = _inbound_manager(app_port, security, telemetry, mutual_tls=True)
+        manager = _inbound_manager(app_port, security, telemetry, rate_limits, mutual_tls=True)
         mtls = _chain(INBOUND_MTLS_CHAIN, manager)
         mtls.transport_socket.CopyFrom(tls_socket(mesh_downstream_context()))
         chains.append(mtls)
     if mode != "STRICT":
-        manager = _inbound_manager(app_port, security, telemetry, mutual_tls=False)
+        manager = _inbound_manager(app_port, security, telemetry, rate_limits, mutual_tls=False)
         chains.append(_chain(INBOUND_PLAINTEXT_CHAIN, manager))
     if mode == "PERMISSIVE":
         chains[0].filter_chain_match.transport_protocol = "tls"
@@ -273,7 +296,11 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
         address=socket_address(node.bind_address, node.inbound_port),
         traffic_direction=base_pb2.INBOUND,
         filter_chains=inbound_filter_chains(
-            mode, node.app_port, inbound_security(view, node), telemetry
+            mode,
+            node.app_port,
+            inbound_security(view, node),
+            telemetry,
+            sidecar_rate_limits(view.config.rate_limit_policies, node, view.config.mesh.rate_limit),
         ),
     )
     if mode == "PERMISSIVE":
@@ -282,10 +309,18 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
 
 
 def gateway_connection_manager(
-    port: int, route_config: str, security: HttpSecurity, telemetry: HttpTelemetry = NO_TELEMETRY
+    port: int,
+    route_config: str,
+    security: HttpSecurity,
+    telemetry: HttpTelemetry = NO_TELEMETRY,
+    rate_limits: HttpRateLimits = NO_RATE_LIMITS,
 ) -> hcm_pb2.HttpConnectionManager:
     manager = http_connection_manager(
-        gateway_listener_name(port), rds_name=route_config, security=security, telemetry=telemetry
+        gateway_listener_name(port),
+        rds_name=route_config,
+        security=security,
+        telemetry=telemetry,
+        rate_limits=rate_limits,
     )
     # The gateway is the edge: the client is the peer of the connection, never what its
     # X-Forwarded-For says, or anyone could claim an address that remoteIpBlocks allows.
@@ -303,13 +338,26 @@ def _gateway_listener(
     security = http_security(view, node, None)
     telemetry = http_telemetry(node, view.config.mesh.telemetry, "gateway")
     chains = gateway_chains(port, servers)
+
+    def limits(chain: GatewayChain) -> HttpRateLimits:
+        return gateway_rate_limits(
+            view.config.rate_limit_policies,
+            node,
+            (gateway for gateway, _ in chain.servers),
+            view.config.mesh.rate_limit,
+        )
+
     if all(chain.tls is None for chain in chains):
         (plaintext,) = chains
-        manager = gateway_connection_manager(port, plaintext.route_config, security, telemetry)
+        manager = gateway_connection_manager(
+            port, plaintext.route_config, security, telemetry, limits(plaintext)
+        )
         return http_listener(name, node.bind_address, port, manager)
     filter_chains: list[listener_components_pb2.FilterChain] = []
     for chain in chains:
-        manager = gateway_connection_manager(port, chain.route_config, security, telemetry)
+        manager = gateway_connection_manager(
+            port, chain.route_config, security, telemetry, limits(chain)
+        )
         if chain.tls is None:
             plaintext_chain = _chain(f"{name}-plaintext", manager)
             plaintext_chain.filter_chain_match.transport_protocol = "raw_buffer"

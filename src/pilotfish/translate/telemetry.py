@@ -50,6 +50,7 @@ from pilotfish.model.telemetry import (
 )
 from pilotfish.translate.authorization import text_body
 from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
+from pilotfish.translate.resilience import CIRCUIT_BREAKER_OPERATOR
 
 # The agent's bootstrap names the control plane's gRPC cluster so; access logs stream there.
 XDS_CLUSTER_NAME = "xds-grpc"
@@ -291,22 +292,31 @@ def local_reply_mappers(node_id: str) -> list[hcm_pb2.ResponseMapper]:
     before headers", which names neither the proxy nor the service.
     """
     mappers = [
-        _flag_mapper(node_id, (flag,), RESPONSE_FLAG_WORDS[flag]) for flag in LOCAL_REPLY_FLAGS
+        _flag_mapper(node_id, (flag,), _CAUSES.get(flag, format_literal(RESPONSE_FLAG_WORDS[flag])))
+        for flag in LOCAL_REPLY_FLAGS
     ]
     # Any other flag (an empty list matches every flagged reply).
-    mappers.append(_flag_mapper(node_id, (), "the proxy answered this request itself"))
+    mappers.append(
+        _flag_mapper(node_id, (), format_literal("the proxy answered this request itself"))
+    )
     return mappers
 
 
-def _flag_mapper(node_id: str, flags: Sequence[str], words: str) -> hcm_pb2.ResponseMapper:
+# Causes that need Envoy's operators (the others are fixed words). UO does not say which
+# limit was hit, so it names the ones the cluster sets (translate.resilience keeps them).
+_CAUSES = {
+    "UO": f"circuit breaker of %UPSTREAM_CLUSTER% is full ({CIRCUIT_BREAKER_OPERATOR})",
+}
+
+
+def _flag_mapper(node_id: str, flags: Sequence[str], cause: str) -> hcm_pb2.ResponseMapper:
+    """``cause`` is an Envoy format string."""
     text = f"pilotfish: {node_id} answered "
     return hcm_pb2.ResponseMapper(
         filter=accesslog_pb2.AccessLogFilter(
             response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
         ),
-        body_format_override=text_body(
-            text, f"%RESPONSE_CODE%: {format_literal(words)}{LOCAL_REPLY_WHERE}"
-        ),
+        body_format_override=text_body(text, f"%RESPONSE_CODE%: {cause}{LOCAL_REPLY_WHERE}"),
     )
 
 

@@ -112,20 +112,20 @@ def mesh_downstream_context() -> tls_pb2.DownstreamTlsContext:
 
 
 def mesh_upstream_context(
-    subject_alt_names: Iterable[str], sni: str, alpn: str
+    subject_alt_names: Iterable[str], sni: str, alpn: Iterable[str]
 ) -> tls_pb2.UpstreamTlsContext:
     """The client's side: the server must prove one of ``subject_alt_names`` (none: any
-    identity the mesh's CA signed)."""
+    identity the mesh's CA signed). No ``alpn``: Envoy offers each connection's codec."""
     return tls_pb2.UpstreamTlsContext(
-        common_tls_context=_mesh_common_context((alpn,), subject_alt_names), sni=sni
+        common_tls_context=_mesh_common_context(alpn, subject_alt_names), sni=sni
     )
 
 
 def file_upstream_context(
-    settings: ClientTLSSettings, default_sni: str | None, alpn: str
+    settings: ClientTLSSettings, default_sni: str | None, alpn: Iterable[str]
 ) -> tls_pb2.UpstreamTlsContext:
     """A DestinationRule's SIMPLE or MUTUAL TLS with certificates from files."""
-    common = tls_pb2.CommonTlsContext(tls_params=_tls_params(), alpn_protocols=[alpn])
+    common = tls_pb2.CommonTlsContext(tls_params=_tls_params(), alpn_protocols=list(alpn))
     if settings.mode == "MUTUAL" and settings.client_certificate and settings.private_key:
         common.tls_certificates.append(
             common_pb2.TlsCertificate(

@@ -4,7 +4,9 @@ It answers with who it is (``VERSION``, ``PILOTFISH_REPLICA``) and can misbehave
 ``/fail-every-other`` answers 503 on every other call; ``/slow?ms=N`` waits N ms;
 ``/call?url=U`` calls another service through the mesh (its HTTP_PROXY) and returns that answer;
 ``/busy`` waits ``BUSY_MS`` (env) before answering, so one replica is slower than the others;
-``/seen`` lists the path and Host of the last requests it received (to see mirrored copies).
+``/seen`` lists the path and Host of the last requests it received (to see mirrored copies);
+``/fail?ms=N`` waits N ms, then answers 503; with ``ALWAYS_FAIL=1`` (env) every path but
+``/seen`` answers 503, as a broken replica would.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 VERSION = os.environ.get("VERSION", "v1")
 REPLICA = os.environ.get("PILOTFISH_REPLICA", "echo")
 BUSY_MS = int(os.environ.get("BUSY_MS", "0"))
+ALWAYS_FAIL = os.environ.get("ALWAYS_FAIL") == "1"
 _calls = itertools.count()
 _calls_lock = threading.Lock()
 _seen: collections.deque[dict[str, str | None]] = collections.deque(maxlen=200)
@@ -39,6 +42,13 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, {"replica": REPLICA, "seen": list(_seen)})
             return
         _seen.append({"path": self.path, "host": self.headers.get("host")})
+        if ALWAYS_FAIL:
+            self._answer(503, {"replica": REPLICA, "failed": True})
+            return
+        if url.path == "/fail":
+            time.sleep(int(query.get("ms", "0")) / 1000)
+            self._answer(503, {"replica": REPLICA, "failed": True})
+            return
         if url.path == "/fail-every-other":
             with _calls_lock:
                 call = next(_calls)

@@ -112,3 +112,20 @@ def test_a_proxy_with_a_certificate_shows_its_identity_and_when_the_cert_expires
     ]
     row = format_status(proxies, {"generation": 1}).splitlines()[1].split()
     assert row[3:5] == ["spiffe://cluster.local/ns/default/sa/web", "2026-12-02T10:15Z"]
+
+
+def test_the_ejected_column_counts_each_proxys_ejections_and_says_who_was_not_asked() -> None:
+    proxies = [
+        {"node_id": name, "kind": "sidecar", "stream": "delta", "types": {"CDS": SYNCED}}
+        for name in ("frontend-0", "gateway", "late-0")
+    ]
+    ejections = [
+        {"proxy": "frontend-0", "ejected": 1, "error": None},
+        {"proxy": "gateway", "ejected": None, "error": "its Envoy admin did not answer"},
+    ]
+    lines = format_status(proxies, {"generation": 1}, ejections).splitlines()
+    assert lines[0].split()[-1] == "EJECTED"
+    assert [line.split()[-1] for line in lines[1:4]] == ["1", "?", "-"]
+    assert "  gateway: its Envoy admin did not answer" in lines
+    # Without the count (an older control plane), no column.
+    assert "EJECTED" not in format_status(proxies, {"generation": 1})

@@ -203,3 +203,33 @@ def test_envoy_pings_the_control_plane_as_the_keepalive_policy_says() -> None:
     policy = XdsKeepalive(proxy_ping_interval=1.25, proxy_ping_timeout=0.5)
     short = build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0, keepalive=policy)
     assert keepalive_of(parse(short)) == (1.25, 0.5)
+
+
+def test_a_fixed_admin_port_is_told_to_the_control_plane() -> None:
+    bootstrap = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=19000))
+    node = ProxyNode.from_metadata(
+        bootstrap.node.id, json_format.MessageToDict(bootstrap.node.metadata)
+    )
+    assert node.admin_address == "127.0.0.1:19000"
+
+
+def test_an_admin_port_envoy_picks_is_not_told() -> None:
+    # 0 is Envoy's choice, known only after it started: no address is better than a wrong one.
+    bootstrap = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    node = ProxyNode.from_metadata(
+        bootstrap.node.id, json_format.MessageToDict(bootstrap.node.metadata)
+    )
+    assert node.admin_address is None
+
+
+def test_the_outlier_event_log_is_the_one_the_node_names() -> None:
+    node = replace(SIDECAR, outlier_log="/run/pf/reviews-0/outlier-events.log")
+    bootstrap = parse(build_bootstrap(node, xds_address=("127.0.0.1", 1), admin_port=19000))
+    assert (
+        bootstrap.cluster_manager.outlier_detection.event_log_path
+        == "/run/pf/reviews-0/outlier-events.log"
+    )
+    metadata = json_format.MessageToDict(bootstrap.node.metadata)
+    assert ProxyNode.from_metadata("x", metadata).outlier_log == node.outlier_log
+    without = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=19000))
+    assert not without.HasField("cluster_manager")

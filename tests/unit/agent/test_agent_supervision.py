@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from tests.in_process_ca import InProcessCA
 
 from pilotfish.agent.envoy_process import EnvoyStartError
-from pilotfish.agent.supervisor import RestartPolicy, Sidecar, SupervisedEnvoy, Supervisor
+from pilotfish.agent.supervisor import (
+    OUTLIER_LOG_NAME,
+    RestartPolicy,
+    Sidecar,
+    SupervisedEnvoy,
+    Supervisor,
+)
 from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.proxy import ProxyNode
@@ -246,6 +252,12 @@ def test_sidecar_builds_its_bootstrap_from_the_node(tmp_path: Path) -> None:
     assert sidecar.bootstrap["node"]["id"] == "web-0"
     assert sidecar.bootstrap["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
     assert sidecar.name == "web-0"
+    # Where the control plane finds what this proxy sees of its endpoints.
+    metadata = sidecar.bootstrap["node"]["metadata"]
+    assert metadata["PILOTFISH_ADMIN_ADDRESS"] == "127.0.0.1:7001"
+    log_path = str(tmp_path.resolve() / OUTLIER_LOG_NAME)
+    assert metadata["PILOTFISH_OUTLIER_LOG"] == log_path
+    assert sidecar.bootstrap["cluster_manager"]["outlier_detection"] == {"event_log_path": log_path}
 
 
 def test_a_sidecar_with_certificates_points_envoy_at_its_sds_socket(tmp_path: Path) -> None:

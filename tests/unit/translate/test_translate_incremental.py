@@ -134,6 +134,8 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         # the same bytes and version when they did not change, so nothing is sent.
         "outbound-listener": 1,
         "inbound-listener": 1,
+        # The service's DestinationRule may set the server side's connection pool.
+        "inbound-cluster": 1,
     }
     assert versions(snapshot) == fresh(view, SIDECAR)
 
