@@ -211,7 +211,9 @@ class RateLimitService:
 
     def families(self) -> list[MetricFamily]:
         settings = self._settings()
-        store = self._redis.name if self._redis is not None else self._memory.name
+        # The store the served config names (the service switches to it with the next call).
+        address = settings.redis_address
+        store = f"redis {address}" if address is not None else self._memory.name
         return [
             MetricFamily(
                 DECISIONS,
@@ -231,7 +233,8 @@ class RateLimitService:
             ),
             MetricFamily(
                 STORE_UP,
-                "1 while the global rate limit counter store answers, 0 during an outage.",
+                "1 while the global rate limit counter store the served MeshConfig names "
+                "answers, 0 during an outage.",
                 "gauge",
                 [Sample((("store", store),), 0 if self._outage.down else 1)],
             ),
