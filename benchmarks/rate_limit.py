@@ -246,9 +246,7 @@ def start_latency_mesh(folder: Path) -> tuple[RunningMesh, int]:
     )
     mesh = RunningMesh(directory, port)
     deadline = time.monotonic() + 120
-    while not all(
-        http_get(f"{mesh.gateway_url}/{target}", timeout=5).status == 200 for target in TARGETS
-    ):
+    while not serves_both(mesh):
         if mesh.process.poll() is not None or time.monotonic() > deadline:
             mesh.stop()
             raise RuntimeError(f"the mesh did not serve both targets:\n{mesh.log()[-3000:]}")
@@ -256,6 +254,13 @@ def start_latency_mesh(folder: Path) -> tuple[RunningMesh, int]:
     for pid in {mesh.process.pid, *descendant_pids(mesh.process.pid)}:
         pin_to_cpu(pid, 0)
     return mesh, port
+
+
+def serves_both(mesh: RunningMesh) -> bool:
+    try:
+        return all(http_get(f"{mesh.gateway_url}/{t}", timeout=5).status == 200 for t in TARGETS)
+    except OSError:  # the gateway is not listening yet
+        return False
 
 
 def fixed_rate(url: str, log: Path, args: argparse.Namespace) -> dict[str, float]:

@@ -73,10 +73,11 @@ class RedisCounters:
     ) -> None:
         try:
             counts = await self._send([item for increments, _ in batch for item in increments])
-        except CounterStoreError as exc:
+        except Exception as exc:  # whatever happened, no caller of the batch may hang
+            problem = str(exc) if isinstance(exc, CounterStoreError) else f"{self.name}: {exc!r}"
             for _, future in batch:
                 if not future.done():  # a caller that gave up cancelled its own
-                    future.set_exception(CounterStoreError(str(exc)))
+                    future.set_exception(CounterStoreError(problem))
             return
         start = 0
         for increments, future in batch:
@@ -103,10 +104,12 @@ class RedisCounters:
         return [int(value) for value in replies[::2]]
 
     async def _drop_connections(self) -> None:
-        """Forget every pooled connection: after a crash of Redis the idle ones are dead too,
-        and each would fail one call after Redis is back, as a second outage."""
+        """Close the idle pooled connections: after a crash of Redis they are dead too, and
+        each would fail one call after Redis is back, as a second outage. Connections in use
+        by other pipelines are left to fail (or not) on their own: closing one under a
+        pipeline breaks redis-py itself."""
         with contextlib.suppress(RedisError, OSError):
-            await self._client.connection_pool.disconnect()
+            await self._client.connection_pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushes, return_exceptions=True)
