@@ -45,12 +45,12 @@ events = st.lists(
 )
 
 
-@given(events)
+@given(events, st.integers(min_value=1, max_value=3))
 def test_an_outage_is_announced_once_each_way_and_probed_at_most_once_per_interval(
-    steps: list[tuple[str, float]],
+    steps: list[tuple[str, float]], to_trip: int
 ) -> None:
-    outage = StoreOutage(probe_interval=0.1)
-    now, down, last_probe = 0.0, False, None
+    outage = StoreOutage(probe_interval=0.1, failures_to_trip=to_trip)
+    now, down, in_a_row, last_probe = 0.0, False, 0, None
     for kind, step in steps:
         now += step
         if kind == "call":
@@ -60,13 +60,14 @@ def test_an_outage_is_announced_once_each_way_and_probed_at_most_once_per_interv
                 last_probe = now
             assert allowed or down
         elif kind == "fail":
+            in_a_row += 1
             started = outage.call_failed(now, "boom")
-            assert (started is not None) == (not down)
+            assert (started is not None) == (not down and in_a_row >= to_trip)
             assert started is None or started == OutageStarted("boom")
-            down, last_probe = True, now
+            down, last_probe = down or in_a_row >= to_trip, now
         else:
             ended = outage.call_succeeded(now)
             assert (ended is not None) == down
             assert ended is None or isinstance(ended, OutageEnded)
-            down, last_probe = False, None
+            down, in_a_row, last_probe = False, 0, None
         assert outage.down == down

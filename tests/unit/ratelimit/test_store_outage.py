@@ -4,7 +4,7 @@ from pilotfish.ratelimit.outage import OutageEnded, OutageStarted, StoreOutage
 
 
 def test_an_outage_is_reported_once_when_it_starts_and_once_when_it_ends() -> None:
-    outage = StoreOutage(probe_interval=0.1)
+    outage = StoreOutage(probe_interval=0.1, failures_to_trip=1)
     assert outage.call_succeeded(0.0) is None
     assert outage.call_failed(1.0, "refused") == OutageStarted("refused")
     assert outage.call_failed(1.2, "refused") is None
@@ -14,8 +14,21 @@ def test_an_outage_is_reported_once_when_it_starts_and_once_when_it_ends() -> No
     assert outage.call_succeeded(3.6) is None
 
 
+def test_it_takes_failures_in_a_row_to_start_an_outage() -> None:
+    outage = StoreOutage(probe_interval=0.1, failures_to_trip=3)
+    assert outage.call_failed(1.0, "timeout") is None
+    assert outage.call_failed(1.1, "timeout") is None
+    assert outage.call_succeeded(1.2) is None  # a success starts the count again
+    assert outage.call_failed(2.0, "timeout") is None
+    assert outage.call_failed(2.1, "timeout") is None
+    assert not outage.down and outage.may_call(2.1)
+    assert outage.call_failed(2.2, "refused") == OutageStarted("refused")
+    assert outage.down
+    assert outage.call_succeeded(3.0) == OutageEnded(1.0, 3)  # from the run's first failure
+
+
 def test_while_down_one_call_per_probe_interval_reaches_the_store() -> None:
-    outage = StoreOutage(probe_interval=0.1)
+    outage = StoreOutage(probe_interval=0.1, failures_to_trip=1)
     assert outage.may_call(0.0)
     outage.call_failed(0.0, "timeout")
     assert [outage.may_call(t) for t in (0.05, 0.09)] == [False, False]
