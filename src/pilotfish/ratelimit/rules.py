@@ -58,6 +58,8 @@ class GlobalRule:
             return f"{value}{'!' if selector.invert else ''}{operator}{selector.value}"
         if key == PATH_DESCRIPTOR_KEY:
             return f"path={value}"
+        if key == SOURCE_DESCRIPTOR_KEY:
+            return f"source={value}"
         return f"{key}={value}"
 
     def _header_match(self, name: str) -> HeaderSelector | None:

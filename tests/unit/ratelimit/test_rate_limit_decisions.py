@@ -128,7 +128,9 @@ def test_exact_source_cidr_counts_addresses_inside_it_together_and_others_not_at
 
     assert harness.ask(source("10.1.2.3")).code == "OK"
     assert harness.ask(source("10.1.9.9")).code == "OK"
-    assert harness.ask(source("10.1.0.0/16")).code == "OVER_LIMIT"  # masked by the proxy
+    refused = harness.ask(source("10.1.0.0/16"))  # masked by the proxy
+    assert refused.code == "OVER_LIMIT"
+    assert refusal_body(refused).endswith("(2 per Minute) exceeded for source=10.1.0.0/16 [RL]")
     outside = harness.ask(source("10.2.0.1"))
     assert outside.code == "OK"
     assert outside.descriptors[0].planned == NotCounted("outside_source", "default/office/global/0")
