@@ -199,7 +199,7 @@ def test_an_always_failing_replica_is_ejected_and_comes_back_after_base_ejection
     assert again is not None and again.status == 503, "the replica never got traffic again"
 
 
-def test_a_cluster_without_limits_names_none_in_its_admin_view(mesh: RunningMesh) -> None:
+def test_unset_thresholds_are_unlimited_in_the_gateway_envoys_own_view(mesh: RunningMesh) -> None:
     admin = gateway_envoy_admin(mesh)
     clusters = http_get(admin + "/clusters").body.get("text")
     assert isinstance(clusters, str)

@@ -194,16 +194,11 @@ def _apply_http_options(
     cluster: cluster_pb2.Cluster, pool: ConnectionPool, *, upgrade: bool
 ) -> None:
     """Merges into the cluster's HttpProtocolOptions, which may already choose HTTP/2."""
-    http = pool.http
-    tcp = pool.tcp
-    options = _HTTP_OPTIONS()
-    existing = cluster.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS_KEY)
-    if existing is not None:
-        existing.Unpack(options)
+    http, tcp = pool.http, pool.tcp
+    options = _http_options_of(cluster)
     before = options.SerializeToString(deterministic=True)
-    common = protocol_pb2.HttpProtocolOptions()
-    common.CopyFrom(options.common_http_protocol_options)
-    idle = http.idle_timeout if http and http.idle_timeout is not None else None
+    common = options.common_http_protocol_options
+    idle = http.idle_timeout if http is not None else None
     if idle is None and tcp is not None:
         idle = tcp.idle_timeout
     if idle is not None:
@@ -212,8 +207,6 @@ def _apply_http_options(
         common.max_connection_duration.CopyFrom(duration_from_seconds(tcp.max_connection_duration))
     if http is not None and http.max_requests_per_connection:
         common.max_requests_per_connection.value = http.max_requests_per_connection
-    if common != protocol_pb2.HttpProtocolOptions():
-        options.common_http_protocol_options.CopyFrom(common)
     if http is not None:
         _choose_protocol(options, http, upgrade=upgrade)
         http2 = _http2_options(options)
@@ -236,6 +229,14 @@ def _apply_http_options(
         # cluster spoke without them.
         options.explicit_http_config.http_protocol_options.SetInParent()
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
+
+
+def _http_options_of(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:
+    options = _HTTP_OPTIONS()
+    existing = cluster.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS_KEY)
+    if existing is not None:
+        existing.Unpack(options)
+    return options
 
 
 def _choose_protocol(
@@ -271,10 +272,7 @@ def upstream_alpn(cluster: cluster_pb2.Cluster) -> tuple[str, ...]:
     """What the cluster's TLS offers must be what it speaks, or the server picks a codec the
     client does not use: h2 once the cluster chose (or was upgraded to) HTTP/2; nothing with
     useClientProtocol, so that Envoy offers each connection's own codec."""
-    options = _HTTP_OPTIONS()
-    existing = cluster.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS_KEY)
-    if existing is not None:
-        existing.Unpack(options)
+    options = _http_options_of(cluster)
     if options.HasField("use_downstream_protocol_config"):
         return ()
     if options.explicit_http_config.HasField("http2_protocol_options"):
