@@ -116,6 +116,14 @@ def _rule(reader: FieldReader, value: object, path: str) -> RateLimitRule | None
     if fields is None:
         return None
     limit = _limit(reader, fields, path)
+    if fields.get("clientSelectors") == []:
+        # Refused, as an empty selector is: either reading surprises someone.
+        reader.error(
+            join_path(path, "clientSelectors"),
+            'an empty list reads as "every request" (Envoy Gateway) or as "no request" (as '
+            "Istio's `rules: []`): leave clientSelectors out to limit every request",
+        )
+        return None
     selectors: list[ClientSelector] = []
     for item, item_path in reader.items(fields, "clientSelectors", path):
         selector = _selector(reader, item, item_path)

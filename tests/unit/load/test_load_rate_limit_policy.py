@@ -261,6 +261,17 @@ def test_empty_selector_is_an_error() -> None:
     assert_at(result, text, "spec.local.rules[0].clientSelectors[0]", "{}", "every request")
 
 
+def test_empty_selector_list_is_an_error_as_an_empty_selector_is() -> None:
+    text, result = load_policy("""targetRef: {kind: Service, name: backend}
+local:
+  rules:
+  - clientSelectors: []
+    limit: {requests: 5, unit: Second}""")
+    assert_at(
+        result, text, "spec.local.rules[0].clientSelectors", "clientSelectors", "every request"
+    )
+
+
 def test_unknown_target_service() -> None:
     text, result = load_policy(
         "targetRef: {kind: Service, name: frontend}\nlocal:\n  rules:\n"
