@@ -213,17 +213,55 @@ def _source_entry(source: SourceSelector) -> _Entry:
     return _Entry(rc.RateLimit.Action(masked_remote_address=masked), SOURCE_DESCRIPTOR_KEY, value)
 
 
+_QUERY = r"(\?.*)?"
+
+
 def path_pattern(path: PathSelector) -> str:
     """An RE2 pattern for ``:path``, which carries the query too: a match looks at the path
     before any ``?``. PathPrefix matches whole segments, as in the Gateway API: ``/api``
     takes ``/api`` and ``/api/v1``, never ``/apis``."""
-    query = r"(\?.*)?"
     if path.type == "Exact":
-        return re.escape(path.value) + query
+        return re.escape(path.value) + _QUERY
     if path.type == "PathPrefix":
         prefix = path.value.rstrip("/")
-        return re.escape(prefix) + r"(/[^?]*)?" + query
-    return f"(?:{path.value}){query}"
+        return re.escape(prefix) + r"(/[^?]*)?" + _QUERY
+    return f"(?:{_query_at_end(path.value)}){_QUERY}"
+
+
+def _query_at_end(pattern: str) -> str:
+    """``pattern`` with each end-of-text anchor (``$``, ``\\z``) letting a query come first:
+    the user's ``$`` means the end of the path, which RE2 cannot test by itself (no
+    lookahead). Escapes, ``\\Q...\\E`` and character classes are literal text."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        if pattern.startswith("\\Q", i):
+            end = pattern.find("\\E", i + 2)
+            step = len(pattern) - i if end < 0 else end + 2 - i
+        elif pattern.startswith("\\z", i) and not in_class:
+            out.append(_QUERY + "$")
+            i += 2
+            continue
+        elif pattern[i] == "\\":
+            step = 2
+        elif in_class:
+            posix_end = pattern.find(":]", i) if pattern.startswith("[:", i) else -1
+            step = posix_end + 2 - i if posix_end >= 0 else 1
+            in_class = pattern[i] != "]"
+        elif pattern[i] == "[":
+            # A ``]`` right after ``[`` or ``[^`` is a member, not the end.
+            step = 2 if pattern.startswith("[^", i) else 1
+            step += pattern.startswith("]", i + step)
+            in_class = True
+        elif pattern[i] == "$":
+            out.append(_QUERY + "$")
+            i += 1
+            continue
+        else:
+            step = 1
+        out.append(pattern[i : i + step])
+        i += step
+    return "".join(out)
 
 
 def _regex(pattern: str) -> regex_pb2.RegexMatcher:
