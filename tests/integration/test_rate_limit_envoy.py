@@ -108,11 +108,13 @@ def http_app() -> Iterator[int]:
 class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """Records each call's domain and descriptors; says OVER_LIMIT for a descriptor with one
     of ``over`` among its entries (naming its rule as the real service does) or of
-    ``over_unnamed`` (naming none), and answers too late for one with an entry of ``slow``."""
+    ``over_unnamed`` (naming none), answers too late for one with an entry of ``slow`` and
+    fails at once for one with an entry of ``broken``."""
 
     over: frozenset[tuple[str, str]] = frozenset()
     over_unnamed: frozenset[tuple[str, str]] = frozenset()
     slow: frozenset[tuple[str, str]] = frozenset()
+    broken: frozenset[tuple[str, str]] = frozenset()
     calls: list[tuple[str, list[list[tuple[str, str]]]]] = field(default_factory=list)
 
     def ShouldRateLimit(
@@ -122,6 +124,8 @@ class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.calls.append((request.domain, descriptors))
         if any(set(entries) & self.slow for entries in descriptors):
             time.sleep(0.5)
+        if any(set(entries) & self.broken for entries in descriptors):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "not this one")
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
         for entries in descriptors:
             status = response.statuses.add(code=rls_pb2.RateLimitResponse.OK)
@@ -325,6 +329,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
         over=frozenset({("header:x-user", "mallory")}),
         over_unnamed=frozenset({("header:x-user", "anon")}),
         slow=frozenset({("header:x-user", "sloth")}),
+        broken=frozenset({("header:x-user", "oops")}),
     )
     settings = RateLimitSettings(failure_mode="deny", timeout=0.05)
     with (
@@ -338,6 +343,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
         mallory = get(proxy.port, "/api", {"x-user": "mallory"})
         anon = get(proxy.port, "/api", {"x-user": "anon"})
         sloth = get(proxy.port, "/api", {"x-user": "sloth"})
+        oops = get(proxy.port, "/api", {"x-user": "oops"})
         calls = list(servicer.calls)
 
     assert plain.status == 200
@@ -371,12 +377,15 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
     assert anon.body == (
         "pilotfish: backend-0 answered 429: the mesh's rate limit service said over limit [RL]\n"
     )
-    # failureMode deny: a service that does not answer within the timeout refuses.
-    assert sloth.status == 500
-    assert sloth.body == (
-        "pilotfish: backend-0 answered 500: the mesh's rate limit service did not answer "
-        "within 50 ms and failureMode is deny [RLSE]\n"
+    # failureMode deny: a service that does not answer within the timeout, or answers
+    # with an error at once, refuses; Envoy tells the two apart nowhere, nor does the body.
+    fail_closed = (
+        "pilotfish: backend-0 answered 500: the mesh's rate limit service failed or did not "
+        f"answer within 50 ms and failureMode is deny; cluster inbound|{app}||, route -, "
+        "details rate_limiter_error, - [RLSE]\n"
     )
+    assert (sloth.status, sloth.body) == (500, fail_closed)
+    assert (oops.status, oops.body) == (500, fail_closed)
 
 
 # --- a gateway target ----------------------------------------------------------------------------

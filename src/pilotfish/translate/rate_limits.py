@@ -57,7 +57,7 @@ from pilotfish.model.rate_limits import (
 from pilotfish.model.resources import Gateway
 from pilotfish.translate.authorization import cel_filter, text_body
 from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
-from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
+from pilotfish.translate.telemetry import LOCAL_REPLY_WHERE, XDS_CLUSTER_NAME
 
 LOCAL_RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
 RATE_LIMIT_FILTER_NAME = "envoy.filters.http.ratelimit"
@@ -385,7 +385,7 @@ def _rule_mapper(
 
 def _service_mappers(proxy: str, settings: RateLimitSettings) -> list[hcm_pb2.ResponseMapper]:
     """For a 429 of the service that names no rule, and for the 500 of ``failureMode:
-    deny`` when the service did not answer in time."""
+    deny`` when the service failed or did not answer in time."""
     mappers = [
         hcm_pb2.ResponseMapper(
             filter=cel_filter(f"response.code_details == '{GLOBAL_RATE_LIMITED_DETAILS}'"),
@@ -399,10 +399,12 @@ def _service_mappers(proxy: str, settings: RateLimitSettings) -> list[hcm_pb2.Re
         mappers.append(
             hcm_pb2.ResponseMapper(
                 filter=cel_filter(f"response.code_details == '{SERVICE_ERROR_DETAILS}'"),
+                # Envoy's details are the same for an error and a timeout: say both.
                 body_format_override=text_body(
-                    f"pilotfish: {proxy} answered 500: the mesh's rate limit service did not "
-                    f"answer within {settings.timeout * 1000:g} ms and failureMode is deny "
-                    "[RLSE]"
+                    f"pilotfish: {proxy} answered 500: the mesh's rate limit service failed or "
+                    f"did not answer within {settings.timeout * 1000:g} ms and failureMode is "
+                    "deny",
+                    LOCAL_REPLY_WHERE,
                 ),
             )
         )
