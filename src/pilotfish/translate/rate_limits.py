@@ -14,6 +14,11 @@ OVER_LIMIT in the same response header, so one body mapper per rule can name it 
 
 Both filters carry their ``rate_limits`` themselves rather than on routes: every request
 the connection manager receives is the target's, and the limits stay out of RDS.
+
+A local bucket belongs to one filter of one connection manager, and each listener filter
+chain has its own: a PERMISSIVE inbound port counts mTLS and plain text apart, a Gateway
+each port and each HTTPS server (so up to N x the limit over N chains, which the load
+warns of). Envoy 1.40's LocalRateLimit has no way to share a bucket between them.
 """
 
 from __future__ import annotations
@@ -102,7 +107,8 @@ def gateway_rate_limits(
     gateways: Iterable[Gateway],
     settings: RateLimitSettings,
 ) -> HttpRateLimits:
-    """What one gateway filter chain gets: the policies that target a Gateway it serves."""
+    """What one gateway filter chain gets: the policies that target a Gateway it serves
+    (their local buckets are this chain's own, apart from the gateway's other chains)."""
     served = {(g.meta.namespace, g.meta.name) for g in gateways}
     chosen = [
         p
