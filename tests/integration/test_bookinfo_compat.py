@@ -175,7 +175,6 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
         "spec.http[1].route",  # 49 + 50: split in proportion
         "spec.ports[1]",  # HTTPS is not carried
         "spec.servers[1].port",  # the TLS (passthrough) server is not served
-        "spec.trafficPolicy.loadBalancer.localityLbSetting",
     ]
     assert all(d.severity == "warning" for d in result.diagnostics)
 

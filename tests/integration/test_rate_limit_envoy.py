@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,11 +108,13 @@ def http_app() -> Iterator[int]:
 class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """Records each call's domain and descriptors; says OVER_LIMIT for a descriptor with one
     of ``over`` among its entries (naming its rule as the real service does) or of
-    ``over_unnamed`` (naming none), and answers too late for one with an entry of ``slow``."""
+    ``over_unnamed`` (naming none), answers too late for one with an entry of ``slow`` and
+    fails at once for one with an entry of ``broken``."""
 
     over: frozenset[tuple[str, str]] = frozenset()
     over_unnamed: frozenset[tuple[str, str]] = frozenset()
     slow: frozenset[tuple[str, str]] = frozenset()
+    broken: frozenset[tuple[str, str]] = frozenset()
     calls: list[tuple[str, list[list[tuple[str, str]]]]] = field(default_factory=list)
 
     def ShouldRateLimit(
@@ -122,6 +124,8 @@ class RecordingRateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.calls.append((request.domain, descriptors))
         if any(set(entries) & self.slow for entries in descriptors):
             time.sleep(0.5)
+        if any(set(entries) & self.broken for entries in descriptors):
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "not this one")
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
         for entries in descriptors:
             status = response.statuses.add(code=rls_pb2.RateLimitResponse.OK)
@@ -325,6 +329,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
         over=frozenset({("header:x-user", "mallory")}),
         over_unnamed=frozenset({("header:x-user", "anon")}),
         slow=frozenset({("header:x-user", "sloth")}),
+        broken=frozenset({("header:x-user", "oops")}),
     )
     settings = RateLimitSettings(failure_mode="deny", timeout=0.05)
     with (
@@ -338,6 +343,7 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
         mallory = get(proxy.port, "/api", {"x-user": "mallory"})
         anon = get(proxy.port, "/api", {"x-user": "anon"})
         sloth = get(proxy.port, "/api", {"x-user": "sloth"})
+        oops = get(proxy.port, "/api", {"x-user": "oops"})
         calls = list(servicer.calls)
 
     assert plain.status == 200
@@ -371,12 +377,15 @@ def test_envoy_sends_the_descriptors_of_the_wire_and_names_the_rule_over_limit(
     assert anon.body == (
         "pilotfish: backend-0 answered 429: the mesh's rate limit service said over limit [RL]\n"
     )
-    # failureMode deny: a service that does not answer within the timeout refuses.
-    assert sloth.status == 500
-    assert sloth.body == (
-        "pilotfish: backend-0 answered 500: the mesh's rate limit service did not answer "
-        "within 50 ms and failureMode is deny [RLSE]\n"
+    # failureMode deny: a service that does not answer within the timeout, or answers
+    # with an error at once, refuses; Envoy tells the two apart nowhere, nor does the body.
+    fail_closed = (
+        "pilotfish: backend-0 answered 500: the mesh's rate limit service failed or did not "
+        f"answer within 50 ms and failureMode is deny; cluster inbound|{app}||, route -, "
+        "details rate_limiter_error, - [RLSE]\n"
     )
+    assert (sloth.status, sloth.body) == (500, fail_closed)
+    assert (oops.status, oops.body) == (500, fail_closed)
 
 
 # --- a gateway target ----------------------------------------------------------------------------
@@ -392,19 +401,10 @@ spec:
 """
 
 
-def test_a_gateway_policy_limits_the_gateways_own_listener(tmp_path: Path) -> None:
-    gateway_port = free_port()
-    spec = """
-targetRef: {kind: Gateway, name: gw}
-local:
-  rules:
-  - limit: {requests: 2, unit: Minute}
-global:
-  rules:
-  - clientSelectors: [{path: {type: RegularExpression, value: "/a.*"}}]
-    limit: {requests: 2, unit: Minute}
-"""
-    text = MESH + GATEWAY.replace("PORT", str(gateway_port)) + policy(spec)
+@contextlib.contextmanager
+def gateway(tmp_path: Path, text: str) -> Iterator[Callable[[int], Answer]]:
+    """A real Envoy with the gateway config of ``text``; yields a GET of ``/`` on a port
+    that waits for the first answer."""
     result = load_texts([("mesh.yaml", text)])
     assert result.config is not None, result.diagnostics
     node = ProxyNode(id="ingress-0", kind="gateway", labels={"istio": "ingressgateway"})
@@ -422,21 +422,65 @@ global:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    try:
 
+    def first_answer(port: int) -> Answer:
         def answering() -> Answer:
             assert process.poll() is None, (tmp_path / "envoy.log").read_text()
-            return get(gateway_port, "/")
+            return get(port, "/")
 
-        first = wait_until(answering, 30, "the gateway to answer")
-        answers = [first, get(gateway_port, "/"), get(gateway_port, "/")]
+        return wait_until(answering, 30, f"the gateway to answer on {port}")
+
+    try:
+        yield first_answer
     finally:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def test_a_gateway_policy_limits_the_gateways_own_listener(tmp_path: Path) -> None:
+    gateway_port = free_port()
+    spec = """
+targetRef: {kind: Gateway, name: gw}
+local:
+  rules:
+  - limit: {requests: 2, unit: Minute}
+global:
+  rules:
+  - clientSelectors: [{path: {type: RegularExpression, value: "/a.*"}}]
+    limit: {requests: 2, unit: Minute}
+"""
+    text = MESH + GATEWAY.replace("PORT", str(gateway_port)) + policy(spec)
+    with gateway(tmp_path, text) as first_answer:
+        answers = [first_answer(gateway_port), get(gateway_port, "/"), get(gateway_port, "/")]
 
     # No route matches (no VirtualService), so Envoy answers 404 itself until the bucket runs out.
     assert [a.status for a in answers] == [404, 404, 429]
     assert answers[2].body == (
         "pilotfish: ingress-0 answered 429: rate limit default/limits local/0 (2 per Minute) [RL]\n"
     )
+
+
+def test_a_gateway_local_limit_is_counted_apart_on_each_port_as_the_load_warns(
+    tmp_path: Path,
+) -> None:
+    """What the load's warning says ("up to 2 x"): Envoy 1.40 keeps a bucket per listener."""
+    one, two = free_port(), free_port()
+    servers = f"""
+  servers:
+  - {{port: {{number: {one}, name: http, protocol: HTTP}}, hosts: ["*"]}}
+  - {{port: {{number: {two}, name: http-two, protocol: HTTP}}, hosts: ["*"]}}
+---
+"""
+    two_ports = GATEWAY.split("  servers:")[0] + servers
+    spec = (
+        "targetRef: {kind: Gateway, name: gw}\n"
+        "local: {rules: [{limit: {requests: 1, unit: Minute}}]}"
+    )
+    text = MESH + two_ports + policy(spec)
+    (warning,) = [d for d in load_texts([("mesh.yaml", text)]).diagnostics if "x each" in str(d)]
+    assert "up to 2 x each local limit" in warning.message
+    with gateway(tmp_path, text) as first_answer:
+        answers = [first_answer(one), get(one), first_answer(two), get(two)]
+
+    assert [a.status for a in answers] == [404, 429, 404, 429]

@@ -27,6 +27,12 @@ from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.model.diagnostics import SourceMap
 from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resilience import (
+    LocalityDistribution,
+    LocalityFailover,
+    LocalityLbSetting,
+    OutlierDetection,
+)
 from pilotfish.model.resources import (
     ConsistentHash,
     CorsPolicy,
@@ -600,3 +606,57 @@ def test_envoy_takes_exactly_the_access_log_formats_the_loader_takes(
 
     loader_takes_it = access_log_format_problems(log_format) == []
     assert (result.returncode == 0) == loader_takes_it, result.stdout[-2000:]
+
+
+def test_envoy_accepts_locality_priorities_and_weights(tmp_path: Path) -> None:
+    """Priorities and locality weights, also with a ring hash (Istio sets both)."""
+    failover = LocalityLbSetting(failover=(LocalityFailover("us-east", "eu-west"),))
+    spread = LocalityLbSetting(
+        distribute=(LocalityDistribution("us-east/*", {"us-east": 60, "eu-west": 40}),)
+    )
+    sticky = ConsistentHash(http_header_name="x-user")
+    rule = DestinationRule(
+        meta=meta("DestinationRule", "backend"),
+        host="backend",
+        traffic_policy=TrafficPolicy(
+            LoadBalancer(locality_lb_setting=failover),
+            outlier_detection=OutlierDetection(consecutive_5xx_errors=1),
+        ),
+        subsets=(
+            Subset(
+                "v1",
+                {"version": "v1"},
+                TrafficPolicy(LoadBalancer(consistent_hash=sticky, locality_lb_setting=failover)),
+            ),
+            Subset(
+                "v2", {"version": "v2"}, TrafficPolicy(LoadBalancer(locality_lb_setting=spread))
+            ),
+        ),
+    )
+    backend = Service(
+        "backend.default.svc.cluster.local", (ServicePort(8080, "http"),), short_name="backend"
+    )
+    endpoints = tuple(
+        Endpoint("127.0.0.1", {8080: free_port()}, {"version": version}, locality=locality)
+        for version in ("v1", "v2")
+        for locality in ("us-east/a/1", "us-east/b/1", "eu-west/c/1", "ap-south/d/1")
+    )
+    view = MeshView(
+        config=MeshConfig(destination_rules=(rule,)),
+        services={backend.hostname: backend},
+        endpoints={backend.hostname: endpoints},
+    )
+    node = ProxyNode(id="caller-0", outbound_port=free_port(), locality="us-east/a/1")
+    resources = MeshTranslator(view).resources_for(node)
+    priorities = {g.priority for a in resources.load_assignments for g in a.endpoints}
+    assert priorities == {0, 1, 2, 3}, "the scenario lost its priorities"
+    weighted = [
+        c.name
+        for c in resources.clusters
+        if c.common_lb_config.HasField("locality_weighted_lb_config")
+    ]
+    assert len(weighted) == 3, weighted
+
+    result = envoy_validate(static_bootstrap(resources), tmp_path)
+
+    assert result.returncode == 0, result.stdout

@@ -80,6 +80,7 @@ def build_bootstrap(
             # As Istio's "<canonical service>.<namespace>": Zipkin names spans' service so.
             "cluster": f"{node.canonical_service}.{node.namespace}",
             "metadata": node.to_metadata(),
+            **_locality(node.locality),
         },
         "admin": {"address": _socket_address(ADMIN_HOST, admin_port)},
         "dynamic_resources": {
@@ -209,6 +210,15 @@ def _http2(options: dict[str, Any]) -> dict[str, Any]:
 
 def _duration(seconds: float) -> str:
     return f"{milliseconds(seconds) / 1000:.3f}s"
+
+
+def _locality(locality: str | None) -> dict[str, Any]:
+    """Envoy's Node.locality, so its own stats and admin pages say where it is (Pilotfish
+    reads the caller's locality from the LOCALITY metadata)."""
+    if not locality:
+        return {}
+    names = ("region", "zone", "sub_zone")
+    return {"locality": dict(zip(names, locality.split("/", 2), strict=False))}
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

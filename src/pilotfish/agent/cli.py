@@ -51,6 +51,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a workload label; repeat for several",
     )
+    parser.add_argument(
+        "--locality",
+        metavar="REGION/ZONE/SUBZONE",
+        type=_locality,
+        help="where the workload runs: callers with locality failover prefer endpoints near them",
+    )
     parser.add_argument("--inbound-port", type=int, help="where mesh traffic for the app arrives")
     parser.add_argument("--outbound-port", type=int, help="the HTTP proxy port the app uses")
     parser.add_argument("--app-port", type=int, help="where the app itself listens")
@@ -98,6 +104,15 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _locality(text: str) -> str:
+    parts = text.split("/")
+    if len(parts) > 3 or "" in parts or "*" in text:  # region/zone/subzone
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not REGION[/ZONE[/SUBZONE]] (non-empty parts, no wildcard)"
+        )
+    return text
+
+
 def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
     default_id = f"{args.service or args.kind}-{socket.gethostname()}-{os.getpid()}"
     return ProxyNode(
@@ -111,6 +126,7 @@ def node_from_arguments(args: argparse.Namespace) -> ProxyNode:
         app_port=args.app_port,
         app_protocol=args.app_protocol,
         service_account=args.service_account,
+        locality=args.locality or None,
     )
 
 

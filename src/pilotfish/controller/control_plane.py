@@ -27,13 +27,14 @@ from pilotfish.controller.control_plane_metrics import (
 )
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.controller.preflight import preflight
+from pilotfish.controller.rate_limit_service import RateLimitService, rate_limit_method_handlers
 from pilotfish.controller.trace_export import TraceExport
 from pilotfish.discovery import Registry, registry_services
 from pilotfish.load import LoadResult, ParseCache, load_directory
 from pilotfish.model.diagnostics import ConfigError, Diagnostic, Severity
 from pilotfish.model.identity import Identity
 from pilotfish.model.keepalive import XdsKeepalive
-from pilotfish.model.resources import MeshSettings
+from pilotfish.model.resources import MeshConfig, MeshSettings
 from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.istio_metrics import IstioMetrics
@@ -160,6 +161,12 @@ class ControlPlane:
         """Recent traces, from the spans the proxies post to the admin API."""
         self.trace_export = TraceExport(self._trace_exporters)
         """Those spans, forwarded to the collectors the running MeshConfig names."""
+        self.rate_limits = RateLimitService(self._served_config)
+        """The global rate limits' decisions, against the config the proxies were sent."""
+
+    def _served_config(self) -> MeshConfig | None:
+        view = self.controller.view
+        return view.config if view is not None else None
 
     def _trace_exporters(self) -> tuple[TraceExporter, ...]:
         config = self.controller.config
@@ -209,10 +216,11 @@ class ControlPlane:
             extra_handlers=(
                 *ca_method_handlers(self.certificates),
                 *access_log_method_handlers(self.access_logs),
+                *rate_limit_method_handlers(self.rate_limits),
             ),
         )
         log.info(
-            "xDS server listening on %s:%d (the CA and the access-log service too)",
+            "xDS server listening on %s:%d (the CA, access-log and rate limit services too)",
             self.settings.host,
             self.xds_port,
         )
@@ -227,6 +235,7 @@ class ControlPlane:
                 self.controller, self.certificates, self.telemetry, self.access_logs
             ),
             *live_view_families(self.live, self.tap, self.proxy_logs),
+            *self.rate_limits.families(),
             *self.istio_metrics.families(),
         ]
 
@@ -283,6 +292,7 @@ class ControlPlane:
                 await self._server.stop(grace_seconds)
         finally:
             await self.trace_export.stop()  # its HTTP session must not outlive us
+            await self.rate_limits.close()  # and neither must its Redis connections
         if self.certificates is not None:
             # Nothing is signed any more: the next start can trust these records whole.
             await asyncio.to_thread(self.certificates.save, True)

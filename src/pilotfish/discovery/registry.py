@@ -89,6 +89,7 @@ def _entry_endpoint(entry: ServiceEntry, spec: WorkloadEntrySpec, name: str) -> 
         service_account=(spec.service_account or DEFAULT_SERVICE_ACCOUNT)
         if spec.has_sidecar
         else None,
+        locality=spec.locality,
     )
 
 

@@ -7,6 +7,7 @@ from typing import cast
 
 from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
+from pilotfish.load.parse_locality import read_locality_lb_setting
 from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resilience import (
@@ -53,7 +54,6 @@ POLICY_NOT_IMPLEMENTED = {
 
 LB_FIELDS = ("simple", "consistentHash")
 LB_NOT_IMPLEMENTED = {
-    "localityLbSetting": "endpoints are picked regardless of their locality",
     "zoneAwareLbSetting": "endpoints are picked regardless of their zone",
     "warmupDurationSecs": "new endpoints get their full share of traffic at once",
     "warmup": "new endpoints get their full share of traffic at once",
@@ -406,7 +406,9 @@ def _retry_budget(reader: FieldReader, fields: Fields, path: str) -> RetryBudget
 
 
 def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalancer | None:
-    balancer = reader.child_mapping(fields, "loadBalancer", path, LB_FIELDS, LB_NOT_IMPLEMENTED)
+    balancer = reader.child_mapping(
+        fields, "loadBalancer", path, (*LB_FIELDS, "localityLbSetting"), LB_NOT_IMPLEMENTED
+    )
     if balancer is None:
         return None
     balancer_path = join_path(path, "loadBalancer")
@@ -425,6 +427,12 @@ def _load_balancer(reader: FieldReader, fields: Fields, path: str) -> LoadBalanc
     return LoadBalancer(
         simple=cast(SimpleLB, simple) if simple is not None else None,
         consistent_hash=_consistent_hash(reader, balancer, balancer_path),
+        locality_lb_setting=read_locality_lb_setting(
+            reader,
+            balancer,
+            balancer_path,
+            outlier_detection=fields.get("outlierDetection") is not None,
+        ),
     )
 
 

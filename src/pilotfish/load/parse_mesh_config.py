@@ -29,6 +29,12 @@ At most one per folder. Field names follow Istio's MeshConfig where it has them:
       - name: zipkin
         zipkin: {service: 127.0.0.1, port: 9411}
       defaultProviders: {tracing: [otel]}
+      localityLbSetting:                # Istio's default for every DestinationRule that
+        failover: [{from: us-east, to: us-west}]   # sets none (default: enabled)
+      rateLimit:                        # global rate limits (parse_rate_limit_settings)
+        redis: {address: 127.0.0.1:6379}  # counters in Redis; default the control plane's memory
+        failureMode: allow              # or deny: when the service or its Redis fails
+        timeout: 20ms                   # how long a proxy waits for a decision
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import re
 
 from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, PORT_MAX, FieldReader, Fields
+from pilotfish.load.parse_locality import read_locality_lb_setting
+from pilotfish.load.parse_rate_limit_settings import parse_rate_limit_settings
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import (
     DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE,
@@ -69,6 +77,8 @@ SPEC_FIELDS = (
     "defaultProviders",
     "enableTracing",
     "enableRequestTelemetry",
+    "localityLbSetting",
+    "rateLimit",
 )
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
@@ -82,7 +92,6 @@ SPEC_NOT_IMPLEMENTED = {
     "enableAutoMtls": "mTLS follows PeerAuthentication and DestinationRules as Pilotfish "
     "reads them; this switch changes nothing",
     "rootNamespace": "the root namespace stays istio-system",
-    "localityLbSetting": "no locality-aware load balancing",
     "h2UpgradePolicy": "HTTP/1.1 connections are not upgraded to HTTP/2",
     "ingressClass": "Kubernetes Ingress resources are not read",
     "ingressService": "Kubernetes Ingress resources are not read",
@@ -190,6 +199,9 @@ def parse_mesh_config(
         if certificates is not None
         else CertificateSettings(),
         telemetry=_telemetry(reader, spec),
+        # Istio checks the mesh's setting as if outlier detection were set: no warning.
+        locality_lb_setting=read_locality_lb_setting(reader, spec, "spec"),
+        rate_limit=parse_rate_limit_settings(reader, spec),
     )
 
 

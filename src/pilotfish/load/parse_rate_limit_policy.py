@@ -22,6 +22,7 @@ Shaped as Envoy Gateway's BackendTrafficPolicy ``rateLimit``::
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal, cast
 
@@ -45,7 +46,7 @@ from pilotfish.model.rate_limits import (
     SourceSelector,
     TargetKind,
 )
-from pilotfish.model.resources import Meta, qualify_host
+from pilotfish.model.resources import Gateway, Meta, qualify_host
 from pilotfish.model.services import Service
 
 SPEC_FIELDS = ("targetRef", "local", "global")
@@ -116,6 +117,14 @@ def _rule(reader: FieldReader, value: object, path: str) -> RateLimitRule | None
     if fields is None:
         return None
     limit = _limit(reader, fields, path)
+    if fields.get("clientSelectors") == []:
+        # Refused, as an empty selector is: either reading surprises someone.
+        reader.error(
+            join_path(path, "clientSelectors"),
+            'an empty list reads as "every request" (Envoy Gateway) or as "no request" (as '
+            "Istio's `rules: []`): leave clientSelectors out to limit every request",
+        )
+        return None
     selectors: list[ClientSelector] = []
     for item, item_path in reader.items(fields, "clientSelectors", path):
         selector = _selector(reader, item, item_path)
@@ -278,14 +287,14 @@ def _source(reader: FieldReader, fields: Fields, path: str) -> SourceSelector | 
 def rate_limit_policy_problems(
     policies: Iterable[RateLimitPolicy],
     services: Mapping[str, Service],
-    gateways: set[tuple[str, str]],
+    gateways: Mapping[tuple[str, str], Gateway],
     sidecar_services: set[str],
     *,
     complete: bool = True,
 ) -> Iterator[Diagnostic]:
     """Targets that exist, and at most one policy per target. ``sidecar_services`` are
     the hostnames whose replicas run a sidecar (a Workload's service): only there do the
-    limits act."""
+    limits act. ``gateways`` by (namespace, name)."""
     first: dict[tuple[str, str, str], RateLimitPolicy] = {}
     for policy in policies:
         target = policy.target
@@ -305,10 +314,13 @@ def rate_limit_policy_problems(
         if not complete:
             continue
         if target.kind == "Gateway":
-            if (namespace, target.name) not in gateways:
+            gateway = gateways.get((namespace, target.name))
+            if gateway is None:
                 yield policy.meta.source.diagnostic(
                     "spec.targetRef.name", f'unknown Gateway "{namespace}/{target.name}"'
                 )
+            elif policy.local:
+                yield from _buckets_per_chain(policy, gateway)
             continue
         hostname = qualify_host(target.name, namespace)
         if hostname not in services:
@@ -322,3 +334,31 @@ def rate_limit_policy_problems(
                 "not a Workload's service), so these limits are applied nowhere",
                 "warning",
             )
+
+
+def _buckets_per_chain(policy: RateLimitPolicy, gateway: Gateway) -> Iterator[Diagnostic]:
+    """Envoy's local rate limit filter keeps its buckets per connection manager, and a
+    gateway has one per listener filter chain: one for the plaintext HTTP servers of a
+    port, one per HTTPS server (told apart by SNI). Envoy 1.40 cannot share them: its
+    LocalRateLimit has no share key, and one connection manager for several ports would
+    lose each port's own routes."""
+    tls: Counter[int] = Counter()
+    plaintext: set[int] = set()
+    # Every server a Gateway keeps is HTTP (parse_gateway drops the ones not carried).
+    for server in gateway.servers:
+        if server.tls is None:
+            plaintext.add(server.port)
+        else:
+            tls[server.port] += 1
+    chains = {port: tls[port] + (port in plaintext) for port in sorted(plaintext | set(tls))}
+    total = sum(chains.values())
+    if total < 2:
+        return
+    where = ", ".join(str(port) if n == 1 else f"{port} ({n} by SNI)" for port, n in chains.items())
+    yield policy.meta.source.diagnostic(
+        "spec.local",
+        f"Gateway {gateway.meta.namespace}/{gateway.meta.name} has {total} listener filter "
+        f"chains (ports {where}) and each keeps its own local buckets: a gateway replica "
+        f"admits up to {total} x each local limit; a global rule counts them together",
+        "warning",
+    )

@@ -8,6 +8,7 @@ from typing import Literal, cast
 
 from pilotfish.load.dns_names import DNS_SUBDOMAIN
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
+from pilotfish.load.parse_locality import read_locality
 from pilotfish.load.parse_protocols import (
     is_carried,
     not_carried_consequence,
@@ -41,10 +42,16 @@ LOCATIONS = ("MESH_EXTERNAL", "MESH_INTERNAL")
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 RESOLUTIONS_NOT_SUPPORTED = ("DNS_ROUND_ROBIN",)
 
-WORKLOAD_ENTRY_FIELDS = ("address", "ports", "labels", "weight", "network", "serviceAccount")
-WORKLOAD_ENTRY_NOT_IMPLEMENTED = {
-    "locality": "the endpoint is picked regardless of its locality",
-}
+WORKLOAD_ENTRY_FIELDS = (
+    "address",
+    "ports",
+    "labels",
+    "weight",
+    "network",
+    "serviceAccount",
+    "locality",
+)
+WORKLOAD_ENTRY_NOT_IMPLEMENTED: dict[str, str] = {}
 
 # What Istio's schema allows as a WorkloadEntry port name.
 PORT_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
@@ -197,6 +204,7 @@ def parse_workload_entry_spec(
     labels = reader.string_map(fields, "labels", path)
     weight = reader.integer(fields, "weight", path, minimum=0, maximum=2**32 - 1)
     service_account = reader.string(fields, "serviceAccount", path)
+    locality = read_locality(reader, fields, "locality", path)
     if service_account is not None and DNS_SUBDOMAIN.fullmatch(service_account) is None:
         reader.error(
             join_path(path, "serviceAccount"),
@@ -227,6 +235,7 @@ def parse_workload_entry_spec(
         labels=labels,
         weight=weight,
         service_account=service_account,
+        locality=locality,
     )
 
 

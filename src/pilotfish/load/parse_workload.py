@@ -15,6 +15,7 @@ Example::
       env: {STARS: "red"}
       serviceAccount: reviews   # identity spiffe://<trustDomain>/ns/<namespace>/sa/reviews
                                 # (default "default", as in Istio)
+      locality: us-east/zone-a  # region/zone/subzone of every replica (locality failover)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 
 from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN
 from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.parse_locality import read_locality
 from pilotfish.load.parse_protocols import read_protocol
 from pilotfish.load.yaml_source import join_path
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT
@@ -37,6 +39,7 @@ SPEC_FIELDS = (
     "command",
     "env",
     "serviceAccount",
+    "locality",
 )
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -62,6 +65,7 @@ def parse_workload(
     replicas = reader.integer(spec, "replicas", "spec", minimum=1, maximum=MAX_REPLICAS)
     command = _command(reader, spec)
     env = reader.string_map(spec, "env", "spec")
+    locality = read_locality(reader, spec, "locality", "spec")
     service_account = reader.string(spec, "serviceAccount", "spec")
     if service_account is not None and DNS_SUBDOMAIN.fullmatch(service_account) is None:
         reader.error(
@@ -88,6 +92,7 @@ def parse_workload(
         env=env,
         directory=directory,
         service_account=service_account or DEFAULT_SERVICE_ACCOUNT,
+        locality=locality,
     )
 
 

@@ -70,7 +70,7 @@ def validate_mesh(
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}
-    found.extend(_rate_limit_problems(config, services, gateways, complete))
+    found.extend(_rate_limit_problems(config, services, complete))
     not_carried = _ports_not_carried(config)
     for service in config.virtual_services:
         if complete:
@@ -85,12 +85,10 @@ def validate_mesh(
 
 
 def _rate_limit_problems(
-    config: MeshConfig,
-    services: Mapping[str, Service],
-    gateways: set[tuple[str, str]],
-    complete: bool,
+    config: MeshConfig, services: Mapping[str, Service], complete: bool
 ) -> Iterable[Diagnostic]:
     with_sidecars = {qualify_host(w.service, w.meta.namespace) for w in config.workloads}
+    gateways = {(g.meta.namespace, g.meta.name): g for g in config.gateways}
     return rate_limit_policy_problems(
         config.rate_limit_policies, services, gateways, with_sidecars, complete=complete
     )

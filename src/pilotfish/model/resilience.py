@@ -110,3 +110,12 @@ class LocalityLbSetting:
     failover: tuple[LocalityFailover, ...] = ()
     failover_priority: tuple[str, ...] = ()
     enabled: bool | None = None
+
+
+# The labels that carry an endpoint's (and a proxy's) locality, as Kubernetes and Istio name
+# them: ``failoverPriority`` may name them, and they are set from ``region/zone/subzone``.
+TOPOLOGY_LABELS = (
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)

@@ -184,6 +184,7 @@ class LocalMesh:
             app_protocol=spec.protocol,
             service_account=spec.service_account,
             workload=spec.workload,
+            locality=spec.locality,
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
@@ -270,6 +271,7 @@ class LocalMesh:
                 labels=dict(spec.labels),
                 name=spec.name,
                 service_account=spec.service_account,
+                locality=spec.locality,
             ),
         )
         log.info("%s is serving %s", spec.name, spec.hostname)

@@ -32,6 +32,7 @@ class ReplicaSpec:
     labels: tuple[tuple[str, str], ...]
     env: tuple[tuple[str, str], ...]
     service_account: str
+    locality: str | None = None
 
 
 def plan_replicas(config: MeshConfig) -> dict[str, ReplicaSpec]:
@@ -59,6 +60,7 @@ def _replica(workload: Workload, index: int) -> ReplicaSpec:
         labels=tuple(sorted(workload.labels.items())),
         env=tuple(sorted(workload.env.items())),
         service_account=workload.service_account,
+        locality=workload.locality,
     )
 
 

@@ -15,6 +15,7 @@ from pilotfish.model.security import effective_mtls_mode
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import load_assignment
+from pilotfish.translate.locality import cluster_locality_policy, weigh_localities
 from pilotfish.translate.naming import inbound_cluster_name, outbound_cluster_name, outbound_sni
 from pilotfish.translate.proto_values import (
     ads_config_source,
@@ -111,6 +112,9 @@ def _service_cluster(
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+        weigh_localities(
+            cluster, cluster_locality_policy(view, index, service.hostname, subset, port)
+        )
     _with_upstream_protocol(cluster, protocol)
     apply_resilience(cluster, policy)
     _with_transport_security(cluster, view, service, port, protocol, subset, index)

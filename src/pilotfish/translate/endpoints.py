@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
 from pilotfish.model.resources import selector_matches
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex
+from pilotfish.translate.locality import (
+    Caller,
+    LocalityGroup,
+    cluster_locality_policy,
+    group_by_locality,
+    locality_to_proto,
+    prioritize,
+)
 from pilotfish.translate.naming import outbound_cluster_name
 from pilotfish.translate.tls_contexts import TRANSPORT_SOCKET_MATCH_KEY, istio_tls_mode
 
@@ -39,34 +48,40 @@ def load_assignment(
     endpoints: Iterable[Endpoint],
     service_port: int,
     subset_labels: Mapping[str, str] | None = None,
+    prioritized: Callable[[Sequence[LocalityGroup]], Sequence[LocalityGroup]] | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """All endpoints serving ``service_port`` (and carrying the subset labels) in one locality.
+    """Endpoints serving ``service_port`` (and carrying the subset labels), one group per
+    locality (always at least one), ``prioritized`` for a caller when it is given.
 
-    The locality has an explicit ``load_balancing_weight`` because gRPC proxyless clients
+    Each group has an explicit ``load_balancing_weight`` because gRPC proxyless clients
     silently ignore localities without one and their RPCs hang.
     """
     selector = subset_labels or {}
-    lb_endpoints = [
-        _lb_endpoint(endpoint, service_port)
+    groups = group_by_locality(
+        endpoint
         for endpoint in endpoints
         if service_port in endpoint.ports and selector_matches(selector, endpoint.labels)
-    ]
+    ) or (LocalityGroup(None, (), 1),)
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
-                locality=base_pb2.Locality(),
-                lb_endpoints=lb_endpoints,
-                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+                locality=locality_to_proto(group.locality),
+                lb_endpoints=[_lb_endpoint(e, service_port) for e in group.endpoints],
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=group.weight),
+                priority=group.priority,
             )
+            for group in (prioritized(groups) if prioritized is not None else groups)
         ],
     )
 
 
 def build_service_load_assignments(
-    view: MeshView, service: Service, index: DestinationIndex
+    view: MeshView, service: Service, index: DestinationIndex, caller: Caller | None = None
 ) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
-    """One assignment per EDS cluster of the service, in cluster order.
+    """One assignment per EDS cluster of the service, in cluster order: without ``caller``,
+    of the clusters every caller sees alike; with one, of those with locality load
+    balancing, as that caller sees them.
 
     DNS services have none: their clusters carry their endpoints inline.
     """
@@ -76,19 +91,25 @@ def build_service_load_assignments(
     endpoints = view.endpoints_of(hostname)
     subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
     subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
-    return tuple(
-        load_assignment(
-            outbound_cluster_name(port.number, hostname, name), endpoints, port.number, labels
-        )
-        for port in sorted(service.ports, key=lambda p: p.number)
-        for name, labels in subsets
-    )
+    found = []
+    for port in sorted(service.ports, key=lambda p: p.number):
+        for name, labels in subsets:
+            policy = cluster_locality_policy(view, index, hostname, name, port.number)
+            if (policy is None) != (caller is None):
+                continue
+            cluster = outbound_cluster_name(port.number, hostname, name)
+            seen_by = (
+                partial(prioritize, caller=caller, policy=policy) if policy and caller else None
+            )
+            found.append(load_assignment(cluster, endpoints, port.number, labels, seen_by))
+    return tuple(found)
 
 
 def build_load_assignments(
     view: MeshView, destinations: DestinationIndex | None = None
 ) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
-    """Every EDS cluster's assignment, by service hostname then cluster order."""
+    """Every EDS cluster's assignment that all callers share (not those with locality load
+    balancing), by service hostname then cluster order."""
     index = destinations or DestinationIndex(view)
     return tuple(
         assignment

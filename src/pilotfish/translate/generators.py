@@ -34,6 +34,12 @@ from pilotfish.translate.listeners import (
     build_outbound_listener,
     workload_port,
 )
+from pilotfish.translate.locality import (
+    Caller,
+    caller_of,
+    failover_labels,
+    has_locality_clusters,
+)
 from pilotfish.translate.request_authentication import build_jwks_clusters
 from pilotfish.translate.routes import (
     VirtualServiceRoutes,
@@ -56,6 +62,25 @@ class TranslationContext:
     def virtual_service_routes(self) -> VirtualServiceRoutes:
         return VirtualServiceRoutes(self.view)
 
+    @cached_property
+    def failover_labels(self) -> tuple[str, ...]:
+        return failover_labels(self.view.config)
+
+    @cached_property
+    def locality_services(self) -> tuple[Service, ...]:
+        """Services with a cluster whose assignment depends on the caller's locality."""
+        return tuple(
+            service
+            for hostname, service in sorted(self.view.services.items())
+            if has_locality_clusters(self.view, service, self.destinations)
+        )
+
+    def caller(self, node: ProxyNode) -> Caller:
+        """What of ``node`` its locality-aware assignments depend on: proxies that agree
+        (all of those without a locality, unless ``failoverPriority`` names their labels)
+        share them."""
+        return caller_of(node, self.failover_labels)
+
     def sidecar_group(self, node: ProxyNode) -> tuple[bool, ...]:
         """Which of the config's conditions on the calling proxy (``sourceLabels``,
         ``sourceNamespace``) ``node`` meets: sidecars that agree get the same routes. ``()``
@@ -69,6 +94,17 @@ def _outbound_clusters(context: TranslationContext, service: Service) -> tuple[M
 
 def _load_assignments(context: TranslationContext, service: Service) -> tuple[Message, ...]:
     return build_service_load_assignments(context.view, service, context.destinations)
+
+
+def _caller_load_assignments(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
+    caller = context.caller(node)
+    return tuple(
+        assignment
+        for service in context.locality_services
+        for assignment in build_service_load_assignments(
+            context.view, service, context.destinations, caller
+        )
+    )
 
 
 def _present(resource: Message | None) -> tuple[Message, ...]:
@@ -128,6 +164,16 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     ),
     ServiceGenerator(
         "load-assignments", type_urls.ENDPOINT, _CONFIG_AND_ENDPOINTS, _load_assignments
+    ),
+    # The clusters with locality load balancing, prioritized for the caller: one output per
+    # ``TranslationContext.caller``. Any endpoint change rebuilds each (it may move any
+    # service's endpoints between priorities); callers without a locality share one.
+    NodeGenerator(
+        "locality-load-assignments",
+        type_urls.ENDPOINT,
+        frozenset({Input.CONFIG, Input.SERVICES, Input.ENDPOINTS}),
+        _caller_load_assignments,
+        node_key=TranslationContext.caller,
     ),
     NodeGenerator(
         "outbound-listener",

@@ -339,6 +339,7 @@ def _gateway_listener(
     telemetry = http_telemetry(node, view.config.mesh.telemetry, "gateway")
     chains = gateway_chains(port, servers)
 
+    # Each chain gets filters of its own, so local buckets of its own (the load warns).
     def limits(chain: GatewayChain) -> HttpRateLimits:
         return gateway_rate_limits(
             view.config.rate_limit_policies,

@@ -14,6 +14,11 @@ OVER_LIMIT in the same response header, so one body mapper per rule can name it 
 
 Both filters carry their ``rate_limits`` themselves rather than on routes: every request
 the connection manager receives is the target's, and the limits stay out of RDS.
+
+A local bucket belongs to one filter of one connection manager, and each listener filter
+chain has its own: a PERMISSIVE inbound port counts mTLS and plain text apart, a Gateway
+each port and each HTTPS server (so up to N x the limit over N chains, which the load
+warns of). Envoy 1.40's LocalRateLimit has no way to share a bucket between them.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from pilotfish.model.rate_limits import (
 from pilotfish.model.resources import Gateway
 from pilotfish.translate.authorization import cel_filter, text_body
 from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
-from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
+from pilotfish.translate.telemetry import LOCAL_REPLY_WHERE, XDS_CLUSTER_NAME
 
 LOCAL_RATE_LIMIT_FILTER_NAME = "envoy.filters.http.local_ratelimit"
 RATE_LIMIT_FILTER_NAME = "envoy.filters.http.ratelimit"
@@ -102,7 +107,8 @@ def gateway_rate_limits(
     gateways: Iterable[Gateway],
     settings: RateLimitSettings,
 ) -> HttpRateLimits:
-    """What one gateway filter chain gets: the policies that target a Gateway it serves."""
+    """What one gateway filter chain gets: the policies that target a Gateway it serves
+    (their local buckets are this chain's own, apart from the gateway's other chains)."""
     served = {(g.meta.namespace, g.meta.name) for g in gateways}
     chosen = [
         p
@@ -213,17 +219,55 @@ def _source_entry(source: SourceSelector) -> _Entry:
     return _Entry(rc.RateLimit.Action(masked_remote_address=masked), SOURCE_DESCRIPTOR_KEY, value)
 
 
+_QUERY = r"(\?.*)?"
+
+
 def path_pattern(path: PathSelector) -> str:
     """An RE2 pattern for ``:path``, which carries the query too: a match looks at the path
     before any ``?``. PathPrefix matches whole segments, as in the Gateway API: ``/api``
     takes ``/api`` and ``/api/v1``, never ``/apis``."""
-    query = r"(\?.*)?"
     if path.type == "Exact":
-        return re.escape(path.value) + query
+        return re.escape(path.value) + _QUERY
     if path.type == "PathPrefix":
         prefix = path.value.rstrip("/")
-        return re.escape(prefix) + r"(/[^?]*)?" + query
-    return f"(?:{path.value}){query}"
+        return re.escape(prefix) + r"(/[^?]*)?" + _QUERY
+    return f"(?:{_query_at_end(path.value)}){_QUERY}"
+
+
+def _query_at_end(pattern: str) -> str:
+    """``pattern`` with each end-of-text anchor (``$``, ``\\z``) letting a query come first:
+    the user's ``$`` means the end of the path, which RE2 cannot test by itself (no
+    lookahead). Escapes, ``\\Q...\\E`` and character classes are literal text."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        if pattern.startswith("\\Q", i):
+            end = pattern.find("\\E", i + 2)
+            step = len(pattern) - i if end < 0 else end + 2 - i
+        elif pattern.startswith("\\z", i) and not in_class:
+            out.append(_QUERY + "$")
+            i += 2
+            continue
+        elif pattern[i] == "\\":
+            step = 2
+        elif in_class:
+            posix_end = pattern.find(":]", i) if pattern.startswith("[:", i) else -1
+            step = posix_end + 2 - i if posix_end >= 0 else 1
+            in_class = pattern[i] != "]"
+        elif pattern[i] == "[":
+            # A ``]`` right after ``[`` or ``[^`` is a member, not the end.
+            step = 2 if pattern.startswith("[^", i) else 1
+            step += pattern.startswith("]", i + step)
+            in_class = True
+        elif pattern[i] == "$":
+            out.append(_QUERY + "$")
+            i += 1
+            continue
+        else:
+            step = 1
+        out.append(pattern[i : i + step])
+        i += step
+    return "".join(out)
 
 
 def _regex(pattern: str) -> regex_pb2.RegexMatcher:
@@ -347,7 +391,7 @@ def _rule_mapper(
 
 def _service_mappers(proxy: str, settings: RateLimitSettings) -> list[hcm_pb2.ResponseMapper]:
     """For a 429 of the service that names no rule, and for the 500 of ``failureMode:
-    deny`` when the service did not answer in time."""
+    deny`` when the service failed or did not answer in time."""
     mappers = [
         hcm_pb2.ResponseMapper(
             filter=cel_filter(f"response.code_details == '{GLOBAL_RATE_LIMITED_DETAILS}'"),
@@ -361,10 +405,12 @@ def _service_mappers(proxy: str, settings: RateLimitSettings) -> list[hcm_pb2.Re
         mappers.append(
             hcm_pb2.ResponseMapper(
                 filter=cel_filter(f"response.code_details == '{SERVICE_ERROR_DETAILS}'"),
+                # Envoy's details are the same for an error and a timeout: say both.
                 body_format_override=text_body(
-                    f"pilotfish: {proxy} answered 500: the mesh's rate limit service did not "
-                    f"answer within {settings.timeout * 1000:g} ms and failureMode is deny "
-                    "[RLSE]"
+                    f"pilotfish: {proxy} answered 500: the mesh's rate limit service failed or "
+                    f"did not answer within {settings.timeout * 1000:g} ms and failureMode is "
+                    "deny",
+                    LOCAL_REPLY_WHERE,
                 ),
             )
         )

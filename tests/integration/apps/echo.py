@@ -5,8 +5,9 @@ It answers with who it is (``VERSION``, ``PILOTFISH_REPLICA``) and can misbehave
 ``/call?url=U`` calls another service through the mesh (its HTTP_PROXY) and returns that answer;
 ``/busy`` waits ``BUSY_MS`` (env) before answering, so one replica is slower than the others;
 ``/seen`` lists the path and Host of the last requests it received (to see mirrored copies);
-``/fail?ms=N`` waits N ms, then answers 503; with ``ALWAYS_FAIL=1`` (env) every path but
-``/seen`` answers 503, as a broken replica would.
+``/fail?ms=N`` waits N ms, then answers 503; with ``ALWAYS_FAIL=1`` (env), or while the file
+``FAIL_WHILE_EXISTS`` (env) names exists, every path but ``/seen`` answers 503, as a broken
+replica would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ VERSION = os.environ.get("VERSION", "v1")
 REPLICA = os.environ.get("PILOTFISH_REPLICA", "echo")
 BUSY_MS = int(os.environ.get("BUSY_MS", "0"))
 ALWAYS_FAIL = os.environ.get("ALWAYS_FAIL") == "1"
+FAIL_WHILE_EXISTS = os.environ.get("FAIL_WHILE_EXISTS")
 _calls = itertools.count()
 _calls_lock = threading.Lock()
 _seen: collections.deque[dict[str, str | None]] = collections.deque(maxlen=200)
@@ -42,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(200, {"replica": REPLICA, "seen": list(_seen)})
             return
         _seen.append({"path": self.path, "host": self.headers.get("host")})
-        if ALWAYS_FAIL:
+        if ALWAYS_FAIL or (FAIL_WHILE_EXISTS and os.path.exists(FAIL_WHILE_EXISTS)):
             self._answer(503, {"replica": REPLICA, "failed": True})
             return
         if url.path == "/fail":

@@ -205,6 +205,16 @@ def test_envoy_pings_the_control_plane_as_the_keepalive_policy_says() -> None:
     assert keepalive_of(parse(short)) == (1.25, 0.5)
 
 
+def test_the_locality_is_envoys_node_locality() -> None:
+    node = replace(SIDECAR, locality="us-east/zone-a/rack-1")
+    message = parse(build_bootstrap(node, xds_address=("127.0.0.1", 1), admin_port=0))
+    locality = message.node.locality
+    assert (locality.region, locality.zone, locality.sub_zone) == ("us-east", "zone-a", "rack-1")
+    assert message.node.metadata["PILOTFISH_LOCALITY"] == "us-east/zone-a/rack-1"
+    without = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=0))
+    assert not without.node.HasField("locality")
+
+
 def test_a_fixed_admin_port_is_told_to_the_control_plane() -> None:
     bootstrap = parse(build_bootstrap(SIDECAR, xds_address=("127.0.0.1", 1), admin_port=19000))
     node = ProxyNode.from_metadata(

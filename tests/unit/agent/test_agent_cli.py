@@ -160,3 +160,19 @@ def test_bad_flags_are_rejected(argv: list[str], capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         parse(*argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_the_locality_flag_goes_into_the_node_and_its_bootstrap(tmp_path: Path) -> None:
+    args = parse("--xds", "127.0.0.1:1", "--locality", "us-east/zone-a")
+    node = node_from_arguments(args)
+    assert node.locality == "us-east/zone-a"
+    assert node.to_metadata()["PILOTFISH_LOCALITY"] == "us-east/zone-a"
+    sidecar = sidecar_from_arguments(args, node, None, tmp_path, 2)
+    assert sidecar.bootstrap["node"]["locality"] == {"region": "us-east", "zone": "zone-a"}
+    assert node_from_arguments(parse("--xds", "h:1")).locality is None
+
+
+@pytest.mark.parametrize("locality", ["a//b", "a/b/c/d", "a/*", ""])
+def test_a_bad_locality_flag_is_refused(locality: str) -> None:
+    with pytest.raises(SystemExit):
+        parse("--xds", "h:1", "--locality", locality)

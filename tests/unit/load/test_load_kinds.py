@@ -440,7 +440,6 @@ def test_values_of_resilience_policies_are_checked(
 @pytest.mark.parametrize(
     ("balancer", "consequence"),
     [
-        ("{localityLbSetting: {enabled: true}}", "regardless of their locality"),
         ("{warmup: {duration: 60s}}", "full share of traffic at once"),
         ("{simple: RANDOM, zoneAwareLbSetting: {enabled: true}}", "regardless of their zone"),
     ],

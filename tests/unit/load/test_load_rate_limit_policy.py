@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from load_cases import assert_at, load, workload
 
@@ -109,6 +111,37 @@ def test_a_gateway_target() -> None:
     assert result.diagnostics == ()
     assert result.config is not None
     assert result.config.rate_limit_policies[0].target == RateLimitTarget("Gateway", "gw")
+
+
+def test_a_gateway_with_several_filter_chains_warns_of_a_bucket_each(tmp_path: Path) -> None:
+    """Two plaintext ports, two HTTPS servers on a third (one chain each, by SNI); the
+    plaintext servers of one port share a chain, and a TCP server has none."""
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = (
+        f"{{mode: SIMPLE, serverCertificate: {tmp_path}/cert.pem, privateKey: {tmp_path}/key.pem}}"
+    )
+    gateway = f"""\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  servers:
+  - {{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: ["*"]}}
+  - {{port: {{number: 8080, name: http-b, protocol: HTTP}}, hosts: [b.example.com]}}
+  - {{port: {{number: 8081, name: http2, protocol: HTTP}}, hosts: ["*"]}}
+  - {{port: {{number: 8443, name: https-a, protocol: HTTPS}}, hosts: [a.example.com], tls: {tls}}}
+  - {{port: {{number: 8443, name: https-b, protocol: HTTPS}}, hosts: [b.example.com], tls: {tls}}}
+  - {{port: {{number: 9000, name: tcp, protocol: TCP}}, hosts: ["*"]}}
+"""
+    local = "local:\n  rules:\n  - limit: {requests: 1, unit: Day}"
+    text, result = load(gateway, policy("targetRef: {kind: Gateway, name: gw}\n" + local))
+    diagnostic = assert_at(result, text, "spec.local", "local:", "up to 4 x", severity="warning")
+    assert "4 listener filter chains (ports 8080, 8081, 8443 (2 by SNI))" in diagnostic.message
+    # A global rule is counted by the service, whichever chain the request came through.
+    global_ = "global:\n  rules:\n  - limit: {requests: 1, unit: Day}"
+    _text, result = load(gateway, policy("targetRef: {kind: Gateway, name: gw}\n" + global_))
+    assert not [d for d in result.diagnostics if d.field.startswith("spec.local")]
 
 
 def test_unknown_field_is_an_error_with_a_hint() -> None:
@@ -259,6 +292,17 @@ def test_path_must_start_with_a_slash() -> None:
 def test_empty_selector_is_an_error() -> None:
     text, result = load_policy(rule_spec("{}"))
     assert_at(result, text, "spec.local.rules[0].clientSelectors[0]", "{}", "every request")
+
+
+def test_empty_selector_list_is_an_error_as_an_empty_selector_is() -> None:
+    text, result = load_policy("""targetRef: {kind: Service, name: backend}
+local:
+  rules:
+  - clientSelectors: []
+    limit: {requests: 5, unit: Second}""")
+    assert_at(
+        result, text, "spec.local.rules[0].clientSelectors", "clientSelectors", "every request"
+    )
 
 
 def test_unknown_target_service() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pilotfish.load import load_text
+from pilotfish.model.resources import MeshConfig
 from pilotfish.runner.plan import ReplicaPorts, plan_replicas, replica_environment
 
 WORKLOADS = """
@@ -48,3 +49,17 @@ def test_the_mesh_variables_win_over_the_user_env_and_the_inherited_one() -> Non
     assert env["HOME"] == "/root"
     assert env["PILOTFISH_REPLICA"] == "api-v1-1"
     assert env["NO_PROXY"] == "localhost,127.0.0.1"
+
+
+def test_every_replica_carries_its_workloads_locality() -> None:
+    text = WORKLOADS.replace("  replicas: 2\n", "  replicas: 2\n  locality: us-east/zone-a\n")
+    result = load_text(text, "w.yaml", directory=Path("/srv/app"))
+    assert result.config is not None
+    assert {r.locality for r in plan_replicas(result.config).values()} == {"us-east/zone-a"}
+    assert {r.locality for r in plan_replicas(load_config()).values()} == {None}
+
+
+def load_config() -> MeshConfig:
+    result = load_text(WORKLOADS, "w.yaml", directory=Path("/srv/app"))
+    assert result.config is not None
+    return result.config

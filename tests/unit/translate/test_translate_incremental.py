@@ -12,14 +12,17 @@ from hypothesis import strategies as st
 from pilotfish.discovery import InMemoryRegistry, build_view
 from pilotfish.load import load_text
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resilience import LocalityLbSetting, OutlierDetection
 from pilotfish.model.resources import (
     Destination,
     Gateway,
     GatewayServer,
     HTTPRoute,
+    LoadBalancer,
     MeshConfig,
     RouteDestination,
     ServicePort,
+    TrafficPolicy,
     VirtualService,
 )
 from pilotfish.model.security import ServerTLSSettings
@@ -103,8 +106,13 @@ def test_an_endpoint_change_rebuilds_only_that_services_outputs() -> None:
     cache.publish(view)
     second = cache.snapshot_for(SIDECAR)
 
-    # api's clusters and assignments; routes, listeners and other services are kept.
-    assert built_since(cache, before) == {"outbound-clusters": 1, "load-assignments": 1}
+    # api's clusters and assignments; routes, listeners and other services are kept. The
+    # locality-aware assignments (none here) follow every endpoint change.
+    assert built_since(cache, before) == {
+        "outbound-clusters": 1,
+        "load-assignments": 1,
+        "locality-load-assignments": 1,
+    }
     assert first is not None and second is not None
     assert second.of_type(type_urls.ROUTE) is first.of_type(type_urls.ROUTE)
     assert second.of_type(type_urls.LISTENER) is first.of_type(type_urls.LISTENER)
@@ -129,6 +137,7 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         "outbound-clusters": 3,
         "jwks-clusters": 1,
         "load-assignments": 3,
+        "locality-load-assignments": 1,
         "outbound-routes": 1,
         # The outbound listener reads the mesh's telemetry settings; rebuilt, it packs to
         # the same bytes and version when they did not change, so nothing is sent.
@@ -197,19 +206,21 @@ def test_outputs_nobody_uses_any_more_are_dropped() -> None:
 HOSTS = (WEB, API, "search.example.com")
 GATEWAY = ProxyNode(id="gw", kind="gateway")
 any_endpoint = st.builds(
-    lambda port, version, weight, account: Endpoint(
+    lambda port, version, weight, account, locality: Endpoint(
         "127.0.0.1",
         {9090: port, 8080: port, 443: port},
         {"version": version},
         weight,
         str(port),
         account,
+        locality,
     ),
     st.integers(1000, 1003),
     st.sampled_from(["v1", "v2"]),
     st.integers(1, 2),
     # Whether a sidecar serves it, and as whom: auto mTLS and the SANs clients expect.
     st.sampled_from([None, "api", "other"]),
+    st.sampled_from([None, "r1/za", "r1/zb"]),
 )
 any_registry = st.fixed_dictionaries({h: st.lists(any_endpoint, max_size=2) for h in HOSTS})
 EDITED = MESH.replace(
@@ -291,12 +302,28 @@ def edge_config() -> MeshConfig:
     return replace(config, gateways=(Gateway(meta, {}, servers),), virtual_services=(route,))
 
 
+# Locality failover on api (its assignments then depend on the caller's locality), by
+# outlier detection, and a failoverPriority label; built from the model like the edge.
+LOCALITY = "locality"
+LOCAL_SIDECAR = replace(SIDECAR, id="web-1", locality="r1/za", labels={"version": "v2"})
+
+
+def locality_config() -> MeshConfig:
+    config = config_of(EDITED)
+    balancer = LoadBalancer(locality_lb_setting=LocalityLbSetting(failover_priority=("version",)))
+    policy = TrafficPolicy(
+        load_balancer=balancer, outlier_detection=OutlierDetection(consecutive_5xx_errors=1)
+    )
+    (rule,) = config.destination_rules
+    return replace(config, destination_rules=(replace(rule, traffic_policy=policy),))
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(
             any_registry,
-            st.sampled_from([MESH, EDITED, SECURED, AUTHORIZED, EDGE]),
+            st.sampled_from([MESH, EDITED, SECURED, AUTHORIZED, EDGE, LOCALITY]),
             st.integers(0, 2),
             st.booleans(),
         ),
@@ -309,6 +336,7 @@ def test_a_chain_of_generations_says_what_a_fresh_translation_says(
 ) -> None:
     configs = {text: config_of(text) for text in (MESH, EDITED, SECURED, AUTHORIZED)}
     configs[EDGE] = edge_config()
+    configs[LOCALITY] = locality_config()
     registries = [registry_with(count) for count in range(3)]
     cache = new_cache()
     view = None
@@ -316,10 +344,11 @@ def test_a_chain_of_generations_says_what_a_fresh_translation_says(
         view = build_view(configs[text], endpoints, [registries[extra]])
         cache.publish(view)
         if asked:  # only what a proxy asked for gets built, and so can be reused later
-            for node in (SIDECAR, GATEWAY):
+            for node in (SIDECAR, GATEWAY, LOCAL_SIDECAR):
                 assert versions(cache.snapshot_for(node)) == fresh(view, node)
     assert view is not None
-    assert versions(cache.snapshot_for(SIDECAR)) == fresh(view, SIDECAR)
+    for node in (SIDECAR, LOCAL_SIDECAR):
+        assert versions(cache.snapshot_for(node)) == fresh(view, node)
 
 
 def test_the_edge_config_gives_the_gateway_a_route_config_per_chain() -> None:

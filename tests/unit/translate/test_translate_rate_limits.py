@@ -377,6 +377,20 @@ def test_each_rule_gets_a_body_naming_the_proxy_policy_rule_and_limit_before_tel
             ["/users/x", "/users/42/x"],
         ),
         (PathSelector("Exact", "/a.b"), ["/a.b"], ["/aXb"]),
+        # The user's "$" is the end of the path, before any query.
+        (
+            PathSelector("RegularExpression", "^/users/[0-9]+$"),
+            ["/users/42", "/users/42?a=1", "/users/42?"],
+            ["/users/42/x", "/users/x?1", "/users/42x?a"],
+        ),
+        (PathSelector("RegularExpression", r"/(a|b)\z"), ["/a?q", "/b"], ["/ab"]),
+        # A "$" that is text stays text.
+        (
+            PathSelector("RegularExpression", r"/price\$|/cost[$]|/q\Q$\E|/c[]$]"),
+            ["/price$", "/price$?x", "/cost$", "/q$?x", "/c]", "/c$"],
+            ["/price", "/cost", "/cost.", "/q", "/c", "/c."],
+        ),
+        (PathSelector("RegularExpression", "/x[[:digit:]]$"), ["/x1?y"], ["/xa"]),
     ],
 )
 def test_path_patterns_match_the_path_as_envoy_full_matches_it(
