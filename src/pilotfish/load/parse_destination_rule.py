@@ -30,7 +30,6 @@ from pilotfish.model.resources import (
     Subset,
     TrafficPolicy,
 )
-from pilotfish.model.security import ClientTLSSettings
 
 SPEC_FIELDS = ("host", "trafficPolicy", "subsets")
 SPEC_NOT_IMPLEMENTED = {
@@ -188,25 +187,21 @@ def _traffic_policy(
         reader.error(policy_path, "must set at least one field (Istio refuses it empty)")
     load_balancer = _load_balancer(reader, policy, policy_path)
     tls = read_client_tls(reader, policy, policy_path, directory)
-    port_tls, port_settings = _port_level_settings(reader, policy, policy_path, directory)
     return TrafficPolicy(
         load_balancer=load_balancer,
         tls=tls,
-        port_tls=port_tls,
         connection_pool=_connection_pool(reader, policy, policy_path),
         outlier_detection=_outlier_detection(reader, policy, policy_path),
         retry_budget=_retry_budget(reader, policy, policy_path),
-        port_settings=port_settings,
+        port_settings=_port_level_settings(reader, policy, policy_path, directory),
     )
 
 
 def _port_level_settings(
     reader: FieldReader, policy: Fields, path: str, directory: str
-) -> tuple[dict[int, ClientTLSSettings], dict[int, PortTrafficPolicy]]:
-    """portLevelSettings[]: each port's tls, and each port's other settings."""
-    found_tls: dict[int, ClientTLSSettings] = {}
+) -> dict[int, PortTrafficPolicy]:
+    """portLevelSettings[] by port number."""
     found: dict[int, PortTrafficPolicy] = {}
-    seen: set[int] = set()
     for item, item_path in reader.items(policy, "portLevelSettings", path):
         fields = reader.mapping(item, item_path, PORT_SETTINGS_FIELDS)
         if fields is None:
@@ -222,23 +217,21 @@ def _port_level_settings(
                 item_path,
                 "must set at least one of tls, loadBalancer, connectionPool, outlierDetection",
             )
-        tls = read_client_tls(reader, fields, item_path, directory)
         settings = PortTrafficPolicy(
             load_balancer=_load_balancer(reader, fields, item_path),
             connection_pool=_connection_pool(reader, fields, item_path),
             outlier_detection=_outlier_detection(reader, fields, item_path),
+            tls=read_client_tls(reader, fields, item_path, directory),
         )
         if number is None:
             continue
-        if number in seen:
+        if number in found:
             reader.error(join_path(item_path, "port"), f"port {number} already has settings")
             continue
-        seen.add(number)
-        if tls is not None:
-            found_tls[number] = tls
-        if settings != PortTrafficPolicy():
-            found[number] = settings
-    return found_tls, found
+        # Kept even when nothing in it was valid: the entry still replaces the rule's
+        # settings for its port, as in Istio.
+        found[number] = settings
+    return found
 
 
 def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> OutlierDetection | None:

@@ -134,12 +134,14 @@ def test_port_level_settings_carry_pool_outlier_and_balancer_per_port() -> None:
     )
     assert result.diagnostics == ()
     policy = policy_of(result)
-    assert set(policy.port_settings) == {9080}
+    assert set(policy.port_settings) == {9080, 9443}
     port = policy.port_settings[9080]
     assert port.connection_pool == ConnectionPool(tcp=TcpPoolSettings(max_connections=1))
     assert port.outlier_detection == OutlierDetection(consecutive_5xx_errors=1)
     assert port.load_balancer is not None and port.load_balancer.simple == "RANDOM"
-    assert set(policy.port_tls) == {9443}
+    assert port.tls is None
+    tls = policy.port_settings[9443].tls
+    assert tls is not None and tls.mode == "SIMPLE"
 
 
 def test_subset_policy_carries_its_own_resilience_settings() -> None:

@@ -171,10 +171,13 @@ spec:
     assert result.warnings == ()
     rule = result.config.destination_rules[0]
     assert rule.traffic_policy is not None
-    assert {p: s.mode for p, s in rule.traffic_policy.port_tls.items()} == {8443: "SIMPLE"}
-    port_lb = rule.traffic_policy.port_settings[9000].load_balancer
+    port_settings = rule.traffic_policy.port_settings
+    assert {p: s.tls.mode if s.tls else None for p, s in port_settings.items()} == {
+        8443: "SIMPLE",
+        9000: None,
+    }
+    port_lb = port_settings[9000].load_balancer
     assert port_lb is not None and port_lb.simple == "RANDOM"
-    assert set(rule.traffic_policy.port_settings) == {9000}
     subset_policy = rule.subsets[0].traffic_policy
     assert subset_policy is not None and subset_policy.tls is not None
     assert subset_policy.tls.mode == "DISABLE"

@@ -165,6 +165,42 @@ def test_port_level_settings_replace_the_rules_own_for_that_port_only() -> None:
     assert clusters[PLAIN].lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
 
 
+def test_a_port_level_entry_replaces_the_rules_tls_too_and_drops_its_retry_budget() -> None:
+    """Istio's GetPortLevelTrafficPolicy: the entry stands in for the whole policy."""
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    tls: {mode: SIMPLE, sni: x.example}\n"
+        "    retryBudget: {percent: 5}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      connectionPool: {tcp: {maxConnections: 1}}\n"
+    )
+    assert clusters[PLAIN].transport_socket.name == "envoy.transport_sockets.tls"
+    assert clusters[PLAIN].circuit_breakers.thresholds[0].HasField("retry_budget")
+    assert not clusters[H2].HasField("transport_socket")  # auto mTLS, not the rule's SIMPLE
+    assert not clusters[H2].circuit_breakers.thresholds[0].HasField("retry_budget")
+
+
+def test_a_subsets_port_level_entry_replaces_its_tls_and_keeps_the_rules_budget() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    retryBudget: {percent: 5}\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy:\n"
+        "      tls: {mode: SIMPLE}\n"
+        "      retryBudget: {percent: 9}\n"
+        "      portLevelSettings:\n"
+        "      - port: {number: 9090}\n"
+        "        loadBalancer: {simple: RANDOM}\n"
+    )
+    plain = clusters[f"outbound|8080|v1|{BACKEND}"]
+    port = clusters[f"outbound|9090|v1|{BACKEND}"]
+    assert plain.transport_socket.name == "envoy.transport_sockets.tls"
+    assert plain.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 9
+    assert not port.HasField("transport_socket")
+    assert port.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 5
+
+
 def test_subset_pool_overrides_the_rules_for_the_subset_cluster() -> None:
     clusters = clusters_for(
         "  trafficPolicy:\n    connectionPool: {http: {http2MaxRequests: 50}}\n"
