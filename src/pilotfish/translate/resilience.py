@@ -32,6 +32,12 @@ METADATA_NAMESPACE = "pilotfish"
 CIRCUIT_BREAKER_KEY = "circuit_breaker"
 CIRCUIT_BREAKER_OPERATOR = f"%CLUSTER_METADATA({METADATA_NAMESPACE}:{CIRCUIT_BREAKER_KEY})%"
 NO_LIMITS = "it sets no limit of its own; Istio's defaults are unlimited"
+# And the outlier detection its UH reply names: with it, "no healthy upstream" is most often
+# every endpoint ejected, which the endpoint view shows.
+OUTLIER_DETECTION_KEY = "outlier_detection"
+OUTLIER_DETECTION_OPERATOR = f"%CLUSTER_METADATA({METADATA_NAMESPACE}:{OUTLIER_DETECTION_KEY})%"
+SEE_ENDPOINTS = "see `pilotfish endpoints`"
+NO_OUTLIER_DETECTION = f"no outlier detection; {SEE_ENDPOINTS}"
 
 # Istio's retryBudget defaults (Envoy's too).
 DEFAULT_BUDGET_PERCENT = 20.0
@@ -48,6 +54,7 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
     """Everything of ``policy`` but the load balancer onto an outbound ``cluster``; run it
     after the cluster's upstream protocol options are set, which it merges into."""
     _apply_pool(cluster, policy, outbound=True)
+    _set_metadata(cluster, OUTLIER_DETECTION_KEY, outlier_text(policy.outlier_detection))
     if policy.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection_to_proto(policy.outlier_detection))
         # Istio always sets the panic threshold with outlier detection, 0 when unset: with a
@@ -62,6 +69,7 @@ def apply_inbound_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePoli
     connection pool and retry budget too, so the server has the capacity its callers are
     allowed, but neither outlier detection nor an HTTP/2 upgrade (the app may not speak it)."""
     _apply_pool(cluster, policy, outbound=False)
+    _set_metadata(cluster, OUTLIER_DETECTION_KEY, NO_OUTLIER_DETECTION)
 
 
 def _apply_pool(cluster: cluster_pb2.Cluster, policy: EffectivePolicy, *, outbound: bool) -> None:
@@ -134,11 +142,38 @@ def limits_text(pool: ConnectionPool | None) -> str:
 
 def set_limits_metadata(cluster: cluster_pb2.Cluster, pool: ConnectionPool | None) -> None:
     """Envoy's UO flag does not say which limit was hit, so the reply names every one set."""
+    _set_metadata(cluster, CIRCUIT_BREAKER_KEY, limits_text(pool))
+
+
+def _set_metadata(cluster: cluster_pb2.Cluster, key: str, text: str) -> None:
     cluster.metadata.filter_metadata[METADATA_NAMESPACE].MergeFrom(
-        struct_pb2.Struct(
-            fields={CIRCUIT_BREAKER_KEY: struct_pb2.Value(string_value=limits_text(pool))}
-        )
+        struct_pb2.Struct(fields={key: struct_pb2.Value(string_value=text)})
     )
+
+
+def outlier_text(detection: OutlierDetection | None) -> str:
+    """The settings the rule gives, by their Istio names (unset ones are Envoy's defaults)."""
+    if detection is None:
+        return NO_OUTLIER_DETECTION
+    candidates: tuple[tuple[str, int | str | None], ...] = (
+        ("consecutive5xxErrors", detection.consecutive_5xx_errors),
+        ("consecutiveGatewayErrors", detection.consecutive_gateway_errors),
+        ("consecutiveLocalOriginFailures", detection.consecutive_local_origin_failures),
+        ("interval", _seconds_text(detection.interval)),
+        ("baseEjectionTime", _seconds_text(detection.base_ejection_time)),
+        ("maxEjectionPercent", detection.max_ejection_percent),
+        ("minHealthPercent", detection.min_health_percent),
+    )
+    named = ", ".join(f"{name}={value}" for name, value in candidates if value is not None)
+    return f"outlier detection: {named or 'Envoy defaults'}; {SEE_ENDPOINTS}"
+
+
+def _seconds_text(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
 
 
 def outlier_detection_to_proto(

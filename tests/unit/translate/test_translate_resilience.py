@@ -21,6 +21,8 @@ from pilotfish.translate.resilience import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     METADATA_NAMESPACE,
     NO_LIMITS,
+    NO_OUTLIER_DETECTION,
+    OUTLIER_DETECTION_KEY,
 )
 from pilotfish.translate.telemetry import local_reply_mappers
 
@@ -295,6 +297,45 @@ def test_the_uo_reply_names_the_clusters_limits() -> None:
     body = uo.body_format_override.text_format_source.inline_string
     assert "circuit breaker of %UPSTREAM_CLUSTER% is full (" in body
     assert "%CLUSTER_METADATA(pilotfish:circuit_breaker)%" in body
+
+
+def test_the_uh_reply_names_the_clusters_outlier_detection() -> None:
+    (uh,) = [
+        m
+        for m in local_reply_mappers("web-0")
+        if list(m.filter.response_flag_filter.flags) == ["UH"]
+    ]
+    body = uh.body_format_override.text_format_source.inline_string
+    assert "no healthy upstream (%CLUSTER_METADATA(pilotfish:outlier_detection)%)" in body
+
+
+def outlier_named(cluster: cluster_pb2.Cluster) -> str:
+    fields = cluster.metadata.filter_metadata[METADATA_NAMESPACE].fields
+    return fields[OUTLIER_DETECTION_KEY].string_value
+
+
+def test_outlier_settings_go_into_the_clusters_metadata_by_their_istio_names() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    outlierDetection: {consecutive5xxErrors: 2, interval: 500ms, baseEjectionTime: 30s}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      outlierDetection: {}\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy:\n"
+        "      connectionPool: {tcp: {maxConnections: 1}}\n"
+        "      portLevelSettings:\n"
+        "      - port: {number: 8080}\n"
+        "        connectionPool: {tcp: {maxConnections: 1}}\n"
+    )
+    assert outlier_named(clusters[PLAIN]) == (
+        "outlier detection: consecutive5xxErrors=2, interval=500ms, baseEjectionTime=30s; "
+        "see `pilotfish endpoints`"
+    )
+    assert outlier_named(clusters[H2]) == (
+        "outlier detection: Envoy defaults; see `pilotfish endpoints`"
+    )
+    assert outlier_named(clusters[f"outbound|8080|v1|{BACKEND}"]) == NO_OUTLIER_DETECTION
 
 
 def mesh_tls_alpn(cluster: cluster_pb2.Cluster) -> list[str]:
