@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from pilotfish.load.fields import FieldReader, Fields, describe
+from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
 from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
@@ -74,24 +74,22 @@ HASH_NOT_IMPLEMENTED = {
 }
 COOKIE_NOT_IMPLEMENTED = {"attributes": "the cookie is set without these attributes"}
 
-OUTLIER_COUNTS = (
+OUTLIER_FIELDS = (
     "consecutiveErrors",
     "consecutiveGatewayErrors",
     "consecutive5xxErrors",
     "consecutiveLocalOriginFailures",
-)
-OUTLIER_DURATIONS = ("interval", "baseEjectionTime")
-OUTLIER_PERCENTS = ("maxEjectionPercent", "minHealthPercent")
-OUTLIER_FIELDS = (
-    *OUTLIER_COUNTS,
-    *OUTLIER_DURATIONS,
-    *OUTLIER_PERCENTS,
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "minHealthPercent",
     "splitExternalLocalOriginErrors",
+    # Checked, then warned about: Istio would make only these status codes count as errors.
+    "outlierDetectionHttpErrorCodes",
 )
-# Checked, then warned about: Istio would make only these status codes count as errors.
-OUTLIER_ERROR_CODES = "outlierDetectionHttpErrorCodes"
 OUTLIER_ERROR_CODES_IGNORED = (
-    "every 5xx response (and only those) counts as an error, not only the listed status codes"
+    f"{NOT_IMPLEMENTED_PREFIX}: every 5xx response (and only those) counts as an error, "
+    "not only the listed status codes"
 )
 # Istio has ignored the deprecated field since 1.7 (it only warns), so a rule moved here from
 # Istio keeps behaving the same way.
@@ -235,55 +233,48 @@ def _port_level_settings(
 
 
 def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> OutlierDetection | None:
-    detection = reader.child_mapping(
-        fields,
-        "outlierDetection",
-        path,
-        OUTLIER_FIELDS,
-        {OUTLIER_ERROR_CODES: OUTLIER_ERROR_CODES_IGNORED},
-    )
+    detection = reader.child_mapping(fields, "outlierDetection", path, OUTLIER_FIELDS)
     if detection is None:
         return None
     detection_path = join_path(path, "outlierDetection")
-    counts = {
-        key: reader.integer(detection, key, detection_path, minimum=0, maximum=UINT32_MAX)
-        for key in OUTLIER_COUNTS
-    }
-    if counts["consecutiveErrors"] is not None:
+
+    def count(key: str) -> int | None:
+        return reader.integer(detection, key, detection_path, minimum=0, maximum=UINT32_MAX)
+
+    def percent(key: str) -> int | None:
+        return reader.integer(detection, key, detection_path, minimum=0, maximum=100)
+
+    consecutive_errors = count("consecutiveErrors")
+    if consecutive_errors is not None:
         reader.warning(join_path(detection_path, "consecutiveErrors"), CONSECUTIVE_ERRORS_IGNORED)
-    interval, base_ejection_time = (
-        reader.duration(detection, key, detection_path) for key in OUTLIER_DURATIONS
-    )
-    max_ejection, min_health = (
-        reader.integer(detection, key, detection_path, minimum=0, maximum=100)
-        for key in OUTLIER_PERCENTS
-    )
     split = reader.boolean(detection, "splitExternalLocalOriginErrors", detection_path)
-    local_origin = counts["consecutiveLocalOriginFailures"]
+    local_origin = count("consecutiveLocalOriginFailures")
     if local_origin and not split:
         reader.error(
             join_path(detection_path, "consecutiveLocalOriginFailures"),
             "needs splitExternalLocalOriginErrors: true (Istio refuses it without)",
         )
-    _check_error_codes(reader, fields.get("outlierDetection"), detection_path)
+    _check_error_codes(reader, detection, detection_path)
     return OutlierDetection(
-        consecutive_5xx_errors=counts["consecutive5xxErrors"],
-        consecutive_gateway_errors=counts["consecutiveGatewayErrors"],
+        consecutive_5xx_errors=count("consecutive5xxErrors"),
+        consecutive_gateway_errors=count("consecutiveGatewayErrors"),
         consecutive_local_origin_failures=local_origin,
-        consecutive_errors=counts["consecutiveErrors"],
+        consecutive_errors=consecutive_errors,
         split_external_local_origin_errors=bool(split),
-        interval=interval,
-        base_ejection_time=base_ejection_time,
-        max_ejection_percent=max_ejection,
-        min_health_percent=min_health,
+        interval=reader.duration(detection, "interval", detection_path),
+        base_ejection_time=reader.duration(detection, "baseEjectionTime", detection_path),
+        max_ejection_percent=percent("maxEjectionPercent"),
+        min_health_percent=percent("minHealthPercent"),
     )
 
 
-def _check_error_codes(reader: FieldReader, detection: object, path: str) -> None:
+def _check_error_codes(reader: FieldReader, detection: Fields, path: str) -> None:
     """Warned about, not carried; the codes are still checked."""
-    if not isinstance(detection, dict) or detection.get(OUTLIER_ERROR_CODES) is None:
+    key = "outlierDetectionHttpErrorCodes"
+    if detection.get(key) is None:
         return
-    for item, item_path in reader.items(detection, OUTLIER_ERROR_CODES, path):
+    reader.warning(join_path(path, key), OUTLIER_ERROR_CODES_IGNORED)
+    for item, item_path in reader.items(detection, key, path):
         if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
             reader.error(item_path, f"expected an HTTP status code, got {describe(item)}")
 
