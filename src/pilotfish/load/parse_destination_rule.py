@@ -18,6 +18,7 @@ from pilotfish.model.resilience import (
     RetryBudget,
     TcpKeepalive,
     TcpPoolSettings,
+    keepalive_seconds,
 )
 from pilotfish.model.resources import (
     ConsistentHash,
@@ -228,7 +229,7 @@ def _port_level_settings(
             continue
         # Kept even when nothing in it was valid: the entry still replaces the rule's
         # settings for its port, as in Istio.
-        found[number] = settings
+        found[number] = reader.paths.remember(settings, join_path(item_path, "port"))
     return found
 
 
@@ -314,8 +315,8 @@ def _tcp_pool(reader: FieldReader, pool: Fields, path: str) -> TcpPoolSettings |
             probes=reader.integer(
                 keepalive_fields, "probes", keepalive_path, minimum=0, maximum=UINT32_MAX
             ),
-            time=reader.duration(keepalive_fields, "time", keepalive_path),
-            interval=reader.duration(keepalive_fields, "interval", keepalive_path),
+            time=_keepalive_duration(reader, keepalive_fields, "time", keepalive_path),
+            interval=_keepalive_duration(reader, keepalive_fields, "interval", keepalive_path),
         )
     return TcpPoolSettings(
         max_connections=_limit(reader, tcp, "maxConnections", tcp_path, ZERO_IS_UNSET),
@@ -325,6 +326,18 @@ def _tcp_pool(reader: FieldReader, pool: Fields, path: str) -> TcpPoolSettings |
         # Istio: 0s turns the idle timeout off.
         idle_timeout=reader.duration(tcp, "idleTimeout", tcp_path, allow_zero=True),
     )
+
+
+def _keepalive_duration(reader: FieldReader, fields: Fields, key: str, path: str) -> float | None:
+    seconds = reader.duration(fields, key, path)
+    if seconds is not None and seconds != int(seconds):
+        used = keepalive_seconds(seconds)
+        reader.warning(
+            join_path(path, key),
+            f"Envoy counts keepalive times in whole seconds: {used}s is used "
+            f"(Istio would use {int(seconds)}s)",
+        )
+    return seconds
 
 
 def _http_pool(reader: FieldReader, pool: Fields, path: str) -> HttpPoolSettings | None:

@@ -8,8 +8,6 @@ too: each threshold left unset is ``UNLIMITED_THRESHOLD``, not Envoy's 1024 (or 
 
 from __future__ import annotations
 
-import math
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -23,6 +21,7 @@ from pilotfish.model.resilience import (
     OutlierDetection,
     RetryBudget,
     TcpKeepalive,
+    keepalive_seconds,
 )
 from pilotfish.translate.destinations import EffectivePolicy
 from pilotfish.translate.proto_values import duration_from_seconds, pack
@@ -213,15 +212,13 @@ def _enforcing(count: int) -> int:
 
 
 def tcp_keepalive_to_proto(keepalive: TcpKeepalive) -> address_pb2.TcpKeepalive:
-    """Envoy counts keepalive times in whole seconds; a fraction is rounded up, since 0
-    would not be a valid socket option."""
     out = address_pb2.TcpKeepalive()
     if keepalive.probes:
         out.keepalive_probes.value = keepalive.probes
     if keepalive.time is not None:
-        out.keepalive_time.value = math.ceil(keepalive.time)
+        out.keepalive_time.value = keepalive_seconds(keepalive.time)
     if keepalive.interval is not None:
-        out.keepalive_interval.value = math.ceil(keepalive.interval)
+        out.keepalive_interval.value = keepalive_seconds(keepalive.interval)
     return out
 
 

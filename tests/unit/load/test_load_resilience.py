@@ -132,7 +132,8 @@ def test_port_level_settings_carry_pool_outlier_and_balancer_per_port() -> None:
     - port: {number: 9443}
       tls: {mode: SIMPLE}"""
     )
-    assert result.diagnostics == ()
+    # Reviews serves 9080 only: the 9443 entry is kept (and warned about as applying nowhere).
+    assert [d.field for d in result.diagnostics] == ["spec.trafficPolicy.portLevelSettings[1].port"]
     policy = policy_of(result)
     assert set(policy.port_settings) == {9080, 9443}
     port = policy.port_settings[9080]
@@ -486,6 +487,46 @@ def test_what_istio_does_that_we_do_not_carry_warns_what_will_not_happen(
     warning = assert_at(result, text, field, needle, consequence, severity="warning")
     assert warning.severity == "warning"
     assert result.config is not None
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "needle", "message"),
+    [
+        (
+            "portLevelSettings: [{port: {number: 9999}, loadBalancer: {simple: RANDOM}}]",
+            "spec.trafficPolicy.portLevelSettings[0].port",
+            "port: {",
+            'host "reviews" has no port 9999 (its ports: 9080): these settings apply nowhere',
+        ),
+        (
+            "connectionPool: {tcp: {tcpKeepalive: {time: 500ms}}}",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+            "time",
+            "Envoy counts keepalive times in whole seconds: 1s is used (Istio would use 0s)",
+        ),
+        (
+            "connectionPool: {tcp: {tcpKeepalive: {interval: 2500ms}}}",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval",
+            "interval",
+            "3s is used (Istio would use 2s)",
+        ),
+    ],
+)
+def test_settings_that_do_not_apply_as_written_warn(
+    policy: str, field: str, needle: str, message: str
+) -> None:
+    text, result = load_policy(policy)
+    assert_at(result, text, field, needle, message, severity="warning")
+    assert result.config is not None
+
+
+def test_a_subsets_port_level_entry_for_a_port_the_host_has_is_fine() -> None:
+    text = RULE.replace("    POLICY\n", "    loadBalancer: {simple: RANDOM}\n") + (
+        "    trafficPolicy:\n"
+        "      portLevelSettings: [{port: {number: 9080}, loadBalancer: {simple: RANDOM}}]\n"
+    )
+    _text, result = load(text, *BOOKINFO_REGISTRY)
+    assert result.diagnostics == ()
 
 
 def test_a_zero_limit_is_not_carried_so_istios_default_applies() -> None:

@@ -146,8 +146,12 @@ def test_ca_crl_warns_what_does_not_happen() -> None:
 
 
 def test_port_level_and_subset_tls() -> None:
+    ports = (
+        "  - {number: 8443, name: https, protocol: HTTP}\n"
+        "  - {number: 9000, name: web, protocol: HTTP}\n"
+    )
     _text, result = load(
-        RULE.split("---")[0]
+        RULE.split("---")[0].replace("  - {number: 443, name: https, protocol: HTTP}\n", ports)
         + """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -29,7 +29,9 @@ from pilotfish.translate.telemetry import local_reply_mappers
 SERVICES = (mesh_service("backend", http_port(8080), http_port(9090, "HTTP2")),)
 
 
-def clusters_for(rule: str, *services: Service) -> dict[str, cluster_pb2.Cluster]:
+def clusters_for(
+    rule: str, *services: Service, warnings: int = 0
+) -> dict[str, cluster_pb2.Cluster]:
     known = services or SERVICES
     text = (
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
@@ -37,7 +39,8 @@ def clusters_for(rule: str, *services: Service) -> dict[str, cluster_pb2.Cluster
     )
     loaded = load_texts([("rule.yaml", text)], known_services={s.hostname: s for s in known})
     assert loaded.config is not None, loaded.diagnostics
-    assert loaded.diagnostics == (), loaded.diagnostics
+    assert len(loaded.diagnostics) == warnings, loaded.diagnostics
+    assert all(d.severity == "warning" for d in loaded.diagnostics), loaded.diagnostics
     view: MeshView = view_of(loaded.config, *known)
     return {c.name: c for c in build_outbound_clusters(view)}
 
@@ -217,7 +220,8 @@ def test_subset_pool_overrides_the_rules_for_the_subset_cluster() -> None:
 def test_tcp_settings_become_connect_timeout_and_keepalive() -> None:
     clusters = clusters_for(
         "  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 250ms\n"
-        "        tcpKeepalive: {probes: 4, time: 1500ms, interval: 3s}\n"
+        "        tcpKeepalive: {probes: 4, time: 1500ms, interval: 3s}\n",
+        warnings=1,  # 1500ms is not whole seconds
     )
     cluster = clusters[PLAIN]
     assert cluster.connect_timeout.ToMilliseconds() == 250
