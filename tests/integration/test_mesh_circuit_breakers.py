@@ -58,6 +58,14 @@ spec:
     trafficPolicy:
       connectionPool:
         http: {{h2UpgradePolicy: UPGRADE, maxRequestsPerConnection: 100, idleTimeout: 30s}}
+  - name: picky
+    labels: {{version: v1}}
+    trafficPolicy:
+      outlierDetection:
+        consecutive5xxErrors: 1
+        outlierDetectionHttpErrorCodes: [404]
+        baseEjectionTime: 600s
+        maxEjectionPercent: 100
   - name: ejecting
     labels: {{version: v1}}
     trafficPolicy:
@@ -103,6 +111,10 @@ spec:
   - match: [{{uri: {{prefix: /upgraded/}}}}]
     rewrite: {{uri: /}}
     route: [{{destination: {{host: flaky, subset: upgraded}}}}]
+  - match: [{{uri: {{prefix: /picky/}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: flaky, subset: picky}}}}]
+    retries: {{attempts: 0}}
   - match: [{{uri: {{prefix: /ejecting/}}}}]
     rewrite: {{uri: /}}
     route: [{{destination: {{host: flaky, subset: ejecting}}}}]
@@ -278,6 +290,22 @@ def test_a_reply_with_every_endpoint_ejected_names_the_outlier_detection(
     ) in text, text
     assert f"cluster outbound|9000|ejecting|{FLAKY}" in text, text
     assert text.rstrip().endswith("[UH]"), text
+
+
+def test_with_http_error_codes_only_those_statuses_eject(mesh: RunningMesh) -> None:
+    for _ in range(3):
+        failed = mesh.get("/picky/fail?ms=0")
+        assert failed.status == 503 and failed.body.get("failed") is True
+    assert mesh.get("/picky/").status == 200  # a 503 is not one of the codes: still there
+    assert mesh.get("/picky/status?code=404").status == 404
+
+    def proxy_reply() -> Reply | None:
+        reply = mesh.get("/picky/")
+        return reply if reply.status == 503 and "text" in reply.body else None
+
+    text = str(wait_until(proxy_reply, 10, "the 404 to eject the endpoint").body.get("text"))
+    assert "no healthy upstream (outlier detection: consecutive5xxErrors=1" in text, text
+    assert "outlierDetectionHttpErrorCodes=404; see" in text, text
 
 
 def gateway_envoy_admin(mesh: RunningMesh) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
+from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.http_headers import header_name_problem, header_value_problem
 from pilotfish.load.parse_tls import read_client_tls
 from pilotfish.load.yaml_source import join_path
@@ -85,12 +85,7 @@ OUTLIER_FIELDS = (
     "maxEjectionPercent",
     "minHealthPercent",
     "splitExternalLocalOriginErrors",
-    # Checked, then warned about: Istio would make only these status codes count as errors.
     "outlierDetectionHttpErrorCodes",
-)
-OUTLIER_ERROR_CODES_IGNORED = (
-    f"{NOT_IMPLEMENTED_PREFIX}: every 5xx response (and only those) counts as an error, "
-    "not only the listed status codes"
 )
 # Istio has ignored the deprecated field since 1.7 (it only warns), so a rule moved here from
 # Istio keeps behaving the same way.
@@ -255,7 +250,6 @@ def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> Outlie
             join_path(detection_path, "consecutiveLocalOriginFailures"),
             "needs splitExternalLocalOriginErrors: true (Istio refuses it without)",
         )
-    _check_error_codes(reader, detection, detection_path)
     return OutlierDetection(
         consecutive_5xx_errors=count("consecutive5xxErrors"),
         consecutive_gateway_errors=count("consecutiveGatewayErrors"),
@@ -266,18 +260,18 @@ def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> Outlie
         base_ejection_time=reader.duration(detection, "baseEjectionTime", detection_path),
         max_ejection_percent=percent("maxEjectionPercent"),
         min_health_percent=percent("minHealthPercent"),
+        http_error_codes=_error_codes(reader, detection, detection_path),
     )
 
 
-def _check_error_codes(reader: FieldReader, detection: Fields, path: str) -> None:
-    """Warned about, not carried; the codes are still checked."""
-    key = "outlierDetectionHttpErrorCodes"
-    if detection.get(key) is None:
-        return
-    reader.warning(join_path(path, key), OUTLIER_ERROR_CODES_IGNORED)
-    for item, item_path in reader.items(detection, key, path):
+def _error_codes(reader: FieldReader, detection: Fields, path: str) -> tuple[int, ...]:
+    codes: list[int] = []
+    for item, item_path in reader.items(detection, "outlierDetectionHttpErrorCodes", path):
         if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
             reader.error(item_path, f"expected an HTTP status code, got {describe(item)}")
+        elif item not in codes:
+            codes.append(item)
+    return tuple(codes)
 
 
 def _connection_pool(reader: FieldReader, fields: Fields, path: str) -> ConnectionPool | None:

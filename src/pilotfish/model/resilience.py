@@ -81,6 +81,8 @@ class OutlierDetection:
     base_ejection_time: float | None = None
     max_ejection_percent: int | None = None
     min_health_percent: int | None = None
+    # outlierDetectionHttpErrorCodes: when set, these statuses (and only these) are errors.
+    http_error_codes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ too: each threshold left unset is ``UNLIMITED_THRESHOLD``, not Envoy's 1024 (or 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
@@ -61,6 +64,8 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
             percent_pb2.Percent(value=float(policy.outlier_detection.min_health_percent or 0))
         )
+        if policy.outlier_detection.http_error_codes:
+            _apply_error_codes(cluster, policy.outlier_detection.http_error_codes)
 
 
 def apply_inbound_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> None:
@@ -162,6 +167,10 @@ def outlier_text(detection: OutlierDetection | None) -> str:
         ("baseEjectionTime", _seconds_text(detection.base_ejection_time)),
         ("maxEjectionPercent", detection.max_ejection_percent),
         ("minHealthPercent", detection.min_health_percent),
+        (
+            "outlierDetectionHttpErrorCodes",
+            ",".join(map(str, detection.http_error_codes)) or None,
+        ),
     )
     named = ", ".join(f"{name}={value}" for name, value in candidates if value is not None)
     return f"outlier detection: {named or 'Envoy defaults'}; {SEE_ENDPOINTS}"
@@ -254,13 +263,44 @@ def _apply_http_options(
                 http2.connection_keepalive.timeout.CopyFrom(
                     duration_from_seconds(keepalive.timeout)
                 )
-    if options.SerializeToString(deterministic=True) == before:
-        return
+    if options.SerializeToString(deterministic=True) != before:
+        _store_http_options(cluster, options)
+
+
+def _store_http_options(
+    cluster: cluster_pb2.Cluster, options: http_protocol_options_pb2.HttpProtocolOptions
+) -> None:
     if not options.HasField("upstream_protocol_options"):
         # Envoy refuses HttpProtocolOptions that pick no protocol; HTTP/1.1 is what the
         # cluster spoke without them.
         options.explicit_http_config.http_protocol_options.SetInParent()
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
+
+
+def _apply_error_codes(cluster: cluster_pb2.Cluster, codes: tuple[int, ...]) -> None:
+    """As Istio maps outlierDetectionHttpErrorCodes: a response whose ``:status`` is one of
+    ``codes`` is what outlier detection counts as an error, instead of any 5xx."""
+    rules = [
+        matcher_pb2.MatchPredicate(
+            http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[
+                    route_components_pb2.HeaderMatcher(
+                        name=":status",
+                        string_match=string_pb2.StringMatcher(exact=str(code)),
+                    )
+                ]
+            )
+        )
+        for code in codes
+    ]
+    predicate = (
+        rules[0]
+        if len(rules) == 1
+        else matcher_pb2.MatchPredicate(or_match=matcher_pb2.MatchPredicate.MatchSet(rules=rules))
+    )
+    options = _http_options_of(cluster)
+    options.outlier_detection.error_matcher.CopyFrom(predicate)
+    _store_http_options(cluster, options)
 
 
 def _http_options_of(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:

@@ -449,12 +449,6 @@ def test_every_resilience_field_is_checked_at_its_line(
             "deprecated and ignored, as Istio does",
         ),
         (
-            "outlierDetection: {outlierDetectionHttpErrorCodes: [500]}",
-            "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes",
-            "outlierDetectionHttpErrorCodes",
-            "every 5xx response (and only those) counts as an error",
-        ),
-        (
             "retryBudget: {percent: 20, budgetInterval: 10s}",
             "spec.trafficPolicy.retryBudget.budgetInterval",
             "budgetInterval",
@@ -527,6 +521,15 @@ def test_a_subsets_port_level_entry_for_a_port_the_host_has_is_fine() -> None:
     )
     _text, result = load(text, *BOOKINFO_REGISTRY)
     assert result.diagnostics == ()
+
+
+def test_outlier_detection_http_error_codes_are_carried_once_each() -> None:
+    _text, result = load_policy(
+        "outlierDetection: {outlierDetectionHttpErrorCodes: [404, 503, 404]}"
+    )
+    assert result.diagnostics == ()
+    detection = policy_of(result).outlier_detection
+    assert detection is not None and detection.http_error_codes == (404, 503)
 
 
 def test_a_zero_limit_is_not_carried_so_istios_default_applies() -> None:

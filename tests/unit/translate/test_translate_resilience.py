@@ -303,6 +303,28 @@ def test_the_uo_reply_names_the_clusters_limits() -> None:
     assert "%CLUSTER_METADATA(pilotfish:circuit_breaker)%" in body
 
 
+def test_http_error_codes_become_the_http_options_error_matcher() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    outlierDetection: {consecutive5xxErrors: 1, outlierDetectionHttpErrorCodes: [404]}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      outlierDetection: {outlierDetectionHttpErrorCodes: [404, 429]}\n"
+    )
+    single = http_options(clusters[PLAIN]).outlier_detection.error_matcher
+    (header,) = single.http_response_headers_match.headers
+    assert (header.name, header.string_match.exact) == (":status", "404")
+    assert http_options(clusters[PLAIN]).explicit_http_config.HasField("http_protocol_options")
+    h2 = http_options(clusters[H2])
+    assert h2.explicit_http_config.HasField("http2_protocol_options")  # the port's protocol kept
+    statuses = [
+        rule.http_response_headers_match.headers[0].string_match.exact
+        for rule in h2.outlier_detection.error_matcher.or_match.rules
+    ]
+    assert statuses == ["404", "429"]
+    assert "outlierDetectionHttpErrorCodes=404,429" in outlier_named(clusters[H2])
+
+
 def test_the_uh_reply_names_the_clusters_outlier_detection() -> None:
     (uh,) = [
         m
