@@ -163,8 +163,10 @@ def burst(mesh: RunningMesh, path: str, count: int) -> list[Reply]:
 def test_a_burst_over_a_pool_of_one_is_shed_with_a_503_naming_the_limits(
     mesh: RunningMesh,
 ) -> None:
-    # One request on the one connection, one waiting: each slow call holds both for 5 s,
-    # long past the time six threads take to send theirs.
+    # The one connection is open first (else the first request of the burst waits for it in
+    # the one pending place); then one request on it and one waiting: each slow call holds
+    # both for 5 s, long past the time six threads take to send theirs.
+    assert mesh.get("/pool/").status == 200
     replies = burst(mesh, "/pool/slow?ms=5000", 6)
     statuses = Counter(reply.status for reply in replies)
     assert statuses == {200: 2, 503: 4}, [r.body for r in replies]
