@@ -3,8 +3,9 @@ traffic through `pilotfish up`'s gateway and sidecars."""
 
 from __future__ import annotations
 
+import re
 import subprocess
-import time
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,21 @@ spec:
     trafficPolicy:
       connectionPool:
         http: {{h2UpgradePolicy: UPGRADE, maxRequestsPerConnection: 100, idleTimeout: 30s}}
+  - name: picky
+    labels: {{version: v1}}
+    trafficPolicy:
+      outlierDetection:
+        consecutive5xxErrors: 1
+        outlierDetectionHttpErrorCodes: [404]
+        baseEjectionTime: 600s
+        maxEjectionPercent: 100
+  - name: ejecting
+    labels: {{version: v1}}
+    trafficPolicy:
+      outlierDetection:
+        consecutive5xxErrors: 1
+        baseEjectionTime: 600s
+        maxEjectionPercent: 100
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -95,6 +111,14 @@ spec:
   - match: [{{uri: {{prefix: /upgraded/}}}}]
     rewrite: {{uri: /}}
     route: [{{destination: {{host: flaky, subset: upgraded}}}}]
+  - match: [{{uri: {{prefix: /picky/}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: flaky, subset: picky}}}}]
+    retries: {{attempts: 0}}
+  - match: [{{uri: {{prefix: /ejecting/}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: flaky, subset: ejecting}}}}]
+    retries: {{attempts: 0}}
   - match: [{{uri: {{prefix: /replicas/}}}}]
     rewrite: {{uri: /}}
     route: [{{destination: {{host: replicas}}}}]
@@ -124,16 +148,26 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 
 
 def burst(mesh: RunningMesh, path: str, count: int) -> list[Reply]:
-    """``count`` requests at once, each on its own connection."""
+    """``count`` requests at once, each on its own connection: no thread sends before every
+    thread is ready to."""
+    ready = threading.Barrier(count)
+
+    def one(_: int) -> Reply:
+        ready.wait(timeout=20)
+        return mesh.get(path, timeout=20)
+
     with ThreadPoolExecutor(max_workers=count) as pool:
-        return list(pool.map(lambda _: mesh.get(path, timeout=20), range(count)))
+        return list(pool.map(one, range(count)))
 
 
 def test_a_burst_over_a_pool_of_one_is_shed_with_a_503_naming_the_limits(
     mesh: RunningMesh,
 ) -> None:
-    # One request on the one connection, one waiting: each slow call holds both for 1.5 s.
-    replies = burst(mesh, "/pool/slow?ms=1500", 6)
+    # The one connection is open first (else the first request of the burst waits for it in
+    # the one pending place); then one request on it and one waiting: each slow call holds
+    # both for 5 s, long past the time six threads take to send theirs.
+    assert mesh.get("/pool/").status == 200
+    replies = burst(mesh, "/pool/slow?ms=5000", 6)
     statuses = Counter(reply.status for reply in replies)
     assert statuses == {200: 2, 503: 4}, [r.body for r in replies]
     cluster = f"outbound|9000|pooled|{FLAKY}"
@@ -164,9 +198,10 @@ def test_a_retry_budget_caps_retries_under_a_failing_backend(mesh: RunningMesh) 
     # Istio leaves max_retries unlimited (Envoy's own default of 3 would cap this burst):
     # every request got all its attempts.
     assert seen_paths(mesh, "open") == 8 * 4
-    # A budget of 10% of 8 active requests is below minRetryConcurrency, so one retry at a time.
+    # A budget of 10% of 8 active requests is below minRetryConcurrency, so one retry at a time
+    # (at least one happens, and at most one per request is in flight at once).
     hits = seen_paths(mesh, "budget")
-    assert 8 <= hits <= 16, hits
+    assert 9 <= hits <= 16, hits
 
 
 def replica_of(reply: Reply) -> str:
@@ -185,16 +220,25 @@ def test_an_always_failing_replica_is_ejected_and_comes_back_after_base_ejection
 
     first = until_failure(60)
     assert first is not None and first.status == 503, "the broken replica never got traffic"
-    ejected_at = time.monotonic()
     assert first.body.get("failed") is True  # the replica's own answer, not the proxy's
+    admin = gateway_envoy_admin(mesh)
+    ejected = ejected_hosts(admin, REPLICAS)
+    assert len(ejected) == 1, ejected
+    before = ejections(admin, REPLICAS)
     after = [mesh.get("/replicas/") for _ in range(20)]
-    assert time.monotonic() - ejected_at < BASE_EJECTION_SECONDS, "too slow to judge ejection"
+    # Judged by Envoy's own view, not by the clock: still the same one ejection.
+    assert (ejected_hosts(admin, REPLICAS), ejections(admin, REPLICAS)) == (ejected, before), (
+        "the ejection ended during the 20 requests: raise BASE_EJECTION_SECONDS"
+    )
     assert [r.status for r in after] == [200] * 20
     assert {replica_of(r) for r in after} <= {"healthy-0", "healthy-1"}, after
 
     # Back in the pool once its ejection time is over (checked at each interval).
-    remaining = BASE_EJECTION_SECONDS + EJECTION_INTERVAL_SECONDS - (time.monotonic() - ejected_at)
-    time.sleep(max(remaining, 0) + 0.2)
+    wait_until(
+        lambda: not ejected_hosts(admin, REPLICAS),
+        BASE_EJECTION_SECONDS + 10 * EJECTION_INTERVAL_SECONDS + 10,
+        "the broken replica to come back",
+    )
     again = until_failure(60)
     assert again is not None and again.status == 503, "the replica never got traffic again"
 
@@ -209,6 +253,61 @@ def test_unset_thresholds_are_unlimited_in_the_gateway_envoys_own_view(mesh: Run
     pooled = f"outbound|9000|pooled|{FLAKY}"
     assert f"{pooled}::default_priority::max_connections::1\n" in clusters
     assert f"{pooled}::default_priority::max_pending_requests::1\n" in clusters
+
+
+def ejected_hosts(admin: str, service: str) -> set[str]:
+    """The hosts of ``service``'s cluster that the gateway's Envoy has ejected."""
+    text = http_get(admin + "/clusters").body.get("text")
+    assert isinstance(text, str)
+    prefix = f"outbound|9100||{service}::"
+    return {
+        line.split("::")[1]
+        for line in text.splitlines()
+        if line.startswith(prefix) and "::health_flags::" in line and "failed_outlier_check" in line
+    }
+
+
+def ejections(admin: str, service: str) -> int:
+    name = f"cluster.outbound|9100||{service}.outlier_detection.ejections_enforced_total"
+    text = http_get(admin + f"/stats?filter=^{re.escape(name)}$").body.get("text")
+    assert isinstance(text, str) and text.startswith(name), text
+    return int(text.split(":")[1])
+
+
+def test_a_reply_with_every_endpoint_ejected_names_the_outlier_detection(
+    mesh: RunningMesh,
+) -> None:
+    failed = mesh.get("/ejecting/fail?ms=0")
+    assert failed.status == 503 and failed.body.get("failed") is True  # the app's own answer
+
+    def proxy_reply() -> Reply | None:
+        reply = mesh.get("/ejecting/")
+        return reply if reply.status == 503 and "text" in reply.body else None
+
+    reply = wait_until(proxy_reply, 10, "the gateway to answer for the ejected endpoint")
+    text = str(reply.body.get("text"))
+    assert (
+        "answered 503: no healthy upstream (outlier detection: consecutive5xxErrors=1, "
+        "baseEjectionTime=600s, maxEjectionPercent=100; see `pilotfish endpoints`)"
+    ) in text, text
+    assert f"cluster outbound|9000|ejecting|{FLAKY}" in text, text
+    assert text.rstrip().endswith("[UH]"), text
+
+
+def test_with_http_error_codes_only_those_statuses_eject(mesh: RunningMesh) -> None:
+    for _ in range(3):
+        failed = mesh.get("/picky/fail?ms=0")
+        assert failed.status == 503 and failed.body.get("failed") is True
+    assert mesh.get("/picky/").status == 200  # a 503 is not one of the codes: still there
+    assert mesh.get("/picky/status?code=404").status == 404
+
+    def proxy_reply() -> Reply | None:
+        reply = mesh.get("/picky/")
+        return reply if reply.status == 503 and "text" in reply.body else None
+
+    text = str(wait_until(proxy_reply, 10, "the 404 to eject the endpoint").body.get("text"))
+    assert "no healthy upstream (outlier detection: consecutive5xxErrors=1" in text, text
+    assert "outlierDetectionHttpErrorCodes=404; see" in text, text
 
 
 def gateway_envoy_admin(mesh: RunningMesh) -> str:

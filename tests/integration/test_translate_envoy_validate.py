@@ -54,6 +54,7 @@ from pilotfish.model.resources import (
     MeshConfig,
     Meta,
     MirrorPolicy,
+    PortTrafficPolicy,
     Redirect,
     Retries,
     Rewrite,
@@ -390,7 +391,7 @@ def security_view(folder: Path, gateway_port: int) -> MeshView:
                 host="payments.example.com",
                 traffic_policy=TrafficPolicy(
                     tls=ClientTLSSettings("SIMPLE", **files, sni="payments.example.com"),
-                    port_tls={443: mutual},
+                    port_settings={443: PortTrafficPolicy(tls=mutual)},
                 ),
                 subsets=(
                     Subset("plain", {}, TrafficPolicy(tls=ClientTLSSettings("DISABLE"))),

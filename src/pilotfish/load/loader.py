@@ -255,8 +255,9 @@ def _tls_settings(
             return
         if policy.tls is not None:
             yield meta, policy.tls
-        for settings in policy.port_tls.values():
-            yield meta, settings
+        for settings in policy.port_settings.values():
+            if settings.tls is not None:
+                yield meta, settings.tls
 
     for rule in config.destination_rules:
         yield from of_policy(rule.meta, rule.traffic_policy)

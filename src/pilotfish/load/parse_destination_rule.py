@@ -19,6 +19,7 @@ from pilotfish.model.resilience import (
     RetryBudget,
     TcpKeepalive,
     TcpPoolSettings,
+    keepalive_seconds,
 )
 from pilotfish.model.resources import (
     ConsistentHash,
@@ -31,7 +32,6 @@ from pilotfish.model.resources import (
     Subset,
     TrafficPolicy,
 )
-from pilotfish.model.security import ClientTLSSettings
 
 SPEC_FIELDS = ("host", "trafficPolicy", "subsets")
 SPEC_NOT_IMPLEMENTED = {
@@ -75,24 +75,17 @@ HASH_NOT_IMPLEMENTED = {
 }
 COOKIE_NOT_IMPLEMENTED = {"attributes": "the cookie is set without these attributes"}
 
-OUTLIER_COUNTS = (
+OUTLIER_FIELDS = (
     "consecutiveErrors",
     "consecutiveGatewayErrors",
     "consecutive5xxErrors",
     "consecutiveLocalOriginFailures",
-)
-OUTLIER_DURATIONS = ("interval", "baseEjectionTime")
-OUTLIER_PERCENTS = ("maxEjectionPercent", "minHealthPercent")
-OUTLIER_FIELDS = (
-    *OUTLIER_COUNTS,
-    *OUTLIER_DURATIONS,
-    *OUTLIER_PERCENTS,
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "minHealthPercent",
     "splitExternalLocalOriginErrors",
-)
-# Checked, then warned about: Istio would make only these status codes count as errors.
-OUTLIER_ERROR_CODES = "outlierDetectionHttpErrorCodes"
-OUTLIER_ERROR_CODES_IGNORED = (
-    "every 5xx response (and only those) counts as an error, not only the listed status codes"
+    "outlierDetectionHttpErrorCodes",
 )
 # Istio has ignored the deprecated field since 1.7 (it only warns), so a rule moved here from
 # Istio keeps behaving the same way.
@@ -188,25 +181,21 @@ def _traffic_policy(
         reader.error(policy_path, "must set at least one field (Istio refuses it empty)")
     load_balancer = _load_balancer(reader, policy, policy_path)
     tls = read_client_tls(reader, policy, policy_path, directory)
-    port_tls, port_settings = _port_level_settings(reader, policy, policy_path, directory)
     return TrafficPolicy(
         load_balancer=load_balancer,
         tls=tls,
-        port_tls=port_tls,
         connection_pool=_connection_pool(reader, policy, policy_path),
         outlier_detection=_outlier_detection(reader, policy, policy_path),
         retry_budget=_retry_budget(reader, policy, policy_path),
-        port_settings=port_settings,
+        port_settings=_port_level_settings(reader, policy, policy_path, directory),
     )
 
 
 def _port_level_settings(
     reader: FieldReader, policy: Fields, path: str, directory: str
-) -> tuple[dict[int, ClientTLSSettings], dict[int, PortTrafficPolicy]]:
-    """portLevelSettings[]: each port's tls, and each port's other settings."""
-    found_tls: dict[int, ClientTLSSettings] = {}
+) -> dict[int, PortTrafficPolicy]:
+    """portLevelSettings[] by port number."""
     found: dict[int, PortTrafficPolicy] = {}
-    seen: set[int] = set()
     for item, item_path in reader.items(policy, "portLevelSettings", path):
         fields = reader.mapping(item, item_path, PORT_SETTINGS_FIELDS)
         if fields is None:
@@ -222,77 +211,67 @@ def _port_level_settings(
                 item_path,
                 "must set at least one of tls, loadBalancer, connectionPool, outlierDetection",
             )
-        tls = read_client_tls(reader, fields, item_path, directory)
         settings = PortTrafficPolicy(
             load_balancer=_load_balancer(reader, fields, item_path),
             connection_pool=_connection_pool(reader, fields, item_path),
             outlier_detection=_outlier_detection(reader, fields, item_path),
+            tls=read_client_tls(reader, fields, item_path, directory),
         )
         if number is None:
             continue
-        if number in seen:
+        if number in found:
             reader.error(join_path(item_path, "port"), f"port {number} already has settings")
             continue
-        seen.add(number)
-        if tls is not None:
-            found_tls[number] = tls
-        if settings != PortTrafficPolicy():
-            found[number] = settings
-    return found_tls, found
+        # Kept even when nothing in it was valid: the entry still replaces the rule's
+        # settings for its port, as in Istio.
+        found[number] = reader.paths.remember(settings, join_path(item_path, "port"))
+    return found
 
 
 def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> OutlierDetection | None:
-    detection = reader.child_mapping(
-        fields,
-        "outlierDetection",
-        path,
-        OUTLIER_FIELDS,
-        {OUTLIER_ERROR_CODES: OUTLIER_ERROR_CODES_IGNORED},
-    )
+    detection = reader.child_mapping(fields, "outlierDetection", path, OUTLIER_FIELDS)
     if detection is None:
         return None
     detection_path = join_path(path, "outlierDetection")
-    counts = {
-        key: reader.integer(detection, key, detection_path, minimum=0, maximum=UINT32_MAX)
-        for key in OUTLIER_COUNTS
-    }
-    if counts["consecutiveErrors"] is not None:
+
+    def count(key: str) -> int | None:
+        return reader.integer(detection, key, detection_path, minimum=0, maximum=UINT32_MAX)
+
+    def percent(key: str) -> int | None:
+        return reader.integer(detection, key, detection_path, minimum=0, maximum=100)
+
+    consecutive_errors = count("consecutiveErrors")
+    if consecutive_errors is not None:
         reader.warning(join_path(detection_path, "consecutiveErrors"), CONSECUTIVE_ERRORS_IGNORED)
-    interval, base_ejection_time = (
-        reader.duration(detection, key, detection_path) for key in OUTLIER_DURATIONS
-    )
-    max_ejection, min_health = (
-        reader.integer(detection, key, detection_path, minimum=0, maximum=100)
-        for key in OUTLIER_PERCENTS
-    )
     split = reader.boolean(detection, "splitExternalLocalOriginErrors", detection_path)
-    local_origin = counts["consecutiveLocalOriginFailures"]
+    local_origin = count("consecutiveLocalOriginFailures")
     if local_origin and not split:
         reader.error(
             join_path(detection_path, "consecutiveLocalOriginFailures"),
             "needs splitExternalLocalOriginErrors: true (Istio refuses it without)",
         )
-    _check_error_codes(reader, fields.get("outlierDetection"), detection_path)
     return OutlierDetection(
-        consecutive_5xx_errors=counts["consecutive5xxErrors"],
-        consecutive_gateway_errors=counts["consecutiveGatewayErrors"],
+        consecutive_5xx_errors=count("consecutive5xxErrors"),
+        consecutive_gateway_errors=count("consecutiveGatewayErrors"),
         consecutive_local_origin_failures=local_origin,
-        consecutive_errors=counts["consecutiveErrors"],
+        consecutive_errors=consecutive_errors,
         split_external_local_origin_errors=bool(split),
-        interval=interval,
-        base_ejection_time=base_ejection_time,
-        max_ejection_percent=max_ejection,
-        min_health_percent=min_health,
+        interval=reader.duration(detection, "interval", detection_path),
+        base_ejection_time=reader.duration(detection, "baseEjectionTime", detection_path),
+        max_ejection_percent=percent("maxEjectionPercent"),
+        min_health_percent=percent("minHealthPercent"),
+        http_error_codes=_error_codes(reader, detection, detection_path),
     )
 
 
-def _check_error_codes(reader: FieldReader, detection: object, path: str) -> None:
-    """Warned about, not carried; the codes are still checked."""
-    if not isinstance(detection, dict) or detection.get(OUTLIER_ERROR_CODES) is None:
-        return
-    for item, item_path in reader.items(detection, OUTLIER_ERROR_CODES, path):
+def _error_codes(reader: FieldReader, detection: Fields, path: str) -> tuple[int, ...]:
+    codes: list[int] = []
+    for item, item_path in reader.items(detection, "outlierDetectionHttpErrorCodes", path):
         if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
             reader.error(item_path, f"expected an HTTP status code, got {describe(item)}")
+        elif item not in codes:
+            codes.append(item)
+    return tuple(codes)
 
 
 def _connection_pool(reader: FieldReader, fields: Fields, path: str) -> ConnectionPool | None:
@@ -330,8 +309,8 @@ def _tcp_pool(reader: FieldReader, pool: Fields, path: str) -> TcpPoolSettings |
             probes=reader.integer(
                 keepalive_fields, "probes", keepalive_path, minimum=0, maximum=UINT32_MAX
             ),
-            time=reader.duration(keepalive_fields, "time", keepalive_path),
-            interval=reader.duration(keepalive_fields, "interval", keepalive_path),
+            time=_keepalive_duration(reader, keepalive_fields, "time", keepalive_path),
+            interval=_keepalive_duration(reader, keepalive_fields, "interval", keepalive_path),
         )
     return TcpPoolSettings(
         max_connections=_limit(reader, tcp, "maxConnections", tcp_path, ZERO_IS_UNSET),
@@ -341,6 +320,18 @@ def _tcp_pool(reader: FieldReader, pool: Fields, path: str) -> TcpPoolSettings |
         # Istio: 0s turns the idle timeout off.
         idle_timeout=reader.duration(tcp, "idleTimeout", tcp_path, allow_zero=True),
     )
+
+
+def _keepalive_duration(reader: FieldReader, fields: Fields, key: str, path: str) -> float | None:
+    seconds = reader.duration(fields, key, path)
+    if seconds is not None and seconds != int(seconds):
+        used = keepalive_seconds(seconds)
+        reader.warning(
+            join_path(path, key),
+            f"Envoy counts keepalive times in whole seconds: {used}s is used "
+            f"(Istio would use {int(seconds)}s)",
+        )
+    return seconds
 
 
 def _http_pool(reader: FieldReader, pool: Fields, path: str) -> HttpPoolSettings | None:

@@ -64,6 +64,8 @@ def validate_mesh(
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
+    if complete:
+        found.extend(_port_settings_without_port(config.destination_rules, services, paths))
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
     found.extend(peer_authentication_problems(config))
@@ -284,6 +286,30 @@ def _destination_rule_problems(
                 f'unknown service "{rule.host}"; this rule has no effect until one exists',
                 "warning",
             )
+
+
+def _port_settings_without_port(
+    rules: Iterable[DestinationRule], services: Mapping[str, Service], paths: ObjectPaths
+) -> Iterable[Diagnostic]:
+    """A portLevelSettings entry for a port that none of the rule's hosts has applies nowhere."""
+    for rule in rules:
+        hostname = qualify_host(rule.host, rule.meta.namespace)
+        matched = [s for name, s in services.items() if host_matches(hostname, name)]
+        if not matched:
+            continue  # the rule's host is warned about already
+        ports = sorted({port.number for service in matched for port in service.ports})
+        policies = [rule.traffic_policy, *(subset.traffic_policy for subset in rule.subsets)]
+        for policy in policies:
+            for number, settings in (policy.port_settings if policy else {}).items():
+                if number in ports:
+                    continue
+                yield _at(
+                    rule.meta,
+                    paths.path_of(settings) or "spec.trafficPolicy.portLevelSettings",
+                    f'host "{rule.host}" has no port {number} '
+                    f"(its ports: {', '.join(map(str, ports))}): these settings apply nowhere",
+                    "warning",
+                )
 
 
 def _bindings(service: VirtualService) -> list[str]:

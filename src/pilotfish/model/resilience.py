@@ -7,6 +7,7 @@ Field names follow Istio's ``networking.istio.io`` API; durations are seconds as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,6 +25,12 @@ class TcpKeepalive:
     probes: int | None = None
     time: float | None = None
     interval: float | None = None
+
+
+def keepalive_seconds(seconds: float) -> int:
+    """Envoy counts keepalive times in whole seconds. A fraction is rounded up, where Istio
+    truncates: its 0 for a sub-second value is not a valid socket option."""
+    return math.ceil(seconds)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class OutlierDetection:
     base_ejection_time: float | None = None
     max_ejection_percent: int | None = None
     min_health_percent: int | None = None
+    # outlierDetectionHttpErrorCodes: when set, these statuses (and only these) are errors.
+    http_error_codes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -264,14 +264,12 @@ class LoadBalancer:
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     tls: ClientTLSSettings | None = None
-    # portLevelSettings[].tls by port number.
-    port_tls: Mapping[int, ClientTLSSettings] = field(default_factory=dict)
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
     retry_budget: RetryBudget | None = None
     port_settings: Mapping[int, PortTrafficPolicy] = field(default_factory=dict)
-    """portLevelSettings[] by port number: what they set overrides the policy's own for
-    that port's clusters (tls is in ``port_tls``)."""
+    """portLevelSettings[] by port number: an entry replaces the policy's load balancer,
+    connection pool, outlier detection and tls for that port's clusters."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +277,7 @@ class PortTrafficPolicy:
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTLSSettings | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from pilotfish.model.identity import Identity
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import LoadBalancer, Protocol
-from pilotfish.model.security import effective_mtls_mode
+from pilotfish.model.security import ClientTLSSettings, effective_mtls_mode
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import load_assignment
@@ -117,7 +117,7 @@ def _service_cluster(
         )
     _with_upstream_protocol(cluster, protocol)
     apply_resilience(cluster, policy)
-    _with_transport_security(cluster, view, service, port, protocol, subset, index)
+    _with_transport_security(cluster, view, service, port, subset, policy.tls)
     return cluster
 
 
@@ -139,9 +139,8 @@ def _with_transport_security(
     view: MeshView,
     service: Service,
     port: int,
-    protocol: Protocol,
     subset: str | None,
-    index: DestinationIndex,
+    settings: ClientTLSSettings | None,
 ) -> None:
     """Auto mTLS unless a DestinationRule says otherwise (Istio turns auto mTLS off for a
     destination whose rule sets ``tls``).
@@ -151,7 +150,6 @@ def _with_transport_security(
     the server's mode from the mesh- and namespace-wide PeerAuthentications only: plain text
     when they say DISABLE; a DISABLE policy of one workload needs a DestinationRule too.
     """
-    settings = index.tls_for(service.hostname, subset, port)
     alpn = upstream_alpn(cluster)
     sni = outbound_sni(port, service.hostname, subset)
     if settings is None:

@@ -7,7 +7,7 @@ agrees on which DestinationRule governs a host and which subsets exist.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pilotfish.model.destination_rules import DestinationRuleLookup
 from pilotfish.model.resilience import ConnectionPool, OutlierDetection, RetryBudget
@@ -35,35 +35,55 @@ class ClusterTarget:
 
 @dataclass(frozen=True)
 class EffectivePolicy:
-    """What governs one cluster (a service port, maybe a subset) once Istio's merge is done."""
+    """What governs one cluster (a service port, maybe a subset) once Istio's merge is done.
+    ``tls`` None: auto mTLS."""
 
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
     retry_budget: RetryBudget | None = None
+    tls: ClientTLSSettings | None = None
 
 
-def _merged(base: EffectivePolicy, policy: TrafficPolicy | None, port: int) -> EffectivePolicy:
-    """``policy`` over ``base`` as Istio merges a subset's policy over its rule's: each field
-    the policy sets replaces the whole field; then a portLevelSettings entry for ``port``
-    replaces load balancer, connection pool and outlier detection together, even those it
-    leaves unset (Istio: port-level settings do not inherit)."""
-    if policy is None:
-        return base
-    merged = EffectivePolicy(
-        load_balancer=policy.load_balancer or base.load_balancer,
-        connection_pool=policy.connection_pool or base.connection_pool,
-        outlier_detection=policy.outlier_detection or base.outlier_detection,
-        retry_budget=policy.retry_budget or base.retry_budget,
-    )
+def _for_port(policy: TrafficPolicy, port: int) -> tuple[EffectivePolicy, bool]:
+    """``policy`` as it applies to ``port``, and whether a portLevelSettings entry matched.
+
+    A matching entry stands in for the whole policy, as Istio's GetPortLevelTrafficPolicy
+    does: its four fields replace the policy's even where it leaves them unset (port-level
+    settings do not inherit), and the policy's retry budget does not apply to that port.
+    """
     port_level = policy.port_settings.get(port)
-    if port_level is None:
-        return merged
+    if port_level is not None:
+        return EffectivePolicy(
+            load_balancer=port_level.load_balancer,
+            connection_pool=port_level.connection_pool,
+            outlier_detection=port_level.outlier_detection,
+            tls=port_level.tls,
+        ), True
     return EffectivePolicy(
-        load_balancer=port_level.load_balancer,
-        connection_pool=port_level.connection_pool,
-        outlier_detection=port_level.outlier_detection,
-        retry_budget=merged.retry_budget,
+        load_balancer=policy.load_balancer,
+        connection_pool=policy.connection_pool,
+        outlier_detection=policy.outlier_detection,
+        retry_budget=policy.retry_budget,
+        tls=policy.tls,
+    ), False
+
+
+def _merged(rule: EffectivePolicy, subset: TrafficPolicy | None, port: int) -> EffectivePolicy:
+    """A subset's policy over its rule's, as Istio's MergeTrafficPolicy: each field the
+    subset sets replaces the rule's; a subset's port-level entry replaces the four port
+    fields even where it leaves them unset, and keeps the rule's retry budget."""
+    if subset is None:
+        return rule
+    own, port_level = _for_port(subset, port)
+    if port_level:
+        return replace(own, retry_budget=rule.retry_budget)
+    return EffectivePolicy(
+        load_balancer=own.load_balancer or rule.load_balancer,
+        connection_pool=own.connection_pool or rule.connection_pool,
+        outlier_detection=own.outlier_detection or rule.outlier_detection,
+        retry_budget=own.retry_budget or rule.retry_budget,
+        tls=own.tls or rule.tls,
     )
 
 
@@ -113,32 +133,17 @@ class DestinationIndex:
         return rule.traffic_policy.load_balancer
 
     def effective_policy(self, hostname: str, subset: str | None, port: int) -> EffectivePolicy:
-        """The rule's policy (with its port-level settings for ``port``), then the subset's
-        (with its own), merged as Istio does."""
+        """The rule's policy for ``port`` (its port-level entry if one matches), then the
+        subset's over it, merged as Istio does."""
         rule = self._rules.get(hostname)
-        effective = _merged(EffectivePolicy(), rule.traffic_policy if rule else None, port)
+        if rule is None or rule.traffic_policy is None:
+            effective = EffectivePolicy()
+        else:
+            effective, _ = _for_port(rule.traffic_policy, port)
         if subset is not None:
             found = self.subset(hostname, subset)
             effective = _merged(effective, found.traffic_policy if found else None, port)
         return effective
-
-    def tls_for(self, hostname: str, subset: str | None, port: int) -> ClientTLSSettings | None:
-        """The TLS a DestinationRule asks for on this cluster (None: auto mTLS).
-
-        The narrowest setting wins, as Istio merges them: the rule's, its port-level one for
-        ``port``, the subset's, the subset's port-level one.
-        """
-        rule = self._rules.get(hostname)
-        policies: list[TrafficPolicy | None] = [rule.traffic_policy if rule else None]
-        if subset is not None:
-            found = self.subset(hostname, subset)
-            policies.append(found.traffic_policy if found is not None else None)
-        chosen: ClientTLSSettings | None = None
-        for policy in policies:
-            if policy is None:
-                continue
-            chosen = policy.port_tls.get(port) or policy.tls or chosen
-        return chosen
 
     def resolve(
         self, destination: Destination, namespace: str, listener_port: int | None

@@ -8,11 +8,12 @@ too: each threshold left unset is ``UNLIMITED_THRESHOLD``, not Envoy's 1024 (or 
 
 from __future__ import annotations
 
-import math
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.common.matcher.v3 import matcher_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
@@ -23,6 +24,7 @@ from pilotfish.model.resilience import (
     OutlierDetection,
     RetryBudget,
     TcpKeepalive,
+    keepalive_seconds,
 )
 from pilotfish.translate.destinations import EffectivePolicy
 from pilotfish.translate.proto_values import duration_from_seconds, pack
@@ -32,6 +34,12 @@ METADATA_NAMESPACE = "pilotfish"
 CIRCUIT_BREAKER_KEY = "circuit_breaker"
 CIRCUIT_BREAKER_OPERATOR = f"%CLUSTER_METADATA({METADATA_NAMESPACE}:{CIRCUIT_BREAKER_KEY})%"
 NO_LIMITS = "it sets no limit of its own; Istio's defaults are unlimited"
+# And the outlier detection its UH reply names: with it, "no healthy upstream" is most often
+# every endpoint ejected, which the endpoint view shows.
+OUTLIER_DETECTION_KEY = "outlier_detection"
+OUTLIER_DETECTION_OPERATOR = f"%CLUSTER_METADATA({METADATA_NAMESPACE}:{OUTLIER_DETECTION_KEY})%"
+SEE_ENDPOINTS = "see `pilotfish endpoints`"
+NO_OUTLIER_DETECTION = f"no outlier detection; {SEE_ENDPOINTS}"
 
 # Istio's retryBudget defaults (Envoy's too).
 DEFAULT_BUDGET_PERCENT = 20.0
@@ -48,6 +56,7 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
     """Everything of ``policy`` but the load balancer onto an outbound ``cluster``; run it
     after the cluster's upstream protocol options are set, which it merges into."""
     _apply_pool(cluster, policy, outbound=True)
+    _set_metadata(cluster, OUTLIER_DETECTION_KEY, outlier_text(policy.outlier_detection))
     if policy.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection_to_proto(policy.outlier_detection))
         # Istio always sets the panic threshold with outlier detection, 0 when unset: with a
@@ -55,6 +64,8 @@ def apply_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> N
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(
             percent_pb2.Percent(value=float(policy.outlier_detection.min_health_percent or 0))
         )
+        if policy.outlier_detection.http_error_codes:
+            _apply_error_codes(cluster, policy.outlier_detection.http_error_codes)
 
 
 def apply_inbound_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePolicy) -> None:
@@ -62,6 +73,7 @@ def apply_inbound_resilience(cluster: cluster_pb2.Cluster, policy: EffectivePoli
     connection pool and retry budget too, so the server has the capacity its callers are
     allowed, but neither outlier detection nor an HTTP/2 upgrade (the app may not speak it)."""
     _apply_pool(cluster, policy, outbound=False)
+    _set_metadata(cluster, OUTLIER_DETECTION_KEY, NO_OUTLIER_DETECTION)
 
 
 def _apply_pool(cluster: cluster_pb2.Cluster, policy: EffectivePolicy, *, outbound: bool) -> None:
@@ -134,11 +146,42 @@ def limits_text(pool: ConnectionPool | None) -> str:
 
 def set_limits_metadata(cluster: cluster_pb2.Cluster, pool: ConnectionPool | None) -> None:
     """Envoy's UO flag does not say which limit was hit, so the reply names every one set."""
+    _set_metadata(cluster, CIRCUIT_BREAKER_KEY, limits_text(pool))
+
+
+def _set_metadata(cluster: cluster_pb2.Cluster, key: str, text: str) -> None:
     cluster.metadata.filter_metadata[METADATA_NAMESPACE].MergeFrom(
-        struct_pb2.Struct(
-            fields={CIRCUIT_BREAKER_KEY: struct_pb2.Value(string_value=limits_text(pool))}
-        )
+        struct_pb2.Struct(fields={key: struct_pb2.Value(string_value=text)})
     )
+
+
+def outlier_text(detection: OutlierDetection | None) -> str:
+    """The settings the rule gives, by their Istio names (unset ones are Envoy's defaults)."""
+    if detection is None:
+        return NO_OUTLIER_DETECTION
+    candidates: tuple[tuple[str, int | str | None], ...] = (
+        ("consecutive5xxErrors", detection.consecutive_5xx_errors),
+        ("consecutiveGatewayErrors", detection.consecutive_gateway_errors),
+        ("consecutiveLocalOriginFailures", detection.consecutive_local_origin_failures),
+        ("interval", _seconds_text(detection.interval)),
+        ("baseEjectionTime", _seconds_text(detection.base_ejection_time)),
+        ("maxEjectionPercent", detection.max_ejection_percent),
+        ("minHealthPercent", detection.min_health_percent),
+        (
+            "outlierDetectionHttpErrorCodes",
+            ",".join(map(str, detection.http_error_codes)) or None,
+        ),
+    )
+    named = ", ".join(f"{name}={value}" for name, value in candidates if value is not None)
+    return f"outlier detection: {named or 'Envoy defaults'}; {SEE_ENDPOINTS}"
+
+
+def _seconds_text(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
 
 
 def outlier_detection_to_proto(
@@ -178,15 +221,13 @@ def _enforcing(count: int) -> int:
 
 
 def tcp_keepalive_to_proto(keepalive: TcpKeepalive) -> address_pb2.TcpKeepalive:
-    """Envoy counts keepalive times in whole seconds; a fraction is rounded up, since 0
-    would not be a valid socket option."""
     out = address_pb2.TcpKeepalive()
     if keepalive.probes:
         out.keepalive_probes.value = keepalive.probes
     if keepalive.time is not None:
-        out.keepalive_time.value = math.ceil(keepalive.time)
+        out.keepalive_time.value = keepalive_seconds(keepalive.time)
     if keepalive.interval is not None:
-        out.keepalive_interval.value = math.ceil(keepalive.interval)
+        out.keepalive_interval.value = keepalive_seconds(keepalive.interval)
     return out
 
 
@@ -222,13 +263,44 @@ def _apply_http_options(
                 http2.connection_keepalive.timeout.CopyFrom(
                     duration_from_seconds(keepalive.timeout)
                 )
-    if options.SerializeToString(deterministic=True) == before:
-        return
+    if options.SerializeToString(deterministic=True) != before:
+        _store_http_options(cluster, options)
+
+
+def _store_http_options(
+    cluster: cluster_pb2.Cluster, options: http_protocol_options_pb2.HttpProtocolOptions
+) -> None:
     if not options.HasField("upstream_protocol_options"):
         # Envoy refuses HttpProtocolOptions that pick no protocol; HTTP/1.1 is what the
         # cluster spoke without them.
         options.explicit_http_config.http_protocol_options.SetInParent()
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
+
+
+def _apply_error_codes(cluster: cluster_pb2.Cluster, codes: tuple[int, ...]) -> None:
+    """As Istio maps outlierDetectionHttpErrorCodes: a response whose ``:status`` is one of
+    ``codes`` is what outlier detection counts as an error, instead of any 5xx."""
+    rules = [
+        matcher_pb2.MatchPredicate(
+            http_response_headers_match=matcher_pb2.HttpHeadersMatch(
+                headers=[
+                    route_components_pb2.HeaderMatcher(
+                        name=":status",
+                        string_match=string_pb2.StringMatcher(exact=str(code)),
+                    )
+                ]
+            )
+        )
+        for code in codes
+    ]
+    predicate = (
+        rules[0]
+        if len(rules) == 1
+        else matcher_pb2.MatchPredicate(or_match=matcher_pb2.MatchPredicate.MatchSet(rules=rules))
+    )
+    options = _http_options_of(cluster)
+    options.outlier_detection.error_matcher.CopyFrom(predicate)
+    _store_http_options(cluster, options)
 
 
 def _http_options_of(cluster: cluster_pb2.Cluster) -> http_protocol_options_pb2.HttpProtocolOptions:

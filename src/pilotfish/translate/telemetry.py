@@ -50,7 +50,7 @@ from pilotfish.model.telemetry import (
 )
 from pilotfish.translate.authorization import text_body
 from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
-from pilotfish.translate.resilience import CIRCUIT_BREAKER_OPERATOR
+from pilotfish.translate.resilience import CIRCUIT_BREAKER_OPERATOR, OUTLIER_DETECTION_OPERATOR
 
 # The agent's bootstrap names the control plane's gRPC cluster so; access logs stream there.
 XDS_CLUSTER_NAME = "xds-grpc"
@@ -303,9 +303,11 @@ def local_reply_mappers(node_id: str) -> list[hcm_pb2.ResponseMapper]:
 
 
 # Causes that need Envoy's operators (the others are fixed words). UO does not say which
-# limit was hit, so it names the ones the cluster sets (translate.resilience keeps them).
+# limit was hit, so it names the ones the cluster sets; UH names the cluster's outlier
+# detection, which may have ejected every endpoint (translate.resilience keeps both).
 _CAUSES = {
     "UO": f"circuit breaker of %UPSTREAM_CLUSTER% is full ({CIRCUIT_BREAKER_OPERATOR})",
+    "UH": f"{format_literal(RESPONSE_FLAG_WORDS['UH'])} ({OUTLIER_DETECTION_OPERATOR})",
 }
 
 

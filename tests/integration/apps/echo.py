@@ -5,9 +5,9 @@ It answers with who it is (``VERSION``, ``PILOTFISH_REPLICA``) and can misbehave
 ``/call?url=U`` calls another service through the mesh (its HTTP_PROXY) and returns that answer;
 ``/busy`` waits ``BUSY_MS`` (env) before answering, so one replica is slower than the others;
 ``/seen`` lists the path and Host of the last requests it received (to see mirrored copies);
-``/fail?ms=N`` waits N ms, then answers 503; with ``ALWAYS_FAIL=1`` (env), or while the file
-``FAIL_WHILE_EXISTS`` (env) names exists, every path but ``/seen`` answers 503, as a broken
-replica would.
+``/status?code=N`` answers with status N; ``/fail?ms=N`` waits N ms, then answers 503; with
+``ALWAYS_FAIL=1`` (env), or while the file ``FAIL_WHILE_EXISTS`` (env) names exists, every path
+but ``/seen`` answers 503, as a broken replica would.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/fail":
             time.sleep(int(query.get("ms", "0")) / 1000)
             self._answer(503, {"replica": REPLICA, "failed": True})
+            return
+        if url.path == "/status":
+            self._answer(int(query["code"]), {"replica": REPLICA, "status": query["code"]})
             return
         if url.path == "/fail-every-other":
             with _calls_lock:

@@ -132,14 +132,17 @@ def test_port_level_settings_carry_pool_outlier_and_balancer_per_port() -> None:
     - port: {number: 9443}
       tls: {mode: SIMPLE}"""
     )
-    assert result.diagnostics == ()
+    # Reviews serves 9080 only: the 9443 entry is kept (and warned about as applying nowhere).
+    assert [d.field for d in result.diagnostics] == ["spec.trafficPolicy.portLevelSettings[1].port"]
     policy = policy_of(result)
-    assert set(policy.port_settings) == {9080}
+    assert set(policy.port_settings) == {9080, 9443}
     port = policy.port_settings[9080]
     assert port.connection_pool == ConnectionPool(tcp=TcpPoolSettings(max_connections=1))
     assert port.outlier_detection == OutlierDetection(consecutive_5xx_errors=1)
     assert port.load_balancer is not None and port.load_balancer.simple == "RANDOM"
-    assert set(policy.port_tls) == {9443}
+    assert port.tls is None
+    tls = policy.port_settings[9443].tls
+    assert tls is not None and tls.mode == "SIMPLE"
 
 
 def test_subset_policy_carries_its_own_resilience_settings() -> None:
@@ -446,12 +449,6 @@ def test_every_resilience_field_is_checked_at_its_line(
             "deprecated and ignored, as Istio does",
         ),
         (
-            "outlierDetection: {outlierDetectionHttpErrorCodes: [500]}",
-            "spec.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes",
-            "outlierDetectionHttpErrorCodes",
-            "every 5xx response (and only those) counts as an error",
-        ),
-        (
             "retryBudget: {percent: 20, budgetInterval: 10s}",
             "spec.trafficPolicy.retryBudget.budgetInterval",
             "budgetInterval",
@@ -484,6 +481,55 @@ def test_what_istio_does_that_we_do_not_carry_warns_what_will_not_happen(
     warning = assert_at(result, text, field, needle, consequence, severity="warning")
     assert warning.severity == "warning"
     assert result.config is not None
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "needle", "message"),
+    [
+        (
+            "portLevelSettings: [{port: {number: 9999}, loadBalancer: {simple: RANDOM}}]",
+            "spec.trafficPolicy.portLevelSettings[0].port",
+            "port: {",
+            'host "reviews" has no port 9999 (its ports: 9080): these settings apply nowhere',
+        ),
+        (
+            "connectionPool: {tcp: {tcpKeepalive: {time: 500ms}}}",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+            "time",
+            "Envoy counts keepalive times in whole seconds: 1s is used (Istio would use 0s)",
+        ),
+        (
+            "connectionPool: {tcp: {tcpKeepalive: {interval: 2500ms}}}",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval",
+            "interval",
+            "3s is used (Istio would use 2s)",
+        ),
+    ],
+)
+def test_settings_that_do_not_apply_as_written_warn(
+    policy: str, field: str, needle: str, message: str
+) -> None:
+    text, result = load_policy(policy)
+    assert_at(result, text, field, needle, message, severity="warning")
+    assert result.config is not None
+
+
+def test_a_subsets_port_level_entry_for_a_port_the_host_has_is_fine() -> None:
+    text = RULE.replace("    POLICY\n", "    loadBalancer: {simple: RANDOM}\n") + (
+        "    trafficPolicy:\n"
+        "      portLevelSettings: [{port: {number: 9080}, loadBalancer: {simple: RANDOM}}]\n"
+    )
+    _text, result = load(text, *BOOKINFO_REGISTRY)
+    assert result.diagnostics == ()
+
+
+def test_outlier_detection_http_error_codes_are_carried_once_each() -> None:
+    _text, result = load_policy(
+        "outlierDetection: {outlierDetectionHttpErrorCodes: [404, 503, 404]}"
+    )
+    assert result.diagnostics == ()
+    detection = policy_of(result).outlier_detection
+    assert detection is not None and detection.http_error_codes == (404, 503)
 
 
 def test_a_zero_limit_is_not_carried_so_istios_default_applies() -> None:

@@ -146,8 +146,12 @@ def test_ca_crl_warns_what_does_not_happen() -> None:
 
 
 def test_port_level_and_subset_tls() -> None:
+    ports = (
+        "  - {number: 8443, name: https, protocol: HTTP}\n"
+        "  - {number: 9000, name: web, protocol: HTTP}\n"
+    )
     _text, result = load(
-        RULE.split("---")[0]
+        RULE.split("---")[0].replace("  - {number: 443, name: https, protocol: HTTP}\n", ports)
         + """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -171,10 +175,13 @@ spec:
     assert result.warnings == ()
     rule = result.config.destination_rules[0]
     assert rule.traffic_policy is not None
-    assert {p: s.mode for p, s in rule.traffic_policy.port_tls.items()} == {8443: "SIMPLE"}
-    port_lb = rule.traffic_policy.port_settings[9000].load_balancer
+    port_settings = rule.traffic_policy.port_settings
+    assert {p: s.tls.mode if s.tls else None for p, s in port_settings.items()} == {
+        8443: "SIMPLE",
+        9000: None,
+    }
+    port_lb = port_settings[9000].load_balancer
     assert port_lb is not None and port_lb.simple == "RANDOM"
-    assert set(rule.traffic_policy.port_settings) == {9000}
     subset_policy = rule.subsets[0].traffic_policy
     assert subset_policy is not None and subset_policy.tls is not None
     assert subset_policy.tls.mode == "DISABLE"

@@ -26,6 +26,7 @@ from pilotfish.model.resources import (
     HTTPRoute,
     MeshConfig,
     MeshSettings,
+    PortTrafficPolicy,
     RouteDestination,
     Subset,
     TrafficPolicy,
@@ -251,7 +252,12 @@ def rule_with(
     return DestinationRule(
         meta("DestinationRule", "b"),
         "backend",
-        traffic_policy=TrafficPolicy(tls=tls, port_tls=port_tls or {}),
+        traffic_policy=TrafficPolicy(
+            tls=tls,
+            port_settings={
+                port: PortTrafficPolicy(tls=settings) for port, settings in (port_tls or {}).items()
+            },
+        ),
         subsets=(Subset("v1", {"version": "v1"}, TrafficPolicy(tls=subset_tls)),),
     )
 

@@ -21,13 +21,17 @@ from pilotfish.translate.resilience import (
     HTTP_PROTOCOL_OPTIONS_KEY,
     METADATA_NAMESPACE,
     NO_LIMITS,
+    NO_OUTLIER_DETECTION,
+    OUTLIER_DETECTION_KEY,
 )
 from pilotfish.translate.telemetry import local_reply_mappers
 
 SERVICES = (mesh_service("backend", http_port(8080), http_port(9090, "HTTP2")),)
 
 
-def clusters_for(rule: str, *services: Service) -> dict[str, cluster_pb2.Cluster]:
+def clusters_for(
+    rule: str, *services: Service, warnings: int = 0
+) -> dict[str, cluster_pb2.Cluster]:
     known = services or SERVICES
     text = (
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
@@ -35,7 +39,8 @@ def clusters_for(rule: str, *services: Service) -> dict[str, cluster_pb2.Cluster
     )
     loaded = load_texts([("rule.yaml", text)], known_services={s.hostname: s for s in known})
     assert loaded.config is not None, loaded.diagnostics
-    assert loaded.diagnostics == (), loaded.diagnostics
+    assert len(loaded.diagnostics) == warnings, loaded.diagnostics
+    assert all(d.severity == "warning" for d in loaded.diagnostics), loaded.diagnostics
     view: MeshView = view_of(loaded.config, *known)
     return {c.name: c for c in build_outbound_clusters(view)}
 
@@ -165,6 +170,42 @@ def test_port_level_settings_replace_the_rules_own_for_that_port_only() -> None:
     assert clusters[PLAIN].lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
 
 
+def test_a_port_level_entry_replaces_the_rules_tls_too_and_drops_its_retry_budget() -> None:
+    """Istio's GetPortLevelTrafficPolicy: the entry stands in for the whole policy."""
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    tls: {mode: SIMPLE, sni: x.example}\n"
+        "    retryBudget: {percent: 5}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      connectionPool: {tcp: {maxConnections: 1}}\n"
+    )
+    assert clusters[PLAIN].transport_socket.name == "envoy.transport_sockets.tls"
+    assert clusters[PLAIN].circuit_breakers.thresholds[0].HasField("retry_budget")
+    assert not clusters[H2].HasField("transport_socket")  # auto mTLS, not the rule's SIMPLE
+    assert not clusters[H2].circuit_breakers.thresholds[0].HasField("retry_budget")
+
+
+def test_a_subsets_port_level_entry_replaces_its_tls_and_keeps_the_rules_budget() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    retryBudget: {percent: 5}\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy:\n"
+        "      tls: {mode: SIMPLE}\n"
+        "      retryBudget: {percent: 9}\n"
+        "      portLevelSettings:\n"
+        "      - port: {number: 9090}\n"
+        "        loadBalancer: {simple: RANDOM}\n"
+    )
+    plain = clusters[f"outbound|8080|v1|{BACKEND}"]
+    port = clusters[f"outbound|9090|v1|{BACKEND}"]
+    assert plain.transport_socket.name == "envoy.transport_sockets.tls"
+    assert plain.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 9
+    assert not port.HasField("transport_socket")
+    assert port.circuit_breakers.thresholds[0].retry_budget.budget_percent.value == 5
+
+
 def test_subset_pool_overrides_the_rules_for_the_subset_cluster() -> None:
     clusters = clusters_for(
         "  trafficPolicy:\n    connectionPool: {http: {http2MaxRequests: 50}}\n"
@@ -179,7 +220,8 @@ def test_subset_pool_overrides_the_rules_for_the_subset_cluster() -> None:
 def test_tcp_settings_become_connect_timeout_and_keepalive() -> None:
     clusters = clusters_for(
         "  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 250ms\n"
-        "        tcpKeepalive: {probes: 4, time: 1500ms, interval: 3s}\n"
+        "        tcpKeepalive: {probes: 4, time: 1500ms, interval: 3s}\n",
+        warnings=1,  # 1500ms is not whole seconds
     )
     cluster = clusters[PLAIN]
     assert cluster.connect_timeout.ToMilliseconds() == 250
@@ -259,6 +301,67 @@ def test_the_uo_reply_names_the_clusters_limits() -> None:
     body = uo.body_format_override.text_format_source.inline_string
     assert "circuit breaker of %UPSTREAM_CLUSTER% is full (" in body
     assert "%CLUSTER_METADATA(pilotfish:circuit_breaker)%" in body
+
+
+def test_http_error_codes_become_the_http_options_error_matcher() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    outlierDetection: {consecutive5xxErrors: 1, outlierDetectionHttpErrorCodes: [404]}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      outlierDetection: {outlierDetectionHttpErrorCodes: [404, 429]}\n"
+    )
+    single = http_options(clusters[PLAIN]).outlier_detection.error_matcher
+    (header,) = single.http_response_headers_match.headers
+    assert (header.name, header.string_match.exact) == (":status", "404")
+    assert http_options(clusters[PLAIN]).explicit_http_config.HasField("http_protocol_options")
+    h2 = http_options(clusters[H2])
+    assert h2.explicit_http_config.HasField("http2_protocol_options")  # the port's protocol kept
+    statuses = [
+        rule.http_response_headers_match.headers[0].string_match.exact
+        for rule in h2.outlier_detection.error_matcher.or_match.rules
+    ]
+    assert statuses == ["404", "429"]
+    assert "outlierDetectionHttpErrorCodes=404,429" in outlier_named(clusters[H2])
+
+
+def test_the_uh_reply_names_the_clusters_outlier_detection() -> None:
+    (uh,) = [
+        m
+        for m in local_reply_mappers("web-0")
+        if list(m.filter.response_flag_filter.flags) == ["UH"]
+    ]
+    body = uh.body_format_override.text_format_source.inline_string
+    assert "no healthy upstream (%CLUSTER_METADATA(pilotfish:outlier_detection)%)" in body
+
+
+def outlier_named(cluster: cluster_pb2.Cluster) -> str:
+    fields = cluster.metadata.filter_metadata[METADATA_NAMESPACE].fields
+    return fields[OUTLIER_DETECTION_KEY].string_value
+
+
+def test_outlier_settings_go_into_the_clusters_metadata_by_their_istio_names() -> None:
+    clusters = clusters_for(
+        "  trafficPolicy:\n"
+        "    outlierDetection: {consecutive5xxErrors: 2, interval: 500ms, baseEjectionTime: 30s}\n"
+        "    portLevelSettings:\n"
+        "    - port: {number: 9090}\n"
+        "      outlierDetection: {}\n"
+        "  subsets:\n  - name: v1\n    labels: {version: v1}\n"
+        "    trafficPolicy:\n"
+        "      connectionPool: {tcp: {maxConnections: 1}}\n"
+        "      portLevelSettings:\n"
+        "      - port: {number: 8080}\n"
+        "        connectionPool: {tcp: {maxConnections: 1}}\n"
+    )
+    assert outlier_named(clusters[PLAIN]) == (
+        "outlier detection: consecutive5xxErrors=2, interval=500ms, baseEjectionTime=30s; "
+        "see `pilotfish endpoints`"
+    )
+    assert outlier_named(clusters[H2]) == (
+        "outlier detection: Envoy defaults; see `pilotfish endpoints`"
+    )
+    assert outlier_named(clusters[f"outbound|8080|v1|{BACKEND}"]) == NO_OUTLIER_DETECTION
 
 
 def mesh_tls_alpn(cluster: cluster_pb2.Cluster) -> list[str]:
