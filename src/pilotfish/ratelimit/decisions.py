@@ -22,6 +22,9 @@ from pilotfish.model.rate_limits import RATE_LIMIT_DOMAIN, RULE_DESCRIPTOR_KEY
 from pilotfish.ratelimit.rules import GlobalRule, RuleIndex, is_source_entry, source_counter_value
 
 Code = Literal["OK", "OVER_LIMIT"]
+# A descriptor's hits_addend is a UInt64: more than 2^32-1 hits is over any limit the protocol
+# can state anyway, and Redis refuses an INCRBY past 2^63-1 (failing the whole pipeline).
+MAX_HITS = 2**32 - 1
 Entries = tuple[tuple[str, str], ...]
 
 
@@ -86,8 +89,8 @@ class Decision:
 def hits_of(descriptor: RequestDescriptor, request_hits: int) -> int:
     """As Envoy means it: a descriptor's own addend wins (0 included); the request's 0 is 1."""
     if descriptor.hits_addend is not None:
-        return descriptor.hits_addend
-    return max(1, request_hits)
+        return min(descriptor.hits_addend, MAX_HITS)
+    return min(max(1, request_hits), MAX_HITS)
 
 
 def plan_request(

@@ -20,6 +20,9 @@ from pilotfish.model.rate_limits import (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A value in a 429 body is a client's header value (up to Envoy's 60 KiB): enough of it to
+# recognise, not an echo of whatever the client sent.
+SHOWN_VALUE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class GlobalRule:
 
     def describe_entry(self, key: str, value: str) -> str:
         """One selector entry as a person reads it: ``x-user=alice``."""
+        if len(value) > SHOWN_VALUE_CHARS:
+            value = value[:SHOWN_VALUE_CHARS] + "…"
         if key.startswith(HEADER_DESCRIPTOR_PREFIX):
             return f"{key.removeprefix(HEADER_DESCRIPTOR_PREFIX)}={value}"
         if key == HEADER_MATCH_DESCRIPTOR_KEY:

@@ -205,3 +205,24 @@ def test_a_full_memory_store_refuses_new_counters_instead_of_forgetting_live_one
     with pytest.raises(CounterStoreError, match="full"):
         harness.ask(user("carol"))
     assert harness.ask(user("alice")).descriptors[0].limit_remaining == 1
+
+
+def test_a_huge_hits_addend_is_clamped_before_it_reaches_the_store() -> None:
+    harness = Harness(PER_USER)
+    # A UInt64 past what Redis's INCRBY takes (2^63-1) would fail the whole pipeline.
+    huge = RequestDescriptor(user("alice").entries, hits_addend=2**64 - 1)
+    (planned,) = plan_request(harness.rules, "pilotfish", [huge], 0, NOW)
+    assert isinstance(planned, Counted)
+    assert planned.increment.hits == 2**32 - 1
+    (from_request,) = plan_request(harness.rules, "pilotfish", [user("bob")], 2**40, NOW)
+    assert isinstance(from_request, Counted) and from_request.increment.hits == 2**32 - 1
+    assert harness.ask(huge).code == "OVER_LIMIT"
+
+
+def test_the_refusal_body_shortens_a_long_value() -> None:
+    harness = Harness(PER_USER)
+    long_value = "a" * 60_000
+    decisions = [harness.ask(user(long_value)) for _ in range(4)]
+    body = refusal_body(decisions[-1])
+    assert body.endswith(f"exceeded for x-user={'a' * 64}\u2026 [RL]")
+    assert len(body) < 200
