@@ -8,6 +8,12 @@ one (``spec.rateLimit.redis``); a change of it takes effect with the next reques
 the store fails or is slow the answer is a gRPC UNAVAILABLE, at once, and each proxy's
 ``failureMode`` decides (allow: the request goes through; deny: it is refused). An outage
 is logged once when it starts and once when it ends.
+
+When the in-memory counters are full, only the requests that need a new counter are refused,
+as over their limit (a 429 saying so), and the counters already kept go on counting. Not an
+UNAVAILABLE: under ``failureMode: allow`` that would let exactly the flood of new values
+that filled the store through uncounted, and under ``deny`` it would be a 500 where a 429
+says what happened.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pilotfish.ratelimit.decisions import (
     Planned,
     RequestDescriptor,
     decide,
+    decide_counters_full,
     increments,
     plan_request,
     refusal_body,
@@ -45,7 +52,12 @@ from pilotfish.ratelimit.decisions import (
 )
 from pilotfish.ratelimit.outage import StoreOutage
 from pilotfish.ratelimit.rules import RuleIndex
-from pilotfish.ratelimit.stores import CounterStore, CounterStoreError, MemoryCounters
+from pilotfish.ratelimit.stores import (
+    CountersFull,
+    CounterStore,
+    CounterStoreError,
+    MemoryCounters,
+)
 from pilotfish.telemetry.prometheus import MetricFamily, Sample
 
 log = logging.getLogger("pilotfish.ratelimit")
@@ -53,6 +65,7 @@ log = logging.getLogger("pilotfish.ratelimit")
 RATE_LIMIT_SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 DECISIONS = "pilotfish_ratelimit_decisions_total"
 STORE_ERRORS = "pilotfish_ratelimit_store_errors_total"
+COUNTERS_FULL = "pilotfish_ratelimit_counters_full_total"
 STORE_UP = "pilotfish_ratelimit_store_up"
 FAILURE_MODE = "pilotfish_ratelimit_failure_mode"
 # Unknown rule ids remembered so that each is logged once; a proxy sends only ids of some
@@ -86,12 +99,15 @@ class RateLimitService:
         config: Callable[[], MeshConfig | None],
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        memory: CounterStore | None = None,
     ) -> None:
+        """``memory``: the counters when the served config names no Redis (default: this
+        process's ``MemoryCounters``)."""
         self._config = config
         self._clock = clock
         """Unix time: it names the windows, which control planes sharing a Redis share."""
         self._monotonic = monotonic
-        self._memory = MemoryCounters(clock)
+        self._memory = memory if memory is not None else MemoryCounters(clock)
         self._redis: RedisCounters | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._outage = StoreOutage()
@@ -101,6 +117,8 @@ class RateLimitService:
         """Per rule id and code, one per descriptor that named a rule and was counted."""
         self.store_errors = 0
         """Requests answered UNAVAILABLE: the store failed, timed out, or was known down."""
+        self.counters_full = 0
+        """Requests refused because the store had no room for a new counter."""
 
     # --- the RPC ------------------------------------------------------------------------------
 
@@ -124,7 +142,17 @@ class RateLimitService:
             self.store_errors += 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise  # abort raised already
-        decision = decide(planned, counts)
+        except CountersFull as full:
+            self.counters_full += 1
+            if full.newly:
+                log.warning(
+                    "global rate limits: %s: requests that need a new counter are refused "
+                    "(429) until windows end; the counters kept go on counting",
+                    full,
+                )
+            decision = decide_counters_full(planned)
+        else:
+            decision = decide(planned, counts)
         for item in decision.descriptors:
             if item.rule is not None:
                 self.decisions[(item.rule.id, item.code)] += 1
@@ -137,14 +165,27 @@ class RateLimitService:
             )
         try:
             counts = await store.increment(wanted)
-        except CounterStoreError as exc:
-            started = self._outage.call_failed(self._monotonic(), str(exc))
+        except CountersFull:
+            raise  # the store answered: not a failure, and not a success either
+        except Exception as exc:
+            # Whatever went wrong, the proxy gets UNAVAILABLE with a reason (not gRPC's
+            # UNKNOWN) and the outage machine sees it.
+            failure = (
+                exc
+                if isinstance(exc, CounterStoreError)
+                else CounterStoreError(f"{store.name} failed: {exc!r}")
+            )
+            started = self._outage.call_failed(self._monotonic(), str(failure))
             if started is not None:
                 mode = self._settings().failure_mode
                 log.warning(
-                    "global rate limits: %s; until it answers again %s", exc, _FAILURE_WORDS[mode]
+                    "global rate limits: %s; until it answers again %s",
+                    failure,
+                    _FAILURE_WORDS[mode],
                 )
-            raise
+            if failure is exc:
+                raise
+            raise failure from exc
         ended = self._outage.call_succeeded(self._monotonic())
         if ended is not None:
             log.warning(
@@ -230,6 +271,13 @@ class RateLimitService:
                 "timed out or was known to be down (the proxies' failureMode decided them).",
                 "counter",
                 [Sample((), self.store_errors)],
+            ),
+            MetricFamily(
+                COUNTERS_FULL,
+                "Rate limit requests refused (429) because the in-memory counters were full "
+                "and the request needed a new one.",
+                "counter",
+                [Sample((), self.counters_full)],
             ),
             MetricFamily(
                 STORE_UP,

@@ -5,15 +5,18 @@ counts it, and the counter it bumps (``Increment``). The store adds the hits and
 each counter's new value; ``decide`` turns those into codes, the limit remaining and the
 time to the window's reset.
 
-Counters are fixed windows keyed as envoyproxy/ratelimit keys them: the domain, then each
-entry's key and value, then the window's start in unix seconds
-(``pilotfish_pilotfish_rule_default/api/global/0_header:x-user_alice_1700000040``). Every
-control plane computes the same key for the same request at the same time, so with one
-Redis behind them all they share one counter.
+Counters are fixed windows keyed by the domain, the rule's id, a digest of the selector
+entries and the window's start in unix seconds
+(``pilotfish_default/api/global/0_<32 hex digits>_1700000040``). Every control plane
+computes the same key for the same request at the same time, so with one Redis behind them
+all they share one counter. The digest keeps a key's size fixed whatever the clients send,
+and it is of an unambiguous encoding of the entries: no two sets of values share a key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -80,6 +83,8 @@ class DescriptorDecision:
 class Decision:
     code: Code
     descriptors: tuple[DescriptorDecision, ...]
+    counters_full: bool = False
+    """Refused because the store had no room for a counter the request needed."""
 
     @property
     def over_limit(self) -> tuple[DescriptorDecision, ...]:
@@ -117,10 +122,17 @@ def plan_descriptor(
         return NotCounted("outside_source", rule.id)
     window = rule.window_seconds
     start = int(now) // window * window
-    key = "".join((f"{domain}_", *(f"{k}_{v}_" for k, v in (entries[0], *selectors)), str(start)))
+    key = f"{domain}_{rule.id}_{selector_digest(selectors)}_{start}"
     return Counted(
         rule, selectors, Increment(key, hits, window, start + window), start + window - int(now)
     )
+
+
+def selector_digest(selectors: Entries) -> str:
+    """128 bits of BLAKE2b over the entries as JSON (which quotes and escapes every key and
+    value, so a value cannot pass for a separator), in hex."""
+    encoded = json.dumps(selectors, separators=(",", ":")).encode()
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def _counted_selectors(rule: GlobalRule, entries: Entries) -> Entries | None:
@@ -156,6 +168,17 @@ def decide(planned: Sequence[Planned], counts: Sequence[int]) -> Decision:
     return Decision(code, tuple(found))
 
 
+def decide_counters_full(planned: Sequence[Planned]) -> Decision:
+    """Every counted descriptor refused, none counted: the store could not keep a counter
+    the request needed."""
+    found = [
+        DescriptorDecision("OVER_LIMIT" if isinstance(item, Counted) else "OK", item)
+        for item in planned
+    ]
+    code: Code = "OVER_LIMIT" if any(d.code == "OVER_LIMIT" for d in found) else "OK"
+    return Decision(code, tuple(found), counters_full=True)
+
+
 def increments(planned: Sequence[Planned]) -> list[Increment]:
     return [item.increment for item in planned if isinstance(item, Counted)]
 
@@ -164,14 +187,17 @@ def refusal_body(decision: Decision) -> str:
     """``pilotfish: rate limit default/api global/0 (10 per Minute) exceeded for
     x-user=alice [RL]``; one clause per rule over its limit."""
     clauses = []
+    verb = "not counted" if decision.counters_full else "exceeded"
     for item in decision.over_limit:
         planned = item.planned
         assert isinstance(planned, Counted)
-        clause = f"rate limit {planned.rule.describe_limit()} exceeded"
+        clause = f"rate limit {planned.rule.describe_limit()} {verb}"
         if planned.selectors:
             described = (planned.rule.describe_entry(k, v) for k, v in planned.selectors)
             clause += " for " + ", ".join(described)
         clauses.append(clause)
+    if decision.counters_full:
+        clauses[-1] += ": the control plane's rate limit counters are full"
     return "pilotfish: " + "; ".join(clauses) + " [RL]"
 
 

@@ -9,13 +9,15 @@ from pilotfish.ratelimit.decisions import (
     NotCounted,
     RequestDescriptor,
     decide,
+    decide_counters_full,
     increments,
     plan_request,
     refusal_body,
     refusing_rule,
+    selector_digest,
 )
 from pilotfish.ratelimit.rules import RuleIndex
-from pilotfish.ratelimit.stores import MemoryCounters
+from pilotfish.ratelimit.stores import CountersFull, CounterStoreError, MemoryCounters
 from rate_limit_policies import global_policy, rule
 
 RULE = "default/backend-per-user/global/0"
@@ -51,13 +53,14 @@ class Harness:
         return [self.ask(descriptor).code for _ in range(times)]
 
 
-def test_the_counter_key_names_the_domain_entries_and_window_start() -> None:
+def test_the_counter_key_names_the_domain_rule_a_digest_of_the_values_and_window_start() -> None:
     harness = Harness(PER_USER)
     (planned,) = plan_request(harness.rules, "pilotfish", [user("alice")], 0, NOW)
     assert isinstance(planned, Counted)
-    assert (
-        planned.increment.key == f"pilotfish_pilotfish_rule_{RULE}_header:x-user_alice_1699999980"
-    )
+    # Fixed here: every control plane sharing a Redis must compute the same key.
+    digest = selector_digest((("header:x-user", "alice"),))
+    assert digest == "7d8a28320346d2309f6f3b77ea7a313f"
+    assert planned.increment.key == f"pilotfish_{RULE}_{digest}_1699999980"
     assert planned.increment.ttl_seconds == 60
     assert planned.increment.expires_at == 1_700_000_040
     assert planned.reset_seconds == 30
@@ -192,19 +195,69 @@ def test_the_refusal_body_names_the_policy_the_rule_its_limit_and_the_values() -
     )
 
 
-@pytest.mark.parametrize("max_keys", [2])
-def test_a_full_memory_store_refuses_new_counters_instead_of_forgetting_live_ones(
-    max_keys: int,
-) -> None:
-    from pilotfish.ratelimit.stores import CounterStoreError
-
+def test_a_full_memory_store_refuses_new_counters_instead_of_forgetting_live_ones() -> None:
     harness = Harness(PER_USER)
-    harness.counters = MemoryCounters(clock=lambda: harness.now, max_keys=max_keys)
+    harness.counters = MemoryCounters(clock=lambda: harness.now, max_keys=2)
     harness.ask(user("alice"))
     harness.ask(user("bob"))
-    with pytest.raises(CounterStoreError, match="full"):
+    with pytest.raises(CountersFull, match="full") as first:
         harness.ask(user("carol"))
+    with pytest.raises(CountersFull) as second:
+        harness.ask(user("dave"))
+    assert not isinstance(first.value, CounterStoreError)  # not an outage
+    assert (first.value.newly, second.value.newly) == (True, False)
     assert harness.ask(user("alice")).descriptors[0].limit_remaining == 1
+    harness.now += 60  # the window ends: room again, and the next refusal is news again
+    harness.ask(user("carol"))
+    harness.ask(user("dave"))
+    with pytest.raises(CountersFull) as third:
+        harness.ask(user("erin"))
+    assert third.value.newly
+
+
+def test_a_request_refused_for_full_counters_says_so_and_names_the_rule() -> None:
+    harness = Harness(PER_USER)
+    planned = plan_request(harness.rules, "pilotfish", [user("carol")], 0, NOW)
+    decision = decide_counters_full(planned)
+    assert decision.code == "OVER_LIMIT"
+    assert refusing_rule(decision) == RULE
+    assert refusal_body(decision) == (
+        "pilotfish: rate limit default/backend-per-user global/0 (3 per Minute) not counted "
+        "for x-user=carol: the control plane's rate limit counters are full [RL]"
+    )
+
+
+def test_values_cannot_be_crafted_to_share_a_counter_and_keys_stay_small() -> None:
+    policy = global_policy("two", rule(1, distinct_header="x-a"))
+    harness = Harness(policy)
+
+    def two(a: str, b: str) -> RequestDescriptor:
+        return RequestDescriptor(
+            (rule_entry("default/two/global/0"), ("header:x-a", a), ("header:x-b", b))
+        )
+
+    # Joined with "_", both of these were pilotfish_..._header:x-a_p_header:x-b_q_header:x-b_r_.
+    assert harness.ask(two("p", "q_header:x-b_r")).code == "OK"
+    assert harness.ask(two("p_header:x-b_q", "r")).code == "OK"
+    assert len(harness.counters) == 2
+    (planned,) = plan_request(harness.rules, "pilotfish", [two("x" * 60_000, "y")], 0, NOW)
+    assert isinstance(planned, Counted)
+    assert len(planned.increment.key) == len("pilotfish_default/two/global/0__1699999980") + 32
+
+
+def test_each_window_end_drops_its_own_counters() -> None:
+    minute = global_policy("per-minute", rule(5, "Minute"))
+    hour = global_policy("per-hour", rule(5, "Hour"))
+    harness = Harness(minute, hour)
+    every_minute = RequestDescriptor((rule_entry("default/per-minute/global/0"),))
+    every_hour = RequestDescriptor((rule_entry("default/per-hour/global/0"),))
+    harness.ask(every_minute, every_hour)
+    harness.ask(every_hour)
+    harness.now = 1_700_000_040.0  # the minute ended, the hour goes on
+    decision = harness.ask(user("alice"))  # no counter of ours: only the sweep happens
+    assert decision.code == "OK" and len(harness.counters) == 1
+    assert harness.ask(every_hour).descriptors[0].limit_remaining == 2
+    assert harness.ask(every_minute).descriptors[0].limit_remaining == 4
 
 
 def test_a_huge_hits_addend_is_clamped_before_it_reaches_the_store() -> None:
