@@ -51,23 +51,27 @@ def test_an_outage_is_announced_once_each_way_and_probed_at_most_once_per_interv
 ) -> None:
     outage = StoreOutage(probe_interval=0.1, failures_to_trip=to_trip)
     now, down, in_a_row, last_probe = 0.0, False, 0, None
+    failed, failing_since = 0, 0.0  # the model's count of calls not decided in this run
     for kind, step in steps:
         now += step
         if kind == "call":
             allowed = outage.may_call(now)
+            failed += not allowed
             if down and allowed:
                 assert last_probe is None or now - last_probe >= 0.1 - 1e-9
                 last_probe = now
             assert allowed or down
         elif kind == "fail":
+            if in_a_row == 0:
+                failing_since = now
             in_a_row += 1
+            failed += 1
             started = outage.call_failed(now, "boom")
             assert (started is not None) == (not down and in_a_row >= to_trip)
             assert started is None or started == OutageStarted("boom")
             down, last_probe = down or in_a_row >= to_trip, now
         else:
             ended = outage.call_succeeded(now)
-            assert (ended is not None) == down
-            assert ended is None or isinstance(ended, OutageEnded)
-            down, in_a_row, last_probe = False, 0, None
+            assert ended == (OutageEnded(now - failing_since, failed) if down else None)
+            down, in_a_row, last_probe, failed = False, 0, None, 0
         assert outage.down == down
