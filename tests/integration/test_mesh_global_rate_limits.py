@@ -30,6 +30,7 @@ from tests.integration.mesh_harness import (
 )
 from tests.waiting import wait_until
 
+from pilotfish.ratelimit.decisions import selector_digest
 from redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(not REDIS_SERVER.exists(), reason="needs Debian redis-server")
@@ -173,7 +174,8 @@ def test_with_redis_two_replicas_share_one_exact_count_in_redis(
     serve_mesh_config(mesh, redis_config, redis_store(redis_server, 1), failure_mode("allow"))
     assert_shared_exactly(burst(mesh, "bea"))
     direct = redis.Redis(port=redis_server.port)
-    (key,) = [k for k in direct.keys("*") if b"_header:x-user_bea_" in k]
+    bea = f"pilotfish_{RULE}_{selector_digest((('header:x-user', 'bea'),))}_".encode()
+    (key,) = [k for k in direct.keys("*") if k.startswith(bea)]
     assert int(direct.get(key) or 0) == SENT
     direct.close()
     assert redis_store(redis_server, 1) in metrics(mesh)
