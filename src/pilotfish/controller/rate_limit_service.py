@@ -9,11 +9,11 @@ the store fails or is slow the answer is a gRPC UNAVAILABLE, at once, and each p
 ``failureMode`` decides (allow: the request goes through; deny: it is refused). An outage
 is logged once when it starts and once when it ends.
 
-When the in-memory counters are full, only the requests that need a new counter are refused,
-as over their limit (a 429 saying so), and the counters already kept go on counting. Not an
-UNAVAILABLE: under ``failureMode: allow`` that would let exactly the flood of new values
-that filled the store through uncounted, and under ``deny`` it would be a 500 where a 429
-says what happened.
+When the in-memory counters are full, only the requests that need a new counter are
+refused, as over their limit (a 429 naming the rule), and the counters already kept go on
+counting. Not an UNAVAILABLE: under ``failureMode: allow`` that would let exactly the flood
+of new values that filled the store through uncounted, and under ``deny`` it would answer
+500 for a store that works.
 """
 
 from __future__ import annotations
