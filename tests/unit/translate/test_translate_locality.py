@@ -35,6 +35,7 @@ from pilotfish.translate.locality import (
     Place,
     by_labels,
     by_locality,
+    caller_of,
     distribute,
     group_by_locality,
     prioritize,
@@ -196,6 +197,23 @@ def test_failover_priority_then_failover_compose() -> None:
     ranked = prioritize(group_by_locality(endpoints), caller, LocalityPolicy(setting, True))
     # version first (v1 before v2), then within v1 the failover target r3 before r2.
     assert priorities(ranked) == {"r3/z1": 0, "r2/z1": 1, "r1/z1": 2}
+
+
+def test_an_override_applies_to_a_caller_without_that_label() -> None:
+    """Istio skips ``failoverPriority`` only for a proxy with no label at all: a caller
+    labelled app=frontend (no env label) still prefers env=prod."""
+    endpoints = (labelled("r1/z1", env="prod"), labelled("r1/z2", env="dev"))
+    policy = LocalityPolicy(LocalityLbSetting(failover_priority=("env=prod",)), True)
+    caller = caller_of(ProxyNode(id="c", labels={"app": "frontend"}), ("env",))
+    assert priorities(prioritize(group_by_locality(endpoints), caller, policy)) == {
+        "r1/z1": 0,
+        "r1/z2": 1,
+    }
+    unlabelled = caller_of(ProxyNode(id="d"), ("env",))
+    assert priorities(prioritize(group_by_locality(endpoints), unlabelled, policy)) == {
+        "r1/z1": 0,
+        "r1/z2": 0,
+    }
 
 
 def test_nothing_changes_without_outlier_detection() -> None:
