@@ -100,7 +100,8 @@ def failover_labels(config: MeshConfig) -> tuple[str, ...]:
             {
                 label.partition(_OVERRIDE_SEPARATOR)[0]
                 for setting in settings
-                if setting is not None
+                # Istio ignores failoverPriority beside distribute (or when disabled).
+                if setting is not None and not setting.distribute and setting.enabled is not False
                 for label in setting.failover_priority
             }
         )

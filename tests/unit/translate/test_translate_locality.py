@@ -37,6 +37,7 @@ from pilotfish.translate.locality import (
     by_locality,
     caller_of,
     distribute,
+    failover_labels,
     group_by_locality,
     prioritize,
 )
@@ -329,6 +330,19 @@ def test_locality_weights_are_asked_of_envoy_only_where_istio_asks() -> None:
     assert weighted(TrafficPolicy(load_balancer=failover, outlier_detection=DETECTION))
     assert not weighted(TrafficPolicy(load_balancer=failover))  # no failover without it
     assert not weighted(TrafficPolicy(outlier_detection=DETECTION))  # default failover
+
+
+def test_only_failover_priorities_that_apply_tell_callers_apart() -> None:
+    """Beside ``distribute`` (or disabled) Istio ignores ``failoverPriority``: its labels
+    must not split callers into separate assignments."""
+    distributed = LocalityLbSetting(
+        distribute=(LocalityDistribution("r1/*", {"r1/*": 100}),), failover_priority=("tier",)
+    )
+    disabled = LocalityLbSetting(failover_priority=("zone",), enabled=False)
+    applied = LocalityLbSetting(failover_priority=("version",))
+    for setting, expected in ((distributed, ()), (disabled, ()), (applied, ("version",))):
+        view = backend_view(TrafficPolicy(load_balancer=LoadBalancer(locality_lb_setting=setting)))
+        assert failover_labels(view.config) == expected
 
 
 def test_callers_in_one_locality_share_one_assignment_and_the_rest_share_theirs() -> None:
