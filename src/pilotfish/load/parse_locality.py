@@ -12,6 +12,7 @@ from pilotfish.model.resilience import (
     LocalityDistribution,
     LocalityFailover,
     LocalityLbSetting,
+    locality_problem,
 )
 
 LOCALITY_LB_FIELDS = ("distribute", "failover", "failoverPriority", "enabled")
@@ -23,16 +24,7 @@ def read_locality(reader: FieldReader, fields: Fields, key: str, path: str) -> s
     text = reader.string(fields, key, path)
     if text is None or text == "":
         return None
-    parts = text.split("/")
-    problem = None
-    if len(parts) > len(TOPOLOGY_LABELS):
-        problem = "has more parts than region/zone/subzone"
-    elif "" in parts:
-        problem = "has an empty region, zone or subzone"
-    elif "*" in text:
-        problem = 'is a place, so it cannot hold the wildcard "*" (only rules can)'
-    elif any(c.isspace() for c in text):
-        problem = "must not contain spaces"
+    problem = locality_problem(text)
     if problem is not None:
         reader.error(join_path(path, key), f'"{text}" {problem}')
         return None
