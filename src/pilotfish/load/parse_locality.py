@@ -17,6 +17,8 @@ from pilotfish.model.resilience import (
 
 LOCALITY_LB_FIELDS = ("distribute", "failover", "failoverPriority", "enabled")
 MAX_WEIGHT = 100
+# Istio gives endpoints of another network the next priority when this label comes first.
+NETWORK_LABEL = "topology.istio.io/network"
 
 
 def read_locality(reader: FieldReader, fields: Fields, key: str, path: str) -> str | None:
@@ -53,6 +55,16 @@ def read_locality_lb_setting(
                     f"{join_path(setting_path, 'failoverPriority')}[{index}]",
                     f'"{label}" says what failover already says: Istio refuses them together',
                 )
+    for index, label in enumerate(priority):
+        if label.partition("=")[0] == NETWORK_LABEL:
+            reader.warning(
+                f"{join_path(setting_path, 'failoverPriority')}[{index}]",
+                f"Pilotfish has no networks: {NETWORK_LABEL} is compared like any other label "
+                "(endpoints and proxies carry it only when their labels set it), and unlike "
+                "Istio a network mismatch in first place is not set aside: endpoints on "
+                "another network are not ranked by the labels after it, they all get the "
+                "lowest priority",
+            )
     if (setting.get("failover") or setting.get("failoverPriority")) and not outlier_detection:
         reader.warning(
             setting_path,

@@ -160,6 +160,20 @@ def test_failover_without_outlier_detection_warns_what_happens() -> None:
     assert result.config is not None  # a warning, as in Istio
 
 
+def test_the_network_label_in_failover_priority_warns_what_will_not_happen() -> None:
+    text, result = load_setting('failoverPriority: [topology.istio.io/network, "version=v2"]')
+    warning = assert_at(
+        result,
+        text,
+        f"{SETTING}.failoverPriority[0]",
+        "topology.istio.io/network",
+        "Pilotfish has no networks",
+        severity="warning",
+    )
+    assert "not ranked by the labels after it" in warning.message
+    assert errors(result) == []
+
+
 def test_distribute_needs_no_outlier_detection() -> None:
     _text, result = load_setting("distribute: [{from: a, to: {a: 100}}]", outlier=False)
     assert errors(result) == []
