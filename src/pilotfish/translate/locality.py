@@ -73,12 +73,12 @@ class Caller:
     """What of a calling proxy its assignments depend on: its locality, and its values of the
     labels the config's ``failoverPriority`` lists name (sorted by label); ``labelled`` says
     whether it has any label at all (its own or its locality's), which Istio requires before
-    it applies ``failoverPriority``. Both stay empty when no ``failoverPriority`` exists, so
-    that callers are not told apart for nothing."""
+    it applies ``failoverPriority``. When no ``failoverPriority`` applies, ``labels`` stays
+    empty and ``labelled`` false, so that callers are not told apart for nothing."""
 
     locality: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
-    labelled: bool = True
+    labelled: bool = False
 
 
 def caller_of(node: ProxyNode, failover_labels: Sequence[str]) -> Caller:

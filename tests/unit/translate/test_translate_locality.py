@@ -194,7 +194,7 @@ def test_failover_priority_then_failover_compose() -> None:
     setting = LocalityLbSetting(
         failover=(LocalityFailover("r1", "r3"),), failover_priority=("version",)
     )
-    caller = Caller("r1/z1", (("version", "v1"),))
+    caller = Caller("r1/z1", (("version", "v1"),), labelled=True)
     ranked = prioritize(group_by_locality(endpoints), caller, LocalityPolicy(setting, True))
     # version first (v1 before v2), then within v1 the failover target r3 before r2.
     assert priorities(ranked) == {"r3/z1": 0, "r2/z1": 1, "r1/z1": 2}
