@@ -3,7 +3,9 @@
 A caller in r1/za calls a backend with a replica in r1/za and one in r1/zb; its
 DestinationRule has outlier detection, so the caller's sidecar prefers its own zone. Traffic
 stays in za while za is healthy, moves to zb while za's replica answers 503 (ejected) or is
-gone, and comes back when za is healthy again (after the ejection time).
+gone, and comes back when za is healthy again (after the ejection time). With regions r1
+(the caller's), r2 and r3 and ``failover: [{from: r1, to: r2}]``, r1's failure sends the
+traffic to r2, never to r3.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ spec:
 """
 
 
-RULES = """
+ROUTES = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: edge}
@@ -62,7 +64,11 @@ metadata: {name: backend}
 spec:
   hosts: [backend]
   http: [{route: [{destination: {host: backend}}], retries: {attempts: 0}}]
----
+"""
+
+RULES = (
+    ROUTES
+    + """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: backend}
@@ -75,6 +81,7 @@ spec:
       baseEjectionTime: 2s
       maxEjectionPercent: 100
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +189,59 @@ def _command_line(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+# --- failover to a named region -------------------------------------------------------------
+
+REGION_FAILOVER_RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+    loadBalancer:
+      localityLbSetting:
+        failover: [{from: r1, to: r2}]
+"""
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory, failing: Path) -> Iterator[RunningMesh]:
+    """The caller and one backend replica in r1, one in r2 (its failover target), one in r3."""
+    directory = tmp_path_factory.mktemp("regions")
+    gateway_port = free_port()
+    write_yaml(
+        directory / "mesh.yaml",
+        gateway(gateway_port)
+        + workload("front", "front", "r1/za")
+        + workload("backend-a", "backend", "r1/za", f'{{FAIL_WHILE_EXISTS: "{failing}"}}')
+        + workload("backend-r2", "backend", "r2/zc")
+        + workload("backend-r3", "backend", "r3/zd")
+        + ROUTES
+        + "---\n"
+        + REGION_FAILOVER_RULE,
+    )
+    with running_mesh(directory, gateway_port) as running:
+        running.wait_serving("/")
+        running.wait_endpoints("backend.default.svc.cluster.local", 3)
+        running.wait_synced()
+        yield running
+
+
+def test_failover_goes_to_the_named_region_not_any_other(
+    regions: RunningMesh, failing: Path
+) -> None:
+    assert batch(regions) == Counter({"backend-a-0": BATCH})
+    failing.touch()
+    try:
+        wait_answered_by(regions, "backend-r2-0")
+        # r1's replica is ejected (for 60 s): r2 is the next priority, r3 only the one after.
+        assert batch(regions) == Counter({"backend-r2-0": BATCH})
+    finally:
+        failing.unlink()

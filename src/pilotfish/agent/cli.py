@@ -23,6 +23,7 @@ from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.model.addresses import is_loopback
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 from pilotfish.model.proxy import ProxyNode
+from pilotfish.model.resilience import locality_problem
 from pilotfish.model.resources import Protocol
 
 log = logging.getLogger("pilotfish.agent")
@@ -105,11 +106,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _locality(text: str) -> str:
-    parts = text.split("/")
-    if len(parts) > 3 or "" in parts or "*" in text:  # region/zone/subzone
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not REGION[/ZONE[/SUBZONE]] (non-empty parts, no wildcard)"
-        )
+    problem = locality_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem} (REGION[/ZONE[/SUBZONE]])")
     return text
 
 

@@ -5,17 +5,31 @@ wildcard, no empty region, zone or subzone, no overlapping localities."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from pilotfish.load.fields import FieldReader, Fields, describe
 from pilotfish.load.yaml_source import join_path
+from pilotfish.model.destination_rules import DestinationRuleLookup
+from pilotfish.model.diagnostics import Diagnostic
 from pilotfish.model.resilience import (
     TOPOLOGY_LABELS,
     LocalityDistribution,
     LocalityFailover,
     LocalityLbSetting,
+    locality_problem,
+)
+from pilotfish.model.resources import (
+    DestinationRule,
+    LoadBalancer,
+    MeshConfig,
+    TrafficPolicy,
+    qualify_host,
 )
 
 LOCALITY_LB_FIELDS = ("distribute", "failover", "failoverPriority", "enabled")
 MAX_WEIGHT = 100
+# Istio gives endpoints of another network the next priority when this label comes first.
+NETWORK_LABEL = "topology.istio.io/network"
 
 
 def read_locality(reader: FieldReader, fields: Fields, key: str, path: str) -> str | None:
@@ -23,16 +37,7 @@ def read_locality(reader: FieldReader, fields: Fields, key: str, path: str) -> s
     text = reader.string(fields, key, path)
     if text is None or text == "":
         return None
-    parts = text.split("/")
-    problem = None
-    if len(parts) > len(TOPOLOGY_LABELS):
-        problem = "has more parts than region/zone/subzone"
-    elif "" in parts:
-        problem = "has an empty region, zone or subzone"
-    elif "*" in text:
-        problem = 'is a place, so it cannot hold the wildcard "*" (only rules can)'
-    elif any(c.isspace() for c in text):
-        problem = "must not contain spaces"
+    problem = locality_problem(text)
     if problem is not None:
         reader.error(join_path(path, key), f'"{text}" {problem}')
         return None
@@ -61,6 +66,16 @@ def read_locality_lb_setting(
                     f"{join_path(setting_path, 'failoverPriority')}[{index}]",
                     f'"{label}" says what failover already says: Istio refuses them together',
                 )
+    for index, label in enumerate(priority):
+        if label.partition("=")[0] == NETWORK_LABEL:
+            reader.warning(
+                f"{join_path(setting_path, 'failoverPriority')}[{index}]",
+                f"Pilotfish has no networks: {NETWORK_LABEL} is compared like any other label "
+                "(endpoints and proxies carry it only when their labels set it), and unlike "
+                "Istio a network mismatch in first place is not set aside: endpoints on "
+                "another network are not ranked by the labels after it, they all get the "
+                "lowest priority",
+            )
     if (setting.get("failover") or setting.get("failoverPriority")) and not outlier_detection:
         reader.warning(
             setting_path,
@@ -197,3 +212,68 @@ def _locality_problem(locality: str, seen: dict[str, dict[str, set[str]]]) -> st
         return overlap
     seen.setdefault(region, {}).setdefault(zone, set()).add(parts[2])
     return None
+
+
+def dns_locality_warnings(config: MeshConfig) -> Iterator[Diagnostic]:
+    """A DNS ServiceEntry's endpoints sit inline in the one cluster every caller shares, so
+    no caller gets its own priorities or weights: say so where locality load balancing
+    would otherwise act (its rule sets a localityLbSetting that does, or the mesh's applies
+    and its endpoints have localities)."""
+    rules = DestinationRuleLookup(config.destination_rules)
+    mesh = config.mesh.locality_lb_setting or LocalityLbSetting()
+    for entry in config.service_entries:
+        if entry.resolution != "DNS":
+            continue
+        located = any(endpoint.locality for endpoint in entry.endpoints)
+        found = (rules.rule_for(qualify_host(host, entry.meta.namespace)) for host in entry.hosts)
+        rule = next((r for r in found if r is not None), None)
+        source = _locality_lb_source(rule, mesh, located) if rule is not None else None
+        if source is not None:
+            yield entry.meta.source.diagnostic(
+                "spec.resolution",
+                f"resolution DNS: localityLbSetting/failover is not applied ({source}); every "
+                "endpoint has priority 0 and the same weight for every caller",
+                "warning",
+            )
+
+
+def _locality_lb_source(
+    rule: DestinationRule, mesh: LocalityLbSetting, located: bool
+) -> str | None:
+    """What would make locality load balancing change something for some caller (the same
+    test as translation's: ``distribute``, or outlier detection to fail over with), or None."""
+    policies = _policies(rule)
+    detection = any(
+        p.outlier_detection is not None
+        or any(port.outlier_detection is not None for port in p.port_settings.values())
+        for p in policies
+    )
+    own = [
+        balancer.locality_lb_setting
+        for balancer in _balancers(policies)
+        if balancer.locality_lb_setting is not None
+    ]
+
+    def acts(setting: LocalityLbSetting) -> bool:
+        return setting.enabled is not False and (bool(setting.distribute) or detection)
+
+    name = f"DestinationRule {rule.meta.namespace}/{rule.meta.name}"
+    if any(map(acts, own)):
+        return f"the localityLbSetting of {name}"
+    if not own and located and acts(mesh):
+        return f"the mesh's localityLbSetting, on by default, with {name}"
+    return None
+
+
+def _policies(rule: DestinationRule) -> list[TrafficPolicy]:
+    found = [rule.traffic_policy, *(subset.traffic_policy for subset in rule.subsets)]
+    return [policy for policy in found if policy is not None]
+
+
+def _balancers(policies: Iterable[TrafficPolicy]) -> Iterator[LoadBalancer]:
+    for policy in policies:
+        if policy.load_balancer is not None:
+            yield policy.load_balancer
+        for port in policy.port_settings.values():
+            if port.load_balancer is not None:
+                yield port.load_balancer

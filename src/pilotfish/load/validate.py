@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load.fields import ObjectPaths
+from pilotfish.load.parse_locality import dns_locality_warnings
 from pilotfish.load.parse_peer_authentication import peer_authentication_problems
 from pilotfish.load.parse_rate_limit_policy import rate_limit_policy_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
@@ -69,6 +70,7 @@ def validate_mesh(
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
     found.extend(peer_authentication_problems(config))
+    found.extend(dns_locality_warnings(config))
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
     gateways = {(g.meta.namespace, g.meta.name) for g in config.gateways}

@@ -8,6 +8,7 @@ from typing import Literal, TypeVar, get_args
 
 from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, Identity
+from pilotfish.model.resilience import locality_problem
 from pilotfish.model.resources import Protocol
 
 ProxyKind = Literal["sidecar", "gateway"]
@@ -122,7 +123,7 @@ class ProxyNode:
             service_account=reader.string("SERVICE_ACCOUNT") or DEFAULT_SERVICE_ACCOUNT,
             workload=reader.string("WORKLOAD"),
             telemetry=reader.flag("TELEMETRY"),
-            locality=reader.string("LOCALITY"),
+            locality=reader.locality("LOCALITY"),
             admin_address=reader.string("ADMIN_ADDRESS"),
             outlier_log=reader.string("OUTLIER_LOG"),
         )
@@ -199,3 +200,10 @@ class _MetadataReader:
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             raise self._error(key, value, "an object of string labels")
         return {str(k): v for k, v in value.items()}
+
+    def locality(self, key: str) -> str | None:
+        value = self.string(key)
+        problem = locality_problem(value) if value is not None else None
+        if problem is not None:
+            raise self._error(key, value, f"a locality, region[/zone[/subzone]]: it {problem}")
+        return value

@@ -128,3 +128,18 @@ TOPOLOGY_LABELS = (
     "topology.kubernetes.io/zone",
     "topology.istio.io/subzone",
 )
+
+
+def locality_problem(text: str) -> str | None:
+    """What makes ``text`` no place to run at (``region[/zone[/subzone]]``: one to three
+    non-empty parts, no wildcard, no spaces), completing "the locality ...", or None."""
+    parts = text.split("/")
+    if len(parts) > len(TOPOLOGY_LABELS):
+        return "has more parts than region/zone/subzone"
+    if "" in parts:
+        return "has an empty region, zone or subzone"
+    if "*" in text:
+        return 'is a place, so it cannot hold the wildcard "*" (only rules can)'
+    if any(c.isspace() for c in text):
+        return "must not contain spaces"
+    return None

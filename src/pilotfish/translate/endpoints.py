@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -15,6 +15,7 @@ from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.locality import (
     Caller,
     LocalityGroup,
+    LocalityPolicy,
     cluster_locality_policy,
     group_by_locality,
     locality_to_proto,
@@ -48,10 +49,10 @@ def load_assignment(
     endpoints: Iterable[Endpoint],
     service_port: int,
     subset_labels: Mapping[str, str] | None = None,
-    prioritized: Callable[[Sequence[LocalityGroup]], Sequence[LocalityGroup]] | None = None,
+    seen_by: tuple[Caller, LocalityPolicy] | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Endpoints serving ``service_port`` (and carrying the subset labels), one group per
-    locality (always at least one), ``prioritized`` for a caller when it is given.
+    locality (always at least one), prioritized for a caller when ``seen_by`` gives one.
 
     Each group has an explicit ``load_balancing_weight`` because gRPC proxyless clients
     silently ignore localities without one and their RPCs hang.
@@ -62,6 +63,8 @@ def load_assignment(
         for endpoint in endpoints
         if service_port in endpoint.ports and selector_matches(selector, endpoint.labels)
     ) or (LocalityGroup(None, (), 1),)
+    if seen_by is not None:
+        groups = prioritize(groups, *seen_by)
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=cluster_name,
         endpoints=[
@@ -71,38 +74,63 @@ def load_assignment(
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=group.weight),
                 priority=group.priority,
             )
-            for group in (prioritized(groups) if prioritized is not None else groups)
+            for group in groups
         ],
     )
 
 
-def build_service_load_assignments(
-    view: MeshView, service: Service, index: DestinationIndex, caller: Caller | None = None
-) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
-    """One assignment per EDS cluster of the service, in cluster order: without ``caller``,
-    of the clusters every caller sees alike; with one, of those with locality load
-    balancing, as that caller sees them.
+@dataclass(frozen=True)
+class _EdsCluster:
+    name: str
+    port: int
+    subset_labels: Mapping[str, str]
+    policy: LocalityPolicy | None
 
-    DNS services have none: their clusters carry their endpoints inline.
-    """
+
+def _eds_clusters(view: MeshView, service: Service, index: DestinationIndex) -> list[_EdsCluster]:
+    """The service's EDS clusters in cluster order, each with its locality policy. DNS
+    services have none: their clusters carry their endpoints inline."""
     if service.resolution == "DNS":
-        return ()
+        return []
     hostname = service.hostname
-    endpoints = view.endpoints_of(hostname)
     subsets: list[tuple[str | None, Mapping[str, str]]] = [(None, {})]
     subsets.extend((subset.name, subset.labels) for subset in index.subsets_of(hostname))
-    found = []
-    for port in sorted(service.ports, key=lambda p: p.number):
-        for name, labels in subsets:
-            policy = cluster_locality_policy(view, index, hostname, name, port.number)
-            if (policy is None) != (caller is None):
-                continue
-            cluster = outbound_cluster_name(port.number, hostname, name)
-            seen_by = (
-                partial(prioritize, caller=caller, policy=policy) if policy and caller else None
-            )
-            found.append(load_assignment(cluster, endpoints, port.number, labels, seen_by))
-    return tuple(found)
+    return [
+        _EdsCluster(
+            outbound_cluster_name(port.number, hostname, name),
+            port.number,
+            labels,
+            cluster_locality_policy(view, index, hostname, name, port.number),
+        )
+        for port in sorted(service.ports, key=lambda p: p.number)
+        for name, labels in subsets
+    ]
+
+
+def build_service_load_assignments(
+    view: MeshView, service: Service, index: DestinationIndex
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """The assignments of the service's EDS clusters that every caller sees alike (those
+    without locality load balancing), in cluster order."""
+    endpoints = view.endpoints_of(service.hostname)
+    return tuple(
+        load_assignment(c.name, endpoints, c.port, c.subset_labels)
+        for c in _eds_clusters(view, service, index)
+        if c.policy is None
+    )
+
+
+def build_caller_load_assignments(
+    view: MeshView, service: Service, index: DestinationIndex, caller: Caller
+) -> tuple[endpoint_pb2.ClusterLoadAssignment, ...]:
+    """The assignments of the service's EDS clusters with locality load balancing, as
+    ``caller`` sees them, in cluster order."""
+    endpoints = view.endpoints_of(service.hostname)
+    return tuple(
+        load_assignment(c.name, endpoints, c.port, c.subset_labels, (caller, c.policy))
+        for c in _eds_clusters(view, service, index)
+        if c.policy is not None
+    )
 
 
 def build_load_assignments(

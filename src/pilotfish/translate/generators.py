@@ -27,7 +27,10 @@ from pilotfish.snapshot import (
 )
 from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
-from pilotfish.translate.endpoints import build_service_load_assignments
+from pilotfish.translate.endpoints import (
+    build_caller_load_assignments,
+    build_service_load_assignments,
+)
 from pilotfish.translate.listeners import (
     build_gateway_listeners,
     build_inbound_listener,
@@ -101,7 +104,7 @@ def _caller_load_assignments(context: TranslationContext, node: ProxyNode) -> tu
     return tuple(
         assignment
         for service in context.locality_services
-        for assignment in build_service_load_assignments(
+        for assignment in build_caller_load_assignments(
             context.view, service, context.destinations, caller
         )
     )

@@ -71,15 +71,23 @@ class Place:
 @dataclass(frozen=True)
 class Caller:
     """What of a calling proxy its assignments depend on: its locality, and its values of the
-    labels the config's ``failoverPriority`` lists name (sorted by label)."""
+    labels the config's ``failoverPriority`` lists name (sorted by label); ``labelled`` says
+    whether it has any label at all (its own or its locality's), which Istio requires before
+    it applies ``failoverPriority``. When no ``failoverPriority`` applies, ``labels`` stays
+    empty and ``labelled`` false, so that callers are not told apart for nothing."""
 
     locality: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    labelled: bool = False
 
 
-def caller_of(node: ProxyNode, failover_labels: Iterable[str]) -> Caller:
+def caller_of(node: ProxyNode, failover_labels: Sequence[str]) -> Caller:
     labels = {**node.labels, **Place.of(node.locality).labels()}
-    return Caller(node.locality, tuple((name, labels.get(name, "")) for name in failover_labels))
+    return Caller(
+        node.locality,
+        tuple((name, labels.get(name, "")) for name in failover_labels),
+        labelled=bool(failover_labels) and bool(labels),
+    )
 
 
 def failover_labels(config: MeshConfig) -> tuple[str, ...]:
@@ -92,7 +100,8 @@ def failover_labels(config: MeshConfig) -> tuple[str, ...]:
             {
                 label.partition(_OVERRIDE_SEPARATOR)[0]
                 for setting in settings
-                if setting is not None
+                # Istio ignores failoverPriority beside distribute (or when disabled).
+                if setting is not None and not setting.distribute and setting.enabled is not False
                 for label in setting.failover_priority
             }
         )
@@ -203,10 +212,10 @@ def prioritize(
     if not policy.failover:
         return tuple(groups)
     if setting.failover_priority:
-        ranked = by_labels(groups, dict(caller.labels), setting.failover_priority)
+        if caller.labelled:  # Istio: a proxy without any label gets no label priorities
+            groups = by_labels(groups, dict(caller.labels), setting.failover_priority)
         if not setting.failover:
-            return ranked
-        groups = ranked
+            return tuple(groups)
     return by_locality(groups, place, setting.failover)
 
 
@@ -256,8 +265,6 @@ def by_labels(
 ) -> tuple[LocalityGroup, ...]:
     """Each group split by priority: 0 for endpoints that match the caller on every label of
     ``priorities``, then by how long a prefix of them they match (none: the lowest)."""
-    if not any(caller_labels.values()):
-        return tuple(groups)  # Istio: a caller without labels gets no label priorities
     names = [p.partition(_OVERRIDE_SEPARATOR)[0] for p in priorities]
     expected = {name: caller_labels.get(name, "") for name in names}
     expected.update(

@@ -172,7 +172,7 @@ def test_the_locality_flag_goes_into_the_node_and_its_bootstrap(tmp_path: Path) 
     assert node_from_arguments(parse("--xds", "h:1")).locality is None
 
 
-@pytest.mark.parametrize("locality", ["a//b", "a/b/c/d", "a/*", ""])
+@pytest.mark.parametrize("locality", ["a//b", "a/b/c/d", "a/*", "", "us east/a"])
 def test_a_bad_locality_flag_is_refused(locality: str) -> None:
     with pytest.raises(SystemExit):
         parse("--xds", "h:1", "--locality", locality)

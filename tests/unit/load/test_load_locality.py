@@ -160,6 +160,20 @@ def test_failover_without_outlier_detection_warns_what_happens() -> None:
     assert result.config is not None  # a warning, as in Istio
 
 
+def test_the_network_label_in_failover_priority_warns_what_will_not_happen() -> None:
+    text, result = load_setting('failoverPriority: [topology.istio.io/network, "version=v2"]')
+    warning = assert_at(
+        result,
+        text,
+        f"{SETTING}.failoverPriority[0]",
+        "topology.istio.io/network",
+        "Pilotfish has no networks",
+        severity="warning",
+    )
+    assert "not ranked by the labels after it" in warning.message
+    assert errors(result) == []
+
+
 def test_distribute_needs_no_outlier_detection() -> None:
     _text, result = load_setting("distribute: [{from: a, to: {a: 100}}]", outlier=False)
     assert errors(result) == []
@@ -236,3 +250,64 @@ def test_bad_endpoint_localities(locality: str, message: str) -> None:
     text, result = load(ENTRY.replace("LOCALITY", locality))
     assert_at(result, text, "spec.locality", "locality", message)
     assert_at(result, text, "spec.endpoints[0].locality", "locality", message, occurrence=2)
+
+
+def dns_entry(*, resolution: str = "DNS", localities: bool = True) -> str:
+    where = ", locality: r1/z1" if localities else ""
+    return (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: ServiceEntry\n"
+        "metadata: {name: ext}\n"
+        "spec:\n"
+        "  hosts: [ext.example]\n"
+        f"  resolution: {resolution}\n"
+        "  ports: [{number: 80, name: http, protocol: HTTP}]\n"
+        "  endpoints:\n"
+        f"  - {{address: 10.0.0.1{where}}}\n"
+    )
+
+
+def dns_rule(policy: str) -> str:
+    return (
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: DestinationRule\n"
+        "metadata: {name: ext}\n"
+        "spec:\n"
+        "  host: ext.example\n"
+        f"  trafficPolicy: {policy}\n"
+    )
+
+
+DETECTION = "{outlierDetection: {consecutive5xxErrors: 1}}"
+DISTRIBUTE = "{loadBalancer: {localityLbSetting: {distribute: [{from: r1/*, to: {r1/*: 100}}]}}}"
+
+
+@pytest.mark.parametrize(
+    ("entry", "policy", "source"),
+    [
+        (dns_entry(), DETECTION, "the mesh's localityLbSetting, on by default"),
+        (dns_entry(localities=False), DISTRIBUTE, "the localityLbSetting of DestinationRule"),
+    ],
+)
+def test_a_dns_service_entry_warns_that_locality_lb_is_not_applied(
+    entry: str, policy: str, source: str
+) -> None:
+    text, result = load(entry, dns_rule(policy))
+    warning = assert_at(
+        result, text, "spec.resolution", "resolution: DNS", "is not applied", severity="warning"
+    )
+    assert source in warning.message
+    assert "every endpoint has priority 0" in warning.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "policy"),
+    [
+        (dns_entry(resolution="STATIC"), DETECTION),  # EDS: applied
+        (dns_entry(localities=False), DETECTION),  # the default failover has nothing to do
+        (dns_entry(), "{loadBalancer: {simple: ROUND_ROBIN}}"),  # no outlier detection
+    ],
+)
+def test_no_dns_warning_where_locality_lb_would_change_nothing(entry: str, policy: str) -> None:
+    _text, result = load(entry, dns_rule(policy))
+    assert [d for d in result.diagnostics if "resolution DNS" in d.message] == []

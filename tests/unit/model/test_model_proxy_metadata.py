@@ -56,6 +56,10 @@ def test_a_node_without_pilotfish_metadata_is_a_plain_sidecar() -> None:
         ("LABELS", {"version": 1.0}, "an object of string labels"),
         ("NAMESPACE", 3.0, "a string"),
         ("SERVICE", {"name": "x"}, "a string"),
+        ("LOCALITY", "a/b/c/d", "a locality, region[/zone[/subzone]]: it has more parts"),
+        ("LOCALITY", "a//c", "a locality, region[/zone[/subzone]]: it has an empty"),
+        ("LOCALITY", "a/*", "a locality, region[/zone[/subzone]]: it is a place"),
+        ("LOCALITY", "us east", "a locality, region[/zone[/subzone]]: it must not contain"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_field_value_and_what_is_allowed(

@@ -35,7 +35,9 @@ from pilotfish.translate.locality import (
     Place,
     by_labels,
     by_locality,
+    caller_of,
     distribute,
+    failover_labels,
     group_by_locality,
     prioritize,
 )
@@ -192,10 +194,27 @@ def test_failover_priority_then_failover_compose() -> None:
     setting = LocalityLbSetting(
         failover=(LocalityFailover("r1", "r3"),), failover_priority=("version",)
     )
-    caller = Caller("r1/z1", (("version", "v1"),))
+    caller = Caller("r1/z1", (("version", "v1"),), labelled=True)
     ranked = prioritize(group_by_locality(endpoints), caller, LocalityPolicy(setting, True))
     # version first (v1 before v2), then within v1 the failover target r3 before r2.
     assert priorities(ranked) == {"r3/z1": 0, "r2/z1": 1, "r1/z1": 2}
+
+
+def test_an_override_applies_to_a_caller_without_that_label() -> None:
+    """Istio skips ``failoverPriority`` only for a proxy with no label at all: a caller
+    labelled app=frontend (no env label) still prefers env=prod."""
+    endpoints = (labelled("r1/z1", env="prod"), labelled("r1/z2", env="dev"))
+    policy = LocalityPolicy(LocalityLbSetting(failover_priority=("env=prod",)), True)
+    caller = caller_of(ProxyNode(id="c", labels={"app": "frontend"}), ("env",))
+    assert priorities(prioritize(group_by_locality(endpoints), caller, policy)) == {
+        "r1/z1": 0,
+        "r1/z2": 1,
+    }
+    unlabelled = caller_of(ProxyNode(id="d"), ("env",))
+    assert priorities(prioritize(group_by_locality(endpoints), unlabelled, policy)) == {
+        "r1/z1": 0,
+        "r1/z2": 0,
+    }
 
 
 def test_nothing_changes_without_outlier_detection() -> None:
@@ -311,6 +330,19 @@ def test_locality_weights_are_asked_of_envoy_only_where_istio_asks() -> None:
     assert weighted(TrafficPolicy(load_balancer=failover, outlier_detection=DETECTION))
     assert not weighted(TrafficPolicy(load_balancer=failover))  # no failover without it
     assert not weighted(TrafficPolicy(outlier_detection=DETECTION))  # default failover
+
+
+def test_only_failover_priorities_that_apply_tell_callers_apart() -> None:
+    """Beside ``distribute`` (or disabled) Istio ignores ``failoverPriority``: its labels
+    must not split callers into separate assignments."""
+    distributed = LocalityLbSetting(
+        distribute=(LocalityDistribution("r1/*", {"r1/*": 100}),), failover_priority=("tier",)
+    )
+    disabled = LocalityLbSetting(failover_priority=("zone",), enabled=False)
+    applied = LocalityLbSetting(failover_priority=("version",))
+    for setting, expected in ((distributed, ()), (disabled, ()), (applied, ("version",))):
+        view = backend_view(TrafficPolicy(load_balancer=LoadBalancer(locality_lb_setting=setting)))
+        assert failover_labels(view.config) == expected
 
 
 def test_callers_in_one_locality_share_one_assignment_and_the_rest_share_theirs() -> None:
