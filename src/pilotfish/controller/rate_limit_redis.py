@@ -4,29 +4,27 @@ several control planes share them.
 For each counter an INCRBY of its hits and an EXPIRE of the window's length, pipelined, not
 a transaction, as envoyproxy/ratelimit does (the counter outlives its window by at most a
 window, and a key never lingers without a TTL). The calls that arrive in one turn of the
-event loop share one pipeline, as envoyproxy/ratelimit's write buffering makes its calls
-share a write: a round trip and redis-py's cost per pipeline are paid once per turn, not per
-request. redis-py reconnects by itself on the next call after Redis comes back; its own
-retries are off, since a retried INCRBY may count a request twice, and each pipeline has
-the proxies' deadline.
+event loop share one write on one connection (``redis_pipeline``, our own small client), as
+envoyproxy/ratelimit's write buffering makes its calls share a write: a round trip is paid
+once per turn, not per request. Each write has the proxies' deadline; a call that fails or
+times out drops the connection and the next one connects again, so the counters come back
+by themselves after Redis restarts. Nothing is retried, since a retried INCRBY may count a
+request twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
+from pilotfish.controller.redis_pipeline import (
+    RedisConnectionError,
+    RedisPipeline,
+    ReplyError,
+    encode_command,
+)
 from pilotfish.ratelimit.decisions import Increment
 from pilotfish.ratelimit.stores import CounterStoreError
-
-# Connections kept open to Redis; calls beyond them wait for one (under the deadline).
-MAX_CONNECTIONS = 64
 
 
 class RedisCounters:
@@ -37,14 +35,7 @@ class RedisCounters:
         self._pending: list[tuple[Sequence[Increment], asyncio.Future[list[int]]]] = []
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
-        self._client = Redis(
-            host=host.strip("[]"),
-            port=int(port),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=MAX_CONNECTIONS,
-        )
+        self._pipeline = RedisPipeline(host.strip("[]"), int(port), timeout)
 
     @property
     def name(self) -> str:
@@ -86,31 +77,26 @@ class RedisCounters:
             start += len(increments)
 
     async def _send(self, increments: Sequence[Increment]) -> list[int]:
+        payload = b"".join(
+            encode_command(b"INCRBY", item.key, item.hits)
+            + encode_command(b"EXPIRE", item.key, item.ttl_seconds)
+            for item in increments
+        )
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for item in increments:
-                        pipe.incrby(item.key, item.hits)
-                        pipe.expire(item.key, item.ttl_seconds)
-                    replies = await pipe.execute()
+            replies = await self._pipeline.execute(payload, 2 * len(increments))
         except TimeoutError as exc:
-            await self._drop_connections()
             raise CounterStoreError(
                 f"{self.name} did not answer within {self.timeout * 1000:g} ms"
             ) from exc
-        except (RedisError, OSError) as exc:
-            await self._drop_connections()
+        except RedisConnectionError as exc:
             raise CounterStoreError(f"{self.name}: {exc}") from exc
-        return [int(value) for value in replies[::2]]
-
-    async def _drop_connections(self) -> None:
-        """Close the idle pooled connections: after a crash of Redis they are dead too, and
-        each would fail one call after Redis is back, as a second outage. Connections in use
-        by other pipelines are left to fail (or not) on their own: closing one under a
-        pipeline breaks redis-py itself."""
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.connection_pool.disconnect(inuse_connections=False)
+        counts: list[int] = []
+        for reply in replies:
+            if isinstance(reply, ReplyError):  # an EXPIRE's too: the key would never expire
+                raise CounterStoreError(f"{self.name}: {reply.text}")
+            counts.append(reply)
+        return counts[::2]
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushes, return_exceptions=True)
-        await self._client.aclose()
+        await self._pipeline.close()
