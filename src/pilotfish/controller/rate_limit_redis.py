@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pilotfish.controller.redis_pipeline import (
     RedisConnectionError,
     RedisPipeline,
+    Reply,
     ReplyError,
     encode_command,
 )
@@ -63,7 +64,7 @@ class RedisCounters:
         self, batch: Sequence[tuple[Sequence[Increment], asyncio.Future[list[int]]]]
     ) -> None:
         try:
-            counts = await self._send([item for increments, _ in batch for item in increments])
+            replies = await self._send([item for increments, _ in batch for item in increments])
         except Exception as exc:  # whatever happened, no caller of the batch may hang
             problem = str(exc) if isinstance(exc, CounterStoreError) else f"{self.name}: {exc!r}"
             for _, future in batch:
@@ -72,30 +73,33 @@ class RedisCounters:
             return
         start = 0
         for increments, future in batch:
-            if not future.done():
-                future.set_result(counts[start : start + len(increments)])
-            start += len(increments)
+            own = replies[start : start + 2 * len(increments)]
+            start += len(own)
+            if future.done():
+                continue
+            # Redis refused one of this call's commands (an EXPIRE's too: that key would never
+            # expire); the other calls of the write were answered on their own.
+            refused = [reply.text for reply in own if isinstance(reply, ReplyError)]
+            if refused:
+                future.set_exception(CounterStoreError(f"{self.name}: {refused[0]}"))
+            else:
+                future.set_result([reply for reply in own[::2] if isinstance(reply, int)])
 
-    async def _send(self, increments: Sequence[Increment]) -> list[int]:
+    async def _send(self, increments: Sequence[Increment]) -> list[Reply]:
+        """Each increment's two replies (INCRBY's, then EXPIRE's), in order."""
         payload = b"".join(
             encode_command(b"INCRBY", item.key, item.hits)
             + encode_command(b"EXPIRE", item.key, item.ttl_seconds)
             for item in increments
         )
         try:
-            replies = await self._pipeline.execute(payload, 2 * len(increments))
+            return await self._pipeline.execute(payload, 2 * len(increments))
         except TimeoutError as exc:
             raise CounterStoreError(
                 f"{self.name} did not answer within {self.timeout * 1000:g} ms"
             ) from exc
         except RedisConnectionError as exc:
             raise CounterStoreError(f"{self.name}: {exc}") from exc
-        counts: list[int] = []
-        for reply in replies:
-            if isinstance(reply, ReplyError):  # an EXPIRE's too: the key would never expire
-                raise CounterStoreError(f"{self.name}: {reply.text}")
-            counts.append(reply)
-        return counts[::2]
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushes, return_exceptions=True)
