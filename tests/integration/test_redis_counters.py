@@ -125,6 +125,26 @@ async def test_a_hung_redis_times_out_and_its_connection_is_replaced(
         await counters.close()
 
 
+async def test_replies_go_to_their_calls_in_the_order_the_calls_were_written(
+    redis_server: RedisServer,
+) -> None:
+    pipeline = RedisPipeline("127.0.0.1", redis_server.port, TIMEOUT)
+    try:
+        assert await pipeline.execute(encode_command(b"INCRBY", b"warm", 1), 1) == [1]
+        redis_server.pause()  # every call below is written before any reply comes
+        try:
+            calls = []
+            for hits in (1, 20, 300):
+                command = encode_command(b"INCRBY", f"k{hits}", hits)
+                calls.append(asyncio.ensure_future(pipeline.execute(command * 2, 2)))
+                await asyncio.sleep(0)  # each in its own loop turn: its own write
+        finally:
+            redis_server.resume()
+        assert await asyncio.gather(*calls) == [[1, 2], [20, 40], [300, 600]]
+    finally:
+        await pipeline.close()
+
+
 async def test_close_closes_the_connection(redis_server: RedisServer) -> None:
     counters = RedisCounters(redis_server.address, TIMEOUT)
     assert await counters.increment([hit("c")]) == [1]
