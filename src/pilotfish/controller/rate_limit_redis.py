@@ -3,13 +3,15 @@ several control planes share them.
 
 For each counter an INCRBY of its hits and an EXPIRE of the window's length, pipelined, not
 a transaction, as envoyproxy/ratelimit does (the counter outlives its window by at most a
-window, and a key never lingers without a TTL). The calls that arrive in one turn of the
-event loop share one write on one connection (``redis_pipeline``, our own small client), as
-envoyproxy/ratelimit's write buffering makes its calls share a write: a round trip is paid
-once per turn, not per request. Each write has the proxies' deadline; a call that fails or
-times out drops the connection and the next one connects again, so the counters come back
-by themselves after Redis restarts. Nothing is retried, since a retried INCRBY may count a
-request twice.
+window, and a key never lingers without a TTL). Calls share writes on one connection
+(``redis_pipeline``, our own small client): one write is in flight at a time, and the calls
+that arrive meanwhile (or in the same turn of the event loop) go together in the next one
+once its replies are in. The syscalls of a write, not its bytes, are what it costs the
+service, so under load they are paid once per batch rather than once per request, and an
+idle service writes at once. Each call has the proxies' deadline counted from its arrival,
+waiting for the write before it included; a write that fails or times out drops the
+connection and the next one connects again, so the counters come back by themselves after
+Redis restarts. Nothing is retried, since a retried INCRBY may count a request twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RedisCounters:
         self.address = address
         self.timeout = timeout
         self._pending: list[tuple[Sequence[Increment], asyncio.Future[list[int]]]] = []
+        self._oldest_pending = 0.0  # when the oldest pending call came, in loop time
         self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
         self._pipeline = RedisPipeline(host.strip("[]"), int(port), timeout)
@@ -47,24 +50,35 @@ class RedisCounters:
             return []
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
+        if not self._pending:
+            self._oldest_pending = loop.time()
         self._pending.append((increments, future))
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._flushes:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush)
         return await future
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
+        if self._flushes or not self._pending:
+            return
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        deadline = self._oldest_pending + self.timeout
+        task = asyncio.get_running_loop().create_task(self._flush(batch, deadline))
         self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._start_flush()  # the calls that came while it was in flight
 
     async def _flush(
-        self, batch: Sequence[tuple[Sequence[Increment], asyncio.Future[list[int]]]]
+        self,
+        batch: Sequence[tuple[Sequence[Increment], asyncio.Future[list[int]]]],
+        deadline: float,
     ) -> None:
         try:
-            replies = await self._send([item for increments, _ in batch for item in increments])
+            replies = await self._send([item for each, _ in batch for item in each], deadline)
         except Exception as exc:  # whatever happened, no caller of the batch may hang
             problem = str(exc) if isinstance(exc, CounterStoreError) else f"{self.name}: {exc!r}"
             for _, future in batch:
@@ -85,7 +99,7 @@ class RedisCounters:
             else:
                 future.set_result([reply for reply in own[::2] if isinstance(reply, int)])
 
-    async def _send(self, increments: Sequence[Increment]) -> list[Reply]:
+    async def _send(self, increments: Sequence[Increment], deadline: float) -> list[Reply]:
         """Each increment's two replies (INCRBY's, then EXPIRE's), in order."""
         payload = b"".join(
             encode_command(b"INCRBY", item.key, item.hits)
@@ -93,7 +107,7 @@ class RedisCounters:
             for item in increments
         )
         try:
-            return await self._pipeline.execute(payload, 2 * len(increments))
+            return await self._pipeline.execute(payload, 2 * len(increments), deadline)
         except TimeoutError as exc:
             raise CounterStoreError(
                 f"{self.name} did not answer within {self.timeout * 1000:g} ms"
@@ -102,5 +116,6 @@ class RedisCounters:
             raise CounterStoreError(f"{self.name}: {exc}") from exc
 
     async def close(self) -> None:
-        await asyncio.gather(*self._flushes, return_exceptions=True)
+        while self._flushes:  # each may start the next
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._pipeline.close()

@@ -1,10 +1,14 @@
 """A minimal asyncio Redis client for the global rate limit counters: RESP arrays of bulk
 strings written on one long-lived connection, integer and error replies read back in order.
 
-Why not redis-py: measured with ``benchmarks/rate_limit.py``, its asyncio pipeline cost
-~380 us of CPU per call more than counting in memory, a third of the service's whole
-budget, for two commands whose replies are integers. Here a batch is one ``write`` of
-bytes encoded up front and its replies are parsed by a small sans-IO ``ReplyParser``.
+Why not redis-py: measured with ``benchmarks/rate_limit.py --skip-envoys`` (2026-12-01, a
+loaded shared 2-core machine), Redis cost the service ~135 us of CPU per call more than
+counting in memory with redis-py's asyncio pipeline, ~114 us with this client and the same
+one write per loop turn, and ~43 us once one write is in flight at a time (see
+benchmarks/README.md). Most of what remains per write is the kernel's (a profile put a
+loopback ``send`` near 90 us), so fewer writes matter more than a leaner client; this one
+costs little in Python: a batch is one ``write`` of bytes encoded up front, and its replies
+are parsed by a small sans-IO ``ReplyParser``.
 
 Only what the counters need: commands are pipelined on one connection and their replies
 matched first in, first out; a reply that is neither an integer nor an error, a closed
@@ -112,15 +116,21 @@ class RedisPipeline:
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
 
-    async def execute(self, payload: bytes, count: int) -> list[Reply]:
+    async def execute(
+        self, payload: bytes, count: int, deadline: float | None = None
+    ) -> list[Reply]:
         """Send ``payload`` (``count`` encoded commands) and return their ``count`` replies.
-        Raises ``TimeoutError`` past ``timeout`` (connecting included) and
-        ``RedisConnectionError``; either way the connection is closed."""
+        Raises ``TimeoutError`` past ``deadline`` (in loop time; default ``timeout`` from
+        now), connecting included, and ``RedisConnectionError``; either way the connection
+        is closed."""
         connection: _Connection | None = None
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout_at(
+                loop.time() + self.timeout if deadline is None else deadline
+            ):
                 connection = await self._connected()
-                future: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+                future: asyncio.Future[list[Reply]] = loop.create_future()
                 connection.waiters.append(_Waiter(count, future))
                 connection.writer.write(payload)
                 await connection.writer.drain()
