@@ -145,6 +145,22 @@ async def test_replies_go_to_their_calls_in_the_order_the_calls_were_written(
         await pipeline.close()
 
 
+async def test_calls_arriving_while_a_write_is_in_flight_go_in_the_next(
+    redis_server: RedisServer, counters: RedisCounters
+) -> None:
+    assert await counters.increment([hit("w")]) == [1]
+    redis_server.pause()  # the first write stays in flight while the others arrive
+    try:
+        calls = []
+        for hits in (1, 20, 300):
+            calls.append(asyncio.ensure_future(counters.increment([hit("w", hits)])))
+            await asyncio.sleep(0)
+    finally:
+        redis_server.resume()
+    async with asyncio.timeout(10):  # a held call that is never written would hang
+        assert await asyncio.gather(*calls) == [[2], [22], [322]]
+
+
 async def test_close_closes_the_connection(redis_server: RedisServer) -> None:
     counters = RedisCounters(redis_server.address, TIMEOUT)
     assert await counters.increment([hit("c")]) == [1]
