@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import re
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pilotfish.errors import PilotfishError
@@ -55,10 +54,6 @@ def encode_command(*args: bytes | str | int) -> bytes:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
-
-
-def encode_commands(commands: Iterable[tuple[bytes | str | int, ...]]) -> bytes:
-    return b"".join(encode_command(*command) for command in commands)
 
 
 class ReplyParser:

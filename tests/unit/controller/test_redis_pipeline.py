@@ -13,7 +13,6 @@ from pilotfish.controller.redis_pipeline import (
     ReplyError,
     ReplyParser,
     encode_command,
-    encode_commands,
 )
 
 
@@ -27,12 +26,6 @@ def test_bulk_lengths_count_bytes_not_characters() -> None:
     # A key built from a header value may hold any UTF-8 (and CR LF: a bulk string is
     # sized, not delimited).
     assert encode_command("ä\r\n") == b"*1\r\n$4\r\n\xc3\xa4\r\n\r\n"
-
-
-def test_commands_are_concatenated_for_one_write() -> None:
-    assert encode_commands([(b"EXPIRE", b"k", 60), (b"INCRBY", b"k", 1)]) == (
-        encode_command(b"EXPIRE", b"k", 60) + encode_command(b"INCRBY", b"k", 1)
-    )
 
 
 def test_integers_and_errors_in_order() -> None:
