@@ -240,8 +240,7 @@ def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> Outlie
     def percent(key: str) -> int | None:
         return reader.integer(detection, key, detection_path, minimum=0, maximum=100)
 
-    consecutive_errors = count("consecutiveErrors")
-    if consecutive_errors is not None:
+    if count("consecutiveErrors") is not None:
         reader.warning(join_path(detection_path, "consecutiveErrors"), CONSECUTIVE_ERRORS_IGNORED)
     split = reader.boolean(detection, "splitExternalLocalOriginErrors", detection_path)
     local_origin = count("consecutiveLocalOriginFailures")
@@ -254,7 +253,6 @@ def _outlier_detection(reader: FieldReader, fields: Fields, path: str) -> Outlie
         consecutive_5xx_errors=count("consecutive5xxErrors"),
         consecutive_gateway_errors=count("consecutiveGatewayErrors"),
         consecutive_local_origin_failures=local_origin,
-        consecutive_errors=consecutive_errors,
         split_external_local_origin_errors=bool(split),
         interval=reader.duration(detection, "interval", detection_path),
         base_ejection_time=reader.duration(detection, "baseEjectionTime", detection_path),

@@ -69,13 +69,12 @@ class ConnectionPool:
 
 @dataclass(frozen=True)
 class OutlierDetection:
-    """Istio's ``outlierDetection``; ``consecutive_errors`` is its deprecated spelling of
-    ``consecutive_5xx_errors`` (used only when the new one is unset)."""
+    """Istio's ``outlierDetection``. Its deprecated ``consecutiveErrors`` is not kept: Istio has
+    ignored it since 1.7, and the loader warns that it does nothing."""
 
     consecutive_5xx_errors: int | None = None
     consecutive_gateway_errors: int | None = None
     consecutive_local_origin_failures: int | None = None
-    consecutive_errors: int | None = None
     split_external_local_origin_errors: bool = False
     interval: float | None = None
     base_ejection_time: float | None = None

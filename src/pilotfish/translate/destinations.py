@@ -117,21 +117,6 @@ class DestinationIndex:
     def subset(self, hostname: str, name: str) -> Subset | None:
         return next((s for s in self.subsets_of(hostname) if s.name == name), None)
 
-    def load_balancer_for(self, hostname: str, subset: str | None = None) -> LoadBalancer | None:
-        """The subset's own policy overrides the rule's, as in Istio."""
-        if subset is not None:
-            found = self.subset(hostname, subset)
-            if (
-                found is not None
-                and found.traffic_policy is not None
-                and found.traffic_policy.load_balancer is not None
-            ):
-                return found.traffic_policy.load_balancer
-        rule = self._rules.get(hostname)
-        if rule is None or rule.traffic_policy is None:
-            return None
-        return rule.traffic_policy.load_balancer
-
     def effective_policy(self, hostname: str, subset: str | None, port: int) -> EffectivePolicy:
         """The rule's policy for ``port`` (its port-level entry if one matches), then the
         subset's over it, merged as Istio does."""
