@@ -394,11 +394,16 @@ async def test_requests_through_real_envoys_become_istio_metrics_prometheus_can_
         )
         assert requests_total(plane, **source, response_code="503", response_flags="-") == FAILED
 
+        # Both ADS streams were open when the requests were made; the Envoys have exited, and
+        # the server notices their streams end a moment later.
+        await eventually(
+            lambda: not plane.xds_metrics.families()[0].samples,
+            "the stopped Envoys' ADS streams to be gone",
+        )
         status, text = await _get_once(f"http://127.0.0.1:{admin_port}/metrics")
         assert status == 200
         assert 'istio_requests_total{reporter="destination",source_workload="frontend",' in text
         assert 'pilotfish_xds_pushes_total{type="CDS"}' in text
-        # Both ADS streams were open when the requests were made; none is by now.
         assert "pilotfish_xds_connected_proxies{" not in text
         assert f"pilotfish_telemetry_records_total {plane.telemetry.records_ingested}\n" in text
 
