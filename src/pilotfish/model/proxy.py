@@ -9,9 +9,20 @@ from typing import Literal, TypeVar, get_args
 from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import DEFAULT_SERVICE_ACCOUNT, Identity
 from pilotfish.model.resilience import locality_problem
-from pilotfish.model.resources import Protocol
+from pilotfish.model.resources import Interception, Protocol
 
 ProxyKind = Literal["sidecar", "gateway"]
+
+
+@dataclass(frozen=True)
+class ProxyUpstream:
+    """A loopback port of the sidecar that goes to one service port (a Workload's
+    ``upstreams`` entry, resolved): ``bind_address:local_port`` -> ``hostname:port``."""
+
+    hostname: str
+    port: int
+    local_port: int
+
 
 _METADATA_PREFIX = "PILOTFISH_"
 _MAX_PORT = 65535
@@ -52,6 +63,12 @@ class ProxyNode:
     outlier_log: str | None = None
     """Path of the Envoy's outlier-detection event log (metadata OUTLIER_LOG; the bootstrap's
     ``cluster_manager.outlier_detection.event_log_path``): when and why it ejected a host."""
+    upstreams: tuple[ProxyUpstream, ...] = ()
+    """Metadata UPSTREAMS, a list of ``{hostname, port, local_port}``: one listener each."""
+    interception: Interception = "explicit"
+    """Metadata INTERCEPTION. ``transparent``: the proxy runs in its replica's network
+    namespace, where iptables sends it every outbound TCP connection (``outbound_port``, an
+    original-destination listener) and every inbound one (``inbound_port``)."""
 
     @property
     def workload_name(self) -> str:
@@ -89,6 +106,13 @@ class ProxyNode:
             "SERVICE_ACCOUNT": self.service_account,
             "TELEMETRY": self.telemetry,
         }
+        if self.interception != "explicit":
+            data["INTERCEPTION"] = self.interception
+        if self.upstreams:
+            data["UPSTREAMS"] = [
+                {"hostname": u.hostname, "port": u.port, "local_port": u.local_port}
+                for u in self.upstreams
+            ]
         optional: dict[str, object | None] = {
             "SERVICE": self.service,
             "OUTBOUND_PORT": self.outbound_port,
@@ -126,6 +150,8 @@ class ProxyNode:
             locality=reader.locality("LOCALITY"),
             admin_address=reader.string("ADMIN_ADDRESS"),
             outlier_log=reader.string("OUTLIER_LOG"),
+            upstreams=reader.upstreams("UPSTREAMS"),
+            interception=reader.choice("INTERCEPTION", INTERCEPTIONS, "explicit"),
         )
 
 
@@ -143,6 +169,7 @@ class ProxyMetadataError(PilotfishError):
 
 PROXY_KINDS: tuple[ProxyKind, ...] = get_args(ProxyKind)
 PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
+INTERCEPTIONS: tuple[Interception, ...] = get_args(Interception)
 
 _T = TypeVar("_T", bound=str)
 
@@ -184,7 +211,9 @@ class _MetadataReader:
         return value
 
     def port(self, key: str) -> int | None:
-        value = self._get(key)
+        return self._port_value(key, self._get(key))
+
+    def _port_value(self, key: str, value: object) -> int | None:
         if value is None:
             return None
         # bool is an int to Python, but never a port.
@@ -207,3 +236,21 @@ class _MetadataReader:
         if problem is not None:
             raise self._error(key, value, f"a locality, region[/zone[/subzone]]: it {problem}")
         return value
+
+    def upstreams(self, key: str) -> tuple[ProxyUpstream, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        allowed = "a list of {hostname, port, local_port}"
+        if not isinstance(value, list | tuple):
+            raise self._error(key, value, allowed)
+        upstreams = []
+        for entry in value:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("hostname"), str):
+                raise self._error(key, entry, allowed)
+            port = self._port_value(key, entry.get("port"))
+            local_port = self._port_value(key, entry.get("local_port"))
+            if port is None or local_port is None:
+                raise self._error(key, entry, allowed)
+            upstreams.append(ProxyUpstream(entry["hostname"], port, local_port))
+        return tuple(upstreams)

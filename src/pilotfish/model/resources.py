@@ -42,7 +42,19 @@ DEFAULT_ROOT_TTL_SECONDS = 10 * 365 * 24 * 3600.0
 DEFAULT_ROOT_RENEW_GRACE_PERCENTAGE = 20.0
 
 MatchKind = Literal["exact", "prefix", "regex"]
-Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP"]
+Protocol = Literal["HTTP", "HTTP2", "GRPC", "TCP", "TLS", "AUTO"]
+"""How a port's traffic is carried, as Istio selects it (``protocol``, the port name's prefix,
+``appProtocol``). ``HTTP2`` and ``GRPC`` speak HTTP/2 (h2c) to the app. ``TCP`` is opaque bytes
+(Istio's MONGO, MYSQL and REDIS are carried as TCP, as Istio does without its protocol
+filters). ``TLS`` is opaque TLS routed by SNI, never terminated (a ServiceEntry's HTTPS port is
+``TLS``; a Gateway server's HTTPS that terminates is ``HTTP`` with ``tls``). ``AUTO``: nothing
+names it, so the proxy detects HTTP/1.1 or HTTP/2 from the first bytes and carries anything
+else as TCP (Envoy's HTTP inspector), as Istio does for an unnamed port."""
+HTTP_PROTOCOLS: frozenset[Protocol] = frozenset({"HTTP", "HTTP2", "GRPC"})
+Interception = Literal["explicit", "transparent"]
+"""How an app's outbound traffic reaches its sidecar: ``explicit`` (``HTTP_PROXY`` and the
+Workload's ``upstreams`` local ports) or ``transparent`` (its own network namespace, iptables
+redirects every TCP connection to the sidecar: Linux and root only)."""
 SimpleLB = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"]
 
 
@@ -217,11 +229,50 @@ class HTTPRoute:
 
 
 @dataclass(frozen=True)
+class L4MatchAttributes:
+    """One match block of a ``tcp`` route (Istio's L4MatchAttributes) or, with ``sni_hosts``,
+    of a ``tls`` route (TLSMatchAttributes). All set conditions must hold; blocks are ORed."""
+
+    destination_subnets: tuple[str, ...] = ()
+    port: int | None = None
+    source_labels: Mapping[str, str] = field(default_factory=dict)
+    source_namespace: str | None = None
+    gateways: tuple[str, ...] = ()
+    sni_hosts: tuple[str, ...] = ()
+    """TLS routes only (required there): the SNI names, wildcards as ``*.example.com``."""
+
+    def applies_to_source(self, labels: Mapping[str, str], namespace: str) -> bool:
+        if self.source_namespace is not None and self.source_namespace != namespace:
+            return False
+        return selector_matches(self.source_labels, labels)
+
+
+@dataclass(frozen=True)
+class TCPRoute:
+    """Connections matching any of ``match`` (every connection when empty) go to ``route``,
+    split by weight. Header operations do not exist at this layer."""
+
+    match: tuple[L4MatchAttributes, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSRoute:
+    """TLS connections told apart by SNI (each match has ``sni_hosts``), passed through
+    unterminated to ``route``, split by weight."""
+
+    match: tuple[L4MatchAttributes, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
+
+
+@dataclass(frozen=True)
 class VirtualService:
     meta: Meta
     hosts: tuple[str, ...]
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
+    tcp: tuple[TCPRoute, ...] = ()
+    tls: tuple[TLSRoute, ...] = ()
 
     @property
     def applies_to_mesh(self) -> bool:
@@ -307,6 +358,10 @@ class GatewayServer:
     # An HTTPS server terminates TLS (``protocol`` is then the HTTP carried inside it).
     tls: ServerTLSSettings | None = None
     https_redirect: bool = False
+    passthrough: bool = False
+    """``tls.mode: PASSTHROUGH`` (``protocol`` is then ``TLS``): connections are routed by SNI
+    to the VirtualServices' ``tls`` routes, never terminated. A ``TCP`` server takes their
+    ``tcp`` routes instead."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +451,22 @@ class Workload:
     service_account: str = DEFAULT_SERVICE_ACCOUNT
     locality: str | None = None
     """``region/zone/subzone`` of every replica (Kubernetes: the node's topology labels)."""
+    upstreams: tuple[Upstream, ...] = ()
+    """Services the app reaches through a loopback port of its own sidecar (Consul's
+    ``upstreams``): for clients that ignore ``HTTP_PROXY`` and for TCP."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """``spec.upstreams[]`` of a Workload: ``127.0.0.1:<local_port>`` in each replica goes
+    through its sidecar to ``service``'s ``port``, with that port's routes and policies.
+    ``local_port`` None: ``pilotfish up`` picks a free one; the app finds it in the environment
+    (``upstream_environment_name``)."""
+
+    service: str
+    """As written: a short name (the Workload's namespace) or a qualified host."""
+    port: int
+    local_port: int | None = None
 
 
 # --- pilotfish.io/v1alpha1 MeshConfig -------------------------------------------------------
@@ -438,6 +509,8 @@ class MeshSettings:
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     locality_lb_setting: LocalityLbSetting | None = None
     """Istio's mesh-wide ``localityLbSetting``; a DestinationRule's own replaces it."""
+    interception: Interception = "explicit"
+    """``spec.interception``: how ``pilotfish up`` brings each replica's traffic to its sidecar."""
 
 
 @dataclass(frozen=True)
@@ -470,3 +543,20 @@ def qualify_host(host: str, namespace: str = DEFAULT_NAMESPACE) -> str:
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Kubernetes label selection: every selector pair is among the labels; empty selects all."""
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def is_http(protocol: Protocol) -> bool:
+    """Carried by an HTTP connection manager (routes, retries, HTTP policies)."""
+    return protocol in HTTP_PROTOCOLS
+
+
+def speaks_http2(protocol: Protocol) -> bool:
+    return protocol in ("HTTP2", "GRPC")
+
+
+def upstream_environment_name(service: str, port: int) -> str:
+    """``PILOTFISH_UPSTREAM_<SERVICE>_<PORT>``: where the app finds an upstream's local
+    ``host:port`` (``db`` port 5432 -> ``PILOTFISH_UPSTREAM_DB_5432``; dots and dashes of a
+    qualified name become ``_``)."""
+    name = "".join(c if c.isalnum() else "_" for c in service.upper())
+    return f"PILOTFISH_UPSTREAM_{name}_{port}"

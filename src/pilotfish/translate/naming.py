@@ -35,3 +35,8 @@ def gateway_tls_route_config_name(port: int, namespace: str, gateway: str, index
 def outbound_sni(port: int, hostname: str, subset: str | None = None) -> str:
     """Istio's SNI for mesh mTLS: the server's sidecar can tell which cluster was meant."""
     return f"outbound_.{port}_.{subset or ''}_.{hostname}"
+
+
+def upstream_listener_name(port: int, hostname: str) -> str:
+    """A sidecar's loopback port for one Workload ``upstreams`` entry."""
+    return f"upstream|{port}|{hostname}"

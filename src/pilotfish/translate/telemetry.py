@@ -51,6 +51,7 @@ from pilotfish.model.telemetry import (
 from pilotfish.translate.authorization import text_body
 from pilotfish.translate.proto_values import duration_from_seconds, format_literal, pack
 from pilotfish.translate.resilience import CIRCUIT_BREAKER_OPERATOR, OUTLIER_DETECTION_OPERATOR
+from pilotfish.translate.tcp_proxy import NO_TCP_TELEMETRY, TcpTelemetry
 
 # The agent's bootstrap names the control plane's gRPC cluster so; access logs stream there.
 XDS_CLUSTER_NAME = "xds-grpc"
@@ -156,6 +157,12 @@ def http_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole)
         reply_mappers=tuple(local_reply_mappers(node.id)),
         reply_headers=(_overwrite(PROXY_HEADER, format_literal(node.id)),),
     )
+
+
+def tcp_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole) -> TcpTelemetry:
+    """What a TCP proxy of ``node`` in ``role`` reports. Not written yet: TCP connections are
+    not logged and count in no ``istio_tcp_*`` metric (the protocols issue adds them)."""
+    return NO_TCP_TELEMETRY
 
 
 # --- access logs ------------------------------------------------------------------------------
