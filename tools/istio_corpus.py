@@ -115,6 +115,8 @@ class _Named:
 
     namespace: str
     hosts: dict[str, set[int]] = field(default_factory=dict)
+    # The protocol a host's stand-in ports get: that of the routes that reach it.
+    protocols: dict[str, str] = field(default_factory=dict)
     subsets: dict[str, set[str]] = field(default_factory=dict)
     gateways: set[str] = field(default_factory=set)
 
@@ -138,11 +140,11 @@ def _named(body: dict[str, object]) -> _Named:
     for host in _list(spec.get("hosts")):
         if isinstance(host, str):
             named.hosts.setdefault(host, set())
-    for section in ("http", "tcp", "tls"):
+    for section, protocol in (("http", "HTTP"), ("tcp", "TCP"), ("tls", "TLS")):
         for route in _list(spec.get(section)):
             if isinstance(route, dict):
                 for destination in _list(route.get("route")):
-                    _note_destination(named, destination)
+                    _note_destination(named, destination, protocol)
                 # Mirrors name services too: ``mirror`` is a destination itself.
                 for mirror in _list(route.get("mirrors")):
                     _note_destination(named, mirror)
@@ -153,7 +155,7 @@ def _named(body: dict[str, object]) -> _Named:
     return named
 
 
-def _note_destination(named: _Named, destination: object) -> None:
+def _note_destination(named: _Named, destination: object, protocol: str = "HTTP") -> None:
     if not isinstance(destination, dict) or not isinstance(destination.get("destination"), dict):
         return
     target = destination["destination"]
@@ -161,6 +163,7 @@ def _note_destination(named: _Named, destination: object) -> None:
     if not isinstance(host, str):
         return
     ports = named.hosts.setdefault(host, set())
+    named.protocols.setdefault(host, protocol)
     port = target.get("port")
     if isinstance(port, dict) and isinstance(port.get("number"), int):
         ports.add(port["number"])
@@ -186,15 +189,12 @@ def _stand_ins(named: _Named) -> str:
         if "*" in host or not host:
             continue
         numbers = sorted(port for port in ports if 0 < port < 65536) or [80]
-        port_list = ", ".join(
-            f"{{number: {n}, name: http-{n}, protocol: HTTP}}" for n in numbers[:1]
-        )
+        protocol = named.protocols.get(host, "HTTP")
         # A destination without a port needs a service with exactly one port; one with
         # several distinct ports gets all of them.
-        if len(numbers) > 1:
-            port_list = ", ".join(
-                f"{{number: {n}, name: http-{n}, protocol: HTTP}}" for n in numbers
-            )
+        port_list = ", ".join(
+            f"{{number: {n}, name: {protocol.lower()}-{n}, protocol: {protocol}}}" for n in numbers
+        )
         documents.append(
             textwrap.dedent(
                 f"""\
