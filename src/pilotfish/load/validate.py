@@ -533,7 +533,7 @@ class _RouteChecker:
             yield self._error(
                 join_path(destination_path, "port.number"),
                 f"port {skipped.number} ({skipped.protocol}) of {destination.host} is not "
-                "carried (sidecars proxy TCP only), so this route cannot reach it"
+                "carried, so this route cannot reach it"
                 if skipped is not None
                 else f'service "{destination.host}" has no port {destination.port} '
                 f"(it has {port_numbers or 'none'})",
