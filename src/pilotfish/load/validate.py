@@ -32,10 +32,13 @@ from pilotfish.model.resources import (
     DestinationRule,
     HTTPMatchRequest,
     HTTPRoute,
+    L4MatchAttributes,
     MeshConfig,
     Meta,
     NotCarriedPort,
     ServiceEntry,
+    TCPRoute,
+    TLSRoute,
     VirtualService,
     qualify_host,
     selector_matches,
@@ -85,6 +88,14 @@ def validate_mesh(
             route_path = paths.path_of(route) or f"spec.http[{index}]"
             found.extend(checker.check(route, route_path))
             found.extend(_match_gateway_references(service, route, route_path, gateways))
+        l4_routes: list[tuple[str, TCPRoute | TLSRoute]] = [
+            *((f"spec.tcp[{i}]", r) for i, r in enumerate(service.tcp)),
+            *((f"spec.tls[{i}]", r) for i, r in enumerate(service.tls)),
+        ]
+        for default_path, l4_route in l4_routes:
+            route_path = paths.path_of(l4_route) or default_path
+            found.extend(checker.check(l4_route, route_path))
+            found.extend(_match_gateway_references(service, l4_route, route_path, gateways))
     return found
 
 
@@ -449,9 +460,13 @@ def _delegation_problems(
 
 
 def _match_gateway_references(
-    service: VirtualService, route: HTTPRoute, route_path: str, gateways: set[tuple[str, str]]
+    service: VirtualService,
+    route: HTTPRoute | TCPRoute | TLSRoute,
+    route_path: str,
+    gateways: set[tuple[str, str]],
 ) -> Iterable[Diagnostic]:
-    for match_index, match in enumerate(route.match):
+    blocks: tuple[HTTPMatchRequest | L4MatchAttributes, ...] = route.match
+    for match_index, match in enumerate(blocks):
         for index, gateway in enumerate(match.gateways):
             if gateway == MESH:
                 continue
@@ -493,13 +508,13 @@ class _RouteChecker:
     complete: bool = True
     not_carried: Mapping[str, tuple[NotCarriedPort, ...]] = field(default_factory=dict)
 
-    def check(self, route: HTTPRoute, route_path: str) -> list[Diagnostic]:
+    def check(self, route: HTTPRoute | TCPRoute | TLSRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
         destinations_path = join_path(route_path, "route")
         for index, routed in enumerate(route.route):
             path = self.paths.path_of(routed) or index_path(destinations_path, index)
             found.extend(self._destination(routed.destination, join_path(path, "destination")))
-        for index, mirror in enumerate(route.mirrors):
+        for index, mirror in enumerate(route.mirrors if isinstance(route, HTTPRoute) else ()):
             path = self.paths.path_of(mirror) or index_path(join_path(route_path, "mirrors"), index)
             found.extend(self._destination(mirror.destination, path))
         found.extend(self._weights(route, destinations_path))
@@ -561,7 +576,9 @@ class _RouteChecker:
             f"{rule.meta.namespace}/{rule.meta.name} (it has {', '.join(names) or 'none'})"
         )
 
-    def _weights(self, route: HTTPRoute, destinations_path: str) -> Iterable[Diagnostic]:
+    def _weights(
+        self, route: HTTPRoute | TCPRoute | TLSRoute, destinations_path: str
+    ) -> Iterable[Diagnostic]:
         """Istio's rule: weights are relative, an omitted one counts as 0, and several
         destinations need some weight. Traffic is split in proportion, as Envoy does with
         weights that do not sum to 100; that is worth a warning, since it is often a typo."""
