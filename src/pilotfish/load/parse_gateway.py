@@ -7,7 +7,7 @@ from typing import cast
 
 from pilotfish.load import parse_tls
 from pilotfish.load.fields import FieldReader, Fields
-from pilotfish.load.parse_protocols import is_carried, read_port_protocol
+from pilotfish.load.parse_protocols import names_http, read_port_protocol
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
@@ -105,7 +105,7 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
             reader.error(tls_path, f"a {protocol} server has no TLS settings (Istio refuses them)")
             return None
         return GatewayServer(number, port_name, "TCP", hosts)
-    if not is_carried(protocol):
+    if not names_http(protocol):
         reader.warning(
             port_path,
             f"the {protocol} server on port {number} is not served: Pilotfish does not carry "
