@@ -120,7 +120,14 @@ def detection_chains(
             detected = MESH_HTTP_ALPN
         narrowed.filter_chain_match.application_protocols.extend(detected)
         chains.append(narrowed)
-    chains.extend(tcp_chains)
+    for chain in tcp_chains:
+        opaque = listener_components_pb2.FilterChain()
+        opaque.CopyFrom(chain)
+        # Envoy narrows by transport protocol before ALPN and never backs off: beside an
+        # mTLS HTTP chain matched on "tls", the mTLS TCP chain must say "tls" too.
+        if chain.HasField("transport_socket"):
+            opaque.filter_chain_match.transport_protocol = "tls"
+        chains.append(opaque)
     return chains
 
 

@@ -243,6 +243,8 @@ def test_an_auto_port_detects_http_and_carries_the_rest_as_tcp() -> None:
     assert listener.continue_on_listener_filters_timeout
     strict = inbound("AUTO", "STRICT")
     assert {c.name for c in strict.filter_chains} == {"inbound-mtls", "inbound-mtls-tcp"}
+    # Both under "tls", or Envoy, narrowing by transport first, would never reach the TCP one.
+    assert {c.filter_chain_match.transport_protocol for c in strict.filter_chains} == {"tls"}
     # The TLS inspector reads the ALPN that tells HTTP from TCP inside mTLS.
     assert [f.name for f in strict.listener_filters] == [TLS_INSPECTOR_NAME]
 
