@@ -232,7 +232,17 @@ def test_psql_reaches_postgres_through_the_upstream_port_over_strict_mtls(
     assert created["code"] == 0 and str(created["out"]).endswith("15"), created
     # The database's own sidecar takes mTLS only: psql straight to it in plain text fails.
     direct = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-p", str(inbound_port(mesh, "db")), "-tAc", "select 1"],
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(inbound_port(mesh, "db")),
+            "-U",
+            "postgres",
+            "-tAc",
+            "select 1",
+        ],
         capture_output=True,
         text=True,
         timeout=20,
