@@ -68,7 +68,22 @@ def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta, directory: str)
                     f"{name} on port {server.port} is already served by {first}: TLS "
                     "connections for it get that server's certificate",
                 )
+    _warn_tcp_sharing_a_port(reader, servers)
     return Gateway(meta=meta, selector=selector, servers=tuple(servers))
+
+
+def _warn_tcp_sharing_a_port(reader: FieldReader, servers: list[GatewayServer]) -> None:
+    """A TCP server's connections cannot be told from those of other servers on its port
+    (Istio reports the conflict too): the port serves the others, and the TCP one gets none."""
+    for server in servers:
+        others = [s for s in servers if s.port == server.port and s.protocol != "TCP"]
+        path = reader.paths.path_of(server)
+        if server.protocol == "TCP" and others and path is not None:
+            reader.warning(
+                join_path(path, "port"),
+                f"port {server.port} also has {others[0].protocol} servers: this TCP server "
+                "gets no connections (give it a port of its own)",
+            )
 
 
 def _server(reader: FieldReader, value: object, path: str, directory: str) -> GatewayServer | None:
@@ -104,7 +119,7 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
         if tls is not None:
             reader.error(tls_path, f"a {protocol} server has no TLS settings (Istio refuses them)")
             return None
-        return GatewayServer(number, port_name, "TCP", hosts)
+        return reader.paths.remember(GatewayServer(number, port_name, "TCP", hosts), path)
     if not names_http(protocol):
         reader.warning(
             port_path,

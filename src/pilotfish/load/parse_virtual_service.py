@@ -184,6 +184,12 @@ def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> Virt
         for item, path in reader.items(spec, "tls", "spec")
         if (tls_route := _tls_route(reader, item, path, hosts, gateways)) is not None
     ]
+    if tls and hosts and (not gateways or "mesh" in gateways):
+        reader.warning(
+            "spec.tls",
+            f"{NOT_IMPLEMENTED_PREFIX} at sidecars (only at gateways): a sidecar sends a "
+            "connection to a TLS port by its tcp routes, or to the port's whole service",
+        )
     if not hosts:
         for section in ("tcp", "tls"):
             if spec.get(section):

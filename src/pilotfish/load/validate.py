@@ -18,6 +18,7 @@ from pilotfish.load.parse_request_authentication import jwks_hosts_without_servi
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.parse_workload import upstream_problems
 from pilotfish.load.yaml_source import index_path, join_path
+from pilotfish.model.authorization import http_only_fields
 from pilotfish.model.delegation import (
     MESH,
     delegate_key,
@@ -41,6 +42,7 @@ from pilotfish.model.resources import (
     TCPRoute,
     TLSRoute,
     VirtualService,
+    is_http,
     qualify_host,
     selector_matches,
 )
@@ -75,6 +77,7 @@ def validate_mesh(
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
     found.extend(peer_authentication_problems(config))
+    found.extend(_http_rules_on_tcp_workloads(config))
     found.extend(dns_locality_warnings(config))
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
@@ -99,6 +102,33 @@ def validate_mesh(
             found.extend(checker.check(l4_route, route_path))
             found.extend(_match_gateway_references(service, l4_route, route_path, gateways))
     return found
+
+
+def _http_rules_on_tcp_workloads(config: MeshConfig) -> Iterable[Diagnostic]:
+    """Istio judges a TCP connection on a rule's other fields only: an ALLOW rule that needs
+    an HTTP field never matches it, a DENY (or AUDIT) rule applies without that field."""
+    opaque = [w for w in config.workloads if not is_http(w.protocol)]
+    for policy in config.authorization_policies:
+        selected = [w for w in opaque if policy.applies_to(w.meta.namespace, w.labels)]
+        if not selected:
+            continue
+        where = f"Workload {selected[0].meta.name} ({selected[0].protocol})"
+        for index, rule in enumerate(policy.rules):
+            fields = http_only_fields(rule)
+            if not fields:
+                continue
+            what = (
+                "this rule never matches its TCP connections, which it would allow"
+                if policy.action == "ALLOW"
+                else "this rule applies to its TCP connections without them, so it "
+                "matches more of them"
+            )
+            yield _at(
+                policy.meta,
+                f"spec.rules[{index}]",
+                f"{', '.join(fields)} only exist in HTTP requests; on {where} {what}",
+                "warning",
+            )
 
 
 def _rate_limit_problems(

@@ -18,7 +18,14 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 
-from pilotfish.model.authorization import AuthorizationPolicy, Rule, Values, policies_for
+from pilotfish.model.authorization import (
+    HTTP_CONDITION_KINDS,
+    AuthorizationPolicy,
+    Rule,
+    Values,
+    http_only_fields,
+    policies_for,
+)
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Gateway, GatewayServer
 from pilotfish.model.security import EffectiveMtlsMode
@@ -144,28 +151,12 @@ def detection_listener_filters(
     return filters
 
 
-_HTTP_CONDITIONS = frozenset(
-    {
-        "request.headers",
-        "request.auth.principal",
-        "request.auth.audiences",
-        "request.auth.presenter",
-        "request.auth.claims",
-    }
-)
-
-
 def _l4_rule(rule: Rule, action: str) -> Rule | None:
     """A rule as Istio applies it to TCP: its HTTP-only fields (request principals, hosts,
     methods, paths, request headers and claims) cannot be judged there. An ALLOW rule that
     needs one never matches (it is dropped); a DENY or AUDIT rule keeps its other fields,
     so it refuses more, never less."""
-    http_only = (
-        any(s.request_principals for s in rule.sources)
-        or any(o.hosts or o.methods or o.paths for o in rule.operations)
-        or any(c.kind in _HTTP_CONDITIONS for c in rule.conditions)
-    )
-    if not http_only:
+    if not http_only_fields(rule):
         return rule
     if action == "ALLOW":
         return None
@@ -174,7 +165,7 @@ def _l4_rule(rule: Rule, action: str) -> Rule | None:
         operations=tuple(
             replace(o, hosts=Values(), methods=Values(), paths=Values()) for o in rule.operations
         ),
-        conditions=tuple(c for c in rule.conditions if c.kind not in _HTTP_CONDITIONS),
+        conditions=tuple(c for c in rule.conditions if c.kind not in HTTP_CONDITION_KINDS),
     )
 
 

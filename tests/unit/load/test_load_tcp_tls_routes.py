@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from load_cases import BOOKINFO_REGISTRY, REVIEWS_RULE, assert_at, errors, load
+from load_cases import BOOKINFO_REGISTRY, REVIEWS_RULE, assert_at, errors, load, workload
 
 from pilotfish.model.resources import (
     Destination,
@@ -252,3 +252,52 @@ def test_a_delegate_has_no_tcp_routes() -> None:
         *BOOKINFO_REGISTRY,
     )
     assert_at(result, text, "spec.tcp", "tcp:", "delegate")
+
+
+def test_tls_routes_bound_to_the_mesh_warn_that_sidecars_do_not_route_by_sni() -> None:
+    body = "tls:\n- match: [{sniHosts: [reviews]}]\n  route: [{destination: {host: reviews}}]\n"
+    text, result = load(virtual_service(body), REVIEWS_RULE, *BOOKINFO_REGISTRY)
+    assert_at(
+        result, text, "spec.tls", "tls:", "at sidecars (only at gateways)", severity="warning"
+    )
+
+
+def test_a_tcp_gateway_server_sharing_a_port_gets_nothing_and_says_so() -> None:
+    text, result = load(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge}\nspec:\n"
+        "  servers:\n"
+        "  - port: {number: 9000, name: http, protocol: HTTP}\n    hosts: ['*']\n"
+        "  - port: {number: 9000, name: tcp, protocol: TCP}\n    hosts: ['*']\n"
+    )
+    assert_at(
+        result,
+        text,
+        "spec.servers[1].port",
+        "port: {number: 9000, name: tcp",
+        "this TCP server gets no connections",
+        severity="warning",
+    )
+
+
+@pytest.mark.parametrize(
+    ("action", "consequence"),
+    [("ALLOW", "never matches its TCP connections"), ("DENY", "matches more of them")],
+)
+def test_http_fields_of_a_rule_for_a_tcp_workload_warn_what_happens(
+    action: str, consequence: str
+) -> None:
+    policy = (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db}\n"
+        f"spec:\n  selector: {{matchLabels: {{app: db}}}}\n  action: {action}\n  rules:\n"
+        "  - to: [{operation: {paths: [/admin]}}]\n"
+    )
+    text, result = load(
+        policy,
+        workload("db-v1", "db", port=5432, protocol="TCP").replace(
+            "  version: v1", "  version: v1\n    app: db"
+        ),
+    )
+    diagnostic = assert_at(
+        result, text, "spec.rules[0]", "to:", "only exist in HTTP requests", severity="warning"
+    )
+    assert "paths" in diagnostic.message and consequence in diagnostic.message
