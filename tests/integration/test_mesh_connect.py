@@ -1,0 +1,193 @@
+"""Clients that use their proxy with CONNECT or an Upgrade, through `pilotfish up`: grpcio
+calling by ``service:port`` (split and retried as plain HTTP), a refused CONNECT to a host
+nobody serves, and WebSockets through a sidecar and through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.parse
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from tests.integration.mesh_harness import (
+    APPS,
+    RunningMesh,
+    free_port,
+    gateway,
+    running_mesh,
+    write_yaml,
+)
+
+pytestmark = pytest.mark.integration
+
+CALLS = 200
+
+
+def workload(
+    name: str,
+    service: str,
+    app: str,
+    *,
+    protocol: str = "HTTP",
+    version: str = "v1",
+    env: dict[str, str] | None = None,
+) -> str:
+    return f"""
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: {name}}}
+spec:
+  service: {service}
+  port: {50051 if protocol == "GRPC" else 8080}
+  protocol: {protocol}
+  labels: {{app: {service}, version: {version}}}
+  command: [{sys.executable}, {APPS / app}]
+  env: {json.dumps(env or {})}
+---
+"""
+
+
+ROUTES = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - route:
+    - {destination: {host: backend, subset: v1}, weight: 80}
+    - {destination: {host: backend, subset: v2}, weight: 20}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky}
+spec:
+  hosts: [flaky]
+  http:
+  - route: [{destination: {host: flaky}}]
+    retries: {attempts: 3, retryOn: unavailable}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /ws}}]
+    route: [{destination: {host: wsecho}}]
+  - route: [{destination: {host: client}}]
+---
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    directory = tmp_path_factory.mktemp("connect")
+    gateway_port = free_port()
+    documents = [
+        gateway(gateway_port),
+        workload("client", "client", "mesh_client.py"),
+        workload("wsecho", "wsecho", "websocket_echo.py"),
+        workload("backend-v1", "backend", "grpc_echo.py", protocol="GRPC"),
+        workload("backend-v2", "backend", "grpc_echo.py", protocol="GRPC", version="v2"),
+        # Both fail their first 3 calls: 3 retries get past them, Istio's default 2 do not.
+        workload("flaky", "flaky", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
+        workload("plain", "plain", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
+        ROUTES,
+    ]
+    write_yaml(directory / "mesh.yaml", "".join(documents))
+    with running_mesh(directory, gateway_port) as running:
+        for hostname in ("backend", "flaky", "plain", "wsecho", "client"):
+            running.wait_endpoints(f"{hostname}.default.svc.cluster.local", 1)
+        running.wait_endpoints("backend.default.svc.cluster.local", 2)
+        running.wait_synced()
+        running.wait_serving("/wsready")
+        running.wait_serving("/ready")
+        yield running
+
+
+def client_call(mesh: RunningMesh, path: str, **query: str | int) -> dict[str, object]:
+    reply = mesh.get(f"{path}?{urllib.parse.urlencode(query)}", timeout=60)
+    assert reply.status == 200, reply
+    return reply.body
+
+
+def test_grpc_calls_by_service_port_follow_the_weighted_split(mesh: RunningMesh) -> None:
+    seen = client_call(mesh, "/grpc", target="backend:50051", calls=CALLS)
+    answers = seen["answers"]
+    assert isinstance(answers, dict)
+    assert seen["errors"] == {}, seen
+    assert set(answers) == {"backend-v1-0: hi", "backend-v2-0: hi"}
+    v1 = answers["backend-v1-0: hi"]
+    assert sum(answers.values()) == CALLS
+    # 80% of 200 is 160; 120..190 is more than 5 standard deviations (5.7) on either side.
+    assert 120 <= v1 <= 190, answers
+
+
+def test_retries_of_the_virtual_service_apply_inside_the_tunnel(mesh: RunningMesh) -> None:
+    # FAIL_FIRST=3: the first call succeeds on its 4th attempt (3 retries)...
+    retried = client_call(mesh, "/grpc", target="flaky:50051", calls=1)
+    assert retried["answers"] == {"flaky-0: hi (call 4)": 1}, retried
+    # ...while without the VirtualService, Istio's default 2 retries do not get past them.
+    default = client_call(mesh, "/grpc", target="plain:50051", calls=2)
+    assert default["errors"] == {"UNAVAILABLE": 1}, default
+    assert default["answers"] == {"plain-0: hi (call 4)": 1}, default
+
+
+def test_a_connect_to_a_host_no_service_answers_is_refused_naming_the_proxy(
+    mesh: RunningMesh,
+) -> None:
+    refused = client_call(mesh, "/connect", authority="nowhere.example:443")
+    assert refused["status_line"] == "HTTP/1.1 404 Not Found", refused
+    assert refused["body"] == (
+        "pilotfish: client-0 refused CONNECT nowhere.example:443: no service in the mesh "
+        "answers this host:port (declare an outside host with a ServiceEntry)\n"
+    )
+    headers = refused["headers"]
+    assert isinstance(headers, dict)
+    assert headers.get("x-pilotfish-proxy") == "client-0"
+    grpc = client_call(mesh, "/grpc", target="nowhere:50051", calls=1)
+    assert grpc["errors"] == {"UNAVAILABLE": 1}, grpc
+
+
+def test_a_websocket_through_the_callers_sidecar_carries_messages_both_ways(
+    mesh: RunningMesh,
+) -> None:
+    seen = client_call(mesh, "/websocket", authority="wsecho:8080", messages=6, interval=0.5)
+    assert seen["received"] == [f"wsecho-0: message {i}" for i in range(6)]
+    assert seen["close_code"] == 1000
+
+
+def test_a_websocket_through_the_gateway_carries_messages_both_ways(mesh: RunningMesh) -> None:
+    async def talk() -> tuple[list[str], int | None]:
+        received: list[str] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"{mesh.gateway_url}/ws", timeout=aiohttp.ClientWSTimeout(ws_close=10)
+            ) as ws,
+        ):
+            for index in range(6):
+                await ws.send_str(f"hello {index}")
+                reply = await ws.receive(timeout=10)
+                received.append(str(reply.data))
+                await asyncio.sleep(0.5)
+            await ws.close()
+            return received, ws.close_code
+
+    received, close_code = asyncio.run(talk())
+    assert received == [f"wsecho-0: hello {i}" for i in range(6)]
+    assert close_code == 1000
