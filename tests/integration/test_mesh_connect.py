@@ -1,17 +1,24 @@
 """Clients that use their proxy with CONNECT or an Upgrade, through `pilotfish up`: grpcio
 calling by ``service:port`` (split and retried as plain HTTP), a refused CONNECT to a host
-nobody serves, and WebSockets through a sidecar and through the gateway."""
+nobody serves, WebSockets through a sidecar and through the gateway, and HTTPS to an outside
+host a ServiceEntry declares (its TLS never terminated)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.certificates import CertificateAuthority
 from tests.integration.mesh_harness import (
     APPS,
     RunningMesh,
@@ -24,6 +31,62 @@ from tests.integration.mesh_harness import (
 pytestmark = pytest.mark.integration
 
 CALLS = 200
+OUTSIDE = "api.outside.test"
+
+
+class OutsideHandler(BaseHTTPRequestHandler):
+    """An HTTPS server outside the mesh: answers with the SNI its TLS handshake got."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        server = self.server
+        assert isinstance(server, OutsideServer)
+        payload = json.dumps({"path": self.path, "sni": server.server_names[-1:]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class OutsideServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(("127.0.0.1", 0), OutsideHandler)
+        authority = CertificateAuthority("outside")
+        self.ca_file = folder / "outside-ca.pem"
+        self.ca_file.write_bytes(authority.cert_pem)
+        cert, key = authority.issue(dns=OUTSIDE).write(folder, "outside")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.server_names: list[str | None] = []
+        context.sni_callback = lambda _socket, name, _context: self.server_names.append(name)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+def service_entry(port: int) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: outside}}
+spec:
+  hosts: [{OUTSIDE}]
+  location: MESH_EXTERNAL
+  ports: [{{number: {port}, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+"""
 
 
 def workload(
@@ -94,10 +157,25 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutsideServer]:
+    server = OutsideServer(tmp_path_factory.mktemp("outside"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        with contextlib.suppress(RuntimeError):
+            thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, outside: OutsideServer) -> Iterator[RunningMesh]:
     directory = tmp_path_factory.mktemp("connect")
     gateway_port = free_port()
     documents = [
+        service_entry(outside.port),
         gateway(gateway_port),
         workload("client", "client", "mesh_client.py"),
         workload("wsecho", "wsecho", "websocket_echo.py"),
@@ -191,3 +269,27 @@ def test_a_websocket_through_the_gateway_carries_messages_both_ways(mesh: Runnin
     received, close_code = asyncio.run(talk())
     assert received == [f"wsecho-0: hello {i}" for i in range(6)]
     assert close_code == 1000
+
+
+def test_https_to_an_outside_host_of_a_service_entry_keeps_its_own_tls(
+    mesh: RunningMesh, outside: OutsideServer
+) -> None:
+    url = f"https://{OUTSIDE}:{outside.port}/hello"
+    # The client trusts only the outside server's own CA: a proxy that terminated the TLS
+    # could not show a certificate it accepts.
+    seen = client_call(mesh, "/https", url=url, ca=str(outside.ca_file))
+    assert seen.get("status") == 200, seen
+    body = seen["body"]
+    assert isinstance(body, str)
+    assert json.loads(body) == {"path": "/hello", "sni": [OUTSIDE]}
+
+
+def test_https_to_an_outside_host_nothing_declares_is_refused_by_the_sidecar(
+    mesh: RunningMesh, outside: OutsideServer
+) -> None:
+    url = f"https://undeclared.outside.test:{outside.port}/hello"
+    seen = client_call(mesh, "/https", url=url, ca=str(outside.ca_file))
+    assert "404" in str(seen.get("error")), seen
+    # The refusal's body names the host (the client library shows only the status line).
+    refused = client_call(mesh, "/connect", authority=f"undeclared.outside.test:{outside.port}")
+    assert f"refused CONNECT undeclared.outside.test:{outside.port}" in str(refused["body"])

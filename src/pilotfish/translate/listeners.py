@@ -199,6 +199,9 @@ def build_outbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Lis
     manager = http_connection_manager(
         OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry, connect=True
     )
+    # Python's urllib (http.client) sends its CONNECT as HTTP/1.0, which Envoy refuses
+    # with a 426 unless told otherwise.
+    manager.http_protocol_options.accept_http_10 = True
     # The requests inside an HTTP tunnel reach the metrics from the tunnel listener; a log
     # file gets the CONNECT too.
     logs = [
