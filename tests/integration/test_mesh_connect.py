@@ -94,18 +94,20 @@ def workload(
     service: str,
     app: str,
     *,
-    protocol: str = "HTTP",
+    protocol: str | None = "HTTP",
     version: str = "v1",
     env: dict[str, str] | None = None,
+    port: int = 8080,
 ) -> str:
+    named = f"protocol: {protocol}" if protocol else "# protocol unset: detected"
     return f"""
 apiVersion: pilotfish.io/v1alpha1
 kind: Workload
 metadata: {{name: {name}}}
 spec:
   service: {service}
-  port: {50051 if protocol == "GRPC" else 8080}
-  protocol: {protocol}
+  port: {50051 if protocol == "GRPC" else port}
+  {named}
   labels: {{app: {service}, version: {version}}}
   command: [{sys.executable}, {APPS / app}]
   env: {json.dumps(env or {})}
@@ -184,11 +186,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, outside: OutsideServer) -> It
         # Both fail their first 3 calls: 3 retries get past them, Istio's default 2 do not.
         workload("flaky", "flaky", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
         workload("plain", "plain", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
+        workload("detected", "detected", "grpc_echo.py", protocol=None, port=50051),
         ROUTES,
     ]
     write_yaml(directory / "mesh.yaml", "".join(documents))
     with running_mesh(directory, gateway_port) as running:
-        for hostname in ("backend", "flaky", "plain", "wsecho", "client"):
+        for hostname in ("backend", "flaky", "plain", "detected", "wsecho", "client"):
             running.wait_endpoints(f"{hostname}.default.svc.cluster.local", 1)
         running.wait_endpoints("backend.default.svc.cluster.local", 2)
         running.wait_synced()
@@ -223,6 +226,12 @@ def test_retries_of_the_virtual_service_apply_inside_the_tunnel(mesh: RunningMes
     default = client_call(mesh, "/grpc", target="plain:50051", calls=2)
     assert default["errors"] == {"UNAVAILABLE": 1}, default
     assert default["answers"] == {"plain-0: hi (call 4)": 1}, default
+
+
+def test_grpc_reaches_a_port_nothing_names_as_http2(mesh: RunningMesh) -> None:
+    """An unnamed port is detected (AUTO): each hop speaks the protocol it received."""
+    seen = client_call(mesh, "/grpc", target="detected:50051", calls=3)
+    assert seen == {"answers": {"detected-0: hi": 3}, "errors": {}, "details": []}
 
 
 def test_a_connect_to_a_host_no_service_answers_is_refused_naming_the_proxy(

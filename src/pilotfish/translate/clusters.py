@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from pilotfish.model.identity import Identity
@@ -65,13 +64,17 @@ def _speaks_http2(protocol: Protocol) -> bool:
 
 
 def _with_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
-    if not _speaks_http2(protocol):
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    if _speaks_http2(protocol):
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+    elif protocol == "AUTO":
+        # As Istio does for a port nothing names: each request goes on in the protocol it
+        # came in, so a gRPC client's HTTP/2 reaches a gRPC server as HTTP/2.
+        downstream = options.use_downstream_protocol_config
+        downstream.http_protocol_options.SetInParent()
+        downstream.http2_protocol_options.SetInParent()
+    else:
         return
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
 
 

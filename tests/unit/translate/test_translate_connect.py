@@ -11,6 +11,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from route_simulation import SimulatedRequest, simulate_request
 
 from pilotfish.model.proxy import ProxyNode
@@ -18,6 +19,7 @@ from pilotfish.model.resources import ServicePort
 from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot.references import references_of
 from pilotfish.translate import MeshTranslator, ProxyResources
+from pilotfish.translate.clusters import HTTP_PROTOCOL_OPTIONS_KEY
 from pilotfish.translate.naming import OUTBOUND_TUNNEL_CLUSTER, OUTBOUND_TUNNEL_LISTENER
 
 EGRESS = "api.example.com"
@@ -166,3 +168,24 @@ def test_established_tunnels_stay_out_of_the_request_metrics_log(
     # The requests inside are logged, unfiltered, by the tunnel listener.
     (inner,) = manager_of(listeners[OUTBOUND_TUNNEL_LISTENER]).access_log
     assert not inner.HasField("filter")
+
+
+def test_a_port_nothing_names_goes_on_in_the_protocol_each_request_came_in(
+    quickstart_view: MeshView,
+) -> None:
+    detected = mesh_service("detected", ServicePort(50051, "", "AUTO"))
+    view = replace(quickstart_view, services={**quickstart_view.services, "d": detected})
+    (cluster,) = [
+        c
+        for c in MeshTranslator(view).resources_for(ProxyNode(id="gw", kind="gateway")).clusters
+        if c.name == "outbound|50051||detected.default.svc.cluster.local"
+    ]
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].Unpack(options)
+    downstream = options.use_downstream_protocol_config
+    assert downstream.HasField("http_protocol_options")
+    assert downstream.HasField("http2_protocol_options")
+    app = ProxyNode(id="d-0", app_port=50051, inbound_port=1, app_protocol="AUTO")
+    inbound = MeshTranslator(view).resources_for(app).clusters
+    (own,) = [c for c in inbound if c.name == "inbound|50051||"]
+    assert HTTP_PROTOCOL_OPTIONS_KEY in own.typed_extension_protocol_options
