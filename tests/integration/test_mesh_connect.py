@@ -258,6 +258,18 @@ def test_a_websocket_through_the_callers_sidecar_carries_messages_both_ways(
     assert seen["close_code"] == 1000
 
 
+def test_a_websocket_inside_a_connect_tunnel_carries_messages_both_ways(
+    mesh: RunningMesh,
+) -> None:
+    seen = client_call(
+        mesh, "/websocket-connect", authority="wsecho:8080", messages=6, interval=0.5
+    )
+    assert seen["tunnel"] == "HTTP/1.1 200 OK", seen
+    assert seen["upgrade"] == "HTTP/1.1 101 Switching Protocols", seen
+    assert seen["received"] == [f"wsecho-0: message {i}" for i in range(6)]
+    assert seen["close"] == [0x8, 1000]
+
+
 def test_a_websocket_through_the_gateway_carries_messages_both_ways(mesh: RunningMesh) -> None:
     async def talk() -> tuple[list[str], int | None]:
         received: list[str] = []

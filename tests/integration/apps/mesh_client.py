@@ -11,11 +11,15 @@ and answers (JSON, on $PORT) with what it saw.
 - ``/https?url=https://host:port/&ca=FILE``: one GET with urllib, which tunnels through
   $HTTPS_PROXY with CONNECT, verifying the server's certificate against FILE only.
 - ``/connect?authority=host:port``: a raw CONNECT to the proxy; its status line and body.
+- ``/websocket-connect?authority=host:port&messages=N``: a WebSocket to ``/ws`` inside a
+  CONNECT tunnel, as browsers reach a WebSocket through a proxy (a minimal client here:
+  text frames of under 126 bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import os
 import socket
@@ -120,6 +124,75 @@ def raw_connect(authority: str) -> dict[str, object]:
     return {"status_line": lines[0], "headers": headers, "body": body.decode(errors="replace")}
 
 
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame: FIN, ``opcode``, masked (RFC 6455 wants every client frame masked)."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def _read_frame(connection: socket.socket) -> tuple[int, bytes]:
+    head = _read_exactly(connection, 2)
+    length = head[1] & 0x7F
+    return head[0] & 0x0F, _read_exactly(connection, length)
+
+
+def _read_exactly(connection: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = connection.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def _read_head(connection: socket.socket) -> str:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _read_exactly(connection, 1)
+    return data.decode(errors="replace")
+
+
+def websocket_in_tunnel(authority: str, messages: int, interval: float) -> dict[str, object]:
+    proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+    assert proxy.hostname is not None and proxy.port is not None
+    with socket.create_connection((proxy.hostname, proxy.port), timeout=10) as connection:
+        connection.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        tunnel = _read_head(connection).split("\r\n")[0]
+        key = base64.b64encode(os.urandom(16)).decode()
+        connection.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        upgrade = _read_head(connection).split("\r\n")[0]
+        received = []
+        for index in range(messages):
+            connection.sendall(_frame(0x1, f"message {index}".encode()))
+            opcode, payload = _read_frame(connection)
+            received.append(payload.decode() if opcode == 0x1 else f"opcode {opcode}")
+            time.sleep(interval)
+        connection.sendall(_frame(0x8, (1000).to_bytes(2, "big")))
+        opcode, payload = _read_frame(connection)
+    return {
+        "tunnel": tunnel,
+        "upgrade": upgrade,
+        "received": received,
+        "close": [opcode, int.from_bytes(payload[:2], "big")],
+    }
+
+
+async def websocket_connect_handler(request: web.Request) -> web.Response:
+    authority = request.query["authority"]
+    messages = int(request.query.get("messages", "3"))
+    interval = float(request.query.get("interval", "0.5"))
+    result = await asyncio.to_thread(websocket_in_tunnel, authority, messages, interval)
+    return web.json_response(result)
+
+
 async def connect_handler(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(raw_connect, request.query["authority"]))
 
@@ -134,6 +207,7 @@ def main() -> None:
     app.router.add_get("/websocket", websocket_handler)
     app.router.add_get("/https", https_handler)
     app.router.add_get("/connect", connect_handler)
+    app.router.add_get("/websocket-connect", websocket_connect_handler)
     app.router.add_get("/ready", ready_handler)
     web.run_app(app, host="127.0.0.1", port=int(os.environ["PORT"]), print=None)
 
