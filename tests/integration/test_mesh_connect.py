@@ -27,6 +27,8 @@ from tests.integration.mesh_harness import (
     running_mesh,
     write_yaml,
 )
+from tests.integration.test_mesh_metrics import scrape, total
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -187,11 +189,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, outside: OutsideServer) -> It
         workload("flaky", "flaky", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
         workload("plain", "plain", "grpc_echo.py", protocol="GRPC", env={"FAIL_FIRST": "3"}),
         workload("detected", "detected", "grpc_echo.py", protocol=None, port=50051),
+        workload("counted", "counted", "grpc_echo.py", protocol="GRPC"),
         ROUTES,
     ]
     write_yaml(directory / "mesh.yaml", "".join(documents))
     with running_mesh(directory, gateway_port) as running:
-        for hostname in ("backend", "flaky", "plain", "detected", "wsecho", "client"):
+        for hostname in ("backend", "flaky", "plain", "detected", "counted", "wsecho", "client"):
             running.wait_endpoints(f"{hostname}.default.svc.cluster.local", 1)
         running.wait_endpoints("backend.default.svc.cluster.local", 2)
         running.wait_synced()
@@ -232,6 +235,29 @@ def test_grpc_reaches_a_port_nothing_names_as_http2(mesh: RunningMesh) -> None:
     """An unnamed port is detected (AUTO): each hop speaks the protocol it received."""
     seen = client_call(mesh, "/grpc", target="detected:50051", calls=3)
     assert seen == {"answers": {"detected-0: hi": 3}, "errors": {}, "details": []}
+
+
+def test_calls_in_a_tunnel_count_once_each_and_the_tunnel_itself_not_at_all(
+    mesh: RunningMesh,
+) -> None:
+    caller = {"reporter": "source", "source_workload": "client"}
+    counted = {**caller, "destination_service": "counted.default.svc.cluster.local"}
+    refused = {**caller, "response_code": "404"}
+    _, before = scrape(mesh)
+    refused_before = total(before, "istio_requests_total", **refused)
+    assert client_call(mesh, "/grpc", target="counted:50051", calls=5)["errors"] == {}
+    # Logged by the outbound listener after the tunnel closed: once it is counted, a logged
+    # tunnel would be counted too.
+    client_call(mesh, "/connect", authority="nowhere.example:1")
+
+    def reported() -> list[tuple[str, dict[str, str], float]] | None:
+        _, samples = scrape(mesh)
+        done = total(samples, "istio_requests_total", **refused) > refused_before
+        return samples if done and total(samples, "istio_requests_total", **counted) else None
+
+    samples = wait_until(reported, 20, "the calls and the refused CONNECT in the metrics")
+    assert total(samples, "istio_requests_total", **counted, request_protocol="grpc") == 5
+    assert total(samples, "istio_requests_total", **counted) == 5  # no CONNECT among them
 
 
 def test_a_connect_to_a_host_no_service_answers_is_refused_naming_the_proxy(
