@@ -53,6 +53,7 @@ from pilotfish.model.resources import (
     DEFAULT_WORKLOAD_TTL_SECONDS,
     MIN_WORKLOAD_TTL_SECONDS,
     CertificateSettings,
+    Interception,
     MeshSettings,
     Meta,
     PluggedCertificateAuthority,
@@ -79,6 +80,7 @@ SPEC_FIELDS = (
     "enableRequestTelemetry",
     "localityLbSetting",
     "rateLimit",
+    "interception",
 )
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
@@ -100,6 +102,7 @@ SPEC_NOT_IMPLEMENTED = {
     "defaultHttpRetryPolicy": "routes without retries keep Pilotfish's default retries",
     "protocolDetectionTimeout": "protocols are declared (port names, appProtocol), never sniffed",
 }
+INTERCEPTIONS: tuple[Interception, ...] = ("explicit", "transparent")
 ACCESS_LOG_ENCODINGS: tuple[AccessLogEncoding, ...] = ("TEXT", "JSON")
 DEFAULT_CONFIG_FIELDS = ("tracing",)
 DEFAULT_CONFIG_NOT_IMPLEMENTED = {
@@ -202,7 +205,13 @@ def parse_mesh_config(
         # Istio checks the mesh's setting as if outlier detection were set: no warning.
         locality_lb_setting=read_locality_lb_setting(reader, spec, "spec"),
         rate_limit=parse_rate_limit_settings(reader, spec),
+        interception=_interception(reader, spec),
     )
+
+
+def _interception(reader: FieldReader, spec: Fields) -> Interception:
+    chosen = reader.choice(spec, "interception", "spec", INTERCEPTIONS)
+    return "transparent" if chosen == "transparent" else "explicit"
 
 
 def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:

@@ -142,6 +142,8 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         # The outbound listener reads the mesh's telemetry settings; rebuilt, it packs to
         # the same bytes and version when they did not change, so nothing is sent.
         "outbound-listener": 1,
+        # One for every explicit sidecar (empty), one for each transparent one.
+        "transparent-outbound-listener": 1,
         "inbound-listener": 1,
         # The service's DestinationRule may set the server side's connection pool.
         "inbound-cluster": 1,

@@ -1,0 +1,265 @@
+"""Transparent interception in `pilotfish up`: clients that ignore HTTP_PROXY are meshed.
+
+Each replica runs in a network namespace of its own (made and removed by `up`), where iptables
+takes its TCP connections to its sidecar. Needs root, iproute2, iptables and util-linux's
+setpriv; the Node.js client needs /usr/bin/node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.integration.mesh_harness import (
+    APPS,
+    ECHO_COMMAND,
+    RunningMesh,
+    free_port,
+    gateway,
+    pid_alive,
+    write_yaml,
+)
+from tests.waiting import wait_until
+
+NODE = Path("/usr/bin/node")
+
+pytestmark = [
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux") or os.geteuid() != 0,
+        reason="transparent interception needs root on Linux (network namespaces, iptables)",
+    ),
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in ("ip", "iptables-save", "setpriv")),
+        reason="transparent interception needs ip (iproute2), iptables and setpriv (util-linux)",
+    ),
+]
+
+TRANSPARENT = """
+apiVersion: pilotfish.io/v1alpha1
+kind: MeshConfig
+metadata: {name: mesh}
+spec:
+  interception: transparent
+---
+"""
+
+
+def workloads(node_client: bool = True) -> str:
+    node = f"""
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: frontend}}
+spec:
+  service: frontend
+  port: 8080
+  labels: {{app: frontend}}
+  command: [{NODE}, {APPS / "node_caller.js"}]
+---
+"""
+    python = f"""
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: pyclient}}
+spec:
+  service: pyclient
+  port: 8080
+  labels: {{app: pyclient}}
+  command: {ECHO_COMMAND}
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: backend}}
+spec:
+  service: backend
+  port: 8080
+  labels: {{app: backend}}
+  command: {ECHO_COMMAND}
+---
+"""
+    return (node if node_client else "") + python
+
+
+ROUTES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{headers: {x-client: {exact: python}}}]
+    route: [{destination: {host: pyclient}}]
+  - route: [{destination: {host: FRONT}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{headers: {x-fault: {exact: abort}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: backend}}]
+  - route: [{destination: {host: backend}}]
+    headers:
+      request:
+        set: {x-routed-by: backend-virtual-service}
+---
+"""
+
+
+def our_namespaces(pid: int) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    return [name for name in names if name.startswith(f"pf{pid}-")]
+
+
+def our_links(pid: int) -> list[str]:
+    shown = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    return re.findall(rf"\d+: (pf{pid}h)[@:]", shown.stdout)
+
+
+def root_rules() -> str:
+    """The root namespace's iptables, without comments and packet counters."""
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    lines = [line for line in saved.splitlines() if not line.startswith("#")]
+    return "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in lines)
+
+
+def leftovers(pid: int) -> list[str]:
+    hosts = [str(p) for p in Path("/etc/netns").glob(f"pf{pid}-*")]
+    return our_namespaces(pid) + our_links(pid) + hosts
+
+
+def start(directory: Path, node_client: bool = True) -> RunningMesh:
+    directory.mkdir(exist_ok=True)
+    gateway_port = free_port()
+    routes = ROUTES.replace("FRONT", "frontend" if node_client else "backend")
+    text = TRANSPARENT + gateway(gateway_port) + workloads(node_client) + routes
+    write_yaml(directory / "mesh.yaml", text)
+    return RunningMesh(directory, gateway_port)
+
+
+def wait_ready(mesh: RunningMesh) -> None:
+    mesh.wait_serving("/")
+    for name in ("backend", "pyclient"):
+        mesh.wait_endpoints(f"{name}.default.svc.cluster.local", 1)
+    mesh.wait_synced()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    if not NODE.exists():
+        pytest.skip("the Node.js client needs /usr/bin/node (Debian package nodejs)")
+    running = start(tmp_path_factory.mktemp("interception"))
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        running.stop()
+
+
+def backend_answer(reply_body: dict[str, object]) -> dict[str, object]:
+    assert reply_body.get("status") == 200, reply_body
+    body = reply_body["body"]
+    assert isinstance(body, str)
+    answer = json.loads(body)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def test_a_node_http_client_reaches_the_backend_through_both_sidecars(mesh: RunningMesh) -> None:
+    reply = mesh.get("/call?url=http://backend:8080/from-node")
+    assert reply.status == 200, reply.body
+    answer = backend_answer(reply.body)
+    assert answer["replica"] == "backend-0"
+    headers = answer["headers"]
+    assert isinstance(headers, dict)
+    # The backend's sidecar verified the caller's certificate (mTLS from the caller's
+    # sidecar: Node itself speaks plain HTTP to an address it looked up in /etc/hosts).
+    assert "URI=spiffe://cluster.local/ns/default/sa/default" in headers["x-forwarded-client-cert"]
+    # The caller's sidecar routed it by the backend's VirtualService.
+    assert headers["x-routed-by"] == "backend-virtual-service"
+
+
+def test_the_callers_sidecar_applies_the_virtual_service_fault_to_node(mesh: RunningMesh) -> None:
+    reply = mesh.get("/call?url=http://backend:8080/x", headers={"x-fault": "abort"})
+    assert reply.status == 200, reply.body
+    assert reply.body["status"] == 418, reply.body
+
+
+def test_a_python_client_without_a_proxy_is_meshed_too(mesh: RunningMesh) -> None:
+    reply = mesh.get(
+        "/call?url=http://backend.default.svc.cluster.local:8080/from-python",
+        headers={"x-client": "python"},
+    )
+    assert reply.status == 200, reply.body
+    assert reply.body["via"] == "pyclient-0"
+    answer = reply.body["answer"]
+    assert isinstance(answer, dict)
+    headers = answer["headers"]
+    assert "URI=spiffe://cluster.local/ns/default/sa/default" in headers["x-forwarded-client-cert"]
+    assert headers["x-routed-by"] == "backend-virtual-service"
+
+
+def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh) -> None:
+    namespaces = our_namespaces(mesh.process.pid)
+    assert len(namespaces) == 4  # the hub and three replicas
+    hosts = Path(f"/etc/netns/{sorted(namespaces)[0]}/hosts").read_text()
+    assert re.search(
+        r"^240\.240\.\d+\.\d+\tbackend\.default\.svc\.cluster\.local backend$", hosts, re.M
+    )
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_everything_made_is_removed_when_up_ends(tmp_path: Path, how: signal.Signals) -> None:
+    rules_before = root_rules()
+    running = start(tmp_path / "mesh", node_client=False)
+    pid = running.process.pid
+    try:
+        wait_ready(running)
+        assert our_namespaces(pid) and our_links(pid)
+        descendants = running.descendants()
+        running.process.send_signal(how)
+        running.process.wait(30)
+        wait_until(lambda: not leftovers(pid), 30, f"the namespaces of {pid} to be removed")
+        assert root_rules() == rules_before
+        wait_until(lambda: not any(pid_alive(p) for p in descendants), 15, "every child to exit")
+    finally:
+        running.stop()
+
+
+def test_the_next_up_sweeps_what_a_killed_up_and_its_reaper_left(tmp_path: Path) -> None:
+    first = start(tmp_path / "first", node_client=False)
+    pid = first.process.pid
+    try:
+        wait_ready(first)
+        reapers = [p for p in first.descendants() if b"netns_reaper" in _cmdline(p)]
+        assert reapers, "up runs a reaper"
+        for victim in (*reapers, pid):
+            os.kill(victim, signal.SIGKILL)
+        first.process.wait(30)
+        assert our_namespaces(pid)  # nobody was left to clean up
+    finally:
+        first.stop()
+    second = start(tmp_path / "second", node_client=False)
+    try:
+        wait_ready(second)
+        assert not leftovers(pid)
+    finally:
+        second.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
