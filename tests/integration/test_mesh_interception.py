@@ -219,6 +219,29 @@ def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh
     )
 
 
+EXTERNAL = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-api}
+spec:
+  hosts: [api.example.com]
+  addresses: [192.0.2.77]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+"""
+
+
+def test_the_hosts_files_follow_the_services(mesh: RunningMesh) -> None:
+    hosts = Path(f"/etc/netns/{sorted(our_namespaces(mesh.process.pid))[0]}/hosts")
+    extra = mesh.directory / "external.yaml"
+    write_yaml(extra, EXTERNAL)
+    try:
+        wait_until(lambda: "192.0.2.77\tapi.example.com\n" in hosts.read_text(), 20, "the entry")
+    finally:
+        extra.unlink()
+    wait_until(lambda: "api.example.com" not in hosts.read_text(), 20, "the entry to go")
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_everything_made_is_removed_when_up_ends(tmp_path: Path, how: signal.Signals) -> None:
     rules_before = root_rules()

@@ -225,7 +225,7 @@ class ControlPlane:
         )
         log.info(
             "xDS server listening on %s:%d (the CA, access-log and rate limit services too)",
-            self.settings.host,
+            " and ".join((self.settings.host, *self.settings.also_on)),
             self.xds_port,
         )
         self._watch_task = asyncio.create_task(self._watch_config())
