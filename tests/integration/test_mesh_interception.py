@@ -210,6 +210,20 @@ def test_a_python_client_without_a_proxy_is_meshed_too(mesh: RunningMesh) -> Non
     assert headers["x-routed-by"] == "backend-virtual-service"
 
 
+def test_a_replica_calling_its_own_service_enters_through_its_own_sidecar(
+    mesh: RunningMesh,
+) -> None:
+    # Its sidecar's connection to its own address is sent back to its inbound listener, which
+    # ends the mTLS; without that the app would get the TLS handshake.
+    reply = mesh.get("/call?url=http://pyclient:8080/itself", headers={"x-client": "python"})
+    assert reply.status == 200, reply.body
+    answer = reply.body["answer"]
+    assert isinstance(answer, dict)
+    assert answer["replica"] == "pyclient-0" and answer["path"] == "/itself"
+    headers = answer["headers"]
+    assert "URI=spiffe://cluster.local/ns/default/sa/default" in headers["x-forwarded-client-cert"]
+
+
 def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh) -> None:
     namespaces = our_namespaces(mesh.process.pid)
     assert len(namespaces) == 4  # the hub and three replicas

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilotfish.agent.bootstrap import ADMIN_HOST
 from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.child_process import ChildProcess
 from pilotfish.agent.envoy_process import EnvoyOptions
@@ -161,31 +162,25 @@ class LocalMesh:
             node_id=node.id,
         )
         self._signers[node.id] = signer
-        if network is None:
-            return Sidecar(
-                node,
-                xds_address=self.xds_address,
-                admin_port=free_port(),
-                work_dir=self._work_dir / name,
-                delta=self.settings.delta,
-                log_level=self.settings.envoy_log_level,
-                on_line=prefixed_printer(f"{name} envoy"),
-                # The policy the xDS server was started with: both ends must agree on it.
-                keepalive=self.control_plane.settings.keepalive,
-                certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
-                telemetry_address=self.telemetry_address,
-            )
-        # In its replica's namespace, it finds the control plane at the root end of the veth.
-        assert self.network is not None
-        host = self.network.host.host_address
-        telemetry = self.settings.telemetry_port
+        xds_address, telemetry_address = self.xds_address, self.telemetry_address
+        admin_port, admin_host, owner_uid, options = free_port(), ADMIN_HOST, None, None
+        if network is not None:
+            # In its replica's namespace, as the uid iptables lets through, it finds the
+            # control plane at the root end of the veth.
+            assert self.network is not None
+            host = self.network.host.host_address
+            xds_address = (host, self.control_plane.xds_port)
+            if telemetry_address is not None:
+                telemetry_address = (host, telemetry_address[1])
+            admin_port, admin_host, owner_uid = ENVOY_ADMIN_PORT, network.address, ENVOY_UID
+            options = EnvoyOptions(command_prefix=network.as_sidecar(()))
         return Sidecar(
             node,
-            xds_address=(host, self.control_plane.xds_port),
-            admin_port=ENVOY_ADMIN_PORT,
-            admin_host=network.address,
-            owner_uid=ENVOY_UID,
-            options=EnvoyOptions(command_prefix=network.as_sidecar(())),
+            xds_address=xds_address,
+            admin_port=admin_port,
+            admin_host=admin_host,
+            owner_uid=owner_uid,
+            options=options,
             work_dir=self._work_dir / name,
             delta=self.settings.delta,
             log_level=self.settings.envoy_log_level,
@@ -193,7 +188,7 @@ class LocalMesh:
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
             certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
-            telemetry_address=(host, telemetry) if telemetry is not None else None,
+            telemetry_address=telemetry_address,
         )
 
     async def _retire(self, sidecar: Sidecar, drain_seconds: float) -> None:
