@@ -80,6 +80,7 @@ metadata: {{name: backend}}
 spec:
   service: backend
   port: 8080
+  replicas: 2
   labels: {{app: backend}}
   command: {ECHO_COMMAND}
 ---
@@ -150,8 +151,8 @@ def start(directory: Path, node_client: bool = True) -> RunningMesh:
 
 def wait_ready(mesh: RunningMesh) -> None:
     mesh.wait_serving("/")
-    for name in ("backend", "pyclient"):
-        mesh.wait_endpoints(f"{name}.default.svc.cluster.local", 1)
+    mesh.wait_endpoints("backend.default.svc.cluster.local", 2)
+    mesh.wait_endpoints("pyclient.default.svc.cluster.local", 1)
     mesh.wait_synced()
 
 
@@ -180,7 +181,7 @@ def test_a_node_http_client_reaches_the_backend_through_both_sidecars(mesh: Runn
     reply = mesh.get("/call?url=http://backend:8080/from-node")
     assert reply.status == 200, reply.body
     answer = backend_answer(reply.body)
-    assert answer["replica"] == "backend-0"
+    assert answer["replica"] in ("backend-0", "backend-1")
     headers = answer["headers"]
     assert isinstance(headers, dict)
     # The backend's sidecar verified the caller's certificate (mTLS from the caller's
@@ -188,6 +189,16 @@ def test_a_node_http_client_reaches_the_backend_through_both_sidecars(mesh: Runn
     assert "URI=spiffe://cluster.local/ns/default/sa/default" in headers["x-forwarded-client-cert"]
     # The caller's sidecar routed it by the backend's VirtualService.
     assert headers["x-routed-by"] == "backend-virtual-service"
+
+
+def test_the_callers_sidecar_balances_over_every_replicas_namespace(mesh: RunningMesh) -> None:
+    seen = set()
+    for _ in range(20):
+        reply = mesh.get("/call?url=http://backend:8080/which")
+        seen.add(backend_answer(reply.body)["replica"])
+        if len(seen) == 2:
+            break
+    assert seen == {"backend-0", "backend-1"}
 
 
 def test_the_callers_sidecar_applies_the_virtual_service_fault_to_node(mesh: RunningMesh) -> None:
@@ -226,7 +237,7 @@ def test_a_replica_calling_its_own_service_enters_through_its_own_sidecar(
 
 def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh) -> None:
     namespaces = our_namespaces(mesh.process.pid)
-    assert len(namespaces) == 4  # the hub and three replicas
+    assert len(namespaces) == 5  # the hub and four replicas
     hosts = Path(f"/etc/netns/{sorted(namespaces)[0]}/hosts").read_text()
     assert re.search(
         r"^240\.240\.\d+\.\d+\tbackend\.default\.svc\.cluster\.local backend$", hosts, re.M
