@@ -13,8 +13,8 @@ backend. Per repetition, interleaved, one bounded load of ``--count`` requests o
                -> nginx
 
 The loader (below, standard library) times each request; p50/p99 and req/s are the medians of
-the repetitions, and each row's ratio is to explicit. The loader is pinned to CPU 1, the rest
-runs where the kernel puts it (a 2-core machine: absolute numbers are noise, ratios are not).
+the repetitions, and each row's ratio is to explicit. The Envoys are pinned to CPU 0, nginx
+and the loader to CPU 1 (a 2-core machine: absolute numbers are noise, ratios are not).
 
 Run as root: ``.venv/bin/python benchmarks/interception.py`` (about a minute).
 """
@@ -45,12 +45,14 @@ from bench_report import (
     kill_leftovers,
     machine_facts,
     median,
+    pin_to_cpu,
     terminate_on_sigterm,
     write_results,
 )
 
 from pilotfish.agent.ports import free_port
 
+PROXY_CPU = 0
 LOAD_CPU = 1
 BACKEND = "backend"
 PORT = 8080
@@ -235,6 +237,15 @@ class Mesh:
                     return found
         raise RuntimeError("no client replica in a namespace yet")
 
+    def pin(self) -> None:
+        """Envoys on CPU 0; nginx (and the loader) on CPU 1, as the other benchmarks do."""
+        for pid in descendant_pids(self.process.pid):
+            argv = command_line(pid)
+            if argv and Path(argv[0]).name.startswith("envoy"):
+                pin_to_cpu(pid, PROXY_CPU)
+            elif argv and Path(argv[0]).name == "nginx":
+                pin_to_cpu(pid, LOAD_CPU)
+
     def remember_processes(self) -> None:
         for pid in descendant_pids(self.process.pid) | {self.process.pid}:
             argv = command_line(pid)
@@ -301,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminate_on_sigterm():
             for mesh in meshes:
                 wait_ready(mesh, loader)
+                mesh.pin()
             for repetition in range(args.repetitions):
                 for mesh in meshes if repetition % 2 == 0 else reversed(meshes):
                     result = run_loader(mesh.loader_argv(loader, args.count, args.connections))
