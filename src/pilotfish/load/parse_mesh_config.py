@@ -35,12 +35,15 @@ At most one per folder. Field names follow Istio's MeshConfig where it has them:
         redis: {address: 127.0.0.1:6379}  # counters in Redis; default the control plane's memory
         failureMode: allow              # or deny: when the service or its Redis fails
         timeout: 20ms                   # how long a proxy waits for a decision
+      interception: explicit            # or transparent: each replica in its own network
+                                        # namespace, its TCP redirected by iptables (root)
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import cast, get_args
 
 from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, PORT_MAX, FieldReader, Fields
@@ -66,7 +69,6 @@ from pilotfish.model.telemetry import (
     TraceExporterKind,
 )
 
-# Later issues add their mesh-wide settings here (interception...).
 SPEC_FIELDS = (
     "trustDomain",
     "certificates",
@@ -82,6 +84,7 @@ SPEC_FIELDS = (
     "rateLimit",
     "interception",
 )
+INTERCEPTIONS: tuple[Interception, ...] = get_args(Interception)
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
     "enableEnvoyAccessLogService": "proxies stream their access logs to the control plane "
@@ -102,7 +105,6 @@ SPEC_NOT_IMPLEMENTED = {
     "defaultHttpRetryPolicy": "routes without retries keep Pilotfish's default retries",
     "protocolDetectionTimeout": "protocols are declared (port names, appProtocol), never sniffed",
 }
-INTERCEPTIONS: tuple[Interception, ...] = ("explicit", "transparent")
 ACCESS_LOG_ENCODINGS: tuple[AccessLogEncoding, ...] = ("TEXT", "JSON")
 DEFAULT_CONFIG_FIELDS = ("tracing",)
 DEFAULT_CONFIG_NOT_IMPLEMENTED = {
@@ -211,7 +213,7 @@ def parse_mesh_config(
 
 def _interception(reader: FieldReader, spec: Fields) -> Interception:
     chosen = reader.choice(spec, "interception", "spec", INTERCEPTIONS)
-    return "transparent" if chosen == "transparent" else "explicit"
+    return cast(Interception, chosen or "explicit")
 
 
 def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:

@@ -43,7 +43,13 @@ from pilotfish.runner.netns_plan import (
     transparent_environment,
 )
 from pilotfish.runner.output import prefixed_printer
-from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
+from pilotfish.runner.plan import (
+    ReplicaPorts,
+    ReplicaSpec,
+    plan_replicas,
+    replica_environment,
+    replica_upstreams,
+)
 
 log = logging.getLogger("pilotfish.runner")
 
@@ -248,6 +254,7 @@ class LocalMesh:
             await self._start_intercepted_replica(spec, self.network)
             return
         ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
+        upstreams = replica_upstreams(spec, free_port)
         node = ProxyNode(
             id=spec.name,
             kind="sidecar",
@@ -261,9 +268,11 @@ class LocalMesh:
             service_account=spec.service_account,
             workload=spec.workload,
             locality=spec.locality,
+            upstreams=tuple(upstream.proxy for upstream in upstreams),
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
+        environment.update({u.environment_name: u.address for u in upstreams})
         await self._run_replica(spec, ports, sidecar, environment, None)
 
     async def _start_intercepted_replica(
@@ -296,8 +305,15 @@ class LocalMesh:
             environment = transparent_environment(replica_environment(spec, ports, os.environ))
             view = self.control_plane.controller.view
             if view is not None:
-                text = hosts_file(spec.namespace, view.services, service_addresses(view))
+                addresses = service_addresses(view)
+                text = hosts_file(spec.namespace, view.services, addresses)
                 await asyncio.to_thread(write_hosts_file, replica.namespace, text)
+                # No local ports are needed: the service's own address is intercepted.
+                for upstream in replica_upstreams(spec, free_port):
+                    found = addresses.get(upstream.proxy.hostname)
+                    if found is not None and found.address is not None:
+                        where = f"{found.address}:{upstream.proxy.port}"
+                        environment[upstream.environment_name] = where
         except BaseException:
             await asyncio.to_thread(network.remove_replica, replica)
             raise
