@@ -7,6 +7,7 @@ setpriv; the Node.js client needs /usr/bin/node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ from tests.integration.mesh_harness import (
 from tests.waiting import wait_until
 
 NODE = Path("/usr/bin/node")
+REDIS = Path("/usr/bin/redis-server")
+REDIS_CLI = Path("/usr/bin/redis-cli")
 
 pytestmark = [
     pytest.mark.skipif(
@@ -40,6 +43,9 @@ pytestmark = [
         any(shutil.which(tool) is None for tool in ("ip", "iptables-save", "setpriv")),
         reason="transparent interception needs ip (iproute2), iptables and setpriv (util-linux)",
     ),
+    pytest.mark.skipif(
+        not (REDIS.exists() and REDIS_CLI.exists()), reason="needs Debian redis-server"
+    ),
 ]
 
 TRANSPARENT = """
@@ -48,6 +54,12 @@ kind: MeshConfig
 metadata: {name: mesh}
 spec:
   interception: transparent
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
 ---
 """
 
@@ -73,6 +85,16 @@ spec:
   port: 8080
   labels: {{app: pyclient}}
   command: {ECHO_COMMAND}
+  upstreams: [{{service: cache, port: 6379}}]
+---
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {{name: cache}}
+spec:
+  service: cache
+  port: 6379
+  protocol: TCP
+  command: [/bin/sh, -c, "exec {REDIS} --port $PORT --bind 127.0.0.1 --save '' --appendonly no"]
 ---
 apiVersion: pilotfish.io/v1alpha1
 kind: Workload
@@ -153,6 +175,7 @@ def wait_ready(mesh: RunningMesh) -> None:
     mesh.wait_serving("/")
     mesh.wait_endpoints("backend.default.svc.cluster.local", 2)
     mesh.wait_endpoints("pyclient.default.svc.cluster.local", 1)
+    mesh.wait_endpoints("cache.default.svc.cluster.local", 1)
     mesh.wait_synced()
 
 
@@ -235,9 +258,50 @@ def test_a_replica_calling_its_own_service_enters_through_its_own_sidecar(
     assert "URI=spiffe://cluster.local/ns/default/sa/default" in headers["x-forwarded-client-cert"]
 
 
+def namespace_of(up: int, replica: str) -> tuple[str, dict[str, str]]:
+    """The namespace a replica's app runs in, and that app's environment."""
+    for namespace in our_namespaces(up):
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(item.decode().partition("=")[::2] for item in raw if b"=" in item)
+                if env.get("PILOTFISH_REPLICA") == replica:
+                    return namespace, env
+    raise AssertionError(f"no namespace runs {replica}")
+
+
+def test_a_tcp_client_reaches_redis_over_strict_mtls_by_name_and_by_upstream(
+    mesh: RunningMesh,
+) -> None:
+    namespace, env = namespace_of(mesh.process.pid, "pyclient-0")
+    # Under interception the upstream's variable names the service's own address.
+    address, _, port = env["PILOTFISH_UPSTREAM_CACHE_6379"].partition(":")
+    assert address.startswith("240.240.") and port == "6379"
+    for host in ("cache", address):
+        argv = ["ip", "netns", "exec", namespace, str(REDIS_CLI), "-h", host, "-p", "6379"]
+        done = subprocess.run([*argv, "PING"], capture_output=True, text=True, timeout=20)
+        assert done.stdout.strip() == "PONG", done
+    # STRICT: the server's sidecar refuses anything that is not its mesh's mTLS, so the PONG
+    # came through both sidecars; a caller outside the mesh (the host) is turned away.
+    services = mesh.admin("/api/services")["services"]
+    assert isinstance(services, list)
+    (cache,) = [s for s in services if s["hostname"] == "cache.default.svc.cluster.local"]
+    (endpoint,) = cache["endpoints"]
+    replica = endpoint["address"]
+    assert endpoint["ports"] == {"6379": 6379}  # its own address and port: iptables redirects
+    direct = subprocess.run(
+        [str(REDIS_CLI), "-h", replica, "-p", "6379", "PING"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert "PONG" not in direct.stdout
+
+
 def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh) -> None:
     namespaces = our_namespaces(mesh.process.pid)
-    assert len(namespaces) == 5  # the hub and four replicas
+    assert len(namespaces) == 6  # the hub and five replicas
     hosts = Path(f"/etc/netns/{sorted(namespaces)[0]}/hosts").read_text()
     assert re.search(
         r"^240\.240\.\d+\.\d+\tbackend\.default\.svc\.cluster\.local backend$", hosts, re.M
