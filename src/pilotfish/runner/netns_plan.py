@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pilotfish.model.resources import CLUSTER_DOMAIN
 from pilotfish.model.service_addresses import ServiceAddress
 from pilotfish.model.services import Service
 
@@ -243,8 +244,8 @@ def hosts_file(
     namespace: str, services: Mapping[str, Service], addresses: Mapping[str, ServiceAddress]
 ) -> str:
     """``/etc/hosts`` of a replica in mesh ``namespace``: loopback, then each service's
-    qualified name, and its short name for services of the replica's own namespace (as a
-    Kubernetes pod's search path resolves it).
+    qualified name, ``name.namespace`` and ``name.namespace.svc``, and its short name for
+    services of the replica's own namespace (as a Kubernetes pod's search path resolves them).
     """
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     for hostname in sorted(services):
@@ -255,6 +256,9 @@ def hosts_file(
         names = [hostname]
         if service.short_name and service.namespace == namespace and "." not in service.short_name:
             names.append(service.short_name)
+        in_namespace = f"{service.short_name}.{service.namespace}"
+        if service.short_name and hostname == f"{in_namespace}.{CLUSTER_DOMAIN}":
+            names.extend([in_namespace, f"{in_namespace}.svc"])
         lines.append(f"{address.address}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
 
