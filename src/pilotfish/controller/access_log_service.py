@@ -146,15 +146,16 @@ class AccessLogService:
         records: list[ConnectionRecord] = []
         for entry in entries:
             try:
-                records.append(
-                    decode_tcp_entry(
-                        entry, reporter, node, self._nodes, self.connections, self._peers
-                    )
+                record = decode_tcp_entry(
+                    entry, reporter, node, self._nodes, self.connections, self._peers
                 )
             except Exception:  # one odd entry must not lose the rest of the batch
                 if self.entries_rejected == 0:
                     log.exception("could not read a TCP access-log entry of %s", node.id)
                 self.entries_rejected += 1
+                continue
+            if record is not None:
+                records.append(record)
         return records
 
 

@@ -98,6 +98,29 @@ def test_over_mtls_the_destination_names_its_caller_by_the_verified_certificate(
     assert record.destination_service == DB_HOST
 
 
+def test_a_connected_report_before_the_inbound_handshake_is_done_is_left_for_the_next(
+    nodes: NodeDirectory,
+) -> None:
+    tracker = ConnectionTracker()
+    early = tcp_entry(event=accesslog_pb2.TcpUpstreamConnected, local_uri=DB_SPIFFE)
+    assert decode_tcp_entry(early, "destination", DB, nodes, tracker) is None
+    later = tcp_entry(received=10, peer_uri=CLIENT_SPIFFE, local_uri=DB_SPIFFE)
+    record = decode_tcp_entry(later, "destination", DB, nodes, tracker)
+    assert record is not None and record.opened and record.closed
+    assert record.source.workload == "client"
+    # Once the caller's certificate is in, the connected report counts.
+    done = tcp_entry(
+        event=accesslog_pb2.TcpUpstreamConnected,
+        connection="b",
+        peer_uri=CLIENT_SPIFFE,
+        local_uri=DB_SPIFFE,
+    )
+    assert decode_tcp_entry(done, "destination", DB, nodes, tracker) is not None
+    # A plaintext inbound has no handshake to wait for.
+    plain = tcp_entry(event=accesslog_pb2.TcpUpstreamConnected, connection="c")
+    assert decode_tcp_entry(plain, "destination", DB, nodes, tracker) is not None
+
+
 def test_an_identity_held_by_two_workloads_names_only_its_principal_and_namespace(
     nodes: NodeDirectory,
 ) -> None:
