@@ -1,0 +1,304 @@
+"""TCP through the mesh's sidecar pair vs direct: throughput and connection setup time.
+
+The backends run in a subprocess of this script: a sink (reads until the client's EOF, then
+answers with the count of bytes it read) and an echo. The pairs (``tcp_sidecar_pair``: the
+mesh's TCP proxies with their access loggers, one pair plaintext, one with mTLS between the
+sidecars) report every connection to a real control plane (``pilotfish control-plane``).
+The Envoys are pinned to CPU 0; this process (the client), the backends and the control
+plane to CPU 1. The targets run interleaved, ``--repetitions`` times; medians are reported,
+with the ratio to direct measured in the same run.
+
+- *throughput*: one connection sends ``--megabytes`` (MB = 10^6 bytes) in 256 KiB writes,
+  half-closes, and waits for the sink's count (checked); MB/s over connect-to-count, and the
+  two Envoys' CPU per MB (utime + stime from /proc).
+- *connection setup*: ``--connections`` connections one after the other, each timed from
+  ``connect()`` until one byte came back through the echo (so it covers both sidecars'
+  upstream connects and the TLS handshake); p50/p99 per repetition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from bench_report import (
+    cpu_seconds,
+    die_with_parent,
+    format_table,
+    machine_facts,
+    median,
+    percentile,
+    pin_to_cpu,
+    start_control_plane,
+    terminate_on_sigterm,
+    write_results,
+)
+from tcp_sidecar_pair import CONFIG_SOURCE, PAIRS, TcpSidecarPair
+
+CHUNK = 256 * 1024
+MESH = "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {}\n"
+ENVOY_CPU, LOAD_CPU = 0, 1
+
+
+# --- the backends (the subprocess) --------------------------------------------------------
+
+
+def _sink(conn: socket.socket) -> None:
+    with conn:
+        buffer = bytearray(CHUNK)
+        total = 0
+        while read := conn.recv_into(buffer):
+            total += read
+        conn.sendall(struct.pack(">Q", total))
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def _accept_forever(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def serve(ports_file: Path) -> None:
+    listeners = {name: socket.create_server(("127.0.0.1", 0), backlog=512) for name in BACKENDS}
+    handlers = {"sink": _sink, "echo": _echo}
+    for name, listener in listeners.items():
+        threading.Thread(
+            target=_accept_forever, args=(listener, handlers[name]), daemon=True
+        ).start()
+    ports = {name: listener.getsockname()[1] for name, listener in listeners.items()}
+    ports_file.write_text(json.dumps(ports))
+    threading.Event().wait()
+
+
+BACKENDS = ("sink", "echo")
+
+
+def start_backends(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    ports_file = folder / "backends.json"
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(ports_file)], preexec_fn=die_with_parent
+    )
+    deadline = time.monotonic() + 30
+    while not ports_file.exists() or not ports_file.read_text():
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the backends did not start")
+        time.sleep(0.05)
+    return child, json.loads(ports_file.read_text())
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+
+def echoes(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"x")
+            return conn.recv(1) == b"x"
+    except OSError:
+        return False
+
+
+def envoy_cpu(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+def throughput(port: int, megabytes: int, pids: Sequence[int]) -> dict[str, float]:
+    size = megabytes * 1_000_000
+    chunk = b"\0" * CHUNK
+    cpu_before = envoy_cpu(pids)
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+        left = size
+        while left > 0:
+            conn.sendall(chunk if left >= CHUNK else chunk[:left])
+            left -= CHUNK
+        conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while len(answer) < 8:
+            data = conn.recv(8 - len(answer))
+            if not data:
+                raise RuntimeError(f"port {port}: the connection closed before the sink's count")
+            answer += data
+    seconds = time.perf_counter() - started
+    cpu = envoy_cpu(pids) - cpu_before
+    (counted,) = struct.unpack(">Q", answer)
+    if counted != size:
+        raise RuntimeError(f"port {port}: the sink read {counted} of {size} bytes")
+    return {
+        "seconds": seconds,
+        "mb_per_s": megabytes / seconds,
+        "envoy_cpu_ms_per_mb": cpu * 1e3 / megabytes,
+    }
+
+
+def connection_setup(port: int, count: int, pids: Sequence[int]) -> dict[str, float]:
+    samples = []
+    cpu_before = envoy_cpu(pids)
+    for _ in range(count):
+        started = time.perf_counter_ns()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(b"x")
+            if conn.recv(1) != b"x":
+                raise RuntimeError(f"port {port}: no echo")
+            samples.append((time.perf_counter_ns() - started) / 1e3)
+    cpu = envoy_cpu(pids) - cpu_before
+    return {
+        "p50_us": percentile(samples, 0.50),
+        "p99_us": percentile(samples, 0.99),
+        "envoy_cpu_us_per_connection": cpu * 1e6 / count,
+    }
+
+
+def opened_by_reporter(mesh: Path) -> dict[str, float]:
+    """``istio_tcp_connections_opened_total`` by reporter, from the control plane's /metrics:
+    that the pairs' connections were counted at all."""
+    admin = json.loads((mesh / "ports.json").read_text())["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    opened: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("istio_tcp_connections_opened_total{"):
+            reporter = line.split('reporter="', 1)[1].split('"', 1)[0]
+            opened[reporter] = opened.get(reporter, 0.0) + float(line.rsplit(" ", 1)[1])
+    return opened
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:.2f}" if baseline else "n/a"
+
+
+def tables(runs: Mapping[str, list[dict[str, dict[str, float]]]], args: argparse.Namespace) -> str:
+    def med(target: str, part: str, key: str) -> float:
+        return median([run[part][key] for run in runs[target]])
+
+    direct_mb = med("direct", "throughput", "mb_per_s")
+    moved = [
+        (
+            target,
+            med(target, "throughput", "mb_per_s"),
+            ratio(med(target, "throughput", "mb_per_s"), direct_mb),
+            med(target, "throughput", "envoy_cpu_ms_per_mb") if target != "direct" else "-",
+        )
+        for target in runs
+    ]
+    first = format_table(("target", "MB/s", "MB/s / direct", "Envoy CPU ms/MB"), moved)
+    direct_p50 = med("direct", "setup", "p50_us")
+    direct_p99 = med("direct", "setup", "p99_us")
+    rows = [
+        (
+            target,
+            med(target, "setup", "p50_us"),
+            med(target, "setup", "p99_us"),
+            ratio(med(target, "setup", "p50_us"), direct_p50),
+            ratio(med(target, "setup", "p99_us"), direct_p99),
+            med(target, "setup", "envoy_cpu_us_per_connection") if target != "direct" else "-",
+        )
+        for target in runs
+    ]
+    second = format_table(
+        ("target", "p50 us", "p99 us", "p50 / direct", "p99 / direct", "Envoy CPU us/conn"), rows
+    )
+    return (
+        f"Sidecar pair: {CONFIG_SOURCE}.\n"
+        f"Envoys on CPU {ENVOY_CPU}; client, backends and control plane on CPU {LOAD_CPU}; "
+        f"medians of {args.repetitions} interleaved repetitions.\n\n"
+        f"Throughput: {args.megabytes} MB over one connection to a sink\n{first}\n\n"
+        f"Connection setup: connect() to one echoed byte, {args.connections} connections "
+        f"one after another\n{second}\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve)
+        return 0
+    facts = machine_facts()
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {}
+    with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-tcp-") as temp:
+        work = Path(temp)
+        (work / "mesh").mkdir()
+        (work / "mesh" / "mesh.yaml").write_text(MESH)
+        children: list[subprocess.Popen[bytes]] = []
+        pairs: list[TcpSidecarPair] = []
+        try:
+            control_plane, xds_port = start_control_plane(work / "mesh")
+            children.append(control_plane)
+            backends, backend_ports = start_backends(work)
+            children.append(backends)
+            for pid in (control_plane.pid, backends.pid, os.getpid()):
+                pin_to_cpu(pid, LOAD_CPU)
+            targets: dict[str, tuple[Mapping[str, int], list[int]]] = {
+                "direct": (backend_ports, [])
+            }
+            for name, label, tls in PAIRS:
+                pair = TcpSidecarPair(name, backend_ports, work, xds_port, tls=tls)
+                pairs.append(pair)
+                for pid in pair.pids:
+                    pin_to_cpu(pid, ENVOY_CPU)
+                pair.wait_ready(functools.partial(echoes, pair.ports["echo"]))
+                targets[label] = (pair.ports, pair.pids)
+            runs = {target: [] for target in targets}
+            control_plane_cpu = cpu_seconds(control_plane.pid)
+            for repetition in range(args.repetitions):
+                for target, (ports, pids) in targets.items():
+                    print(f"repetition {repetition + 1}: {target}", flush=True)
+                    runs[target].append(
+                        {
+                            "throughput": throughput(ports["sink"], args.megabytes, pids),
+                            "setup": connection_setup(ports["echo"], args.connections, pids),
+                        }
+                    )
+            control_plane_cpu = cpu_seconds(control_plane.pid) - control_plane_cpu
+            time.sleep(2)  # the Envoys' last access-log flush (once a second)
+            opened = opened_by_reporter(work / "mesh")
+        finally:
+            for pair in pairs:
+                pair.stop()
+            for child in children:
+                child.terminate()
+                child.wait(10)
+    table = tables(runs, args)
+    measured = (len(runs) - 1) * args.repetitions * (args.connections + 1)
+    table += (
+        f"\nThe control plane counted the pairs' connections in istio_tcp_connections_opened_"
+        f"total: {opened.get('source', 0):.0f} (source), {opened.get('destination', 0):.0f} "
+        f"(destination), for {measured} measured ones and the readiness probes; ingesting "
+        f"their reports took {control_plane_cpu:.2f} s of its CPU.\n"
+    )
+    print(table)
+    path = write_results("tcp_throughput", facts, {"runs": runs, "config": CONFIG_SOURCE}, table)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
