@@ -30,8 +30,9 @@ from pilotfish.agent.ports import free_port
 from pilotfish.controller.control_plane import ControlPlane
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import TelemetrySettings
+from pilotfish.telemetry.access_log_format import format_text_line
 from pilotfish.translate.tcp_proxy import WeightedCluster, tcp_proxy_filter
-from pilotfish.translate.telemetry import HttpRole, tcp_telemetry
+from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT, HttpRole, tcp_telemetry
 
 MESH = """apiVersion: pilotfish.io/v1alpha1
 kind: MeshConfig
@@ -329,3 +330,10 @@ async def test_tcp_connections_through_real_envoys_become_exact_istio_tcp_metric
     assert source["connection_security_policy"] == "unknown"
     assert plane.access_logs.connections.open_connections == 0
     assert plane.access_logs.entries_rejected == 0
+
+    # Each proxy's access log has one line per connection, when it ended.
+    for proxy in ("client-0", "db-0"):
+        ended = plane.proxy_logs.recent(proxy)
+        assert sorted(r.received_bytes for r in ended) == sorted((*SIZES, LONG))  # type: ignore[union-attr]
+        line = format_text_line(ended[-1], ISTIO_TEXT_FORMAT)
+        assert f'"- - -" 0 - - - "-" {LONG} {LONG} ' in line

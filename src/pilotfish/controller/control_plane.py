@@ -159,6 +159,8 @@ class ControlPlane:
         self.proxy_logs = ProxyLogs()
         for sink in (self.live, self.proxy_logs, self.tap):
             self.telemetry.add_sink(sink)
+        self.telemetry.add_connection_sink(self.proxy_logs)
+        self.telemetry.add_connection_sink(self.tap)
         self.traces = TraceStore()
         """Recent traces, from the spans the proxies post to the admin API."""
         self.trace_export = TraceExport(self._trace_exporters)

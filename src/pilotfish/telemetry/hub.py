@@ -22,7 +22,7 @@ class RecordSink(Protocol):
 
 
 class ConnectionSink(Protocol):
-    def add(self, records: Sequence[ConnectionRecord]) -> None: ...
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None: ...
 
 
 class TelemetryHub:
@@ -42,7 +42,7 @@ class TelemetryHub:
         self.connection_records_ingested += len(records)
         for sink in self._connection_sinks:
             try:
-                sink.add(records)
+                sink.add_connections(records)
             except Exception:  # one broken view must not blind the others
                 log.exception("telemetry sink %r failed on %d records", sink, len(records))
 

@@ -248,7 +248,7 @@ class IstioTcpMetrics:
     def series_count(self) -> int:
         return len(self._series)
 
-    def add(self, records: Sequence[ConnectionRecord]) -> None:
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None:
         now = self._clock()
         for record in records:
             series = self._series.get(self._label_values(record), now, _TcpSeries)

@@ -176,6 +176,11 @@ class ConnectionRecord:
         return self.event == "closed"
 
     @property
+    def ok(self) -> bool:
+        """Whether the proxy flagged nothing (no failed upstream connect, no limit hit...)."""
+        return not self.response_flags
+
+    @property
     def response_flags_label(self) -> str:
         return ",".join(self.response_flags) or "-"
 
@@ -205,3 +210,7 @@ class ConnectionRecord:
             "downstream_local_address": self.downstream_local,
             "connection_id": self.connection_id,
         }
+
+
+LogRecord = RequestRecord | ConnectionRecord
+"""A line of a proxy's access log: a request, or a TCP connection (its end)."""

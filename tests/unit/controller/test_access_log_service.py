@@ -48,7 +48,7 @@ class CollectedConnections:
     def __init__(self) -> None:
         self.batches: list[list[ConnectionRecord]] = []
 
-    def add(self, records: Sequence[ConnectionRecord]) -> None:
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None:
         self.batches.append(list(records))
 
 

@@ -77,11 +77,11 @@ def test_tcp_labels_are_the_http_ones_without_the_request_only_ones() -> None:
 
 def test_a_connection_counts_opened_once_closed_once_and_its_bytes_as_reported() -> None:
     metrics = IstioTcpMetrics()
-    metrics.add([CONNECTED, PERIODIC])
+    metrics.add_connections([CONNECTED, PERIODIC])
     assert value(metrics, "istio_tcp_connections_opened_total") == 1
     assert value(metrics, "istio_tcp_connections_closed_total") == 0
     assert value(metrics, "istio_tcp_received_bytes_total") == 700  # before it ends
-    metrics.add([CLOSED])
+    metrics.add_connections([CLOSED])
     assert value(metrics, "istio_tcp_connections_opened_total") == 1
     assert value(metrics, "istio_tcp_connections_closed_total") == 1
     assert value(metrics, "istio_tcp_received_bytes_total") == 1000
@@ -118,7 +118,7 @@ def test_a_connection_counts_opened_once_closed_once_and_its_bytes_as_reported()
 def test_a_failed_connection_is_its_own_series_by_its_flags() -> None:
     metrics = IstioTcpMetrics()
     failed = replace(CLOSED, opened=True, response_flags=("UF", "URX"), sent_delta=0)
-    metrics.add([CONNECTED, CLOSED, failed])
+    metrics.add_connections([CONNECTED, CLOSED, failed])
     assert value(metrics, "istio_tcp_connections_opened_total", response_flags="UF,URX") == 1
     assert value(metrics, "istio_tcp_connections_closed_total", response_flags="UF,URX") == 1
     assert value(metrics, "istio_tcp_connections_closed_total", response_flags="-") == 1
@@ -132,14 +132,14 @@ def test_the_series_cap_drops_new_label_sets_and_idle_ones_make_room(
     metrics = IstioTcpMetrics(max_series=1, clock=clock)
     other = replace(CONNECTED, reporter="source", connection_security_policy="unknown")
     with caplog.at_level(logging.WARNING, "pilotfish.telemetry"):
-        metrics.add([CONNECTED, other, other])
+        metrics.add_connections([CONNECTED, other, other])
     assert metrics.dropped == 2 and metrics.series_count == 1
     assert value(metrics, "pilotfish_telemetry_tcp_series_dropped_total") == 2
     assert value(metrics, "pilotfish_telemetry_tcp_series") == 1
     (warning,) = [r for r in caplog.records if "istio_tcp" in r.getMessage()]
     assert "not counted" in warning.getMessage()
     clock.now = 600.0
-    metrics.add([other])
+    metrics.add_connections([other])
     assert metrics.evicted == 1 and metrics.dropped == 2
     assert value(metrics, "istio_tcp_connections_opened_total", reporter="source") == 1
     assert value(metrics, "istio_tcp_connections_opened_total", reporter="destination") == 0
@@ -147,7 +147,7 @@ def test_the_series_cap_drops_new_label_sets_and_idle_ones_make_room(
 
 def test_exposition_has_the_four_counters() -> None:
     metrics = IstioTcpMetrics()
-    metrics.add([CONNECTED, CLOSED])
+    metrics.add_connections([CONNECTED, CLOSED])
     text = render(metrics.families())
     for name in TCP_METRICS:
         assert f"# TYPE {name} counter" in text
