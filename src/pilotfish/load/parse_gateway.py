@@ -7,7 +7,7 @@ from typing import cast
 
 from pilotfish.load import parse_tls
 from pilotfish.load.fields import FieldReader, Fields
-from pilotfish.load.parse_protocols import is_carried, read_port_protocol
+from pilotfish.load.parse_protocols import names_http, read_port_protocol
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
@@ -91,7 +91,7 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
         if settings is None:
             return None
         return GatewayServer(number, port_name, "HTTP", hosts, tls=settings)
-    if not is_carried(protocol):
+    if not names_http(protocol):
         reader.warning(
             port_path,
             f"the {protocol} server on port {number} is not served: Pilotfish does not carry "

@@ -35,12 +35,15 @@ At most one per folder. Field names follow Istio's MeshConfig where it has them:
         redis: {address: 127.0.0.1:6379}  # counters in Redis; default the control plane's memory
         failureMode: allow              # or deny: when the service or its Redis fails
         timeout: 20ms                   # how long a proxy waits for a decision
+      interception: explicit            # or transparent: each replica in its own network
+                                        # namespace, its TCP redirected by iptables (root)
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import cast, get_args
 
 from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, PORT_MAX, FieldReader, Fields
@@ -53,6 +56,7 @@ from pilotfish.model.resources import (
     DEFAULT_WORKLOAD_TTL_SECONDS,
     MIN_WORKLOAD_TTL_SECONDS,
     CertificateSettings,
+    Interception,
     MeshSettings,
     Meta,
     PluggedCertificateAuthority,
@@ -65,7 +69,6 @@ from pilotfish.model.telemetry import (
     TraceExporterKind,
 )
 
-# Later issues add their mesh-wide settings here (interception...).
 SPEC_FIELDS = (
     "trustDomain",
     "certificates",
@@ -79,7 +82,9 @@ SPEC_FIELDS = (
     "enableRequestTelemetry",
     "localityLbSetting",
     "rateLimit",
+    "interception",
 )
+INTERCEPTIONS: tuple[Interception, ...] = get_args(Interception)
 # Istio's MeshConfig fields that a folder may carry over from Istio, and what they would do.
 SPEC_NOT_IMPLEMENTED = {
     "enableEnvoyAccessLogService": "proxies stream their access logs to the control plane "
@@ -202,7 +207,13 @@ def parse_mesh_config(
         # Istio checks the mesh's setting as if outlier detection were set: no warning.
         locality_lb_setting=read_locality_lb_setting(reader, spec, "spec"),
         rate_limit=parse_rate_limit_settings(reader, spec),
+        interception=_interception(reader, spec),
     )
+
+
+def _interception(reader: FieldReader, spec: Fields) -> Interception:
+    chosen = reader.choice(spec, "interception", "spec", INTERCEPTIONS)
+    return cast(Interception, chosen or "explicit")
 
 
 def _telemetry(reader: FieldReader, spec: Fields) -> TelemetrySettings:

@@ -6,11 +6,14 @@ import ipaddress
 import re
 from typing import Literal, cast
 
-from pilotfish.load.dns_names import DNS_SUBDOMAIN
+from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN
 from pilotfish.load.fields import NOT_IMPLEMENTED_PREFIX, FieldReader, Fields, describe
 from pilotfish.load.parse_locality import read_locality
 from pilotfish.load.parse_protocols import (
-    is_carried,
+    HTTP_PROXY,
+    carried_as,
+    istio_protocol,
+    names_http,
     not_carried_consequence,
     read_port_protocol,
 )
@@ -18,7 +21,6 @@ from pilotfish.load.yaml_source import join_path
 from pilotfish.model.resources import (
     Meta,
     NotCarriedPort,
-    Protocol,
     ServiceEntry,
     ServicePort,
     WorkloadEntry,
@@ -90,6 +92,8 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
         reader.warning(
             "spec.resolution", "NONE (pass-through) is not implemented; treated as STATIC"
         )
+    if len(hosts) > 1 and spec.get("resolution") not in (None, "NONE"):
+        _hosts_sharing_an_opaque_port(reader, spec)
     if resolution == "DNS" and any("/" in address for address in addresses):
         reader.error(
             "spec.addresses", "CIDR ranges need resolution STATIC or NONE (Istio refuses them)"
@@ -126,6 +130,27 @@ def parse_service_entry(reader: FieldReader, spec: Fields, meta: Meta) -> Servic
     )
 
 
+def _hosts_sharing_an_opaque_port(reader: FieldReader, spec: Fields) -> None:
+    """Several hosts on one port are told apart by the HTTP Host or the TLS SNI; plain TCP
+    carries neither. Istio judges by ``protocol`` alone, so an unset one counts as TCP here."""
+    for item, path in reader.items(spec, "ports", "spec"):
+        written = item.get("protocol") if isinstance(item, dict) else None
+        protocol = istio_protocol(written) if isinstance(written, str) else None
+        if isinstance(written, str) and written and protocol is None:
+            continue  # an unknown protocol, reported as such
+        if protocol is None or not (
+            names_http(protocol) or protocol == HTTP_PROXY or carried_as(protocol) == "TLS"
+        ):
+            shown = f"protocol {written}" if protocol is not None else "no protocol"
+            reader.error(
+                path,
+                f"{shown} with several hosts: only HTTP (Host) and TLS (SNI) connections name "
+                "the host they want; give each host its own ServiceEntry, or set resolution "
+                "NONE (Istio refuses it too)",
+            )
+            return
+
+
 def _service_ports(reader: FieldReader, spec: Fields) -> list[ServicePort | NotCarriedPort]:
     """Ports by number and name; Istio keys listeners and endpoints on both, so each is unique.
 
@@ -160,15 +185,19 @@ def _service_port(
         return None
     number = reader.port(fields, "number", path, required=True)
     name = reader.string(fields, "name", path, required=True)
+    if name and DNS_LABEL.fullmatch(name) is None:
+        reader.error(
+            join_path(path, "name"),
+            f'"{name}" is not a port name (a DNS label: lower-case letters, digits, "-")',
+        )
     protocol = read_port_protocol(reader, fields, path)
     target_port = reader.port(fields, "targetPort", path)
     if number is None or name is None or protocol is None:
         return None
-    if not is_carried(protocol):
+    carried = carried_as(protocol)
+    if carried is None:
         return reader.paths.remember(NotCarriedPort(number, name, protocol), path)
-    return ServicePort(
-        number=number, name=name, protocol=cast(Protocol, protocol), target_port=target_port
-    )
+    return ServicePort(number=number, name=name, protocol=carried, target_port=target_port)
 
 
 def _workload_selector(reader: FieldReader, spec: Fields) -> dict[str, str] | None:

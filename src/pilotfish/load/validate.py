@@ -16,6 +16,7 @@ from pilotfish.load.parse_peer_authentication import peer_authentication_problem
 from pilotfish.load.parse_rate_limit_policy import rate_limit_policy_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
 from pilotfish.load.parse_service_entry import is_ip_address
+from pilotfish.load.parse_workload import upstream_problems
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.delegation import (
     MESH,
@@ -62,6 +63,7 @@ def validate_mesh(
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))
     found.extend(_workload_conflicts(config))
+    found.extend(upstream_problems(config, services, paths, complete=complete))
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
@@ -531,14 +533,14 @@ class _RouteChecker:
             yield self._error(
                 join_path(destination_path, "port.number"),
                 f"port {skipped.number} ({skipped.protocol}) of {destination.host} is not "
-                "carried by Pilotfish yet, so this route cannot reach it"
+                "carried (sidecars proxy TCP only), so this route cannot reach it"
                 if skipped is not None
                 else f'service "{destination.host}" has no port {destination.port} '
                 f"(it has {port_numbers or 'none'})",
             )
         if destination.port is None and not known.ports:
             declared = ", ".join(f"{p.number} ({p.protocol})" for p in not_carried)
-            why = f"its ports {declared} are not carried yet" if declared else "it declares none"
+            why = f"its ports {declared} are not carried" if declared else "it declares none"
             yield self._error(
                 destination_path,
                 f'service "{destination.host}" has no port Pilotfish carries ({why})',

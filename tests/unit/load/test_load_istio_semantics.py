@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from load_cases import BOOKINFO_REGISTRY, assert_at, find, load
 
-from pilotfish.model.resources import NotCarriedPort, StringMatch
+from pilotfish.model.resources import NotCarriedPort, ServicePort, StringMatch
 
 ROUTE = """\
 apiVersion: networking.istio.io/v1
@@ -38,29 +38,66 @@ def egress(ports: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("protocol", "layer"), [("TLS", "TLS"), ("HTTPS", "TLS"), ("TCP", "TCP"), ("MONGO", "TCP")]
+    ("protocol", "carried"),
+    [
+        ("HTTP", "HTTP"),
+        ("http2", "HTTP2"),
+        ("Grpc", "GRPC"),
+        ("TCP", "TCP"),
+        ("MONGO", "TCP"),
+        ("mysql", "TCP"),
+        ("REDIS", "TCP"),
+        ("TLS", "TLS"),
+        ("HTTPS", "TLS"),
+    ],
+)
+def test_every_tcp_based_istio_protocol_is_carried(protocol: str, carried: str) -> None:
+    _text, result = load(
+        egress(
+            f"  ports:\n  - {{number: 443, name: port, protocol: {protocol}, targetPort: 8443}}\n"
+        )
+    )
+    assert result.diagnostics == ()
+    assert result.config is not None
+    (entry,) = result.config.service_entries
+    assert entry.ports == (ServicePort(443, "port", carried, target_port=8443),)
+    assert entry.ports_not_carried == ()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "consequence"),
+    [
+        ("UDP", "Envoy sidecars proxy TCP only, so UDP traffic to it bypasses the mesh"),
+        ("HTTP_PROXY", "HTTP_PROXY names a Sidecar egress proxy port in Istio"),
+    ],
 )
 def test_a_port_pilotfish_does_not_carry_is_kept_with_one_warning(
-    protocol: str, layer: str
+    protocol: str, consequence: str
 ) -> None:
     text, result = load(
         egress(
             "  ports:\n  - {number: 80, name: http, protocol: HTTP}\n"
-            f"  - {{number: 443, name: secure, protocol: {protocol}}}\n"
+            f"  - {{number: 53, name: dns, protocol: {protocol}}}\n"
         )
     )
     warning = assert_at(
-        result, text, "spec.ports[1]", "{number: 443", "is not carried", severity="warning"
+        result, text, "spec.ports[1]", "{number: 53", "is not carried", severity="warning"
     )
-    assert warning.message == (
-        f"port 443 ({protocol}) of ServiceEntry default/api is not carried: "
-        f"{layer} traffic to it does not go through the mesh yet"
+    assert warning.message.startswith(
+        f"port 53 ({protocol}) of ServiceEntry default/api is not carried: {consequence}"
     )
     assert len(result.diagnostics) == 1
     assert result.config is not None
     (entry,) = result.config.service_entries
     assert [port.number for port in entry.ports] == [80]
-    assert entry.ports_not_carried == (NotCarriedPort(443, "secure", protocol),)
+    assert entry.ports_not_carried == (NotCarriedPort(53, "dns", protocol),)
+
+
+def test_a_protocol_istio_does_not_know_is_an_error() -> None:
+    text, result = load(egress("  ports:\n  - {number: 25, name: mail, protocol: SMTP}\n"))
+    error = assert_at(result, text, "spec.ports[0].protocol", "protocol", "not a protocol")
+    assert '"SMTP" is not a protocol Istio knows' in error.message
+    assert result.config is None
 
 
 def test_a_route_to_a_port_not_carried_says_so() -> None:
@@ -72,23 +109,21 @@ spec:
   hosts: [api.example.com]
   http:
   - route:
-    - destination: {host: api.example.com, port: {number: 443}}
+    - destination: {host: api.example.com, port: {number: 53}}
 """
-    entry = egress("  ports:\n  - {number: 443, name: tls, protocol: TLS}\n")
+    entry = egress("  ports:\n  - {number: 53, name: dns, protocol: UDP}\n")
     text, result = load(routes, entry)
     error = assert_at(
-        result, text, "spec.http[0].route[0].destination.port.number", "number: 443", ""
+        result, text, "spec.http[0].route[0].destination.port.number", "number: 53", ""
     )
     assert error.message == (
-        "port 443 (TLS) of api.example.com is not carried by Pilotfish yet, "
+        "port 53 (UDP) of api.example.com is not carried (sidecars proxy TCP only), "
         "so this route cannot reach it"
     )
-    unnamed = routes.replace(", port: {number: 443}", "")
+    unnamed = routes.replace(", port: {number: 53}", "")
     text, result = load(unnamed, entry)
     error = find(result, "spec.http[0].route[0].destination")
-    assert "has no port Pilotfish carries (its ports 443 (TLS) are not carried yet)" in (
-        error.message
-    )
+    assert "has no port Pilotfish carries (its ports 53 (UDP) are not carried)" in error.message
 
 
 def test_a_service_entry_needs_no_ports() -> None:
@@ -99,7 +134,18 @@ def test_a_service_entry_needs_no_ports() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "protocol"), [("http-web", "HTTP"), ("grpc", "GRPC"), ("http2-api", "HTTP2")]
+    ("name", "protocol"),
+    [
+        ("http-web", "HTTP"),
+        ("grpc", "GRPC"),
+        ("http2-api", "HTTP2"),
+        ("tcp-postgres", "TCP"),
+        ("tls", "TLS"),
+        ("https-api", "TLS"),
+        ("mongo-users", "TCP"),
+        ("mysql", "TCP"),
+        ("redis-cache", "TCP"),
+    ],
 )
 def test_a_port_without_protocol_takes_it_from_its_name(name: str, protocol: str) -> None:
     _text, result = load(egress(f"  ports:\n  - {{number: 80, name: {name}}}\n"))
@@ -108,20 +154,68 @@ def test_a_port_without_protocol_takes_it_from_its_name(name: str, protocol: str
     assert result.config.service_entries[0].ports[0].protocol == protocol
 
 
-def test_a_port_whose_name_names_no_protocol_is_carried_as_http_with_a_warning() -> None:
-    text, result = load(egress("  ports:\n  - {number: 80, name: web}\n"))
-    warning = assert_at(
-        result, text, "spec.ports[0].protocol", "{number: 80", "as HTTP", severity="warning"
-    )
-    assert "Istio would detect HTTP or TCP" in warning.message
+def test_protocol_wins_over_the_name() -> None:
+    _text, result = load(egress("  ports:\n  - {number: 80, name: tcp-web, protocol: HTTP}\n"))
     assert result.config is not None
     assert result.config.service_entries[0].ports[0].protocol == "HTTP"
 
 
-def test_a_tcp_name_prefix_is_a_port_not_carried() -> None:
-    _text, result = load(egress("  ports:\n  - {number: 5432, name: tcp-postgres}\n"))
+@pytest.mark.parametrize("name", ["web", "httpx", "tcpdb"])
+def test_a_port_nothing_names_is_detected_without_a_warning(name: str) -> None:
+    _text, result = load(egress(f"  ports:\n  - {{number: 80, name: {name}}}\n"))
+    assert result.diagnostics == ()
     assert result.config is not None
-    assert result.config.service_entries[0].ports_not_carried[0].protocol == "TCP"
+    assert result.config.service_entries[0].ports[0].protocol == "AUTO"
+
+
+def test_a_port_name_must_be_a_dns_label() -> None:
+    text, result = load(egress("  ports:\n  - {number: 80, name: Web_1, protocol: HTTP}\n"))
+    assert_at(
+        result, text, "spec.ports[0].name", "name", '"Web_1" is not a port name', occurrence=2
+    )
+
+
+@pytest.mark.parametrize(
+    ("ports", "index", "shown"),
+    [
+        (
+            "[{number: 80, name: http, protocol: HTTP}, {number: 3306, name: db, protocol: TCP}]",
+            1,
+            "protocol TCP",
+        ),
+        ("[{number: 80, name: http}]", 0, "no protocol"),
+        ("[{number: 27017, name: mongo, protocol: MONGO}]", 0, "protocol MONGO"),
+    ],
+)
+def test_several_hosts_cannot_share_a_port_that_names_no_host(
+    ports: str, index: int, shown: str
+) -> None:
+    _text, result = load(
+        egress(f"  ports: {ports}\n").replace("[api.example.com]", "[a.example.com, b.example.com]")
+    )
+    error = find(result, f"spec.ports[{index}]")
+    assert error.message.startswith(f"{shown} with several hosts")
+    assert "Istio refuses it" in error.message
+
+
+@pytest.mark.parametrize(
+    "protocol_and_resolution",
+    [
+        "protocol: HTTPS}]\n  resolution: DNS",
+        "protocol: TLS}]",
+        "protocol: TCP}]\n  resolution: NONE",
+    ],
+)
+def test_several_hosts_may_share_tls_and_http_ports_or_any_port_without_resolution(
+    protocol_and_resolution: str,
+) -> None:
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\n"
+        "spec:\n  hosts: [a.example.com, b.example.com]\n"
+        f"  ports: [{{number: 443, name: p, {protocol_and_resolution}\n"
+    )
+    _text, result = load(text)
+    assert result.errors == ()
 
 
 def test_a_service_entry_host_may_not_be_a_lone_star() -> None:

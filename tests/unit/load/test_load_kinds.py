@@ -665,12 +665,14 @@ def test_workload_values_and_defaults(tmp_path: object) -> None:
     assert result.diagnostics == ()
     assert result.config is not None
     (workload,) = result.config.workloads
+    # As an unnamed Kubernetes port: nothing names a protocol, so it is detected.
     assert (workload.service, workload.port, workload.protocol, workload.replicas) == (
         "web",
         8080,
-        "HTTP",
+        "AUTO",
         1,
     )
+    assert workload.upstreams == ()
     assert workload.command == ("python3", "-m", "http.server")
     assert workload.env == {"GREETING": "hi"}
     assert os.path.isabs(workload.directory)
@@ -679,8 +681,8 @@ def test_workload_values_and_defaults(tmp_path: object) -> None:
 @pytest.mark.parametrize(
     ("extra", "field", "needle", "message"),
     [
-        ("  protocol: TCP\n", "spec.protocol", "protocol", "TCP is not supported yet"),
-        ("  protocol: SMTP\n", "spec.protocol", "protocol", "must be one of HTTP, HTTP2, GRPC"),
+        ("  protocol: UDP\n", "spec.protocol", "protocol", "UDP is not carried"),
+        ("  protocol: SMTP\n", "spec.protocol", "protocol", "not a protocol Istio knows"),
         ("  replicas: 0\n", "spec.replicas", "replicas", "out of range"),
         ("  env: {PORT_NUMBER: 1}\n", "spec.env.PORT_NUMBER", "PORT_NUMBER", "expected a string"),
     ],
