@@ -4,7 +4,7 @@ A grpcio server (a subprocess of this script, one generic unary method that answ
 request's bytes) and a grpcio client (this process) making ``--calls`` calls one after the
 other, each with a ``--payload``-byte message; latency of each call from the client's
 ``perf_counter_ns``. Through the pair, the client's channel goes to its sidecar's local port
-for the service, as an ``upstreams`` port gives it (``tcp_sidecar_pair``: the mesh's TCP
+for the service, as an ``upstreams`` port gives it (``sidecar_pair``: the mesh's TCP
 proxies with their access loggers; the pair plaintext, and with mTLS between the sidecars),
 so the gRPC calls ride one TCP connection through both sidecars. CPU per call: utime + stime
 (/proc) of the client process, the server process and the two Envoys over the calls, divided
@@ -41,7 +41,7 @@ from bench_report import (
     terminate_on_sigterm,
     write_results,
 )
-from tcp_sidecar_pair import CONFIG_SOURCE, PAIRS, TcpSidecarPair
+from sidecar_pair import CONFIG_SOURCE, PAIRS, SidecarPair
 
 METHOD = "/pilotfish.bench.Echo/Unary"
 MESH = "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {}\n"
@@ -148,7 +148,9 @@ def tables(runs: Mapping[str, list[dict[str, float]]], args: argparse.Namespace)
         "CPU / direct",
     )
     return (
-        f"Sidecar pair: {CONFIG_SOURCE}; gRPC rides it as TCP (an upstreams local port).\n"
+        f"Sidecar pairs: {CONFIG_SOURCE}. Through a TCP pair gRPC rides one TCP connection "
+        f"(an upstreams local port); the HTTP/2 pair routes each call at both sidecars "
+        f"(a GRPC port), with its request log to the control plane.\n"
         f"Envoys on CPU {ENVOY_CPU}; client, server and control plane on CPU {LOAD_CPU}; "
         f"medians of {args.repetitions} interleaved repetitions of {args.calls} sequential "
         f"unary calls ({args.payload}-byte messages, after {WARMUP_CALLS} warm-up calls); "
@@ -173,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (work / "mesh").mkdir()
         (work / "mesh" / "mesh.yaml").write_text(MESH)
         children: list[subprocess.Popen[bytes]] = []
-        pairs: list[TcpSidecarPair] = []
+        pairs: list[SidecarPair] = []
         try:
             control_plane, xds_port = start_control_plane(work / "mesh")
             children.append(control_plane)
@@ -183,12 +185,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pin_to_cpu(pid, LOAD_CPU)
             targets: dict[str, tuple[int, list[int]]] = {"direct": (server_ports["grpc"], [])}
             for name, label, tls in PAIRS:
-                pair = TcpSidecarPair(name, server_ports, work, xds_port, tls=tls)
+                pair = SidecarPair(name, server_ports, work, xds_port, tls=tls)
                 pairs.append(pair)
                 for pid in pair.pids:
                     pin_to_cpu(pid, ENVOY_CPU)
                 pair.wait_ready(functools.partial(answers, pair.ports["grpc"]))
                 targets[label] = (pair.ports["grpc"], pair.pids)
+            # As a GRPC port gets it: HTTP/2 routes at both sidecars, mTLS between them.
+            pair = SidecarPair("pair-http2", server_ports, work, xds_port, tls=True, http2=True)
+            pairs.append(pair)
+            for pid in pair.pids:
+                pin_to_cpu(pid, ENVOY_CPU)
+            pair.wait_ready(functools.partial(answers, pair.ports["grpc"]))
+            targets["HTTP/2 sidecar pair (mTLS)"] = (pair.ports["grpc"], pair.pids)
             runs = {target: [] for target in targets}
             for repetition in range(args.repetitions):
                 for target, (port, pids) in targets.items():

@@ -1,7 +1,7 @@
 """TCP through the mesh's sidecar pair vs direct: throughput and connection setup time.
 
 The backends run in a subprocess of this script: a sink (reads until the client's EOF, then
-answers with the count of bytes it read) and an echo. The pairs (``tcp_sidecar_pair``: the
+answers with the count of bytes it read) and an echo. The pairs (``sidecar_pair``: the
 mesh's TCP proxies with their access loggers, one pair plaintext, one with mTLS between the
 sidecars) report every connection to a real control plane (``pilotfish control-plane``).
 The Envoys are pinned to CPU 0; this process (the client), the backends and the control
@@ -45,7 +45,7 @@ from bench_report import (
     terminate_on_sigterm,
     write_results,
 )
-from tcp_sidecar_pair import CONFIG_SOURCE, PAIRS, TcpSidecarPair
+from sidecar_pair import CONFIG_SOURCE, PAIRS, SidecarPair
 
 CHUNK = 256 * 1024
 MESH = "apiVersion: pilotfish.io/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {}\n"
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (work / "mesh").mkdir()
         (work / "mesh" / "mesh.yaml").write_text(MESH)
         children: list[subprocess.Popen[bytes]] = []
-        pairs: list[TcpSidecarPair] = []
+        pairs: list[SidecarPair] = []
         try:
             control_plane, xds_port = start_control_plane(work / "mesh")
             children.append(control_plane)
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "direct": (backend_ports, [])
             }
             for name, label, tls in PAIRS:
-                pair = TcpSidecarPair(name, backend_ports, work, xds_port, tls=tls)
+                pair = SidecarPair(name, backend_ports, work, xds_port, tls=tls)
                 pairs.append(pair)
                 for pid in pair.pids:
                     pin_to_cpu(pid, ENVOY_CPU)

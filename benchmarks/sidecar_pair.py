@@ -1,4 +1,4 @@
-"""The mesh's TCP sidecar pair for the protocol benchmarks, from hand-written Envoy bootstraps.
+"""The mesh's sidecar pair for the protocol benchmarks, from hand-written Envoy bootstraps.
 
 client sidecar (one listener per backend: the app's local port for that service, as a
 Workload's ``upstreams`` gives it) -> TCP proxy -> server sidecar (one inbound listener per
@@ -8,9 +8,13 @@ by the server; ``static_pair.make_certificates``).
 
 The TCP proxies are the mesh's own: ``translate.tcp_proxy.tcp_proxy_filter`` with
 ``translate.telemetry.tcp_telemetry``'s access loggers, streaming each connection's reports to
-a real control plane's access-log service (the ``xds-grpc`` cluster). Only the listeners and
-clusters around them are written here: the translation of TCP listeners was not on main when
-this was written. Both Envoys run with the agent's command line (``static_pair.StaticEnvoy``).
+a real control plane's access-log service (the ``xds-grpc`` cluster). With ``http2=True`` each
+chain is instead the mesh's HTTP connection manager (``translate.listeners
+.http_connection_manager`` with ``http_telemetry``: the request log, the peer header, the
+local reply bodies; no tracing) routing everything to its cluster over HTTP/2, as a GRPC port
+gets it. Only the listeners and clusters around them are written here: the translation of TCP
+listeners was not on main when this was written. Both Envoys run with the agent's command line
+(``static_pair.StaticEnvoy``).
 """
 
 from __future__ import annotations
@@ -20,23 +24,28 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf import json_format
 from static_pair import SPIFFE_ID, PeerFiles, StaticEnvoy, common_tls_context, make_certificates
 
 from pilotfish.agent.ports import free_port
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import TelemetrySettings
+from pilotfish.translate.listeners import http_connection_manager
+from pilotfish.translate.proto_values import pack
 from pilotfish.translate.tcp_proxy import WeightedCluster, tcp_proxy_filter
-from pilotfish.translate.telemetry import HttpRole, tcp_telemetry
+from pilotfish.translate.telemetry import HttpRole, http_telemetry, tcp_telemetry
 
 CONFIG_SOURCE = (
     "hand-written Envoy bootstraps around the mesh's own tcp_proxy_filter + tcp_telemetry "
-    "(the TCP listeners' translation was not on main yet)"
+    "(and http_connection_manager + http_telemetry for HTTP/2); the TCP listeners' "
+    "translation was not on main yet"
 )
-# (directory name, label in the tables, mTLS between the sidecars)
+# (directory name, label in the tables, mTLS between the sidecars) of the TCP pairs
 PAIRS = (
-    ("pair-plaintext", "sidecar pair (plaintext)", False),
-    ("pair-mtls", "sidecar pair (mTLS)", True),
+    ("pair-plaintext", "TCP sidecar pair (plaintext)", False),
+    ("pair-mtls", "TCP sidecar pair (mTLS)", True),
 )
 _TYPES = "type.googleapis.com/envoy.extensions"
 
@@ -69,10 +78,26 @@ def _cluster(
     return cluster
 
 
-def _tcp_chain(node: ProxyNode, role: HttpRole, name: str, cluster: str) -> dict[str, Any]:
-    telemetry = tcp_telemetry(node, TelemetrySettings(), role)
-    proxy = tcp_proxy_filter(name, [WeightedCluster(cluster)], telemetry)
-    return {"filters": [json_format.MessageToDict(proxy)]}
+def _chain(node: ProxyNode, role: HttpRole, name: str, cluster: str, http2: bool) -> dict[str, Any]:
+    if not http2:
+        telemetry = tcp_telemetry(node, TelemetrySettings(), role)
+        proxy = tcp_proxy_filter(name, [WeightedCluster(cluster)], telemetry)
+        return {"filters": [json_format.MessageToDict(proxy)]}
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        route=route_components_pb2.RouteAction(cluster=cluster),
+    )
+    routes = route_pb2.RouteConfiguration(
+        name=name,
+        virtual_hosts=[route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])],
+    )
+    manager = http_connection_manager(
+        name, route_config=routes, telemetry=http_telemetry(node, TelemetrySettings(), role)
+    )
+    hcm = listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
+    )
+    return {"filters": [json_format.MessageToDict(hcm)]}
 
 
 def _bootstrap(
@@ -91,14 +116,16 @@ def client_bootstrap(
     inbound_ports: Mapping[str, int],
     xds_port: int,
     certificates: PeerFiles | None,
+    http2: bool,
 ) -> dict[str, Any]:
     transport = None
     if certificates is not None:
+        alpn = ["h2"] if http2 else []
         transport = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": common_tls_context(certificates, [], verify_san=SPIFFE_ID),
+                "common_tls_context": common_tls_context(certificates, alpn, verify_san=SPIFFE_ID),
             },
         }
     listeners, clusters = [], [_cluster("xds-grpc", xds_port, http2=True)]
@@ -108,10 +135,10 @@ def client_bootstrap(
             {
                 "name": f"upstream_{local_port}",
                 "address": _address(local_port),
-                "filter_chains": [_tcp_chain(node, "outbound", name, cluster)],
+                "filter_chains": [_chain(node, "outbound", name, cluster, http2)],
             }
         )
-        clusters.append(_cluster(cluster, inbound_ports[name], transport))
+        clusters.append(_cluster(cluster, inbound_ports[name], transport, http2))
     return _bootstrap(node, listeners, clusters)
 
 
@@ -121,17 +148,20 @@ def server_bootstrap(
     backend_ports: Mapping[str, int],
     xds_port: int,
     certificates: PeerFiles | None,
+    http2: bool,
 ) -> dict[str, Any]:
     listeners, clusters = [], [_cluster("xds-grpc", xds_port, http2=True)]
     for name, inbound_port in inbound_ports.items():
         cluster = f"inbound|{backend_ports[name]}||"
-        chain = _tcp_chain(node, "inbound", name, cluster)
+        chain = _chain(node, "inbound", name, cluster, http2)
         if certificates is not None:
             chain["transport_socket"] = {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {
                     "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "common_tls_context": common_tls_context(certificates, [], verify_san=None),
+                    "common_tls_context": common_tls_context(
+                        certificates, ["h2"] if http2 else [], verify_san=None
+                    ),
                     "require_client_certificate": True,
                 },
             }
@@ -142,15 +172,22 @@ def server_bootstrap(
                 "filter_chains": [chain],
             }
         )
-        clusters.append(_cluster(cluster, backend_ports[name]))
+        clusters.append(_cluster(cluster, backend_ports[name], http2=http2))
     return _bootstrap(node, listeners, clusters)
 
 
-class TcpSidecarPair:
+class SidecarPair:
     """Send to ``ports[name]`` to reach backend ``name`` through both sidecars."""
 
     def __init__(
-        self, name: str, backend_ports: Mapping[str, int], work: Path, xds_port: int, *, tls: bool
+        self,
+        name: str,
+        backend_ports: Mapping[str, int],
+        work: Path,
+        xds_port: int,
+        *,
+        tls: bool,
+        http2: bool = False,
     ) -> None:
         self.name = name
         directory = work / name
@@ -176,6 +213,7 @@ class TcpSidecarPair:
                         backend_ports,
                         xds_port,
                         certificates.server if certificates else None,
+                        http2,
                     ),
                     directory,
                 )
@@ -189,6 +227,7 @@ class TcpSidecarPair:
                         inbound_ports,
                         xds_port,
                         certificates.client if certificates else None,
+                        http2,
                     ),
                     directory,
                 )
