@@ -111,8 +111,9 @@ def decode_tcp_entry(
     sent = entry.connection_properties.sent_bytes
     downstream_remote = _address(common.downstream_remote_address)
     downstream_local = _address(common.downstream_local_address)
-    connection_id = common.stream_id or (
-        f"{common.start_time.ToNanoseconds()}|{downstream_remote}|{downstream_local}"
+    connection_id = cut(
+        common.stream_id
+        or f"{common.start_time.ToNanoseconds()}|{downstream_remote}|{downstream_local}"
     )
     opened, received_delta, sent_delta = tracker.report(
         proxy.id, connection_id, received, sent, event == "closed"
@@ -161,7 +162,7 @@ def decode_tcp_entry(
         connection_security_policy=security,
         downstream_remote=downstream_remote,
         downstream_local=downstream_local,
-        connection_id=cut(connection_id),
+        connection_id=connection_id,
     )
 
 
