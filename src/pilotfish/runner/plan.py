@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pilotfish.model.resources import MeshConfig, Protocol, Workload, qualify_host
+from pilotfish.model.proxy import ProxyUpstream
+from pilotfish.model.resources import (
+    MeshConfig,
+    Protocol,
+    Upstream,
+    Workload,
+    qualify_host,
+    upstream_environment_name,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class ReplicaSpec:
     env: tuple[tuple[str, str], ...]
     service_account: str
     locality: str | None = None
+    upstreams: tuple[Upstream, ...] = ()
 
 
 def plan_replicas(config: MeshConfig) -> dict[str, ReplicaSpec]:
@@ -61,6 +70,38 @@ def _replica(workload: Workload, index: int) -> ReplicaSpec:
         env=tuple(sorted(workload.env.items())),
         service_account=workload.service_account,
         locality=workload.locality,
+        upstreams=workload.upstreams,
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaUpstream:
+    """One ``upstreams`` entry of a replica, resolved: its sidecar's listener and the
+    environment variable that tells the app where it is."""
+
+    proxy: ProxyUpstream
+    environment_name: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.proxy.local_port}"
+
+
+def replica_upstreams(
+    spec: ReplicaSpec, pick_port: Callable[[], int]
+) -> tuple[ReplicaUpstream, ...]:
+    """Short service names are in the Workload's namespace; an entry without ``localPort``
+    gets ``pick_port()`` (a free port) for this replica."""
+    return tuple(
+        ReplicaUpstream(
+            ProxyUpstream(
+                qualify_host(upstream.service, spec.namespace),
+                upstream.port,
+                upstream.local_port if upstream.local_port is not None else pick_port(),
+            ),
+            upstream_environment_name(upstream.service, upstream.port),
+        )
+        for upstream in spec.upstreams
     )
 
 
@@ -72,6 +113,10 @@ def replica_environment(
     The mesh's variables come last: an app told another PORT or proxy would fall out of the
     mesh (the loader warns about such keys). Loopback bypasses the proxy, so an app can still
     reach itself directly.
+
+    HTTPS_PROXY names the same sidecar: HTTPS clients (and grpcio, which reads grpc_proxy,
+    https_proxy, then http_proxy) send it ``CONNECT host:port``, which it carries to the
+    service, or to an outside host a ServiceEntry declares with its TLS untouched.
     """
     proxy = f"http://127.0.0.1:{ports.outbound}"
     env = {**inherited, "PYTHONUNBUFFERED": "1", **dict(spec.env)}
@@ -80,6 +125,8 @@ def replica_environment(
             "PORT": str(ports.app),
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,
+            "HTTPS_PROXY": proxy,
+            "https_proxy": proxy,
             "NO_PROXY": "localhost,127.0.0.1",
             "no_proxy": "localhost,127.0.0.1",
             "PILOTFISH_SERVICE": spec.service,

@@ -10,6 +10,8 @@ A new resource type (secrets, a filter config) is one more entry here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from functools import cached_property
 
 from google.protobuf.message import Message
@@ -26,6 +28,7 @@ from pilotfish.snapshot import (
     type_urls,
 )
 from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
+from pilotfish.translate.connect_tunnel import build_tunnel_cluster
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import (
     build_caller_load_assignments,
@@ -35,6 +38,8 @@ from pilotfish.translate.listeners import (
     build_gateway_listeners,
     build_inbound_listener,
     build_outbound_listener,
+    build_outbound_tunnel_listener,
+    build_upstream_listeners,
     workload_port,
 )
 from pilotfish.translate.locality import (
@@ -140,6 +145,14 @@ def _gateway_routes(context: TranslationContext, node: ProxyNode) -> tuple[Messa
     )
 
 
+def _upstreams_key(node: ProxyNode) -> Hashable:
+    """Every sidecar without upstreams shares one (empty) output; one with them depends on
+    all of itself (its ports, its labels for the routes, its id for telemetry)."""
+    if not node.upstreams:
+        return ()
+    return (node.id, json.dumps(node.to_metadata(), sort_keys=True))
+
+
 _CONFIG = frozenset({Input.CONFIG})
 _CONFIG_AND_ENDPOINTS = frozenset({Input.CONFIG, Input.ENDPOINTS})
 _CONFIG_AND_SERVICES = frozenset({Input.CONFIG, Input.SERVICES})
@@ -157,6 +170,14 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     # The rule of the node's service (which the services decide) sets its connection pool.
     NodeGenerator(
         "inbound-cluster", type_urls.CLUSTER, _CONFIG_AND_SERVICES, _inbound_cluster, SIDECAR
+    ),
+    # Every sidecar's outbound routes send CONNECTs to HTTP ports through it.
+    MeshGenerator(
+        "outbound-tunnel-cluster",
+        type_urls.CLUSTER,
+        frozenset(),
+        lambda context: (build_tunnel_cluster(),),
+        SIDECAR,
     ),
     # jwksUri hosts outside the mesh (which ones are outside depends on the services).
     MeshGenerator(
@@ -182,7 +203,10 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         "outbound-listener",
         type_urls.LISTENER,
         _CONFIG,  # the node's ports and the mesh's telemetry settings
-        lambda context, node: _present(build_outbound_listener(context.view, node)),
+        lambda context, node: (
+            *_present(build_outbound_listener(context.view, node)),
+            *_present(build_outbound_tunnel_listener(context.view, node)),
+        ),
         SIDECAR,
     ),
     NodeGenerator(
@@ -192,10 +216,22 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         lambda context, node: _present(build_inbound_listener(context.view, node)),
         SIDECAR,
     ),
+    # The ports' protocols (the services) say TCP proxy or HTTP; their routes, the config.
+    NodeGenerator(
+        "upstream-listeners",
+        type_urls.LISTENER,
+        _CONFIG_AND_SERVICES,
+        lambda context, node: build_upstream_listeners(
+            context.view, node, context.destinations, context.virtual_service_routes
+        ),
+        SIDECAR,
+        node_key=lambda _, node: _upstreams_key(node),
+    ),
+    # TCP and passthrough chains name the clusters their routes resolve to (the services).
     NodeGenerator(
         "gateway-listeners",
         type_urls.LISTENER,
-        _CONFIG,
+        _CONFIG_AND_SERVICES,
         lambda context, node: build_gateway_listeners(context.view, node),
         GATEWAY,
     ),
