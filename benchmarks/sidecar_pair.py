@@ -12,8 +12,9 @@ a real control plane's access-log service (the ``xds-grpc`` cluster). With ``htt
 chain is instead the mesh's HTTP connection manager (``translate.listeners
 .http_connection_manager`` with ``http_telemetry``: the request log, the peer header, the
 local reply bodies; no tracing) routing everything to its cluster over HTTP/2, as a GRPC port
-gets it. Only the listeners and clusters around them are written here: the translation of TCP
-listeners was not on main when this was written. Both Envoys run with the agent's command line
+gets it. Only the listeners and clusters around them are written here (they were written before
+the translation of TCP listeners was on main; ``mesh_pair`` is the pair ``pilotfish up``
+makes, the benchmarks' default). Both Envoys run with the agent's command line
 (``static_pair.StaticEnvoy``).
 """
 
@@ -39,8 +40,7 @@ from pilotfish.translate.telemetry import HttpRole, http_telemetry, tcp_telemetr
 
 CONFIG_SOURCE = (
     "hand-written Envoy bootstraps around the mesh's own tcp_proxy_filter + tcp_telemetry "
-    "(and http_connection_manager + http_telemetry for HTTP/2); the TCP listeners' "
-    "translation was not on main yet"
+    "(and http_connection_manager + http_telemetry for HTTP/2), static, no xDS"
 )
 # (directory name, label in the tables, mTLS between the sidecars) of the TCP pairs
 PAIRS = (

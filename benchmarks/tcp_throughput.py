@@ -1,12 +1,14 @@
 """TCP through the mesh's sidecar pair vs direct: throughput and connection setup time.
 
-The backends run in a subprocess of this script: a sink (reads until the client's EOF, then
-answers with the count of bytes it read) and an echo. The pairs (``sidecar_pair``: the
-mesh's TCP proxies with their access loggers, one pair plaintext, one with mTLS between the
-sidecars) report every connection to a real control plane (``pilotfish control-plane``).
-The Envoys are pinned to CPU 0; this process (the client), the backends and the control
-plane to CPU 1. The targets run interleaved, ``--repetitions`` times; medians are reported,
-with the ratio to direct measured in the same run.
+The backends (a sink that reads until the client's EOF, then answers with the count of bytes
+it read, and an echo) run in a subprocess of this script for *direct*, and as the mesh's
+Workloads for the pairs. The pairs (``--pairs mesh``, the default: ``mesh_pair``, two
+`pilotfish up` meshes, one with PeerAuthentication DISABLE, one STRICT; the client connects to
+its sidecar's ``upstreams`` ports; ``--pairs static``: ``sidecar_pair``'s hand-written
+bootstraps around the mesh's TCP proxies) report every connection to their control plane.
+The Envoys are pinned to CPU 0; this process (the client), the backends and the control planes
+(with the agents) to CPU 1. The targets run interleaved, ``--repetitions`` times; medians are
+reported, with the ratio to direct measured in the same run.
 
 - *throughput*: one connection sends ``--megabytes`` (MB = 10^6 bytes) in 256 KiB writes,
   half-closes, and waits for the sink's count (checked); MB/s over connect-to-count, and the
@@ -45,6 +47,8 @@ from bench_report import (
     terminate_on_sigterm,
     write_results,
 )
+from mesh_pair import CONFIG_SOURCE as MESH_SOURCE
+from mesh_pair import MESH_PAIRS, MeshPair
 from sidecar_pair import CONFIG_SOURCE, PAIRS, SidecarPair
 
 CHUNK = 256 * 1024
@@ -90,6 +94,12 @@ def serve(ports_file: Path) -> None:
 
 
 BACKENDS = ("sink", "echo")
+
+
+def serve_workload(name: str) -> None:
+    """One backend as a mesh Workload runs it: on ``$PORT``."""
+    listener = socket.create_server(("127.0.0.1", int(os.environ["PORT"])), backlog=512)
+    _accept_forever(listener, {"sink": _sink, "echo": _echo}[name])
 
 
 def start_backends(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
@@ -169,12 +179,14 @@ def connection_setup(port: int, count: int, pids: Sequence[int]) -> dict[str, fl
     }
 
 
-def opened_by_reporter(mesh: Path) -> dict[str, float]:
-    """``istio_tcp_connections_opened_total`` by reporter, from the control plane's /metrics:
+def opened_by_reporter(admin_ports: Sequence[int]) -> dict[str, float]:
+    """``istio_tcp_connections_opened_total`` by reporter, from the control planes' /metrics:
     that the pairs' connections were counted at all."""
-    admin = json.loads((mesh / "ports.json").read_text())["admin"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
-        text = response.read().decode()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = ""
+    for admin in admin_ports:
+        with opener.open(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
+            text += response.read().decode()
     opened: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("istio_tcp_connections_opened_total{"):
@@ -190,7 +202,9 @@ def ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.2f}" if baseline else "n/a"
 
 
-def tables(runs: Mapping[str, list[dict[str, dict[str, float]]]], args: argparse.Namespace) -> str:
+def tables(
+    runs: Mapping[str, list[dict[str, dict[str, float]]]], args: argparse.Namespace, config: str
+) -> str:
     def med(target: str, part: str, key: str) -> float:
         return median([run[part][key] for run in runs[target]])
 
@@ -222,7 +236,7 @@ def tables(runs: Mapping[str, list[dict[str, dict[str, float]]]], args: argparse
         ("target", "p50 us", "p99 us", "p50 / direct", "p99 / direct", "Envoy CPU us/conn"), rows
     )
     return (
-        f"Sidecar pair: {CONFIG_SOURCE}.\n"
+        f"Sidecar pairs: {config}.\n"
         f"Envoys on CPU {ENVOY_CPU}; client, backends and control plane on CPU {LOAD_CPU}; "
         f"medians of {args.repetitions} interleaved repetitions.\n\n"
         f"Throughput: {args.megabytes} MB over one connection to a sink\n{first}\n\n"
@@ -236,38 +250,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument(
+        "--pairs",
+        choices=("mesh", "static"),
+        default="mesh",
+        help="pilotfish up's sidecars, or hand-written bootstraps around the mesh's filters",
+    )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-workload", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         serve(args.serve)
         return 0
+    if args.serve_workload is not None:
+        serve_workload(args.serve_workload)
+        return 0
     facts = machine_facts()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {}
+    config = MESH_SOURCE if args.pairs == "mesh" else CONFIG_SOURCE
     with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-tcp-") as temp:
         work = Path(temp)
-        (work / "mesh").mkdir()
-        (work / "mesh" / "mesh.yaml").write_text(MESH)
         children: list[subprocess.Popen[bytes]] = []
-        pairs: list[SidecarPair] = []
+        pairs: list[SidecarPair | MeshPair] = []
         try:
-            control_plane, xds_port = start_control_plane(work / "mesh")
-            children.append(control_plane)
             backends, backend_ports = start_backends(work)
             children.append(backends)
-            for pid in (control_plane.pid, backends.pid, os.getpid()):
-                pin_to_cpu(pid, LOAD_CPU)
+            load = [backends.pid, os.getpid()]
             targets: dict[str, tuple[Mapping[str, int], list[int]]] = {
                 "direct": (backend_ports, [])
             }
-            for name, label, tls in PAIRS:
-                pair = SidecarPair(name, backend_ports, work, xds_port, tls=tls)
-                pairs.append(pair)
+            if args.pairs == "static":
+                (work / "mesh").mkdir()
+                (work / "mesh" / "mesh.yaml").write_text(MESH)
+                control_plane, xds_port = start_control_plane(work / "mesh")
+                children.append(control_plane)
+                load.append(control_plane.pid)
+                admin_ports = [json.loads((work / "mesh" / "ports.json").read_text())["admin"]]
+                for name, _, tls in PAIRS:
+                    pairs.append(SidecarPair(name, backend_ports, work, xds_port, tls=tls))
+            else:
+                commands = {
+                    backend: [sys.executable, __file__, "--serve-workload", backend]
+                    for backend in BACKENDS
+                }
+                for name, _, tls in MESH_PAIRS:
+                    pairs.append(MeshPair(name, commands, work, tls=tls))
+                admin_ports = [pair.admin_port for pair in pairs if isinstance(pair, MeshPair)]
+            labels = [label for _, label, _ in (PAIRS if args.pairs == "static" else MESH_PAIRS)]
+            for pair, label in zip(pairs, labels, strict=True):
+                pair.wait_ready(functools.partial(echoes, pair.ports["echo"]))
                 for pid in pair.pids:
                     pin_to_cpu(pid, ENVOY_CPU)
-                pair.wait_ready(functools.partial(echoes, pair.ports["echo"]))
+                if isinstance(pair, MeshPair):
+                    load.extend(pair.load_pids)
                 targets[label] = (pair.ports, pair.pids)
+            for pid in load:
+                pin_to_cpu(pid, LOAD_CPU)
             runs = {target: [] for target in targets}
-            control_plane_cpu = cpu_seconds(control_plane.pid)
             for repetition in range(args.repetitions):
                 for target, (ports, pids) in targets.items():
                     print(f"repetition {repetition + 1}: {target}", flush=True)
@@ -277,25 +316,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "setup": connection_setup(ports["echo"], args.connections, pids),
                         }
                     )
-            control_plane_cpu = cpu_seconds(control_plane.pid) - control_plane_cpu
             time.sleep(2)  # the Envoys' last access-log flush (once a second)
-            opened = opened_by_reporter(work / "mesh")
+            opened = opened_by_reporter(admin_ports)
         finally:
             for pair in pairs:
                 pair.stop()
             for child in children:
                 child.terminate()
                 child.wait(10)
-    table = tables(runs, args)
+    table = tables(runs, args, config)
     measured = (len(runs) - 1) * args.repetitions * (args.connections + 1)
     table += (
-        f"\nThe control plane counted the pairs' connections in istio_tcp_connections_opened_"
-        f"total: {opened.get('source', 0):.0f} (source), {opened.get('destination', 0):.0f} "
-        f"(destination), for {measured} measured ones and the readiness probes; ingesting "
-        f"their reports took {control_plane_cpu:.2f} s of its CPU.\n"
+        f"\nThe control plane(s) counted the pairs' connections in istio_tcp_connections_"
+        f"opened_total: {opened.get('source', 0):.0f} (source), "
+        f"{opened.get('destination', 0):.0f} (destination), for {measured} measured ones and "
+        f"the readiness probes.\n"
     )
     print(table)
-    path = write_results("tcp_throughput", facts, {"runs": runs, "config": CONFIG_SOURCE}, table)
+    path = write_results("tcp_throughput", facts, {"runs": runs, "config": config}, table)
     print(f"results: {path}")
     return 0
 
