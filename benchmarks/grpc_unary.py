@@ -190,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument(
         "--pairs",
-        choices=("mesh", "static"),
+        choices=("mesh", "static", "both"),
         default="mesh",
-        help="pilotfish up's sidecars, or hand-written bootstraps around the mesh's filters",
+        help="pilotfish up's sidecars, hand-written bootstraps around the mesh's filters, or both",
     )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-workload", help=argparse.SUPPRESS)
@@ -202,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     facts = machine_facts()
     runs: dict[str, list[dict[str, float]]] = {}
-    config = MESH_SOURCE if args.pairs == "mesh" else CONFIG_SOURCE
+    config = {
+        "mesh": MESH_SOURCE,
+        "static": CONFIG_SOURCE,
+        "both": f"{MESH_SOURCE}; and (static pairs) {CONFIG_SOURCE}",
+    }[args.pairs]
     with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-grpc-") as temp:
         work = Path(temp)
         children: list[subprocess.Popen[bytes]] = []
@@ -212,9 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             children.append(server)
             load = [server.pid, os.getpid()]
             targets = {"direct": Target(f"127.0.0.1:{server_ports['grpc']}", None, (), server.pid)}
-            if args.pairs == "static":
+            if args.pairs in ("static", "both"):
                 targets |= static_targets(work, server, server_ports, pairs, children, load)
-            else:
+            if args.pairs in ("mesh", "both"):
                 targets |= mesh_targets(work, pairs, load)
             for pid in load:
                 pin_to_cpu(pid, LOAD_CPU)
@@ -256,7 +260,7 @@ def static_targets(
     load.append(control_plane.pid)
     targets = {}
     kinds = [(name, label, tls, False) for name, label, tls in PAIRS]
-    kinds.append(("pair-http2", "HTTP/2 sidecar pair (mTLS)", True, True))
+    kinds.append(("pair-http2", "static HTTP/2 pair (mTLS)", True, True))
     for name, label, tls, http2 in kinds:
         pair = SidecarPair(name, server_ports, work, xds_port, tls=tls, http2=http2)
         pairs.append(pair)

@@ -44,8 +44,8 @@ CONFIG_SOURCE = (
 )
 # (directory name, label in the tables, mTLS between the sidecars) of the TCP pairs
 PAIRS = (
-    ("pair-plaintext", "TCP sidecar pair (plaintext)", False),
-    ("pair-mtls", "TCP sidecar pair (mTLS)", True),
+    ("pair-plaintext", "static TCP pair (plaintext)", False),
+    ("pair-mtls", "static TCP pair (mTLS)", True),
 )
 _TYPES = "type.googleapis.com/envoy.extensions"
 

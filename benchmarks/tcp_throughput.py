@@ -127,6 +127,21 @@ def echoes(port: int) -> bool:
         return False
 
 
+def sinks(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"x")
+            conn.shutdown(socket.SHUT_WR)
+            return conn.recv(8) == struct.pack(">Q", 1)
+    except OSError:
+        return False
+
+
+def serves(ports: Mapping[str, int]) -> bool:
+    """Both backends answer through ``ports``."""
+    return echoes(ports["echo"]) and sinks(ports["sink"])
+
+
 def envoy_cpu(pids: Sequence[int]) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
@@ -252,9 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument(
         "--pairs",
-        choices=("mesh", "static"),
+        choices=("mesh", "static", "both"),
         default="mesh",
-        help="pilotfish up's sidecars, or hand-written bootstraps around the mesh's filters",
+        help="pilotfish up's sidecars, hand-written bootstraps around the mesh's filters, or both",
     )
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-workload", choices=BACKENDS, help=argparse.SUPPRESS)
@@ -267,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     facts = machine_facts()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {}
-    config = MESH_SOURCE if args.pairs == "mesh" else CONFIG_SOURCE
+    config = {
+        "mesh": MESH_SOURCE,
+        "static": CONFIG_SOURCE,
+        "both": f"{MESH_SOURCE}; and (static pairs) {CONFIG_SOURCE}",
+    }[args.pairs]
     with terminate_on_sigterm(), tempfile.TemporaryDirectory(prefix="bench-tcp-") as temp:
         work = Path(temp)
         children: list[subprocess.Popen[bytes]] = []
@@ -279,26 +298,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets: dict[str, tuple[Mapping[str, int], list[int]]] = {
                 "direct": (backend_ports, [])
             }
-            if args.pairs == "static":
+            admin_ports: list[int] = []
+            labels: list[str] = []
+            if args.pairs in ("static", "both"):
                 (work / "mesh").mkdir()
                 (work / "mesh" / "mesh.yaml").write_text(MESH)
                 control_plane, xds_port = start_control_plane(work / "mesh")
                 children.append(control_plane)
                 load.append(control_plane.pid)
-                admin_ports = [json.loads((work / "mesh" / "ports.json").read_text())["admin"]]
-                for name, _, tls in PAIRS:
+                admin_ports.append(json.loads((work / "mesh" / "ports.json").read_text())["admin"])
+                for name, label, tls in PAIRS:
                     pairs.append(SidecarPair(name, backend_ports, work, xds_port, tls=tls))
-            else:
+                    labels.append(label)
+            if args.pairs in ("mesh", "both"):
                 commands = {
                     backend: [sys.executable, __file__, "--serve-workload", backend]
                     for backend in BACKENDS
                 }
-                for name, _, tls in MESH_PAIRS:
-                    pairs.append(MeshPair(name, commands, work, tls=tls))
-                admin_ports = [pair.admin_port for pair in pairs if isinstance(pair, MeshPair)]
-            labels = [label for _, label, _ in (PAIRS if args.pairs == "static" else MESH_PAIRS)]
+                for name, label, tls in MESH_PAIRS:
+                    mesh = MeshPair(name, commands, work, tls=tls)
+                    pairs.append(mesh)
+                    admin_ports.append(mesh.admin_port)
+                    labels.append(label)
             for pair, label in zip(pairs, labels, strict=True):
-                pair.wait_ready(functools.partial(echoes, pair.ports["echo"]))
+                pair.wait_ready(functools.partial(serves, pair.ports))
                 for pid in pair.pids:
                     pin_to_cpu(pid, ENVOY_CPU)
                 if isinstance(pair, MeshPair):
