@@ -109,7 +109,7 @@ def _http_connection_manager(stat_prefix: str, cluster: str) -> dict[str, Any]:
     }
 
 
-def _common_tls_context(peer: PeerFiles, alpn: list[str], verify_san: str | None) -> dict[str, Any]:
+def common_tls_context(peer: PeerFiles, alpn: list[str], verify_san: str | None) -> dict[str, Any]:
     validation: dict[str, Any] = {"trusted_ca": {"filename": str(peer.trusted_ca)}}
     if verify_san is not None:
         validation["match_typed_subject_alt_names"] = [
@@ -163,7 +163,7 @@ def client_bootstrap(
             "name": _TLS_SOCKET,
             "typed_config": {
                 "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
-                "common_tls_context": _common_tls_context(
+                "common_tls_context": common_tls_context(
                     certificates, CLIENT_ALPN, verify_san=SPIFFE_ID
                 ),
             },
@@ -185,7 +185,7 @@ def server_bootstrap(
             "name": _TLS_SOCKET,
             "typed_config": {
                 "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
-                "common_tls_context": _common_tls_context(
+                "common_tls_context": common_tls_context(
                     certificates, SERVER_ALPN, verify_san=None
                 ),
                 "require_client_certificate": True,

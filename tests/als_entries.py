@@ -77,6 +77,62 @@ def http_entry(
     return entry
 
 
+def tcp_entry(
+    *,
+    event: int = accesslog_pb2.TcpConnectionEnd,
+    connection: str = "c8393969-3e68-4f76-b11a-9947f210d2de",
+    received: int = 0,
+    sent: int = 0,
+    cluster: str = "",
+    upstream: tuple[str, int] | None = None,
+    peer_uri: str | None = None,
+    local_uri: str | None = None,
+    flags: Sequence[str] = (),
+    duration_ms: float = 250.0,
+    start_seconds: int = 1_700_000_000,
+) -> accesslog_pb2.TCPAccessLogEntry:
+    """One report of a connection as Envoy 1.40 sends it: ``received`` and ``sent`` are the
+    bytes since the connection began (Envoy's periodic entries carry totals, not steps)."""
+    entry = accesslog_pb2.TCPAccessLogEntry()
+    common = entry.common_properties
+    common.access_log_type = event  # type: ignore[assignment]
+    common.intermediate_log_entry = event != accesslog_pb2.TcpConnectionEnd
+    common.stream_id = connection
+    common.start_time.FromSeconds(start_seconds)
+    common.duration.FromNanoseconds(int(duration_ms * 1e6))
+    common.upstream_cluster = cluster
+    common.downstream_remote_address.socket_address.address = "127.0.0.1"
+    common.downstream_remote_address.socket_address.port_value = 40404
+    common.downstream_local_address.socket_address.address = "127.0.0.1"
+    common.downstream_local_address.socket_address.port_value = 15006
+    if upstream is not None:
+        common.upstream_remote_address.socket_address.address = upstream[0]
+        common.upstream_remote_address.socket_address.port_value = upstream[1]
+    for name in flags:
+        setattr(common.response_flags, name, True)
+    if peer_uri is not None:
+        common.tls_properties.peer_certificate_properties.subject_alt_name.add(uri=peer_uri)
+    if local_uri is not None:
+        common.tls_properties.local_certificate_properties.subject_alt_name.add(uri=local_uri)
+    entry.connection_properties.received_bytes = received
+    entry.connection_properties.sent_bytes = sent
+    return entry
+
+
+def tcp_message(
+    entries: Sequence[accesslog_pb2.TCPAccessLogEntry],
+    node: ProxyNode | None = None,
+    log_name: str = "",
+) -> als_pb2.StreamAccessLogsMessage:
+    """A stream's message of TCP entries; its first (with the identifier) when ``node``."""
+    message = als_pb2.StreamAccessLogsMessage()
+    if node is not None:
+        message.identifier.node.CopyFrom(envoy_node(node))
+        message.identifier.log_name = log_name
+    message.tcp_logs.log_entry.extend(entries)
+    return message
+
+
 def envoy_node(node: ProxyNode) -> base_pb2.Node:
     metadata = struct_pb2.Struct()
     metadata.update(node.to_metadata())  # type: ignore[arg-type]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pilotfish.telemetry.records import Peer, Reporter, RequestRecord
+from pilotfish.telemetry.records import (
+    ConnectionEvent,
+    ConnectionRecord,
+    Peer,
+    Reporter,
+    RequestRecord,
+)
 
 T0 = 1_800_000_000.0  # a fixed "now" for clocks in tests, on a 10 s boundary
 
@@ -65,6 +71,44 @@ def both_sides(**kwargs: object) -> list[RequestRecord]:
     callee = record(reporter="destination", **kwargs)  # type: ignore[arg-type]
     caller = replace(callee, reporter="source", proxy=f"{callee.source.workload}-0")
     return [caller, callee]
+
+
+def connection(
+    *,
+    event: ConnectionEvent = "closed",
+    proxy: str = "db-0",
+    at: float = T0,
+    received: int = 1200,
+    sent: int = 34_000,
+    flags: tuple[str, ...] = (),
+) -> ConnectionRecord:
+    """A TCP connection from ``client`` to ``db``, reported by the db's sidecar at ``at``."""
+    return ConnectionRecord(
+        start_time=at,
+        event=event,
+        opened=event != "periodic",
+        reporter="destination",
+        proxy=proxy,
+        source=Peer(workload="client", namespace="default", app="client"),
+        destination=Peer(workload="db", namespace="default", app="db"),
+        destination_service="db.default.svc.cluster.local",
+        destination_service_name="db",
+        destination_service_namespace="default",
+        received_bytes=received,
+        sent_bytes=sent,
+        received_delta=received,
+        sent_delta=sent,
+        duration_ms=5321.4,
+        response_flags=flags,
+        upstream_cluster="inbound|5432||",
+        upstream_host="127.0.0.1:5432",
+        upstream_failure="",
+        termination_details="",
+        connection_security_policy="mutual_tls",
+        downstream_remote="127.0.0.1:40404",
+        downstream_local="127.0.0.1:16006",
+        connection_id="c8393969-3e68-4f76-b11a-9947f210d2de",
+    )
 
 
 class Clock:

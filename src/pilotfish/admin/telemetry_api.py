@@ -7,7 +7,8 @@ GET /api/series?service=HOST&minutes=15        one service's metrics in 10 s ste
 GET /api/tap?service=&path=&workload=&errors=1&limit=
                                                live requests, one RequestRecord JSON a line
 GET /api/logs?proxy=NAME&limit=100&follow=0|1&format=text|json
-                                               recent access-log lines of one proxy (or all);
+                                               recent access-log lines of one proxy (or all):
+                                               requests, and TCP connections when they end;
                                                the format defaults to the MeshConfig's
                                                accessLogEncoding, text is its accessLogFormat
 """
@@ -26,7 +27,7 @@ from pilotfish.model.telemetry import TelemetrySettings
 from pilotfish.telemetry.access_log_format import format_json_line, format_text_line
 from pilotfish.telemetry.live import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from pilotfish.telemetry.prometheus import CONTENT_TYPE, render
-from pilotfish.telemetry.records import RequestRecord
+from pilotfish.telemetry.records import LogRecord
 from pilotfish.telemetry.tap import TapFilter, TapFull
 from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT
 
@@ -137,7 +138,7 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
         except _BadQuery as exc:
             return _bad_request(exc)
 
-        def line(record: RequestRecord) -> str:
+        def line(record: LogRecord) -> str:
             return json.dumps(record.to_json(), separators=(",", ":"))
 
         return await _stream(request, control_plane, record_filter, limit, line, NDJSON, [])
@@ -162,7 +163,7 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
         # The format the mesh's Envoys write to their own files.
         text_format = _telemetry_settings(control_plane).access_log_format or ISTIO_TEXT_FORMAT
 
-        def formatter(record: RequestRecord) -> str:
+        def formatter(record: LogRecord) -> str:
             if encoding == "json":
                 return format_json_line(record)
             return format_text_line(record, text_format)
@@ -173,7 +174,13 @@ def add_live_routes(app: web.Application, control_plane: ControlPlane) -> None:
             text = "".join(formatter(record) + "\n" for record in recent)
             return web.Response(text=text, content_type=content_type)
         return await _stream(
-            request, control_plane, TapFilter(proxy=proxy or ""), 0, formatter, content_type, recent
+            request,
+            control_plane,
+            TapFilter(proxy=proxy or "", connections=True),
+            0,
+            formatter,
+            content_type,
+            recent,
         )
 
     app.router.add_get("/api/stat", stat)
@@ -188,9 +195,9 @@ async def _stream(
     control_plane: ControlPlane,
     record_filter: TapFilter,
     limit: int,
-    line: Callable[[RequestRecord], str],
+    line: Callable[[LogRecord], str],
     content_type: str,
-    first: list[RequestRecord],
+    first: list[LogRecord],
 ) -> web.StreamResponse:
     """Write ``first``, then every record ``record_filter`` lets through as it arrives, one
     line each, until ``limit`` lines (0: no limit), the client goes away or the server

@@ -1,6 +1,6 @@
 """Envoy's access-log service (``envoy.service.accesslog.v3.AccessLogService``), served on the
-xDS port: every proxy streams its HTTP access-log entries here, and each batch becomes
-request records handed to the telemetry hub.
+xDS port: every proxy streams its HTTP and TCP access-log entries here, and each batch
+becomes request (or connection) records handed to the telemetry hub.
 
 One stream per proxy and ``log_name``; its first message carries the identifier (the Envoy
 node and the log name), later ones only entries. The reporting node is the one its xDS
@@ -23,7 +23,8 @@ from pilotfish.model.telemetry import ALS_LOG_NAMES
 from pilotfish.telemetry.als_decode import PeerCache, decode_entry
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.nodes import NodeDirectory
-from pilotfish.telemetry.records import Reporter, RequestRecord
+from pilotfish.telemetry.records import ConnectionRecord, Reporter, RequestRecord
+from pilotfish.telemetry.tcp_decode import ConnectionTracker, decode_tcp_entry
 from pilotfish.xds.callbacks import StreamInfo, XdsCallbacks
 from pilotfish.xds.server import node_from_proto
 
@@ -56,6 +57,8 @@ class AccessLogService:
         self._hub = hub
         self._nodes = nodes
         self._peers = PeerCache()
+        self.connections = ConnectionTracker()
+        """The bytes each open TCP connection last reported (its entries carry totals)."""
         self.streams_open = 0
         self.entries_rejected = 0
         """Entries not turned into records: an unknown log name, or one we failed to read."""
@@ -100,10 +103,11 @@ class AccessLogService:
                         ", ".join(sorted(ALS_LOG_NAMES)),
                     )
             entries = message.http_logs.log_entry
-            if not entries:
-                continue  # TCP entries: no TCP metrics yet
+            tcp_entries = message.tcp_logs.log_entry
+            if not entries and not tcp_entries:
+                continue
             if reporter is None:
-                self.entries_rejected += len(entries)
+                self.entries_rejected += len(entries) + len(tcp_entries)
                 continue
             # Looked up per batch: the xDS stream may announce the node after this one began.
             node = self._nodes.get(announced.id) or announced
@@ -113,6 +117,13 @@ class AccessLogService:
                 records = self._decode(entries[start : start + CHUNK_ENTRIES], reporter, node)
                 if records:
                     self._hub.ingest(records)
+            for start in range(0, len(tcp_entries), CHUNK_ENTRIES):
+                if start:
+                    await asyncio.sleep(0)
+                chunk = tcp_entries[start : start + CHUNK_ENTRIES]
+                connections = self._decode_tcp(chunk, reporter, node)
+                if connections:
+                    self._hub.ingest_connections(connections)
 
     def _decode(self, entries: Any, reporter: Reporter, node: ProxyNode) -> list[RequestRecord]:
         records: list[RequestRecord] = []
@@ -127,6 +138,24 @@ class AccessLogService:
                 if self.entries_rejected == 0:
                     log.exception("could not read an access-log entry of %s", node.id)
                 self.entries_rejected += 1
+        return records
+
+    def _decode_tcp(
+        self, entries: Any, reporter: Reporter, node: ProxyNode
+    ) -> list[ConnectionRecord]:
+        records: list[ConnectionRecord] = []
+        for entry in entries:
+            try:
+                record = decode_tcp_entry(
+                    entry, reporter, node, self._nodes, self.connections, self._peers
+                )
+            except Exception:  # one odd entry must not lose the rest of the batch
+                if self.entries_rejected == 0:
+                    log.exception("could not read a TCP access-log entry of %s", node.id)
+                self.entries_rejected += 1
+                continue
+            if record is not None:
+                records.append(record)
         return records
 
 

@@ -37,7 +37,7 @@ from pilotfish.model.keepalive import XdsKeepalive
 from pilotfish.model.resources import MeshConfig, MeshSettings
 from pilotfish.model.telemetry import TraceExporter
 from pilotfish.telemetry.hub import TelemetryHub
-from pilotfish.telemetry.istio_metrics import IstioMetrics
+from pilotfish.telemetry.istio_metrics import IstioMetrics, IstioTcpMetrics
 from pilotfish.telemetry.live import LiveWindows
 from pilotfish.telemetry.nodes import NodeDirectory
 from pilotfish.telemetry.prometheus import MetricFamily
@@ -153,6 +153,8 @@ class ControlPlane:
         and inbound address."""
         self.istio_metrics = IstioMetrics()
         self.telemetry.add_sink(self.istio_metrics)
+        self.istio_tcp_metrics = IstioTcpMetrics()
+        self.telemetry.add_connection_sink(self.istio_tcp_metrics)
         self.access_logs = AccessLogService(self.telemetry, self.nodes)
         self.xds_metrics = XdsMetrics(self.controller.published_at)
         self.live = LiveWindows()
@@ -160,6 +162,8 @@ class ControlPlane:
         self.proxy_logs = ProxyLogs()
         for sink in (self.live, self.proxy_logs, self.tap):
             self.telemetry.add_sink(sink)
+        self.telemetry.add_connection_sink(self.proxy_logs)
+        self.telemetry.add_connection_sink(self.tap)
         self.traces = TraceStore()
         """Recent traces, from the spans the proxies post to the admin API."""
         self.trace_export = TraceExport(self._trace_exporters)
@@ -241,6 +245,7 @@ class ControlPlane:
             *live_view_families(self.live, self.tap, self.proxy_logs),
             *self.rate_limits.families(),
             *self.istio_metrics.families(),
+            *self.istio_tcp_metrics.families(),
         ]
 
     async def _tick_ca(self, certificates: MeshCertificateAuthority) -> None:

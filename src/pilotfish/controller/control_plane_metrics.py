@@ -52,6 +52,9 @@ CONFIG_REJECTED = "pilotfish_config_rejected"
 CERTIFICATES_SIGNED = "pilotfish_ca_certificates_signed_total"
 CERTIFICATES_REFUSED = "pilotfish_ca_certificates_refused_total"
 RECORDS_INGESTED = "pilotfish_telemetry_records_total"
+CONNECTION_RECORDS = "pilotfish_telemetry_connection_records_total"
+TCP_TRACKED = "pilotfish_telemetry_tcp_connections_tracked"
+TCP_FORGOTTEN = "pilotfish_telemetry_tcp_connections_forgotten_total"
 ALS_STREAMS = "pilotfish_als_streams_open"
 ALS_REJECTED = "pilotfish_als_entries_rejected_total"
 LIVE_DROPPED = "pilotfish_live_records_dropped_total"
@@ -239,6 +242,27 @@ def control_plane_families(
             "Request records taken in from the proxies' access-log streams.",
             "counter",
             [Sample((), hub.records_ingested)],
+        ),
+        MetricFamily(
+            CONNECTION_RECORDS,
+            "TCP connection reports taken in from the proxies' access-log streams.",
+            "counter",
+            [Sample((), hub.connection_records_ingested)],
+        ),
+        MetricFamily(
+            TCP_TRACKED,
+            "Open TCP connections whose last reported byte counts are kept (their reports "
+            "carry running totals).",
+            "gauge",
+            [Sample((), access_logs.connections.open_connections)],
+        ),
+        MetricFamily(
+            TCP_FORGOTTEN,
+            f"Open TCP connections forgotten beyond the cap of "
+            f"{access_logs.connections.max_open}: each counts opened again, and its bytes "
+            f"from zero, at its next report.",
+            "counter",
+            [Sample((), access_logs.connections.forgotten)],
         ),
         MetricFamily(
             ALS_STREAMS,

@@ -40,6 +40,12 @@ LOGGED_RESPONSE_TRAILERS = ("grpc-status",)
 # Envoy's stats access logger adds 4%, but keeps no record of a request to tap or log.
 ALS_BUFFER_BYTES = 256 * 1024
 ALS_FLUSH_SECONDS = 1.0
+# A TCP proxy logs a connection when its upstream connects, every ``TCP_LOG_FLUSH_SECONDS``
+# while it is open, and when it ends: a long connection (a database client's pool) shows its
+# bytes in ``istio_tcp_*`` within seconds rather than when it closes. Envoy's periodic entries
+# carry the bytes since the connection began (measured on 1.40), so the control plane counts
+# the difference to the connection's previous entry.
+TCP_LOG_FLUSH_SECONDS = 5.0
 
 # The static cluster the agent's bootstrap has when it knows the admin address (node metadata
 # PILOTFISH_TELEMETRY is then true): Zipkin spans go there, to ``ZIPKIN_SPANS_PATH``.

@@ -5,6 +5,9 @@ The record holds what the proxies' gRPC access-log entries carry, so an operator
 something else (the protocol version, the user agent, forwarded-for, socket addresses) is
 Envoy's ``-``, as it is for a value Envoy does not have. The response flags are appended in
 words, which is what a line is most often read for.
+
+A TCP connection's line is what Envoy writes for one with the same format: the request's
+operators are ``-``, ``%RESPONSE_CODE%`` is 0, the bytes are the connection's both ways.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from pilotfish.model.telemetry import flag_words
-from pilotfish.telemetry.records import RequestRecord
+from pilotfish.telemetry.records import ConnectionRecord, LogRecord, RequestRecord
 
 _MISSING = "-"
 
@@ -36,6 +39,20 @@ _PLAIN: Mapping[str, Callable[[RequestRecord], str | int]] = {
     "ROUTE_NAME": lambda r: r.route_name,
     "GRPC_STATUS_NUMBER": lambda r: r.grpc_status,
     "PROTOCOL": lambda r: r.http_version,
+}
+_CONNECTION: Mapping[str, Callable[[ConnectionRecord], str | int]] = {
+    "RESPONSE_CODE": lambda r: 0,
+    "RESPONSE_FLAGS": lambda r: r.response_flags_label,
+    "CONNECTION_TERMINATION_DETAILS": lambda r: r.termination_details,
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda r: r.upstream_failure,
+    "BYTES_RECEIVED": lambda r: r.received_bytes,
+    "BYTES_SENT": lambda r: r.sent_bytes,
+    "DURATION": lambda r: round(r.duration_ms),
+    "UPSTREAM_HOST": lambda r: r.upstream_host,
+    "UPSTREAM_CLUSTER": lambda r: r.upstream_cluster,
+    "UPSTREAM_CLUSTER_RAW": lambda r: r.upstream_cluster,
+    "DOWNSTREAM_REMOTE_ADDRESS": lambda r: r.downstream_remote,
+    "DOWNSTREAM_LOCAL_ADDRESS": lambda r: r.downstream_local,
 }
 _REQUEST_HEADERS: Mapping[str, Callable[[RequestRecord], str]] = {
     ":method": lambda r: r.method,
@@ -63,9 +80,12 @@ def _request_header(record: RequestRecord, argument: str) -> str:
     return ""
 
 
-def _operator_value(record: RequestRecord, name: str, argument: str) -> str:
+def _operator_value(record: LogRecord, name: str, argument: str) -> str:
     if name == "START_TIME":
         return envoy_time(record.start_time)
+    if isinstance(record, ConnectionRecord):
+        connection = _CONNECTION.get(name)
+        return str(connection(record)) if connection is not None else ""
     if name == "REQ":
         return _request_header(record, argument)
     if name in ("RESP", "TRAILER") and argument.lower() == "grpc-status":
@@ -74,7 +94,7 @@ def _operator_value(record: RequestRecord, name: str, argument: str) -> str:
     return str(read(record)) if read is not None else ""
 
 
-def render(log_format: str, record: RequestRecord) -> str:
+def render(log_format: str, record: LogRecord) -> str:
     """``log_format``'s command operators filled from ``record``; ``-`` where it has no value."""
 
     def value(match: re.Match[str]) -> str:
@@ -88,7 +108,7 @@ def render(log_format: str, record: RequestRecord) -> str:
     return _OPERATOR.sub(value, log_format).rstrip("\n")
 
 
-def flags_in_words(record: RequestRecord) -> str:
+def flags_in_words(record: LogRecord) -> str:
     """``UF=upstream connection failure, URX=upstream retry limit exceeded``, or ``""``."""
     words = flag_words(record.response_flags)
     return ", ".join(
@@ -96,16 +116,18 @@ def flags_in_words(record: RequestRecord) -> str:
     )
 
 
-def format_text_line(record: RequestRecord, log_format: str) -> str:
+def format_text_line(record: LogRecord, log_format: str) -> str:
     """The line in ``log_format``, then the flags in words."""
     line = render(log_format, record)
     words = flags_in_words(record)
     return f"{line} flags: {words}" if words else line
 
 
-def log_fields(record: RequestRecord) -> dict[str, object]:
+def log_fields(record: LogRecord) -> dict[str, object]:
     """The JSON access-log entry: Istio's JSON field names for what the record carries, the
     flags in words, and who reported it."""
+    if isinstance(record, ConnectionRecord):
+        return connection_log_fields(record)
     return {
         "start_time": envoy_time(record.start_time),
         "proxy": record.proxy,
@@ -132,5 +154,29 @@ def log_fields(record: RequestRecord) -> dict[str, object]:
     }
 
 
-def format_json_line(record: RequestRecord) -> str:
+def connection_log_fields(record: ConnectionRecord) -> dict[str, object]:
+    return {
+        "start_time": envoy_time(record.start_time),
+        "proxy": record.proxy,
+        "reporter": record.reporter,
+        "protocol": "tcp",
+        "response_flags": record.response_flags_label,
+        "response_flag_words": list(flag_words(record.response_flags)),
+        "connection_termination_details": record.termination_details or None,
+        "upstream_transport_failure_reason": record.upstream_failure or None,
+        "bytes_received": record.received_bytes,
+        "bytes_sent": record.sent_bytes,
+        "duration": round(record.duration_ms),
+        "upstream_host": record.upstream_host or None,
+        "upstream_cluster": record.upstream_cluster or None,
+        "downstream_remote_address": record.downstream_remote or None,
+        "downstream_local_address": record.downstream_local or None,
+        "source_workload": record.source.workload,
+        "source_principal": record.source.principal,
+        "destination_service": record.destination_service,
+        "connection_security_policy": record.connection_security_policy,
+    }
+
+
+def format_json_line(record: LogRecord) -> str:
     return json.dumps(log_fields(record), separators=(",", ":"))

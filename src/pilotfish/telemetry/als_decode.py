@@ -200,7 +200,7 @@ def decode_entry(
     else:
         source = peers.peer(proxy)
         security = UNKNOWN
-        hostname, destination = _outbound_destination(
+        hostname, destination = outbound_destination(
             common.upstream_cluster, upstream, nodes, peers
         )
         if hostname == UNKNOWN and request.authority:
@@ -249,8 +249,8 @@ def _inbound_peers(
     common: Any, proxy: ProxyNode, nodes: NodeLookup, peers: PeerCache
 ) -> tuple[Peer, Peer, str]:
     tls = common.tls_properties
-    peer_principal = _uri_san(tls.peer_certificate_properties)
-    local_principal = _uri_san(tls.local_certificate_properties)
+    peer_principal = uri_san(tls.peer_certificate_properties)
+    local_principal = uri_san(tls.local_certificate_properties)
     security = "mutual_tls" if peer_principal else "none"
     caller_id = ""
     peer_metadata = common.metadata.filter_metadata.get(PEER_METADATA_NAMESPACE)
@@ -259,18 +259,18 @@ def _inbound_peers(
         if value is not None and value.WhichOneof("kind") == "string_value":
             caller_id = value.string_value
     caller = nodes.get(caller_id) if caller_id else None
-    if caller is not None and peer_principal and not _holds(caller, peer_principal):
+    if caller is not None and peer_principal and not holds_principal(caller, peer_principal):
         caller = None
     if caller is not None:
         source = peers.peer(caller, peer_principal or UNKNOWN)
     elif peer_principal:
-        source = Peer(principal=peer_principal, namespace=_principal_namespace(peer_principal))
+        source = Peer(principal=peer_principal, namespace=principal_namespace(peer_principal))
     else:
         source = Peer()
     return source, peers.peer(proxy, local_principal or UNKNOWN), security
 
 
-def _outbound_destination(
+def outbound_destination(
     cluster: str, upstream: Any, nodes: NodeLookup, peers: PeerCache
 ) -> tuple[str, Peer]:
     parts = split_outbound_cluster(cluster)
@@ -301,20 +301,20 @@ def cut(value: str) -> str:
     return value[: MAX_FIELD_CHARS - len(_CUT_MARKER)] + _CUT_MARKER
 
 
-def _uri_san(certificate: Any) -> str:
+def uri_san(certificate: Any) -> str:
     for san in certificate.subject_alt_name:
         if san.WhichOneof("san") == "uri":
             return str(san.uri)
     return ""
 
 
-def _holds(node: ProxyNode, principal: str) -> bool:
+def holds_principal(node: ProxyNode, principal: str) -> bool:
     """Whether ``principal`` (``spiffe://<td>/ns/<ns>/sa/<sa>``) is the node's identity, in
     whatever trust domain."""
     return principal.endswith(f"/ns/{node.namespace}/sa/{node.service_account}")
 
 
-def _principal_namespace(principal: str) -> str:
+def principal_namespace(principal: str) -> str:
     _, found, rest = principal.partition("/ns/")
     namespace = rest.split("/", 1)[0] if found else ""
     return namespace or UNKNOWN

@@ -1,4 +1,4 @@
-"""One request as one proxy saw it: what every view of traffic is made from.
+"""One request (or TCP connection) as one proxy saw it: what every view of traffic is made from.
 
 A request through two sidecars is two records, one per reporter (Istio's ``reporter`` label):
 the caller's sidecar (``source``) and the callee's (``destination``). Unknown values are
@@ -126,3 +126,91 @@ class RequestRecord:
             "http_version": self.http_version,
             "ok": self.ok,
         }
+
+
+ConnectionEvent = Literal["connected", "periodic", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRecord:
+    """One report of a TCP connection by one proxy: when its upstream connected, every few
+    seconds while it is open, and when it ended (Envoy's TCP access-log entry types).
+
+    The ``*_delta`` bytes are those since the connection's previous report (what the
+    ``istio_tcp_*_bytes_total`` counters add); ``received_bytes`` / ``sent_bytes`` are since
+    it began. Received is from the downstream (the client), sent is to it, at both reporters.
+    """
+
+    start_time: float
+    """Unix seconds when the proxy accepted the connection."""
+    event: ConnectionEvent
+    opened: bool
+    """The first report of this connection the control plane has seen: counts one opened."""
+    reporter: Reporter
+    proxy: str
+    source: Peer
+    destination: Peer
+    destination_service: str
+    destination_service_name: str
+    destination_service_namespace: str
+    received_bytes: int
+    sent_bytes: int
+    received_delta: int
+    sent_delta: int
+    duration_ms: float
+    """Until this report (the whole connection's for ``closed``)."""
+    response_flags: tuple[str, ...]
+    upstream_cluster: str
+    upstream_host: str
+    upstream_failure: str
+    termination_details: str
+    """``%CONNECTION_TERMINATION_DETAILS%``: why the proxy closed it, when it did."""
+    connection_security_policy: str
+    downstream_remote: str
+    downstream_local: str
+    connection_id: str
+    """Envoy's stream id of the connection (a UUID), the same in each of its reports."""
+
+    @property
+    def closed(self) -> bool:
+        return self.event == "closed"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the proxy flagged nothing (no failed upstream connect, no limit hit...)."""
+        return not self.response_flags
+
+    @property
+    def response_flags_label(self) -> str:
+        return ",".join(self.response_flags) or "-"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "start_time": self.start_time,
+            "event": self.event,
+            "reporter": self.reporter,
+            "proxy": self.proxy,
+            "source": self.source.to_json(),
+            "destination": self.destination.to_json(),
+            "destination_service": self.destination_service,
+            "destination_service_name": self.destination_service_name,
+            "destination_service_namespace": self.destination_service_namespace,
+            "request_protocol": "tcp",
+            "received_bytes": self.received_bytes,
+            "sent_bytes": self.sent_bytes,
+            "duration_ms": self.duration_ms,
+            "response_flags": list(self.response_flags),
+            "response_flag_words": list(flag_words(self.response_flags)),
+            "upstream_cluster": self.upstream_cluster,
+            "upstream_host": self.upstream_host,
+            "upstream_failure": self.upstream_failure,
+            "connection_termination_details": self.termination_details,
+            "connection_security_policy": self.connection_security_policy,
+            "downstream_remote_address": self.downstream_remote,
+            "downstream_local_address": self.downstream_local,
+            "connection_id": self.connection_id,
+        }
+
+
+LogRecord = RequestRecord | ConnectionRecord
+"""A line of a proxy's access log: a request, or a TCP connection (its end)."""

@@ -1,5 +1,7 @@
 """Live requests for ``tap`` and ``logs -f``, and the recent ones of each proxy for ``logs``.
 
+``logs`` has the TCP connections too (one line each, when it ended); ``tap`` only requests.
+
 A tap subscriber gets the records its filter lets through in a bounded queue. The feed is a
 sink of the hub and runs on the event loop, so it must never wait for a slow reader: when a
 subscriber's queue is full, new records are dropped and counted for that subscriber, and its
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
 
-from pilotfish.telemetry.records import RequestRecord
+from pilotfish.telemetry.records import ConnectionRecord, LogRecord, RequestRecord
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,22 @@ class TapFilter:
     proxy: str = ""
     """The reporting proxy's node id."""
     errors_only: bool = False
+    connections: bool = False
+    """Whether TCP connections (their ends) come too."""
 
-    def matches(self, record: RequestRecord) -> bool:
+    def matches(self, record: LogRecord) -> bool:
+        if isinstance(record, ConnectionRecord) and (not self.connections or self.path_prefix):
+            return False
         if self.service and self.service not in (
             record.destination_service,
             record.destination_service_name,
         ):
             return False
-        if self.path_prefix and not record.path.startswith(self.path_prefix):
+        if (
+            self.path_prefix
+            and isinstance(record, RequestRecord)
+            and not record.path.startswith(self.path_prefix)
+        ):
             return False
         if self.workload and self.workload not in (
             record.source.workload,
@@ -56,10 +66,10 @@ class TapSubscriber:
         self.max_queued = max_queued
         self.wake = wake
         """Called after records were queued (the admin route sets an asyncio.Event)."""
-        self._queue: deque[RequestRecord] = deque()
+        self._queue: deque[LogRecord] = deque()
         self.dropped = 0
 
-    def offer(self, records: Sequence[RequestRecord]) -> None:
+    def offer(self, records: Sequence[LogRecord]) -> None:
         queued = False
         for record in records:
             if not self.filter.matches(record):
@@ -72,7 +82,7 @@ class TapSubscriber:
         if queued and self.wake is not None:
             self.wake()
 
-    def take(self) -> list[RequestRecord]:
+    def take(self) -> list[LogRecord]:
         """Everything queued, oldest first."""
         taken = list(self._queue)
         self._queue.clear()
@@ -115,6 +125,12 @@ class TapFeed:
         for subscriber in self._subscribers:
             subscriber.offer(records)
 
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None:
+        ended = [record for record in records if record.closed]
+        for subscriber in self._subscribers:
+            if subscriber.filter.connections and ended:
+                subscriber.offer(ended)
+
 
 class TapFull(Exception):
     def __init__(self, limit: int) -> None:
@@ -122,15 +138,19 @@ class TapFull(Exception):
 
 
 class ProxyLogs:
-    """The last ``per_proxy`` records of each of at most ``max_proxies`` proxies."""
+    """The last ``per_proxy`` records of each of at most ``max_proxies`` proxies: requests,
+    and TCP connections once they ended."""
 
     def __init__(self, per_proxy: int = 1000, max_proxies: int = 1000) -> None:
         self.per_proxy = per_proxy
         self.max_proxies = max_proxies
-        self._rings: dict[str, deque[RequestRecord]] = {}
+        self._rings: dict[str, deque[LogRecord]] = {}
         self.dropped = 0
 
-    def add(self, records: Sequence[RequestRecord]) -> None:
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None:
+        self.add([record for record in records if record.closed])
+
+    def add(self, records: Sequence[LogRecord]) -> None:
         for record in records:
             ring = self._rings.get(record.proxy)
             if ring is None:
@@ -148,7 +168,7 @@ class ProxyLogs:
     def proxies(self) -> list[str]:
         return sorted(self._rings)
 
-    def recent(self, proxy: str | None = None, limit: int = 100) -> list[RequestRecord]:
+    def recent(self, proxy: str | None = None, limit: int = 100) -> list[LogRecord]:
         """The last ``limit`` records of ``proxy`` (of every proxy when None), oldest first."""
         if proxy is not None:
             ring = self._rings.get(proxy, deque())
@@ -163,5 +183,5 @@ class ProxyLogs:
         return heapq.nlargest(limit, tails, key=_start_time)[::-1]
 
 
-def _start_time(record: RequestRecord) -> float:
+def _start_time(record: LogRecord) -> float:
     return record.start_time

@@ -18,6 +18,7 @@ from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2 as format_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, zipkin_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2 as data_accesslog_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -25,6 +26,7 @@ from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metada
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
@@ -43,6 +45,7 @@ from pilotfish.model.telemetry import (
     PEER_METADATA_KEY,
     PEER_METADATA_NAMESPACE,
     RESPONSE_FLAG_WORDS,
+    TCP_LOG_FLUSH_SECONDS,
     TELEMETRY_CLUSTER,
     ZIPKIN_ENCODING,
     ZIPKIN_SPANS_PATH,
@@ -59,6 +62,7 @@ XDS_CLUSTER_NAME = "xds-grpc"
 PROXY_HEADER = "x-pilotfish-proxy"
 
 GRPC_ACCESS_LOGGER = "envoy.access_loggers.http_grpc"
+TCP_GRPC_ACCESS_LOGGER = "envoy.access_loggers.tcp_grpc"
 FILE_ACCESS_LOGGER = "envoy.access_loggers.file"
 ZIPKIN_TRACER = "envoy.tracers.zipkin"
 HEADER_MUTATION_FILTER_NAME = "envoy.filters.http.header_mutation"
@@ -160,9 +164,26 @@ def http_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole)
 
 
 def tcp_telemetry(node: ProxyNode, settings: TelemetrySettings, role: HttpRole) -> TcpTelemetry:
-    """What a TCP proxy of ``node`` in ``role`` reports. Not written yet: TCP connections are
-    not logged and count in no ``istio_tcp_*`` metric (the protocols issue adds them)."""
-    return NO_TCP_TELEMETRY
+    """What a TCP proxy of ``node`` in ``role`` reports: each connection to the control plane
+    (the ``istio_tcp_*`` metrics, with the same ``log_name`` as the role's HTTP log) when it
+    connects, every ``TCP_LOG_FLUSH_SECONDS`` and when it ends; the mesh's ``accessLogFile``
+    gets one line per connection, when it ends. ``node`` is the reporter: the control plane
+    knows it from the log stream, so nothing of it goes into the config."""
+    del node
+    logs: list[accesslog_pb2.AccessLog] = []
+    if settings.request_telemetry:
+        logs.append(tcp_grpc_access_log(_LOG_NAMES[role]))
+    if settings.access_log_file is not None:
+        logs.append(_at_connection_end(file_access_log(settings)))
+    if not logs:
+        return NO_TCP_TELEMETRY
+    return TcpTelemetry(
+        access_logs=tuple(logs),
+        access_log_options=tcp_proxy_pb2.TcpProxy.TcpAccessLogOptions(
+            flush_access_log_on_connected=True,
+            access_log_flush_interval=duration_from_seconds(TCP_LOG_FLUSH_SECONDS),
+        ),
+    )
 
 
 # --- access logs ------------------------------------------------------------------------------
@@ -179,22 +200,38 @@ def access_logs(role: HttpRole, settings: TelemetrySettings) -> list[accesslog_p
 
 def grpc_access_log(log_name: str) -> accesslog_pb2.AccessLog:
     config = als_pb2.HttpGrpcAccessLogConfig(
-        common_config=als_pb2.CommonGrpcAccessLogConfig(
-            log_name=log_name,
-            grpc_service=grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER_NAME)
-            ),
-            transport_api_version=config_source_pb2.V3,
-            # Flushed once a second, so the live views are about 1 s late; a big buffer
-            # keeps the flushes to those (model.telemetry says what it saves).
-            buffer_flush_interval=duration_from_seconds(ALS_FLUSH_SECONDS),
-            buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
-        ),
+        common_config=_common_grpc_log_config(log_name),
         additional_request_headers_to_log=LOGGED_REQUEST_HEADERS,
         additional_response_headers_to_log=LOGGED_RESPONSE_HEADERS,
         additional_response_trailers_to_log=LOGGED_RESPONSE_TRAILERS,
     )
     return accesslog_pb2.AccessLog(name=GRPC_ACCESS_LOGGER, typed_config=pack(config))
+
+
+def tcp_grpc_access_log(log_name: str) -> accesslog_pb2.AccessLog:
+    config = als_pb2.TcpGrpcAccessLogConfig(common_config=_common_grpc_log_config(log_name))
+    return accesslog_pb2.AccessLog(name=TCP_GRPC_ACCESS_LOGGER, typed_config=pack(config))
+
+
+def _common_grpc_log_config(log_name: str) -> als_pb2.CommonGrpcAccessLogConfig:
+    return als_pb2.CommonGrpcAccessLogConfig(
+        log_name=log_name,
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER_NAME)
+        ),
+        transport_api_version=config_source_pb2.V3,
+        # Flushed once a second, so the live views are about 1 s late; a big buffer
+        # keeps the flushes to those (model.telemetry says what it saves).
+        buffer_flush_interval=duration_from_seconds(ALS_FLUSH_SECONDS),
+        buffer_size_bytes=wrappers_pb2.UInt32Value(value=ALS_BUFFER_BYTES),
+    )
+
+
+def _at_connection_end(log: accesslog_pb2.AccessLog) -> accesslog_pb2.AccessLog:
+    """Only the entry of a connection's end: the connected and periodic ones are for the
+    metrics, a file wants one line per connection (as Istio's has)."""
+    log.filter.log_type_filter.types.append(data_accesslog_pb2.TcpConnectionEnd)
+    return log
 
 
 def file_access_log(settings: TelemetrySettings) -> accesslog_pb2.AccessLog:

@@ -8,15 +8,16 @@ from typing import Any
 
 import grpc
 import pytest
+from envoy.data.accesslog.v3 import accesslog_pb2
 
-from als_entries import first_message, http_entry, later_message
+from als_entries import first_message, http_entry, later_message, tcp_entry, tcp_message
 from grpc_fakes import FakeRequests
 from pilotfish.controller.access_log_service import CHUNK_ENTRIES, AccessLogService
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import ALS_LOG_INBOUND, ALS_LOG_OUTBOUND
 from pilotfish.telemetry.hub import TelemetryHub
 from pilotfish.telemetry.nodes import NodeDirectory
-from pilotfish.telemetry.records import RequestRecord
+from pilotfish.telemetry.records import ConnectionRecord, RequestRecord
 
 NODE = ProxyNode(id="web-0", service="web", inbound_port=15006, workload="web")
 
@@ -43,10 +44,22 @@ class Collected:
         self.batches.append(list(records))
 
 
-def service() -> tuple[AccessLogService, NodeDirectory, Collected]:
+class CollectedConnections:
+    def __init__(self) -> None:
+        self.batches: list[list[ConnectionRecord]] = []
+
+    def add_connections(self, records: Sequence[ConnectionRecord]) -> None:
+        self.batches.append(list(records))
+
+
+def service(
+    connections: CollectedConnections | None = None,
+) -> tuple[AccessLogService, NodeDirectory, Collected]:
     hub = TelemetryHub()
     sink = Collected()
     hub.add_sink(sink)
+    if connections is not None:
+        hub.add_connection_sink(connections)
     nodes = NodeDirectory()
     return AccessLogService(hub, nodes), nodes, sink
 
@@ -124,3 +137,37 @@ async def test_intermediate_entries_of_a_long_stream_are_not_counted() -> None:
     periodic.common_properties.intermediate_log_entry = True
     await run(als, [first_message(NODE, ALS_LOG_INBOUND, [periodic, http_entry()])])
     assert [[r.response_code for r in batch] for batch in sink.batches] == [[200]]
+
+
+async def test_tcp_entries_become_connection_records_with_steps_of_bytes() -> None:
+    connections = CollectedConnections()
+    als, _, sink = service(connections)
+    connected = tcp_entry(event=accesslog_pb2.TcpUpstreamConnected)
+    periodic = tcp_entry(event=accesslog_pb2.TcpPeriodic, received=100, sent=50)
+    closed = tcp_entry(received=150, sent=50)
+    await run(
+        als,
+        [
+            tcp_message([connected, periodic], NODE, ALS_LOG_INBOUND),
+            later_message([http_entry()]),
+            tcp_message([closed]),
+        ],
+    )
+    assert [len(batch) for batch in sink.batches] == [1]
+    assert [[(r.event, r.received_delta) for r in b] for b in connections.batches] == [
+        [("connected", 0), ("periodic", 100)],
+        [("closed", 50)],
+    ]
+    record = connections.batches[1][0]
+    assert record.reporter == "destination" and record.proxy == "web-0"
+    assert record.destination_service == "web.default.svc.cluster.local"
+    assert als.connections.open_connections == 0
+    assert als.entries_rejected == 0
+
+
+async def test_tcp_entries_of_an_unknown_log_name_are_not_counted() -> None:
+    connections = CollectedConnections()
+    als, _, _ = service(connections)
+    await run(als, [tcp_message([tcp_entry()] * 3, NODE, "mine")])
+    assert connections.batches == []
+    assert als.entries_rejected == 3

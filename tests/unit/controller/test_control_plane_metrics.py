@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_ca_runtime import API, WEB, make_ca
 from test_mesh_controller import config
+from tests.request_records import connection
 
 from als_entries import http_entry
 from pilotfish.ca.api import CertificateRefused
@@ -202,6 +203,12 @@ async def test_config_rejections_csrs_and_records_in_the_control_planes_families
     assert value(families, "pilotfish_ca_certificates_refused_total") == 1
     assert value(families, "pilotfish_telemetry_records_total") == 2
     assert value(families, "pilotfish_als_streams_open") == 0
+    access_logs.connections.report("web-0", "a", 10, 0, closed=False)
+    hub.ingest_connections([connection()])
+    families = control_plane_families(controller, ca, hub, access_logs)
+    assert value(families, "pilotfish_telemetry_connection_records_total") == 1
+    assert value(families, "pilotfish_telemetry_tcp_connections_tracked") == 1
+    assert value(families, "pilotfish_telemetry_tcp_connections_forgotten_total") == 0
     controller.apply_config(config(), ())
     families = control_plane_families(controller, None, hub, access_logs)
     assert value(families, "pilotfish_config_rejected") == 0

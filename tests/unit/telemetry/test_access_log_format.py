@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from tests.request_records import T0, record
+from tests.request_records import T0, connection, record
 
 from pilotfish.telemetry.access_log_format import (
     envoy_time,
@@ -55,3 +55,27 @@ def test_a_format_of_the_users_own_is_filled_operator_by_operator() -> None:
     assert line == (
         "/x 503 UO peer=- back GET - 100% flags: UO=upstream overflow (circuit breaker open)"
     )
+
+
+def test_a_tcp_connection_is_the_line_envoy_writes_for_it_with_istios_format() -> None:
+    line = format_text_line(connection(), ISTIO_TEXT_FORMAT)
+    assert line == (
+        '[2027-01-15T08:00:00.000Z] "- - -" 0 - - - "-" 1200 34000 5321 - "-" "-" "-" "-" '
+        '"127.0.0.1:5432" inbound|5432|| - 127.0.0.1:16006 127.0.0.1:40404 - -'
+    )
+    failed = format_text_line(connection(flags=("UF", "URX"), sent=0), ISTIO_TEXT_FORMAT)
+    assert '" 0 UF,URX - - "-" 1200 0 ' in failed
+    assert failed.endswith(
+        " flags: UF=upstream connection failure, URX=upstream retry limit exceeded"
+    )
+
+
+def test_a_tcp_connections_json_line_has_its_bytes_both_ways_and_its_peers() -> None:
+    entry = json.loads(format_json_line(connection()))
+    assert entry["protocol"] == "tcp"
+    assert (entry["bytes_received"], entry["bytes_sent"], entry["duration"]) == (1200, 34000, 5321)
+    assert entry["upstream_host"] == "127.0.0.1:5432"
+    assert entry["source_workload"] == "client"
+    assert entry["destination_service"] == "db.default.svc.cluster.local"
+    assert entry["connection_security_policy"] == "mutual_tls"
+    assert entry["response_flags"] == "-"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.request_records import T0, record
+from tests.request_records import T0, connection, record
 
 from pilotfish.telemetry.tap import ProxyLogs, TapFeed, TapFilter, TapFull
 
@@ -108,3 +108,44 @@ def test_records_of_equal_start_stay_in_arrival_order() -> None:
     logs.add([record(proxy="a", path="/a2")])
     assert [r.path for r in logs.recent(None)] == ["/a1", "/a2", "/b1"]
     assert [r.path for r in logs.recent(None, limit=1)] == ["/b1"]
+
+
+def test_tcp_connections_are_logged_once_when_they_end_among_the_requests() -> None:
+    logs = ProxyLogs()
+    logs.add([record(proxy="db-0", at=T0, path="/first")])
+    logs.add_connections(
+        [connection(event="connected", at=T0 + 1), connection(event="periodic", at=T0 + 1)]
+    )
+    logs.add_connections([connection(at=T0 + 1)])
+    logs.add([record(proxy="db-0", at=T0 + 2, path="/last")])
+    assert [type(r).__name__ for r in logs.recent("db-0")] == [
+        "RequestRecord",
+        "ConnectionRecord",
+        "RequestRecord",
+    ]
+
+
+def test_only_a_subscriber_that_asks_for_connections_gets_their_ends() -> None:
+    feed = TapFeed()
+    requests_only = feed.subscribe(TapFilter())
+    logs = feed.subscribe(TapFilter(proxy="db-0", connections=True))
+    feed.add_connections([connection(event="connected"), connection(), connection(proxy="x")])
+    assert requests_only.take() == []
+    assert [r.event for r in logs.take()] == ["closed"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("tap", "wanted"),
+    [
+        (TapFilter(connections=True), True),
+        (TapFilter(connections=True, service="db"), True),
+        (TapFilter(connections=True, service="backend"), False),
+        (TapFilter(connections=True, workload="client"), True),
+        (TapFilter(connections=True, path_prefix="/"), False),
+        (TapFilter(connections=True, errors_only=True), False),
+        (TapFilter(), False),
+    ],
+)
+def test_filters_of_connections(tap: TapFilter, wanted: bool) -> None:
+    assert tap.matches(connection()) is wanted
+    assert TapFilter(connections=True, errors_only=True).matches(connection(flags=("UF",)))

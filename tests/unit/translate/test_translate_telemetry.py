@@ -9,6 +9,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.trace.v3 import zipkin_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2 as data_accesslog_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -16,6 +17,7 @@ from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metada
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
 from pilotfish.model.proxy import ProxyNode
@@ -24,7 +26,18 @@ from pilotfish.model.services import MeshView
 from pilotfish.model.telemetry import RESPONSE_FLAG_WORDS, TelemetrySettings
 from pilotfish.snapshot import SnapshotCache, type_urls
 from pilotfish.translate import GENERATORS, MeshTranslator, TranslationContext
-from pilotfish.translate.telemetry import ISTIO_TEXT_FORMAT, LOCAL_REPLY_FLAGS
+from pilotfish.translate.tcp_proxy import (
+    NO_TCP_TELEMETRY,
+    TcpTelemetry,
+    WeightedCluster,
+    tcp_proxy_filter,
+)
+from pilotfish.translate.telemetry import (
+    ISTIO_TEXT_FORMAT,
+    LOCAL_REPLY_FLAGS,
+    HttpRole,
+    tcp_telemetry,
+)
 
 
 def with_telemetry(view: MeshView, **settings: object) -> MeshView:
@@ -303,3 +316,53 @@ def test_a_percent_sign_in_a_node_id_stays_itself_in_headers_and_bodies(
     mapper = outbound.local_reply_config.mappers[0]
     assert mapper.headers_to_add[0].header.value == "web%%0"
     assert bodies(outbound)[0].startswith("pilotfish: web%%0 answered %RESPONSE_CODE%")
+
+
+def tcp_proxy_of(telemetry: TcpTelemetry) -> tcp_proxy_pb2.TcpProxy:
+    proxy = tcp_proxy_pb2.TcpProxy()
+    assert tcp_proxy_filter("db", [WeightedCluster("c")], telemetry).typed_config.Unpack(proxy)
+    return proxy
+
+
+@pytest.mark.parametrize(
+    ("role", "log_name"),
+    [
+        ("outbound", "pilotfish.outbound"),
+        ("inbound", "pilotfish.inbound"),
+        ("gateway", "pilotfish.gateway"),
+    ],
+)
+def test_a_tcp_proxy_reports_each_connection_at_connect_periodically_and_at_its_end(
+    role: HttpRole, log_name: str
+) -> None:
+    proxy = tcp_proxy_of(tcp_telemetry(ProxyNode(id="db-0"), TelemetrySettings(), role))
+    (log,) = proxy.access_log
+    assert log.name == "envoy.access_loggers.tcp_grpc"
+    config = als_pb2.TcpGrpcAccessLogConfig()
+    assert log.typed_config.Unpack(config)
+    common = config.common_config
+    assert common.log_name == log_name
+    assert common.grpc_service.envoy_grpc.cluster_name == "xds-grpc"
+    assert common.transport_api_version == config_source_pb2.V3
+    assert common.buffer_size_bytes.value == 256 * 1024
+    options = proxy.access_log_options
+    assert options.flush_access_log_on_connected
+    assert options.access_log_flush_interval.ToTimedelta().total_seconds() == 5.0
+
+
+def test_a_tcp_proxy_writes_only_each_connections_end_to_the_access_log_file() -> None:
+    settings = TelemetrySettings(access_log_file="/dev/stdout", request_telemetry=False)
+    proxy = tcp_proxy_of(tcp_telemetry(ProxyNode(id="db-0"), settings, "inbound"))
+    (log,) = proxy.access_log
+    assert log.name == "envoy.access_loggers.file"
+    assert list(log.filter.log_type_filter.types) == [data_accesslog_pb2.TcpConnectionEnd]
+    file_config = file_pb2.FileAccessLog()
+    assert log.typed_config.Unpack(file_config)
+    assert file_config.path == "/dev/stdout"
+
+
+def test_a_tcp_proxy_without_records_or_file_reports_nothing() -> None:
+    settings = TelemetrySettings(request_telemetry=False)
+    telemetry = tcp_telemetry(ProxyNode(id="db-0"), settings, "outbound")
+    assert telemetry == NO_TCP_TELEMETRY
+    assert not tcp_proxy_of(telemetry).HasField("access_log_options")
