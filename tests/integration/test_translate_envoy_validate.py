@@ -21,7 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 from tests.certificates import CertificateAuthority
 
-from pilotfish.agent.bootstrap import build_bootstrap
+from pilotfish.agent.bootstrap import INTERNAL_LISTENER_BOOTSTRAP_EXTENSION, build_bootstrap
 from pilotfish.agent.ports import free_port
 from pilotfish.load.access_log_operators import access_log_format_problems
 from pilotfish.model.diagnostics import SourceMap
@@ -296,6 +296,7 @@ def static_bootstrap(resources: ProxyResources) -> dict[str, object]:
     return {
         "node": {"id": "translate-validate", "cluster": "pilotfish"},
         "static_resources": {"clusters": clusters, "listeners": listeners},
+        "bootstrap_extensions": [INTERNAL_LISTENER_BOOTSTRAP_EXTENSION],
     }
 
 

@@ -15,6 +15,10 @@ from pilotfish.model.identity import SDS_CLUSTER_NAME
 from pilotfish.model.keepalive import XdsKeepalive, milliseconds
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.telemetry import TELEMETRY_CLUSTER
+from pilotfish.translate.connect_tunnel import (
+    INTERNAL_LISTENER_EXTENSION,
+    INTERNAL_LISTENER_TYPE,
+)
 from pilotfish.translate.telemetry import XDS_CLUSTER_NAME
 
 ADMIN_HOST = "127.0.0.1"
@@ -25,6 +29,10 @@ ADMIN_HOST = "127.0.0.1"
 ZIPKIN_RUNTIME = {"tracing.zipkin.flush_interval_ms": 1000}
 
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
+INTERNAL_LISTENER_BOOTSTRAP_EXTENSION = {
+    "name": INTERNAL_LISTENER_EXTENSION,
+    "typed_config": {"@type": INTERNAL_LISTENER_TYPE},
+}
 
 _HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _DOWNSTREAM_CONNECTIONS_CONFIG = (
@@ -106,6 +114,8 @@ def build_bootstrap(
             "lds_config": _via_ads(),
         },
         "static_resources": {"clusters": clusters},
+        # The sidecar's CONNECT tunnels to HTTP ports enter an internal listener.
+        "bootstrap_extensions": [INTERNAL_LISTENER_BOOTSTRAP_EXTENSION],
         "overload_manager": _connection_limit(),
         # A static layer plus an admin layer: runtime can be inspected and changed
         # through /runtime_modify while debugging, and nothing is read from disk.

@@ -62,7 +62,7 @@ UPSTREAM_FIELDS = ("service", "port", "localPort")
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # The runner sets these for every replica; a value in the YAML would be overwritten.
-RUNNER_ENV = ("PORT", "HTTP_PROXY", "http_proxy")
+RUNNER_ENV = ("PORT", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy")
 # Every replica is a process plus an Envoy (~70 MB) on this one machine; past a hundred the
 # machine runs out long before the mesh is useful, so a larger number is surely a typo.
 MAX_REPLICAS = 100

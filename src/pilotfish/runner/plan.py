@@ -113,6 +113,10 @@ def replica_environment(
     The mesh's variables come last: an app told another PORT or proxy would fall out of the
     mesh (the loader warns about such keys). Loopback bypasses the proxy, so an app can still
     reach itself directly.
+
+    HTTPS_PROXY names the same sidecar: HTTPS clients (and grpcio, which reads grpc_proxy,
+    https_proxy, then http_proxy) send it ``CONNECT host:port``, which it carries to the
+    service, or to an outside host a ServiceEntry declares with its TLS untouched.
     """
     proxy = f"http://127.0.0.1:{ports.outbound}"
     env = {**inherited, "PYTHONUNBUFFERED": "1", **dict(spec.env)}
@@ -121,6 +125,8 @@ def replica_environment(
             "PORT": str(ports.app),
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,
+            "HTTPS_PROXY": proxy,
+            "https_proxy": proxy,
             "NO_PROXY": "localhost,127.0.0.1",
             "no_proxy": "localhost,127.0.0.1",
             "PILOTFISH_SERVICE": spec.service,

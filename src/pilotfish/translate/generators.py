@@ -28,6 +28,7 @@ from pilotfish.snapshot import (
     type_urls,
 )
 from pilotfish.translate.clusters import build_inbound_cluster, build_service_clusters
+from pilotfish.translate.connect_tunnel import build_tunnel_cluster
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
 from pilotfish.translate.endpoints import (
     build_caller_load_assignments,
@@ -37,6 +38,7 @@ from pilotfish.translate.listeners import (
     build_gateway_listeners,
     build_inbound_listener,
     build_outbound_listener,
+    build_outbound_tunnel_listener,
     build_upstream_listeners,
     workload_port,
 )
@@ -169,6 +171,14 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     NodeGenerator(
         "inbound-cluster", type_urls.CLUSTER, _CONFIG_AND_SERVICES, _inbound_cluster, SIDECAR
     ),
+    # Every sidecar's outbound routes send CONNECTs to HTTP ports through it.
+    MeshGenerator(
+        "outbound-tunnel-cluster",
+        type_urls.CLUSTER,
+        frozenset(),
+        lambda context: (build_tunnel_cluster(),),
+        SIDECAR,
+    ),
     # jwksUri hosts outside the mesh (which ones are outside depends on the services).
     MeshGenerator(
         "jwks-clusters",
@@ -193,7 +203,10 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         "outbound-listener",
         type_urls.LISTENER,
         _CONFIG,  # the node's ports and the mesh's telemetry settings
-        lambda context, node: _present(build_outbound_listener(context.view, node)),
+        lambda context, node: (
+            *_present(build_outbound_listener(context.view, node)),
+            *_present(build_outbound_tunnel_listener(context.view, node)),
+        ),
         SIDECAR,
     ),
     NodeGenerator(

@@ -20,6 +20,12 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import Gateway, GatewayServer, is_http
 from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
+from pilotfish.translate.connect_tunnel import (
+    build_tunnel_listener,
+    connect_refusal_mapper,
+    upgrade_configs,
+    without_open_tunnels,
+)
 from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import socket_address
 from pilotfish.translate.gateway_selection import (
@@ -32,6 +38,7 @@ from pilotfish.translate.naming import (
     INBOUND_LISTENER,
     OUTBOUND_LISTENER,
     OUTBOUND_ROUTE_CONFIG,
+    OUTBOUND_TUNNEL_LISTENER,
     gateway_listener_name,
     inbound_cluster_name,
     inbound_route_config_name,
@@ -62,6 +69,7 @@ from pilotfish.translate.tcp_listeners import (
     upstream_tcp_listener,
 )
 from pilotfish.translate.telemetry import (
+    GRPC_ACCESS_LOGGER,
     NO_TELEMETRY,
     HttpTelemetry,
     http_telemetry,
@@ -120,8 +128,11 @@ def http_connection_manager(
     security: HttpSecurity = NO_SECURITY,
     telemetry: HttpTelemetry = NO_TELEMETRY,
     rate_limits: HttpRateLimits = NO_RATE_LIMITS,
+    connect: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
+
+    Every one lets WebSockets through; ``connect`` also takes CONNECT (``connect_tunnel``).
 
     ``http_filters`` go after the always-present ones and before the router; ``telemetry``'s
     (the peer header) and ``security``'s (the policies' filters) go first. The refusals of
@@ -134,6 +145,7 @@ def http_connection_manager(
             rds_name is not None, security, telemetry, http_filters, rate_limits
         ),
         access_log=telemetry.access_logs,
+        upgrade_configs=upgrade_configs(connect=connect),
     )
     security_mappers = security.local_reply.mappers if security.local_reply else ()
     for mapper in (*security_mappers, *rate_limits.reply_mappers, *telemetry.reply_mappers):
@@ -198,17 +210,41 @@ def inbound_route_config(app_port: int) -> route_pb2.RouteConfiguration:
 
 
 def build_outbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
-    """A sidecar's ``outbound``: the HTTP proxy its app sends to (None without the port)."""
+    """A sidecar's ``outbound``: the HTTP proxy its app sends to (None without the port),
+    CONNECT included."""
     if node.kind != "sidecar" or node.outbound_port is None:
         return None
     telemetry = http_telemetry(node, view.config.mesh.telemetry, "outbound")
-    return http_listener(
-        OUTBOUND_LISTENER,
-        node.bind_address,
-        node.outbound_port,
+    manager = http_connection_manager(
+        OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry, connect=True
+    )
+    # Python's urllib (http.client) sends its CONNECT as HTTP/1.0, which Envoy refuses
+    # with a 426 unless told otherwise.
+    manager.http_protocol_options.accept_http_10 = True
+    # The requests inside an HTTP tunnel reach the metrics from the tunnel listener; a log
+    # file gets the CONNECT too.
+    logs = [
+        without_open_tunnels(log) if log.name == GRPC_ACCESS_LOGGER else log
+        for log in manager.access_log
+    ]
+    del manager.access_log[:]
+    manager.access_log.extend(logs)
+    refusal = manager.local_reply_config.mappers.add()
+    refusal.CopyFrom(connect_refusal_mapper(node.id))
+    refusal.headers_to_add.extend(telemetry.reply_headers)
+    return http_listener(OUTBOUND_LISTENER, node.bind_address, node.outbound_port, manager)
+
+
+def build_outbound_tunnel_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
+    """Where the HTTP inside a CONNECT to an HTTP port is routed: the ``outbound`` routes,
+    with the outbound listener's telemetry (None with no outbound listener)."""
+    if node.kind != "sidecar" or node.outbound_port is None:
+        return None
+    telemetry = http_telemetry(node, view.config.mesh.telemetry, "outbound")
+    return build_tunnel_listener(
         http_connection_manager(
-            OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry
-        ),
+            OUTBOUND_TUNNEL_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry
+        )
     )
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 OUTBOUND_LISTENER = "outbound"
 INBOUND_LISTENER = "inbound"
 OUTBOUND_ROUTE_CONFIG = "outbound"
+# The internal listener (and the cluster reaching it) where the HTTP tunnelled by a CONNECT
+# to an HTTP port of a service is parsed again and routed with the ``outbound`` routes.
+OUTBOUND_TUNNEL_LISTENER = "outbound_tunnel"
+OUTBOUND_TUNNEL_CLUSTER = "outbound_tunnel"
 
 
 def outbound_cluster_name(port: int, hostname: str, subset: str | None = None) -> str:

@@ -48,6 +48,12 @@ from pilotfish.model.resources import (
     qualify_host,
 )
 from pilotfish.model.services import MeshView, Service
+from pilotfish.translate.connect_tunnel import (
+    opaque_connect_route,
+    refused_connect_route,
+    routed_as_http,
+    tunnel_route,
+)
 from pilotfish.translate.destinations import ClusterTarget, DestinationIndex, Unroutable
 from pilotfish.translate.gateway_selection import (
     binds_to,
@@ -56,8 +62,9 @@ from pilotfish.translate.gateway_selection import (
     http_servers_by_port,
     server_allows,
 )
-from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG
+from pilotfish.translate.naming import OUTBOUND_ROUTE_CONFIG, outbound_cluster_name
 from pilotfish.translate.proto_values import duration_from_seconds, pack, percent_to_fraction
+from pilotfish.translate.tcp_proxy import WeightedCluster
 
 FAULT_FILTER_NAME = "envoy.filters.http.fault"
 CORS_FILTER_NAME = "envoy.filters.http.cors"
@@ -454,18 +461,18 @@ class RouteBuilder:
 # --- outbound ---------------------------------------------------------------------------------
 
 
-def unknown_host_virtual_host() -> rc.VirtualHost:
+def unknown_host_virtual_host(*, connect: bool = False) -> rc.VirtualHost:
+    """The catch-all; with ``connect`` (the sidecars' outbound) it also refuses CONNECTs."""
     response = rc.DirectResponseAction(
         status=404,
         body_format=substitution_format_string_pb2.SubstitutionFormatString(
             text_format_source=base_pb2.DataSource(inline_string=UNKNOWN_HOST_BODY)
         ),
     )
-    return rc.VirtualHost(
-        name="unknown_host",
-        domains=["*"],
-        routes=[rc.Route(match=rc.RouteMatch(prefix="/"), direct_response=response)],
-    )
+    routes = [rc.Route(match=rc.RouteMatch(prefix="/"), direct_response=response)]
+    if connect:
+        routes.insert(0, refused_connect_route())
+    return rc.VirtualHost(name="unknown_host", domains=["*"], routes=routes)
 
 
 SourceCondition = tuple[frozenset[tuple[str, str]], str | None]
@@ -558,6 +565,10 @@ def build_outbound_route_config(
 ) -> route_pb2.RouteConfiguration:
     """One virtual host per service port, plus the catch-all that names unknown hosts.
 
+    Each takes CONNECT (``connect_tunnel``): a port that carries HTTP gets its routes after
+    the CONNECT route; a TCP or TLS port gets only the CONNECT route, under ``host:port``
+    (a CONNECT always names the port).
+
     ``source`` says which source-dependent match blocks the proxies receiving this
     configuration get (see ``VirtualServiceRoutes.source_filter``).
 
@@ -571,14 +582,19 @@ def build_outbound_route_config(
     for hostname in sorted(view.services):
         service = view.services[hostname]
         virtual_service = table.mesh_virtual_service(hostname)
-        for port in sorted(p.number for p in service.ports):
-            domains = [
-                d
-                for d in _service_domains(service, port, _takes_bare_names(service, port))
-                if d not in claimed
-            ]
+        for service_port in sorted(service.ports, key=lambda p: p.number):
+            port = service_port.number
+            http_port = routed_as_http(service_port.protocol)
+            bare_names = http_port and _takes_bare_names(service, port)
+            domains = [d for d in _service_domains(service, port, bare_names) if d not in claimed]
             claimed.update(domains)
             if not domains:
+                continue
+            name = hostname if len(service.ports) == 1 else f"{hostname}:{port}"
+            if not http_port:
+                own = WeightedCluster(outbound_cluster_name(port, hostname))
+                tunnel = opaque_connect_route([own])
+                virtual_hosts.append(rc.VirtualHost(name=name, domains=domains, routes=[tunnel]))
                 continue
             namespace = virtual_service.meta.namespace if virtual_service else service.namespace
             builder = RouteBuilder(index, namespace, RouteScope(port, source=source), port)
@@ -588,13 +604,9 @@ def build_outbound_route_config(
             else:
                 routes_here = [builder.default_route(hostname)]
             virtual_hosts.append(
-                rc.VirtualHost(
-                    name=hostname if len(service.ports) == 1 else f"{hostname}:{port}",
-                    domains=domains,
-                    routes=routes_here,
-                )
+                rc.VirtualHost(name=name, domains=domains, routes=[tunnel_route(), *routes_here])
             )
-    virtual_hosts.append(unknown_host_virtual_host())
+    virtual_hosts.append(unknown_host_virtual_host(connect=True))
     return route_pb2.RouteConfiguration(
         name=OUTBOUND_ROUTE_CONFIG,
         virtual_hosts=virtual_hosts,

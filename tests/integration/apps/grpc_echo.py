@@ -1,23 +1,36 @@
 """A gRPC test backend: unary method /echo.Echo/Say answers "<replica>: <request>".
 
-Raw bytes in and out (no generated code), served over plaintext HTTP/2 on $PORT.
+Raw bytes in and out (no generated code), served over plaintext HTTP/2 on $PORT. With
+``FAIL_FIRST=N`` (env) the first N calls fail with UNAVAILABLE and every answer ends with
+" (call K)", so a test sees how many attempts a call took.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from concurrent import futures
 
 import grpc
 
 REPLICA = os.environ.get("PILOTFISH_REPLICA", "grpc-echo").encode()
+FAIL_FIRST = os.environ.get("FAIL_FIRST")
+_calls = itertools.count(1)
+_calls_lock = threading.Lock()
 
 
 def say(request: bytes, context: grpc.ServicerContext) -> bytes:
     metadata = dict(context.invocation_metadata())
     if metadata.get("x-fail") == "unavailable":
         context.abort(grpc.StatusCode.UNAVAILABLE, "asked to fail")
-    return REPLICA + b": " + request
+    if FAIL_FIRST is None:
+        return REPLICA + b": " + request
+    with _calls_lock:
+        call = next(_calls)
+    if call <= int(FAIL_FIRST):
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"call {call} of the first {FAIL_FIRST} fails")
+    return REPLICA + b": " + request + f" (call {call})".encode()
 
 
 def main() -> None:

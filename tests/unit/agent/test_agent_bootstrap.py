@@ -12,6 +12,9 @@ from envoy.config.core.v3 import config_source_pb2
 
 # Imported for their side effect: they register the descriptors that the bootstrap's typed
 # Any fields name, so json_format can resolve them.
+from envoy.extensions.bootstrap.internal_listener.v3 import (  # noqa: F401
+    internal_listener_pb2,
+)
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
 )

@@ -49,12 +49,13 @@ def test_the_mesh_variables_win_over_the_user_env_and_the_inherited_one() -> Non
     env = replica_environment(
         spec,
         ReplicaPorts(app=41000, inbound=41001, outbound=41002),
-        {"HTTP_PROXY": "http://corporate:3128", "HOME": "/root"},
+        {"HTTP_PROXY": "http://corporate:3128", "HTTPS_PROXY": "http://corp:3128", "HOME": "/"},
     )
     assert env["PORT"] == "41000"
     assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:41002"
+    assert env["HTTPS_PROXY"] == env["https_proxy"] == "http://127.0.0.1:41002"
     assert env["MODE"] == "fast"
-    assert env["HOME"] == "/root"
+    assert env["HOME"] == "/"
     assert env["PILOTFISH_REPLICA"] == "api-v1-1"
     assert env["NO_PROXY"] == "localhost,127.0.0.1"
 

@@ -130,6 +130,10 @@ def route_matches(match: rc.RouteMatch, request: SimulatedRequest) -> bool:
     split = urlsplit(request.path)
     path = split.path
     kind = match.WhichOneof("path_specifier")
+    # Envoy: only a connect_matcher matches an HTTP/1.1 CONNECT (it has no path), and it
+    # matches nothing else.
+    if (kind == "connect_matcher") != (request.method == "CONNECT"):
+        return False
     # case_sensitive applies to prefix and path; Envoy's safe_regex ignores it.
     folded = match.HasField("case_sensitive") and not match.case_sensitive.value
     compared = path.lower() if folded else path

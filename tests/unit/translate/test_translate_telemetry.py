@@ -62,7 +62,13 @@ def every_manager(
         for name, items in managers(gateway_view, gateway).items()
         for manager in items
     ]
-    assert {name for name, _ in found} == {"outbound", "inbound", "gateway_8000", "gateway_8001"}
+    assert {name for name, _ in found} == {
+        "outbound",
+        "outbound_tunnel",
+        "inbound",
+        "gateway_8000",
+        "gateway_8001",
+    }
     return found
 
 
@@ -75,7 +81,11 @@ def test_every_manager_streams_its_log_to_the_control_plane_as_its_reporter(
         config = als_pb2.HttpGrpcAccessLogConfig()
         assert log.typed_config.Unpack(config)
         common = config.common_config
-        expected = {"outbound": "pilotfish.outbound", "inbound": "pilotfish.inbound"}
+        expected = {
+            "outbound": "pilotfish.outbound",
+            "outbound_tunnel": "pilotfish.outbound",
+            "inbound": "pilotfish.inbound",
+        }
         assert common.log_name == expected.get(name, "pilotfish.gateway")
         assert common.grpc_service.envoy_grpc.cluster_name == "xds-grpc"
         assert common.transport_api_version == config_source_pb2.V3
@@ -159,7 +169,8 @@ def test_outbound_and_gateway_set_the_peer_header_first_and_inbound_moves_it_awa
         assert first.typed_config.Unpack(mutation)
         (request,) = mutation.mutations.request_mutations
         assert request.append.header.key == "x-pilotfish-peer"
-        assert request.append.header.value == ("frontend-0" if name == "outbound" else "ingress-0")
+        outbound = name in ("outbound", "outbound_tunnel")
+        assert request.append.header.value == ("frontend-0" if outbound else "ingress-0")
         # Replaces whatever the app sent.
         assert request.append.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -230,11 +241,15 @@ def test_every_reply_the_proxy_makes_itself_names_the_proxy_the_cause_and_the_cl
     every_manager: list[tuple[str, hcm_pb2.HttpConnectionManager]],
 ) -> None:
     for name, manager in every_manager:
-        proxy = "frontend-0" if name in ("outbound", "inbound") else "ingress-0"
-        mappers = manager.local_reply_config.mappers
+        proxy = "ingress-0" if name.startswith("gateway") else "frontend-0"
+        mappers = list(manager.local_reply_config.mappers)
+        texts = bodies(manager)
+        if name == "outbound":
+            # Then the refused CONNECT's (test_translate_connect).
+            mappers, texts = mappers[:-1], texts[:-1]
         flags = [list(m.filter.response_flag_filter.flags) for m in mappers]
         assert flags == [[flag] for flag in LOCAL_REPLY_FLAGS] + [[]]
-        for mapper, text in zip(mappers, bodies(manager), strict=True):
+        for mapper, text in zip(mappers, texts, strict=True):
             assert text.startswith(f"pilotfish: {proxy} answered %RESPONSE_CODE%: ")
             assert "cluster %UPSTREAM_CLUSTER%, route %ROUTE_NAME%" in text
             assert "details %RESPONSE_CODE_DETAILS%" in text
