@@ -77,7 +77,10 @@ def echo_workload(
     version: str = "v1",
     replicas: int = 1,
     env: Mapping[str, str] | None = None,
+    protocol: str | None = None,
 ) -> str:
+    """``protocol`` None: unset, so the port is detected (AUTO)."""
+    protocol_line = f"\n  protocol: {protocol}" if protocol else ""
     labels = f"{{app: {service}, version: {version}}}"
     env_items = {"VERSION": version, **(env or {})}
     env_yaml = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env_items.items())
@@ -88,7 +91,7 @@ metadata: {{name: {name}}}
 spec:
   service: {service}
   port: {port}
-  replicas: {replicas}
+  replicas: {replicas}{protocol_line}
   labels: {labels}
   command: {ECHO_COMMAND}
   env: {{{env_yaml}}}

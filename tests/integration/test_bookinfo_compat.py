@@ -171,11 +171,9 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
     result = load_and_check(folder)
     assert result.config is not None, [str(d) for d in result.diagnostics]
     warned = sorted(d.field for d in result.diagnostics)
-    assert warned == [
-        "spec.http[1].route",  # 49 + 50: split in proportion
-        "spec.ports[1]",  # HTTPS is not carried
-        "spec.servers[1].port",  # the TLS (passthrough) server is not served
-    ]
+    # The HTTPS port is carried as TLS and the passthrough server is served now: only
+    # the 49 + 50 split (in proportion) is warned about.
+    assert warned == ["spec.http[1].route"]
     assert all(d.severity == "warning" for d in result.diagnostics)
 
     runtime = {
@@ -198,10 +196,9 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
         if route.route.weighted_clusters.clusters
     ]
     assert [49, 50] in weights
-    # Nothing is built for the port that is not carried; the carried one of the entry stays.
+    # Both ports of the entry: HTTP, and HTTPS carried as TLS (passed through by SNI).
     names = [cluster.name for cluster in resources.clusters]
-    assert "outbound|80||api.example.com" in names
-    assert not [name for name in names if "|443|" in name]
+    assert {"outbound|80||api.example.com", "outbound|443||api.example.com"} <= set(names)
     gateway = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
     for proxy in (sidecar, gateway):
         checked = envoy_validate(static_bootstrap(translator.resources_for(proxy)), tmp_path)

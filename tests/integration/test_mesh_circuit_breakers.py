@@ -135,7 +135,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     write_yaml(
         directory / "mesh.yaml",
         gateway(gateway_port)
-        + echo_workload("flaky", "flaky", 9000)
+        # Named HTTP: an HTTP/1.1 app (a detected port would go on in the caller's HTTP/2).
+        + echo_workload("flaky", "flaky", 9000, protocol="HTTP")
         + echo_workload("healthy", "replicas", 9100, replicas=2)
         + echo_workload("broken", "replicas", 9100, env={"ALWAYS_FAIL": "1"})
         + RULES,
