@@ -79,9 +79,9 @@ def echo_workload(
     env: Mapping[str, str] | None = None,
     protocol: str | None = None,
 ) -> str:
-    """``protocol`` None: unset, so the port is detected (AUTO)."""
-    protocol_line = f"\n  protocol: {protocol}" if protocol else ""
+    """A Workload of the echo app; without ``protocol`` its port is detected (AUTO)."""
     labels = f"{{app: {service}, version: {version}}}"
+    protocol_yaml = f"\n  protocol: {protocol}" if protocol is not None else ""
     env_items = {"VERSION": version, **(env or {})}
     env_yaml = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env_items.items())
     return f"""
@@ -90,8 +90,8 @@ kind: Workload
 metadata: {{name: {name}}}
 spec:
   service: {service}
-  port: {port}
-  replicas: {replicas}{protocol_line}
+  port: {port}{protocol_yaml}
+  replicas: {replicas}
   labels: {labels}
   command: {ECHO_COMMAND}
   env: {{{env_yaml}}}

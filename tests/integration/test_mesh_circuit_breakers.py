@@ -135,7 +135,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     write_yaml(
         directory / "mesh.yaml",
         gateway(gateway_port)
-        # Named HTTP: an HTTP/1.1 app (a detected port would go on in the caller's HTTP/2).
+        # Declared HTTP: h2UpgradePolicy speaks HTTP/2 between the sidecars and HTTP/1.1 to
+        # the app; a detected port would pass the upgraded HTTP/2 on to it, as in Istio.
         + echo_workload("flaky", "flaky", 9000, protocol="HTTP")
         + echo_workload("healthy", "replicas", 9100, replicas=2)
         + echo_workload("broken", "replicas", 9100, env={"ALWAYS_FAIL": "1"})
