@@ -131,7 +131,8 @@ def test_hosts_name_every_service_and_short_names_only_in_the_replicas_namespace
     }
     text = hosts_file("default", services, addresses)
     assert text.splitlines()[2:] == [
-        "240.240.0.9\tbackend.default.svc.cluster.local backend backend.default backend.default.svc",
+        "240.240.0.9\tbackend.default.svc.cluster.local backend backend.default "
+        "backend.default.svc",
         "240.240.0.7\tdb.data.svc.cluster.local db.data db.data.svc",
     ]
     assert text.startswith("127.0.0.1\tlocalhost\n")
