@@ -218,7 +218,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         running.wait_serving("/client/")
         for host, count in (("db", 1), ("cache", 1), ("lines", 2), ("dual", 2), ("secure", 1)):
             running.wait_endpoints(f"{host}.default.svc.cluster.local", count)
-        running.wait_synced()
+        running.wait_synced(timeout=60)
         yield running
 
 
@@ -357,3 +357,30 @@ def inbound_port(mesh: RunningMesh, service: str) -> int:
     (found,) = [s for s in services if s["hostname"] == f"{service}.default.svc.cluster.local"]
     (endpoint,) = found["endpoints"]
     return int(next(iter(endpoint["ports"].values())))
+
+
+def test_an_authorization_policy_refuses_tcp_connections_by_port(mesh: RunningMesh) -> None:
+    policy = mesh.directory / "deny-cache.yaml"
+    write_yaml(
+        policy,
+        """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: no-cache}
+        spec:
+          selector: {matchLabels: {app: cache}}
+          action: DENY
+          rules: [{to: [{operation: {ports: ["6379"]}}]}]
+        """,
+    )
+
+    def ping() -> object:
+        reply = mesh.get("/client/redis?cmd=PING", timeout=20)
+        return reply.body.get("replies", reply.body)
+
+    try:
+        # Closed before Redis ever sees it: no reply (or a reset) instead of +PONG.
+        wait_until(lambda: ping() != ["+PONG"], 30, "the cache's sidecar to refuse the connection")
+    finally:
+        policy.unlink()
+    wait_until(lambda: ping() == ["+PONG"], 30, "the cache to answer again without the policy")
