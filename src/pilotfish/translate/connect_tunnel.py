@@ -45,6 +45,7 @@ INTERNAL_LISTENER_TYPE = (
     "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 )
 TUNNEL_CONNECT_TIMEOUT_SECONDS = 1.0
+TUNNEL_IDLE_TIMEOUT_SECONDS = 3600.0
 
 # AUTO is detected on the server's side; through a CONNECT the client's bytes are HTTP (a
 # client that tunnels something else to such a port needs the port named TCP).
@@ -64,7 +65,11 @@ def upgrade_configs(*, connect: bool) -> list[hcm_pb2.HttpConnectionManager.Upgr
 
 
 def _connect_route(name: str) -> rc.Route:
-    return rc.Route(name=name, match=rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))
+    route = rc.Route(name=name, match=rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))
+    # No span for a tunnel: the requests inside an HTTP one get theirs, opaque bytes none.
+    route.tracing.random_sampling.SetInParent()
+    route.tracing.overall_sampling.SetInParent()
+    return route
 
 
 def _terminating(action: rc.RouteAction) -> rc.RouteAction:
@@ -73,8 +78,10 @@ def _terminating(action: rc.RouteAction) -> rc.RouteAction:
             upgrade_type=CONNECT, connect_config=rc.RouteAction.UpgradeConfig.ConnectConfig()
         )
     )
-    # A tunnel lives as long as its client keeps it: no route timeout.
+    # A tunnel lives as long as its client keeps it: no route timeout, and an hour without
+    # a byte either way (Envoy's TCP proxy default) rather than a request's 5 minutes.
     action.timeout.CopyFrom(duration_from_seconds(0))
+    action.idle_timeout.CopyFrom(duration_from_seconds(TUNNEL_IDLE_TIMEOUT_SECONDS))
     return action
 
 

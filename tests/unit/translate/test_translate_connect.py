@@ -71,6 +71,9 @@ def test_a_connect_to_an_http_port_enters_the_tunnel_and_its_requests_get_the_ro
     assert upgrade.upgrade_type == "CONNECT"
     assert upgrade.HasField("connect_config")  # terminated here, not forwarded as CONNECT
     assert tunnel_route.route.timeout.ToTimedelta().total_seconds() == 0
+    assert tunnel_route.route.idle_timeout.ToTimedelta().total_seconds() == 3600
+    assert tunnel_route.tracing.overall_sampling.numerator == 0
+    assert tunnel_route.tracing.HasField("overall_sampling")
 
 
 def test_the_tunnel_listener_routes_with_the_outbound_table_and_its_cluster_reaches_it(
