@@ -285,6 +285,8 @@ def static_bootstrap(resources: ProxyResources) -> dict[str, object]:
         listener.CopyFrom(original)
         for chain in listener.filter_chains:
             for network_filter in chain.filters:
+                if not network_filter.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+                    continue  # a TCP proxy, network RBAC
                 manager = hcm_pb2.HttpConnectionManager()
                 network_filter.typed_config.Unpack(manager)
                 if manager.HasField("rds"):

@@ -1,5 +1,5 @@
-"""networking.istio.io Gateway -> ``model.Gateway`` (HTTP servers, and HTTPS ones that terminate
-TLS with certificates from files)."""
+"""networking.istio.io Gateway -> ``model.Gateway``: HTTP servers, HTTPS ones that terminate TLS
+with certificates from files, TCP servers, and TLS (or HTTPS) servers that pass TLS through."""
 
 from __future__ import annotations
 
@@ -22,6 +22,28 @@ PORT_FIELDS = ("number", "name", "protocol")
 PORT_NOT_IMPLEMENTED = {"targetPort": "the gateway listens on the port number itself"}
 TLS_PROTOCOLS = ("HTTPS", "TLS")
 HTTPS = "HTTPS"
+# Istio carries these as plain TCP at a gateway (without its protocol filters).
+TCP_PROTOCOLS = ("TCP", "MONGO", "MYSQL", "REDIS")
+TLS_MODES = (*parse_tls.SERVER_MODES, *parse_tls.SERVER_MODES_NOT_SUPPORTED)
+PASSTHROUGH = "PASSTHROUGH"
+# Valid for Istio, not carried here: what a user would miss.
+MODES_NOT_CARRIED = {
+    "AUTO_PASSTHROUGH": "AUTO_PASSTHROUGH (routing by the mesh's own SNI names, "
+    "outbound_.<port>_.<subset>_.<host>, without VirtualServices, between networks) is not "
+    "carried by Pilotfish",
+    "ISTIO_MUTUAL": "ISTIO_MUTUAL at a gateway (clients that present mesh certificates) is not "
+    "carried by Pilotfish",
+}
+PASSTHROUGH_IGNORES = (
+    "serverCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "caCertCredentialName",
+    "httpsRedirect",
+    "minProtocolVersion",
+    "maxProtocolVersion",
+)
 
 
 def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta, directory: str) -> Gateway:
@@ -46,7 +68,22 @@ def parse_gateway(reader: FieldReader, spec: Fields, meta: Meta, directory: str)
                     f"{name} on port {server.port} is already served by {first}: TLS "
                     "connections for it get that server's certificate",
                 )
+    _warn_tcp_sharing_a_port(reader, servers)
     return Gateway(meta=meta, selector=selector, servers=tuple(servers))
+
+
+def _warn_tcp_sharing_a_port(reader: FieldReader, servers: list[GatewayServer]) -> None:
+    """A TCP server's connections cannot be told from those of other servers on its port
+    (Istio reports the conflict too): the port serves the others, and the TCP one gets none."""
+    for server in servers:
+        others = [s for s in servers if s.port == server.port and s.protocol != "TCP"]
+        path = reader.paths.path_of(server)
+        if server.protocol == "TCP" and others and path is not None:
+            reader.warning(
+                join_path(path, "port"),
+                f"port {server.port} also has {others[0].protocol} servers: this TCP server "
+                "gets no connections (give it a port of its own)",
+            )
 
 
 def _server(reader: FieldReader, value: object, path: str, directory: str) -> GatewayServer | None:
@@ -74,23 +111,15 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
     # Istio requires a port name; it only labels stats, so we derive one when absent.
     port_name = name or f"{protocol.lower()}-{number}"
     tls_path = join_path(path, "tls")
-    if protocol == HTTPS:
+    if protocol in TLS_PROTOCOLS:
         if tls is None:
             return None  # reported above
-        fields = reader.mapping(
-            tls, tls_path, parse_tls.SERVER_FIELDS, parse_tls.SERVER_NOT_IMPLEMENTED
-        )
-        settings = (
-            parse_tls.read_server_tls(reader, fields, tls_path, directory) if fields else None
-        )
-        if fields is not None and fields.get("httpsRedirect"):
-            reader.warning(
-                join_path(tls_path, "httpsRedirect"),
-                "ignored on an HTTPS server: its requests already arrive over TLS",
-            )
-        if settings is None:
+        return _tls_server(reader, tls, tls_path, number, port_name, protocol, hosts, directory)
+    if protocol in TCP_PROTOCOLS:
+        if tls is not None:
+            reader.error(tls_path, f"a {protocol} server has no TLS settings (Istio refuses them)")
             return None
-        return GatewayServer(number, port_name, "HTTP", hosts, tls=settings)
+        return reader.paths.remember(GatewayServer(number, port_name, "TCP", hosts), path)
     if not names_http(protocol):
         reader.warning(
             port_path,
@@ -118,3 +147,57 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
         hosts=hosts,
         https_redirect=https_redirect,
     )
+
+
+def _tls_server(
+    reader: FieldReader,
+    tls: object,
+    tls_path: str,
+    number: int,
+    port_name: str,
+    protocol: str,
+    hosts: tuple[str, ...],
+    directory: str,
+) -> GatewayServer | None:
+    """An HTTPS or TLS server: PASSTHROUGH (Istio's default mode) routes connections by SNI
+    to ``tls`` routes; HTTPS with SIMPLE or MUTUAL terminates and serves HTTP routes."""
+    fields = reader.mapping(
+        tls, tls_path, parse_tls.SERVER_FIELDS, parse_tls.SERVER_NOT_IMPLEMENTED
+    )
+    if fields is None:
+        return None
+    mode = reader.choice(fields, "mode", tls_path, TLS_MODES) or (
+        PASSTHROUGH if fields.get("mode") is None else None
+    )
+    if mode is None:
+        return None  # reported
+    not_served = "this server is not served (the other servers of this Gateway are)"
+    if mode in MODES_NOT_CARRIED:
+        reader.warning(join_path(tls_path, "mode"), f"{MODES_NOT_CARRIED[mode]}: {not_served}")
+        return None
+    if mode == PASSTHROUGH:
+        for key in PASSTHROUGH_IGNORES:
+            if fields.get(key) is not None:
+                # Istio warns the same: nothing is terminated, so nothing of this is used.
+                reader.warning(
+                    join_path(tls_path, key),
+                    "ignored with PASSTHROUGH: connections are passed through by SNI, "
+                    "never terminated here",
+                )
+        return GatewayServer(number, port_name, "TLS", hosts, passthrough=True)
+    if protocol != HTTPS:
+        reader.warning(
+            join_path(tls_path, "mode"),
+            f"a TLS server that terminates ({mode}, then tcp routes) is not carried by "
+            f"Pilotfish yet: {not_served}",
+        )
+        return None
+    settings = parse_tls.read_server_tls(reader, fields, tls_path, directory)
+    if fields.get("httpsRedirect"):
+        reader.warning(
+            join_path(tls_path, "httpsRedirect"),
+            "ignored on an HTTPS server: its requests already arrive over TLS",
+        )
+    if settings is None:
+        return None
+    return GatewayServer(number, port_name, "HTTP", hosts, tls=settings)

@@ -344,8 +344,10 @@ def _buckets_per_chain(policy: RateLimitPolicy, gateway: Gateway) -> Iterator[Di
     lose each port's own routes."""
     tls: Counter[int] = Counter()
     plaintext: set[int] = set()
-    # Every server a Gateway keeps is HTTP (parse_gateway drops the ones not carried).
+    # TCP and TLS passthrough servers have no connection manager, so no HTTP rate limits.
     for server in gateway.servers:
+        if server.protocol in ("TCP", "TLS"):
+            continue
         if server.tls is None:
             plaintext.add(server.port)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from pilotfish.load.dns_names import DNS_LABEL
@@ -15,6 +16,7 @@ from pilotfish.load.http_headers import (
 )
 from pilotfish.load.regex_check import re2_problem
 from pilotfish.load.yaml_source import index_path, join_path
+from pilotfish.model.diagnostics import Severity
 from pilotfish.model.resources import (
     ISTIO_DEFAULT_RETRY_ATTEMPTS,
     CorsPolicy,
@@ -28,6 +30,7 @@ from pilotfish.model.resources import (
     Headers,
     HTTPMatchRequest,
     HTTPRoute,
+    L4MatchAttributes,
     Meta,
     MirrorPolicy,
     Redirect,
@@ -35,16 +38,23 @@ from pilotfish.model.resources import (
     Rewrite,
     RouteDestination,
     StringMatch,
+    TCPRoute,
+    TLSRoute,
     VirtualService,
 )
 
 SPEC_FIELDS = ("hosts", "gateways", "http", "tcp", "tls")
 SPEC_NOT_IMPLEMENTED = {"exportTo": "the VirtualService is visible to every namespace"}
-# Routes of sections Pilotfish does not carry: what happens to their traffic.
-SECTIONS_NOT_CARRIED = {
-    "tcp": "TCP traffic does not go through the mesh yet, so these routes do nothing",
-    "tls": "TLS traffic does not go through the mesh yet, so these routes do nothing",
-}
+L4_ROUTE_FIELDS = ("match", "route")
+L4_MATCH_FIELDS = ("destinationSubnets", "port", "sourceLabels", "sourceNamespace", "gateways")
+TLS_MATCH_FIELDS = ("sniHosts", *L4_MATCH_FIELDS)
+# Without service addresses (explicit interception has none) a connection's destination
+# address is the sidecar's own loopback port: a block asking for a subnet cannot be told.
+DESTINATION_SUBNETS_NOT_CARRIED = (
+    f"{NOT_IMPLEMENTED_PREFIX} (services have no addresses to match): "
+    "this match block never matches"
+)
+_WILDCARD_FIRST_LABEL = re.compile(r"\*|(\*|\*-)?[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 ROUTE_FIELDS = (
     "name",
@@ -164,16 +174,194 @@ def parse_virtual_service(reader: FieldReader, spec: Fields, meta: Meta) -> Virt
         route = _http_route(reader, item, path)
         if route is not None:
             routes.append(reader.paths.remember(route, path))
-    for section, consequence in SECTIONS_NOT_CARRIED.items():
-        value = spec.get(section)
-        if value is not None and not isinstance(value, list):
-            reader.error(f"spec.{section}", f"expected a list, got {describe(value)}")
-        elif value:
-            reader.warning(f"spec.{section}", f"{NOT_IMPLEMENTED_PREFIX}: {consequence}")
+    tcp = [
+        reader.paths.remember(tcp_route, path)
+        for item, path in reader.items(spec, "tcp", "spec")
+        if (tcp_route := _tcp_route(reader, item, path)) is not None
+    ]
+    tls = [
+        reader.paths.remember(tls_route, path)
+        for item, path in reader.items(spec, "tls", "spec")
+        if (tls_route := _tls_route(reader, item, path, hosts, gateways)) is not None
+    ]
+    if tls and hosts and (not gateways or "mesh" in gateways):
+        reader.warning(
+            "spec.tls",
+            f"{NOT_IMPLEMENTED_PREFIX} at sidecars (only at gateways): a sidecar sends a "
+            "connection to a TLS port by its tcp routes, or to the port's whole service",
+        )
+    if not hosts:
+        for section in ("tcp", "tls"):
+            if spec.get(section):
+                reader.error(
+                    f"spec.{section}",
+                    f"a delegate VirtualService (one without hosts) has no {section} routes",
+                )
     if not any(spec.get(section) for section in ("http", "tcp", "tls")):
         reader.error("spec", "needs http, tcp or tls routes (Istio refuses it too)")
     _check_hosts(reader, hosts, gateways)
-    return VirtualService(meta=meta, hosts=hosts, gateways=gateways, http=tuple(routes))
+    return VirtualService(
+        meta=meta,
+        hosts=hosts,
+        gateways=gateways,
+        http=tuple(routes),
+        tcp=tuple(tcp),
+        tls=tuple(tls),
+    )
+
+
+# --- tcp and tls ------------------------------------------------------------------------------
+
+
+def _tcp_route(reader: FieldReader, value: object, path: str) -> TCPRoute | None:
+    fields = reader.mapping(value, path, L4_ROUTE_FIELDS)
+    if fields is None:
+        return None
+    matches = tuple(
+        match
+        for item, item_path in reader.items(fields, "match", path)
+        if (match := _l4_match(reader, item, item_path, L4_MATCH_FIELDS)) is not None
+    )
+    return TCPRoute(match=matches, route=_l4_destinations(reader, fields, path, "TCP"))
+
+
+def _tls_route(
+    reader: FieldReader,
+    value: object,
+    path: str,
+    hosts: tuple[str, ...],
+    gateways: tuple[str, ...],
+) -> TLSRoute | None:
+    fields = reader.mapping(value, path, L4_ROUTE_FIELDS)
+    if fields is None:
+        return None
+    if not fields.get("match"):
+        # Without one, nothing tells its connections apart by SNI.
+        reader.error(join_path(path, "match"), "a TLS route needs at least one match (sniHosts)")
+    matches: list[L4MatchAttributes] = []
+    for item, item_path in reader.items(fields, "match", path):
+        match = _l4_match(reader, item, item_path, TLS_MATCH_FIELDS)
+        if match is None:
+            continue
+        if not match.sni_hosts:
+            reader.error(join_path(item_path, "sniHosts"), "a TLS match needs at least one host")
+        for index, sni in enumerate(match.sni_hosts):
+            sni_path = index_path(join_path(item_path, "sniHosts"), index)
+            problem = sni_host_problem(sni, hosts, bound_to_gateway="mesh" not in gateways)
+            if problem is None:
+                continue
+            problem_text, severity = problem
+            reader.report(sni_path, problem_text, severity)
+        matches.append(match)
+    return TLSRoute(match=tuple(matches), route=_l4_destinations(reader, fields, path, "TLS"))
+
+
+def _l4_match(
+    reader: FieldReader, value: object, path: str, known: tuple[str, ...]
+) -> L4MatchAttributes | None:
+    fields = reader.mapping(value, path, known)
+    if fields is None:
+        return None
+    subnets = reader.string_list(fields, "destinationSubnets", path)
+    for index, subnet in enumerate(subnets):
+        subnet_path = index_path(join_path(path, "destinationSubnets"), index)
+        try:
+            ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            reader.error(subnet_path, f'"{subnet}" is not an IP address or CIDR block')
+    if subnets:
+        reader.warning(join_path(path, "destinationSubnets"), DESTINATION_SUBNETS_NOT_CARRIED)
+    source_namespace = reader.string(fields, "sourceNamespace", path)
+    if source_namespace is not None and not _is_dns_label(source_namespace):
+        reader.error(
+            join_path(path, "sourceNamespace"), f'"{source_namespace}" is not a valid namespace'
+        )
+        source_namespace = None
+    source_labels = reader.string_map(fields, "sourceLabels", path)
+    for key, label in source_labels.items():
+        problem = _label_problem(key, label)
+        if problem is not None:
+            reader.error(join_path(join_path(path, "sourceLabels"), key), problem)
+    sni_hosts = reader.string_list(fields, "sniHosts", path) if "sniHosts" in known else ()
+    match = L4MatchAttributes(
+        destination_subnets=tuple(s for s in subnets if s),
+        port=reader.port(fields, "port", path),
+        source_labels=source_labels,
+        source_namespace=source_namespace,
+        gateways=tuple(g for g in reader.string_list(fields, "gateways", path) if g),
+        sni_hosts=tuple(h for h in sni_hosts if h),
+    )
+    return reader.paths.remember(match, path)
+
+
+def _l4_destinations(
+    reader: FieldReader, fields: Fields, path: str, layer: str
+) -> tuple[RouteDestination, ...]:
+    """Istio's RouteDestination: a destination and a weight (no header operations at L4)."""
+    if not fields.get("route"):
+        reader.error(join_path(path, "route"), f"a {layer} route needs at least one destination")
+    destinations: list[RouteDestination] = []
+    for item, item_path in reader.items(fields, "route", path):
+        destination_fields = reader.mapping(item, item_path, ("destination", "weight"))
+        if destination_fields is None:
+            continue
+        weight = reader.integer(
+            destination_fields, "weight", item_path, minimum=0, maximum=MAX_WEIGHT
+        )
+        destination = _destination(reader, destination_fields, "destination", item_path)
+        if destination is not None:
+            routed = RouteDestination(destination=destination, weight=weight)
+            destinations.append(reader.paths.remember(routed, item_path))
+    return tuple(destinations)
+
+
+def sni_host_problem(
+    sni: str, hosts: tuple[str, ...], *, bound_to_gateway: bool
+) -> tuple[str, Severity] | None:
+    """Istio's validateSniHost: a (wildcard) domain within one of the VirtualService's hosts;
+    an IP address is accepted with a warning (SNI carries names, few clients send one)."""
+    if not _is_wildcard_domain(sni):
+        try:
+            ipaddress.ip_address(sni)
+        except ValueError:
+            return f'"{sni}" is not a valid host name', "error"
+        return (
+            f'"{sni}" is an IP address: SNI carries host names, and most clients send none '
+            "for an address",
+            "warning",
+        )
+    if sni == "*" and not bound_to_gateway:
+        return '"*" is not allowed for a VirtualService bound to the mesh', "error"
+    if any(_sni_within(sni.lower(), host.lower()) for host in hosts if host):
+        return None
+    return (
+        f'"{sni}" is not within any host of this VirtualService ({", ".join(hosts)})',
+        "error",
+    )
+
+
+def _is_wildcard_domain(name: str) -> bool:
+    """A domain whose first label may be a wildcard (``*``, ``*.example.com``, ``*-v1.x``)."""
+    first, _, rest = name.lower().partition(".")
+    if len(name) > 255 or not first or len(first) > 63:
+        return False
+    if not _WILDCARD_FIRST_LABEL.fullmatch(first):
+        return False
+    labels = rest.split(".") if rest else []
+    # As Istio: an all-numeric top-level label is an address, not a name.
+    if labels and labels[-1].isdigit():
+        return False
+    return all(DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _sni_within(sni: str, host: str) -> bool:
+    """Istio's host.Name.SubsetOf: every name ``sni`` matches, ``host`` matches too."""
+    if host == "*":
+        return True
+    if host.startswith("*"):
+        suffix = host[1:]
+        return sni.endswith(suffix) if not sni.startswith("*") else sni[1:].endswith(suffix)
+    return sni == host
 
 
 def _check_hosts(reader: FieldReader, hosts: tuple[str, ...], gateways: tuple[str, ...]) -> None:

@@ -18,6 +18,7 @@ from pilotfish.load.parse_request_authentication import jwks_hosts_without_servi
 from pilotfish.load.parse_service_entry import is_ip_address
 from pilotfish.load.parse_workload import upstream_problems
 from pilotfish.load.yaml_source import index_path, join_path
+from pilotfish.model.authorization import http_only_fields
 from pilotfish.model.delegation import (
     MESH,
     delegate_key,
@@ -33,11 +34,15 @@ from pilotfish.model.resources import (
     DestinationRule,
     HTTPMatchRequest,
     HTTPRoute,
+    L4MatchAttributes,
     MeshConfig,
     Meta,
     NotCarriedPort,
     ServiceEntry,
+    TCPRoute,
+    TLSRoute,
     VirtualService,
+    is_http,
     qualify_host,
     selector_matches,
 )
@@ -72,6 +77,7 @@ def validate_mesh(
     found.extend(_virtual_service_conflicts(config.virtual_services))
     found.extend(_delegation_problems(config.virtual_services, paths))
     found.extend(peer_authentication_problems(config))
+    found.extend(_http_rules_on_tcp_workloads(config))
     found.extend(dns_locality_warnings(config))
     if complete:
         found.extend(jwks_hosts_without_service(config.request_authentications, services))
@@ -87,7 +93,42 @@ def validate_mesh(
             route_path = paths.path_of(route) or f"spec.http[{index}]"
             found.extend(checker.check(route, route_path))
             found.extend(_match_gateway_references(service, route, route_path, gateways))
+        l4_routes: list[tuple[str, TCPRoute | TLSRoute]] = [
+            *((f"spec.tcp[{i}]", r) for i, r in enumerate(service.tcp)),
+            *((f"spec.tls[{i}]", r) for i, r in enumerate(service.tls)),
+        ]
+        for default_path, l4_route in l4_routes:
+            route_path = paths.path_of(l4_route) or default_path
+            found.extend(checker.check(l4_route, route_path))
+            found.extend(_match_gateway_references(service, l4_route, route_path, gateways))
     return found
+
+
+def _http_rules_on_tcp_workloads(config: MeshConfig) -> Iterable[Diagnostic]:
+    """Istio judges a TCP connection on a rule's other fields only: an ALLOW rule that needs
+    an HTTP field never matches it, a DENY (or AUDIT) rule applies without that field."""
+    opaque = [w for w in config.workloads if not is_http(w.protocol)]
+    for policy in config.authorization_policies:
+        selected = [w for w in opaque if policy.applies_to(w.meta.namespace, w.labels)]
+        if not selected:
+            continue
+        where = f"Workload {selected[0].meta.name} ({selected[0].protocol})"
+        for index, rule in enumerate(policy.rules):
+            fields = http_only_fields(rule)
+            if not fields:
+                continue
+            what = (
+                "this rule never matches its TCP connections, which it would allow"
+                if policy.action == "ALLOW"
+                else "this rule applies to its TCP connections without them, so it "
+                "matches more of them"
+            )
+            yield _at(
+                policy.meta,
+                f"spec.rules[{index}]",
+                f"{', '.join(fields)} only exist in HTTP requests; on {where} {what}",
+                "warning",
+            )
 
 
 def _rate_limit_problems(
@@ -451,9 +492,13 @@ def _delegation_problems(
 
 
 def _match_gateway_references(
-    service: VirtualService, route: HTTPRoute, route_path: str, gateways: set[tuple[str, str]]
+    service: VirtualService,
+    route: HTTPRoute | TCPRoute | TLSRoute,
+    route_path: str,
+    gateways: set[tuple[str, str]],
 ) -> Iterable[Diagnostic]:
-    for match_index, match in enumerate(route.match):
+    blocks: tuple[HTTPMatchRequest | L4MatchAttributes, ...] = route.match
+    for match_index, match in enumerate(blocks):
         for index, gateway in enumerate(match.gateways):
             if gateway == MESH:
                 continue
@@ -495,13 +540,13 @@ class _RouteChecker:
     complete: bool = True
     not_carried: Mapping[str, tuple[NotCarriedPort, ...]] = field(default_factory=dict)
 
-    def check(self, route: HTTPRoute, route_path: str) -> list[Diagnostic]:
+    def check(self, route: HTTPRoute | TCPRoute | TLSRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
         destinations_path = join_path(route_path, "route")
         for index, routed in enumerate(route.route):
             path = self.paths.path_of(routed) or index_path(destinations_path, index)
             found.extend(self._destination(routed.destination, join_path(path, "destination")))
-        for index, mirror in enumerate(route.mirrors):
+        for index, mirror in enumerate(route.mirrors if isinstance(route, HTTPRoute) else ()):
             path = self.paths.path_of(mirror) or index_path(join_path(route_path, "mirrors"), index)
             found.extend(self._destination(mirror.destination, path))
         found.extend(self._weights(route, destinations_path))
@@ -563,7 +608,9 @@ class _RouteChecker:
             f"{rule.meta.namespace}/{rule.meta.name} (it has {', '.join(names) or 'none'})"
         )
 
-    def _weights(self, route: HTTPRoute, destinations_path: str) -> Iterable[Diagnostic]:
+    def _weights(
+        self, route: HTTPRoute | TCPRoute | TLSRoute, destinations_path: str
+    ) -> Iterable[Diagnostic]:
         """Istio's rule: weights are relative, an omitted one counts as 0, and several
         destinations need some weight. Traffic is split in proportion, as Envoy does with
         weights that do not sum to 100; that is worth a warning, since it is often a typo."""

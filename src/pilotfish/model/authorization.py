@@ -180,3 +180,27 @@ def policies_for(
     """The policies that apply to one workload, in a stable order (namespace, name)."""
     chosen = (p for p in policies if p.applies_to(namespace, labels))
     return tuple(sorted(chosen, key=lambda p: (p.meta.namespace, p.meta.name)))
+
+
+HTTP_CONDITION_KINDS: frozenset[ConditionKind] = frozenset(
+    {
+        "request.headers",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "request.auth.claims",
+    }
+)
+
+
+def http_only_fields(rule: Rule) -> tuple[str, ...]:
+    """What of ``rule`` only an HTTP request shows (Istio's names): a TCP connection cannot
+    be judged on them."""
+    found: list[str] = []
+    if any(s.request_principals for s in rule.sources):
+        found.append("requestPrincipals")
+    for name in ("hosts", "methods", "paths"):
+        if any(getattr(o, name) for o in rule.operations):
+            found.append(name)
+    found.extend(sorted({c.key for c in rule.conditions if c.kind in HTTP_CONDITION_KINDS}))
+    return tuple(found)

@@ -29,7 +29,13 @@ from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshSettings
 from pilotfish.model.services import Endpoint
 from pilotfish.runner.output import prefixed_printer
-from pilotfish.runner.plan import ReplicaPorts, ReplicaSpec, plan_replicas, replica_environment
+from pilotfish.runner.plan import (
+    ReplicaPorts,
+    ReplicaSpec,
+    plan_replicas,
+    replica_environment,
+    replica_upstreams,
+)
 
 log = logging.getLogger("pilotfish.runner")
 
@@ -172,6 +178,7 @@ class LocalMesh:
 
     async def _start_replica(self, spec: ReplicaSpec) -> None:
         ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
+        upstreams = replica_upstreams(spec, free_port)
         node = ProxyNode(
             id=spec.name,
             kind="sidecar",
@@ -185,9 +192,11 @@ class LocalMesh:
             service_account=spec.service_account,
             workload=spec.workload,
             locality=spec.locality,
+            upstreams=tuple(upstream.proxy for upstream in upstreams),
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
+        environment.update({u.environment_name: u.address for u in upstreams})
 
         def new_app_process() -> ChildProcess:
             return ChildProcess(

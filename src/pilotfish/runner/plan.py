@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pilotfish.model.resources import MeshConfig, Protocol, Workload, qualify_host
+from pilotfish.model.proxy import ProxyUpstream
+from pilotfish.model.resources import (
+    MeshConfig,
+    Protocol,
+    Upstream,
+    Workload,
+    qualify_host,
+    upstream_environment_name,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class ReplicaSpec:
     env: tuple[tuple[str, str], ...]
     service_account: str
     locality: str | None = None
+    upstreams: tuple[Upstream, ...] = ()
 
 
 def plan_replicas(config: MeshConfig) -> dict[str, ReplicaSpec]:
@@ -61,6 +70,38 @@ def _replica(workload: Workload, index: int) -> ReplicaSpec:
         env=tuple(sorted(workload.env.items())),
         service_account=workload.service_account,
         locality=workload.locality,
+        upstreams=workload.upstreams,
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaUpstream:
+    """One ``upstreams`` entry of a replica, resolved: its sidecar's listener and the
+    environment variable that tells the app where it is."""
+
+    proxy: ProxyUpstream
+    environment_name: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.proxy.local_port}"
+
+
+def replica_upstreams(
+    spec: ReplicaSpec, pick_port: Callable[[], int]
+) -> tuple[ReplicaUpstream, ...]:
+    """Short service names are in the Workload's namespace; an entry without ``localPort``
+    gets ``pick_port()`` (a free port) for this replica."""
+    return tuple(
+        ReplicaUpstream(
+            ProxyUpstream(
+                qualify_host(upstream.service, spec.namespace),
+                upstream.port,
+                upstream.local_port if upstream.local_port is not None else pick_port(),
+            ),
+            upstream_environment_name(upstream.service, upstream.port),
+        )
+        for upstream in spec.upstreams
     )
 
 

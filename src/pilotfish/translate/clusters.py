@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from pilotfish.model.identity import Identity
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import LoadBalancer, Protocol
+from pilotfish.model.resources import LoadBalancer, Protocol, is_http, speaks_http2
 from pilotfish.model.security import ClientTLSSettings, effective_mtls_mode
 from pilotfish.model.services import Endpoint, MeshView, Service
 from pilotfish.translate.destinations import DestinationIndex, EffectivePolicy
@@ -59,23 +60,33 @@ def lb_policy_for(balancer: LoadBalancer | None) -> cluster_pb2.Cluster.LbPolicy
     return DEFAULT_LB_POLICY
 
 
-def _speaks_http2(protocol: Protocol) -> bool:
-    return protocol in ("HTTP2", "GRPC")
-
-
 def _with_upstream_protocol(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
-    options = http_protocol_options_pb2.HttpProtocolOptions()
-    if _speaks_http2(protocol):
-        options.explicit_http_config.http2_protocol_options.SetInParent()
+    """HTTP/2 to HTTP2 and GRPC ports; to an AUTO port each request's own protocol (the
+    HTTP/1.1 or h2 that detection found); nothing for TCP and TLS, which carry no HTTP."""
+    options = http_protocol_options_pb2.HttpProtocolOptions
+    if speaks_http2(protocol):
+        chosen = options(
+            explicit_http_config=options.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
     elif protocol == "AUTO":
-        # As Istio does for a port nothing names: each request goes on in the protocol it
-        # came in, so a gRPC client's HTTP/2 reaches a gRPC server as HTTP/2.
-        downstream = options.use_downstream_protocol_config
-        downstream.http_protocol_options.SetInParent()
-        downstream.http2_protocol_options.SetInParent()
+        chosen = options(
+            use_downstream_protocol_config=options.UseDownstreamHttpConfig(
+                http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+            )
+        )
     else:
         return
-    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(options))
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].CopyFrom(pack(chosen))
+
+
+def _without_http_options(cluster: cluster_pb2.Cluster, protocol: Protocol) -> None:
+    """An opaque port's connections never meet an HTTP codec: the DestinationRule's HTTP
+    settings (pool, outlier matcher) have nothing to act on there."""
+    if not is_http(protocol) and protocol != "AUTO":
+        cluster.typed_extension_protocol_options.pop(HTTP_PROTOCOL_OPTIONS_KEY, None)
 
 
 def _dns_endpoints(service: Service, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
@@ -120,6 +131,7 @@ def _service_cluster(
         )
     _with_upstream_protocol(cluster, protocol)
     apply_resilience(cluster, policy)
+    _without_http_options(cluster, protocol)
     _with_transport_security(cluster, view, service, port, subset, policy.tls)
     return cluster
 
@@ -153,7 +165,10 @@ def _with_transport_security(
     the server's mode from the mesh- and namespace-wide PeerAuthentications only: plain text
     when they say DISABLE; a DISABLE policy of one workload needs a DestinationRule too.
     """
-    alpn = upstream_alpn(cluster)
+    served = service.port(port)
+    # A TCP proxy's connection offers no ALPN: the server's sidecar tells it from HTTP by that.
+    opaque = served is not None and not is_http(served.protocol) and served.protocol != "AUTO"
+    alpn = () if opaque else upstream_alpn(cluster)
     sni = outbound_sni(port, service.hostname, subset)
     if settings is None:
         # No labels: only policies without a selector (the mesh's, the namespace's) apply.
@@ -227,4 +242,5 @@ def build_inbound_cluster(
     )
     _with_upstream_protocol(cluster, node.app_protocol)
     apply_inbound_resilience(cluster, policy or EffectivePolicy())
+    _without_http_options(cluster, node.app_protocol)
     return cluster

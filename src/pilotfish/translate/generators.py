@@ -10,6 +10,8 @@ A new resource type (secrets, a filter config) is one more entry here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from functools import cached_property
 
 from google.protobuf.message import Message
@@ -37,6 +39,7 @@ from pilotfish.translate.listeners import (
     build_inbound_listener,
     build_outbound_listener,
     build_outbound_tunnel_listener,
+    build_upstream_listeners,
     workload_port,
 )
 from pilotfish.translate.locality import (
@@ -142,6 +145,14 @@ def _gateway_routes(context: TranslationContext, node: ProxyNode) -> tuple[Messa
     )
 
 
+def _upstreams_key(node: ProxyNode) -> Hashable:
+    """Every sidecar without upstreams shares one (empty) output; one with them depends on
+    all of itself (its ports, its labels for the routes, its id for telemetry)."""
+    if not node.upstreams:
+        return ()
+    return (node.id, json.dumps(node.to_metadata(), sort_keys=True))
+
+
 _CONFIG = frozenset({Input.CONFIG})
 _CONFIG_AND_ENDPOINTS = frozenset({Input.CONFIG, Input.ENDPOINTS})
 _CONFIG_AND_SERVICES = frozenset({Input.CONFIG, Input.SERVICES})
@@ -205,10 +216,22 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
         lambda context, node: _present(build_inbound_listener(context.view, node)),
         SIDECAR,
     ),
+    # The ports' protocols (the services) say TCP proxy or HTTP; their routes, the config.
+    NodeGenerator(
+        "upstream-listeners",
+        type_urls.LISTENER,
+        _CONFIG_AND_SERVICES,
+        lambda context, node: build_upstream_listeners(
+            context.view, node, context.destinations, context.virtual_service_routes
+        ),
+        SIDECAR,
+        node_key=lambda _, node: _upstreams_key(node),
+    ),
+    # TCP and passthrough chains name the clusters their routes resolve to (the services).
     NodeGenerator(
         "gateway-listeners",
         type_urls.LISTENER,
-        _CONFIG,
+        _CONFIG_AND_SERVICES,
         lambda context, node: build_gateway_listeners(context.view, node),
         GATEWAY,
     ),

@@ -17,7 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import Gateway, GatewayServer
+from pilotfish.model.resources import Gateway, GatewayServer, is_http
 from pilotfish.model.security import EffectiveMtlsMode, effective_mtls_mode
 from pilotfish.model.services import MeshView
 from pilotfish.translate.connect_tunnel import (
@@ -26,6 +26,7 @@ from pilotfish.translate.connect_tunnel import (
     upgrade_configs,
     without_open_tunnels,
 )
+from pilotfish.translate.destinations import DestinationIndex
 from pilotfish.translate.endpoints import socket_address
 from pilotfish.translate.gateway_selection import (
     GatewayChain,
@@ -41,6 +42,7 @@ from pilotfish.translate.naming import (
     gateway_listener_name,
     inbound_cluster_name,
     inbound_route_config_name,
+    upstream_listener_name,
 )
 from pilotfish.translate.proto_values import ads_config_source, duration_from_seconds, pack
 from pilotfish.translate.rate_limits import (
@@ -49,12 +51,29 @@ from pilotfish.translate.rate_limits import (
     gateway_rate_limits,
     sidecar_rate_limits,
 )
-from pilotfish.translate.routes import CORS_FILTER_NAME, FAULT_FILTER_NAME
+from pilotfish.translate.routes import (
+    CORS_FILTER_NAME,
+    FAULT_FILTER_NAME,
+    VirtualServiceRoutes,
+    build_upstream_route_config,
+)
+from pilotfish.translate.tcp_listeners import (
+    detection_chains,
+    detection_listener_filters,
+    gateway_tcp_listener,
+    inbound_network_rbac,
+    inbound_tcp_chains,
+    opaque_servers_by_port,
+    passthrough_chains,
+    passthrough_listener,
+    upstream_tcp_listener,
+)
 from pilotfish.translate.telemetry import (
     GRPC_ACCESS_LOGGER,
     NO_TELEMETRY,
     HttpTelemetry,
     http_telemetry,
+    tcp_telemetry,
 )
 from pilotfish.translate.tls_contexts import (
     gateway_downstream_context,
@@ -229,6 +248,50 @@ def build_outbound_tunnel_listener(view: MeshView, node: ProxyNode) -> listener_
     )
 
 
+def build_upstream_listeners(
+    view: MeshView,
+    node: ProxyNode,
+    destinations: DestinationIndex | None = None,
+    routes: VirtualServiceRoutes | None = None,
+) -> tuple[listener_pb2.Listener, ...]:
+    """A sidecar's loopback port per ``upstreams`` entry: an HTTP port gets a connection
+    manager with that one service port's routes; any other port a TCP proxy over its
+    ``tcp`` routes. An entry for a port no service has gets nothing (the loader says so)."""
+    if node.kind != "sidecar":
+        return ()
+    settings = view.config.mesh.telemetry
+    listeners = []
+    for upstream in node.upstreams:
+        service = view.services.get(upstream.hostname)
+        served = service.port(upstream.port) if service is not None else None
+        if served is None:
+            continue
+        name = upstream_listener_name(upstream.port, upstream.hostname)
+        if not is_http(served.protocol):
+            listeners.append(
+                upstream_tcp_listener(
+                    view,
+                    node,
+                    upstream.hostname,
+                    upstream.port,
+                    upstream.local_port,
+                    tcp_telemetry(node, settings, "outbound"),
+                    destinations,
+                )
+            )
+            continue
+        route_config = build_upstream_route_config(
+            name, view, node, upstream.hostname, upstream.port, destinations, routes
+        )
+        manager = http_connection_manager(
+            name,
+            route_config=route_config,
+            telemetry=http_telemetry(node, settings, "outbound"),
+        )
+        listeners.append(http_listener(name, node.bind_address, upstream.local_port, manager))
+    return tuple(listeners)
+
+
 def inbound_security(view: MeshView, node: ProxyNode) -> HttpSecurity:
     """What the policies put on requests to the app (authentication, authorization). Every
     inbound filter chain gets the same."""
@@ -327,7 +390,6 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
     if node.kind != "sidecar" or node.inbound_port is None or node.app_port is None:
         return None
     mode = inbound_mtls_mode(view, node)
-    telemetry = http_telemetry(node, view.config.mesh.telemetry, "inbound")
     listener = listener_pb2.Listener(
         name=INBOUND_LISTENER,
         # Stats as listener.inbound.* rather than under the address, so tests and users
@@ -335,15 +397,32 @@ def build_inbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.List
         stat_prefix=INBOUND_LISTENER,
         address=socket_address(node.bind_address, node.inbound_port),
         traffic_direction=base_pb2.INBOUND,
-        filter_chains=inbound_filter_chains(
+    )
+    protocol = node.app_protocol
+    if is_http(protocol) or protocol == "AUTO":
+        telemetry = http_telemetry(node, view.config.mesh.telemetry, "inbound")
+        limits = sidecar_rate_limits(
+            view.config.rate_limit_policies, node, view.config.mesh.rate_limit
+        )
+        chains = inbound_filter_chains(
+            mode, node.app_port, inbound_security(view, node), telemetry, limits
+        )
+    if protocol in ("TCP", "TLS", "AUTO"):
+        # Connections that are not HTTP: to the app's port as they are (see tcp_listeners).
+        tcp_chains = inbound_tcp_chains(
             mode,
             node.app_port,
-            inbound_security(view, node),
-            telemetry,
-            sidecar_rate_limits(view.config.rate_limit_policies, node, view.config.mesh.rate_limit),
-        ),
-    )
-    if mode == "PERMISSIVE":
+            tcp_telemetry(node, view.config.mesh.telemetry, "inbound"),
+            inbound_network_rbac(view, node, workload_port(view, node)),
+        )
+        chains = detection_chains(mode, chains, tcp_chains) if protocol == "AUTO" else tcp_chains
+    listener.filter_chains.extend(chains)
+    if protocol == "AUTO":
+        listener.listener_filters.extend(detection_listener_filters(mode))
+        # A server-first protocol sends nothing for the inspectors to read: after the
+        # timeout it goes on to the TCP chain instead of being closed.
+        listener.continue_on_listener_filters_timeout = True
+    elif mode == "PERMISSIVE":
         listener.listener_filters.append(_tls_inspector())
     return listener
 
@@ -372,7 +451,11 @@ def gateway_connection_manager(
 
 
 def _gateway_listener(
-    view: MeshView, node: ProxyNode, port: int, servers: Sequence[tuple[Gateway, GatewayServer]]
+    view: MeshView,
+    node: ProxyNode,
+    port: int,
+    servers: Sequence[tuple[Gateway, GatewayServer]],
+    passthrough: Sequence[tuple[Gateway, GatewayServer]] = (),
 ) -> listener_pb2.Listener:
     name = gateway_listener_name(port)
     security = http_security(view, node, None)
@@ -388,7 +471,12 @@ def _gateway_listener(
             view.config.mesh.rate_limit,
         )
 
-    if all(chain.tls is None for chain in chains):
+    taken = [name for chain in chains if chain.tls is not None for name in chain.server_names]
+    tcp = tcp_telemetry(node, view.config.mesh.telemetry, "gateway")
+    sni_chains = (
+        passthrough_chains(view, node, port, passthrough, tcp, taken) if passthrough else []
+    )
+    if all(chain.tls is None for chain in chains) and not sni_chains:
         (plaintext,) = chains
         manager = gateway_connection_manager(
             port, plaintext.route_config, security, telemetry, limits(plaintext)
@@ -410,6 +498,7 @@ def _gateway_listener(
         tls_chain.filter_chain_match.server_names.extend(chain.server_names)
         tls_chain.transport_socket.CopyFrom(tls_socket(gateway_downstream_context(chain.tls)))
         filter_chains.append(tls_chain)
+    filter_chains.extend(sni_chains)
     return listener_pb2.Listener(
         name=name,
         address=socket_address(node.bind_address, port),
@@ -420,10 +509,26 @@ def _gateway_listener(
 
 
 def build_gateway_listeners(view: MeshView, node: ProxyNode) -> tuple[listener_pb2.Listener, ...]:
-    """``gateway_<port>`` for each HTTP and HTTPS server port of the Gateways selecting this
-    node; HTTPS servers terminate TLS (by SNI when several share the port), each chain with
-    a route config of its own servers' hosts."""
-    return tuple(
-        _gateway_listener(view, node, port, servers)
-        for port, servers in http_servers_by_port(view, node).items()
-    )
+    """``gateway_<port>`` for each server port of the Gateways selecting this node; HTTPS
+    servers terminate TLS (by SNI when several share the port), each chain with a route
+    config of its own servers' hosts; TLS passthrough servers add a chain per ``tls`` route
+    match (by SNI); a port with only TCP servers is one TCP proxy over its ``tcp`` route."""
+    http = http_servers_by_port(view, node)
+    opaque = opaque_servers_by_port(view, node)
+    tcp = tcp_telemetry(node, view.config.mesh.telemetry, "gateway")
+    listeners: list[listener_pb2.Listener] = []
+    for port in sorted({*http, *opaque}):
+        passthrough = [(g, s) for g, s in opaque.get(port, ()) if s.passthrough]
+        if port in http:
+            listeners.append(_gateway_listener(view, node, port, http[port], passthrough))
+        elif passthrough:
+            chains = passthrough_chains(view, node, port, passthrough, tcp)
+            if chains:
+                listeners.append(passthrough_listener(node, port, chains))
+        else:
+            # TCP servers only: a TCP server sharing a port with others cannot be told
+            # apart from them, and is left out there (as Istio's protocol conflict).
+            listener = gateway_tcp_listener(view, node, port, opaque[port], tcp)
+            if listener is not None:
+                listeners.append(listener)
+    return tuple(listeners)

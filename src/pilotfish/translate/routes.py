@@ -613,6 +613,39 @@ def build_outbound_route_config(
     )
 
 
+def build_upstream_route_config(
+    name: str,
+    view: MeshView,
+    node: ProxyNode,
+    hostname: str,
+    port: int,
+    destinations: DestinationIndex | None = None,
+    routes: VirtualServiceRoutes | None = None,
+) -> route_pb2.RouteConfiguration:
+    """An upstream local port of ``node`` that goes to one HTTP service port: that port's
+    routes under any Host (the app may send ``localhost:<port>``)."""
+    index = destinations or DestinationIndex(view)
+    table = routes or VirtualServiceRoutes(view)
+    virtual_service = table.mesh_virtual_service(hostname)
+    service = view.services.get(hostname)
+    namespace = (
+        virtual_service.meta.namespace
+        if virtual_service is not None
+        else (service.namespace if service is not None else node.namespace)
+    )
+    builder = RouteBuilder(
+        index, namespace, RouteScope(port, source=proxy_source_filter(node)), port
+    )
+    http = table.http_of(virtual_service) if virtual_service is not None else ()
+    if http:
+        built = [r for route in http for r in builder.build(route)]
+    else:
+        built = [builder.default_route(hostname)]
+    return route_pb2.RouteConfiguration(
+        name=name, virtual_hosts=[rc.VirtualHost(name=hostname, domains=["*"], routes=built)]
+    )
+
+
 # --- gateways ---------------------------------------------------------------------------------
 
 

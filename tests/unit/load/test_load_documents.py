@@ -115,8 +115,6 @@ def test_unknown_top_level_field() -> None:
     ("replacement", "field", "needle"),
     [
         ("  exportTo: ['.']\n  http:", "spec.exportTo", "exportTo"),
-        ("  tcp: [{route: [{destination: {host: reviews}}]}]\n  http:", "spec.tcp", "tcp:"),
-        ("  tls: [{match: [{sniHosts: [a.b]}]}]\n  http:", "spec.tls", "tls:"),
     ],
 )
 def test_real_istio_fields_we_do_not_implement_are_warnings(

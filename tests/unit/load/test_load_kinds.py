@@ -514,23 +514,45 @@ def test_gateway_values() -> None:
     )
 
 
-@pytest.mark.parametrize("protocol", ["TLS", "TCP", "MONGO"])
-def test_a_gateway_server_pilotfish_does_not_carry_is_a_warning_the_rest_applies(
-    protocol: str,
-) -> None:
-    tls = "    tls: {mode: PASSTHROUGH}\n" if protocol == "TLS" else ""
+def test_a_gateway_server_pilotfish_does_not_carry_is_a_warning_the_rest_applies() -> None:
     text, result = load(
-        GATEWAY.replace("PROTOCOL", protocol).replace("number: 80", "number: 443")
-        + tls
+        GATEWAY.replace("PROTOCOL", "UDP").replace("number: 80", "number: 443")
         + '  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ["*"]\n'
     )
     warning = assert_at(
         result, text, "spec.servers[0].port", "port:", "is not served", severity="warning"
     )
-    assert f"the {protocol} server on port 443 is not served" in warning.message
+    assert "the UDP server on port 443 is not served" in warning.message
     assert [d.severity for d in result.diagnostics] == ["warning"]
     assert result.config is not None
     assert [s.port for s in result.config.gateways[0].servers] == [80]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "tls", "carried_as", "passthrough"),
+    [
+        ("TCP", "", "TCP", False),
+        ("MONGO", "", "TCP", False),
+        ("TLS", "    tls: {mode: PASSTHROUGH}\n", "TLS", True),
+        # Istio's default mode is PASSTHROUGH, and HTTPS may pass through as TLS does.
+        ("HTTPS", "    tls: {}\n", "TLS", True),
+    ],
+)
+def test_tcp_and_passthrough_gateway_servers(
+    protocol: str, tls: str, carried_as: str, passthrough: bool
+) -> None:
+    _text, result = load(
+        GATEWAY.replace("PROTOCOL", protocol).replace("number: 80", "number: 443") + tls
+    )
+    assert result.diagnostics == ()
+    assert result.config is not None
+    (server,) = result.config.gateways[0].servers
+    assert (server.protocol, server.passthrough, server.tls) == (carried_as, passthrough, None)
+
+
+def test_a_tcp_gateway_server_has_no_tls() -> None:
+    text, result = load(GATEWAY.replace("PROTOCOL", "TCP") + "    tls: {mode: SIMPLE}\n")
+    assert_at(result, text, "spec.servers[0].tls", "tls:", "no TLS settings")
 
 
 @pytest.mark.parametrize("protocol", ["HTTPS", "TLS"])

@@ -214,6 +214,16 @@ def test_https_server_with_files(tmp_path: Path) -> None:
     assert server.tls.ca_certificates == str(tmp_path / "ca.pem")
 
 
+def test_passthrough_ignores_certificates_as_istio_does() -> None:
+    _text, result = load(with_tls(GATEWAY, "serverCertificate: c.pem\nprivateKey: k.pem"))
+    for field in ("serverCertificate", "privateKey"):
+        warning = find(result, f"spec.servers[0].tls.{field}")
+        assert "ignored with PASSTHROUGH" in warning.message and warning.severity == "warning"
+    assert result.config is not None
+    (server,) = result.config.gateways[0].servers
+    assert server.passthrough and server.protocol == "TLS"
+
+
 def test_https_server_missing_file(tmp_path: Path) -> None:
     certificates(tmp_path, "key.pem")
     text = with_tls(GATEWAY, "mode: SIMPLE\nserverCertificate: cert.pem\nprivateKey: key.pem")
@@ -236,12 +246,8 @@ def test_https_server_missing_file(tmp_path: Path) -> None:
             "spec.servers[0].tls.caCertCredentialName",
             "not supported yet: use caCertificates files",
         ),
-        ("mode: PASSTHROUGH", "spec.servers[0].tls.mode", "PASSTHROUGH is not supported yet"),
-        (
-            "serverCertificate: c.pem\nprivateKey: k.pem",
-            "spec.servers[0].tls.mode",
-            "Istio's default, PASSTHROUGH, is not supported yet",
-        ),
+        ("mode: AUTO_PASSTHROUGH", "spec.servers[0].tls.mode", "AUTO_PASSTHROUGH (routing by"),
+        ("mode: ISTIO_MUTUAL", "spec.servers[0].tls.mode", "ISTIO_MUTUAL at a gateway"),
     ],
 )
 def test_https_servers_istio_accepts_but_pilotfish_cannot_serve_are_warnings(

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from pilotfish.load import load_text
-from pilotfish.model.resources import MeshConfig
-from pilotfish.runner.plan import ReplicaPorts, plan_replicas, replica_environment
+from pilotfish.model.proxy import ProxyUpstream
+from pilotfish.model.resources import MeshConfig, Upstream, Workload
+from pilotfish.runner.plan import (
+    ReplicaPorts,
+    ReplicaSpec,
+    plan_replicas,
+    replica_environment,
+    replica_upstreams,
+)
 
 WORKLOADS = """
 apiVersion: pilotfish.io/v1alpha1
@@ -64,3 +72,26 @@ def load_config() -> MeshConfig:
     result = load_text(WORKLOADS, "w.yaml", directory=Path("/srv/app"))
     assert result.config is not None
     return result.config
+
+
+def test_upstreams_are_qualified_in_the_workloads_namespace_and_get_a_port_each() -> None:
+    result = load_text(WORKLOADS, "w.yaml", directory=Path("/srv/app"))
+    assert result.config is not None
+    (workload,) = result.config.workloads
+    shop = replace(workload, meta=replace(workload.meta, namespace="shop"))
+    upstreams = (Upstream("db", 5432), Upstream("cache.other.svc.cluster.local", 6379, 16379))
+    spec = _replica_of(replace(shop, upstreams=upstreams))
+    picked = iter([40001, 40002])
+    resolved = replica_upstreams(spec, lambda: next(picked))
+    assert [u.proxy for u in resolved] == [
+        ProxyUpstream("db.shop.svc.cluster.local", 5432, 40001),
+        ProxyUpstream("cache.other.svc.cluster.local", 6379, 16379),
+    ]
+    assert {u.environment_name: u.address for u in resolved} == {
+        "PILOTFISH_UPSTREAM_DB_5432": "127.0.0.1:40001",
+        "PILOTFISH_UPSTREAM_CACHE_OTHER_SVC_CLUSTER_LOCAL_6379": "127.0.0.1:16379",
+    }
+
+
+def _replica_of(workload: Workload) -> ReplicaSpec:
+    return plan_replicas(MeshConfig(workloads=(workload,)))[f"{workload.meta.name}-0"]

@@ -145,6 +145,8 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         "inbound-listener": 1,
         # The service's DestinationRule may set the server side's connection pool.
         "inbound-cluster": 1,
+        # Its upstream ports (none here) follow their routes.
+        "upstream-listeners": 1,
     }
     assert versions(snapshot) == fresh(view, SIDECAR)
 
