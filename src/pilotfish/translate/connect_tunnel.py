@@ -7,8 +7,9 @@ Envoy terminates every CONNECT it routes (``connect_config``) and carries the tu
   ``OUTBOUND_TUNNEL_LISTENER``, an HTTP connection manager with the ``outbound`` routes, so
   the requests inside (gRPC's HTTP/2 too) get the routes, splits, retries and policies of
   plain requests to that host;
-- to a TCP or TLS port: to the port's cluster as they are, so the TLS of an HTTPS call to an
-  outside host is never terminated (the client verifies the server's own certificate);
+- to a TCP or TLS port: as they are, to the clusters of the caller's ``tcp`` routes (the
+  port's own without one), so the TLS of an HTTPS call to an outside host is never
+  terminated (the client verifies the server's own certificate);
 - anywhere else: nowhere. The catch-all virtual host refuses it, and the outbound
   connection manager's ``connect_refusal_mapper`` says which proxy refused which host:port.
 """
