@@ -77,8 +77,11 @@ def echo_workload(
     version: str = "v1",
     replicas: int = 1,
     env: Mapping[str, str] | None = None,
+    protocol: str | None = None,
 ) -> str:
+    """A Workload of the echo app; without ``protocol`` its port is detected (AUTO)."""
     labels = f"{{app: {service}, version: {version}}}"
+    protocol_yaml = f"\n  protocol: {protocol}" if protocol is not None else ""
     env_items = {"VERSION": version, **(env or {})}
     env_yaml = ", ".join(f"{k}: {json.dumps(v)}" for k, v in env_items.items())
     return f"""
@@ -87,7 +90,7 @@ kind: Workload
 metadata: {{name: {name}}}
 spec:
   service: {service}
-  port: {port}
+  port: {port}{protocol_yaml}
   replicas: {replicas}
   labels: {labels}
   command: {ECHO_COMMAND}

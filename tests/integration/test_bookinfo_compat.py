@@ -138,6 +138,7 @@ spec:
   ports:
   - {number: 80, name: http}
   - {number: 443, name: https, protocol: HTTPS}
+  - {number: 53, name: dns, protocol: UDP}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -173,8 +174,7 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
     warned = sorted(d.field for d in result.diagnostics)
     assert warned == [
         "spec.http[1].route",  # 49 + 50: split in proportion
-        "spec.ports[1]",  # HTTPS is not carried
-        "spec.servers[1].port",  # the TLS (passthrough) server is not served
+        "spec.ports[2]",  # UDP is not carried (HTTPS is, as TLS; so is the passthrough server)
     ]
     assert all(d.severity == "warning" for d in result.diagnostics)
 
@@ -198,10 +198,11 @@ def test_istio_valid_config_is_accepted_with_warnings_and_envoy_validates_it(
         if route.route.weighted_clusters.clusters
     ]
     assert [49, 50] in weights
-    # Nothing is built for the port that is not carried; the carried one of the entry stays.
+    # Nothing is built for the port that is not carried; the carried ones of the entry stay.
     names = [cluster.name for cluster in resources.clusters]
     assert "outbound|80||api.example.com" in names
-    assert not [name for name in names if "|443|" in name]
+    assert "outbound|443||api.example.com" in names
+    assert not [name for name in names if "|53|" in name]
     gateway = ProxyNode(id="ingressgateway", kind="gateway", labels=GATEWAY_LABELS)
     for proxy in (sidecar, gateway):
         checked = envoy_validate(static_bootstrap(translator.resources_for(proxy)), tmp_path)

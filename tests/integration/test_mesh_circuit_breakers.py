@@ -135,7 +135,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
     write_yaml(
         directory / "mesh.yaml",
         gateway(gateway_port)
-        + echo_workload("flaky", "flaky", 9000)
+        # Declared HTTP: h2UpgradePolicy speaks HTTP/2 between the sidecars and HTTP/1.1 to
+        # the app; a detected port would pass the upgraded HTTP/2 on to it, as in Istio.
+        + echo_workload("flaky", "flaky", 9000, protocol="HTTP")
         + echo_workload("healthy", "replicas", 9100, replicas=2)
         + echo_workload("broken", "replicas", 9100, env={"ALWAYS_FAIL": "1"})
         + RULES,

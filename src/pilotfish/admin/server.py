@@ -21,6 +21,7 @@ whose own name an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -155,17 +156,31 @@ def build_admin_app(control_plane: ControlPlane) -> web.Application:
 
 
 async def start_admin_server(
-    control_plane: ControlPlane, host: str = "127.0.0.1", port: int = 0
+    control_plane: ControlPlane,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    also_on: Sequence[str] = (),
 ) -> tuple[web.AppRunner, int]:
-    """Serve the API; binding the socket ourselves is how we learn the port the OS picked."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    """Serve the API; binding the socket ourselves is how we learn the port the OS picked.
+
+    ``also_on``: more hosts served on the same port (where proxies in network namespaces
+    send their spans)."""
+    sock = _bound_socket(host, port)
+    bound = int(sock.getsockname()[1])
+    sockets = [sock, *(_bound_socket(other, bound) for other in also_on)]
     runner = web.AppRunner(
         build_admin_app(control_plane),
         access_log=None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )
     await runner.setup()
-    await web.SockSite(runner, sock).start()
-    return runner, int(sock.getsockname()[1])
+    for each in sockets:
+        await web.SockSite(runner, each).start()
+    return runner, bound
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock

@@ -59,6 +59,7 @@ def build_bootstrap(
     keepalive: XdsKeepalive | None = None,
     sds_socket: Path | None = None,
     telemetry_address: tuple[str, int] | None = None,
+    admin_host: str = ADMIN_HOST,
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap for ``node``, fetching everything over ADS from ``xds_address``.
 
@@ -73,6 +74,8 @@ def build_bootstrap(
     A fixed ``admin_port`` goes into the node's metadata too (ADMIN_ADDRESS), and a node with
     an ``outlier_log`` gets it as the event log of outlier detection: that is where the control
     plane reads what this proxy sees of its endpoints, and when and why it ejected one.
+    ``admin_host`` is where the admin interface listens: a proxy in a network namespace of
+    its own binds its replica's address, the one the control plane can reach.
     """
     clusters = [_xds_cluster(*xds_address, keepalive or XdsKeepalive())]
     if sds_socket is not None:
@@ -81,7 +84,7 @@ def build_bootstrap(
         clusters.append(_telemetry_cluster(*telemetry_address))
     node = dataclasses.replace(node, telemetry=telemetry_address is not None)
     if admin_port:
-        node = dataclasses.replace(node, admin_address=f"{ADMIN_HOST}:{admin_port}")
+        node = dataclasses.replace(node, admin_address=f"{admin_host}:{admin_port}")
     bootstrap: dict[str, Any] = {
         "node": {
             "id": node.id,
@@ -90,7 +93,7 @@ def build_bootstrap(
             "metadata": node.to_metadata(),
             **_locality(node.locality),
         },
-        "admin": {"address": _socket_address(ADMIN_HOST, admin_port)},
+        "admin": {"address": _socket_address(admin_host, admin_port)},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

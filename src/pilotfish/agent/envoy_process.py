@@ -56,6 +56,9 @@ class EnvoyOptions:
     stop_timeout: float = 5.0
     """How long SIGTERM may take before SIGKILL."""
     extra_args: tuple[str, ...] = ()
+    command_prefix: tuple[str, ...] = ()
+    """Run Envoy through this, e.g. ``ip netns exec NS setpriv --reuid=1337 ...`` to put it
+    in its replica's network namespace as the uid iptables lets through."""
 
 
 def find_envoy_binary() -> Path:
@@ -80,6 +83,7 @@ def envoy_argv(
     binary: Path, bootstrap_path: Path, admin_address_path: Path, options: EnvoyOptions
 ) -> list[str]:
     return [
+        *options.command_prefix,
         str(binary),
         "-c",
         str(bootstrap_path),

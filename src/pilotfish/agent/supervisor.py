@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from pilotfish.agent.bootstrap import build_bootstrap
+from pilotfish.agent.bootstrap import ADMIN_HOST, build_bootstrap
 from pilotfish.agent.child_process import LineSink, ProcessStartError, describe_exit
 from pilotfish.agent.envoy_process import EnvoyOptions, EnvoyProcess
 from pilotfish.agent.sds_server import SdsServer, start_sds_server
@@ -250,6 +250,10 @@ class Sidecar:
 
     With ``telemetry_address`` (the control plane's admin port), Envoy sends its spans there.
 
+    With ``owner_uid`` (Envoy runs as that user, see ``EnvoyOptions.command_prefix``), the
+    work directory and the SDS socket are handed to it, so Envoy can read its bootstrap, write
+    its logs and reach its secrets; ``admin_host`` is where its admin interface listens.
+
     Envoy appends each outlier ejection to ``OUTLIER_LOG_NAME`` in ``work_dir`` (unless the
     node names another file), emptied before each Envoy starts; the node's metadata names it,
     so the control plane can say when and why an endpoint was ejected.
@@ -272,6 +276,8 @@ class Sidecar:
         keepalive: XdsKeepalive | None = None,
         certificates: WorkloadCertificates | None = None,
         telemetry_address: tuple[str, int] | None = None,
+        admin_host: str = ADMIN_HOST,
+        owner_uid: int | None = None,
     ) -> None:
         if node.outlier_log is None:
             log_path = (work_dir / OUTLIER_LOG_NAME).resolve()
@@ -288,7 +294,9 @@ class Sidecar:
             keepalive=keepalive,
             sds_socket=self.sds_socket,
             telemetry_address=telemetry_address,
+            admin_host=admin_host,
         )
+        self._owner_uid = owner_uid
         options = options or EnvoyOptions()
         if log_level is not None:
             options = dataclasses.replace(options, log_level=log_level)
@@ -357,9 +365,11 @@ class Sidecar:
 
     async def _start_identity(self) -> None:
         if self.certificates is None or self._sds is not None:
+            self._hand_over_files()
             return
         assert self.sds_socket is not None
         self._sds = await start_sds_server(self.certificates, self.sds_socket)
+        self._hand_over_files()
         self._renewing = asyncio.create_task(
             self.certificates.run(), name=f"certificates of {self.name}"
         )
@@ -372,6 +382,13 @@ class Sidecar:
         sds, self._sds = self._sds, None
         if sds is not None:
             await sds.stop()
+
+    def _hand_over_files(self) -> None:
+        if self._owner_uid is None:
+            return
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self._work_dir, *self._work_dir.rglob("*")):
+            os.chown(path, self._owner_uid, self._owner_uid)
 
     def _next_process(self) -> SupervisedEnvoy:
         # A new Envoy holds no ejections: the last one's events would describe hosts it no

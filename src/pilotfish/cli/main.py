@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pilotfish import __version__
 from pilotfish.ca.store import CaStoreError
 from pilotfish.model.diagnostics import ConfigError
+from pilotfish.runner.netns import InterceptionError
 
 if TYPE_CHECKING:
     from pilotfish.ca.store import StoredCa
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except CaStoreError as exc:
         print(f"the CA cannot start: {exc}", file=sys.stderr)
+        return 1
+    except InterceptionError as exc:
+        print(f"pilotfish up: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -205,7 +209,14 @@ def run_up(args: argparse.Namespace) -> int:
             ),
         )
         stop = _stop_on_signals()
-        admin, admin_port = await start_admin_server(mesh.control_plane, port=args.admin_port)
+        try:
+            also_on = await mesh.prepare()
+            admin, admin_port = await start_admin_server(
+                mesh.control_plane, port=args.admin_port, also_on=also_on
+            )
+        except BaseException:
+            await mesh.stop()
+            raise
         # Bound before any proxy starts, so that each one's bootstrap has it for its spans.
         mesh.settings = dataclasses.replace(mesh.settings, telemetry_port=admin_port)
         url_file = _write_admin_url(mesh.config_dir, admin_port)

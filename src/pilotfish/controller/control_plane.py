@@ -55,6 +55,9 @@ class ControlPlaneSettings:
 
     host: str = "127.0.0.1"
     xds_port: int = 0
+    also_on: tuple[str, ...] = ()
+    """More addresses the xDS port is bound on (same port): the root end of the network
+    namespaces' veth, for Envoys under transparent interception."""
     debounce_seconds: float = 0.02
     watch_interval_seconds: float = 0.2
     keepalive: XdsKeepalive = field(default_factory=XdsKeepalive)
@@ -213,6 +216,7 @@ class ControlPlane:
             host=self.settings.host,
             port=self.settings.xds_port,
             keepalive=self.settings.keepalive,
+            also_on=self.settings.also_on,
             extra_handlers=(
                 *ca_method_handlers(self.certificates),
                 *access_log_method_handlers(self.access_logs),
@@ -221,7 +225,7 @@ class ControlPlane:
         )
         log.info(
             "xDS server listening on %s:%d (the CA, access-log and rate limit services too)",
-            self.settings.host,
+            " and ".join((self.settings.host, *self.settings.also_on)),
             self.xds_port,
         )
         self._watch_task = asyncio.create_task(self._watch_config())

@@ -134,8 +134,9 @@ def read_port_protocol(reader: FieldReader, fields: Fields, path: str) -> str | 
     ``name`` (as Istio reads a Kubernetes port's), else ``AUTO``; None after an error.
 
     Istio itself reads only ``protocol`` on a ServiceEntry and detects the rest; the name is
-    read too because detection can never work for a server-first protocol (PostgreSQL, MySQL)
-    that a ``tcp-db`` name already tells. GRPC-WEB comes back as HTTP, with a warning.
+    read too because detection can never work for a protocol whose server speaks first
+    (MySQL, SMTP), which a ``tcp-db`` name already tells. GRPC-WEB comes back as HTTP, with a
+    warning.
     """
     value = fields.get("protocol")
     explicit = None

@@ -30,6 +30,7 @@ from pilotfish.model.destination_rules import DestinationRuleLookup, host_matche
 from pilotfish.model.diagnostics import Diagnostic, Severity
 from pilotfish.model.resources import (
     CLUSTER_DOMAIN,
+    HTTP_PROTOCOLS,
     Destination,
     DestinationRule,
     HTTPMatchRequest,
@@ -578,7 +579,7 @@ class _RouteChecker:
             yield self._error(
                 join_path(destination_path, "port.number"),
                 f"port {skipped.number} ({skipped.protocol}) of {destination.host} is not "
-                "carried (sidecars proxy TCP only), so this route cannot reach it"
+                "carried, so this route cannot reach it"
                 if skipped is not None
                 else f'service "{destination.host}" has no port {destination.port} '
                 f"(it has {port_numbers or 'none'})",
@@ -590,10 +591,13 @@ class _RouteChecker:
                 destination_path,
                 f'service "{destination.host}" has no port Pilotfish carries ({why})',
             )
-        if destination.port is None and len(known.ports) > 1:
+        # TCP and TLS ports never take HTTP routes; among the others, several are ambiguous.
+        http_ports = [p.number for p in known.ports if p.protocol in HTTP_PROTOCOLS | {"AUTO"}]
+        if destination.port is None and len(http_ports) > 1:
             yield self._error(
                 destination_path,
-                f'service "{destination.host}" has several ports ({port_numbers}); set port.number',
+                f'service "{destination.host}" has several HTTP ports '
+                f"({', '.join(map(str, http_ports))}); set port.number",
             )
 
     def _subset_problem(self, hostname: str, host: str, subset: str) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -16,8 +17,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilotfish.agent.bootstrap import ADMIN_HOST
 from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.child_process import ChildProcess
+from pilotfish.agent.envoy_process import EnvoyOptions
 from pilotfish.agent.ports import free_port, wait_for_port
 from pilotfish.agent.supervisor import Sidecar, Supervisor
 from pilotfish.agent.workload_certificate import WorkloadCertificates
@@ -27,7 +30,18 @@ from pilotfish.errors import PilotfishError
 from pilotfish.model.identity import GATEWAY_SERVICE_ACCOUNT
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import MeshSettings
+from pilotfish.model.service_addresses import service_addresses
 from pilotfish.model.services import Endpoint
+from pilotfish.runner.netns import NetworkNamespaces, wait_for_port_in, write_hosts_file
+from pilotfish.runner.netns_plan import (
+    ENVOY_ADMIN_PORT,
+    ENVOY_UID,
+    INBOUND_CAPTURE_PORT,
+    OUTBOUND_CAPTURE_PORT,
+    ReplicaNetwork,
+    hosts_file,
+    transparent_environment,
+)
 from pilotfish.runner.output import prefixed_printer
 from pilotfish.runner.plan import (
     ReplicaPorts,
@@ -62,6 +76,8 @@ class _RunningReplica:
     sidecar_started: asyncio.Future[None]
     app: Supervisor[ChildProcess]
     """Restarts the app when it exits on its own, as a Kubernetes kubelet would."""
+    network: ReplicaNetwork | None = None
+    """Its network namespace, under transparent interception."""
 
 
 class LocalMesh:
@@ -81,6 +97,8 @@ class LocalMesh:
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
         self._signers: dict[str, GrpcCertificateSigner] = {}
+        self.network: NetworkNamespaces | None = None
+        """The replicas' network namespaces, under transparent interception."""
 
     @property
     def xds_address(self) -> tuple[str, int]:
@@ -91,8 +109,34 @@ class LocalMesh:
         port = self.settings.telemetry_port
         return ("127.0.0.1", port) if port is not None else None
 
+    async def prepare(self) -> tuple[str, ...]:
+        """Load the config; under transparent interception make the replicas' network.
+
+        Returns the addresses the control plane's servers must also listen on (the admin
+        server's too, where proxies send their spans). Raises ``InterceptionError`` when
+        transparent interception cannot run here (not root, tools missing).
+        """
+        if self.control_plane.controller.config is None:
+            await self.control_plane.load_initial_config()
+        config = self.control_plane.controller.config
+        if self.network is not None or config is None or config.mesh.interception != "transparent":
+            return self.control_plane.settings.also_on
+        self.network = await asyncio.to_thread(NetworkNamespaces.open)
+        # Envoy runs as another user: it must be able to reach its own files below.
+        self._work_dir.chmod(0o711)
+        also_on = (self.network.host.host_address,)
+        self.control_plane.settings = dataclasses.replace(
+            self.control_plane.settings, also_on=also_on
+        )
+        return also_on
+
     async def start(self) -> None:
-        await self.control_plane.start()
+        try:
+            await self.prepare()
+            await self.control_plane.start()
+        except BaseException:
+            await self._close_network()
+            raise
         await self.reconcile()
         self._reconcile_task = asyncio.create_task(self._reconcile_on_changes())
 
@@ -111,7 +155,9 @@ class LocalMesh:
             gateway, self.gateway = self.gateway, None
             await self._retire(gateway, self.settings.drain_seconds)
 
-    def _sidecar(self, node: ProxyNode, name: str) -> Sidecar:
+    def _sidecar(
+        self, node: ProxyNode, name: str, network: ReplicaNetwork | None = None
+    ) -> Sidecar:
         config = self.control_plane.controller.config
         mesh = config.mesh if config is not None else MeshSettings()
         identity = node.identity(mesh.trust_domain)
@@ -122,10 +168,25 @@ class LocalMesh:
             node_id=node.id,
         )
         self._signers[node.id] = signer
+        xds_address, telemetry_address = self.xds_address, self.telemetry_address
+        admin_port, admin_host, owner_uid, options = free_port(), ADMIN_HOST, None, None
+        if network is not None:
+            # In its replica's namespace, as the uid iptables lets through, it finds the
+            # control plane at the root end of the veth.
+            assert self.network is not None
+            host = self.network.host.host_address
+            xds_address = (host, self.control_plane.xds_port)
+            if telemetry_address is not None:
+                telemetry_address = (host, telemetry_address[1])
+            admin_port, admin_host, owner_uid = ENVOY_ADMIN_PORT, network.address, ENVOY_UID
+            options = EnvoyOptions(command_prefix=network.as_sidecar(()))
         return Sidecar(
             node,
-            xds_address=self.xds_address,
-            admin_port=free_port(),
+            xds_address=xds_address,
+            admin_port=admin_port,
+            admin_host=admin_host,
+            owner_uid=owner_uid,
+            options=options,
             work_dir=self._work_dir / name,
             delta=self.settings.delta,
             log_level=self.settings.envoy_log_level,
@@ -133,7 +194,7 @@ class LocalMesh:
             # The policy the xDS server was started with: both ends must agree on it.
             keepalive=self.control_plane.settings.keepalive,
             certificates=WorkloadCertificates(identity, signer, mesh.certificates.workload_ttl),
-            telemetry_address=self.telemetry_address,
+            telemetry_address=telemetry_address,
         )
 
     async def _retire(self, sidecar: Sidecar, drain_seconds: float) -> None:
@@ -164,6 +225,7 @@ class LocalMesh:
         if config is None:
             return
         async with self._reconcile_lock:
+            self._write_hosts_files()
             await self._reconcile_gateway(bool(config.gateways))
             wanted = plan_replicas(config)
             removed = [name for name in self.replicas if name not in wanted]
@@ -176,7 +238,21 @@ class LocalMesh:
                     await self._stop_replica(name)
                     await self._start_replica(spec)
 
+    def _write_hosts_files(self) -> None:
+        """Each namespace's /etc/hosts names every service's address (and they change)."""
+        view = self.control_plane.controller.view
+        if self.network is None or view is None:
+            return
+        addresses = service_addresses(view)
+        for running in self.replicas.values():
+            if running.network is not None:
+                text = hosts_file(running.spec.namespace, view.services, addresses)
+                write_hosts_file(running.network.namespace, text)
+
     async def _start_replica(self, spec: ReplicaSpec) -> None:
+        if self.network is not None:
+            await self._start_intercepted_replica(spec, self.network)
+            return
         ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
         upstreams = replica_upstreams(spec, free_port)
         node = ProxyNode(
@@ -197,10 +273,65 @@ class LocalMesh:
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
         environment.update({u.environment_name: u.address for u in upstreams})
+        await self._run_replica(spec, ports, sidecar, environment, None)
+
+    async def _start_intercepted_replica(
+        self, spec: ReplicaSpec, network: NetworkNamespaces
+    ) -> None:
+        """The replica in a network namespace of its own, where its app listens on its
+        Workload port and iptables takes every TCP connection to its sidecar."""
+        replica = await asyncio.to_thread(network.add_replica, spec.port)
+        ports = ReplicaPorts(
+            app=spec.port, inbound=INBOUND_CAPTURE_PORT, outbound=OUTBOUND_CAPTURE_PORT
+        )
+        node = ProxyNode(
+            id=spec.name,
+            kind="sidecar",
+            namespace=spec.namespace,
+            service=spec.service,
+            labels=dict(spec.labels),
+            bind_address=replica.address,
+            outbound_port=ports.outbound,
+            inbound_port=ports.inbound,
+            app_port=ports.app,
+            app_protocol=spec.protocol,
+            service_account=spec.service_account,
+            workload=spec.workload,
+            locality=spec.locality,
+            interception="transparent",
+        )
+        try:
+            sidecar = self._sidecar(node, spec.name, replica)
+            environment = transparent_environment(replica_environment(spec, ports, os.environ))
+            view = self.control_plane.controller.view
+            if view is not None:
+                addresses = service_addresses(view)
+                text = hosts_file(spec.namespace, view.services, addresses)
+                await asyncio.to_thread(write_hosts_file, replica.namespace, text)
+                # No local ports are needed: the service's own address is intercepted.
+                for upstream in replica_upstreams(spec, free_port):
+                    found = addresses.get(upstream.proxy.hostname)
+                    if found is not None and found.address is not None:
+                        where = f"{found.address}:{upstream.proxy.port}"
+                        environment[upstream.environment_name] = where
+        except BaseException:
+            await asyncio.to_thread(network.remove_replica, replica)
+            raise
+        await self._run_replica(spec, ports, sidecar, environment, replica)
+
+    async def _run_replica(
+        self,
+        spec: ReplicaSpec,
+        ports: ReplicaPorts,
+        sidecar: Sidecar,
+        environment: dict[str, str],
+        network: ReplicaNetwork | None,
+    ) -> None:
+        command = network.in_namespace(spec.command) if network is not None else spec.command
 
         def new_app_process() -> ChildProcess:
             return ChildProcess(
-                spec.command,
+                command,
                 name=spec.name,
                 cwd=spec.directory,
                 env=environment,
@@ -219,6 +350,7 @@ class LocalMesh:
                 on_exit=lambda _, code: self._withdraw(running),
                 logger=log,
             ),
+            network,
         )
         self.replicas[spec.name] = running
         # Both starts run to their end before we look, so a failed one never leaves the other
@@ -244,7 +376,12 @@ class LocalMesh:
         """
         spec, ports = running.spec, running.ports
         try:
-            await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
+            if running.network is not None:
+                await wait_for_port_in(
+                    running.network.namespace, ports.app, self.settings.app_start_timeout
+                )
+            else:
+                await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
         except TimeoutError:
             log.error(
                 "%s did not listen on PORT=%d within %.0fs; it gets no traffic",
@@ -271,12 +408,19 @@ class LocalMesh:
         app = running.app.process
         if app is None or not app.running:
             return  # it died while we waited; its supervisor restarts it
+        # Under interception, the replica's own address and its port: its iptables take
+        # the connection to the sidecar's inbound listener.
+        address, port = (
+            (running.network.address, spec.port)
+            if running.network is not None
+            else ("127.0.0.1", ports.inbound)
+        )
         self.replica_registry.set_endpoint(
             spec.hostname,
             spec.name,
             Endpoint(
-                address="127.0.0.1",
-                ports={spec.port: ports.inbound},
+                address=address,
+                ports={spec.port: port},
                 labels=dict(spec.labels),
                 name=spec.name,
                 service_account=spec.service_account,
@@ -306,6 +450,8 @@ class LocalMesh:
         running.app.stop_restarting()  # and no registration while the sidecar drains
         await self._retire(running.sidecar, drain_seconds)
         await running.app.stop()
+        if running.network is not None and self.network is not None:
+            await asyncio.to_thread(self.network.remove_replica, running.network)
 
     async def stop(self) -> None:
         if self._reconcile_task is not None:
@@ -316,7 +462,13 @@ class LocalMesh:
         if self.gateway is not None:
             await self._retire(self.gateway, self.settings.drain_seconds)
         await self.control_plane.stop()
+        await self._close_network()
         shutil.rmtree(self._work_dir, ignore_errors=True)  # the Envoys' bootstrap files
+
+    async def _close_network(self) -> None:
+        network, self.network = self.network, None
+        if network is not None:
+            await asyncio.to_thread(network.close)
 
 
 async def _shielded(work: Coroutine[object, object, None]) -> None:

@@ -117,4 +117,7 @@ class NodeDirectory:
 def _inbound_address(node: ProxyNode) -> tuple[str, int] | None:
     if node.inbound_port is None:
         return None
+    if node.interception == "transparent" and node.app_port is not None:
+        # Callers connect to the replica's address and app port; iptables redirects it.
+        return (node.bind_address, node.app_port)
     return (node.bind_address, node.inbound_port)

@@ -56,6 +56,10 @@ from pilotfish.translate.routes import (
 )
 from pilotfish.translate.tcp_proxy import WeightedCluster
 from pilotfish.translate.tcp_routes import tcp_destinations
+from pilotfish.translate.transparent_outbound import (
+    build_transparent_clusters,
+    build_transparent_outbound_listener,
+)
 
 
 class TranslationContext:
@@ -122,6 +126,13 @@ def _present(resource: Message | None) -> tuple[Message, ...]:
     return (resource,) if resource is not None else ()
 
 
+def transparent_listener_key(node: ProxyNode) -> Hashable:
+    """Every explicit sidecar shares one (empty) output; a transparent one has its own."""
+    if node.interception == "explicit":
+        return None
+    return (node.id, json.dumps(node.to_metadata(), sort_keys=True))
+
+
 def _inbound_cluster(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
     return _present(build_inbound_cluster(node, inbound_policy(context, node)))
 
@@ -179,6 +190,14 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
     ServiceGenerator(
         "outbound-clusters", type_urls.CLUSTER, _CONFIG_AND_ENDPOINTS, _outbound_clusters
     ),
+    NodeGenerator(
+        "transparent-clusters",
+        type_urls.CLUSTER,
+        frozenset(),  # the node's interception only
+        lambda context, node: build_transparent_clusters(node),
+        SIDECAR,
+        node_key=lambda context, node: node.interception,
+    ),
     # The rule of the node's service (which the services decide) sets its connection pool.
     NodeGenerator(
         "inbound-cluster", type_urls.CLUSTER, _CONFIG_AND_SERVICES, _inbound_cluster, SIDECAR
@@ -220,6 +239,16 @@ GENERATORS: tuple[Generator[TranslationContext], ...] = (
             *_present(build_outbound_tunnel_listener(context.view, node)),
         ),
         SIDECAR,
+    ),
+    # Transparent interception: the outbound listener matches each service's address and
+    # ports, so it depends on the services too (``build_outbound_listener`` leaves it).
+    NodeGenerator(
+        "transparent-outbound-listener",
+        type_urls.LISTENER,
+        _CONFIG_AND_SERVICES,
+        lambda context, node: _present(build_transparent_outbound_listener(context.view, node)),
+        SIDECAR,
+        node_key=lambda context, node: transparent_listener_key(node),
     ),
     NodeGenerator(
         "inbound-listener",

@@ -212,8 +212,8 @@ def inbound_route_config(app_port: int) -> route_pb2.RouteConfiguration:
 def build_outbound_listener(view: MeshView, node: ProxyNode) -> listener_pb2.Listener | None:
     """A sidecar's ``outbound``: the HTTP proxy its app sends to (None without the port),
     CONNECT included."""
-    if node.kind != "sidecar" or node.outbound_port is None:
-        return None
+    if node.kind != "sidecar" or node.outbound_port is None or node.interception != "explicit":
+        return None  # transparent: translate/transparent_outbound.py
     telemetry = http_telemetry(node, view.config.mesh.telemetry, "outbound")
     manager = http_connection_manager(
         OUTBOUND_LISTENER, rds_name=OUTBOUND_ROUTE_CONFIG, telemetry=telemetry, connect=True

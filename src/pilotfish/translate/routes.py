@@ -28,6 +28,7 @@ from pilotfish.model.delegation import (
 )
 from pilotfish.model.proxy import ProxyNode
 from pilotfish.model.resources import (
+    CLUSTER_DOMAIN,
     ISTIO_DEFAULT_RETRY_ATTEMPTS,
     ConsistentHash,
     CorsPolicy,
@@ -551,9 +552,14 @@ def no_source(block: HTTPMatchRequest) -> bool:
 
 
 def _service_domains(service: Service, port: int, with_bare_names: bool) -> list[str]:
+    """The names a caller may use, as Kubernetes DNS resolves them and Istio routes them:
+    ``reviews``, ``reviews.default``, ``reviews.default.svc`` and the qualified name."""
     names = [service.hostname]
     if service.short_name and service.short_name != service.hostname:
         names.append(service.short_name)
+        in_namespace = f"{service.short_name}.{service.namespace}"
+        if service.hostname == f"{in_namespace}.{CLUSTER_DOMAIN}":
+            names.extend([in_namespace, f"{in_namespace}.svc"])
     domains = [f"{name}:{port}" for name in names]
     if with_bare_names:
         domains = names + domains
@@ -590,7 +596,8 @@ def build_outbound_route_config(
     """
     index = destinations or DestinationIndex(view)
     table = routes or VirtualServiceRoutes(view)
-    claimed: set[str] = {"*"}
+    # A service's own name always wins over another's shorter alias of it.
+    claimed: set[str] = {"*", *view.services}
     virtual_hosts: list[rc.VirtualHost] = []
     for hostname in sorted(view.services):
         service = view.services[hostname]
@@ -599,7 +606,11 @@ def build_outbound_route_config(
             port = service_port.number
             http_port = routed_as_http(service_port.protocol)
             bare_names = http_port and _takes_bare_names(service, port)
-            domains = [d for d in _service_domains(service, port, bare_names) if d not in claimed]
+            domains = [
+                d
+                for d in _service_domains(service, port, bare_names)
+                if d not in claimed or d == hostname
+            ]
             claimed.update(domains)
             if not domains:
                 continue

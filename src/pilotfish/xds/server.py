@@ -435,6 +435,7 @@ async def start_xds_server(
     port: int = 0,
     keepalive: XdsKeepalive | None = None,
     extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    also_on: Sequence[str] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving ADS; returns the server (stop it with ``await server.stop(grace)``) and
     the port it is bound to (the OS picks one when ``port`` is 0).
@@ -442,6 +443,7 @@ async def start_xds_server(
     ``subscribers`` are told about every stream (the status board is one); ``keepalive``
     must be the policy the proxies' bootstraps were written with. ``extra_handlers`` serve
     other services on the same port (the CA), as istiod serves its CA next to xDS.
+    ``also_on`` are more hosts to serve on, on the same port.
     """
     server = grpc.aio.server(options=server_keepalive_options(keepalive or XdsKeepalive()))
     server.add_generic_rpc_handlers(
@@ -450,5 +452,8 @@ async def start_xds_server(
     bound_port = server.add_insecure_port(f"{host}:{port}")
     if bound_port == 0:
         raise PilotfishError(f"cannot bind the xDS server to {host}:{port}")
+    for other in also_on:
+        if server.add_insecure_port(f"{other}:{bound_port}") == 0:
+            raise PilotfishError(f"cannot bind the xDS server to {other}:{bound_port}")
     await server.start()
     return server, bound_port

@@ -117,8 +117,7 @@ spec:
         result, text, "spec.http[0].route[0].destination.port.number", "number: 53", ""
     )
     assert error.message == (
-        "port 53 (UDP) of api.example.com is not carried (sidecars proxy TCP only), "
-        "so this route cannot reach it"
+        "port 53 (UDP) of api.example.com is not carried, so this route cannot reach it"
     )
     unnamed = routes.replace(", port: {number: 53}", "")
     text, result = load(unnamed, entry)

@@ -4,11 +4,14 @@ Workload's ``protocol``/``appProtocol``/``upstreams`` and MeshConfig's ``interce
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from load_cases import assert_at, find, load
 
 from pilotfish.discovery import services_from_config
 from pilotfish.load import load_texts
 from pilotfish.load.parse_protocols import (
+    ISTIO_PROTOCOLS,
     carried_as,
     protocol_of_app_protocol,
     protocol_of_name,
@@ -103,6 +106,14 @@ def test_selection_order_is_protocol_then_app_protocol_then_name_then_detection(
     assert select_protocol(port_name="http") == "HTTP"
     assert select_protocol(port_name="web", port=8080) == "AUTO"
     assert select_protocol() == "AUTO"
+
+
+@given(name=st.text(max_size=20), app_protocol=st.none() | st.text(max_size=20))
+def test_any_name_selects_an_istio_protocol_or_detection(
+    name: str, app_protocol: str | None
+) -> None:
+    chosen = select_protocol(app_protocol=app_protocol, port_name=name, port=8080)
+    assert chosen == "AUTO" or chosen in ISTIO_PROTOCOLS
 
 
 @pytest.mark.parametrize("port", [25, 53, 3306, 27017])

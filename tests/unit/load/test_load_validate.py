@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 from load_cases import BOOKINFO_REGISTRY, REVIEWS_RULE, documents, position_of, workload
 
 from pilotfish.load import LoadResult, load_texts
@@ -271,8 +272,29 @@ def test_destination_ports_must_exist_and_be_chosen_when_several() -> None:
     assert wrong.message == 'service "api.example.com" has no port 81 (it has 80, 8080)'
     missing = only(result, "spec.http[1].route[0].destination", "a.yaml")
     assert_located(missing, service, "destination", 2)
-    assert "several ports (80, 8080); set port.number" in missing.message
+    assert "several HTTP ports (80, 8080); set port.number" in missing.message
     assert len([d for d in result.diagnostics if d.severity == "error"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("other", "ambiguous"),
+    [("HTTPS", False), ("TLS", False), ("TCP", False), ("GRPC", True), ("HTTP2", True)],
+)
+def test_only_http_ports_make_a_destination_without_port_ambiguous(
+    other: str, ambiguous: bool
+) -> None:
+    """Istio routes HTTP on the port the request came in on; TCP and TLS ports never take
+    HTTP routes, so an entry with one HTTP port (the common 80 + 443) needs no port.number."""
+    routes = "- route:\n  - destination: {host: api.example.com}\n"
+    service = virtual_service("api", routes, hosts="[api.example.com]")
+    entry = SERVICE_ENTRY.replace("name: admin, protocol: HTTP", f"name: other, protocol: {other}")
+    result = load_files(a=service, entry=entry)
+    errors = [d.message for d in result.diagnostics if d.severity == "error"]
+    assert errors == (
+        ['service "api.example.com" has several HTTP ports (80, 8080); set port.number']
+        if ambiguous
+        else []
+    )
 
 
 def test_workloads_of_one_service_agree_on_port_and_protocol() -> None:

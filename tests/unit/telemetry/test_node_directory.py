@@ -74,3 +74,14 @@ def test_expired_nodes_are_forgotten() -> None:
     directory.connected(NODE)  # any change looks at the clock
     assert len(directory._gone) == 0
     assert len(directory._by_inbound) == 1
+
+
+def test_a_transparent_node_is_found_by_its_replica_address_and_app_port() -> None:
+    # Its callers' upstream is the replica's own address and port (iptables redirects it).
+    node = replace(
+        NODE, id="web-1", bind_address="10.250.0.2", app_port=8080, interception="transparent"
+    )
+    directory = NodeDirectory()
+    directory.connected(node)
+    assert directory.by_inbound_address("10.250.0.2", 8080) == node
+    assert directory.by_inbound_address("10.250.0.2", 15006) is None

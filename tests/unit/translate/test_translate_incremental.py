@@ -142,6 +142,8 @@ def test_a_config_change_rebuilds_what_depends_on_config() -> None:
         # The outbound listener reads the mesh's telemetry settings; rebuilt, it packs to
         # the same bytes and version when they did not change, so nothing is sent.
         "outbound-listener": 1,
+        # One for every explicit sidecar (empty), one for each transparent one.
+        "transparent-outbound-listener": 1,
         "inbound-listener": 1,
         # The service's DestinationRule may set the server side's connection pool.
         "inbound-cluster": 1,
@@ -201,8 +203,9 @@ def test_outputs_nobody_uses_any_more_are_dropped() -> None:
     for port in range(7001, 7011):
         cache.publish(build_view(config, {API: [endpoint(port)]}))
         cache.snapshot_for(SIDECAR)
-    # Two generations' worth at most: web's and search's outputs, and api's last two.
-    assert cache.stats().entries <= 2 * 4 + 2 * 2 + 3
+    # Two generations' worth at most: web's and search's outputs, and api's last two; plus
+    # one (empty) transparent outbound listener and one transparent-clusters output.
+    assert cache.stats().entries <= 2 * 4 + 2 * 2 + 3 + 2
 
 
 HOSTS = (WEB, API, "search.example.com")

@@ -27,6 +27,9 @@ def outbound_routes(view: MeshView, node: ProxyNode) -> RouteConfiguration:
         "backend.default.svc.cluster.local",
         "backend.default.svc.cluster.local:8080",
         "BACKEND:8080",
+        "backend.default",
+        "backend.default:8080",
+        "backend.default.svc:8080",
     ],
 )
 def test_every_name_of_a_service_reaches_it(
