@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import ssl
 import sys
 import threading
@@ -329,6 +330,18 @@ def test_https_to_an_outside_host_of_a_service_entry_keeps_its_own_tls(
     body = seen["body"]
     assert isinstance(body, str)
     assert json.loads(body) == {"path": "/hello", "sni": [OUTSIDE]}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
+def test_curl_with_https_proxy_reaches_the_outside_host_too(
+    mesh: RunningMesh, outside: OutsideServer
+) -> None:
+    """curl sends its CONNECT as HTTP/1.1, where urllib's is HTTP/1.0."""
+    url = f"https://{OUTSIDE}:{outside.port}/hello"
+    with_curl = client_call(mesh, "/curl", url=url, ca=str(outside.ca_file))
+    assert with_curl["returncode"] == 0, with_curl
+    assert with_curl["status"] == "200", with_curl
+    assert json.loads(str(with_curl["body"])) == {"path": "/hello", "sni": [OUTSIDE]}
 
 
 def test_https_to_an_outside_host_nothing_declares_is_refused_by_the_sidecar(

@@ -7,8 +7,9 @@ Envoy terminates every CONNECT it routes (``connect_config``) and carries the tu
   ``OUTBOUND_TUNNEL_LISTENER``, an HTTP connection manager with the ``outbound`` routes, so
   the requests inside (gRPC's HTTP/2 too) get the routes, splits, retries and policies of
   plain requests to that host;
-- to a TCP or TLS port: to the port's cluster as they are, so the TLS of an HTTPS call to an
-  outside host is never terminated (the client verifies the server's own certificate);
+- to a TCP or TLS port: as they are, to the clusters of the caller's ``tcp`` routes (the
+  port's own without one), so the TLS of an HTTPS call to an outside host is never
+  terminated (the client verifies the server's own certificate);
 - anywhere else: nowhere. The catch-all virtual host refuses it, and the outbound
   connection manager's ``connect_refusal_mapper`` says which proxy refused which host:port.
 """
@@ -45,6 +46,7 @@ INTERNAL_LISTENER_TYPE = (
     "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 )
 TUNNEL_CONNECT_TIMEOUT_SECONDS = 1.0
+TUNNEL_IDLE_TIMEOUT_SECONDS = 3600.0
 
 # AUTO is detected on the server's side; through a CONNECT the client's bytes are HTTP (a
 # client that tunnels something else to such a port needs the port named TCP).
@@ -64,7 +66,11 @@ def upgrade_configs(*, connect: bool) -> list[hcm_pb2.HttpConnectionManager.Upgr
 
 
 def _connect_route(name: str) -> rc.Route:
-    return rc.Route(name=name, match=rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))
+    route = rc.Route(name=name, match=rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()))
+    # No span for a tunnel: the requests inside an HTTP one get theirs, opaque bytes none.
+    route.tracing.random_sampling.SetInParent()
+    route.tracing.overall_sampling.SetInParent()
+    return route
 
 
 def _terminating(action: rc.RouteAction) -> rc.RouteAction:
@@ -73,8 +79,10 @@ def _terminating(action: rc.RouteAction) -> rc.RouteAction:
             upgrade_type=CONNECT, connect_config=rc.RouteAction.UpgradeConfig.ConnectConfig()
         )
     )
-    # A tunnel lives as long as its client keeps it: no route timeout.
+    # A tunnel lives as long as its client keeps it: no route timeout, and an hour without
+    # a byte either way (Envoy's TCP proxy default) rather than a request's 5 minutes.
     action.timeout.CopyFrom(duration_from_seconds(0))
+    action.idle_timeout.CopyFrom(duration_from_seconds(TUNNEL_IDLE_TIMEOUT_SECONDS))
     return action
 
 

@@ -54,6 +54,8 @@ from pilotfish.translate.routes import (
     build_gateway_route_configs,
     build_outbound_route_config,
 )
+from pilotfish.translate.tcp_proxy import WeightedCluster
+from pilotfish.translate.tcp_routes import tcp_destinations
 from pilotfish.translate.transparent_outbound import (
     build_transparent_clusters,
     build_transparent_outbound_listener,
@@ -95,7 +97,8 @@ class TranslationContext:
 
     def sidecar_group(self, node: ProxyNode) -> tuple[bool, ...]:
         """Which of the config's conditions on the calling proxy (``sourceLabels``,
-        ``sourceNamespace``) ``node`` meets: sidecars that agree get the same routes. ``()``
+        ``sourceNamespace`` of http and tcp routes) ``node`` meets: sidecars that agree get
+        the same routes, their CONNECT routes to TCP ports included. ``()``
         for every sidecar when no mesh VirtualService has such a condition."""
         return self.virtual_service_routes.source_signature(node)
 
@@ -147,7 +150,16 @@ def inbound_policy(context: TranslationContext, node: ProxyNode) -> EffectivePol
 def _outbound_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:
     routes = context.virtual_service_routes
     source = routes.source_filter(context.sidecar_group(node))
-    return (build_outbound_route_config(context.view, context.destinations, routes, source),)
+
+    # Sidecars of one group agree on every tcp route's source conditions too.
+    def tcp_targets(hostname: str, port: int) -> tuple[WeightedCluster, ...]:
+        return tcp_destinations(context.view, node, hostname, port, context.destinations)
+
+    return (
+        build_outbound_route_config(
+            context.view, context.destinations, routes, source, tcp_targets
+        ),
+    )
 
 
 def _gateway_routes(context: TranslationContext, node: ProxyNode) -> tuple[Message, ...]:

@@ -40,6 +40,7 @@ from pilotfish.model.resources import (
     Headers,
     HTTPMatchRequest,
     HTTPRoute,
+    L4MatchAttributes,
     Redirect,
     Retries,
     Rewrite,
@@ -479,7 +480,7 @@ def unknown_host_virtual_host(*, connect: bool = False) -> rc.VirtualHost:
 SourceCondition = tuple[frozenset[tuple[str, str]], str | None]
 
 
-def _source_condition(block: HTTPMatchRequest) -> SourceCondition:
+def _source_condition(block: HTTPMatchRequest | L4MatchAttributes) -> SourceCondition:
     return (frozenset(block.source_labels.items()), block.source_namespace)
 
 
@@ -509,6 +510,11 @@ class VirtualServiceRoutes:
                 for block in http.match:
                     if block.depends_on_source:
                         conditions.setdefault(_source_condition(block))
+            # A CONNECT to a TCP port takes the tcp routes, which may ask for the caller too.
+            for tcp in vs.tcp:
+                for match in tcp.match:
+                    if match.source_labels or match.source_namespace is not None:
+                        conditions.setdefault(_source_condition(match))
         self.source_conditions: tuple[SourceCondition, ...] = tuple(conditions)
 
     def http_of(self, service: VirtualService) -> tuple[HTTPRoute, ...]:
@@ -530,6 +536,10 @@ class VirtualServiceRoutes:
     def source_filter(self, signature: tuple[bool, ...]) -> SourceFilter:
         met = {c for c, ok in zip(self.source_conditions, signature, strict=True) if ok}
         return lambda block: not block.depends_on_source or _source_condition(block) in met
+
+
+TcpTargets = Callable[[str, int], Sequence[WeightedCluster]]
+"""(hostname, port) -> the clusters a TCP connection to it is split between."""
 
 
 def proxy_source_filter(node: ProxyNode) -> SourceFilter:
@@ -568,6 +578,7 @@ def build_outbound_route_config(
     destinations: DestinationIndex | None = None,
     routes: VirtualServiceRoutes | None = None,
     source: SourceFilter = no_source,
+    tcp_targets: TcpTargets | None = None,
 ) -> route_pb2.RouteConfiguration:
     """One virtual host per service port, plus the catch-all that names unknown hosts.
 
@@ -576,7 +587,9 @@ def build_outbound_route_config(
     (a CONNECT always names the port).
 
     ``source`` says which source-dependent match blocks the proxies receiving this
-    configuration get (see ``VirtualServiceRoutes.source_filter``).
+    configuration get (see ``VirtualServiceRoutes.source_filter``); ``tcp_targets`` where a
+    CONNECT to a TCP or TLS port goes for them (their ``tcp`` routes; unset, the port's own
+    cluster).
 
     Envoy NACKs a route configuration in which two virtual hosts share a domain, so a domain
     already claimed (two services with one short name in different namespaces) is skipped.
@@ -603,8 +616,12 @@ def build_outbound_route_config(
                 continue
             name = hostname if len(service.ports) == 1 else f"{hostname}:{port}"
             if not http_port:
-                own = WeightedCluster(outbound_cluster_name(port, hostname))
-                tunnel = opaque_connect_route([own])
+                targets = (
+                    tcp_targets(hostname, port)
+                    if tcp_targets is not None
+                    else (WeightedCluster(outbound_cluster_name(port, hostname)),)
+                )
+                tunnel = opaque_connect_route(targets)
                 virtual_hosts.append(rc.VirtualHost(name=name, domains=domains, routes=[tunnel]))
                 continue
             namespace = virtual_service.meta.namespace if virtual_service else service.namespace

@@ -10,6 +10,8 @@ and answers (JSON, on $PORT) with what it saw.
   a close.
 - ``/https?url=https://host:port/&ca=FILE``: one GET with urllib, which tunnels through
   $HTTPS_PROXY with CONNECT, verifying the server's certificate against FILE only.
+- ``/curl?url=https://host:port/&ca=FILE``: the same with curl (which sends HTTP/1.1 CONNECT
+  where urllib sends HTTP/1.0), through the proxy its environment names.
 - ``/connect?authority=host:port``: a raw CONNECT to the proxy; its status line and body.
 - ``/websocket-connect?authority=host:port&messages=N``: a WebSocket to ``/ws`` inside a
   CONNECT tunnel, as browsers reach a WebSocket through a proxy (a minimal client here:
@@ -24,6 +26,7 @@ import collections
 import os
 import socket
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -98,6 +101,23 @@ def https_get(url: str, ca: str) -> dict[str, object]:
 
 async def https_handler(request: web.Request) -> web.Response:
     result = await asyncio.to_thread(https_get, request.query["url"], request.query["ca"])
+    return web.json_response(result)
+
+
+def curl_get(url: str, ca: str) -> dict[str, object]:
+    done = subprocess.run(
+        ["curl", "-sS", "--cacert", ca, "-w", "\n%{http_code}", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    return {"returncode": done.returncode, "status": status, "body": body, "stderr": done.stderr}
+
+
+async def curl_handler(request: web.Request) -> web.Response:
+    result = await asyncio.to_thread(curl_get, request.query["url"], request.query["ca"])
     return web.json_response(result)
 
 
@@ -207,6 +227,7 @@ def main() -> None:
     app.router.add_get("/websocket", websocket_handler)
     app.router.add_get("/https", https_handler)
     app.router.add_get("/connect", connect_handler)
+    app.router.add_get("/curl", curl_handler)
     app.router.add_get("/websocket-connect", websocket_connect_handler)
     app.router.add_get("/ready", ready_handler)
     web.run_app(app, host="127.0.0.1", port=int(os.environ["PORT"]), print=None)

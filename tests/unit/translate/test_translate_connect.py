@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from conftest import BACKEND, mesh_service
+from conftest import BACKEND, mesh_service, meta, to
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
@@ -15,11 +15,12 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from route_simulation import SimulatedRequest, simulate_request
 
 from pilotfish.model.proxy import ProxyNode
-from pilotfish.model.resources import ServicePort
+from pilotfish.model.resources import L4MatchAttributes, ServicePort, TCPRoute, VirtualService
 from pilotfish.model.services import MeshView, Service
 from pilotfish.snapshot.references import references_of
 from pilotfish.translate import MeshTranslator, ProxyResources
 from pilotfish.translate.clusters import HTTP_PROTOCOL_OPTIONS_KEY
+from pilotfish.translate.generators import TranslationContext
 from pilotfish.translate.naming import OUTBOUND_TUNNEL_CLUSTER, OUTBOUND_TUNNEL_LISTENER
 
 EGRESS = "api.example.com"
@@ -71,6 +72,9 @@ def test_a_connect_to_an_http_port_enters_the_tunnel_and_its_requests_get_the_ro
     assert upgrade.upgrade_type == "CONNECT"
     assert upgrade.HasField("connect_config")  # terminated here, not forwarded as CONNECT
     assert tunnel_route.route.timeout.ToTimedelta().total_seconds() == 0
+    assert tunnel_route.route.idle_timeout.ToTimedelta().total_seconds() == 3600
+    assert tunnel_route.tracing.overall_sampling.numerator == 0
+    assert tunnel_route.tracing.HasField("overall_sampling")
 
 
 def test_the_tunnel_listener_routes_with_the_outbound_table_and_its_cluster_reaches_it(
@@ -189,3 +193,38 @@ def test_a_port_nothing_names_goes_on_in_the_protocol_each_request_came_in(
     inbound = MeshTranslator(view).resources_for(app).clusters
     (own,) = [c for c in inbound if c.name == "inbound|50051||"]
     assert HTTP_PROTOCOL_OPTIONS_KEY in own.typed_extension_protocol_options
+
+
+def test_a_connect_to_a_tcp_port_takes_the_tcp_routes_of_its_caller(
+    quickstart_view: MeshView, frontend_sidecar: ProxyNode
+) -> None:
+    view = with_egress(quickstart_view)
+    replica_db = mesh_service("db-replica", ServicePort(5432, "tcp", "TCP"))
+    canary = VirtualService(
+        meta=meta("VirtualService", "db"),
+        hosts=("db",),
+        tcp=(
+            TCPRoute(
+                match=(L4MatchAttributes(source_labels={"track": "canary"}),),
+                route=(to("db", weight=75), to("db-replica", weight=25)),
+            ),
+        ),
+    )
+    view = replace(
+        view,
+        config=replace(view.config, virtual_services=(*view.config.virtual_services, canary)),
+        services={**view.services, replica_db.hostname: replica_db},
+    )
+    db = "outbound|5432||db.default.svc.cluster.local"
+    replica = "outbound|5432||db-replica.default.svc.cluster.local"
+    canary_node = replace(frontend_sidecar, id="frontend-1", labels={"track": "canary"})
+    split = simulate_request(outbound_routes(view, canary_node), connect("db:5432"))
+    assert split.clusters == ((db, 75), (replica, 25))
+    # A caller the match does not take: the port's own cluster. The cache keeps the two apart.
+    translator = MeshTranslator(view)
+    (plain,) = translator.resources_for(frontend_sidecar).routes
+    (for_canary,) = translator.resources_for(canary_node).routes
+    assert simulate_request(plain, connect("db:5432")).clusters == ((db, 100),)
+    assert simulate_request(for_canary, connect("db:5432")).clusters == split.clusters
+    context = TranslationContext(view)
+    assert context.sidecar_group(canary_node) != context.sidecar_group(frontend_sidecar)
