@@ -273,6 +273,10 @@ def test_a_connect_to_a_host_no_service_answers_is_refused_naming_the_proxy(
     headers = refused["headers"]
     assert isinstance(headers, dict)
     assert headers.get("x-pilotfish-proxy") == "client-0"
+    # Where curl -v and the other clients show it (they never print a CONNECT's body).
+    assert headers.get("x-pilotfish-refusal") == (
+        "client-0 refused CONNECT: no service in the mesh answers nowhere.example:443"
+    )
     grpc = client_call(mesh, "/grpc", target="nowhere:50051", calls=1)
     assert grpc["errors"] == {"UNAVAILABLE": 1}, grpc
 

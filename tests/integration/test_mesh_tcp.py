@@ -2,7 +2,8 @@
 every sidecar: PostgreSQL queried by ``psql`` and Redis by its protocol, from a Workload
 through its ``upstreams`` ports; a weighted ``tcp`` route between two versions; TLS passed
 through the gateway by SNI to a server with its own certificate; HTTP and raw TCP on one
-unnamed (AUTO) port; a Node.js ``http`` client (which ignores HTTP_PROXY) through an upstream.
+unnamed (AUTO) port, and through its upstream port (HTTP detected there too, for its routes);
+a Node.js ``http`` client (which ignores HTTP_PROXY) through an upstream.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def mesh_yaml(folder: Path, gateway_port: int, tls_port: int, tcp_port: int) -> 
         "  - {service: cache, port: 6379}\n"
         "  - {service: lines, port: 7000}\n"
         "  - {service: dual, port: 8080}\n"
+        "  - {service: teapot, port: 8080}\n"
     )
     return (
         f"""
@@ -147,6 +149,15 @@ spec:
     - {{destination: {{host: lines, subset: v1}}, weight: 80}}
     - {{destination: {{host: lines, subset: v2}}, weight: 20}}
 ---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: teapot}}
+spec:
+  hosts: [teapot]
+  http:
+  - fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: teapot}}}}]
+---
 """
         + "".join(
             f"""apiVersion: networking.istio.io/v1
@@ -179,6 +190,7 @@ spec:
             workload(f"dual-{v}", "dual", 8080, f"[{PYTHON}, {APPS / 'dual_server.py'}]", version=v)
             for v in ("v1", "v2")
         )
+        + workload("teapot", "teapot", 8080, f"[{PYTHON}, {APPS / 'dual_server.py'}]")
         + workload(
             "secure",
             "secure",
@@ -216,7 +228,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         (directory / "tls-port").write_text(str(tls_port))
         (directory / "tcp-port").write_text(str(tcp_port))
         running.wait_serving("/client/")
-        for host, count in (("db", 1), ("cache", 1), ("lines", 2), ("dual", 2), ("secure", 1)):
+        for host, count in (
+            ("db", 1),
+            ("cache", 1),
+            ("lines", 2),
+            ("dual", 2),
+            ("teapot", 1),
+            ("secure", 1),
+        ):
             running.wait_endpoints(f"{host}.default.svc.cluster.local", count)
         running.wait_synced(timeout=60)
         yield running
@@ -333,6 +352,20 @@ def test_an_unnamed_port_answers_http_with_its_routes_and_raw_tcp(mesh: RunningM
     assert raw.status == 200, raw.body
     lines = raw.body["lines"]
     assert isinstance(lines, list) and lines
+    assert all(str(line).startswith("tcp ") and str(line).endswith(" ping") for line in lines)
+
+
+def test_an_unnamed_ports_upstream_detects_http_for_its_routes(mesh: RunningMesh) -> None:
+    request = quote("GET /tea HTTP/1.1\r\nHost: teapot\r\n\r\n")
+    reply = mesh.get(f"/client/lines?env=PILOTFISH_UPSTREAM_TEAPOT_8080&count=3&text={request}")
+    assert reply.status == 200, reply.body
+    # The fault route answered (a TCP proxy would have reached the app, which says 200).
+    assert [str(line).split()[:2] for line in reply.body["lines"]] == [["HTTP/1.1", "418"]] * 3
+    # Raw TCP through another unnamed port's upstream is still carried as it is.
+    raw = mesh.get("/client/lines?env=PILOTFISH_UPSTREAM_DUAL_8080&count=3&text=ping", None, 30)
+    assert raw.status == 200, raw.body
+    lines = raw.body["lines"]
+    assert isinstance(lines, list) and len(lines) == 3
     assert all(str(line).startswith("tcp ") and str(line).endswith(" ping") for line in lines)
 
 

@@ -10,6 +10,8 @@ from pilotfish.snapshot import type_urls
 
 # Shown even before any proxy has asked for them; other types get a column once one has.
 USUAL_COLUMNS = ("CDS", "EDS", "LDS", "RDS")
+# A type the proxy never subscribed to: its Envoy needs none (no HTTP server, no RDS).
+NOT_ASKED = "-"
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -44,7 +46,7 @@ def fetch_ejections(admin_url: str, timeout: float = 5.0) -> list[dict[str, obje
 def _cell(types: Mapping[str, object], short: str) -> str:
     entry = types.get(short)
     if not isinstance(entry, Mapping):
-        return "NOT SENT"
+        return NOT_ASKED
     status = str(entry.get("status", "?"))
     version = entry.get("acked_version") or entry.get("sent_version") or ""
     return f"{status} ({str(version)[:8]})" if version else status
@@ -114,6 +116,8 @@ def format_status(
     ]
     if len(rows) == 1:
         lines.append("(no proxy is connected)")
+    if any(NOT_ASKED in row[5 : 5 + len(columns)] for row in rows[1:]):
+        lines.append(f"({NOT_ASKED}: not asked for, e.g. RDS by a proxy with no HTTP listener)")
     if nacks:
         lines += ["", "NACKs (the proxy rejected this config and kept its previous one):", *nacks]
     if unasked:

@@ -23,7 +23,7 @@ from pilotfish.runner.netns import InterceptionError
 
 if TYPE_CHECKING:
     from pilotfish.ca.store import StoredCa
-    from pilotfish.model.resources import MeshSettings
+    from pilotfish.model.resources import GatewayServer, MeshSettings
 
 STATE_DIR = ".pilotfish"
 ADMIN_URL_FILE = "admin.url"
@@ -245,9 +245,20 @@ def _announce_up(mesh: object, admin_port: int) -> None:
     ]
     for gateway in config.gateways if config else ():
         for server in gateway.servers:
-            lines.append(f"  gateway {gateway.meta.name}: http://127.0.0.1:{server.port}/")
+            lines.append(f"  gateway {gateway.meta.name}: {gateway_server_address(server)}")
     lines.append("  Ctrl-C stops everything")
     print("\n".join(lines), flush=True)
+
+
+def gateway_server_address(server: GatewayServer) -> str:
+    """What a client of the server connects to: a URL for HTTP, the bare address for opaque
+    TCP and TLS passed through (no URL scheme would be true of them)."""
+    address = f"127.0.0.1:{server.port}"
+    if server.passthrough or server.protocol == "TLS":
+        return f"tls {address}"
+    if server.protocol == "TCP":
+        return f"tcp {address}"
+    return f"{'https' if server.tls is not None else 'http'}://{address}/"
 
 
 def run_control_plane(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ from pilotfish.model.resources import (
     TCPRoute,
     TLSRoute,
     VirtualService,
+    Workload,
     is_http,
     qualify_host,
     selector_matches,
@@ -113,15 +114,18 @@ def _http_rules_on_tcp_workloads(config: MeshConfig) -> Iterable[Diagnostic]:
         selected = [w for w in opaque if policy.applies_to(w.meta.namespace, w.labels)]
         if not selected:
             continue
-        where = f"Workload {selected[0].meta.name} ({selected[0].protocol})"
+        # Every one, in a stable order: a warning that changes between runs looks like news.
+        named = [f"{w.meta.name} ({w.protocol})" for w in sorted(selected, key=_workload_key)]
+        where = f"Workload{'s' if len(named) > 1 else ''} {', '.join(named)}"
+        their = "their" if len(named) > 1 else "its"
         for index, rule in enumerate(policy.rules):
             fields = http_only_fields(rule)
             if not fields:
                 continue
             what = (
-                "this rule never matches its TCP connections, which it would allow"
+                f"this rule never matches {their} TCP connections, which it would allow"
                 if policy.action == "ALLOW"
-                else "this rule applies to its TCP connections without them, so it "
+                else f"this rule applies to {their} TCP connections without them, so it "
                 "matches more of them"
             )
             yield _at(
@@ -130,6 +134,10 @@ def _http_rules_on_tcp_workloads(config: MeshConfig) -> Iterable[Diagnostic]:
                 f"{', '.join(fields)} only exist in HTTP requests; on {where} {what}",
                 "warning",
             )
+
+
+def _workload_key(workload: Workload) -> tuple[str, str]:
+    return workload.meta.namespace, workload.meta.name
 
 
 def _rate_limit_problems(

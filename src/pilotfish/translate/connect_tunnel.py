@@ -38,6 +38,7 @@ from pilotfish.translate.proto_values import duration_from_seconds, pack
 from pilotfish.translate.tcp_proxy import WeightedCluster
 
 CONNECT = "CONNECT"
+REFUSAL_HEADER = "x-pilotfish-refusal"
 WEBSOCKET = "websocket"
 CONNECT_ROUTE_NAME = "connect"
 REFUSED_CONNECT_ROUTE_NAME = "connect_refused"
@@ -121,10 +122,21 @@ def refused_connect_route() -> rc.Route:
 
 
 def connect_refusal_mapper(node_id: str) -> hcm_pb2.ResponseMapper:
-    """The body of a refused CONNECT: which proxy, which host:port, why. The only 404 a
-    CONNECT gets from the outbound connection manager is ``refused_connect_route``'s (no
-    user route matches a CONNECT)."""
+    """The body of a refused CONNECT: which proxy, which host:port, why; the reason also in
+    the ``REFUSAL_HEADER``, because curl, urllib, requests and grpcio never show the body
+    of a CONNECT's answer (``curl -v`` shows its headers). The only 404 a CONNECT gets
+    from the outbound connection manager is ``refused_connect_route``'s (no user route
+    matches a CONNECT)."""
+    reason = "no service in the mesh answers %REQ(:AUTHORITY)%"
     return hcm_pb2.ResponseMapper(
+        headers_to_add=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key=REFUSAL_HEADER, value=f"{node_id} refused CONNECT: {reason}"
+                ),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
         filter=accesslog_pb2.AccessLogFilter(
             and_filter=accesslog_pb2.AndFilter(
                 filters=[

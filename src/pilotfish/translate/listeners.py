@@ -129,8 +129,10 @@ def http_connection_manager(
     telemetry: HttpTelemetry = NO_TELEMETRY,
     rate_limits: HttpRateLimits = NO_RATE_LIMITS,
     connect: bool = False,
+    user_routes: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
-    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline.
+    """An HCM that either fetches ``rds_name`` over ADS or carries ``route_config`` inline
+    (``user_routes``: the VirtualServices' routes, which need the CORS and fault filters).
 
     Every one lets WebSockets through; ``connect`` also takes CONNECT (``connect_tunnel``).
 
@@ -142,7 +144,7 @@ def http_connection_manager(
         stat_prefix=stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         http_filters=_http_filters(
-            rds_name is not None, security, telemetry, http_filters, rate_limits
+            rds_name is not None or user_routes, security, telemetry, http_filters, rate_limits
         ),
         access_log=telemetry.access_logs,
         upgrade_configs=upgrade_configs(connect=connect),
@@ -256,7 +258,8 @@ def build_upstream_listeners(
 ) -> tuple[listener_pb2.Listener, ...]:
     """A sidecar's loopback port per ``upstreams`` entry: an HTTP port gets a connection
     manager with that one service port's routes; any other port a TCP proxy over its
-    ``tcp`` routes. An entry for a port no service has gets nothing (the loader says so)."""
+    ``tcp`` routes, and an AUTO port both, by what the HTTP inspector detects. An entry
+    for a port no service has gets nothing (the loader says so)."""
     if node.kind != "sidecar":
         return ()
     settings = view.config.mesh.telemetry
@@ -267,28 +270,32 @@ def build_upstream_listeners(
         if served is None:
             continue
         name = upstream_listener_name(upstream.port, upstream.hostname)
-        if not is_http(served.protocol):
-            listeners.append(
-                upstream_tcp_listener(
-                    view,
-                    node,
-                    upstream.hostname,
-                    upstream.port,
-                    upstream.local_port,
-                    tcp_telemetry(node, settings, "outbound"),
-                    destinations,
-                )
+        manager = None
+        if is_http(served.protocol) or served.protocol == "AUTO":
+            route_config = build_upstream_route_config(
+                name, view, node, upstream.hostname, upstream.port, destinations, routes
             )
+            manager = http_connection_manager(
+                name,
+                route_config=route_config,
+                telemetry=http_telemetry(node, settings, "outbound"),
+                user_routes=True,
+            )
+        if manager is not None and is_http(served.protocol):
+            listeners.append(http_listener(name, node.bind_address, upstream.local_port, manager))
             continue
-        route_config = build_upstream_route_config(
-            name, view, node, upstream.hostname, upstream.port, destinations, routes
+        listeners.append(
+            upstream_tcp_listener(
+                view,
+                node,
+                upstream.hostname,
+                upstream.port,
+                upstream.local_port,
+                tcp_telemetry(node, settings, "outbound"),
+                destinations,
+                http_chain=_chain(f"{name}-http", manager) if manager is not None else None,
+            )
         )
-        manager = http_connection_manager(
-            name,
-            route_config=route_config,
-            telemetry=http_telemetry(node, settings, "outbound"),
-        )
-        listeners.append(http_listener(name, node.bind_address, upstream.local_port, manager))
     return tuple(listeners)
 
 

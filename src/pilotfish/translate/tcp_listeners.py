@@ -227,12 +227,14 @@ def upstream_tcp_listener(
     local_port: int,
     telemetry: TcpTelemetry,
     destinations: DestinationIndex | None = None,
+    http_chain: listener_components_pb2.FilterChain | None = None,
 ) -> listener_pb2.Listener:
     """``bind_address:local_port`` straight to ``hostname:port``'s clusters (its ``tcp``
-    routes), for a TCP, TLS or AUTO port."""
+    routes), for a TCP, TLS or AUTO port. ``http_chain`` (an AUTO port): what the HTTP
+    inspector finds to be HTTP goes there instead, so the port's ``http`` routes apply."""
     name = upstream_listener_name(port, hostname)
     clusters = tcp_destinations(view, node, hostname, port, destinations)
-    return listener_pb2.Listener(
+    listener = listener_pb2.Listener(
         name=name,
         stat_prefix=name,
         address=socket_address(node.bind_address, local_port),
@@ -243,6 +245,15 @@ def upstream_tcp_listener(
             )
         ],
     )
+    if http_chain is not None:
+        detected = listener.filter_chains.add()
+        detected.CopyFrom(http_chain)
+        detected.filter_chain_match.application_protocols.extend(DETECTED_HTTP)
+        listener.listener_filters.append(http_inspector())
+        # As on the inbound side: a server-first protocol sends nothing to inspect, and
+        # after the timeout goes on to the TCP chain instead of being closed.
+        listener.continue_on_listener_filters_timeout = True
+    return listener
 
 
 # --- gateways ---------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def test_each_proxy_is_a_row_and_each_nack_is_spelled_out() -> None:
         *("NAME", "KIND", "STREAM", "IDENTITY", "CERT", "EXPIRES", "CDS", "EDS", "LDS", "RDS")
     ]
     assert lines[1].split()[:6] == ["api-0", "sidecar", "sotw", "-", "-", "NACKED"]  # by name
-    assert "NOT SENT" in lines[1]  # api-0 was never sent EDS
+    # api-0 never asked for EDS nor RDS (as a gateway with only a TCP server needs no RDS).
+    assert lines[1].split()[6:] == ["(old00000)", "-", "SYNCED", "(a1b2c3d4)", "-"]
+    assert "(-: not asked for, e.g. RDS by a proxy with no HTTP listener)" in table
     assert lines[2].startswith("web-0") and lines[2].count("SYNCED (a1b2c3d4)") == 4
     assert "  api-0 CDS: LB policy ROUND_ROBIN is not valid" in table
     assert "config generation 7" in table

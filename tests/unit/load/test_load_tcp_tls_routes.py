@@ -301,3 +301,24 @@ def test_http_fields_of_a_rule_for_a_tcp_workload_warn_what_happens(
         result, text, "spec.rules[0]", "to:", "only exist in HTTP requests", severity="warning"
     )
     assert "paths" in diagnostic.message and consequence in diagnostic.message
+
+
+def test_the_tcp_rule_warning_names_every_workload_of_the_service_in_order() -> None:
+    policy = (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: db}\n"
+        "spec:\n  selector: {matchLabels: {app: db}}\n  rules:\n"
+        "  - to: [{operation: {paths: [/admin]}}]\n"
+    )
+    replicas = [
+        workload(name, "db", port=5432, protocol="TCP", version=version).replace(
+            f"  version: {version}", f"  version: {version}\n    app: db"
+        )
+        for name, version in (("db-v2", "v2"), ("db-v1", "v1"))
+    ]
+    text, result = load(policy, *replicas)
+    diagnostic = assert_at(
+        result, text, "spec.rules[0]", "to:", "only exist in HTTP requests", severity="warning"
+    )
+    assert "on Workloads db-v1 (TCP), db-v2 (TCP) this rule never matches their" in (
+        diagnostic.message
+    )

@@ -136,6 +136,11 @@ def test_a_connect_to_an_unknown_host_is_refused_by_a_body_naming_the_proxy(
     text = mapper.body_format_override.text_format_source.inline_string
     assert text.startswith("pilotfish: frontend-0 refused CONNECT %REQ(:AUTHORITY)%: ")
     assert "no service in the mesh answers" in text
+    (header,) = (h.header for h in mapper.headers_to_add if h.header.key == "x-pilotfish-refusal")
+    assert (
+        header.value
+        == "frontend-0 refused CONNECT: no service in the mesh answers %REQ(:AUTHORITY)%"
+    )
     method, status = mapper.filter.and_filter.filters
     assert method.header_filter.header.string_match.exact == "CONNECT"
     assert status.status_code_filter.comparison.value.default_value == 404

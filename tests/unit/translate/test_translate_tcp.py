@@ -328,6 +328,33 @@ def test_upstream_ports_are_tcp_proxies_or_connection_managers_by_protocol() -> 
     ]
 
 
+def test_an_auto_upstream_port_detects_http_for_its_routes_and_carries_the_rest() -> None:
+    base = upstream_view()
+    view = view_of(base.config, base.services[DB], mesh_service("web", http_port(8080, "AUTO")))
+    listeners = {item.name: item for item in build_upstream_listeners(view, CLIENT)}
+    auto = listeners[f"upstream|8080|{WEB}"]
+    assert [f.name for f in auto.listener_filters] == [HTTP_INSPECTOR_NAME]
+    assert auto.continue_on_listener_filters_timeout
+    opaque, http = auto.filter_chains
+    assert not opaque.filter_chain_match.application_protocols
+    assert tcp_proxy_of(opaque).cluster == f"outbound|8080||{WEB}"
+    assert list(http.filter_chain_match.application_protocols) == ["http/1.1", "h2c"]
+    manager = hcm_pb2.HttpConnectionManager()
+    http.filters[0].typed_config.Unpack(manager)
+    (virtual_host,) = manager.route_config.virtual_hosts
+    assert list(virtual_host.domains) == ["*"]
+    assert [r.route.cluster for r in virtual_host.routes] == [
+        f"outbound|5432||{DB}",
+        f"outbound|8080||{WEB}",
+    ]
+    # A route's fault or CORS acts only through its filter.
+    assert {"envoy.filters.http.fault", "envoy.filters.http.cors"} <= {
+        f.name for f in manager.http_filters
+    }
+    # The TCP port next to it has nothing to detect.
+    assert not listeners[f"upstream|5432|{DB}"].listener_filters
+
+
 def test_an_upstream_to_an_unknown_port_gets_no_listener() -> None:
     node = replace(CLIENT, upstreams=(ProxyUpstream(DB, 1111, 25000),))
     assert build_upstream_listeners(upstream_view(), node) == ()
