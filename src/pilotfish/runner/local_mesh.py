@@ -238,6 +238,11 @@ class LocalMesh:
             missing = [spec for name, spec in wanted.items() if name not in self.replicas]
             await asyncio.gather(*(self._start_replica(spec) for spec in missing))
             for name, spec in wanted.items():
+                if self.control_plane.controller.config is not config:
+                    # Edited while a replacement waited for its app (up to the listen wait
+                    # each): the next reconcile follows the newest config, so a fix made
+                    # during a rollout of a broken command is not rolled out behind it.
+                    return
                 running = self.replicas.get(name)
                 if running is not None and running.spec != spec:
                     await self._stop_replica(name)
