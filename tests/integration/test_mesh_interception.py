@@ -304,7 +304,10 @@ def test_each_replica_has_its_namespace_and_the_services_names(mesh: RunningMesh
     assert len(namespaces) == 6  # the hub and five replicas
     hosts = Path(f"/etc/netns/{sorted(namespaces)[0]}/hosts").read_text()
     assert re.search(
-        r"^240\.240\.\d+\.\d+\tbackend\.default\.svc\.cluster\.local backend$", hosts, re.M
+        r"^240\.240\.\d+\.\d+\tbackend\.default\.svc\.cluster\.local backend"
+        r" backend\.default backend\.default\.svc$",
+        hosts,
+        re.M,
     )
 
 
