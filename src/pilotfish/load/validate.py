@@ -6,7 +6,7 @@ duplicates, the VirtualService naming an unknown host), since that is the line t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
@@ -16,7 +16,7 @@ from pilotfish.load.parse_peer_authentication import peer_authentication_problem
 from pilotfish.load.parse_rate_limit_policy import rate_limit_policy_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
 from pilotfish.load.parse_service_entry import is_ip_address
-from pilotfish.load.parse_workload import upstream_problems
+from pilotfish.load.parse_workload import RejectedWorkload, upstream_problems
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.authorization import http_only_fields
 from pilotfish.model.delegation import (
@@ -59,9 +59,11 @@ def validate_mesh(
     known_services: Mapping[str, Service] | None = None,
     *,
     complete: bool = True,
+    rejected_workloads: Sequence[RejectedWorkload] = (),
 ) -> list[Diagnostic]:
     """Every problem between resources. ``known_services`` are services that registries
-    other than the config declare. When a file could not be read whole (``complete``
+    other than the config declare; ``rejected_workloads`` (Workloads with errors of their own)
+    still have their upstreams checked. When a file could not be read whole (``complete``
     false), a name not found may be in its lost part: references to unknown names are then
     not reported, since they would bury the one real problem; every other check still runs."""
     services = {**(known_services or {}), **services_from_config(config)}
@@ -69,7 +71,9 @@ def validate_mesh(
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))
     found.extend(_workload_conflicts(config))
-    found.extend(upstream_problems(config, services, paths, complete=complete))
+    found.extend(
+        upstream_problems(config, services, paths, complete=complete, rejected=rejected_workloads)
+    )
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
