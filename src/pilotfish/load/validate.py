@@ -548,19 +548,25 @@ class _RouteChecker:
     def check(self, route: HTTPRoute | TCPRoute | TLSRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
         destinations_path = join_path(route_path, "route")
+        http = isinstance(route, HTTPRoute)
         for index, routed in enumerate(route.route):
             path = self.paths.path_of(routed) or index_path(destinations_path, index)
-            found.extend(self._destination(routed.destination, join_path(path, "destination")))
+            found.extend(
+                self._destination(routed.destination, join_path(path, "destination"), http=http)
+            )
         for index, mirror in enumerate(route.mirrors if isinstance(route, HTTPRoute) else ()):
             path = self.paths.path_of(mirror) or index_path(join_path(route_path, "mirrors"), index)
-            found.extend(self._destination(mirror.destination, path))
+            found.extend(self._destination(mirror.destination, path, http=True))
         found.extend(self._weights(route, destinations_path))
         return found
 
     def _error(self, path: str, message: str) -> Diagnostic:
         return _at(self.service.meta, path, message)
 
-    def _destination(self, destination: Destination, destination_path: str) -> Iterable[Diagnostic]:
+    def _destination(
+        self, destination: Destination, destination_path: str, *, http: bool
+    ) -> Iterable[Diagnostic]:
+        """``http``: the destination of an HTTP route (or mirror), else of a tcp/tls route."""
         hostname = qualify_host(destination.host, self.service.meta.namespace)
         known = self.services.get(hostname)
         if known is None and not self.complete:
@@ -595,13 +601,17 @@ class _RouteChecker:
                 destination_path,
                 f'service "{destination.host}" has no port Pilotfish carries ({why})',
             )
-        # TCP and TLS ports never take HTTP routes; among the others, several are ambiguous.
-        http_ports = [p.number for p in known.ports if p.protocol in HTTP_PROTOCOLS | {"AUTO"}]
-        if destination.port is None and len(http_ports) > 1:
+        # An HTTP route never reaches a TCP or TLS port, so only several HTTP (or AUTO) ports
+        # are ambiguous for it; a tcp or tls route may lead to any port, so, as in Istio, a
+        # service of more than one port needs port.number there.
+        ports = [
+            p.number for p in known.ports if not http or p.protocol in HTTP_PROTOCOLS | {"AUTO"}
+        ]
+        if destination.port is None and len(ports) > 1:
             yield self._error(
                 destination_path,
-                f'service "{destination.host}" has several HTTP ports '
-                f"({', '.join(map(str, http_ports))}); set port.number",
+                f'service "{destination.host}" has several {"HTTP " if http else ""}ports '
+                f"({', '.join(map(str, ports))}); set port.number",
             )
 
     def _subset_problem(self, hostname: str, host: str, subset: str) -> str | None:
