@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 from tests.integration.mesh_harness import (
+    ECHO_COMMAND,
     RunningMesh,
     echo_workload,
     gateway,
@@ -158,3 +160,34 @@ def test_sigterm_while_still_starting_stops_cleanly(tmp_path: Path) -> None:
         code = mesh.stop()
     assert code == 0, mesh.log()
     assert [pid for pid in children if pid_alive(pid)] == []
+
+
+def test_a_fixed_command_replaces_a_crash_looping_app(tmp_path: Path) -> None:
+    """The most common first edit: the app exits at once, the user fixes its command."""
+    directory = tmp_path / "mesh"
+    directory.mkdir()
+    gateway_port = free_port()
+    edge = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: web}}]}]
+"""
+    working = gateway(gateway_port) + echo_workload("web", "web", 8080) + edge
+    crashing = working.replace(ECHO_COMMAND, f'[{sys.executable}, -c, "import nosuchmodule"]')
+    assert crashing != working
+    write_yaml(directory / "mesh.yaml", crashing)
+    mesh = RunningMesh(directory, gateway_port)
+    try:
+        # Fixed while `up` is still starting the replica, as a user who sees the traceback does.
+        crashed = "No module named 'nosuchmodule'"
+        wait_until(lambda: crashed in mesh.log(), 30, "the app's traceback")
+        write_yaml(directory / "mesh.yaml", working)
+        mesh.wait_serving("/", timeout=45)
+        assert mesh.get("/").body.get("replica") == "web-0"
+        assert replica_app_pid(mesh, "web-0") is not None
+    finally:
+        assert mesh.stop() == 0

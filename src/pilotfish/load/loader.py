@@ -15,6 +15,7 @@ from pathlib import Path
 from pilotfish.load.fields import ObjectPaths
 from pilotfish.load.parse_document import Resource, parse_document
 from pilotfish.load.parse_tls import certificate_files
+from pilotfish.load.parse_workload import RejectedWorkload
 from pilotfish.load.validate import validate_mesh
 from pilotfish.load.yaml_source import ParsedYaml, join_path, parse_yaml
 from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
@@ -119,9 +120,16 @@ class _Collector:
         config = _mesh_config(self.resources)
         self.diagnostics.extend(_extra_mesh_configs(self.resources))
         self.diagnostics.extend(_missing_certificate_files(config, self.paths))
+        rejected = [r for r in self.resources if isinstance(r, RejectedWorkload)]
         try:
             self.diagnostics.extend(
-                validate_mesh(config, self.paths, known_services, complete=self.complete)
+                validate_mesh(
+                    config,
+                    self.paths,
+                    known_services,
+                    complete=self.complete,
+                    rejected_workloads=rejected,
+                )
             )
         except Exception as error:
             self.diagnostics.append(

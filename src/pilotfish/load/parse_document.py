@@ -19,6 +19,7 @@ from pilotfish.load import (
 )
 from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN, DNS_SUBDOMAIN_MAX
 from pilotfish.load.fields import FieldReader, Fields, ObjectPaths
+from pilotfish.load.parse_workload import RejectedWorkload
 from pilotfish.load.yaml_source import YamlDocument
 from pilotfish.model.authorization import AuthorizationPolicy, RequestAuthentication
 from pilotfish.model.diagnostics import Diagnostic
@@ -48,6 +49,7 @@ Resource = (
     | RequestAuthentication
     | PeerAuthentication
     | RateLimitPolicy
+    | RejectedWorkload
 )
 
 ISTIO_NETWORKING = "networking.istio.io"
@@ -177,7 +179,10 @@ def parse_document(
     parsed = schema.parse(reader, spec, meta or _unnamed(kind_name, document), directory)
     if isinstance(parsed, AuthorizationPolicy) and meta_fields is not None:
         parsed = parse_authorization.read_dry_run(reader, parsed, meta_fields)
-    return (parsed if meta is not None else None), reader.diagnostics
+    if meta is None and isinstance(parsed, Workload):
+        parsed = RejectedWorkload(parsed.meta, parsed.replicas, parsed.upstreams)
+    keep = meta is not None or isinstance(parsed, RejectedWorkload)
+    return (parsed if keep else None), reader.diagnostics
 
 
 def _resolve_kind(reader: FieldReader, body: Fields) -> tuple[str, _Kind] | None:

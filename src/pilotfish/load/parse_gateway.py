@@ -7,7 +7,7 @@ from typing import cast
 
 from pilotfish.load import parse_tls
 from pilotfish.load.fields import FieldReader, Fields
-from pilotfish.load.parse_protocols import names_http, read_port_protocol
+from pilotfish.load.parse_protocols import ISTIO_PROTOCOLS, names_http, read_port_protocol
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.resources import Gateway, GatewayServer, Meta, Protocol
 
@@ -98,9 +98,18 @@ def _server(reader: FieldReader, value: object, path: str, directory: str) -> Ga
         return None
     port_path = join_path(path, "port")
     number = reader.port(port, "number", port_path, required=True)
-    protocol = read_port_protocol(reader, port, port_path) if "protocol" in port else None
-    if protocol is None and "protocol" not in port:
+    protocol = None
+    if "protocol" not in port:
         reader.error(join_path(port_path, "protocol"), "required field is missing")
+    elif port["protocol"] in (None, ""):
+        # Unlike a ServiceEntry port, a server port is never detected nor named: Istio
+        # refuses an empty protocol.
+        reader.error(
+            join_path(port_path, "protocol"),
+            f"must not be empty: a Gateway server needs one of {', '.join(ISTIO_PROTOCOLS)}",
+        )
+    else:
+        protocol = read_port_protocol(reader, port, port_path)
     name = reader.string(port, "name", port_path)
     tls = fields.get("tls")
     if protocol in TLS_PROTOCOLS and tls is None:

@@ -25,7 +25,8 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from pilotfish.load.dns_names import DNS_LABEL, DNS_SUBDOMAIN
 from pilotfish.load.fields import FieldReader, Fields, ObjectPaths, describe
@@ -68,9 +69,19 @@ RUNNER_ENV = ("PORT", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy")
 MAX_REPLICAS = 100
 
 
+@dataclass(frozen=True)
+class RejectedWorkload:
+    """What is left of a Workload with errors in its own fields: never run, but its upstreams
+    are still checked against the folder, so that every problem is reported in one go."""
+
+    meta: Meta
+    replicas: int
+    upstreams: tuple[Upstream, ...]
+
+
 def parse_workload(
     reader: FieldReader, spec: Fields, meta: Meta, directory: str
-) -> Workload | None:
+) -> Workload | RejectedWorkload:
     service = reader.string(spec, "service", "spec", required=True)
     if service is not None and DNS_LABEL.fullmatch(service) is None:
         reader.error(
@@ -99,7 +110,7 @@ def parse_workload(
             reader.warning(env_path, "set by pilotfish up for every replica; this value is ignored")
     upstreams = _upstreams(reader, spec)
     if service is None or port is None or not command or protocol is None:
-        return None
+        return RejectedWorkload(meta, replicas or 1, upstreams)
     return Workload(
         meta=meta,
         service=service,
@@ -195,13 +206,16 @@ def upstream_problems(
     paths: ObjectPaths,
     *,
     complete: bool = True,
+    rejected: Sequence[RejectedWorkload] = (),
 ) -> Iterator[Diagnostic]:
     """An upstream is a listener on the replica's loopback: it must lead to a known service
-    port, and two of them cannot share a local port (nor, without namespaces, two sidecars)."""
+    port, and two of them cannot share a local port (nor, without namespaces, two sidecars).
+    The upstreams of ``rejected`` Workloads are checked too (after the valid ones')."""
     shared_loopback = config.mesh.interception == "explicit"
     # Without namespaces every sidecar shares one loopback, so local ports are mesh-wide.
     local_ports: dict[tuple[int, int], tuple[Meta, str]] = {}
-    for position, workload in enumerate(config.workloads):
+    workloads: list[Workload | RejectedWorkload] = [*config.workloads, *rejected]
+    for position, workload in enumerate(workloads):
         scope = -1 if shared_loopback else position
         source = workload.meta.source
         targets: dict[tuple[str, int], str] = {}

@@ -6,7 +6,7 @@ duplicates, the VirtualService naming an unknown host), since that is the line t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pilotfish.discovery import services_from_config
@@ -16,7 +16,7 @@ from pilotfish.load.parse_peer_authentication import peer_authentication_problem
 from pilotfish.load.parse_rate_limit_policy import rate_limit_policy_problems
 from pilotfish.load.parse_request_authentication import jwks_hosts_without_service
 from pilotfish.load.parse_service_entry import is_ip_address
-from pilotfish.load.parse_workload import upstream_problems
+from pilotfish.load.parse_workload import RejectedWorkload, upstream_problems
 from pilotfish.load.yaml_source import index_path, join_path
 from pilotfish.model.authorization import http_only_fields
 from pilotfish.model.delegation import (
@@ -60,9 +60,11 @@ def validate_mesh(
     known_services: Mapping[str, Service] | None = None,
     *,
     complete: bool = True,
+    rejected_workloads: Sequence[RejectedWorkload] = (),
 ) -> list[Diagnostic]:
     """Every problem between resources. ``known_services`` are services that registries
-    other than the config declare. When a file could not be read whole (``complete``
+    other than the config declare; ``rejected_workloads`` (Workloads with errors of their own)
+    still have their upstreams checked. When a file could not be read whole (``complete``
     false), a name not found may be in its lost part: references to unknown names are then
     not reported, since they would bury the one real problem; every other check still runs."""
     services = {**(known_services or {}), **services_from_config(config)}
@@ -70,7 +72,9 @@ def validate_mesh(
     found: list[Diagnostic] = []
     found.extend(_duplicate_names(config))
     found.extend(_workload_conflicts(config))
-    found.extend(upstream_problems(config, services, paths, complete=complete))
+    found.extend(
+        upstream_problems(config, services, paths, complete=complete, rejected=rejected_workloads)
+    )
     found.extend(_service_entry_host_conflicts(config))
     found.extend(_selected_workload_entry_addresses(config))
     found.extend(_destination_rule_problems(config.destination_rules, services, complete))
@@ -552,19 +556,25 @@ class _RouteChecker:
     def check(self, route: HTTPRoute | TCPRoute | TLSRoute, route_path: str) -> list[Diagnostic]:
         found: list[Diagnostic] = []
         destinations_path = join_path(route_path, "route")
+        http = isinstance(route, HTTPRoute)
         for index, routed in enumerate(route.route):
             path = self.paths.path_of(routed) or index_path(destinations_path, index)
-            found.extend(self._destination(routed.destination, join_path(path, "destination")))
+            found.extend(
+                self._destination(routed.destination, join_path(path, "destination"), http=http)
+            )
         for index, mirror in enumerate(route.mirrors if isinstance(route, HTTPRoute) else ()):
             path = self.paths.path_of(mirror) or index_path(join_path(route_path, "mirrors"), index)
-            found.extend(self._destination(mirror.destination, path))
+            found.extend(self._destination(mirror.destination, path, http=True))
         found.extend(self._weights(route, destinations_path))
         return found
 
     def _error(self, path: str, message: str) -> Diagnostic:
         return _at(self.service.meta, path, message)
 
-    def _destination(self, destination: Destination, destination_path: str) -> Iterable[Diagnostic]:
+    def _destination(
+        self, destination: Destination, destination_path: str, *, http: bool
+    ) -> Iterable[Diagnostic]:
+        """``http``: the destination of an HTTP route (or mirror), else of a tcp/tls route."""
         hostname = qualify_host(destination.host, self.service.meta.namespace)
         known = self.services.get(hostname)
         if known is None and not self.complete:
@@ -599,13 +609,17 @@ class _RouteChecker:
                 destination_path,
                 f'service "{destination.host}" has no port Pilotfish carries ({why})',
             )
-        # TCP and TLS ports never take HTTP routes; among the others, several are ambiguous.
-        http_ports = [p.number for p in known.ports if p.protocol in HTTP_PROTOCOLS | {"AUTO"}]
-        if destination.port is None and len(http_ports) > 1:
+        # An HTTP route never reaches a TCP or TLS port, so only several HTTP (or AUTO) ports
+        # are ambiguous for it; a tcp or tls route may lead to any port, so, as in Istio, a
+        # service of more than one port needs port.number there.
+        ports = [
+            p.number for p in known.ports if not http or p.protocol in HTTP_PROTOCOLS | {"AUTO"}
+        ]
+        if destination.port is None and len(ports) > 1:
             yield self._error(
                 destination_path,
-                f'service "{destination.host}" has several HTTP ports '
-                f"({', '.join(map(str, http_ports))}); set port.number",
+                f'service "{destination.host}" has several {"HTTP " if http else ""}ports '
+                f"({', '.join(map(str, ports))}); set port.number",
             )
 
     def _subset_problem(self, hostname: str, host: str, subset: str) -> str | None:

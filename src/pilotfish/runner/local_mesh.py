@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pilotfish.agent.bootstrap import ADMIN_HOST
 from pilotfish.agent.ca_client import GrpcCertificateSigner
@@ -50,6 +51,7 @@ from pilotfish.runner.plan import (
     replica_environment,
     replica_upstreams,
 )
+from pilotfish.runner.port_holder import port_taken
 
 log = logging.getLogger("pilotfish.runner")
 
@@ -137,8 +139,11 @@ class LocalMesh:
         except BaseException:
             await self._close_network()
             raise
+        # Taken before the first reconcile: an edit made while it starts the replicas (a user
+        # fixing the command of an app that crashed at once) must not be missed.
+        seen = self.control_plane.controller.generation
         await self.reconcile()
-        self._reconcile_task = asyncio.create_task(self._reconcile_on_changes())
+        self._reconcile_task = asyncio.create_task(self._reconcile_on_changes(seen))
 
     async def _reconcile_gateway(self, wanted: bool) -> None:
         if wanted and self.gateway is None:
@@ -204,9 +209,8 @@ class LocalMesh:
         if signer is not None:
             await signer.close()
 
-    async def _reconcile_on_changes(self) -> None:
+    async def _reconcile_on_changes(self, seen: int) -> None:
         controller = self.control_plane.controller
-        seen = controller.generation
         while True:
             seen = await controller.wait_for_change(seen)
             try:
@@ -221,10 +225,11 @@ class LocalMesh:
         replicas keeps serving throughout (a single replica is briefly down: same name, same
         sidecar identity, so old and new cannot overlap).
         """
-        config = self.control_plane.controller.config
-        if config is None:
-            return
         async with self._reconcile_lock:
+            # Read under the lock: a reconcile that waited for another one acts on the newest.
+            config = self.control_plane.controller.config
+            if config is None:
+                return
             self._write_hosts_files()
             await self._reconcile_gateway(bool(config.gateways))
             wanted = plan_replicas(config)
@@ -233,6 +238,11 @@ class LocalMesh:
             missing = [spec for name, spec in wanted.items() if name not in self.replicas]
             await asyncio.gather(*(self._start_replica(spec) for spec in missing))
             for name, spec in wanted.items():
+                if self.control_plane.controller.config is not config:
+                    # Edited while a replacement waited for its app (up to the listen wait
+                    # each): the next reconcile follows the newest config, so a fix made
+                    # during a rollout of a broken command is not rolled out behind it.
+                    return
                 running = self.replicas.get(name)
                 if running is not None and running.spec != spec:
                     await self._stop_replica(name)
@@ -255,6 +265,24 @@ class LocalMesh:
             return
         ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
         upstreams = replica_upstreams(spec, free_port)
+        for upstream in upstreams:
+            # Else its sidecar's listener fails to bind (a NACK), and the app, told that port,
+            # would talk to whatever holds it.
+            taken = await asyncio.to_thread(port_taken, upstream.proxy.local_port)
+            if taken is not None:
+                log.error(
+                    "%s is not started: Workload %s/%s's upstream %s:%d wants localPort %d, "
+                    "which is taken (%s); free the port or choose another localPort "
+                    "(it is tried again at the next config change)",
+                    spec.name,
+                    spec.namespace,
+                    spec.workload,
+                    upstream.proxy.hostname,
+                    upstream.proxy.port,
+                    upstream.proxy.local_port,
+                    taken,
+                )
+                return
         node = ProxyNode(
             id=spec.name,
             kind="sidecar",
@@ -346,7 +374,7 @@ class LocalMesh:
             Supervisor(
                 spec.name,
                 new_app_process,
-                on_started=lambda _: self._register_when_serving(running),
+                on_started=lambda app: self._register_when_serving(running, app),
                 on_exit=lambda _, code: self._withdraw(running),
                 logger=log,
             ),
@@ -367,7 +395,7 @@ class LocalMesh:
             if any(not isinstance(f, PilotfishError) for f in failures):
                 raise failures[0]
 
-    async def _register_when_serving(self, running: _RunningReplica) -> None:
+    async def _register_when_serving(self, running: _RunningReplica, app: ChildProcess) -> None:
         """Add the replica to its service once its app listens and its sidecar is ready and
         holds its certificate (Envoy reports ready without one once SDS's initial fetch times
         out, and its inbound listener could complete no handshake).
@@ -375,13 +403,15 @@ class LocalMesh:
         Runs after every start of the app; its endpoint is withdrawn when the app exits.
         """
         spec, ports = running.spec, running.ports
+        if running.network is not None:
+            listening = wait_for_port_in(
+                running.network.namespace, ports.app, self.settings.app_start_timeout
+            )
+        else:
+            listening = wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
         try:
-            if running.network is not None:
-                await wait_for_port_in(
-                    running.network.namespace, ports.app, self.settings.app_start_timeout
-                )
-            else:
-                await wait_for_port("127.0.0.1", ports.app, self.settings.app_start_timeout)
+            if not await _unless_exited(app, listening):
+                return  # its supervisor reports the exit and restarts it
         except TimeoutError:
             log.error(
                 "%s did not listen on PORT=%d within %.0fs; it gets no traffic",
@@ -405,8 +435,7 @@ class LocalMesh:
                     self.settings.app_start_timeout,
                 )
                 return
-        app = running.app.process
-        if app is None or not app.running:
+        if not app.running:
             return  # it died while we waited; its supervisor restarts it
         # Under interception, the replica's own address and its port: its iptables take
         # the connection to the sidecar's inbound listener.
@@ -469,6 +498,23 @@ class LocalMesh:
         network, self.network = self.network, None
         if network is not None:
             await asyncio.to_thread(network.close)
+
+
+async def _unless_exited(app: ChildProcess, work: Coroutine[object, object, None]) -> bool:
+    """Run ``work`` until it ends (True) or ``app`` exits first (False, ``work`` cancelled):
+    an app that exits at once must not hold its restart back for the whole listen wait."""
+    task = asyncio.ensure_future(work)
+    either: set[asyncio.Future[Any]] = {task, app.exited}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def _shielded(work: Coroutine[object, object, None]) -> None:

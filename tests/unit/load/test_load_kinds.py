@@ -572,6 +572,17 @@ def test_gateway_server_needs_number_protocol_and_hosts() -> None:
     assert_at(result, text, "spec.servers[0].hosts", "port: {name", "required")
 
 
+@pytest.mark.parametrize("empty", ['""', "null"])
+def test_an_empty_gateway_server_protocol_is_an_error_not_the_port_name(empty: str) -> None:
+    """Istio's protocol.Parse("") is Unsupported, which validateServerPort refuses."""
+    text, result = load(GATEWAY.replace("PROTOCOL", empty))
+    error = assert_at(
+        result, text, "spec.servers[0].port.protocol", "protocol:", "must not be empty"
+    )
+    assert "needs one of HTTP, HTTP2, GRPC" in error.message
+    assert result.config is None
+
+
 def test_tls_settings_other_than_https_redirect_on_an_http_server_warn() -> None:
     text, result = load(
         GATEWAY.replace("PROTOCOL", "HTTP") + "    tls: {httpsRedirect: true, mode: SIMPLE}\n"

@@ -290,6 +290,27 @@ def test_upstreams_are_checked_against_the_registry(
     assert result.config is None
 
 
+UPSTREAMS = "  upstreams: [{service: cache, port: 6379}, {service: db, port: 5433}]\n"
+
+
+@pytest.mark.parametrize(
+    ("workload", "field"),
+    [
+        (web("  protocol: TPC\n" + UPSTREAMS), "spec.protocol"),
+        (web(UPSTREAMS).replace("  command: [python3, app.py]\n", ""), "spec.command"),
+        (web(UPSTREAMS).replace("  service: web\n", ""), "spec.service"),
+        (web(UPSTREAMS).replace("{name: web}", "{}"), "metadata.name"),
+    ],
+)
+def test_upstreams_are_checked_even_when_the_workload_has_errors_of_its_own(
+    workload: str, field: str
+) -> None:
+    _text, result = load(workload, DB)
+    assert find(result, field).severity == "error"
+    assert 'unknown service "cache"' in find(result, "spec.upstreams[0].service").message
+    assert "has no port 5433" in find(result, "spec.upstreams[1].port").message
+
+
 def test_an_upstream_may_name_a_workload_service_or_a_registry_service() -> None:
     _text, result = load(
         web("  upstreams: [{service: api, port: 8080}]\n"),

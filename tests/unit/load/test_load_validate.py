@@ -297,6 +297,35 @@ def test_only_http_ports_make_a_destination_without_port_ambiguous(
     )
 
 
+@pytest.mark.parametrize("kind", ["tcp", "tls"])
+@pytest.mark.parametrize(("first", "second"), [("TCP", "TCP"), ("TLS", "TCP"), ("HTTP", "TLS")])
+@pytest.mark.parametrize("port", ["", ", port: {number: 8080}"])
+def test_a_tcp_or_tls_destination_needs_a_port_when_the_service_has_several(
+    kind: str, first: str, second: str, port: str
+) -> None:
+    """Any port may take a tcp or tls route, so (as Istio's analyzer says) a service of
+    several ports is ambiguous, whatever their protocols."""
+    match = "  - match: [{sniHosts: [api.example.com]}]\n" if kind == "tls" else "  - \n"
+    service = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api}\n"
+        f"spec:\n  hosts: [api.example.com]\n  {kind}:\n{match.rstrip()}\n"
+        f"    route: [{{destination: {{host: api.example.com{port}}}}}]\n"
+    ).replace("  - \n    route", "  - route")
+    entry = SERVICE_ENTRY.replace("name: http, protocol: HTTP", f"name: first, protocol: {first}")
+    entry = entry.replace("name: admin, protocol: HTTP", f"name: other, protocol: {second}")
+    result = load_files(a=service, entry=entry)
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    if port:
+        assert errors == []
+    else:
+        assert [(d.field, d.message) for d in errors] == [
+            (
+                f"spec.{kind}[0].route[0].destination",
+                'service "api.example.com" has several ports (80, 8080); set port.number',
+            )
+        ]
+
+
 def test_workloads_of_one_service_agree_on_port_and_protocol() -> None:
     odd = workload("reviews-v4", "reviews", port=9090, protocol="GRPC", version="v4")
     result = load_files(registry=REGISTRY, odd=odd)
