@@ -173,12 +173,19 @@ class RunningMesh:
     def wait_synced(self, timeout: float = 15.0) -> None:
         """Every connected proxy has ACKed the newest config of every type."""
 
+        seen: list[object] = []
+
         def synced() -> bool:
             proxies = self.admin("/api/proxies").get("proxies", [])
             assert isinstance(proxies, list)
+            seen[:] = proxies
             return bool(proxies) and all(p.get("status") == "SYNCED" for p in proxies)
 
-        wait_until(synced, timeout, "all proxies SYNCED")
+        try:
+            wait_until(synced, timeout, "all proxies SYNCED")
+        except AssertionError as timed_out:
+            # Which proxy is behind, and on what, is what a failure here needs to say.
+            raise AssertionError(f"{timed_out}; the proxies last seen: {seen}") from None
 
     def descendants(self) -> set[int]:
         return descendant_pids(self.process.pid)
