@@ -170,7 +170,7 @@ class RunningMesh:
 
         wait_until(enough, timeout, f"{count} endpoints of {hostname}")
 
-    def wait_synced(self, timeout: float = 15.0) -> None:
+    def wait_synced(self, timeout: float = 30.0) -> None:
         """Every connected proxy has ACKed the newest config of every type."""
 
         seen: list[object] = []
