@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,20 +283,8 @@ class LocalMesh:
                     taken,
                 )
                 return
-        node = ProxyNode(
-            id=spec.name,
-            kind="sidecar",
-            namespace=spec.namespace,
-            service=spec.service,
-            labels=dict(spec.labels),
-            outbound_port=ports.outbound,
-            inbound_port=ports.inbound,
-            app_port=ports.app,
-            app_protocol=spec.protocol,
-            service_account=spec.service_account,
-            workload=spec.workload,
-            locality=spec.locality,
-            upstreams=tuple(upstream.proxy for upstream in upstreams),
+        node = replace(
+            _replica_node(spec, ports), upstreams=tuple(upstream.proxy for upstream in upstreams)
         )
         sidecar = self._sidecar(node, spec.name)
         environment = replica_environment(spec, ports, os.environ)
@@ -312,21 +300,8 @@ class LocalMesh:
         ports = ReplicaPorts(
             app=spec.port, inbound=INBOUND_CAPTURE_PORT, outbound=OUTBOUND_CAPTURE_PORT
         )
-        node = ProxyNode(
-            id=spec.name,
-            kind="sidecar",
-            namespace=spec.namespace,
-            service=spec.service,
-            labels=dict(spec.labels),
-            bind_address=replica.address,
-            outbound_port=ports.outbound,
-            inbound_port=ports.inbound,
-            app_port=ports.app,
-            app_protocol=spec.protocol,
-            service_account=spec.service_account,
-            workload=spec.workload,
-            locality=spec.locality,
-            interception="transparent",
+        node = replace(
+            _replica_node(spec, ports), bind_address=replica.address, interception="transparent"
         )
         try:
             sidecar = self._sidecar(node, spec.name, replica)
@@ -515,6 +490,24 @@ async def _unless_exited(app: ChildProcess, work: Coroutine[object, object, None
         return False
     task.result()
     return True
+
+
+def _replica_node(spec: ReplicaSpec, ports: ReplicaPorts) -> ProxyNode:
+    """The sidecar of one replica, as both interception modes start it."""
+    return ProxyNode(
+        id=spec.name,
+        kind="sidecar",
+        namespace=spec.namespace,
+        service=spec.service,
+        labels=dict(spec.labels),
+        outbound_port=ports.outbound,
+        inbound_port=ports.inbound,
+        app_port=ports.app,
+        app_protocol=spec.protocol,
+        service_account=spec.service_account,
+        workload=spec.workload,
+        locality=spec.locality,
+    )
 
 
 async def _shielded(work: Coroutine[object, object, None]) -> None:
