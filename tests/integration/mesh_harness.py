@@ -160,7 +160,11 @@ class RunningMesh:
                 raise AssertionError(f"pilotfish up exited early:\n{self.log()}")
             return self.get(path, timeout=2).status == 200
 
-        wait_until(serving, timeout, f"{self.gateway_url}{path} to answer 200\n{self.log()}")
+        try:
+            wait_until(serving, timeout, f"{self.gateway_url}{path} to answer 200")
+        except AssertionError as timed_out:
+            # The log as it is when the wait ran out (not as it was when the wait began) says why.
+            raise AssertionError(f"{timed_out}\npilotfish up's log:\n{self.log()}") from None
 
     def wait_endpoints(self, hostname: str, count: int, timeout: float = 30.0) -> None:
         def enough() -> bool:
