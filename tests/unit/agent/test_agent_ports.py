@@ -1,4 +1,4 @@
-"""Ports for listeners come from below the ephemeral range, where outgoing connections never land."""
+"""Listener ports come from below the ephemeral range, where connections never take a port."""
 
 from __future__ import annotations
 
