@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pilotfish.discovery import ConfigRegistry, Registry, build_view, registry_services
@@ -61,6 +61,7 @@ class MeshController:
         registries: Sequence[Registry] = (),
         debounce_seconds: float = 0.02,
         cache: SnapshotCache[TranslationContext] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config: ConfigRegistry | None = None
         self._registries = tuple(registries)
@@ -70,6 +71,9 @@ class MeshController:
         self._changed = asyncio.Event()
         self._debounce_seconds = debounce_seconds
         self._publish_task: asyncio.Task[None] | None = None
+        self._clock = clock
+        self._last_publish: float | None = None
+        """When the last publish began (on ``clock``): the next waits out the window."""
         self._problems_seen: object = None
         self.status = ConfigStatus()
         self.rejections = 0
@@ -159,6 +163,7 @@ class MeshController:
             return
         # From the start: push and convergence times include building the view.
         started = time.monotonic()
+        self._last_publish = self._clock()
         number = self._cache.publish(build_view(self._config, registries=self._registries))
         self._published_at[number] = started
         while len(self._published_at) > _PUBLISH_TIMES_KEPT:
@@ -186,8 +191,24 @@ class MeshController:
                 "change registries from the loop that runs it"
             ) from None
         if self._publish_task is None or self._publish_task.done():
-            self._publish_task = loop.create_task(self._publish_after_quiet())
+            delay = publish_delay(self._last_publish, self._clock(), self._debounce_seconds)
+            self._publish_task = loop.create_task(self._publish_after(delay))
 
-    async def _publish_after_quiet(self) -> None:
-        await asyncio.sleep(self._debounce_seconds)
+    async def _publish_after(self, delay: float) -> None:
+        # Even without a delay, the publish waits for the loop's next turn: every change made
+        # in the same turn as the first (a registry updating ten services at once) is in it.
+        await asyncio.sleep(delay)
         self.publish_now()
+
+
+def publish_delay(last_publish: float | None, now: float, debounce: float) -> float:
+    """How long a change waits to be published: not at all after a quiet spell; otherwise
+    until ``debounce`` after the last publish, so that a burst is one push per window.
+
+    The first change of a burst goes out at once and the rest of the burst follows together,
+    at most ``debounce`` later: a lone change does not pay the window, a storm still cannot
+    push more than once per window.
+    """
+    if last_publish is None:
+        return 0.0
+    return max(0.0, last_publish + debounce - now)

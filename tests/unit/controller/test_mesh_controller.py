@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from pilotfish.controller.mesh_controller import MeshController
+from pilotfish.controller.mesh_controller import MeshController, publish_delay
 from pilotfish.controller.preflight import preflight
 from pilotfish.discovery import InMemoryRegistry
 from pilotfish.errors import PilotfishError
@@ -75,6 +75,36 @@ async def test_a_burst_of_endpoint_changes_is_published_once() -> None:
     assert endpoint_ports(controller) == [7001, 7002, 7003]
     await asyncio.sleep(0.05)
     assert controller.generation == first + 1
+
+
+async def test_a_change_after_quiet_goes_out_at_once_and_the_next_waits_the_window() -> None:
+    replicas = InMemoryRegistry()
+    now = [1000.0]
+    # A window far longer than the test: only a publish that did not wait for it can pass.
+    controller = MeshController([replicas], debounce_seconds=3600, clock=lambda: now[0])
+    controller.apply_config(config(), ())
+    await asyncio.wait_for(controller.wait_for_change(0), 5)
+    first = controller.generation
+    now[0] += 3601  # a quiet spell longer than the window
+    for port in (7001, 7002):
+        replicas.set_endpoint(HOSTNAME, str(port), endpoint(port))
+    assert controller.publish_pending
+    # Published as soon as the loop turns over, and both changes of that turn are in it ...
+    assert await asyncio.wait_for(controller.wait_for_change(first), 5) == first + 1
+    assert endpoint_ports(controller) == [7001, 7002]
+    # ... but that publish opened the window: the next change waits for it to end.
+    replicas.set_endpoint(HOSTNAME, "7003", endpoint(7003))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert controller.publish_pending
+    assert controller.generation == first + 1
+
+
+def test_the_publish_delay_is_none_after_quiet_and_the_rest_of_the_window_otherwise() -> None:
+    assert publish_delay(None, now=100.0, debounce=0.02) == 0.0
+    assert publish_delay(99.0, now=100.0, debounce=0.02) == 0.0
+    assert publish_delay(100.0, now=100.005, debounce=0.02) == pytest.approx(0.015)
+    assert publish_delay(100.0, now=100.0, debounce=0.02) == pytest.approx(0.02)
 
 
 async def test_setting_the_same_endpoint_again_publishes_nothing() -> None:
