@@ -246,3 +246,44 @@ async def test_a_node_with_an_unknown_kind_is_refused_naming_the_field(
     assert "PILOTFISH_KIND" in ended.value.details() and "'waypoint'" in ended.value.details()
     assert plane.board.proxies() == []
     assert any("PILOTFISH_KIND" in r.getMessage() for r in caplog.records)
+
+
+class CountingWaiters(InMemorySnapshotSource):
+    """Counts who is waiting for the next generation right now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def wait_for_change(self, seen_generation: int) -> int:
+        self.waiting += 1
+        try:
+            return await super().wait_for_change(seen_generation)
+        finally:
+            self.waiting -= 1
+
+
+async def test_one_waiter_tells_every_stream_of_a_change_and_leaves_with_the_last() -> None:
+    source = CountingWaiters()
+    source.set_snapshot(snapshot_with_backend_port(8000))
+    server, port = await start_xds_server(source, [ProxyStatusBoard()])
+    target = f"127.0.0.1:{port}"
+    try:
+        clients = [DeltaClient(target, replace(NODE, id=f"sidecar-{i}")) for i in range(5)]
+        for client in clients:
+            await client.__aenter__()
+        try:
+            for client in clients:
+                client.request(EDS, subscribe=["backend"])
+                client.ack(await client.receive())
+            assert source.waiting == 1, "one waiter for all five streams"
+            source.set_snapshot(snapshot_with_backend_port(8001))
+            for client in clients:
+                pushed = await client.receive()
+                assert pushed.type_url == EDS and [r.name for r in pushed.resources] == ["backend"]
+        finally:
+            for client in clients:
+                await client.__aexit__(None, None, None)
+        await eventually(lambda: source.waiting == 0, "the waiter to go with the last stream")
+    finally:
+        await server.stop(None)

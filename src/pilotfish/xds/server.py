@@ -1,8 +1,10 @@
 """The grpc.aio shell around the stream state machines: ADS over SotW and Delta.
 
-Each stream reads requests and waits for snapshot changes concurrently; both feed one queue,
-so the state machine sees one event at a time and never needs a lock. What happens on a
-stream is told to the subscribers (see ``callbacks``); the shell keeps no status of its own.
+Each stream reads requests concurrently with the mesh's changes; both feed one queue per
+stream, so the state machine sees one event at a time and never needs a lock. One task per
+server waits for the snapshot source's next generation and tells every open stream's queue,
+so a change wakes one waiter, not one per proxy. What happens on a stream is told to the
+subscribers (see ``callbacks``); the shell keeps no status of its own.
 """
 
 from __future__ import annotations
@@ -62,15 +64,49 @@ class _StreamEnded:
 
 
 @dataclass(frozen=True)
-class _SnapshotTaken:
-    """The watcher looked the node's snapshot up at ``generation``; ``snapshot`` is None when
-    it is the one already fed (or there is none yet)."""
-
-    generation: int
-    snapshot: Snapshot | None
+class _GenerationChanged:
+    """The snapshot source published a new generation: the stream looks its snapshot up
+    (at the source's generation then, which may be newer still)."""
 
 
-_Queued = Request | _SnapshotTaken | _StreamEnded
+_Queued = Request | _GenerationChanged | _StreamEnded
+
+
+class _GenerationFanOut:
+    """One task waits on the snapshot source for every open stream and puts each new
+    generation in their queues; it runs while at least one stream is open."""
+
+    def __init__(self, source: SnapshotSource) -> None:
+        self._source = source
+        self._queues: set[asyncio.Queue[_Queued]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self, queue: asyncio.Queue[_Queued]) -> None:
+        self._queues.add(queue)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._tell_streams(self._source.generation)
+            )
+
+    def leave(self, queue: asyncio.Queue[_Queued]) -> None:
+        self._queues.discard(queue)
+        if not self._queues and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _tell_streams(self, seen_generation: int) -> None:
+        while True:
+            try:
+                seen_generation = await self._source.wait_for_change(seen_generation)
+            except Exception as exc:
+                log.exception("snapshot source failed")
+                error = XdsStreamError(f"snapshot source failed: {exc!r}")
+                error.__cause__ = exc
+                for queue in self._queues:
+                    queue.put_nowait(_StreamEnded(error))
+                return
+            for queue in self._queues:
+                queue.put_nowait(_GenerationChanged())
 
 
 # --- protobuf edge --------------------------------------------------------------------------
@@ -183,6 +219,7 @@ class AggregatedDiscoveryServicer:
         self._source = source
         self._subscribers = tuple(subscribers)
         self._stream_ids = itertools.count(1)
+        self._generations = _GenerationFanOut(source)
         # Responses are written as bytes: each distinct body is serialized once for every
         # stream that sends it (see ``ads_method_handlers``).
         self._encoder = ResponseEncoder()
@@ -267,38 +304,57 @@ class AggregatedDiscoveryServicer:
         node = subscribers.stream.node
         events: asyncio.Queue[_Queued] = asyncio.Queue()
         seen_generation = self._source.generation
-        snapshot = self._snapshot_for(node)
-        events.put_nowait(_SnapshotTaken(seen_generation, snapshot))
-        events.put_nowait(request_to_event(first))
-
+        last_fed = self._snapshot_for(node)
+        self._generations.join(events)
         reader = asyncio.create_task(self._read(requests, request_to_event, events))
-        watcher = asyncio.create_task(self._watch(node, seen_generation, snapshot, events))
-        fed = False
         try:
+            # Before its first snapshot the stream follows no generation at all.
+            if last_fed is not None:
+                await self._feed(context, subscribers, machine, last_fed, encode_response)
+                subscribers.applied(seen_generation)
+            event: _Queued = request_to_event(first)
             while True:
-                event = await events.get()
                 if isinstance(event, _StreamEnded):
                     if event.error is not None:
                         raise event.error
                     return
-                if isinstance(event, _SnapshotTaken):
-                    if event.snapshot is not None:
-                        fed = True
-                        actions = machine.receive(SnapshotChanged(event.snapshot))
-                        await self._act(context, subscribers, actions, encode_response)
-                    # Before the first snapshot the stream follows no generation at all.
-                    if fed:
-                        subscribers.applied(event.generation)
-                    continue
-                actions = machine.receive(event)
-                subscribers.request(event, actions)
-                await self._act(context, subscribers, actions, encode_response)
+                if isinstance(event, _GenerationChanged):
+                    generation = self._source.generation
+                    if generation != seen_generation:  # not one this stream has looked at
+                        seen_generation = generation
+                        snapshot = self._snapshot_for(node)
+                        # None means "nothing complete right now": keep what was sent.
+                        if snapshot is not None and (
+                            last_fed is None or snapshot.version != last_fed.version
+                        ):
+                            last_fed = snapshot
+                            await self._feed(
+                                context, subscribers, machine, snapshot, encode_response
+                            )
+                        # Unchanged or not, the stream is told which generation it follows.
+                        if last_fed is not None:
+                            subscribers.applied(generation)
+                else:
+                    actions = machine.receive(event)
+                    subscribers.request(event, actions)
+                    await self._act(context, subscribers, actions, encode_response)
+                event = await events.get()
         finally:
+            self._generations.leave(events)
             reader.cancel()
-            watcher.cancel()
-            for task in (reader, watcher):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _feed(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        subscribers: _Subscribers,
+        machine: _StreamMachine,
+        snapshot: Snapshot,
+        encode_response: Callable[[SendResponse], bytes],
+    ) -> None:
+        actions = machine.receive(SnapshotChanged(snapshot))
+        await self._act(context, subscribers, actions, encode_response)
 
     async def _act(
         self,
@@ -345,36 +401,6 @@ class AggregatedDiscoveryServicer:
             events.put_nowait(_StreamEnded(error))
             return
         events.put_nowait(_StreamEnded())
-
-    async def _watch(
-        self,
-        node: ProxyNode,
-        seen_generation: int,
-        last_fed: Snapshot | None,
-        events: asyncio.Queue[_Queued],
-    ) -> None:
-        while True:
-            try:
-                seen_generation = await self._source.wait_for_change(seen_generation)
-            except Exception as exc:
-                log.exception("snapshot source failed for %s", node.id)
-                error = XdsStreamError(f"snapshot source failed for {node.id}: {exc!r}")
-                error.__cause__ = exc
-                events.put_nowait(_StreamEnded(error))
-                return
-            try:
-                snapshot = self._snapshot_for(node)
-            except XdsStreamError as error:
-                events.put_nowait(_StreamEnded(error))
-                return
-            # None after a snapshot means "nothing complete right now": keep what was sent.
-            # Unchanged or not, the stream is told which generation it now follows.
-            changed = snapshot is not None and (
-                last_fed is None or snapshot.version != last_fed.version
-            )
-            if changed:
-                last_fed = snapshot
-            events.put_nowait(_SnapshotTaken(seen_generation, snapshot if changed else None))
 
     @staticmethod
     def _log_nack(node: ProxyNode, nack: NackReceived) -> None:
