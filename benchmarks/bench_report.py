@@ -21,6 +21,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# This checkout's own code, before anything imports pilotfish: run from a second checkout (a
+# before/after comparison) with one shared venv, it must not measure the venv's checkout.
+sys.path.insert(0, str(REPO / "src"))
 # The process-tree helper the integration tests use is the one benchmarks use too.
 sys.path.insert(0, str(REPO))
 from tests.integration.mesh_harness import descendant_pids as descendant_pids  # noqa: E402
