@@ -82,6 +82,8 @@ class Caller:
 
 
 def caller_of(node: ProxyNode, failover_labels: Sequence[str]) -> Caller:
+    if not failover_labels:  # the usual case: callers differ by locality alone
+        return Caller(node.locality)
     labels = {**node.labels, **Place.of(node.locality).labels()}
     return Caller(
         node.locality,
