@@ -160,19 +160,13 @@ class IstioMetrics:
                 "histogram",
                 [s.response_bytes.sample(labels) for labels, s in labelled],
             ),
-            MetricFamily(
-                SERIES_DROPPED,
-                f"Requests left out of the istio_* metrics: their label set would have been a "
-                f"new series beyond the cap of {self.max_series}, with none idle for "
-                f"{IDLE_SECONDS:.0f} s.",
-                "counter",
-                [Sample((), self.dropped)],
-            ),
-            MetricFamily(
-                SERIES,
-                f"Label sets in each istio_* metric (at most {self.max_series}).",
-                "gauge",
-                [Sample((), len(self._series))],
+            *_cap_families(
+                (SERIES_DROPPED, SERIES),
+                "istio_*",
+                "Requests",
+                self.max_series,
+                self.dropped,
+                len(self._series),
             ),
         ]
 
@@ -289,19 +283,13 @@ class IstioTcpMetrics:
                 "counter",
                 [Sample(labels, s.received) for labels, s in labelled],
             ),
-            MetricFamily(
-                TCP_SERIES_DROPPED,
-                f"TCP connection reports left out of the istio_tcp_* metrics: their label set "
-                f"would have been a new series beyond the cap of {self.max_series}, with none "
-                f"idle for {IDLE_SECONDS:.0f} s.",
-                "counter",
-                [Sample((), self.dropped)],
-            ),
-            MetricFamily(
-                TCP_SERIES,
-                f"Label sets in each istio_tcp_* metric (at most {self.max_series}).",
-                "gauge",
-                [Sample((), len(self._series))],
+            *_cap_families(
+                (TCP_SERIES_DROPPED, TCP_SERIES),
+                "istio_tcp_*",
+                "TCP connection reports",
+                self.max_series,
+                self.dropped,
+                len(self._series),
             ),
         ]
 
@@ -330,6 +318,28 @@ class IstioTcpMetrics:
                 TCP_SERIES_DROPPED,
             )
         self.dropped += 1
+
+
+def _cap_families(
+    names: tuple[str, str], metrics: str, what: str, max_series: int, dropped: int, series: int
+) -> list[MetricFamily]:
+    """A capped table of ``metrics``: the ``what`` it left out, and the label sets it holds."""
+    dropped_name, series_name = names
+    return [
+        MetricFamily(
+            dropped_name,
+            f"{what} left out of the {metrics} metrics: their label set would have been a new "
+            f"series beyond the cap of {max_series}, with none idle for {IDLE_SECONDS:.0f} s.",
+            "counter",
+            [Sample((), dropped)],
+        ),
+        MetricFamily(
+            series_name,
+            f"Label sets in each {metrics} metric (at most {max_series}).",
+            "gauge",
+            [Sample((), series)],
+        ),
+    ]
 
 
 def _peer_values(
