@@ -13,11 +13,12 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,6 +162,77 @@ def kill_leftovers(pids: dict[int, list[str]]) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
     return killed
+
+
+def install_missing_tools(tools: Mapping[str, str]) -> list[str]:
+    """Install with apt-get the Debian package of each tool (name -> package) not on PATH;
+    returns the packages installed, and stops the benchmark naming any it could not get."""
+    missing = sorted({package for tool, package in tools.items() if shutil.which(tool) is None})
+    if not missing:
+        return []
+    print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if subprocess.run(install, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, check=False)
+        subprocess.run(install, capture_output=True, check=True)
+    still_missing = [tool for tool in tools if shutil.which(tool) is None]
+    if still_missing:
+        raise SystemExit(f"cannot install {', '.join(still_missing)}")
+    print(f"installed: {', '.join(missing)}", flush=True)
+    return missing
+
+
+class UpProcess:
+    """A ``pilotfish up DIR`` child running this checkout's code, its log, and every process
+    seen below it, so that none can outlive the benchmark (``stop`` kills what is left)."""
+
+    def __init__(self, directory: Path, log_path: Path, admin_port: int) -> None:
+        self.directory = directory
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pilotfish.cli.main",
+                "up",
+                str(directory),
+                "--admin-port",
+                str(admin_port),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            preexec_fn=die_with_parent,  # a SIGKILLed benchmark must not leave a mesh running
+        )
+        self.seen: dict[int, list[str]] = {}
+
+    def remember_processes(self) -> None:
+        """Note every process below ``up`` now, with its command line."""
+        for pid in descendant_pids(self.process.pid) | {self.process.pid}:
+            argv = command_line(pid)
+            if argv:
+                self.seen.setdefault(pid, argv)
+
+    def log(self) -> str:
+        """The end of ``up``'s output so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> list[int]:
+        """SIGTERM ``up`` (SIGKILL its group after 30 s); the pids left over that were killed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return kill_leftovers(self.seen)
 
 
 @contextlib.contextmanager

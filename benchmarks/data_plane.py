@@ -31,7 +31,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from bench_report import (
-    REPO,
+    UpProcess,
     command_line,
     cpu_seconds,
     descendant_pids,
-    die_with_parent,
     format_table,
-    kill_leftovers,
+    install_missing_tools,
     machine_facts,
     median,
     percentile,
@@ -81,19 +79,7 @@ _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def ensure_tools() -> list[str]:
     """Install the Debian packages of missing tools; returns what was installed."""
-    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
-    if not missing:
-        return []
-    print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    if subprocess.run(install, capture_output=True, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], capture_output=True, check=False)
-        subprocess.run(install, capture_output=True, check=True)
-    still_missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if still_missing:
-        raise SystemExit(f"cannot install {', '.join(still_missing)}")
-    print(f"installed: {', '.join(missing)}", flush=True)
-    return missing
+    return install_missing_tools(TOOLS)
 
 
 def on_cpu(cpu: int, argv: Sequence[str]) -> list[str]:
@@ -254,7 +240,7 @@ def serves(target: Target) -> bool:
     return http_status(target.url, target.host_header) == 200
 
 
-class Mesh:
+class Mesh(UpProcess):
     """A ``pilotfish up`` child process on a generated folder, and what runs below it."""
 
     def __init__(self, work: Path, name: str, mesh_config: str) -> None:
@@ -263,32 +249,7 @@ class Mesh:
         self.directory = work / name
         self.gateway_port = free_port()
         write_mesh(self.directory, self.gateway_port, mesh_config)
-        self.log_path = work / f"pilotfish-up-{name}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish.cli.main",
-                "up",
-                str(self.directory),
-                "--admin-port",
-                str(free_port()),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-            preexec_fn=die_with_parent,  # a SIGKILLed benchmark must not leave a mesh running
-        )
-        self.seen: dict[int, list[str]] = {}
-
-    def remember_processes(self) -> None:
-        """Note every process below us, so that none can outlive the benchmark."""
-        for pid in descendant_pids(self.process.pid) | {self.process.pid}:
-            argv = command_line(pid)
-            if argv:
-                self.seen.setdefault(pid, argv)
+        super().__init__(self.directory, work / f"pilotfish-up-{name}.log", free_port())
 
     def wait_ready(self, timeout: float = 90.0) -> dict[str, Target]:
         apps = self.directory / "apps"
@@ -337,23 +298,11 @@ class Mesh:
         """The name a proxy has in the tables: the quiet mesh's are told apart by a prefix."""
         return name if self.name == MAIN_MESH else f"{self.name}:{name}"
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        killed = kill_leftovers(self.seen)
+    def stop(self) -> list[int]:
+        killed = super().stop()
         if killed:
             print(f"killed {len(killed)} leftover process(es): {killed}")
+        return killed
 
 
 def admin_address(pid: int) -> str | None:

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from bench_report import (
-    REPO,
+    UpProcess,
     command_line,
     descendant_pids,
-    die_with_parent,
     format_table,
-    kill_leftovers,
+    install_missing_tools,
     machine_facts,
     median,
     pin_to_cpu,
@@ -186,30 +184,12 @@ def write_mesh(directory: Path, interception: str) -> None:
     )
 
 
-class Mesh:
+class Mesh(UpProcess):
     def __init__(self, work: Path, interception: str) -> None:
         self.interception = interception
         self.directory = work / interception
         write_mesh(self.directory, interception)
-        self.log_path = work / f"up-{interception}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish.cli.main",
-                "up",
-                str(self.directory),
-                "--admin-port",
-                str(free_port()),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-            preexec_fn=die_with_parent,
-        )
-        self.seen: dict[int, list[str]] = {}
+        super().__init__(self.directory, work / f"up-{interception}.log", free_port())
 
     def loader_argv(self, loader: Path, count: int, connections: int) -> list[str]:
         """The loader's command line: to the sidecar as a proxy, or inside the namespace."""
@@ -246,28 +226,6 @@ class Mesh:
             elif argv and Path(argv[0]).name == "nginx":
                 pin_to_cpu(pid, LOAD_CPU)
 
-    def remember_processes(self) -> None:
-        for pid in descendant_pids(self.process.pid) | {self.process.pid}:
-            argv = command_line(pid)
-            if argv:
-                self.seen.setdefault(pid, argv)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        kill_leftovers(self.seen)
-
 
 def run_loader(argv: Sequence[str], timeout: float = 120.0) -> dict[str, Any]:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
@@ -303,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("transparent interception needs root: run this benchmark as root", file=sys.stderr)
         return 2
+    install_missing_tools({"nginx": "nginx"})  # the backend both paths load
     work = Path(tempfile.mkdtemp(prefix="pilotfish-bench-interception-"))
     loader = work / "loader.py"
     loader.write_text(LOADER)

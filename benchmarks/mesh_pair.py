@@ -13,17 +13,13 @@ is the load side.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from bench_report import REPO, command_line, descendant_pids, die_with_parent, kill_leftovers
+from bench_report import UpProcess, command_line, descendant_pids
 
 from pilotfish.agent.ports import free_port
 
@@ -93,7 +89,7 @@ def mesh_yaml(
     return "---\n".join(parts)
 
 
-class MeshPair:
+class MeshPair(UpProcess):
     """Send to ``ports[name]`` (the client sidecar's upstream port) to reach backend ``name``."""
 
     def __init__(
@@ -116,32 +112,7 @@ class MeshPair:
         (self.directory / "mesh.yaml").write_text(
             mesh_yaml(backends, self.ports, tls, protocols, self._proxy_file)
         )
-        self.admin_port = free_port()
-        self.log_path = work / f"{name}-pilotfish.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish.cli.main",
-                "up",
-                str(self.directory),
-                "--admin-port",
-                str(self.admin_port),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-            preexec_fn=die_with_parent,
-        )
-        self.seen: dict[int, list[str]] = {}
-
-    def _remember(self) -> None:
-        for pid in descendant_pids(self.process.pid) | {self.process.pid}:
-            argv = command_line(pid)
-            if argv:
-                self.seen.setdefault(pid, argv)
+        super().__init__(self.directory, work / f"{name}-pilotfish.log", free_port())
 
     @property
     def http_proxy(self) -> str:
@@ -180,27 +151,11 @@ class MeshPair:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pilotfish up exited early:\n{self.log()}")
-            self._remember()
+            self.remember_processes()
             if serves():
-                self._remember()
+                self.remember_processes()
                 return
             time.sleep(0.25)
         raise RuntimeError(
             f"the {self.name} mesh did not serve within {timeout:.0f}s:\n{self.log()}"
         )
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        kill_leftovers(self.seen)
