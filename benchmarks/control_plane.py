@@ -60,6 +60,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from pilotfish.agent.ports import free_port
 from pilotfish.agent.supervisor import Sidecar
+from pilotfish.controller.collector import pace_collector_for_control_plane
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
 from pilotfish.controller.mesh_controller import MeshController
 from pilotfish.discovery import InMemoryRegistry
@@ -561,7 +562,11 @@ class ControlPlaneProcess:
 
     @classmethod
     async def start(
-        cls, services: int, endpoints_per_service: int, profile_to: Path | None = None
+        cls,
+        services: int,
+        endpoints_per_service: int,
+        profile_to: Path | None = None,
+        python_default_gc: bool = False,
     ) -> ControlPlaneProcess:
         argv = [
             sys.executable,
@@ -574,6 +579,8 @@ class ControlPlaneProcess:
         ]
         if profile_to is not None:
             argv += ["--profile-control-plane", str(profile_to)]
+        if python_default_gc:
+            argv.append("--python-default-gc")
         if shutil.which("taskset") and 0 in os.sched_getaffinity(0):
             argv = ["taskset", "-c", "0", *argv]
         process = await asyncio.create_subprocess_exec(
@@ -615,6 +622,7 @@ async def bench_scale(
     changes: int,
     budget_s: float,
     profile_dir: Path | None = None,
+    python_default_gc: bool = False,
 ) -> ScaleRun:
     per_change = max(1, services // 100)
     run = ScaleRun(
@@ -629,7 +637,9 @@ async def bench_scale(
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
         profile_to = profile_dir / f"control-plane-{clients}-{stream}.pstats"
-    control_plane = await ControlPlaneProcess.start(services, endpoints_per_service, profile_to)
+    control_plane = await ControlPlaneProcess.start(
+        services, endpoints_per_service, profile_to, python_default_gc
+    )
     proxies = [SimulatedProxy(index) for index in range(clients)]
     arrivals = Arrivals(proxies)
     tasks: list[asyncio.Task[None]] = []
@@ -797,6 +807,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="scale runs: cProfile the control plane process, write .pstats files here",
     )
+    parser.add_argument(
+        "--python-default-gc",
+        action="store_true",
+        help="keep Python's garbage-collector thresholds (the baseline): by default the "
+        "control plane is paced as `pilotfish up` paces it",
+    )
     parser.add_argument("--serve-scale", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -848,6 +864,7 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
                             changes,
                             budget,
                             args.profile_control_plane,
+                            args.python_default_gc,
                         )
                     )
                 except Exception as exc:
@@ -870,6 +887,10 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.python_default_gc:
+        # Both control planes measured here (the scale run's process, and this one for the
+        # real Envoys) run as `pilotfish up` and `pilotfish control-plane` run them.
+        pace_collector_for_control_plane()
     if args.serve_scale:
         # Profiles the changes only (enabled at the first one): the initial sync is not
         # what a change costs.

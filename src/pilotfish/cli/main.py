@@ -199,7 +199,10 @@ def run_up(args: argparse.Namespace) -> int:
     import dataclasses
 
     from pilotfish.admin.server import start_admin_server
+    from pilotfish.controller.collector import pace_collector_for_control_plane
     from pilotfish.runner.local_mesh import LocalMesh, LocalMeshSettings
+
+    pace_collector_for_control_plane()
 
     async def serve() -> int:
         mesh = LocalMesh(
@@ -265,7 +268,10 @@ def run_control_plane(args: argparse.Namespace) -> int:
     import json
 
     from pilotfish.admin.server import start_admin_server
+    from pilotfish.controller.collector import pace_collector_for_control_plane
     from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
+
+    pace_collector_for_control_plane()
 
     async def serve() -> int:
         stop = _stop_on_signals()
