@@ -24,7 +24,14 @@ from pilotfish.xds import SyncStatus
 from pilotfish.xds.server import start_xds_server
 from pilotfish.xds.source import InMemorySnapshotSource
 from pilotfish.xds.status_board import ProxyStatusBoard
-from xds_clients import http_resources
+from xds_clients import (
+    SimpleResources,
+    eds_cluster,
+    http_listener,
+    http_resources,
+    load_assignment,
+    route_to,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -232,6 +239,106 @@ async def test_envoy_serves_traffic_then_nacks_a_broken_cluster(
             200,
             BACKEND_BODY,
         )
+    finally:
+        envoy.kill()
+        envoy.wait(timeout=10)
+
+
+def _answering(body: bytes) -> type[BaseHTTPRequestHandler]:
+    class Answer(_Backend):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Answer
+
+
+@pytest.fixture
+def other_backend_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(b"the other backend"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def envoy_stat(admin: str, name: str) -> int:
+    _, body = http_get(f"{admin}/stats?filter=^{name}$")
+    for line in body.decode().splitlines():
+        stat, _, value = line.partition(": ")
+        if stat == name:
+            return int(value)
+    raise AssertionError(f"Envoy has no stat {name}: {body!r}")
+
+
+async def test_sotw_endpoints_of_one_cluster_change_and_the_other_keeps_its_own(
+    plane: Plane, backend_port: int, other_backend_port: int, tmp_path: Path
+) -> None:
+    """Over SotW, an endpoint change sends the changed cluster's load assignment alone; Envoy
+    updates that cluster and leaves the other one's endpoints as they were."""
+    one_port, two_port = free_port(), free_port()
+    both = SimpleResources(
+        clusters=(eds_cluster("one"), eds_cluster("two")),
+        load_assignments=(
+            load_assignment("one", backend_port),
+            load_assignment("two", backend_port),
+        ),
+        listeners=(http_listener("one", one_port, "one"), http_listener("two", two_port, "two")),
+        routes=(route_to("one", "one"), route_to("two", "two")),
+    )
+    plane.source.set_snapshot(make_snapshot(both))
+    config_path = tmp_path / "envoy.json"
+    config_path.write_text(json.dumps(bootstrap("GRPC", plane.port)))
+    admin_path = tmp_path / "admin-address"
+    command = [
+        str(ENVOY),
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--admin-address-path",
+        str(admin_path),
+        "--log-path",
+        str(tmp_path / "envoy.log"),
+    ]
+    envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
+        admin = "http://" + admin_path.read_text().strip()
+        one_url, two_url = f"http://127.0.0.1:{one_port}/", f"http://127.0.0.1:{two_port}/"
+        assert await fetch_until_ok(one_url) == BACKEND_BODY
+        assert await fetch_until_ok(two_url) == BACKEND_BODY
+        updates_of_two = envoy_stat(admin, "cluster.two.update_success")
+        updates_of_one = envoy_stat(admin, "cluster.one.update_success")
+
+        moved = replace(
+            both,
+            load_assignments=(load_assignment("one", other_backend_port), both.load_assignments[1]),
+        )
+        plane.source.set_snapshot(make_snapshot(moved))
+
+        async def one_moved() -> bool:
+            return (await asyncio.to_thread(http_get, one_url)) == (200, b"the other backend")
+
+        for _ in range(100):
+            if await one_moved():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("cluster one never reached its new endpoint")
+        assert envoy_stat(admin, "cluster.one.update_success") > updates_of_one
+        # Cluster two was not in the response, and Envoy kept its endpoint.
+        assert envoy_stat(admin, "cluster.two.update_success") == updates_of_two
+        assert await asyncio.to_thread(http_get, two_url) == (200, BACKEND_BODY)
+        _, clusters = await asyncio.to_thread(http_get, admin + "/clusters")
+        assert f"two::127.0.0.1:{backend_port}::" in clusters.decode()
     finally:
         envoy.kill()
         envoy.wait(timeout=10)

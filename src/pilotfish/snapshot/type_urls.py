@@ -17,6 +17,11 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
 # For these types an empty SotW subscription means "everything" (the legacy wildcard).
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
+# Every SotW response of these types must hold all of the type's resources the proxy needs
+# (one missing is one removed). Responses of the other types may hold only some: the xDS
+# protocol groups them as it does for Delta, and a resource left out is left as it is.
+SOTW_FULL_STATE_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
+
 SHORT_NAMES: dict[str, str] = {
     CLUSTER: "CDS",
     ENDPOINT: "EDS",

@@ -39,7 +39,7 @@ from pilotfish.xds.protocol import (
     SnapshotChanged,
     TypeStatus,
 )
-from pilotfish.xds.sotw import SotwStream
+from pilotfish.xds.sotw import NameSets, SotwStream
 from pilotfish.xds.source import SnapshotSource
 
 log = logging.getLogger("pilotfish.xds")
@@ -223,6 +223,7 @@ class AggregatedDiscoveryServicer:
         # Responses are written as bytes: each distinct body is serialized once for every
         # stream that sends it (see ``ads_method_handlers``).
         self._encoder = ResponseEncoder()
+        self._name_sets = NameSets()
 
     async def StreamAggregatedResources(
         self,
@@ -233,7 +234,7 @@ class AggregatedDiscoveryServicer:
             request_iterator,
             context,
             "sotw",
-            _StreamMachine(SotwStream()),
+            _StreamMachine(SotwStream(self._name_sets)),
             sotw_request_from_proto,
             self._encoder.sotw,
         )

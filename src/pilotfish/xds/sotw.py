@@ -1,9 +1,16 @@
 """Sans-IO state machine of one state-of-the-world ADS stream.
 
 Rules, all taken from how Envoy behaves:
-- A response carries every subscribed resource of its type; its version is a hash of that
-  content, so "nothing changed" is a string comparison. Streams that want the same
-  resources of snapshots of one cache get them (and their version) from one selection.
+- A response's version is a hash of every subscribed resource of its type, so "nothing
+  changed" is a string comparison. Streams that want the same resources of snapshots of one
+  cache get them (and their version) from one selection.
+- A response of clusters or listeners carries every subscribed resource (one left out is one
+  removed). One of another type (endpoints, routes, secrets) carries every subscribed
+  resource after a new subscription, a NACK or a wildcard, and otherwise only those that
+  changed since the proxy was last sent them: the xDS protocol lets those types be grouped
+  as Delta groups them, Envoy and gRPC leave a resource that a response does not name as it
+  is, and Istio pushes endpoints so. A thousand load assignments are then sent once, not
+  once per change.
 - An ACK or NACK never causes a resend of the same content.
 - The legacy wildcard (an empty subscription to CDS or LDS) holds only while the proxy has
   never named a resource of that type on this stream; after that an empty list unsubscribes
@@ -17,9 +24,10 @@ Rules, all taken from how Envoy behaves:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from pilotfish.snapshot import Snapshot, type_urls
+from pilotfish.snapshot import Resource, Snapshot, type_urls
 from pilotfish.xds.protocol import (
     Action,
     NonceSource,
@@ -39,13 +47,41 @@ class _TypeState:
     progress: TypeProgress
     wildcard: bool = False
     names: frozenset[str] = frozenset()
+    # The subscription as the proxy last listed it: every ACK lists it again, most often
+    # unchanged, and comparing the lists is cheaper than making the set again.
+    listed: tuple[str, ...] = ()
     named_before: bool = False
     latest_nonce: int | None = None
     responded: bool = field(default=False)
+    # For a type whose responses may carry only what changed: per name, the version the
+    # proxy was last sent, of the subscription ``sent_for``; None: the next one carries all.
+    sent: dict[str, str] | None = None
+    sent_for: frozenset[str] = frozenset()
+
+
+class NameSets:
+    """One set object for every stream subscribed to the same names (one server's streams
+    share it). Selections are looked up by subscription: with the same object, the lookup
+    compares it by identity instead of a thousand names for every proxy and change."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._known: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+
+    def shared(self, names: frozenset[str]) -> frozenset[str]:
+        known = self._known.get(names)
+        if known is not None:
+            self._known.move_to_end(names)
+            return known
+        self._known[names] = names
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+        return names
 
 
 class SotwStream:
-    def __init__(self) -> None:
+    def __init__(self, name_sets: NameSets | None = None) -> None:
+        self._name_sets = NameSets() if name_sets is None else name_sets
         self._snapshot: Snapshot | None = None
         self._types: dict[str, _TypeState] = {}
         self._nonces = NonceSource()
@@ -73,7 +109,11 @@ class SotwStream:
         state.wildcard = "*" in request.resource_names or (
             not state.named_before and request.type_url in type_urls.WILDCARD_TYPES
         )
-        state.names = frozenset(n for n in request.resource_names if n != "*")
+        if first or request.resource_names != state.listed:
+            state.listed = request.resource_names
+            state.names = self._name_sets.shared(
+                frozenset(n for n in request.resource_names if n != "*")
+            )
 
         nonce = NonceSource.parse(request.response_nonce)
         answers_a_response = bool(request.response_nonce) and state.latest_nonce is not None
@@ -83,6 +123,7 @@ class SotwStream:
         actions: list[Action] = []
         if answers_a_response and nonce is not None:
             if request.error_message is not None:
+                state.sent = None  # what it holds is no longer known: the next one is complete
                 state.progress.acked_version = request.version_info or state.progress.acked_version
                 actions.append(
                     state.progress.record_nack(
@@ -106,18 +147,18 @@ class SotwStream:
         return actions
 
     def _snapshot_changed(self, snapshot: Snapshot) -> list[Action]:
-        must_resend = load_assignments_to_resend(self._snapshot, snapshot)
+        previous = self._snapshot
+        must_resend = load_assignments_to_resend(previous, snapshot)
         self._snapshot = snapshot
         actions: list[Action] = []
         for type_url in sorted(self._types, key=type_urls.push_rank):
             state = self._types[type_url]
             version = self._version(state, snapshot)
             state.progress.desired_version = version
-            forced = type_url == type_urls.ENDPOINT and self._holds_any(
-                state, snapshot, must_resend
-            )
-            if forced or self._worth_sending(state, version):
-                actions.append(self._respond(state, version, snapshot))
+            forced = must_resend if type_url == type_urls.ENDPOINT else frozenset()
+            if self._holds_any(state, snapshot, forced) or self._worth_sending(state, version):
+                changed = self._changed_only(state, snapshot, previous, forced)
+                actions.append(self._respond(state, version, snapshot, changed))
         return actions
 
     @staticmethod
@@ -143,11 +184,51 @@ class SotwStream:
             return snapshot.type_version(type_url)
         return snapshot.select(type_url, state.names).version
 
-    def _respond(self, state: _TypeState, version: str, snapshot: Snapshot) -> SendResponse:
+    @staticmethod
+    def _changed_only(
+        state: _TypeState, snapshot: Snapshot, previous: Snapshot | None, forced: frozenset[str]
+    ) -> tuple[Resource, ...] | None:
+        """The subscribed resources that changed since the proxy was sent them, and those it
+        must get again; None when the response must carry every subscribed resource."""
+        if (
+            state.sent is None
+            or state.wildcard
+            or previous is None
+            or state.sent_for != state.names
+        ):
+            return None
+        type_url = state.progress.type_url
+        available = snapshot.of_type(type_url)
+        changed: list[Resource] = []
+        # The proxy holds what ``previous`` held of its subscription (every change since the
+        # complete response was sent, or needed nothing): only names that differ can count.
+        for name in sorted({*snapshot.changed_names(previous, type_url), *forced}):
+            if name not in state.names:
+                continue
+            resource = available.get(name)
+            if resource is None:
+                state.sent.pop(name, None)
+            elif name in forced or state.sent.get(name) != resource.version:
+                state.sent[name] = resource.version
+                changed.append(resource)
+        return tuple(changed)
+
+    def _respond(
+        self,
+        state: _TypeState,
+        version: str,
+        snapshot: Snapshot,
+        changed: tuple[Resource, ...] | None = None,
+    ) -> SendResponse:
         nonce = self._nonces.next()
         state.latest_nonce = nonce
         state.responded = True
         state.progress.sent_version = version
         type_url = state.progress.type_url
+        if changed is not None:
+            return SendResponse(type_url, version, str(nonce), changed)
         selected = snapshot.select(type_url, None if state.wildcard else state.names)
+        if type_url not in type_urls.SOTW_FULL_STATE_TYPES and not state.wildcard:
+            state.sent = {r.name: r.version for r in selected.resources}
+            state.sent_for = state.names
         return SendResponse(type_url, version, str(nonce), selected.resources)

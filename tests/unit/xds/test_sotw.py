@@ -14,6 +14,7 @@ from pilotfish.xds import (
     SyncStatus,
 )
 from pilotfish.xds.protocol import Action
+from pilotfish.xds.sotw import NameSets
 
 BASE = snapshot(
     {
@@ -216,6 +217,9 @@ class ModelProxy:
 
     Per the spec, an empty list is a wildcard for CDS and LDS only while no request of that
     type on the stream has named anything ("*" included); "*" is a wildcard for any type.
+    A response of CDS or LDS replaces all the proxy holds of its type; one of another type
+    (EDS here) updates the resources it carries and leaves the others as they are, and the
+    proxy drops what it unsubscribes from.
     """
 
     def __init__(self) -> None:
@@ -236,9 +240,24 @@ class ModelProxy:
             self.owes_request.add(request.type_url)
 
     def apply(self, response: SendResponse) -> None:
-        self.latest[response.type_url] = response
-        self.held[response.type_url] = {r.name: r.version for r in response.resources}
-        self.owes_request.add(response.type_url)
+        type_url = response.type_url
+        self.latest[type_url] = response
+        carried = {r.name: r.version for r in response.resources}
+        if type_url in (CDS, LDS):
+            self.held[type_url] = carried
+        else:
+            names = self.names.get(type_url, ())
+            kept = {n: v for n, v in self.held.get(type_url, {}).items() if n in names}
+            self.held[type_url] = kept | carried
+        self.owes_request.add(type_url)
+
+    def holds(self, type_url: str, wanted: dict[str, str]) -> dict[str, str]:
+        """What the proxy holds of ``type_url``; of EDS, only the names it wants (one the
+        server removed stays held: SotW cannot say so for EDS, the cluster's removal does)."""
+        held = self.held.get(type_url, {})
+        if type_url in (CDS, LDS):
+            return held
+        return {n: v for n, v in held.items() if n in wanted}
 
     def wanted(self, type_url: str, current: Snapshot) -> dict[str, str]:
         available = current.of_type(type_url)
@@ -282,7 +301,8 @@ def assert_proxy_caught_up(stream: SotwStream, proxy: ModelProxy) -> None:
         return
     statuses = {s.type_url: s for s in stream.statuses()}
     for type_url in proxy.names:
-        assert proxy.held.get(type_url, {}) == proxy.wanted(type_url, current), type_url
+        wanted = proxy.wanted(type_url, current)
+        assert proxy.holds(type_url, wanted) == wanted, type_url
         if type_url in proxy.latest:
             assert proxy.latest[type_url].version == statuses[type_url].desired_version
 
@@ -332,13 +352,109 @@ def test_invariants_over_event_sequences(data: st.DataObject) -> None:
         for response in responses(actions):
             assert response.nonce not in sent_nonces
             sent_nonces.append(response.nonce)
-            assert response.version == version_of_resources(response.resources)
             if isinstance(event, RequestReceived):
                 # An ACK, NACK or subscription change never brings back the same content.
                 assert response.version != before.get(response.type_url)
             proxy.apply(response)
+            # Complete or not, a response leaves the proxy holding all it wants, at the
+            # response's version.
+            assert stream.snapshot is not None
+            wanted = proxy.wanted(response.type_url, stream.snapshot)
+            assert proxy.holds(response.type_url, wanted) == wanted
+            available = stream.snapshot.of_type(response.type_url)
+            assert response.version == version_of_resources(available[n] for n in wanted)
         if stale:
             assert actions == []
         order = [r.type_url for r in responses(actions)]
         assert order == sorted(order, key=[CDS, EDS].index)
     assert_proxy_caught_up(stream, proxy)
+
+
+def acked(stream: SotwStream, response: SendResponse, names: tuple[str, ...] = ()) -> None:
+    ack = RequestReceived(
+        response.type_url,
+        version_info=response.version,
+        resource_names=names,
+        response_nonce=response.nonce,
+    )
+    assert responses(stream.receive(ack)) == []
+
+
+def subscribed_to_endpoints(names: tuple[str, ...]) -> SotwStream:
+    stream = SotwStream()
+    stream.receive(SnapshotChanged(BASE))
+    acked(stream, only_response(stream.receive(RequestReceived(CDS))))
+    first = only_response(stream.receive(RequestReceived(EDS, resource_names=names)))
+    assert [r.name for r in first.resources] == sorted(names)
+    acked(stream, first, names)
+    return stream
+
+
+CHANGED_B = snapshot(
+    {
+        CDS: {"a": "1", "b": "1"},
+        EDS: {"a": "1", "b": "2"},
+        LDS: {"http": "1"},
+        RDS: {"outbound": "1"},
+    }
+)
+
+
+def test_endpoints_that_changed_are_sent_alone_at_the_version_of_all() -> None:
+    stream = subscribed_to_endpoints(("a", "b"))
+    eds = only_response(stream.receive(SnapshotChanged(CHANGED_B)))
+    assert eds.type_url == EDS
+    assert [(r.name, r.version) for r in eds.resources] == [("b", "2")]
+    available = CHANGED_B.of_type(EDS)
+    assert eds.version == version_of_resources(available.values())
+
+
+def test_clusters_are_always_sent_whole() -> None:
+    stream = subscribed_to_endpoints(("a", "b"))
+    changed = snapshot({CDS: {"a": "1", "b": "2"}, EDS: {"a": "1", "b": "1"}})
+    sent = responses(stream.receive(SnapshotChanged(changed)))
+    cds = next(r for r in sent if r.type_url == CDS)
+    assert [r.name for r in cds.resources] == ["a", "b"]
+    # The changed cluster's assignment goes again (Envoy warms the cluster until it does).
+    eds = next(r for r in sent if r.type_url == EDS)
+    assert [r.name for r in eds.resources] == ["b"]
+
+
+def test_after_a_nack_the_next_response_carries_every_subscribed_resource() -> None:
+    stream = subscribed_to_endpoints(("a", "b"))
+    eds = only_response(stream.receive(SnapshotChanged(CHANGED_B)))
+    nack = RequestReceived(
+        EDS,
+        version_info="",
+        resource_names=("a", "b"),
+        response_nonce=eds.nonce,
+        error_message="no",
+    )
+    stream.receive(nack)
+    again = snapshot({CDS: {"a": "1", "b": "1"}, EDS: {"a": "2", "b": "2"}})
+    eds = only_response(stream.receive(SnapshotChanged(again)))
+    assert [(r.name, r.version) for r in eds.resources] == [("a", "2"), ("b", "2")]
+
+
+def test_a_new_subscription_gets_every_resource_it_names() -> None:
+    stream = subscribed_to_endpoints(("a",))
+    both = only_response(stream.receive(RequestReceived(EDS, resource_names=("a", "b"))))
+    assert [r.name for r in both.resources] == ["a", "b"]
+
+
+def test_a_wildcard_subscriber_gets_every_resource_of_the_type() -> None:
+    stream = subscribed_to_endpoints(("b",))
+    wildcard = only_response(stream.receive(RequestReceived(EDS, resource_names=("*", "b"))))
+    acked(stream, wildcard, ("*", "b"))
+    eds = only_response(stream.receive(SnapshotChanged(CHANGED_B)))
+    assert [r.name for r in eds.resources] == ["a", "b"]
+
+
+def test_equal_subscriptions_share_one_set_and_the_table_stays_bounded() -> None:
+    sets = NameSets(size=2)
+    first = frozenset({"a", "b"})
+    assert sets.shared(frozenset(["b", "a"])) is sets.shared(first)
+    sets.shared(frozenset({"c"}))
+    sets.shared(frozenset({"d"}))
+    again = frozenset({"a", "b"})
+    assert sets.shared(again) is again  # the oldest went when the table was full
