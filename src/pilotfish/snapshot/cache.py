@@ -205,6 +205,15 @@ class _OwnLayer:
     outputs: tuple[tuple[str, _Output], ...]
     # The last snapshot made with this layer, and the shared layer it was made with.
     combined: tuple[Layer, Snapshot] | None = None
+    # The types this layer's resources reference; what of them the shared layer lacked, for
+    # the shared layer's resources of those types it was last checked against.
+    referenced_types: tuple[str, ...] = ()
+    checked: tuple[tuple[Mapping[str, Resource] | None, ...], list[Dangling]] | None = None
+
+    @classmethod
+    def of(cls, layer: Layer, outputs: tuple[tuple[str, _Output], ...]) -> _OwnLayer:
+        referenced = {t for _, output in outputs for r in output.resources for t, _ in r.references}
+        return cls(layer, outputs, referenced_types=tuple(sorted(referenced)))
 
 
 @dataclass
@@ -386,13 +395,20 @@ class SnapshotCache(Generic[Context]):
         return own.combined[1]
 
     def _own_dangling(self, own: _OwnLayer, shared: Layer) -> list[Dangling]:
+        # A change of endpoints makes a new shared layer whose clusters and routes are the
+        # same objects: what the proxy's own resources lack is then what they lacked before.
+        against = tuple(shared.by_type.get(t) for t in own.referenced_types)
+        if own.checked is not None and _same_mappings(own.checked[0], against):
+            return own.checked[1]
         mine = own.layer.by_type
-        return [
+        dangling = [
             missing
             for type_url, output in own.outputs
             for missing in self._missing_from(type_url, output, shared)
             if missing[3] not in mine.get(missing[2], _EMPTY_TYPE)
         ]
+        own.checked = (against, dangling)
+        return dangling
 
     def _missing_from(self, type_url: str, output: _Output, shared: Layer) -> tuple[Dangling, ...]:
         known = self._missing.get(output)
@@ -537,7 +553,7 @@ class SnapshotCache(Generic[Context]):
             for type_url, output in outputs:
                 grouped.setdefault(type_url, []).extend(output.resources)
             by_type, duplicates = _by_name(grouped)
-            known = _OwnLayer(make_layer(by_type, duplicates), made_of)
+            known = _OwnLayer.of(make_layer(by_type, duplicates), made_of)
             self._own[node.id] = known
         self._remember(self._own, node.id)
         return known

@@ -338,6 +338,8 @@ class Snapshot:
             return compare(previous.of_type(type_url), self.of_type(type_url))
         shared = compare(old_layers[0], new_layers[0])
         old_own, new_own = old_layers[1], new_layers[1]
+        if old_own is new_own:
+            return shared
         own = {n for n in (*old_own, *new_own) if old_own.get(n) is not new_own.get(n)}
         return (*shared, *sorted(own))
 

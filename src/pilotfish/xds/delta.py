@@ -185,6 +185,8 @@ class DeltaStream:
             # The proxy is up to date with ``previous``: only names that differ between the two
             # (worked out once for every stream that shares them) can need sending or removing.
             candidates = set(snapshot.changed_names(previous, type_url)) | forced
+            if not candidates and state.progress.sent_version is not None:
+                return None  # the usual case for all types but one: nothing differs
             before = previous.of_type(type_url)
             for name in candidates:  # keep the wanted set's version sum up to date
                 if self._wants(state, name):
