@@ -8,9 +8,9 @@ Rules, all taken from how Envoy behaves:
   removed). One of another type (endpoints, routes, secrets) carries every subscribed
   resource after a new subscription, a NACK or a wildcard, and otherwise only those that
   changed since the proxy was last sent them: the xDS protocol lets those types be grouped
-  as Delta groups them, Envoy and gRPC leave a resource that a response does not name as it
-  is, and Istio pushes endpoints so. A thousand load assignments are then sent once, not
-  once per change.
+  as Delta groups them, Envoy leaves a resource that a response does not name as it is
+  (tested on a real one), and Istio pushes endpoints so. A thousand load assignments are
+  then sent once, not once per change.
 - An ACK or NACK never causes a resend of the same content.
 - The legacy wildcard (an empty subscription to CDS or LDS) holds only while the proxy has
   never named a resource of that type on this stream; after that an empty list unsubscribes
