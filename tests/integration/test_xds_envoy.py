@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import threading
@@ -41,22 +42,26 @@ BACKEND_BODY = b"hello from the backend"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class _Backend(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True
+def _answering(body: bytes) -> type[BaseHTTPRequestHandler]:
+    class Answer(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True
 
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BACKEND_BODY)))
-        self.end_headers()
-        self.wfile.write(BACKEND_BODY)
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Answer
 
 
-@pytest.fixture
-def backend_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+@contextlib.contextmanager
+def _serving(body: bytes) -> Iterator[int]:
+    """An HTTP server on a free loopback port answering every GET with ``body``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(body))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -65,6 +70,18 @@ def backend_port() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def backend_port() -> Iterator[int]:
+    with _serving(BACKEND_BODY) as port:
+        yield port
+
+
+@pytest.fixture
+def other_backend_port() -> Iterator[int]:
+    with _serving(b"the other backend") as port:
+        yield port
 
 
 def bootstrap(api_type: str, xds_port: int) -> dict[str, object]:
@@ -138,6 +155,37 @@ async def plane() -> AsyncIterator[Plane]:
         await server.stop(None)
 
 
+async def start_envoy(
+    config: dict[str, object], folder: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Envoy with ``config`` (its log in ``folder``), and its admin URL once it has one."""
+    config_path = folder / "envoy.json"
+    config_path.write_text(json.dumps(config))
+    admin_path = folder / "admin-address"
+    command = [
+        str(ENVOY),
+        "-c",
+        str(config_path),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--admin-address-path",
+        str(admin_path),
+        "-l",
+        "info",
+        "--log-path",
+        str(folder / "envoy.log"),
+    ]
+    envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
+    except BaseException:
+        envoy.kill()
+        envoy.wait(timeout=10)
+        raise
+    return envoy, "http://" + admin_path.read_text().strip()
+
+
 def http_get(url: str) -> tuple[int, bytes]:
     try:
         with NO_PROXY.open(url, timeout=2) as response:
@@ -167,29 +215,8 @@ async def test_envoy_serves_traffic_then_nacks_a_broken_cluster(
     assert check_consistency(good) == []
     plane.source.set_snapshot(good)
 
-    admin_path = tmp_path / "admin-address"
-    config = bootstrap(api_type, plane.port)
-    config_path = tmp_path / "envoy.json"
-    config_path.write_text(json.dumps(config))
-    log_path = tmp_path / "envoy.log"
-    command = [
-        str(ENVOY),
-        "-c",
-        str(config_path),
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "--admin-address-path",
-        str(admin_path),
-        "-l",
-        "info",
-        "--log-path",
-        str(log_path),
-    ]
-    envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    envoy, admin = await start_envoy(bootstrap(api_type, plane.port), tmp_path)
     try:
-        await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
-        admin = "http://" + admin_path.read_text().strip()
         await eventually(lambda: http_get(admin + "/ready")[0] == 200, "Envoy /ready")
 
         body = await fetch_until_ok(f"http://127.0.0.1:{listener_port}/")
@@ -244,30 +271,6 @@ async def test_envoy_serves_traffic_then_nacks_a_broken_cluster(
         envoy.wait(timeout=10)
 
 
-def _answering(body: bytes) -> type[BaseHTTPRequestHandler]:
-    class Answer(_Backend):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Answer
-
-
-@pytest.fixture
-def other_backend_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(b"the other backend"))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def envoy_stat(admin: str, name: str) -> int:
     _, body = http_get(f"{admin}/stats?filter=^{name}$")
     for line in body.decode().splitlines():
@@ -293,25 +296,8 @@ async def test_sotw_endpoints_of_one_cluster_change_and_the_other_keeps_its_own(
         routes=(route_to("one", "one"), route_to("two", "two")),
     )
     plane.source.set_snapshot(make_snapshot(both))
-    config_path = tmp_path / "envoy.json"
-    config_path.write_text(json.dumps(bootstrap("GRPC", plane.port)))
-    admin_path = tmp_path / "admin-address"
-    command = [
-        str(ENVOY),
-        "-c",
-        str(config_path),
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "--admin-address-path",
-        str(admin_path),
-        "--log-path",
-        str(tmp_path / "envoy.log"),
-    ]
-    envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    envoy, admin = await start_envoy(bootstrap("GRPC", plane.port), tmp_path)
     try:
-        await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
-        admin = "http://" + admin_path.read_text().strip()
         one_url, two_url = f"http://127.0.0.1:{one_port}/", f"http://127.0.0.1:{two_port}/"
         assert await fetch_until_ok(one_url) == BACKEND_BODY
         assert await fetch_until_ok(two_url) == BACKEND_BODY
