@@ -17,10 +17,12 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
 # For these types an empty SotW subscription means "everything" (the legacy wildcard).
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
-# Every SotW response of these types must hold all of the type's resources the proxy needs
-# (one missing is one removed). Responses of the other types may hold only some: the xDS
-# protocol groups them as it does for Delta, and a resource left out is left as it is.
-SOTW_FULL_STATE_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
+# SotW responses of these types may carry only the resources that changed: the xDS protocol
+# groups every type but clusters and listeners as it does for Delta, and Envoy leaves a
+# resource a response does not name as it is (an empty update for an endpoint or route watch
+# is ignored, too). Secrets are left out: Envoy's unified SotW mux hands a watch its response
+# leaves out an empty update, which SDS rejects.
+SOTW_PARTIAL_TYPES: frozenset[str] = frozenset({ENDPOINT, ROUTE})
 
 SHORT_NAMES: dict[str, str] = {
     CLUSTER: "CDS",

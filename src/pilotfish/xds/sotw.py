@@ -4,13 +4,15 @@ Rules, all taken from how Envoy behaves:
 - A response's version is a hash of every subscribed resource of its type, so "nothing
   changed" is a string comparison. Streams that want the same resources of snapshots of one
   cache get them (and their version) from one selection.
-- A response of clusters or listeners carries every subscribed resource (one left out is one
-  removed). One of another type (endpoints, routes, secrets) carries every subscribed
-  resource after a new subscription, a NACK or a wildcard, and otherwise only those that
-  changed since the proxy was last sent them: the xDS protocol lets those types be grouped
-  as Delta groups them, Envoy leaves a resource that a response does not name as it is
-  (tested on a real one), and Istio pushes endpoints so. A thousand load assignments are
-  then sent once, not once per change.
+- A response of clusters, listeners or secrets carries every subscribed resource (for the
+  first two, one left out is one removed). One of endpoints or routes carries only those
+  that changed since the proxy was last sent them, once it has answered every response of
+  the type and holds a complete one for its subscription (not after a NACK, nor to a
+  wildcard subscriber): the xDS protocol lets those types be grouped as Delta groups them,
+  Envoy leaves a resource that a response does not name as it is (tested on a real one),
+  and Istio pushes endpoints so. A thousand load assignments are then sent once, not once
+  per change. While a response is unanswered the next one is complete, so a NACK that
+  arrives after a newer response (and is ignored as stale) loses nothing.
 - An ACK or NACK never causes a resend of the same content.
 - The legacy wildcard (an empty subscription to CDS or LDS) holds only while the proxy has
   never named a resource of that type on this stream; after that an empty list unsubscribes
@@ -53,6 +55,8 @@ class _TypeState:
     named_before: bool = False
     latest_nonce: int | None = None
     responded: bool = field(default=False)
+    # The latest response has been ACKed or NACKed.
+    answered: bool = True
     # For a type whose responses may carry only what changed: per name, the version the
     # proxy was last sent, of the subscription ``sent_for``; None: the next one carries all.
     sent: dict[str, str] | None = None
@@ -122,6 +126,7 @@ class SotwStream:
 
         actions: list[Action] = []
         if answers_a_response and nonce is not None:
+            state.answered = True
             if request.error_message is not None:
                 state.sent = None  # what it holds is no longer known: the next one is complete
                 state.progress.acked_version = request.version_info or state.progress.acked_version
@@ -192,6 +197,7 @@ class SotwStream:
         must get again; None when the response must carry every subscribed resource."""
         if (
             state.sent is None
+            or not state.answered
             or state.wildcard
             or previous is None
             or state.sent_for != state.names
@@ -223,12 +229,15 @@ class SotwStream:
         nonce = self._nonces.next()
         state.latest_nonce = nonce
         state.responded = True
+        state.answered = False
         state.progress.sent_version = version
         type_url = state.progress.type_url
         if changed is not None:
             return SendResponse(type_url, version, str(nonce), changed)
         selected = snapshot.select(type_url, None if state.wildcard else state.names)
-        if type_url not in type_urls.SOTW_FULL_STATE_TYPES and not state.wildcard:
+        if type_url in type_urls.SOTW_PARTIAL_TYPES and not state.wildcard:
             state.sent = {r.name: r.version for r in selected.resources}
             state.sent_for = state.names
+        else:
+            state.sent = None
         return SendResponse(type_url, version, str(nonce), selected.resources)

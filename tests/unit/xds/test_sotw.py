@@ -458,3 +458,44 @@ def test_equal_subscriptions_share_one_set_and_the_table_stays_bounded() -> None
     sets.shared(frozenset({"d"}))
     again = frozenset({"a", "b"})
     assert sets.shared(again) is again  # the oldest went when the table was full
+
+
+def eds_snapshot(a: str, b: str) -> Snapshot:
+    return snapshot({CDS: {"a": "1", "b": "1"}, EDS: {"a": a, "b": b}})
+
+
+def test_while_a_response_is_unanswered_the_next_one_carries_everything() -> None:
+    """Envoy answers in order: a NACK of the first response can come after the second was
+    sent, and is then ignored as stale. The second must carry what the first did."""
+    stream = subscribed_to_endpoints(("a", "b"))
+    first = only_response(stream.receive(SnapshotChanged(eds_snapshot("2", "1"))))
+    assert [r.name for r in first.resources] == ["a"]
+    second = only_response(stream.receive(SnapshotChanged(eds_snapshot("2", "2"))))
+    assert [(r.name, r.version) for r in second.resources] == [("a", "2"), ("b", "2")]
+    stale_nack = RequestReceived(
+        EDS, resource_names=("a", "b"), response_nonce=first.nonce, error_message="no"
+    )
+    assert stream.receive(stale_nack) == []
+    acked(stream, second, ("a", "b"))
+    third = only_response(stream.receive(SnapshotChanged(eds_snapshot("2", "3"))))
+    assert [r.name for r in third.resources] == ["b"]  # everything answered: changes alone
+
+
+def test_after_a_wildcard_the_named_subscription_starts_from_a_complete_response() -> None:
+    def only_a(version: str) -> Snapshot:
+        return snapshot({CDS: {"a": "1"}, EDS: {"a": version}})
+
+    stream = subscribed_to_endpoints(("a",))  # holds a=1
+    for response in responses(stream.receive(SnapshotChanged(only_a("1")))):
+        acked(stream, response, ("a",) if response.type_url == EDS else ())
+    # The wildcard covers exactly what the proxy holds: nothing to send.
+    assert responses(stream.receive(RequestReceived(EDS, resource_names=("*", "a")))) == []
+    moved = only_response(stream.receive(SnapshotChanged(only_a("2"))))
+    acked(stream, moved, ("*", "a"))
+    # Named again, the same set at the same version: nothing to send, it holds a=2.
+    named_again = RequestReceived(
+        EDS, version_info=moved.version, resource_names=("a",), response_nonce=moved.nonce
+    )
+    assert responses(stream.receive(named_again)) == []
+    back = only_response(stream.receive(SnapshotChanged(only_a("1"))))
+    assert [(r.name, r.version) for r in back.resources] == [("a", "1")]
