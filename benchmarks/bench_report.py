@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 # The process-tree helper the integration tests use is the one benchmarks use too.
 sys.path.insert(0, str(REPO))
 from tests.integration.mesh_harness import descendant_pids as descendant_pids  # noqa: E402
+from tests.integration.mesh_harness import spawn_up  # noqa: E402
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -191,19 +192,10 @@ class UpProcess:
         self.admin_port = admin_port
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish.cli.main",
-                "up",
-                str(directory),
-                "--admin-port",
-                str(admin_port),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = spawn_up(
+            directory,
+            admin_port,
+            self._log,
             env={**os.environ, "PYTHONPATH": str(REPO / "src")},
             preexec_fn=die_with_parent,  # a SIGKILLed benchmark must not leave a mesh running
         )

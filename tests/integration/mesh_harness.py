@@ -11,9 +11,10 @@ import sys
 import textwrap
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from tests.waiting import wait_until
 
@@ -113,6 +114,32 @@ spec:
 """
 
 
+def spawn_up(
+    directory: Path,
+    admin_port: int,
+    log: IO[bytes],
+    extra_args: Sequence[str] = (),
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """``pilotfish up DIR`` in a session of its own, its output (both streams) to ``log``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pilotfish.cli.main",
+            "up",
+            str(directory),
+            "--admin-port",
+            str(admin_port),
+            *extra_args,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **popen,
+    )
+
+
 class RunningMesh:
     """A `pilotfish up DIR` child process and the addresses it serves."""
 
@@ -125,21 +152,7 @@ class RunningMesh:
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.log_path = directory.parent / f"{directory.name}-pilotfish.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pilotfish.cli.main",
-                "up",
-                str(directory),
-                "--admin-port",
-                str(self.admin_port),
-                *extra_args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = spawn_up(directory, self.admin_port, self._log, extra_args)
 
     def log(self) -> str:
         if not self._log.closed:
