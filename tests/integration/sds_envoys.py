@@ -178,6 +178,24 @@ def _sds_cluster(socket_path: str) -> dict[str, object]:
     }
 
 
+def envoy_command(config: Path, admin_address: Path, log: Path, level: str) -> list[str]:
+    """One Envoy on one worker thread, hot restart off, its admin address written to a file."""
+    return [
+        str(ENVOY),
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--admin-address-path",
+        str(admin_address),
+        "-l",
+        level,
+        "--log-path",
+        str(log),
+    ]
+
+
 @contextmanager
 def envoy(view: MeshView, node: ProxyNode, credentials: Credentials) -> Iterator[RunningEnvoy]:
     """``node``'s generated resources in a real Envoy, its secrets from its own SDS server."""
@@ -193,20 +211,7 @@ def envoy(view: MeshView, node: ProxyNode, credentials: Credentials) -> Iterator
         config_path = Path(folder) / "envoy.json"
         config_path.write_text(json.dumps(config))
         admin_path = Path(folder) / "admin"
-        command = [
-            str(ENVOY),
-            "-c",
-            str(config_path),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--admin-address-path",
-            str(admin_path),
-            "-l",
-            "warning",
-            "--log-path",
-            str(Path(folder) / "envoy.log"),
-        ]
+        command = envoy_command(config_path, admin_path, Path(folder) / "envoy.log", "warning")
         with sds_server(socket_path, credentials):
             process = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

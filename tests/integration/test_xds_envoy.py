@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from sds_envoys import envoy_command
 from tests.waiting import eventually
 
 from pilotfish.agent.ports import free_port
@@ -36,7 +37,6 @@ from xds_clients import (
 
 pytestmark = pytest.mark.integration
 
-ENVOY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
 NODE = ProxyNode(id="envoy-under-test", service="frontend")
 BACKEND_BODY = b"hello from the backend"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -162,20 +162,7 @@ async def start_envoy(
     config_path = folder / "envoy.json"
     config_path.write_text(json.dumps(config))
     admin_path = folder / "admin-address"
-    command = [
-        str(ENVOY),
-        "-c",
-        str(config_path),
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "--admin-address-path",
-        str(admin_path),
-        "-l",
-        "info",
-        "--log-path",
-        str(folder / "envoy.log"),
-    ]
+    command = envoy_command(config_path, admin_path, folder / "envoy.log", "info")
     envoy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await eventually(lambda: admin_path.exists() and admin_path.read_text() != "", "admin")
