@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from pilotfish.errors import PilotfishError
@@ -56,6 +58,34 @@ def free_port(host: str = "127.0.0.1", *, attempts: int = 200) -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+class PortPicker:
+    """Free ports for one owner (a mesh's replicas, say), never the same one twice.
+
+    ``free_port`` only asks the OS whether a port is free now; nothing is bound until the
+    caller's listener starts, so two draws in a row can return the same number (a mesh of 30
+    ports drawn at random below the ephemeral range repeats one about once in 50 meshes). The
+    picker remembers the last ``remembered`` ports it gave and draws again on a repeat.
+    """
+
+    def __init__(
+        self, draw: Callable[[], int] = free_port, *, remembered: int = 10_000, attempts: int = 50
+    ) -> None:
+        self._draw = draw
+        self._given: OrderedDict[int, None] = OrderedDict()
+        self._remembered = remembered
+        self._attempts = attempts
+
+    def pick(self) -> int:
+        for _ in range(self._attempts):
+            port = self._draw()
+            if port not in self._given:
+                self._given[port] = None
+                while len(self._given) > self._remembered:
+                    self._given.popitem(last=False)
+                return port
+        raise PilotfishError(f"no free port that was not given already in {self._attempts} draws")
 
 
 async def wait_for_port(host: str, port: int, timeout: float, *, interval: float = 0.05) -> None:

@@ -22,7 +22,7 @@ from pilotfish.agent.bootstrap import ADMIN_HOST
 from pilotfish.agent.ca_client import GrpcCertificateSigner
 from pilotfish.agent.child_process import ChildProcess
 from pilotfish.agent.envoy_process import EnvoyOptions
-from pilotfish.agent.ports import free_port, wait_for_port
+from pilotfish.agent.ports import PortPicker, wait_for_port
 from pilotfish.agent.supervisor import Sidecar, Supervisor
 from pilotfish.agent.workload_certificate import WorkloadCertificates
 from pilotfish.controller.control_plane import ControlPlane, ControlPlaneSettings
@@ -99,6 +99,9 @@ class LocalMesh:
         self._reconcile_lock = asyncio.Lock()
         self._reconcile_task: asyncio.Task[None] | None = None
         self._signers: dict[str, GrpcCertificateSigner] = {}
+        # Every port this mesh chooses (sidecars' admin, apps, listeners) is one it has not
+        # chosen before: two of them are not bound until their processes start.
+        self._ports = PortPicker()
         self.network: NetworkNamespaces | None = None
         """The replicas' network namespaces, under transparent interception."""
 
@@ -174,7 +177,7 @@ class LocalMesh:
         )
         self._signers[node.id] = signer
         xds_address, telemetry_address = self.xds_address, self.telemetry_address
-        admin_port, admin_host, owner_uid, options = free_port(), ADMIN_HOST, None, None
+        admin_port, admin_host, owner_uid, options = self._ports.pick(), ADMIN_HOST, None, None
         if network is not None:
             # In its replica's namespace, as the uid iptables lets through, it finds the
             # control plane at the root end of the veth.
@@ -263,8 +266,9 @@ class LocalMesh:
         if self.network is not None:
             await self._start_intercepted_replica(spec, self.network)
             return
-        ports = ReplicaPorts(app=free_port(), inbound=free_port(), outbound=free_port())
-        upstreams = replica_upstreams(spec, free_port)
+        pick = self._ports.pick
+        ports = ReplicaPorts(app=pick(), inbound=pick(), outbound=pick())
+        upstreams = replica_upstreams(spec, pick)
         for upstream in upstreams:
             # Else its sidecar's listener fails to bind (a NACK), and the app, told that port,
             # would talk to whatever holds it.
@@ -312,7 +316,7 @@ class LocalMesh:
                 text = hosts_file(spec.namespace, view.services, addresses)
                 await asyncio.to_thread(write_hosts_file, replica.namespace, text)
                 # No local ports are needed: the service's own address is intercepted.
-                for upstream in replica_upstreams(spec, free_port):
+                for upstream in replica_upstreams(spec, self._ports.pick):
                     found = addresses.get(upstream.proxy.hostname)
                     if found is not None and found.address is not None:
                         where = f"{found.address}:{upstream.proxy.port}"

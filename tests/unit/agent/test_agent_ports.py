@@ -5,7 +5,15 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pilotfish.agent.ports import LISTENER_PORTS_FLOOR, ephemeral_range_low, free_port
+import pytest
+
+from pilotfish.agent.ports import (
+    LISTENER_PORTS_FLOOR,
+    PortPicker,
+    ephemeral_range_low,
+    free_port,
+)
+from pilotfish.errors import PilotfishError
 
 
 def test_a_free_port_is_below_the_ephemeral_range_and_bindable() -> None:
@@ -43,3 +51,16 @@ def test_the_ephemeral_range_is_read_from_the_kernel_or_defaults(tmp_path: Path)
     range_file.write_text("40000\t60999\n")
     assert ephemeral_range_low(range_file) == 40000
     assert ephemeral_range_low(tmp_path / "absent") == 32768
+
+
+def test_a_picker_never_gives_a_port_twice_even_when_the_draws_repeat() -> None:
+    draws = iter([20001, 20001, 20002, 20001, 20003])
+    picker = PortPicker(lambda: next(draws))
+    assert [picker.pick(), picker.pick(), picker.pick()] == [20001, 20002, 20003]
+
+
+def test_a_picker_that_only_draws_repeats_says_so() -> None:
+    picker = PortPicker(lambda: 20001, attempts=3)
+    assert picker.pick() == 20001
+    with pytest.raises(PilotfishError, match="in 3 draws"):
+        picker.pick()
