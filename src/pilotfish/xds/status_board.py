@@ -70,15 +70,22 @@ class ProxyStatusBoard(XdsCallbacks):
     """Holds one entry per open stream; a proxy that reconnects appears under a new stream.
 
     One subscriber of the xDS server among others: everything it shows comes from the
-    server's callbacks.
+    server's callbacks. Each callback is O(1): a change reaches every stream and every
+    stream's ACK reaches the board, while the board is read far less often, so the types'
+    statuses are read from the streams when the board is read.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        # Keyed by the stream itself: ids are only unique within one server.
+        # Keyed by the stream itself: ids are only unique within one server. The entries
+        # hold what does not change while the stream is open.
         self._streams: dict[StreamInfo, ProxyStatus] = {}
+        # The generation each stream follows (absent before its first snapshot).
+        self._generations: dict[StreamInfo, int] = {}
         # Per stream and type, the nonce of the response the proxy has still to answer.
         self._unanswered: dict[StreamInfo, dict[str, str]] = {}
+        # The streams with at least one response unanswered.
+        self._awaiting: set[StreamInfo] = set()
         # Set and replaced on every change that can end a wait (see wait_until_answered).
         self._changed = asyncio.Event()
         self._waiters = 0
@@ -100,13 +107,15 @@ class ProxyStatusBoard(XdsCallbacks):
     def request_received(
         self, stream: StreamInfo, request: RequestReceived | DeltaRequestReceived
     ) -> None:
-        # Called once the stream took the request in: its ACK, NACK or new subscription shows.
-        self._refresh(stream)
+        # The request's effect (ACK, NACK, subscription) shows in the stream's statuses,
+        # which the board reads when it is read.
+        pass
 
     def response_sent(self, stream: StreamInfo, response: SendResponse) -> None:
         unanswered = self._unanswered.get(stream)
         if unanswered is not None:
             unanswered[response.type_url] = response.nonce
+            self._awaiting.add(stream)
 
     def ack_received(self, stream: StreamInfo, acked: SendResponse) -> None:
         self._answered(stream, acked)
@@ -115,27 +124,30 @@ class ProxyStatusBoard(XdsCallbacks):
         self._answered(stream, rejected)
 
     def snapshot_applied(self, stream: StreamInfo, generation: int) -> None:
-        entry = self._streams.get(stream)
-        if entry is not None:
-            self._streams[stream] = replace(
-                entry, types=tuple(stream.statuses()), generation=generation
-            )
-            self._signal()
+        if stream in self._streams:
+            self._generations[stream] = generation
+            if not self._awaiting:  # else the last answer is what can end a wait
+                self._signal()
 
     def stream_closed(self, stream: StreamInfo) -> None:
         self._streams.pop(stream, None)
+        self._generations.pop(stream, None)
         self._unanswered.pop(stream, None)
+        self._awaiting.discard(stream)
         self._signal()
 
     # --- queries ------------------------------------------------------------------------
 
     def proxies(self) -> list[ProxyStatus]:
-        return sorted(self._streams.values(), key=lambda p: (p.node_id, p.stream_id))
+        return sorted(
+            (self._status(stream) for stream in self._streams),
+            key=lambda p: (p.node_id, p.stream_id),
+        )
 
     def find(self, node_id: str) -> ProxyStatus | None:
         """The most recent stream of a node."""
-        matches = [p for p in self._streams.values() if p.node_id == node_id]
-        return max(matches, key=lambda p: p.stream_id) if matches else None
+        matches = [s for s, p in self._streams.items() if p.node_id == node_id]
+        return self._status(max(matches, key=lambda s: s.stream_id)) if matches else None
 
     def to_json(self) -> list[dict[str, object]]:
         return [p.to_json() for p in self.proxies()]
@@ -143,12 +155,9 @@ class ProxyStatusBoard(XdsCallbacks):
     def answered(self, generation: int) -> bool:
         """Whether every open stream follows ``generation`` (or a later one) and its proxy
         has answered (ACK or NACK) every response sent to it since."""
-        return all(
-            status.generation is not None
-            and status.generation >= generation
-            and not self._unanswered.get(stream)
-            for stream, status in self._streams.items()
-        )
+        if self._awaiting:
+            return False
+        return all(self._generations.get(stream, -1) >= generation for stream in self._streams)
 
     async def wait_until_answered(self, generation: int, timeout: float) -> bool:
         """Return True once ``answered(generation)`` holds, False after ``timeout`` seconds."""
@@ -169,16 +178,21 @@ class ProxyStatusBoard(XdsCallbacks):
 
     # --- bookkeeping --------------------------------------------------------------------
 
-    def _refresh(self, stream: StreamInfo) -> None:
-        entry = self._streams.get(stream)
-        if entry is not None:
-            self._streams[stream] = replace(entry, types=tuple(stream.statuses()))
+    def _status(self, stream: StreamInfo) -> ProxyStatus:
+        return replace(
+            self._streams[stream],
+            types=tuple(stream.statuses()),
+            generation=self._generations.get(stream),
+        )
 
     def _answered(self, stream: StreamInfo, response: SendResponse) -> None:
         unanswered = self._unanswered.get(stream)
         if unanswered is not None and unanswered.get(response.type_url) == response.nonce:
             del unanswered[response.type_url]
-            self._signal()
+            if not unanswered:
+                self._awaiting.discard(stream)
+                if not self._awaiting:  # only then can every stream have answered
+                    self._signal()
 
     def _signal(self) -> None:
         # Most events have nobody waiting on them; they need not pay for a fresh Event.

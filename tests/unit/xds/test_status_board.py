@@ -103,3 +103,29 @@ async def settle() -> None:
     """Let every ready task run (a wait that could end would end here)."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+def test_callbacks_do_not_read_the_streams_and_a_read_shows_their_state_now() -> None:
+    # Every stream's ACK and every change reach the board: those callbacks must not cost a
+    # reading of the stream's types (it is read when the board is read).
+    reads = 0
+    statuses = [TypeStatus(CDS, "v1", "v1", None, None)]
+
+    def read() -> list[TypeStatus]:
+        nonlocal reads
+        reads += 1
+        return list(statuses)
+
+    board = ProxyStatusBoard()
+    stream = StreamInfo(1, ProxyNode(id="n"), "delta", read)
+    board.stream_opened(stream)
+    response = sent(CDS, "1")
+    board.response_sent(stream, response)
+    board.snapshot_applied(stream, 1)
+    statuses[0] = TypeStatus(CDS, "v1", "v1", "v1", None)  # the stream took the ACK in
+    board.ack_received(stream, response)
+    assert reads == 0
+    proxy = board.find("n")
+    assert proxy is not None and proxy.overall_status is SyncStatus.SYNCED
+    assert proxy.generation == 1
+    assert reads == 1
