@@ -126,6 +126,23 @@ def all_acked_new_version(
     return True
 
 
+async def wait_until_answered(
+    board: ProxyStatusBoard, controller: MeshController, generation_before: int
+) -> float | None:
+    """The monotonic time every stream had answered the generation after ``generation_before``
+    (woken by the board, not polling it: at hundreds of streams a poll costs the control
+    plane more than a millisecond), or None after ``CHANGE_TIMEOUT_SECONDS``."""
+    try:
+        generation = await asyncio.wait_for(
+            controller.wait_for_change(generation_before), CHANGE_TIMEOUT_SECONDS
+        )
+    except TimeoutError:
+        return None
+    if not await board.wait_until_answered(generation, CHANGE_TIMEOUT_SECONDS):
+        return None
+    return time.monotonic()
+
+
 async def wait_until_board(
     condition: Callable[[], bool], timeout: float, interval: float = 0.001
 ) -> float:
@@ -351,17 +368,15 @@ async def serve_scale(
                     profiler.enable()
                     profiler = None  # enabled once; main() disables and dumps it
                 before = acked_versions(board, type_urls.ENDPOINT)
+                generation_before = controller.generation
                 cpu_before = cpu_seconds(os.getpid())
                 changed_at = time.monotonic()
                 for hostname in command["hosts"]:
                     endpoint = Endpoint("127.0.0.1", {SERVICE_PORT: command["port"]}, name="churn")
                     replicas.set_endpoint(hostname, "churn", endpoint)
-                try:
-                    acked_at: float | None = await wait_until_board(
-                        acked_everywhere(board, type_urls.ENDPOINT, before),
-                        CHANGE_TIMEOUT_SECONDS,
-                    )
-                except TimeoutError:
+                acked_at = await wait_until_answered(board, controller, generation_before)
+                # Answered may be a NACK: only a new version ACKed everywhere counts.
+                if not all_acked_new_version(board, type_urls.ENDPOINT, before):
                     acked_at = None
                 reply(
                     {
@@ -551,6 +566,9 @@ class ScaleRun:
     server_peak_rss_mb: float | None = None
     server_rss_mb: float | None = None
     failed_clients: int = 0
+    # The CPUs the control plane process and the clients were allowed to run on.
+    control_plane_cpus: list[int] = field(default_factory=list)
+    client_cpus: list[int] = field(default_factory=list)
     note: str = ""
 
 
@@ -567,6 +585,7 @@ class ControlPlaneProcess:
         endpoints_per_service: int,
         profile_to: Path | None = None,
         python_default_gc: bool = False,
+        cpu: int | None = None,
     ) -> ControlPlaneProcess:
         argv = [
             sys.executable,
@@ -581,8 +600,8 @@ class ControlPlaneProcess:
             argv += ["--profile-control-plane", str(profile_to)]
         if python_default_gc:
             argv.append("--python-default-gc")
-        if shutil.which("taskset") and 0 in os.sched_getaffinity(0):
-            argv = ["taskset", "-c", "0", *argv]
+        if cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(cpu), *argv]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -623,6 +642,7 @@ async def bench_scale(
     budget_s: float,
     profile_dir: Path | None = None,
     python_default_gc: bool = False,
+    control_plane_cpu: int | None = None,
 ) -> ScaleRun:
     per_change = max(1, services // 100)
     run = ScaleRun(
@@ -638,7 +658,7 @@ async def bench_scale(
         profile_dir.mkdir(parents=True, exist_ok=True)
         profile_to = profile_dir / f"control-plane-{clients}-{stream}.pstats"
     control_plane = await ControlPlaneProcess.start(
-        services, endpoints_per_service, profile_to, python_default_gc
+        services, endpoints_per_service, profile_to, python_default_gc, control_plane_cpu
     )
     proxies = [SimulatedProxy(index) for index in range(clients)]
     arrivals = Arrivals(proxies)
@@ -648,6 +668,8 @@ async def bench_scale(
         hello = await control_plane.read(timeout=120)
         target = f"127.0.0.1:{hello['xds_port']}"
         pid = int(hello["pid"])
+        run.control_plane_cpus = sorted(os.sched_getaffinity(pid))
+        run.client_cpus = sorted(os.sched_getaffinity(0))
         runner = run_delta_proxy if stream == "delta" else run_sotw_proxy
         connect_started = time.monotonic()
         tasks = [asyncio.create_task(guarded(runner, target, p, arrivals)) for p in proxies]
@@ -734,6 +756,10 @@ def envoy_table(runs: Sequence[EnvoyRun]) -> str:
     )
 
 
+def _cpu_list(cpus: Sequence[int]) -> str:
+    return ",".join(map(str, cpus)) or "?"
+
+
 def scale_table(runs: Sequence[ScaleRun]) -> str:
     rows: list[list[object]] = []
     for run in runs:
@@ -756,6 +782,7 @@ def scale_table(runs: Sequence[ScaleRun]) -> str:
                 f"{run.server_peak_rss_mb or float('nan'):.0f} vs < {TARGET_RSS_MB:.0f}",
                 run.server_rss_mb if run.server_rss_mb is not None else float("nan"),
                 run.connect_sync_s if run.connect_sync_s is not None else float("nan"),
+                f"{_cpu_list(run.control_plane_cpus)} / {_cpu_list(run.client_cpus)}",
             ]
         )
     table = format_table(
@@ -774,6 +801,7 @@ def scale_table(runs: Sequence[ScaleRun]) -> str:
             "CP peak RSS MB vs target",
             "RSS MB at end",
             "connect+sync s",
+            "CPUs CP / clients",
         ],
         rows,
     )
@@ -813,8 +841,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep Python's garbage-collector thresholds (the baseline): by default the "
         "control plane is paced as `pilotfish up` paces it",
     )
+    parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="scale runs: the control plane and the clients share one CPU, as they did "
+        "(unintentionally) for every scale number measured before 2026-12-02",
+    )
     parser.add_argument("--serve-scale", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def split_cpus(allowed: Sequence[int], one_cpu: bool) -> tuple[int | None, int | None]:
+    """(the control plane's CPU, the clients' CPU): two different ones where there are two,
+    so that neither side's cost lands in the other's latency; ``one_cpu`` shares one."""
+    if len(allowed) < 2:
+        return None, None
+    if one_cpu:
+        return allowed[1], allowed[1]
+    return allowed[0], allowed[1]
 
 
 async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -847,8 +891,9 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
         print(sections[-1], flush=True)
 
     if not args.skip_scale:
-        # The clients get CPU 1, the control plane subprocess CPU 0: their costs stay apart.
-        pin_to_cpu(os.getpid(), 1)
+        control_plane_cpu, clients_cpu = split_cpus(sorted(os.sched_getaffinity(0)), args.one_cpu)
+        if clients_cpu is not None:
+            pin_to_cpu(os.getpid(), clients_cpu)
         budget = 120.0 if args.quick else 150.0
         scale_runs = []
         for count in clients:
@@ -865,6 +910,7 @@ async def run_benchmarks(args: argparse.Namespace) -> tuple[dict[str, Any], str]
                             budget,
                             args.profile_control_plane,
                             args.python_default_gc,
+                            control_plane_cpu,
                         )
                     )
                 except Exception as exc:
