@@ -27,6 +27,7 @@ from pilotfish.model.services import MeshView
 from pilotfish.snapshot import type_urls
 from pilotfish.snapshot.consistency import check_consistency
 from pilotfish.snapshot.generators import (
+    ALL_KINDS,
     Context,
     Generator,
     Input,
@@ -203,6 +204,11 @@ class _TypeLayer:
 class _OwnLayer:
     layer: Layer
     outputs: tuple[tuple[str, _Output], ...]
+    # The node the outputs were last looked up for and, per output, the input tokens of that
+    # lookup and the entry it found: while the node and an output's tokens stay the same, so
+    # does the output (its key is a function of the two), and the lookup is skipped.
+    node: ProxyNode | None = None
+    looked_up: tuple[tuple[tuple[int, ...], _Kept], ...] = ()
     # The last snapshot made with this layer, and the shared layer it was made with.
     combined: tuple[Layer, Snapshot] | None = None
     # The types this layer's resources reference; what of them the shared layer lacked, for
@@ -239,6 +245,8 @@ class _Generation(Generic[Context]):
     # Kinds whose shared layer failed to build in this generation, with why: every proxy of
     # the kind gets that problem at once instead of building (and logging) it again.
     failed: dict[ProxyKind, str] = field(default_factory=dict)
+    # Per node generator, the tokens of the inputs it depends on in this generation.
+    node_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 class _SharedLayerFailed(Exception):
@@ -267,6 +275,10 @@ class SnapshotCache(Generic[Context]):
         self._generators = tuple(generators)
         self._needs = {g.name: _Needs.of(g.depends_on) for g in generators}
         self._type_of = {g.name: g.type_url for g in generators}
+        self._node_generators: dict[ProxyKind, tuple[NodeGenerator[Context], ...]] = {
+            kind: tuple(g for g in generators if isinstance(g, NodeGenerator) and kind in g.kinds)
+            for kind in ALL_KINDS
+        }
         # Per service generator, the generation whose view its outputs are up to date with.
         self._synced: dict[str, int] = {}
         self._make_context = make_context
@@ -306,6 +318,11 @@ class SnapshotCache(Generic[Context]):
             self._previous_shared = self._current.shared
         self._tokens.update(view)
         self._current = _Generation(number, view, self._make_context(view))
+        self._current.node_inputs = {
+            g.name: self._needs[g.name].tokens(self._tokens)
+            for g in self._generators
+            if isinstance(g, NodeGenerator)
+        }
         self._drop_unused(number)
         return number
 
@@ -345,7 +362,7 @@ class SnapshotCache(Generic[Context]):
         if current is None:
             return None
         cached = current.snapshots.get(node.id)
-        if cached is None or cached[0] != node:
+        if cached is None or (cached[0] is not node and cached[0] != node):
             cached = (node, self._checked_snapshot(current, node))
             current.snapshots[node.id] = cached
         snapshot = cached[1]
@@ -390,7 +407,10 @@ class SnapshotCache(Generic[Context]):
         own = self._own_layer(current, node)
         if own.combined is None or own.combined[0] is not shared:
             dangling = self._own_dangling(own, shared)
-            own.combined = (shared, layered_snapshot(shared, own.layer, self._memo, dangling))
+            own.combined = (
+                shared,
+                layered_snapshot(shared, own.layer, self._memo, dangling, own.combined),
+            )
         # Made of the same layers as last time, it is the same snapshot (same object).
         return own.combined[1]
 
@@ -532,20 +552,28 @@ class SnapshotCache(Generic[Context]):
     # --- a proxy's own layer ------------------------------------------------------------------
 
     def _own_layer(self, current: _Generation[Context], node: ProxyNode) -> _OwnLayer:
-        outputs: list[tuple[str, _Output]] = []
-        node_token = self._node_token(node)
-        for generator in self._generators:
-            if node.kind not in generator.kinds or not isinstance(generator, NodeGenerator):
-                continue
-            key = (
-                generator.node_key(current.context, node)
-                if generator.node_key is not None
-                else node_token
-            )
-            build = partial(generator.build, current.context, node)
-            outputs.append((generator.type_url, self._output(generator.name, key, build)))
-        made_of = tuple(outputs)
         known = self._own.get(node.id)
+        reusable = known is not None and (known.node is node or known.node == node)
+        outputs: list[tuple[str, _Output]] = []
+        looked_up: list[tuple[tuple[int, ...], _Kept]] = []
+        node_token: tuple[str, int] | None = None
+        for index, generator in enumerate(self._node_generators[node.kind]):
+            tokens = current.node_inputs[generator.name]
+            if reusable and known is not None and known.looked_up[index][0] == tokens:
+                entry = known.looked_up[index][1]
+                entry.last_used = self.generation
+                self._hits[generator.name] += 1
+            else:
+                if generator.node_key is not None:
+                    key: Hashable = generator.node_key(current.context, node)
+                else:
+                    node_token = node_token or self._node_token(node)
+                    key = node_token
+                build = partial(generator.build, current.context, node)
+                entry = self._kept_entry(generator.name, key, build)
+            outputs.append((generator.type_url, entry.output))
+            looked_up.append((tokens, entry))
+        made_of = tuple(outputs)
         if known is None or not _same_outputs(
             [o for _, o in known.outputs], [o for _, o in made_of]
         ):
@@ -555,6 +583,8 @@ class SnapshotCache(Generic[Context]):
             by_type, duplicates = _by_name(grouped)
             known = _OwnLayer.of(make_layer(by_type, duplicates), made_of)
             self._own[node.id] = known
+        known.node = node
+        known.looked_up = tuple(looked_up)
         self._remember(self._own, node.id)
         return known
 
@@ -577,13 +607,22 @@ class SnapshotCache(Generic[Context]):
         hostname: str | None = None,
     ) -> _Output:
         """The output kept for ``subject`` if it was built from the same input tokens."""
+        return self._kept_entry(name, subject, build, hostname).output
+
+    def _kept_entry(
+        self,
+        name: str,
+        subject: Hashable,
+        build: Callable[[], Sequence[Message]],
+        hostname: str | None = None,
+    ) -> _Kept:
         tokens = self._needs[name].tokens(self._tokens, hostname)
         kept = self._kept[name]
         entry = kept.get(subject)
         if entry is not None and entry.tokens == tokens:
             self._hits[name] += 1
             entry.last_used = self.generation
-            return entry.output
+            return entry
         self._misses[name] += 1
         type_url = self._type_of[name]
         resources = tuple(self._packing.pack(type_url, m) for m in build())
@@ -593,8 +632,9 @@ class SnapshotCache(Generic[Context]):
             output = entry.output
         else:
             output = _Output(resources)
-        kept[subject] = _Kept(tokens, output, self.generation)
-        return output
+        entry = _Kept(tokens, output, self.generation)
+        kept[subject] = entry
+        return entry
 
 
 _EMPTY_TYPE: Mapping[str, Resource] = MappingProxyType({})

@@ -58,7 +58,8 @@ class ServiceGenerator(Generic[Context]):
 class NodeGenerator(Generic[Context]):
     """Output of one proxy's own. ``node_key`` says what of the node the output depends on
     (proxies with equal keys share one output, within the inputs of ``depends_on``); by
-    default, all of it."""
+    default, all of it. The key must follow from the node and those inputs alone: the cache
+    works it out again only when the node or one of them changes."""
 
     name: str
     type_url: str

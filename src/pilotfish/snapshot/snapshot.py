@@ -328,7 +328,7 @@ class Snapshot:
         proxy's own layer or, not being its own on either side, in the shared layer. Extra
         names are harmless (callers look at each one).
         """
-        if previous is self:
+        if previous is self or previous.of_type(type_url) is self.of_type(type_url):
             return ()
         memo = self._memo if self._memo is not None and self._memo is previous._memo else None
         compare = memo.changed_names if memo is not None else changed_names
@@ -349,11 +349,15 @@ def layered_snapshot(
     own: Layer,
     memo: ChangeMemo | None = None,
     own_dangling: Sequence[Dangling] | None = None,
+    previous: tuple[Layer, Snapshot] | None = None,
 ) -> Snapshot:
     """A proxy's snapshot: the shared layer with its own resources over it.
 
     ``own_dangling``, when the caller already knows it, is what the own layer's resources
-    reference and neither layer has.
+    reference and neither layer has. ``previous`` is an earlier shared layer and the snapshot
+    made of it and this same ``own``: a type whose shared resources are the same mapping in
+    both keeps that snapshot's mapping (the same object, so streams see at once that it did
+    not change) and version.
     """
     by_type: dict[str, Mapping[str, Resource]] = {}
     duplicates = [*shared.duplicates, *own.duplicates]
@@ -362,6 +366,14 @@ def layered_snapshot(
     for type_url in sorted({*shared.by_type, *own.by_type}, key=type_urls.push_rank):
         common = shared.by_type.get(type_url, _EMPTY)
         mine = own.by_type.get(type_url, _EMPTY)
+        if previous is not None and previous[0].by_type.get(type_url, _EMPTY) is common:
+            before = previous[1]
+            by_type[type_url] = before.resources[type_url]
+            type_versions[type_url] = before._type_versions[type_url]
+            if type_url in before._layers:
+                layers[type_url] = before._layers[type_url]
+            duplicates.extend((type_url, name) for name in mine if name in common)
+            continue
         total = shared.sums.get(type_url, 0)
         if not mine:
             by_type[type_url] = common  # no copy: streams can compare it by identity

@@ -18,6 +18,7 @@ from pilotfish.snapshot import (
     MeshGenerator,
     NodeGenerator,
     ServiceGenerator,
+    Snapshot,
     SnapshotCache,
     type_urls,
 )
@@ -208,3 +209,113 @@ def test_a_failed_shared_build_costs_one_try_per_generation_and_is_tried_again_n
     snapshot = cache.snapshot_for(A)
     assert snapshot is not None
     assert set(snapshot.of_type(type_urls.ENDPOINT)) == {"x", "y"}
+
+
+def counting_generators(
+    keys: list[str],
+) -> tuple[MeshGenerator[MeshView] | ServiceGenerator[MeshView] | NodeGenerator[MeshView], ...]:
+    """GENERATORS plus a proxy's own cluster (over the shared ones) and an own assignment that
+    depends on every endpoint; both note each time their key is worked out."""
+
+    def own_cluster(_context: MeshView, node: ProxyNode) -> Sequence[Message]:
+        return (cluster_pb2.Cluster(name=f"inbound-{node.id}", type=cluster_pb2.Cluster.STATIC),)
+
+    def own_assignment(context: MeshView, node: ProxyNode) -> Sequence[Message]:
+        ports = sorted(e.ports[80] for h in context.services for e in context.endpoints_of(h))
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=f"own-{node.id}")
+        for value in ports:
+            cla.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = (
+                value
+            )
+        return (cla,)
+
+    def key(name: str) -> object:
+        def of(_context: MeshView, node: ProxyNode) -> str:
+            keys.append(name)
+            return node.id
+
+        return of
+
+    return (
+        *GENERATORS,
+        NodeGenerator(
+            "own-cluster", type_urls.CLUSTER, frozenset(), own_cluster, node_key=key("c")
+        ),
+        NodeGenerator(
+            "own-assignment",
+            type_urls.ENDPOINT,
+            frozenset({Input.ENDPOINTS}),
+            own_assignment,
+            node_key=key("e"),
+        ),
+    )
+
+
+def test_own_outputs_are_looked_up_again_only_when_the_node_or_their_inputs_change() -> None:
+    keys: list[str] = []
+    cache = SnapshotCache(counting_generators(keys), lambda v: v)
+    config = MeshConfig()
+    cache.publish(view(config, ["x"], {"x": 1}))
+    cache.snapshot_for(A)
+    assert keys == ["c", "e"]
+
+    keys.clear()
+    cache.publish(view(config, ["x"], {"x": 2}))  # endpoints: only the assignment needs them
+    snapshot = cache.snapshot_for(A)
+    assert snapshot is not None
+    assert keys == ["e"]
+    fresh = fresh_snapshot(counting_generators([]), view(config, ["x"], {"x": 2}), A)
+    built = snapshot.of_type(type_urls.ENDPOINT)["own-a-0"]
+    assert built.version == fresh.of_type(type_urls.ENDPOINT)["own-a-0"].version
+    assert counts(cache)["own-cluster"] == (1, 1)  # the skipped lookup counts as a hit
+
+    keys.clear()
+    cache.publish(view(config, ["x"], {"x": 2}))
+    cache.snapshot_for(ProxyNode("a-0", labels={"sa": "a"}))  # equal to A, another object
+    assert keys == []
+    cache.publish(view(config, ["x"], {"x": 2}))
+    cache.snapshot_for(ProxyNode("a-0", labels={"sa": "c"}))  # the node itself changed
+    assert keys == ["c", "e"]
+
+
+def fresh_snapshot(
+    generators: Sequence[
+        MeshGenerator[MeshView] | ServiceGenerator[MeshView] | NodeGenerator[MeshView]
+    ],
+    mesh: MeshView,
+    node: ProxyNode,
+) -> Snapshot:
+    """The node's snapshot from a cache that never saw an earlier generation."""
+    cache = SnapshotCache(generators, lambda v: v)
+    cache.publish(mesh)
+    snapshot = cache.snapshot_for(node)
+    assert snapshot is not None
+    return snapshot
+
+
+def versions(snapshot: Snapshot, type_url: str) -> dict[str, str]:
+    return {name: r.version for name, r in snapshot.of_type(type_url).items()}
+
+
+def test_a_type_whose_shared_part_did_not_change_keeps_its_mapping_and_version() -> None:
+    # The proxy's own cluster stays; the shared assignments change.
+    generators = tuple(g for g in counting_generators([]) if g.name != "own-assignment")
+    cache = SnapshotCache(generators, lambda v: v)
+    config = MeshConfig()
+    cache.publish(view(config, ["x", "y"], {"x": 1, "y": 1}))
+    old = cache.snapshot_for(A)
+    later = view(config, ["x", "y"], {"x": 1, "y": 2})
+    cache.publish(later)
+    new = cache.snapshot_for(A)
+    assert old is not None and new is not None
+    # Clusters (shared ones with the proxy's own over them) and secrets: the same objects.
+    for unchanged in (type_urls.CLUSTER, type_urls.SECRET):
+        assert new.of_type(unchanged) is old.of_type(unchanged)
+        assert new.changed_names(old, unchanged) == ()
+    assert new.of_type(type_urls.ENDPOINT) is not old.of_type(type_urls.ENDPOINT)
+    # And the same content and versions as a snapshot made from nothing.
+    fresh = fresh_snapshot(generators, later, A)
+    assert new.version == fresh.version
+    for type_url in fresh.resources:
+        assert versions(new, type_url) == versions(fresh, type_url)
+        assert new.type_version(type_url) == fresh.type_version(type_url)
