@@ -159,6 +159,38 @@ async def test_a_source_failing_later_ends_the_stream_and_leaves_the_board(
     assert board.proxies() == []
 
 
+async def test_a_node_failing_later_does_not_stop_the_others_following_changes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Snapshots are looked up for every stream before the streams wake: one that fails
+    # there must cost its own stream only.
+    source = BrokenSnapshotSource(set())
+    source.set_snapshot(BASE)
+    servicer = AggregatedDiscoveryServicer(source, [ProxyStatusBoard()])
+    opened = {name: (FakeRequests(), FakeContext()) for name in ("n1", "n2")}
+    streams = {}
+    for name, (requests, context) in opened.items():
+        requests.send(sotw_request(name))
+        streams[name] = asyncio.create_task(
+            servicer.StreamAggregatedResources(requests.stream(), context)
+        )
+        await asyncio.wait_for(context.written.get(), STEP)
+    try:
+        source.broken_nodes.add("n1")
+        with caplog.at_level(logging.INFO, logger="pilotfish.xds"):
+            source.set_snapshot(snapshot({CDS: {"a": "2"}}))
+            await asyncio.wait_for(streams["n1"], STEP)
+        pushed = await asyncio.wait_for(opened["n2"][1].written.get(), STEP)
+        assert pushed.type_url == CDS
+        assert not streams["n2"].done()
+    finally:
+        for requests, _ in opened.values():
+            requests.send(None)
+        await asyncio.wait_for(asyncio.gather(*streams.values()), STEP)
+    assert opened["n1"][1].code is grpc.StatusCode.UNAVAILABLE
+    assert opened["n2"][1].code is None
+
+
 def node_with_metadata(node_id: str, metadata: dict[str, object]) -> base_pb2.Node:
     struct = struct_pb2.Struct()
     struct.update(metadata)
