@@ -559,8 +559,15 @@ class SnapshotCache(Generic[Context]):
         node_token: tuple[str, int] | None = None
         for index, generator in enumerate(self._node_generators[node.kind]):
             tokens = current.node_inputs[generator.name]
-            if reusable and known is not None and known.looked_up[index][0] == tokens:
-                entry = known.looked_up[index][1]
+            reused = known.looked_up[index] if reusable and known is not None else None
+            # An entry unused for a whole generation may have been dropped: look it up again,
+            # so that proxies with its key share the one kept.
+            if (
+                reused is not None
+                and reused[0] == tokens
+                and reused[1].last_used >= self.generation - 1
+            ):
+                entry = reused[1]
                 entry.last_used = self.generation
                 self._hits[generator.name] += 1
             else:

@@ -17,9 +17,13 @@ from pilotfish.snapshot import (
     Input,
     MeshGenerator,
     NodeGenerator,
+    PackingCache,
+    Resource,
     ServiceGenerator,
     Snapshot,
     SnapshotCache,
+    layered_snapshot,
+    make_layer,
     type_urls,
 )
 
@@ -308,10 +312,9 @@ def test_a_type_whose_shared_part_did_not_change_keeps_its_mapping_and_version()
     cache.publish(later)
     new = cache.snapshot_for(A)
     assert old is not None and new is not None
-    # Clusters (shared ones with the proxy's own over them) and secrets: the same objects.
-    for unchanged in (type_urls.CLUSTER, type_urls.SECRET):
-        assert new.of_type(unchanged) is old.of_type(unchanged)
-        assert new.changed_names(old, unchanged) == ()
+    # Clusters (shared ones with the proxy's own over them): the same object.
+    assert new.of_type(type_urls.CLUSTER) is old.of_type(type_urls.CLUSTER)
+    assert new.changed_names(old, type_urls.CLUSTER) == ()
     assert new.of_type(type_urls.ENDPOINT) is not old.of_type(type_urls.ENDPOINT)
     # And the same content and versions as a snapshot made from nothing.
     fresh = fresh_snapshot(generators, later, A)
@@ -319,3 +322,55 @@ def test_a_type_whose_shared_part_did_not_change_keeps_its_mapping_and_version()
     for type_url in fresh.resources:
         assert versions(new, type_url) == versions(fresh, type_url)
         assert new.type_version(type_url) == fresh.type_version(type_url)
+
+
+def test_a_snapshot_made_from_the_previous_one_says_what_one_made_from_nothing_says() -> None:
+    # Pure layers: the proxy's own cluster "x" replaces the shared one (a duplicate the
+    # consistency check reports), and the shared assignments change between the two.
+    packing = PackingCache()
+    cds, eds = type_urls.CLUSTER, type_urls.ENDPOINT
+
+    def cluster(name: str, seconds: int) -> Resource:
+        message = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+        message.connect_timeout.seconds = seconds
+        return packing.pack(cds, message)
+
+    def assignment(name: str, port: int) -> Resource:
+        message = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+        message.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        return packing.pack(eds, message)
+
+    clusters = {"x": cluster("x", 1), "y": cluster("y", 1)}
+    own = make_layer({cds: {"x": cluster("x", 2)}})
+    before = make_layer({cds: clusters, eds: {"x": assignment("x", 1), "y": assignment("y", 1)}})
+    after = make_layer({cds: clusters, eds: {"x": assignment("x", 1), "y": assignment("y", 2)}})
+    first = layered_snapshot(before, own)
+    # make_layer copies nothing: the clusters are the same mapping in both shared layers.
+    assert before.by_type[cds] is after.by_type[cds]
+    reused = layered_snapshot(after, own, previous=(before, first))
+    fresh = layered_snapshot(after, own)
+    assert reused.of_type(cds) is first.of_type(cds)
+    assert reused.duplicate_names == fresh.duplicate_names == ((cds, "x"),)
+    assert reused.dangling == fresh.dangling
+    assert reused.version == fresh.version
+    for type_url in (cds, eds):
+        assert versions(reused, type_url) == versions(fresh, type_url)
+        assert reused.type_version(type_url) == fresh.type_version(type_url)
+
+
+def test_an_own_output_dropped_while_its_proxy_was_away_is_looked_up_again() -> None:
+    keys: list[str] = []
+    generators = tuple(g for g in counting_generators(keys) if g.name != "own-assignment")
+    cache = SnapshotCache(generators, lambda v: v)
+    config = MeshConfig()
+    cache.publish(view(config, ["x"]))
+    cache.snapshot_for(A)
+    assert keys == ["c"]
+    for _ in range(3):  # A does not ask for two generations: its own cluster is dropped
+        cache.publish(view(config, ["x"]))
+        cache.snapshot_for(B)
+    keys.clear()
+    cache.publish(view(config, ["x"]))
+    cache.snapshot_for(A)
+    assert keys == ["c"]  # looked up (and kept) again, not taken from A's own layer
+    assert counts(cache)["own-cluster"][1] == 3  # A, B, and A again
