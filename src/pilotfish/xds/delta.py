@@ -176,13 +176,6 @@ class DeltaStream:
         available = snapshot.of_type(type_url)
         previous = state.diffed_against
         state.diffed_against = snapshot
-        if (
-            previous is not None
-            and previous.of_type(type_url) is available
-            and not forced
-            and state.progress.sent_version is not None
-        ):
-            return None  # the very same resources: the usual case for all types but one
         if previous is None:
             changed, removed = self._full_diff(state, available, forced)
             state.wanted_digest = sum(

@@ -139,6 +139,8 @@ class ProxyStatusBoard(XdsCallbacks):
     # --- queries ------------------------------------------------------------------------
 
     def proxies(self) -> list[ProxyStatus]:
+        """Every open stream; its types as the stream has them now (during a push they may
+        already be past the ``generation`` it last applied)."""
         return sorted(
             (self._status(stream) for stream in self._streams),
             key=lambda p: (p.node_id, p.stream_id),

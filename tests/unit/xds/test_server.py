@@ -188,6 +188,7 @@ async def test_a_node_failing_later_does_not_stop_the_others_following_changes(
             requests.send(None)
         await asyncio.wait_for(asyncio.gather(*streams.values()), STEP)
     assert opened["n1"][1].code is grpc.StatusCode.UNAVAILABLE
+    assert failure_logs(caplog, "n1")
     assert opened["n2"][1].code is None
 
 
