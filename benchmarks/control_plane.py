@@ -6,11 +6,11 @@ Two parts, each printed as a table and written under benchmarks/results/:
    Sidecar supervisor); endpoint changes through ``InMemoryRegistry.set_endpoint`` and routing
    weight edits through the YAML folder; "done" is read from the ProxyStatusBoard (every proxy
    SYNCED, with a new EDS or RDS version ACKed).
-2. scale: the control plane in a subprocess pinned to CPU 0, serving a generated mesh of
-   1,000 ServiceEntry services; hundreds of simulated ADS clients (Delta and SotW in separate
-   runs) in this process on CPU 1, subscribing like Envoy (CDS/LDS wildcard, then EDS for every
-   EDS cluster, RDS for every route name) and ACKing every response; 1% of the services change
-   endpoints at a time.
+2. scale: the control plane in a subprocess pinned to one CPU (the first this process may
+   use), serving a generated mesh of 1,000 ServiceEntry services; hundreds of simulated ADS
+   clients (Delta and SotW in separate runs) in this process on another (the second),
+   subscribing like Envoy (CDS/LDS wildcard, then EDS for every EDS cluster, RDS for every
+   route name) and ACKing every response; 1% of the services change endpoints at a time.
 
 Run: ``.venv/bin/python benchmarks/control_plane.py`` (about 5 minutes), ``--quick`` (1-2 minutes).
 """
