@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import os
 import signal
 import ssl
@@ -416,8 +417,11 @@ async def test_no_certificate_no_tls_listener_until_the_ca_signs(tmp_path: Path)
 
 
 async def test_with_the_control_planes_ca_a_root_rotation_reaches_envoy_and_ends(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Failed once in CI (2026-12-02: Envoy never showed both roots) and not again in 23 runs:
+    # should it fail again, the agent's bundle and SDS lines say how far the new root got.
+    caplog.set_level(logging.INFO)
     config = tmp_path / "mesh"
     config.mkdir()
     (config / "mesh.yaml").write_text(
