@@ -472,7 +472,7 @@ class SnapshotCache(Generic[Context]):
                 continue
             if isinstance(generator, MeshGenerator):
                 build = partial(generator.build, current.context)
-                output = self._output(generator.name, "", build)
+                output = self._kept_entry(generator.name, "", build).output
                 slots.setdefault(generator.type_url, {})[(generator.name, "")] = output
             elif isinstance(generator, ServiceGenerator):
                 found = slots.setdefault(generator.type_url, {})
@@ -511,7 +511,7 @@ class SnapshotCache(Generic[Context]):
             if service is not None:
                 looked_at += 1
                 build = partial(generator.build, current.context, service)
-                self._output(generator.name, hostname, build, hostname)
+                self._kept_entry(generator.name, hostname, build, hostname)
         # Only once every service is done: after a failure, the next try looks again.
         self._synced[generator.name] = current.number
         self._hits[generator.name] += len(services) - looked_at
@@ -606,16 +606,6 @@ class SnapshotCache(Generic[Context]):
 
     # --- outputs -----------------------------------------------------------------------------
 
-    def _output(
-        self,
-        name: str,
-        subject: Hashable,
-        build: Callable[[], Sequence[Message]],
-        hostname: str | None = None,
-    ) -> _Output:
-        """The output kept for ``subject`` if it was built from the same input tokens."""
-        return self._kept_entry(name, subject, build, hostname).output
-
     def _kept_entry(
         self,
         name: str,
@@ -623,6 +613,8 @@ class SnapshotCache(Generic[Context]):
         build: Callable[[], Sequence[Message]],
         hostname: str | None = None,
     ) -> _Kept:
+        """The entry kept for ``subject`` if it was built from the same input tokens, else
+        one built now."""
         tokens = self._needs[name].tokens(self._tokens, hostname)
         kept = self._kept[name]
         entry = kept.get(subject)
